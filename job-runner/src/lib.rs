@@ -1,0 +1,1 @@
+//! The workq job-runner (to be built).

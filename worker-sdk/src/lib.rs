@@ -1,0 +1,1 @@
+//! The workq worker SDK (to be built).
