@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["."])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("workq_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // `bytes` fields become `bytes::Bytes`, so payloads are shared, not copied.
+    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
     Ok(())
 }
