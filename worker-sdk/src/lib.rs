@@ -1,1 +1,82 @@
-//! The workq worker SDK (to be built).
+//! The workq worker SDK: a client for workq queues and a worker loop.
+//!
+//! Connect by URL — the scheme names the backend (`grpc://host:port` for the workq
+//! queue service; `redis://` and `amqp://` are planned) — then work with one
+//! [`Queue`]:
+//!
+//! - **low level**: [`Queue::push`], [`Queue::lease`], [`Queue::renew`],
+//!   [`Queue::complete`], [`Queue::fail`], [`Queue::release`], [`Queue::stats`],
+//!   [`Queue::watch`], [`Queue::seal`], [`Queue::dead`], [`Queue::requeue_dead`];
+//!   [`Queue::hold`] wraps a leased item in a [`LeaseHandle`] that renews it;
+//! - **high level**: [`Queue::work`], a worker loop that runs up to N items at once,
+//!   renews their leases, completes or fails each by what the handler answers,
+//!   stops taking work on SIGTERM/SIGINT and releases what it holds, and returns
+//!   when the queue is drained;
+//! - **[`consume`]**: the same loop running an unmodified program per item, which
+//!   is what `wq consume` does.
+//!
+//! # Example
+//!
+//! Fill a queue, seal it, and work it until it is drained:
+//!
+//! ```
+//! use worker_sdk::{Job, WorkError, WorkerOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let server = queue_server::start(queue_server::ServerConfig::memory()).await?;
+//! # let url = format!("grpc://{}", server.grpc_addr());
+//! let client = worker_sdk::connect(&url).await?;
+//! let queue = client.queue("squares")?;
+//! queue.push((1..=10).map(|n| n.to_string())).await?;
+//! queue.seal().await?;
+//!
+//! let summary = queue
+//!     .work(WorkerOptions::default().concurrency(4), |job: Job| async move {
+//!         let text = std::str::from_utf8(job.payload())
+//!             .map_err(|e| WorkError::fatal(format!("payload is not text: {e}")))?;
+//!         let n: u64 = text.parse()?; // any error: retriable
+//!         println!("{n}² = {}", n * n);
+//!         Ok(())
+//!     })
+//!     .await?;
+//! assert_eq!(summary.completed, 10);
+//! assert!(queue.stats().await?.drained);
+//! # server.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Errors
+//! Every call returns [`Result`], whose [`Error`] names what failed;
+//! [`Error::is_transient`] tells whether trying again may help. The worker loop
+//! and [`LeaseHandle`] retry transient errors with back-off by themselves.
+
+pub mod backend;
+pub mod client;
+pub mod consume;
+pub mod error;
+pub mod lease;
+mod retry;
+pub mod types;
+pub mod worker;
+
+pub use backend::{QueueUrl, Scheme};
+pub use client::{Client, Queue};
+pub use consume::{ConsumeOptions, ConsumeReport, consume};
+pub use error::{Error, Result};
+pub use lease::LeaseHandle;
+pub use types::{
+    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, QueueInfo,
+    QueueName, QueueSettings, Stats,
+};
+pub use worker::{Disposition, Handler, Job, StopReason, WorkError, WorkSummary, WorkerOptions};
+
+/// Connects to the queue backend `url` names (`grpc://host:port`).
+///
+/// Fails at once with [`Error::Unreachable`] when nothing answers, with
+/// [`Error::UnsupportedScheme`] for a backend this build does not have yet, and
+/// with [`Error::InvalidUrl`] for anything that is not a queue URL.
+pub async fn connect(url: &str) -> Result<Client> {
+    Client::connect(url).await
+}

@@ -1,0 +1,196 @@
+//! [`Client`] (one connection to a backend) and [`Queue`] (one queue on it): the
+//! low-level calls, one per operation of the contract.
+
+use std::time::{Duration, SystemTime};
+
+use futures::stream::BoxStream;
+
+use crate::backend::{Backend, QueueUrl};
+use crate::error::Result;
+use crate::lease::LeaseHandle;
+use crate::types::{
+    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, QueueInfo,
+    QueueName, QueueSettings, Stats,
+};
+
+/// How long [`Client::connect`] waits for the server to accept a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Items per enqueue call when [`Queue::push`] is given many.
+pub const PUSH_BATCH: usize = 1000;
+
+/// A connection to the backend a queue URL names. Cloning is cheap and shares
+/// the connection; a lost connection is re-established on the next call.
+#[derive(Clone)]
+pub struct Client {
+    url: QueueUrl,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.url.url)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to `url` (`grpc://host:port`), failing at once with
+    /// [`Error::Unreachable`](crate::Error::Unreachable) when nothing answers within
+    /// [`DEFAULT_CONNECT_TIMEOUT`].
+    pub async fn connect(url: &str) -> Result<Client> {
+        Self::connect_with_timeout(url, DEFAULT_CONNECT_TIMEOUT).await
+    }
+
+    /// Like [`Client::connect`], waiting up to `timeout` for the server.
+    pub async fn connect_with_timeout(url: &str, timeout: Duration) -> Result<Client> {
+        let url = QueueUrl::parse(url)?;
+        let backend = Backend::connect(&url, timeout).await?;
+        Ok(Client { url, backend })
+    }
+
+    /// The URL this client was connected with.
+    pub fn url(&self) -> &str {
+        &self.url.url
+    }
+
+    /// A handle on the queue `name` (validated here; nothing is sent).
+    pub fn queue(&self, name: &str) -> Result<Queue> {
+        Ok(Queue {
+            name: QueueName::new(name)?,
+            backend: self.backend.clone(),
+        })
+    }
+
+    /// Every queue with its settings and counters.
+    pub async fn list_queues(&self) -> Result<Vec<QueueInfo>> {
+        self.backend.list_queues().await
+    }
+}
+
+/// One queue on a [`Client`]'s backend. Cloning is cheap.
+///
+/// Calls that carry lease tokens ([`renew`](Queue::renew), [`complete`](Queue::complete),
+/// [`fail`](Queue::fail), [`release`](Queue::release)) are all-or-nothing: one stale
+/// token refuses the whole call with [`Error::LeaseLost`](crate::Error::LeaseLost)
+/// and changes nothing.
+#[derive(Clone)]
+pub struct Queue {
+    name: QueueName,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("name", &self.name).finish()
+    }
+}
+
+impl Queue {
+    /// The queue's name.
+    pub fn name(&self) -> &QueueName {
+        &self.name
+    }
+
+    /// Creates the queue; `Ok(false)` when it already existed with these settings.
+    pub async fn create(&self, settings: &QueueSettings) -> Result<bool> {
+        Ok(self.backend.create_queue(&self.name, settings).await?.1)
+    }
+
+    /// The queue's settings and counters.
+    pub async fn info(&self) -> Result<QueueInfo> {
+        self.backend.get_queue(&self.name).await
+    }
+
+    /// The queue's counters.
+    pub async fn stats(&self) -> Result<Stats> {
+        Ok(self.info().await?.stats)
+    }
+
+    /// Adds items, creating the queue with default settings if it does not exist.
+    /// Sent in calls of [`PUSH_BATCH`] items, each all-or-nothing; answers the new
+    /// ids in order once they are durable.
+    pub async fn push<I>(&self, items: I) -> Result<Vec<ItemId>>
+    where
+        I: IntoIterator,
+        I::Item: Into<NewItem>,
+    {
+        let mut ids = Vec::new();
+        let mut batch = Vec::with_capacity(PUSH_BATCH);
+        for item in items {
+            batch.push(item.into());
+            if batch.len() == PUSH_BATCH {
+                ids.extend(
+                    self.backend
+                        .enqueue(&self.name, std::mem::take(&mut batch), true)
+                        .await?,
+                );
+            }
+        }
+        if !batch.is_empty() {
+            ids.extend(self.backend.enqueue(&self.name, batch, true).await?);
+        }
+        Ok(ids)
+    }
+
+    /// Seals the queue: no more items will come. Answers the counters after sealing.
+    pub async fn seal(&self) -> Result<Stats> {
+        Ok(self.backend.seal(&self.name).await?.stats)
+    }
+
+    /// Leases up to `opts.max_items` items, waiting up to `opts.wait` for a first one.
+    /// The answer also says whether the queue is drained or empty.
+    pub async fn lease(&self, opts: &LeaseOptions) -> Result<Leased> {
+        self.backend.lease(&self.name, opts).await
+    }
+
+    /// Extends leases by `lease` (`None`: the queue's default); answers the new
+    /// deadlines in order.
+    pub async fn renew(
+        &self,
+        tokens: &[LeaseToken],
+        lease: Option<Duration>,
+    ) -> Result<Vec<SystemTime>> {
+        self.backend.renew(&self.name, tokens, lease).await
+    }
+
+    /// Completes leased items.
+    pub async fn complete(&self, tokens: &[LeaseToken]) -> Result<()> {
+        self.backend.complete(&self.name, tokens).await
+    }
+
+    /// Fails leased items; answers how many went dead.
+    pub async fn fail(&self, tokens: &[LeaseToken], failure: &Failure) -> Result<u32> {
+        self.backend.fail(&self.name, tokens, failure).await
+    }
+
+    /// Gives leased items back at once, counting no attempt.
+    pub async fn release(&self, tokens: &[LeaseToken]) -> Result<()> {
+        self.backend.release(&self.name, tokens).await
+    }
+
+    /// The queue's counters now, then on every change. With `until_drained` the
+    /// stream ends once the queue is drained.
+    pub async fn watch(&self, until_drained: bool) -> Result<BoxStream<'static, Result<Stats>>> {
+        self.backend.watch(&self.name, until_drained).await
+    }
+
+    /// Dead items with the reason each died (at most `limit`; 0 means the server's
+    /// default of 1000).
+    pub async fn dead(&self, limit: u32) -> Result<Vec<DeadItem>> {
+        self.backend.list_dead(&self.name, limit).await
+    }
+
+    /// Moves dead items back to pending with their attempts reset (all of them when
+    /// `ids` is empty); answers how many moved.
+    pub async fn requeue_dead(&self, ids: &[ItemId]) -> Result<u64> {
+        self.backend.requeue_dead(&self.name, ids).await
+    }
+
+    /// Holds a leased item: renews its lease in the background every third of
+    /// `lease` until the returned handle is completed, failed, released or dropped.
+    pub fn hold(&self, item: LeasedItem, lease: Duration) -> LeaseHandle {
+        LeaseHandle::new(self.clone(), item, lease)
+    }
+}

@@ -1,0 +1,192 @@
+//! The SDK's one error type.
+//!
+//! Every fallible call of the SDK returns [`Result<T>`](crate::Result). Variants are named
+//! for what failed; the cause is kept as a `#[source]` where there is one.
+//! [`Error::is_transient`] tells a caller (and the worker loop, which retries those
+//! with back-off) whether trying again later may succeed.
+
+use std::time::Duration;
+
+/// What went wrong talking to a queue.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The backend URL could not be parsed.
+    #[error("invalid queue URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The URL names a backend this build does not support (yet).
+    #[error(
+        "queue URL {url:?}: the {scheme}:// backend is not supported yet (supported: grpc://host:port)"
+    )]
+    UnsupportedScheme {
+        /// The URL as given.
+        url: String,
+        /// Its scheme, without `://`.
+        scheme: String,
+    },
+
+    /// A queue name is empty, too long, or has characters that are not allowed.
+    #[error("invalid queue name {name:?}: {reason}")]
+    InvalidQueueName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// The server could not be reached at all.
+    #[error("queue server unreachable at {url}: {source}")]
+    Unreachable {
+        /// The URL that was tried.
+        url: String,
+        /// The transport's reason.
+        #[source]
+        source: tonic::transport::Error,
+    },
+
+    /// The server answered that the queue does not exist.
+    #[error("queue {queue:?} not found")]
+    QueueNotFound {
+        /// The queue's name.
+        queue: String,
+    },
+
+    /// A lease token was refused: the lease expired or the item was leased again
+    /// by someone else. The item is no longer this worker's to finish.
+    #[error("lease lost on queue {queue:?}: {message}")]
+    LeaseLost {
+        /// The queue's name.
+        queue: String,
+        /// The server's words.
+        message: String,
+    },
+
+    /// The server refused the request as it stands (for example: pushing to a
+    /// sealed queue, or creating a queue that exists with other settings).
+    #[error("refused by the queue server ({code:?}) on queue {queue:?}: {message}")]
+    Refused {
+        /// The queue's name (empty for calls about no queue).
+        queue: String,
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The server's words.
+        message: String,
+    },
+
+    /// The server or the connection to it is unavailable for now; retrying may succeed.
+    #[error("queue server unavailable ({code:?}): {message}")]
+    Unavailable {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The server's or transport's words.
+        message: String,
+    },
+
+    /// A call did not finish in time.
+    #[error("queue server did not answer within {0:?}")]
+    Timeout(Duration),
+
+    /// The server failed in a way that is not the caller's fault and not transient.
+    #[error("queue server error ({code:?}): {message}")]
+    Server {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The server's words.
+        message: String,
+    },
+
+    /// The server sent an answer the SDK does not understand.
+    #[error("unexpected answer from the queue server: {0}")]
+    Protocol(String),
+
+    /// A local I/O operation failed (starting or feeding a child process, reading a file).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether trying again later may succeed: lost connections, an unavailable or
+    /// overloaded server, timeouts.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Timeout(_))
+    }
+
+    /// Maps a gRPC status to an error, in the context of `queue` (may be empty).
+    pub(crate) fn from_status(queue: &str, status: tonic::Status) -> Error {
+        Self::map_status(queue, status, false)
+    }
+
+    /// Like [`Error::from_status`], for calls that carry lease tokens: there
+    /// FAILED_PRECONDITION means a stale token.
+    pub(crate) fn from_token_status(queue: &str, status: tonic::Status) -> Error {
+        Self::map_status(queue, status, true)
+    }
+
+    fn map_status(queue: &str, status: tonic::Status, tokens: bool) -> Error {
+        use tonic::Code;
+        let message = status.message().to_owned();
+        match status.code() {
+            Code::NotFound => Error::QueueNotFound {
+                queue: queue.to_owned(),
+            },
+            Code::FailedPrecondition if tokens => Error::LeaseLost {
+                queue: queue.to_owned(),
+                message,
+            },
+            Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::Cancelled => {
+                Error::Unavailable {
+                    code: status.code(),
+                    message: describe_transport(&status),
+                }
+            }
+            Code::DeadlineExceeded => Error::Unavailable {
+                code: status.code(),
+                message,
+            },
+            code @ (Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::AlreadyExists
+            | Code::OutOfRange
+            | Code::PermissionDenied
+            | Code::Unauthenticated) => Error::Refused {
+                queue: queue.to_owned(),
+                code,
+                message,
+            },
+            code => Error::Server { code, message },
+        }
+    }
+}
+
+/// The status message, plus the transport error under it when there is one.
+fn describe_transport(status: &tonic::Status) -> String {
+    use std::error::Error as _;
+    let mut text = status.message().to_owned();
+    let mut cause = status.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&s);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// The SDK's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,408 @@
+//! The SDK's vocabulary: validated names, ids and tokens, and plain-data views of
+//! the wire messages. Generated proto structs stay inside the backends.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// The longest queue name accepted.
+pub const MAX_QUEUE_NAME_LEN: usize = 200;
+
+/// A queue's name: 1 to [`MAX_QUEUE_NAME_LEN`] characters from `A-Z a-z 0-9 - _ . :`.
+///
+/// ```
+/// use worker_sdk::QueueName;
+/// let q: QueueName = "job1".parse().unwrap();
+/// assert_eq!(q.as_str(), "job1");
+/// assert!("bad name".parse::<QueueName>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct QueueName(String);
+
+impl QueueName {
+    /// Validates `name`.
+    pub fn new(name: impl Into<String>) -> Result<Self, Error> {
+        let name = name.into();
+        let reason = if name.is_empty() {
+            Some("it is empty")
+        } else if name.len() > MAX_QUEUE_NAME_LEN {
+            Some("it is longer than 200 characters")
+        } else if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        {
+            Some("only letters, digits and - _ . : are allowed")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(Error::InvalidQueueName { name, reason }),
+            None => Ok(QueueName(name)),
+        }
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for QueueName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        QueueName::new(s)
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for QueueName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An item's server-assigned id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ItemId(pub(crate) String);
+
+impl ItemId {
+    /// Wraps an id as the server spells it.
+    pub fn new(id: impl Into<String>) -> Self {
+        ItemId(id.into())
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ItemId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The fencing token of one lease: renew, complete, fail and release name the
+/// lease by it, and the server refuses a token whose lease has moved on.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct LeaseToken(pub(crate) String);
+
+impl LeaseToken {
+    /// Wraps a token as the server spelled it.
+    pub fn new(token: impl Into<String>) -> Self {
+        LeaseToken(token.into())
+    }
+
+    /// The token as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LeaseToken({})", self.0)
+    }
+}
+
+/// Per-queue settings; `None` takes the server's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueSettings {
+    /// Lease duration used when a lease call gives none.
+    pub default_lease: Option<Duration>,
+    /// Attempts before an item goes dead (retriable failures and lease expiries count).
+    pub max_attempts: Option<u32>,
+    /// Back-off after the first retriable failure, doubled each further attempt.
+    pub retry_backoff: Option<Duration>,
+    /// Upper bound of the back-off.
+    pub retry_backoff_max: Option<Duration>,
+}
+
+/// Exact counters of one queue. Always
+/// `enqueued = pending + delayed + leased + completed + dead`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// The queue's name.
+    pub queue: String,
+    /// Items ever added (and not purged).
+    pub enqueued: u64,
+    /// Items ready to be leased.
+    pub pending: u64,
+    /// Items waiting for a delay or a retry back-off.
+    pub delayed: u64,
+    /// Items leased by a worker now.
+    pub leased: u64,
+    /// Items completed.
+    pub completed: u64,
+    /// Items dead (fatal failure or attempts exhausted).
+    pub dead: u64,
+    /// Retriable failures and lease expiries that sent an item back.
+    pub retried: u64,
+    /// No more items will come.
+    pub sealed: bool,
+    /// Sealed, and nothing pending, delayed or leased: the work is over.
+    pub drained: bool,
+}
+
+impl Stats {
+    /// Items that reached an end: completed plus dead.
+    pub fn finished(&self) -> u64 {
+        self.completed + self.dead
+    }
+
+    /// Nothing pending, delayed or leased now (the seeds' `rediswq` meaning of empty).
+    pub fn is_empty(&self) -> bool {
+        self.pending == 0 && self.delayed == 0 && self.leased == 0
+    }
+}
+
+/// A queue's settings and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueInfo {
+    /// The queue's name.
+    pub name: String,
+    /// Its settings, as the server applies them.
+    pub settings: QueueSettings,
+    /// Its counters.
+    pub stats: Stats,
+}
+
+/// An item to add to a queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewItem {
+    /// The opaque payload.
+    pub payload: Vec<u8>,
+    /// String attributes kept with the item.
+    pub attributes: BTreeMap<String, String>,
+    /// An item whose key the queue has already seen is not added again.
+    pub idempotency_key: Option<String>,
+    /// Delay before the item may be leased.
+    pub delay: Option<Duration>,
+}
+
+impl NewItem {
+    /// An item with this payload and nothing else.
+    pub fn new(payload: impl Into<Vec<u8>>) -> Self {
+        NewItem {
+            payload: payload.into(),
+            ..NewItem::default()
+        }
+    }
+
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Adds an attribute.
+    pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets a delay before the item may be leased.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+}
+
+impl From<&str> for NewItem {
+    fn from(s: &str) -> Self {
+        NewItem::new(s.as_bytes().to_vec())
+    }
+}
+
+impl From<String> for NewItem {
+    fn from(s: String) -> Self {
+        NewItem::new(s.into_bytes())
+    }
+}
+
+impl From<Vec<u8>> for NewItem {
+    fn from(payload: Vec<u8>) -> Self {
+        NewItem::new(payload)
+    }
+}
+
+/// One leased item: the payload and what is needed to finish it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedItem {
+    /// The item's id.
+    pub id: ItemId,
+    /// The lease's fencing token.
+    pub token: LeaseToken,
+    /// The opaque payload.
+    pub payload: Vec<u8>,
+    /// String attributes given at enqueue.
+    pub attributes: BTreeMap<String, String>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// When the lease ends unless renewed.
+    pub lease_deadline: SystemTime,
+    /// When the item was enqueued.
+    pub enqueued_at: SystemTime,
+}
+
+impl LeasedItem {
+    /// The payload as UTF-8 text, with invalid sequences replaced.
+    pub fn payload_str(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.payload)
+    }
+}
+
+/// What a lease call answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leased {
+    /// The items leased (possibly none).
+    pub items: Vec<LeasedItem>,
+    /// The queue is sealed and nothing is pending, delayed or leased: no item will
+    /// ever come.
+    pub drained: bool,
+    /// Nothing is pending, delayed or leased right now.
+    pub empty: bool,
+}
+
+/// How to lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseOptions {
+    /// At most this many items (at least 1).
+    pub max_items: u32,
+    /// Lease duration; `None` takes the queue's default.
+    pub lease: Option<Duration>,
+    /// How long to wait for a first item; zero answers at once.
+    pub wait: Duration,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        LeaseOptions {
+            max_items: 1,
+            lease: None,
+            wait: Duration::ZERO,
+        }
+    }
+}
+
+/// How a leased item failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Dead at once, no retry.
+    pub fatal: bool,
+    /// Why; kept with the item and shown with dead items.
+    pub reason: String,
+    /// Overrides the queue's back-off before the retry.
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A failure worth retrying (after the queue's back-off).
+    pub fn retriable(reason: impl Into<String>) -> Self {
+        Failure {
+            fatal: false,
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A failure that no retry will fix: the item goes dead at once.
+    pub fn fatal(reason: impl Into<String>) -> Self {
+        Failure {
+            fatal: true,
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// A dead item and why it died.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadItem {
+    /// The item's id.
+    pub id: ItemId,
+    /// The payload.
+    #[serde(serialize_with = "payload_as_text")]
+    pub payload: Vec<u8>,
+    /// String attributes given at enqueue.
+    pub attributes: BTreeMap<String, String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The reason given by the last failure (or the server's, for expiries).
+    pub reason: String,
+    /// When it died.
+    #[serde(serialize_with = "time_as_unix_ms")]
+    pub died_at: SystemTime,
+}
+
+fn payload_as_text<S: serde::Serializer>(p: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(p))
+}
+
+fn time_as_unix_ms<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(to_unix_ms(*t))
+}
+
+/// A duration as whole milliseconds (0 for `None`), saturating.
+pub(crate) fn to_ms(d: Option<Duration>) -> u64 {
+    d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Milliseconds to a duration, `None` for 0.
+pub(crate) fn from_ms(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+/// Milliseconds since the Unix epoch to a time.
+pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// A time to milliseconds since the Unix epoch (0 before it).
+pub(crate) fn to_unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names() {
+        assert!(QueueName::new("a").is_ok());
+        assert!(QueueName::new("job-1_x.y:z").is_ok());
+        for bad in ["", "a b", "ä", "a/b"] {
+            assert!(QueueName::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(QueueName::new("x".repeat(201)).is_err());
+        let e = QueueName::new("a b").err().map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("invalid queue name \"a b\": only letters, digits and - _ . : are allowed")
+        );
+    }
+
+    #[test]
+    fn millis() {
+        assert_eq!(to_ms(None), 0);
+        assert_eq!(to_ms(Some(Duration::from_millis(1500))), 1500);
+        assert_eq!(from_ms(0), None);
+        assert_eq!(to_unix_ms(from_unix_ms(12345)), 12345);
+    }
+}
