@@ -1,1 +1,35 @@
-//! x
+//! The workq queue service: queues of items with fenced leases, exact
+//! counters and completion tracking, served over gRPC (`workq.v1`).
+//!
+//! # Layout
+//! - [`names`], [`settings`], [`item`], [`counters`]: the domain's types.
+//! - [`queue`]: one queue's item state machine — the only code that changes
+//!   item state.
+//! - [`engine`]: every queue, their locks, waiters and timers, and the store.
+//! - [`store`]: persistence (`memory`, and the durable `embedded` default).
+//! - [`grpc`]: the thin gRPC adapter; [`server`]: ports, health, metrics,
+//!   shutdown.
+//!
+//! # Starting a server in-process
+//! ```no_run
+//! # async fn run() -> Result<(), queue_server::ServerError> {
+//! let server = queue_server::start(queue_server::ServerConfig::memory()).await?;
+//! println!("serving on {}", server.grpc_addr());
+//! server.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod counters;
+pub mod engine;
+pub mod error;
+pub mod grpc;
+pub mod item;
+pub mod names;
+pub mod queue;
+pub mod server;
+pub mod settings;
+pub mod store;
+
+pub use engine::Engine;
+pub use error::{Error, Result};
+pub use server::{RunningServer, ServerConfig, ServerError, StoreKind, start};

@@ -1,1 +1,105 @@
-fn main() {}
+//! `queue-server`: the workq queue service.
+
+use anyhow::Context;
+use clap::Parser;
+use queue_server::settings::{Limits, QueueSettings};
+use queue_server::{ServerConfig, StoreKind};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The workq queue service: queues with leases and completion tracking, over gRPC.
+///
+/// Prints one line `listening grpc=ADDR http=ADDR` on standard output once it
+/// serves. SIGTERM or SIGINT: stop taking calls, finish those in flight, flush
+/// the store, exit 0. Logs go to standard error; set RUST_LOG (e.g. `debug`).
+#[derive(Debug, Parser)]
+#[command(name = "queue-server", version)]
+struct Args {
+    /// gRPC address to listen on (port 0: any free port).
+    #[arg(long, env = "WQ_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// HTTP address for /healthz and /metrics (Prometheus); "off" for none.
+    #[arg(long, env = "WQ_HTTP_LISTEN", default_value = "127.0.0.1:9464")]
+    http_listen: String,
+    /// Where queues are kept: embedded (durable, in --data-dir) or memory.
+    #[arg(long, env = "WQ_STORE", value_enum, default_value = "embedded")]
+    store: StoreKind,
+    /// Directory of the embedded store (created if missing; one server at a time).
+    #[arg(long, env = "WQ_DATA_DIR", default_value = "./workq-data")]
+    data_dir: PathBuf,
+    /// Largest item payload in bytes.
+    #[arg(long, env = "WQ_MAX_PAYLOAD_BYTES", default_value_t = Limits::default().max_payload_bytes)]
+    max_payload_bytes: usize,
+    /// Most items in one call.
+    #[arg(long, env = "WQ_MAX_BATCH", default_value_t = Limits::default().max_batch)]
+    max_batch: usize,
+    /// Lease of queues created without their own (e.g. 30s, 5m).
+    #[arg(long, env = "WQ_DEFAULT_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    default_lease: Duration,
+    /// Attempts before an item goes dead, for queues created without their own.
+    #[arg(long, env = "WQ_MAX_ATTEMPTS", default_value_t = QueueSettings::default().max_attempts)]
+    max_attempts: u32,
+    /// How long the idempotency key of a completed item is remembered.
+    #[arg(long, env = "WQ_IDEMPOTENCY_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    idempotency_window: Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let http_listen = match args.http_listen.as_str() {
+        "off" | "" => None,
+        s => Some(
+            s.parse::<SocketAddr>()
+                .with_context(|| format!("--http-listen {s:?}: expected HOST:PORT or \"off\""))?,
+        ),
+    };
+    let config = ServerConfig {
+        listen: args.listen,
+        http_listen,
+        store: args.store,
+        data_dir: args.data_dir,
+        limits: Limits {
+            max_payload_bytes: args.max_payload_bytes,
+            max_batch: args.max_batch.max(1),
+            idempotency_window: args.idempotency_window,
+            ..Limits::default()
+        },
+        defaults: QueueSettings {
+            default_lease: args.default_lease,
+            max_attempts: args.max_attempts.max(1),
+            ..QueueSettings::default()
+        },
+    };
+    tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let server = queue_server::start(config).await?;
+    let http = server
+        .http_addr()
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
+    let mut out = std::io::stdout();
+    writeln!(out, "listening grpc={} http={http}", server.grpc_addr())?;
+    out.flush()?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    server.shutdown().await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,703 @@
+//! The engine: every queue, its lock, its waiters, its expiry timer, and the
+//! store behind them.
+//!
+//! # Lifecycle
+//! [`Engine::open`] reads the store and restores every queue (leased items
+//! come back pending). Each queue has one reaper task that sleeps until the
+//! queue's next deadline ([`Queue::next_deadline`]) and then calls
+//! [`Queue::reap`]. [`Engine::begin_shutdown`] makes waiting lease calls
+//! answer at once; [`Engine::close`] flushes and closes the store.
+//!
+//! # Guarantees
+//! - A call that changes items answers only once the change is durable.
+//! - Changes reach the store in the order they were made on each queue (ops
+//!   are submitted under the queue's lock).
+//! - A waiting lease call is woken the moment an item becomes pending (a
+//!   `Notify` per queue; each successful lease passes the wake-up on while
+//!   items remain), and at once when the queue drains or is deleted.
+
+use crate::counters::Counters;
+use crate::error::{Error, Result};
+use crate::names::{ItemId, LeaseToken, QueueName};
+use crate::queue::{DeadItem, Enqueued, Journal, Leased, NewItem, Queue};
+use crate::settings::{Limits, QueueSettings};
+use crate::store::{Commit, Store, StoreOp};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// Milliseconds since the Unix epoch, read from tokio's clock so that tests
+/// can pause and advance time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base_ms: u64,
+    base: Instant,
+}
+
+impl Clock {
+    /// A clock reading the system time now and tokio's monotonic clock after.
+    pub fn new() -> Self {
+        let base_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Clock {
+            base_ms,
+            base: Instant::now(),
+        }
+    }
+
+    /// Now, in ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.base_ms + u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The tokio instant of `ms` since the Unix epoch.
+    pub fn instant(&self, ms: u64) -> Instant {
+        self.base + Duration::from_millis(ms.saturating_sub(self.base_ms))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A queue's description: settings, counters, and whether it is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// Its name.
+    pub name: QueueName,
+    /// Its settings.
+    pub settings: QueueSettings,
+    /// Exact counters.
+    pub counters: Counters,
+    /// No more items will come.
+    pub sealed: bool,
+    /// Sealed and nothing pending, delayed or leased.
+    pub drained: bool,
+}
+
+impl QueueInfo {
+    fn of(q: &Queue) -> Self {
+        QueueInfo {
+            name: q.name().clone(),
+            settings: *q.settings(),
+            counters: q.counters(),
+            sealed: q.sealed(),
+            drained: q.drained(),
+        }
+    }
+}
+
+/// What a lease call got.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseOutcome {
+    /// The leased items (maybe none, after the wait).
+    pub items: Vec<Leased>,
+    /// The queue is sealed and has nothing pending, delayed or leased.
+    pub drained: bool,
+    /// The queue has nothing pending, delayed or leased right now.
+    pub empty: bool,
+}
+
+/// An item to enqueue, as a caller gives it (checked by the engine).
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueItem {
+    /// Opaque payload.
+    pub payload: prost::bytes::Bytes,
+    /// Attributes.
+    pub attributes: Vec<(String, String)>,
+    /// Deduplicates enqueues; empty means none.
+    pub idempotency_key: Option<String>,
+    /// Delay before it may be leased.
+    pub delay: Duration,
+}
+
+struct Slot {
+    queue: Queue,
+    deleted: bool,
+    /// The deadline the reaper sleeps until, if any.
+    armed: Option<u64>,
+}
+
+struct QueueCell {
+    slot: Mutex<Slot>,
+    /// Wakes waiting lease calls.
+    available: Notify,
+    /// Wakes the reaper to re-arm its timer.
+    timer: Notify,
+    /// The latest description; `None` once deleted.
+    info: watch::Sender<Option<QueueInfo>>,
+}
+
+impl QueueCell {
+    fn new(queue: Queue) -> Self {
+        let info = QueueInfo::of(&queue);
+        QueueCell {
+            slot: Mutex::new(Slot {
+                queue,
+                deleted: false,
+                armed: None,
+            }),
+            available: Notify::new(),
+            timer: Notify::new(),
+            info: watch::Sender::new(Some(info)),
+        }
+    }
+
+    /// Locks the slot; a poisoned lock (a panic elsewhere) is still usable
+    /// because every transition checks before it changes anything.
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After any change: wake a waiter if items are pending, every waiter if
+    /// the queue is drained, the reaper if a deadline is now earlier, and
+    /// publish the counters.
+    fn changed(&self, slot: &Slot) {
+        let q = &slot.queue;
+        let counters = q.counters();
+        if counters.pending > 0 {
+            self.available.notify_one();
+        }
+        if q.drained() {
+            self.available.notify_waiters();
+        }
+        if let Some(next) = q.next_deadline()
+            && slot.armed.is_none_or(|armed| next < armed)
+        {
+            self.timer.notify_one();
+        }
+        self.info.send_if_modified(|cur| {
+            let new = QueueInfo::of(q);
+            if cur.as_ref() == Some(&new) {
+                false
+            } else {
+                *cur = Some(new);
+                true
+            }
+        });
+    }
+}
+
+struct Inner {
+    queues: RwLock<HashMap<QueueName, Arc<QueueCell>>>,
+    store: Arc<dyn Store>,
+    durable: bool,
+    limits: Limits,
+    defaults: QueueSettings,
+    clock: Clock,
+    next_id: AtomicU64,
+    next_seq: AtomicU64,
+    stopping: AtomicBool,
+    stopped: watch::Sender<bool>,
+}
+
+/// Every queue of one server. Cheap to clone; clones share the queues.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Restores every queue from `store` and starts their reapers. Must be
+    /// called inside a tokio runtime.
+    pub fn open(store: Arc<dyn Store>, limits: Limits, defaults: QueueSettings) -> Result<Self> {
+        let snapshot = store.load()?;
+        let clock = Clock::new();
+        let now = clock.now_ms();
+        let window = millis(limits.idempotency_window);
+        let mut items: HashMap<QueueName, Vec<_>> = HashMap::new();
+        for (q, item) in snapshot.items {
+            items.entry(q).or_default().push(item);
+        }
+        let mut keys: HashMap<QueueName, Vec<_>> = HashMap::new();
+        for k in snapshot.keys {
+            keys.entry(k.queue.clone()).or_default().push(k);
+        }
+        let mut queues = HashMap::new();
+        for record in snapshot.queues {
+            let name = record.name.clone();
+            let q = Queue::restore(
+                record,
+                items.remove(&name).unwrap_or_default(),
+                keys.remove(&name).unwrap_or_default(),
+                window,
+                now,
+            );
+            queues.insert(name, Arc::new(QueueCell::new(q)));
+        }
+        if !items.is_empty() {
+            tracing::warn!(
+                "the store holds items of {} queue(s) with no queue record; ignoring them",
+                items.len()
+            );
+        }
+        let seed = uuid::Uuid::new_v4().as_u64_pair().0 >> 2;
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                durable: store.durable(),
+                store,
+                limits,
+                defaults,
+                clock,
+                next_id: AtomicU64::new(snapshot.next_item_id.max(1)),
+                next_seq: AtomicU64::new(seed),
+                stopping: AtomicBool::new(false),
+                stopped: watch::Sender::new(false),
+                queues: RwLock::new(HashMap::new()),
+            }),
+        };
+        for (name, cell) in queues {
+            engine.spawn_reaper(cell.clone());
+            engine.write_map().insert(name, cell);
+        }
+        Ok(engine)
+    }
+
+    /// The limits calls are checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The settings a new queue gets for fields it leaves at zero.
+    pub fn default_settings(&self) -> &QueueSettings {
+        &self.inner.defaults
+    }
+
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<QueueName, Arc<QueueCell>>> {
+        self.inner.queues.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<QueueName, Arc<QueueCell>>> {
+        self.inner.queues.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cell(&self, name: &QueueName) -> Result<Arc<QueueCell>> {
+        self.read_map()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::QueueNotFound(name.clone()))
+    }
+
+    fn journal(&self) -> Journal {
+        Journal::new(self.inner.durable)
+    }
+
+    fn spawn_reaper(&self, cell: Arc<QueueCell>) {
+        let store = self.inner.store.clone();
+        let durable = self.inner.durable;
+        let clock = self.inner.clock;
+        tokio::spawn(async move {
+            loop {
+                let next = {
+                    let mut slot = cell.lock();
+                    if slot.deleted {
+                        return;
+                    }
+                    let mut journal = Journal::new(durable);
+                    let reaped = slot.queue.reap(clock.now_ms(), &mut journal);
+                    if reaped.expired > 0 {
+                        metrics::counter!("workq_lease_expiries_total")
+                            .increment(reaped.expired as u64);
+                    }
+                    // Ordered behind earlier changes; nobody waits on it.
+                    drop(store.submit(journal.into_ops()));
+                    slot.armed = slot.queue.next_deadline();
+                    cell.changed(&slot);
+                    slot.armed
+                };
+                match next {
+                    Some(t) => {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(clock.instant(t)) => {}
+                            () = cell.timer.notified() => {}
+                        }
+                    }
+                    None => cell.timer.notified().await,
+                }
+            }
+        });
+    }
+
+    /// Runs `f` on a queue under its lock, submits what it journaled, wakes
+    /// who should be woken, and waits until the change is durable.
+    async fn mutate<T>(
+        &self,
+        name: &QueueName,
+        f: impl FnOnce(&mut Queue, u64, &mut Journal) -> Result<T>,
+    ) -> Result<T> {
+        let cell = self.cell(name)?;
+        let (out, commit) = {
+            let mut slot = cell.lock();
+            if slot.deleted {
+                return Err(Error::QueueNotFound(name.clone()));
+            }
+            let mut journal = self.journal();
+            let out = f(&mut slot.queue, self.inner.clock.now_ms(), &mut journal)?;
+            let commit = self.inner.store.submit(journal.into_ops());
+            cell.changed(&slot);
+            (out, commit)
+        };
+        commit.wait().await?;
+        Ok(out)
+    }
+
+    fn read<T>(&self, name: &QueueName, f: impl FnOnce(&Queue) -> T) -> Result<T> {
+        let cell = self.cell(name)?;
+        let slot = cell.lock();
+        if slot.deleted {
+            return Err(Error::QueueNotFound(name.clone()));
+        }
+        Ok(f(&slot.queue))
+    }
+
+    /// Creates a queue; zero settings take the defaults. Returns the queue and
+    /// whether it was created (false: it existed with the same settings).
+    pub async fn create_queue(
+        &self,
+        name: &QueueName,
+        settings: QueueSettings,
+    ) -> Result<(QueueInfo, bool)> {
+        let settings = self
+            .inner
+            .limits
+            .check_settings(settings, &self.inner.defaults)
+            .map_err(Error::InvalidArgument)?;
+        let (info, commit) = {
+            let mut map = self.write_map();
+            if let Some(cell) = map.get(name) {
+                let slot = cell.lock();
+                if *slot.queue.settings() != settings {
+                    return Err(Error::QueueExists(name.clone()));
+                }
+                return Ok((QueueInfo::of(&slot.queue), false));
+            }
+            let queue = Queue::new(
+                name.clone(),
+                settings,
+                millis(self.inner.limits.idempotency_window),
+            );
+            let info = QueueInfo::of(&queue);
+            let commit = self.submit(vec![StoreOp::PutQueue(queue.record())]);
+            let cell = Arc::new(QueueCell::new(queue));
+            self.spawn_reaper(cell.clone());
+            map.insert(name.clone(), cell);
+            (info, commit)
+        };
+        commit.wait().await?;
+        metrics::counter!("workq_queues_created_total").increment(1);
+        Ok((info, true))
+    }
+
+    fn submit(&self, ops: Vec<StoreOp>) -> Commit {
+        if self.inner.durable {
+            self.inner.store.submit(ops)
+        } else {
+            Commit::done()
+        }
+    }
+
+    /// Describes one queue.
+    pub fn get_queue(&self, name: &QueueName) -> Result<QueueInfo> {
+        self.read(name, QueueInfo::of)
+    }
+
+    /// Describes every queue, by name.
+    pub fn list_queues(&self) -> Vec<QueueInfo> {
+        let cells: Vec<_> = self.read_map().values().cloned().collect();
+        let mut out: Vec<QueueInfo> = cells
+            .iter()
+            .map(|c| QueueInfo::of(&c.lock().queue))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Deletes a queue and all its items. Waiting lease calls answer
+    /// `NOT_FOUND`; watchers see the end.
+    pub async fn delete_queue(&self, name: &QueueName) -> Result<()> {
+        let commit = {
+            let mut map = self.write_map();
+            let cell = map
+                .remove(name)
+                .ok_or_else(|| Error::QueueNotFound(name.clone()))?;
+            let mut slot = cell.lock();
+            slot.deleted = true;
+            cell.available.notify_waiters();
+            cell.timer.notify_one();
+            cell.info.send_replace(None);
+            self.submit(vec![StoreOp::DeleteQueue(name.clone())])
+        };
+        commit.wait().await?;
+        Ok(())
+    }
+
+    /// Removes every pending and delayed item; returns how many.
+    pub async fn purge(&self, name: &QueueName) -> Result<u64> {
+        self.mutate(name, |q, _, j| Ok(q.purge(j))).await
+    }
+
+    /// Seals a queue.
+    pub async fn seal(&self, name: &QueueName) -> Result<QueueInfo> {
+        self.mutate(name, |q, _, j| {
+            q.seal(j);
+            Ok(QueueInfo::of(q))
+        })
+        .await
+    }
+
+    /// Adds a batch of items, all or nothing, creating the queue with default
+    /// settings when `create` is set and it does not exist.
+    pub async fn enqueue(
+        &self,
+        name: &QueueName,
+        items: Vec<EnqueueItem>,
+        create: bool,
+    ) -> Result<Vec<Enqueued>> {
+        let limits = &self.inner.limits;
+        limits
+            .check_batch("enqueue", items.len())
+            .map_err(Error::InvalidArgument)?;
+        for (i, it) in items.iter().enumerate() {
+            limits
+                .check_item(
+                    i,
+                    it.payload.len(),
+                    &it.attributes,
+                    it.idempotency_key.as_deref(),
+                    it.delay,
+                )
+                .map_err(Error::InvalidArgument)?;
+        }
+        if create && self.cell(name).is_err() {
+            self.create_queue(name, QueueSettings::default()).await?;
+        }
+        let new: Vec<NewItem> = items
+            .into_iter()
+            .map(|it| NewItem {
+                payload: it.payload,
+                attributes: crate::item::Attributes::new(it.attributes),
+                idempotency_key: it.idempotency_key.filter(|k| !k.is_empty()).map(Into::into),
+                delay_ms: millis(it.delay),
+            })
+            .collect();
+        let n = new.len() as u64;
+        let next_id = &self.inner.next_id;
+        let out = self
+            .mutate(name, |q, now, j| {
+                q.enqueue(
+                    now,
+                    new,
+                    || ItemId(next_id.fetch_add(1, Ordering::Relaxed)),
+                    j,
+                )
+            })
+            .await?;
+        metrics::counter!("workq_items_enqueued_total").increment(n);
+        Ok(out)
+    }
+
+    /// Leases up to `max` items for `lease` (the queue's default when
+    /// `None`), waiting up to `wait` for the first one. Answers at once when
+    /// the queue is drained.
+    pub async fn lease(
+        &self,
+        name: &QueueName,
+        max: usize,
+        lease: Option<Duration>,
+        wait: Duration,
+    ) -> Result<LeaseOutcome> {
+        let limits = &self.inner.limits;
+        limits
+            .check_batch("lease max_items", max)
+            .map_err(Error::InvalidArgument)?;
+        let wait = limits.check_wait(wait).map_err(Error::InvalidArgument)?;
+        let cell = self.cell(name)?;
+        let lease = match lease {
+            Some(d) => d,
+            None => cell.lock().queue.settings().default_lease,
+        };
+        let lease_ms = millis(limits.check_lease(lease).map_err(Error::InvalidArgument)?);
+        let until = Instant::now() + wait;
+        let mut last_try = wait.is_zero();
+        loop {
+            let notified = cell.available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut slot = cell.lock();
+                if slot.deleted {
+                    return Err(Error::QueueNotFound(name.clone()));
+                }
+                let now = self.inner.clock.now_ms();
+                let next_seq = &self.inner.next_seq;
+                let items = slot.queue.lease(now, max, lease_ms, || {
+                    next_seq.fetch_add(1, Ordering::Relaxed)
+                });
+                let drained = slot.queue.drained();
+                let empty = slot.queue.counters().is_empty();
+                if !items.is_empty() {
+                    cell.changed(&slot);
+                }
+                if !items.is_empty()
+                    || drained
+                    || last_try
+                    || self.inner.stopping.load(Ordering::Relaxed)
+                {
+                    drop(slot);
+                    metrics::counter!("workq_items_leased_total").increment(items.len() as u64);
+                    return Ok(LeaseOutcome {
+                        items,
+                        drained,
+                        empty,
+                    });
+                }
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(until) => last_try = true,
+            }
+        }
+    }
+
+    fn tokens_ok(&self, what: &str, tokens: &[LeaseToken]) -> Result<()> {
+        self.inner
+            .limits
+            .check_batch(what, tokens.len())
+            .map_err(Error::InvalidArgument)
+    }
+
+    /// Extends leases by `lease` (the queue's default when `None`).
+    pub async fn renew(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+        lease: Option<Duration>,
+    ) -> Result<Vec<u64>> {
+        self.tokens_ok("renew", tokens)?;
+        let limits = self.inner.limits;
+        self.mutate(name, |q, now, _| {
+            let lease = lease.unwrap_or(q.settings().default_lease);
+            let lease_ms = millis(limits.check_lease(lease).map_err(Error::InvalidArgument)?);
+            q.renew(now, tokens, lease_ms)
+        })
+        .await
+    }
+
+    /// Completes leased items.
+    pub async fn complete(&self, name: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
+        self.tokens_ok("complete", tokens)?;
+        self.mutate(name, |q, now, j| q.complete(now, tokens, j))
+            .await?;
+        metrics::counter!("workq_items_completed_total").increment(tokens.len() as u64);
+        Ok(())
+    }
+
+    /// Fails leased items; returns how many went dead.
+    pub async fn fail(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+        fatal: bool,
+        reason: &str,
+        retry_after: Duration,
+    ) -> Result<usize> {
+        self.tokens_ok("fail", tokens)?;
+        let limits = self.inner.limits;
+        if retry_after > limits.max_delay {
+            return Err(Error::InvalidArgument(format!(
+                "retry_after_ms: {} ms is longer than the limit of {} ms",
+                retry_after.as_millis(),
+                limits.max_delay.as_millis()
+            )));
+        }
+        let reason = if reason.is_empty() {
+            "no reason given"
+        } else {
+            reason
+        };
+        let reason: String = reason.chars().take(limits.max_attribute_bytes).collect();
+        let dead = self
+            .mutate(name, |q, now, j| {
+                q.fail(now, tokens, fatal, &reason, millis(retry_after), j)
+            })
+            .await?;
+        metrics::counter!("workq_items_failed_total").increment(tokens.len() as u64);
+        Ok(dead)
+    }
+
+    /// Gives leased items back at once, no attempt counted.
+    pub async fn release(&self, name: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
+        self.tokens_ok("release", tokens)?;
+        self.mutate(name, |q, now, _| q.release(now, tokens)).await
+    }
+
+    /// Follows a queue's description: the current one, then every change.
+    /// The value becomes `None` when the queue is deleted.
+    pub fn watch(&self, name: &QueueName) -> Result<watch::Receiver<Option<QueueInfo>>> {
+        Ok(self.cell(name)?.info.subscribe())
+    }
+
+    /// Dead items, oldest first, at most `limit`.
+    pub fn list_dead(&self, name: &QueueName, limit: usize) -> Result<Vec<DeadItem>> {
+        self.read(name, |q| q.dead_items(limit))
+    }
+
+    /// Moves dead items (all when `ids` is empty) back to pending.
+    pub async fn requeue_dead(&self, name: &QueueName, ids: &[ItemId]) -> Result<u64> {
+        self.mutate(name, |q, _, j| q.requeue_dead(ids, j)).await
+    }
+
+    /// Makes waiting lease calls answer at once, now and from now on.
+    pub fn begin_shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+        self.inner.stopped.send_replace(true);
+        for cell in self.read_map().values() {
+            cell.available.notify_waiters();
+        }
+    }
+
+    /// Whether [`Engine::begin_shutdown`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once [`Engine::begin_shutdown`] has been called: streams
+    /// end then, so that a graceful shutdown does not wait on them.
+    pub async fn stopping(&self) {
+        let mut rx = self.inner.stopped.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Stops the reapers and flushes and closes the store. Call after the
+    /// last call has been answered.
+    pub async fn close(&self) -> Result<()> {
+        self.begin_shutdown();
+        let cells: Vec<_> = self.write_map().drain().map(|(_, c)| c).collect();
+        for cell in cells {
+            cell.lock().deleted = true;
+            cell.timer.notify_one();
+        }
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|_| Error::Store(crate::store::StoreError::Closed))??;
+        Ok(())
+    }
+}

@@ -1,0 +1,794 @@
+//! One queue's item state machine: the only code that changes item state.
+//!
+//! ```text
+//!             enqueue (maybe delayed)          lease (token T, deadline)
+//!    new ───────────────────────────> PENDING ──────────────────────────> LEASED
+//!                                       ^  ^  ^                            │ │ │ │
+//!                       release (no attempt counted) ──────────────────────┘ │ │ │
+//!                       lease deadline passed (attempt counted) ─────────────┘ │ │
+//!                       fail, retriable, attempts < max (after back-off) ──────┘ │
+//!                                                                                │
+//!    COMPLETED <──────────────── complete(T) ────────────────────────────────────┤
+//!    DEAD      <──────────────── fail, fatal — or attempts exhausted ────────────┘
+//!    DEAD ── requeue (operator) ──> PENDING
+//! ```
+//!
+//! # Guarantees
+//! - Every transition is one method; each checks everything first and changes
+//!   nothing when it refuses (batches are all-or-nothing).
+//! - Leases are fenced: a token names the lease's sequence number, and a token
+//!   whose lease expired, was released or re-granted is refused.
+//! - Time is an argument (`now`, ms since the Unix epoch): expiry of leases and
+//!   delays is [`Queue::reap`]`(now)`, driven by two deadline heaps, never by a
+//!   scan of all items.
+//! - [`Counters`] are exact after every call.
+//! - Every durable change is appended to the caller's [`Journal`] in order.
+
+use crate::counters::Counters;
+use crate::error::{Error, Result};
+use crate::item::{Attributes, Item, ItemState};
+use crate::names::{ItemId, LeaseToken, QueueName};
+use crate::settings::QueueSettings;
+use crate::store::{QueueRecord, StoreOp, StoredKey};
+use prost::bytes::Bytes;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+/// Where a transition writes the changes the store must make; disabled for
+/// stores that keep nothing.
+#[derive(Debug, Default)]
+pub struct Journal {
+    enabled: bool,
+    ops: Vec<StoreOp>,
+}
+
+impl Journal {
+    /// A journal that records ops when `enabled`.
+    pub fn new(enabled: bool) -> Self {
+        Journal {
+            enabled,
+            ops: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, op: impl FnOnce() -> StoreOp) {
+        if self.enabled {
+            self.ops.push(op());
+        }
+    }
+
+    /// The recorded ops.
+    pub fn into_ops(self) -> Vec<StoreOp> {
+        self.ops
+    }
+}
+
+/// An item to add.
+#[derive(Debug, Clone, Default)]
+pub struct NewItem {
+    /// Opaque payload.
+    pub payload: Bytes,
+    /// Attributes.
+    pub attributes: Attributes,
+    /// Deduplicates enqueues with the same key.
+    pub idempotency_key: Option<Box<str>>,
+    /// Delay before it may be leased, ms.
+    pub delay_ms: u64,
+}
+
+/// What one enqueued item became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The item's id (the existing one for a duplicate).
+    pub id: ItemId,
+    /// Whether its idempotency key matched an existing item.
+    pub duplicate: bool,
+}
+
+/// An item handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    /// The item's id.
+    pub id: ItemId,
+    /// The lease's fencing token.
+    pub token: LeaseToken,
+    /// Payload.
+    pub payload: Bytes,
+    /// Attributes.
+    pub attributes: Attributes,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// When the lease expires, ms since the Unix epoch.
+    pub deadline: u64,
+    /// When it was enqueued, ms since the Unix epoch.
+    pub enqueued_at: u64,
+}
+
+/// A dead item, as listed for an operator.
+#[derive(Debug, Clone)]
+pub struct DeadItem {
+    /// The item's id.
+    pub id: ItemId,
+    /// Payload.
+    pub payload: Bytes,
+    /// Attributes.
+    pub attributes: Attributes,
+    /// Attempts counted.
+    pub attempts: u32,
+    /// Why it died.
+    pub reason: String,
+    /// When it died, ms since the Unix epoch.
+    pub died_at: u64,
+}
+
+/// What [`Queue::reap`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reaped {
+    /// Items that became pending (delays over, leases expired).
+    pub pending: usize,
+    /// Items that went dead (lease expired on the last attempt).
+    pub dead: usize,
+    /// Leases that expired.
+    pub expired: usize,
+}
+
+#[derive(Debug, Clone)]
+struct KeyEntry {
+    item: ItemId,
+    /// Set once the item completed: when the key is forgotten.
+    expires: Option<u64>,
+}
+
+/// One queue: its items, their order and deadlines, and its counters.
+#[derive(Debug)]
+pub struct Queue {
+    name: QueueName,
+    settings: QueueSettings,
+    sealed: bool,
+    items: HashMap<ItemId, Item>,
+    /// Exactly the pending items, in the order they are leased.
+    pending: VecDeque<ItemId>,
+    /// Due times of delayed items; an entry is stale when the item is no
+    /// longer delayed until that time.
+    delayed: BinaryHeap<Reverse<(u64, ItemId)>>,
+    /// Deadlines of leases; an entry is stale when the item is no longer held
+    /// by that lease until that deadline.
+    leases: BinaryHeap<Reverse<(u64, ItemId, u64)>>,
+    keys: HashMap<Box<str>, KeyEntry>,
+    /// Keys of completed items in the order they expire.
+    key_expiry: VecDeque<(u64, Box<str>)>,
+    counters: Counters,
+    idempotency_window_ms: u64,
+}
+
+impl Queue {
+    /// An empty queue.
+    pub fn new(name: QueueName, settings: QueueSettings, idempotency_window_ms: u64) -> Self {
+        Queue {
+            name,
+            settings,
+            sealed: false,
+            items: HashMap::new(),
+            pending: VecDeque::new(),
+            delayed: BinaryHeap::new(),
+            leases: BinaryHeap::new(),
+            keys: HashMap::new(),
+            key_expiry: VecDeque::new(),
+            counters: Counters::default(),
+            idempotency_window_ms,
+        }
+    }
+
+    /// A queue as stored, with its stored items and keys (leased items come
+    /// back pending; delays already over come back pending).
+    pub fn restore(
+        record: QueueRecord,
+        items: impl IntoIterator<Item = Item>,
+        keys: impl IntoIterator<Item = StoredKey>,
+        idempotency_window_ms: u64,
+        now: u64,
+    ) -> Self {
+        let mut q = Queue::new(record.name, record.settings, idempotency_window_ms);
+        q.sealed = record.sealed;
+        q.counters.completed = record.completed;
+        q.counters.retried = record.retried;
+        q.counters.enqueued = record.completed;
+        for mut item in items {
+            if let Some(key) = &item.idempotency_key {
+                q.keys.insert(
+                    key.clone(),
+                    KeyEntry {
+                        item: item.id,
+                        expires: None,
+                    },
+                );
+            }
+            match &item.state {
+                ItemState::Dead { .. } => q.counters.dead += 1,
+                ItemState::Delayed { due } if *due > now => {
+                    q.delayed.push(Reverse((*due, item.id)));
+                    q.counters.delayed += 1;
+                }
+                _ => {
+                    item.state = ItemState::Pending;
+                    q.pending.push_back(item.id);
+                    q.counters.pending += 1;
+                }
+            }
+            q.counters.enqueued += 1;
+            q.items.insert(item.id, item);
+        }
+        let mut keys: Vec<StoredKey> = keys.into_iter().collect();
+        keys.sort_by_key(|k| k.expires);
+        for k in keys {
+            q.keys.insert(
+                k.key.clone(),
+                KeyEntry {
+                    item: k.item,
+                    expires: Some(k.expires),
+                },
+            );
+            q.key_expiry.push_back((k.expires, k.key));
+        }
+        q
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &QueueName {
+        &self.name
+    }
+
+    /// The queue's settings.
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    /// Whether the queue is sealed.
+    pub fn sealed(&self) -> bool {
+        self.sealed
+    }
+
+    /// Sealed, and nothing pending, delayed or leased.
+    pub fn drained(&self) -> bool {
+        self.sealed && self.counters.is_empty()
+    }
+
+    /// The exact counters.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The queue as stored.
+    pub fn record(&self) -> QueueRecord {
+        QueueRecord {
+            name: self.name.clone(),
+            settings: self.settings,
+            sealed: self.sealed,
+            completed: self.counters.completed,
+            retried: self.counters.retried,
+        }
+    }
+
+    /// One item, if live.
+    pub fn item(&self, id: ItemId) -> Option<&Item> {
+        self.items.get(&id)
+    }
+
+    /// Every live item (any order).
+    pub fn items(&self) -> impl Iterator<Item = &Item> {
+        self.items.values()
+    }
+
+    /// The earliest time [`Queue::reap`] may have work: a delay ending, a
+    /// lease expiring, a key to forget. May be early (stale heap entries),
+    /// never late.
+    pub fn next_deadline(&self) -> Option<u64> {
+        [
+            self.delayed.peek().map(|Reverse((t, _))| *t),
+            self.leases.peek().map(|Reverse((t, _, _))| *t),
+            self.key_expiry.front().map(|(t, _)| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Adds items, all or nothing. Items whose idempotency key names a live
+    /// item, or one completed within the idempotency window, are not added.
+    pub fn enqueue(
+        &mut self,
+        now: u64,
+        items: Vec<NewItem>,
+        mut next_id: impl FnMut() -> ItemId,
+        journal: &mut Journal,
+    ) -> Result<Vec<Enqueued>> {
+        if self.sealed {
+            return Err(Error::Sealed(self.name.clone()));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for new in items {
+            if let Some(key) = &new.idempotency_key
+                && let Some(entry) = self.keys.get(key)
+            {
+                out.push(Enqueued {
+                    id: entry.item,
+                    duplicate: true,
+                });
+                continue;
+            }
+            let id = next_id();
+            if let Some(key) = &new.idempotency_key {
+                self.keys.insert(
+                    key.clone(),
+                    KeyEntry {
+                        item: id,
+                        expires: None,
+                    },
+                );
+            }
+            let state = if new.delay_ms > 0 {
+                let due = now.saturating_add(new.delay_ms);
+                self.delayed.push(Reverse((due, id)));
+                self.counters.delayed += 1;
+                ItemState::Delayed { due }
+            } else {
+                self.pending.push_back(id);
+                self.counters.pending += 1;
+                ItemState::Pending
+            };
+            let item = Item {
+                id,
+                payload: new.payload,
+                attributes: new.attributes,
+                idempotency_key: new.idempotency_key,
+                attempts: 0,
+                enqueued_at: now,
+                state,
+            };
+            journal.push(|| StoreOp::PutItem {
+                queue: self.name.clone(),
+                item: item.clone(),
+            });
+            self.items.insert(id, item);
+            self.counters.enqueued += 1;
+            out.push(Enqueued {
+                id,
+                duplicate: false,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Leases up to `max` pending items (oldest first) until `now + lease_ms`.
+    /// Delays that are over are honoured first. Leases are not journaled.
+    pub fn lease(
+        &mut self,
+        now: u64,
+        max: usize,
+        lease_ms: u64,
+        mut next_seq: impl FnMut() -> u64,
+    ) -> Vec<Leased> {
+        self.promote_delayed(now);
+        let deadline = now.saturating_add(lease_ms);
+        let mut out = Vec::with_capacity(max.min(self.pending.len()));
+        while out.len() < max {
+            let Some(id) = self.pending.pop_front() else {
+                break;
+            };
+            let Some(item) = self.items.get_mut(&id) else {
+                continue;
+            };
+            let seq = next_seq();
+            item.state = ItemState::Leased { seq, deadline };
+            self.leases.push(Reverse((deadline, id, seq)));
+            out.push(Leased {
+                id,
+                token: LeaseToken { item: id, seq },
+                payload: item.payload.clone(),
+                attributes: item.attributes.clone(),
+                attempt: item.attempts + 1,
+                deadline,
+                enqueued_at: item.enqueued_at,
+            });
+        }
+        self.counters.pending -= out.len() as u64;
+        self.counters.leased += out.len() as u64;
+        out
+    }
+
+    /// Why `token` is not a live lease at `now`, if it is not.
+    fn check(&self, now: u64, token: LeaseToken) -> Result<()> {
+        let why = match self.items.get(&token.item).map(|i| &i.state) {
+            None => "the item is no longer in the queue (completed, or purged)",
+            Some(ItemState::Leased { seq, deadline }) if *seq == token.seq => {
+                if *deadline > now {
+                    return Ok(());
+                }
+                "the lease expired and the item goes back to the queue"
+            }
+            Some(ItemState::Leased { .. }) => {
+                "the lease expired or was released, and another worker now holds the item"
+            }
+            Some(ItemState::Pending | ItemState::Delayed { .. }) => {
+                "the lease expired or was released, and the item is back in the queue"
+            }
+            Some(ItemState::Dead { .. }) => "the item is dead",
+        };
+        Err(Error::StaleLease { token, why })
+    }
+
+    fn check_all(&self, now: u64, tokens: &[LeaseToken]) -> Result<()> {
+        for (i, t) in tokens.iter().enumerate() {
+            if tokens[..i].contains(t) {
+                return Err(Error::InvalidArgument(format!(
+                    "lease token {t} is given twice in one call"
+                )));
+            }
+            self.check(now, *t)?;
+        }
+        Ok(())
+    }
+
+    /// Extends live leases to `now + lease_ms`; returns the new deadlines.
+    pub fn renew(&mut self, now: u64, tokens: &[LeaseToken], lease_ms: u64) -> Result<Vec<u64>> {
+        self.check_all(now, tokens)?;
+        let deadline = now.saturating_add(lease_ms);
+        for t in tokens {
+            if let Some(item) = self.items.get_mut(&t.item) {
+                item.state = ItemState::Leased {
+                    seq: t.seq,
+                    deadline,
+                };
+                self.leases.push(Reverse((deadline, t.item, t.seq)));
+            }
+        }
+        Ok(vec![deadline; tokens.len()])
+    }
+
+    /// Completes leased items: they leave the queue, their count stays.
+    pub fn complete(
+        &mut self,
+        now: u64,
+        tokens: &[LeaseToken],
+        journal: &mut Journal,
+    ) -> Result<()> {
+        self.check_all(now, tokens)?;
+        for t in tokens {
+            let Some(item) = self.items.remove(&t.item) else {
+                continue;
+            };
+            self.counters.leased -= 1;
+            self.counters.completed += 1;
+            journal.push(|| StoreOp::DeleteItem {
+                queue: self.name.clone(),
+                id: item.id,
+            });
+            if let Some(key) = item.idempotency_key {
+                self.remember_completed_key(now, key, item.id, journal);
+            }
+        }
+        journal.push(|| StoreOp::PutQueue(self.record()));
+        Ok(())
+    }
+
+    fn remember_completed_key(
+        &mut self,
+        now: u64,
+        key: Box<str>,
+        item: ItemId,
+        journal: &mut Journal,
+    ) {
+        if self.idempotency_window_ms == 0 {
+            self.keys.remove(&key);
+            return;
+        }
+        let expires = now.saturating_add(self.idempotency_window_ms);
+        self.keys.insert(
+            key.clone(),
+            KeyEntry {
+                item,
+                expires: Some(expires),
+            },
+        );
+        journal.push(|| StoreOp::PutKey {
+            queue: self.name.clone(),
+            key: key.clone(),
+            item,
+            expires,
+        });
+        self.key_expiry.push_back((expires, key));
+    }
+
+    /// Fails leased items. Fatal: dead at once. Retriable: the attempt is
+    /// counted, and the item goes dead when attempts are exhausted, else back
+    /// to the queue after `retry_after_ms` (or the queue's back-off when 0).
+    /// Returns how many went dead.
+    pub fn fail(
+        &mut self,
+        now: u64,
+        tokens: &[LeaseToken],
+        fatal: bool,
+        reason: &str,
+        retry_after_ms: u64,
+        journal: &mut Journal,
+    ) -> Result<usize> {
+        self.check_all(now, tokens)?;
+        let mut dead = 0;
+        for t in tokens {
+            self.counters.leased -= 1;
+            let outcome = if fatal {
+                Failure::Fatal(reason)
+            } else {
+                Failure::Retriable {
+                    reason,
+                    retry_after_ms,
+                }
+            };
+            if self.end_attempt(now, t.item, outcome, journal) {
+                dead += 1;
+            }
+        }
+        journal.push(|| StoreOp::PutQueue(self.record()));
+        Ok(dead)
+    }
+
+    /// Ends a leased (or just expired) item's attempt; the caller has taken it
+    /// out of the `leased` count. Returns whether it went dead.
+    fn end_attempt(
+        &mut self,
+        now: u64,
+        id: ItemId,
+        outcome: Failure,
+        journal: &mut Journal,
+    ) -> bool {
+        let max = self.settings.max_attempts.max(1);
+        let Some(item) = self.items.get_mut(&id) else {
+            return false;
+        };
+        let fatal_reason = match outcome {
+            Failure::Fatal(reason) => Some(format!("failed fatally: {reason}")),
+            Failure::Retriable { reason, .. } | Failure::Expired(reason) => {
+                item.attempts += 1;
+                (item.attempts >= max)
+                    .then(|| format!("attempt {} of {max} failed: {reason}", item.attempts))
+            }
+        };
+        if let Some(reason) = fatal_reason {
+            item.state = ItemState::Dead { reason, at: now };
+            self.counters.dead += 1;
+        } else {
+            self.counters.retried += 1;
+            let delay = match outcome {
+                Failure::Retriable { retry_after_ms, .. } if retry_after_ms > 0 => retry_after_ms,
+                Failure::Retriable { .. } => {
+                    u64::try_from(self.settings.backoff(item.attempts).as_millis())
+                        .unwrap_or(u64::MAX)
+                }
+                _ => 0,
+            };
+            if delay == 0 {
+                item.state = ItemState::Pending;
+                self.pending.push_front(id);
+                self.counters.pending += 1;
+            } else {
+                let due = now.saturating_add(delay);
+                item.state = ItemState::Delayed { due };
+                self.delayed.push(Reverse((due, id)));
+                self.counters.delayed += 1;
+            }
+        }
+        let dead = matches!(item.state, ItemState::Dead { .. });
+        journal.push(|| StoreOp::PutItem {
+            queue: self.name.clone(),
+            item: item.clone(),
+        });
+        dead
+    }
+
+    /// Gives leased items back at once, first in line, no attempt counted.
+    pub fn release(&mut self, now: u64, tokens: &[LeaseToken]) -> Result<()> {
+        self.check_all(now, tokens)?;
+        for t in tokens.iter().rev() {
+            if let Some(item) = self.items.get_mut(&t.item) {
+                item.state = ItemState::Pending;
+                self.pending.push_front(t.item);
+            }
+        }
+        self.counters.leased -= tokens.len() as u64;
+        self.counters.pending += tokens.len() as u64;
+        Ok(())
+    }
+
+    fn promote_delayed(&mut self, now: u64) -> usize {
+        let mut n = 0;
+        while let Some(Reverse((due, id))) = self.delayed.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.delayed.pop();
+            if let Some(item) = self.items.get_mut(&id)
+                && item.state == (ItemState::Delayed { due })
+            {
+                item.state = ItemState::Pending;
+                self.pending.push_back(id);
+                self.counters.delayed -= 1;
+                self.counters.pending += 1;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Everything that is due at `now`: delays over become pending, expired
+    /// leases end their attempt (pending again, or dead on the last one),
+    /// idempotency keys past their window are forgotten.
+    pub fn reap(&mut self, now: u64, journal: &mut Journal) -> Reaped {
+        let mut reaped = Reaped {
+            pending: self.promote_delayed(now),
+            ..Reaped::default()
+        };
+        let mut expired = false;
+        while let Some(Reverse((deadline, id, seq))) = self.leases.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.leases.pop();
+            let live = matches!(
+                self.items.get(&id).map(|i| &i.state),
+                Some(ItemState::Leased { seq: s, deadline: d }) if *s == seq && *d == deadline
+            );
+            if live {
+                self.counters.leased -= 1;
+                expired = true;
+                reaped.expired += 1;
+                if self.end_attempt(now, id, Failure::Expired("the lease expired"), journal) {
+                    reaped.dead += 1;
+                } else {
+                    reaped.pending += 1;
+                }
+            }
+        }
+        if expired {
+            journal.push(|| StoreOp::PutQueue(self.record()));
+        }
+        while let Some((expires, _)) = self.key_expiry.front() {
+            if *expires > now {
+                break;
+            }
+            let Some((expires, key)) = self.key_expiry.pop_front() else {
+                break;
+            };
+            if self
+                .keys
+                .get(&key)
+                .is_some_and(|e| e.expires == Some(expires))
+            {
+                self.keys.remove(&key);
+                journal.push(|| StoreOp::DeleteKey {
+                    queue: self.name.clone(),
+                    key,
+                });
+            }
+        }
+        reaped
+    }
+
+    /// Seals the queue: no more items will come. Returns whether it changed.
+    pub fn seal(&mut self, journal: &mut Journal) -> bool {
+        if self.sealed {
+            return false;
+        }
+        self.sealed = true;
+        journal.push(|| StoreOp::PutQueue(self.record()));
+        true
+    }
+
+    /// Removes every pending and delayed item; returns how many.
+    pub fn purge(&mut self, journal: &mut Journal) -> u64 {
+        let doomed: Vec<ItemId> = self
+            .items
+            .values()
+            .filter(|i| matches!(i.state, ItemState::Pending | ItemState::Delayed { .. }))
+            .map(|i| i.id)
+            .collect();
+        for id in &doomed {
+            if let Some(item) = self.items.remove(id) {
+                if let Some(key) = item.idempotency_key {
+                    self.keys.remove(&key);
+                }
+                journal.push(|| StoreOp::DeleteItem {
+                    queue: self.name.clone(),
+                    id: *id,
+                });
+            }
+        }
+        self.pending.clear();
+        self.delayed.clear();
+        let n = doomed.len() as u64;
+        self.counters.enqueued -= n;
+        self.counters.pending = 0;
+        self.counters.delayed = 0;
+        n
+    }
+
+    /// Dead items, oldest id first, at most `limit`.
+    pub fn dead_items(&self, limit: usize) -> Vec<DeadItem> {
+        let mut dead: Vec<DeadItem> = self
+            .items
+            .values()
+            .filter_map(|i| match &i.state {
+                ItemState::Dead { reason, at } => Some(DeadItem {
+                    id: i.id,
+                    payload: i.payload.clone(),
+                    attributes: i.attributes.clone(),
+                    attempts: i.attempts,
+                    reason: reason.clone(),
+                    died_at: *at,
+                }),
+                _ => None,
+            })
+            .collect();
+        dead.sort_by_key(|d| d.id);
+        dead.truncate(limit);
+        dead
+    }
+
+    /// Moves dead items (all when `ids` is empty) back to pending with their
+    /// attempts reset. Ids that are not dead items are refused.
+    pub fn requeue_dead(&mut self, ids: &[ItemId], journal: &mut Journal) -> Result<u64> {
+        let chosen: Vec<ItemId> = if ids.is_empty() {
+            let mut all: Vec<ItemId> = self
+                .items
+                .values()
+                .filter(|i| matches!(i.state, ItemState::Dead { .. }))
+                .map(|i| i.id)
+                .collect();
+            all.sort();
+            all
+        } else {
+            for id in ids {
+                if !matches!(
+                    self.items.get(id).map(|i| &i.state),
+                    Some(ItemState::Dead { .. })
+                ) {
+                    return Err(Error::InvalidArgument(format!(
+                        "item {id} is not a dead item of queue {}; list them with ListDead",
+                        self.name
+                    )));
+                }
+            }
+            let mut ids = ids.to_vec();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        for id in &chosen {
+            if let Some(item) = self.items.get_mut(id) {
+                item.state = ItemState::Pending;
+                item.attempts = 0;
+                self.pending.push_back(*id);
+                journal.push(|| StoreOp::PutItem {
+                    queue: self.name.clone(),
+                    item: item.clone(),
+                });
+            }
+        }
+        let n = chosen.len() as u64;
+        self.counters.dead -= n;
+        self.counters.pending += n;
+        Ok(n)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Failure<'a> {
+    Fatal(&'a str),
+    Retriable {
+        reason: &'a str,
+        retry_after_ms: u64,
+    },
+    Expired(&'a str),
+}
+
+#[cfg(test)]
+mod tests;

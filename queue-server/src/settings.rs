@@ -1,0 +1,211 @@
+//! Per-queue settings and the server's limits on what a call may ask.
+
+use std::time::Duration;
+
+/// Per-queue settings, fixed when the queue is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Lease duration used when a lease call names none.
+    pub default_lease: Duration,
+    /// Attempts (retriable failures and lease expiries) before an item goes
+    /// dead. At least 1.
+    pub max_attempts: u32,
+    /// Back-off after the first retriable failure, doubled for each further one.
+    pub retry_backoff: Duration,
+    /// Upper bound of the back-off.
+    pub retry_backoff_max: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            default_lease: Duration::from_secs(30),
+            max_attempts: 5,
+            retry_backoff: Duration::from_secs(1),
+            retry_backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl QueueSettings {
+    /// The back-off before the next attempt after `attempts` counted attempts
+    /// (1 for the first failure): `retry_backoff * 2^(attempts-1)`, capped.
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let shift = attempts.saturating_sub(1).min(30);
+        self.retry_backoff
+            .saturating_mul(1u32 << shift)
+            .min(self.retry_backoff_max)
+    }
+}
+
+/// Bounds on what one call may ask, checked before anything changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest payload of one item, in bytes.
+    pub max_payload_bytes: usize,
+    /// Most items in one enqueue, lease, renew, complete, fail or release call.
+    pub max_batch: usize,
+    /// Shortest lease.
+    pub min_lease: Duration,
+    /// Longest lease.
+    pub max_lease: Duration,
+    /// Longest wait of a long-polling lease call.
+    pub max_wait: Duration,
+    /// Longest enqueue delay.
+    pub max_delay: Duration,
+    /// Most attributes on one item.
+    pub max_attributes: usize,
+    /// Longest attribute key, attribute value or idempotency key, in bytes.
+    pub max_attribute_bytes: usize,
+    /// How long the idempotency key of a completed item is remembered.
+    pub idempotency_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 1024 * 1024,
+            max_batch: 1000,
+            min_lease: Duration::from_secs(1),
+            max_lease: Duration::from_secs(24 * 3600),
+            max_wait: Duration::from_secs(300),
+            max_delay: Duration::from_secs(30 * 24 * 3600),
+            max_attributes: 64,
+            max_attribute_bytes: 4096,
+            idempotency_window: Duration::from_secs(3600),
+        }
+    }
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+impl Limits {
+    /// A lease duration within bounds, or the error naming them.
+    pub fn check_lease(&self, d: Duration) -> Result<Duration, String> {
+        if d < self.min_lease || d > self.max_lease {
+            return Err(format!(
+                "lease duration {} is out of bounds: use {} to {}",
+                human(d),
+                human(self.min_lease),
+                human(self.max_lease)
+            ));
+        }
+        Ok(d)
+    }
+
+    /// A long-poll wait within bounds.
+    pub fn check_wait(&self, d: Duration) -> Result<Duration, String> {
+        if d > self.max_wait {
+            return Err(format!(
+                "wait of {} is too long: use at most {} and call again",
+                human(d),
+                human(self.max_wait)
+            ));
+        }
+        Ok(d)
+    }
+
+    /// A batch size within bounds (at least one).
+    pub fn check_batch(&self, what: &str, n: usize) -> Result<(), String> {
+        if n == 0 {
+            return Err(format!("{what}: the batch is empty; pass at least one"));
+        }
+        if n > self.max_batch {
+            return Err(format!(
+                "{what}: a batch of {n} is too large; the limit is {} per call, split it",
+                self.max_batch
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks one new item's payload, attributes, key and delay.
+    pub fn check_item(
+        &self,
+        index: usize,
+        payload_len: usize,
+        attributes: &[(String, String)],
+        key: Option<&str>,
+        delay: Duration,
+    ) -> Result<(), String> {
+        if payload_len > self.max_payload_bytes {
+            return Err(format!(
+                "item {index}: payload of {payload_len} bytes exceeds the limit of {} bytes \
+                 (queue-server --max-payload-bytes); store large data elsewhere and enqueue a reference",
+                self.max_payload_bytes
+            ));
+        }
+        if attributes.len() > self.max_attributes {
+            return Err(format!(
+                "item {index}: {} attributes exceed the limit of {}",
+                attributes.len(),
+                self.max_attributes
+            ));
+        }
+        for (k, v) in attributes {
+            if k.is_empty()
+                || k.len() > self.max_attribute_bytes
+                || v.len() > self.max_attribute_bytes
+            {
+                return Err(format!(
+                    "item {index}: attribute {k:?} must have a non-empty key, and key and value \
+                     of at most {} bytes",
+                    self.max_attribute_bytes
+                ));
+            }
+        }
+        if let Some(key) = key
+            && key.len() > self.max_attribute_bytes
+        {
+            return Err(format!(
+                "item {index}: idempotency key of {} bytes exceeds the limit of {} bytes",
+                key.len(),
+                self.max_attribute_bytes
+            ));
+        }
+        if delay > self.max_delay {
+            return Err(format!(
+                "item {index}: delay of {} exceeds the limit of {}",
+                human(delay),
+                human(self.max_delay)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Queue settings with zero fields filled from `defaults`, within bounds.
+    pub fn check_settings(
+        &self,
+        given: QueueSettings,
+        defaults: &QueueSettings,
+    ) -> Result<QueueSettings, String> {
+        let pick = |d: Duration, def: Duration| if d.is_zero() { def } else { d };
+        let s = QueueSettings {
+            default_lease: pick(given.default_lease, defaults.default_lease),
+            max_attempts: if given.max_attempts == 0 {
+                defaults.max_attempts
+            } else {
+                given.max_attempts
+            },
+            retry_backoff: pick(given.retry_backoff, defaults.retry_backoff),
+            retry_backoff_max: pick(given.retry_backoff_max, defaults.retry_backoff_max),
+        };
+        self.check_lease(s.default_lease)
+            .map_err(|e| format!("default_lease_ms: {e}"))?;
+        if s.max_attempts > 1000 {
+            return Err(format!(
+                "max_attempts {} is too large: use 1 to 1000",
+                s.max_attempts
+            ));
+        }
+        if s.retry_backoff > self.max_delay || s.retry_backoff_max > self.max_delay {
+            return Err(format!(
+                "retry back-off is too long: use at most {}",
+                human(self.max_delay)
+            ));
+        }
+        Ok(s)
+    }
+}
