@@ -1,1 +1,24 @@
-//! The workq job-runner (to be built).
+//! The workq job-runner: reads Kubernetes `batch/v1` Job and CronJob
+//! manifests and runs them on this machine with the Job controller's
+//! semantics (`job-runner run -f FILE --local`).
+//!
+//! # Layout
+//!
+//! - [`manifest`]: `-f` files, directories and stdin into Kubernetes types,
+//!   strictly ([`validate`] holds the API server's checks).
+//! - [`template`]: `$ITEM` and Jinja expansions.
+//! - [`controller`]: the Job controller's decisions, pure and table-tested.
+//! - [`pod`]: a pod template made concrete (names, env, volumes).
+//! - [`process`]: pods as local processes.
+//! - [`run`]: the event loop tying controller and processes together.
+//! - [`output`]: live view, `kubectl describe`-like summary, JSON.
+//! - [`cron`]: CronJob schedules.
+
+pub mod controller;
+pub mod cron;
+mod error;
+pub mod manifest;
+pub mod template;
+pub mod validate;
+
+pub use error::{Error, Result};

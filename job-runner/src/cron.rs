@@ -1,0 +1,118 @@
+//! CronJob schedules: standard five-field cron (and `@hourly`-style macros) in
+//! a time zone, as Kubernetes reads `spec.schedule` and `spec.timeZone`.
+
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+/// A parsed `schedule` with its time zone.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: croner::Cron,
+    tz: TimeZone,
+    tz_name: String,
+}
+
+impl Schedule {
+    /// Parses `schedule` (five fields) and `timeZone` (an IANA name; the
+    /// local zone when unset). Errors are one line in Kubernetes' words.
+    pub fn parse(schedule: &str, time_zone: Option<&str>) -> Result<Self, String> {
+        if schedule.contains("TZ=") || schedule.contains("CRON_TZ=") {
+            return Err(format!(
+                "spec.schedule: Invalid value: {schedule:?}: cannot use TZ or CRON_TZ in schedule, use timeZone field instead"
+            ));
+        }
+        let fields = schedule.split_whitespace().count();
+        if !schedule.trim_start().starts_with('@') && fields != 5 {
+            return Err(format!(
+                "spec.schedule: Invalid value: {schedule:?}: expected exactly 5 fields (minute hour day-of-month month day-of-week), found {fields}"
+            ));
+        }
+        let cron = croner::Cron::from_str(schedule)
+            .map_err(|e| format!("spec.schedule: Invalid value: {schedule:?}: {e}"))?;
+        let (tz, tz_name) = match time_zone {
+            Some(name) => (
+                TimeZone::get(name).map_err(|_| {
+                    format!("spec.timeZone: Invalid value: {name:?}: unknown time zone")
+                })?,
+                name.to_string(),
+            ),
+            None => (TimeZone::system(), "Local".to_string()),
+        };
+        Ok(Schedule { cron, tz, tz_name })
+    }
+
+    /// The time zone's name (`Local` when unset).
+    pub fn time_zone(&self) -> &str {
+        &self.tz_name
+    }
+
+    /// The first scheduled time strictly after `after`.
+    pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
+        let zoned = after.to_zoned(self.tz.clone());
+        self.cron
+            .find_next_occurrence(&zoned, false)
+            .ok()
+            .map(|z| z.timestamp())
+    }
+
+    /// The last scheduled time at or before `at`, if any within a year.
+    pub fn last_at_or_before(&self, at: Timestamp) -> Option<Timestamp> {
+        let zoned = at.to_zoned(self.tz.clone());
+        self.cron
+            .find_previous_occurrence(&zoned, true)
+            .ok()
+            .map(|z| z.timestamp())
+    }
+}
+
+/// The name of the Job a CronJob creates for a scheduled time: the CronJob's
+/// name and the time in minutes since the epoch, as the CronJob controller
+/// names them (`hello-29366400`).
+pub fn job_name(cron_name: &str, scheduled: Timestamp) -> String {
+    format!("{cron_name}-{}", scheduled.as_second().div_euclid(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("test timestamp")
+    }
+
+    #[test]
+    fn every_minute() {
+        let s = Schedule::parse("* * * * *", Some("UTC")).expect("parses");
+        assert_eq!(s.next_after(ts("2026-01-01T10:00:30Z")), Some(ts("2026-01-01T10:01:00Z")));
+        assert_eq!(s.next_after(ts("2026-01-01T10:01:00Z")), Some(ts("2026-01-01T10:02:00Z")));
+    }
+
+    #[test]
+    fn time_zone_is_honoured() {
+        let s = Schedule::parse("0 9 * * *", Some("Europe/Paris")).expect("parses");
+        // 09:00 in Paris in January is 08:00 UTC.
+        assert_eq!(s.next_after(ts("2026-01-01T00:00:00Z")), Some(ts("2026-01-01T08:00:00Z")));
+        assert_eq!(s.time_zone(), "Europe/Paris");
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        for (sched, tz, want) in [
+            ("* * * *", None, "expected exactly 5 fields"),
+            ("0 0 * * * *", None, "expected exactly 5 fields"),
+            ("61 * * * *", None, "spec.schedule: Invalid value"),
+            ("TZ=UTC * * * * *", None, "use timeZone field"),
+            ("* * * * *", Some("Mars/Olympus"), "spec.timeZone: Invalid value"),
+        ] {
+            let err = Schedule::parse(sched, tz).expect_err(sched);
+            assert!(err.contains(want), "{sched}: {err}");
+        }
+    }
+
+    #[test]
+    fn job_names_use_minutes_since_epoch() {
+        assert_eq!(job_name("hello", ts("1970-01-01T01:00:00Z")), "hello-60");
+    }
+}

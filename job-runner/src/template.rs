@@ -1,0 +1,187 @@
+//! Expansions: one template, many manifests (the tutorial's "Parallel
+//! Processing using Expansions").
+//!
+//! Two kinds of template are understood:
+//!
+//! - **`$ITEM` templates** (the tutorial's `sed "s/\$ITEM/$i/"`): every
+//!   `$ITEM` (or `${ITEM}`) is replaced by an item, once per `--item`; the
+//!   copies are joined as YAML documents.
+//! - **Jinja templates** (files ending in `.jinja2`, `.jinja` or `.j2`),
+//!   rendered with [`minijinja`]. With `--item`, the template is rendered once
+//!   per item with `item` set; without, once. `items` (the list of all items)
+//!   and every `--set NAME=VALUE` are variables too.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+
+/// What to fill templates with.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateOptions {
+    /// The values of `$ITEM` (or Jinja's `item`), one copy of the template each.
+    pub items: Vec<String>,
+    /// Extra Jinja variables (`--set NAME=VALUE`).
+    pub vars: BTreeMap<String, String>,
+}
+
+/// Whether a file name names a Jinja template.
+pub fn is_jinja(name: &str) -> bool {
+    [".jinja2", ".jinja", ".j2"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+}
+
+/// Whether a text uses the `$ITEM` placeholder.
+pub fn uses_item(text: &str) -> bool {
+    text.contains("$ITEM") || text.contains("${ITEM}")
+}
+
+/// Parses `NAME=VALUE` as given to `--set`.
+pub fn parse_var(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not NAME=VALUE (for example --set size=large)")),
+    }
+}
+
+/// Expands a template into YAML text (possibly several documents).
+///
+/// A text that is neither a Jinja template nor uses `$ITEM` comes back as it
+/// is. A `$ITEM` template without items is an error that says to pass
+/// `--item`.
+pub fn expand(source_name: &str, text: &str, opts: &TemplateOptions) -> Result<String> {
+    if is_jinja(source_name) {
+        return render_jinja(source_name, text, opts);
+    }
+    if !uses_item(text) {
+        return Ok(text.to_string());
+    }
+    if opts.items.is_empty() {
+        return Err(Error::Template {
+            source_name: source_name.to_string(),
+            message: "this template uses $ITEM but no item was given; pass --item VALUE once per item (for example --item apple --item banana)".into(),
+        });
+    }
+    let copies: Vec<String> = opts
+        .items
+        .iter()
+        .map(|item| text.replace("${ITEM}", item).replace("$ITEM", item))
+        .collect();
+    Ok(join_documents(&copies))
+}
+
+fn join_documents(docs: &[String]) -> String {
+    let mut out = String::new();
+    for doc in docs {
+        if !out.is_empty() {
+            out.push_str("\n---\n");
+        }
+        out.push_str(doc.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn render_jinja(source_name: &str, text: &str, opts: &TemplateOptions) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let template = env.template_from_str(text).map_err(|e| jinja_error(source_name, &e))?;
+    let mut base: BTreeMap<String, minijinja::Value> = opts
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), minijinja::Value::from(v.as_str())))
+        .collect();
+    base.insert(
+        "items".into(),
+        minijinja::Value::from(opts.items.clone()),
+    );
+    let render = |ctx: &BTreeMap<String, minijinja::Value>| {
+        template.render(ctx).map_err(|e| jinja_error(source_name, &e))
+    };
+    if opts.items.is_empty() {
+        return render(&base);
+    }
+    let mut copies = Vec::new();
+    for item in &opts.items {
+        let mut ctx = base.clone();
+        ctx.insert("item".into(), minijinja::Value::from(item.as_str()));
+        ctx.insert("ITEM".into(), minijinja::Value::from(item.as_str()));
+        copies.push(render(&ctx)?);
+    }
+    Ok(join_documents(&copies))
+}
+
+fn jinja_error(source_name: &str, e: &minijinja::Error) -> Error {
+    let mut message = format!("Jinja template error: {e}");
+    if let Some(line) = e.line() {
+        message = format!("line {line}: {message}");
+    }
+    if e.kind() == minijinja::ErrorKind::UndefinedError {
+        message.push_str(" (give it with --set NAME=VALUE, or --item for `item`)");
+    }
+    Error::Template {
+        source_name: source_name.to_string(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(v: &[&str]) -> TemplateOptions {
+        TemplateOptions {
+            items: v.iter().map(|s| s.to_string()).collect(),
+            vars: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn item_template_makes_one_document_per_item() {
+        let out = expand("t.yaml", "name: process-item-$ITEM\nx: ${ITEM}\n", &items(&["apple", "banana"]))
+            .expect("expands");
+        assert_eq!(
+            out,
+            "name: process-item-apple\nx: apple\n\n---\nname: process-item-banana\nx: banana\n"
+        );
+    }
+
+    #[test]
+    fn item_template_without_items_says_to_pass_item() {
+        let err = expand("t.yaml", "name: a-$ITEM", &items(&[])).expect_err("needs items");
+        assert!(err.to_string().contains("--item"), "{err}");
+        assert!(err.is_bad_input());
+    }
+
+    #[test]
+    fn plain_text_is_unchanged() {
+        let out = expand("t.yaml", "a: 1\n", &items(&["x"])).expect("plain");
+        assert_eq!(out, "a: 1\n");
+    }
+
+    #[test]
+    fn jinja_loops_and_items() {
+        let t = "{% for p in ['apple', 'banana'] %}\n---\nname: jobexample-{{ p }}\n{% endfor %}";
+        let out = expand("job.yaml.jinja2", t, &items(&[])).expect("renders");
+        assert!(out.contains("name: jobexample-apple") && out.contains("name: jobexample-banana"));
+        let out = expand("t.j2", "name: {{ item }}-{{ size }}", &TemplateOptions {
+            items: vec!["a".into(), "b".into()],
+            vars: [("size".to_string(), "big".to_string())].into(),
+        })
+        .expect("renders");
+        assert!(out.contains("name: a-big") && out.contains("name: b-big"), "{out}");
+    }
+
+    #[test]
+    fn jinja_undefined_variable_is_named() {
+        let err = expand("t.j2", "name: {{ nope }}", &items(&[])).expect_err("undefined");
+        let text = err.to_string();
+        assert!(text.contains("t.j2") && text.contains("--set"), "{text}");
+    }
+
+    #[test]
+    fn set_parses_name_value() {
+        assert_eq!(parse_var("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_var("novalue").is_err());
+    }
+}
