@@ -1,13 +1,14 @@
 //! [`Client`] (one connection to a backend) and [`Queue`] (one queue on it): the
 //! low-level calls, one per operation of the contract.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::stream::BoxStream;
 
 use crate::backend::{Backend, QueueUrl};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lease::LeaseHandle;
+use crate::retry::Backoff;
 use crate::types::{
     DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, QueueInfo,
     QueueName, QueueSettings, Stats,
@@ -43,11 +44,28 @@ impl Client {
         Self::connect_with_timeout(url, DEFAULT_CONNECT_TIMEOUT).await
     }
 
-    /// Like [`Client::connect`], waiting up to `timeout` for the server.
+    /// Like [`Client::connect`], waiting up to `timeout` for the server: refused
+    /// connections are retried with back-off until then (a worker may start before
+    /// its server does).
     pub async fn connect_with_timeout(url: &str, timeout: Duration) -> Result<Client> {
         let url = QueueUrl::parse(url)?;
-        let backend = Backend::connect(&url, timeout).await?;
-        Ok(Client { url, backend })
+        let give_up = Instant::now() + timeout;
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            let left = give_up.saturating_duration_since(Instant::now());
+            match Backend::connect(&url, left.max(Duration::from_millis(100))).await {
+                Ok(backend) => return Ok(Client { url, backend }),
+                Err(e @ Error::Unreachable { .. }) => {
+                    let delay = backoff.next_delay();
+                    if Instant::now() + delay >= give_up {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, "server not there yet; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The URL this client was connected with.

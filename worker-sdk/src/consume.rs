@@ -117,8 +117,9 @@ impl ConsumeReport {
             exit::ITEM_DEAD
         } else if self.counted && (s.failed > 0 || s.lost > 0) {
             exit::ITEM_FAILED
-        } else if let StopReason::Shutdown { signal } = s.stop {
-            exit::SIGNAL_BASE + signal.unwrap_or(Signal::SIGTERM as i32)
+        } else if matches!(s.stop, StopReason::Shutdown { .. }) || s.released > 0 {
+            // Stopped before done: a signal, or items given back untried.
+            exit::SIGNAL_BASE + s.signal.unwrap_or(Signal::SIGTERM as i32)
         } else {
             exit::OK
         }

@@ -10,16 +10,18 @@ use serde::Serialize;
 
 use crate::error::Error;
 
-/// The longest queue name accepted.
-pub const MAX_QUEUE_NAME_LEN: usize = 200;
+/// The longest queue name, as for a Kubernetes DNS-1123 label.
+pub const MAX_QUEUE_NAME_LEN: usize = 63;
 
-/// A queue's name: 1 to [`MAX_QUEUE_NAME_LEN`] characters from `A-Z a-z 0-9 - _ . :`.
+/// A queue's name: a DNS-1123 label, as Kubernetes names objects (and as the
+/// queue service requires) — 1 to 63 lowercase letters, digits and `-`, starting
+/// and ending with a letter or digit.
 ///
 /// ```
 /// use worker_sdk::QueueName;
-/// let q: QueueName = "job1".parse().unwrap();
-/// assert_eq!(q.as_str(), "job1");
-/// assert!("bad name".parse::<QueueName>().is_err());
+/// let q: QueueName = "job-1".parse().unwrap();
+/// assert_eq!(q.as_str(), "job-1");
+/// assert!("Bad_Name".parse::<QueueName>().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
@@ -32,12 +34,14 @@ impl QueueName {
         let reason = if name.is_empty() {
             Some("it is empty")
         } else if name.len() > MAX_QUEUE_NAME_LEN {
-            Some("it is longer than 200 characters")
+            Some("it is longer than 63 characters")
         } else if !name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
-            Some("only letters, digits and - _ . : are allowed")
+            Some("use lowercase letters, digits and '-' only (a DNS-1123 label, e.g. \"job-1\")")
+        } else if name.starts_with('-') || name.ends_with('-') {
+            Some("it must start and end with a letter or digit")
         } else {
             None
         };
@@ -386,15 +390,16 @@ mod tests {
     #[test]
     fn queue_names() {
         assert!(QueueName::new("a").is_ok());
-        assert!(QueueName::new("job-1_x.y:z").is_ok());
-        for bad in ["", "a b", "ä", "a/b"] {
+        assert!(QueueName::new("job-1").is_ok());
+        assert!(QueueName::new("x".repeat(63)).is_ok());
+        for bad in ["", "a b", "ä", "a/b", "Job", "a_b", "-a", "a-"] {
             assert!(QueueName::new(bad).is_err(), "{bad:?}");
         }
-        assert!(QueueName::new("x".repeat(201)).is_err());
-        let e = QueueName::new("a b").err().map(|e| e.to_string());
+        assert!(QueueName::new("x".repeat(64)).is_err());
+        let e = QueueName::new("-a").err().map(|e| e.to_string());
         assert_eq!(
             e.as_deref(),
-            Some("invalid queue name \"a b\": only letters, digits and - _ . : are allowed")
+            Some("invalid queue name \"-a\": it must start and end with a letter or digit")
         );
     }
 

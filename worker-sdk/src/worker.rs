@@ -41,6 +41,9 @@ use crate::error::{Error, Result};
 use crate::retry::Backoff;
 use crate::types::{Failure, LeaseOptions, LeasedItem, QueueName};
 
+/// Most items asked for in one lease call (the queue service's batch limit).
+const MAX_LEASE_BATCH: usize = 1000;
+
 /// How the worker loop runs. Build with [`WorkerOptions::default`] and the setters.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -296,6 +299,9 @@ pub struct WorkSummary {
     pub released: u64,
     /// Items whose lease was lost before they could be finished.
     pub lost: u64,
+    /// The signal that asked for a shutdown, if one did (whatever the stop reason:
+    /// a signal may come while the last items are finishing).
+    pub signal: Option<i32>,
 }
 
 impl WorkSummary {
@@ -309,6 +315,7 @@ impl WorkSummary {
             dead: 0,
             released: 0,
             lost: 0,
+            signal: None,
         }
     }
 
@@ -424,7 +431,9 @@ impl Queue {
                 () = shutdown.cancelled() => continue,
             };
             let mut permits = vec![first];
-            let cap = remaining.map_or(usize::MAX, |r| usize::try_from(r).unwrap_or(usize::MAX));
+            let cap = remaining
+                .map_or(usize::MAX, |r| usize::try_from(r).unwrap_or(usize::MAX))
+                .min(MAX_LEASE_BATCH);
             while permits.len() < cap {
                 match slots.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
@@ -506,16 +515,16 @@ impl Queue {
             }
         }
 
-        let stop = match ended? {
+        summary.signal = match signal.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        };
+        summary.stop = match ended? {
             StopReason::Shutdown { .. } => StopReason::Shutdown {
-                signal: match signal.load(Ordering::SeqCst) {
-                    0 => None,
-                    s => Some(s),
-                },
+                signal: summary.signal,
             },
             other => other,
         };
-        summary.stop = stop;
         Ok(summary)
     }
 }
