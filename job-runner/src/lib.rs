@@ -13,11 +13,17 @@
 //! - [`run`]: the event loop tying controller and processes together.
 //! - [`output`]: live view, `kubectl describe`-like summary, JSON.
 //! - [`cron`]: CronJob schedules.
+//! - [`queue`]: work-queue Jobs (`workq.dev/queue`).
 
 pub mod controller;
 pub mod cron;
 mod error;
 pub mod manifest;
+pub mod output;
+pub mod pod;
+pub mod process;
+pub mod queue;
+pub mod run;
 pub mod template;
 pub mod validate;
 

@@ -1,1 +1,316 @@
-fn main() {}
+//! `job-runner`: runs Kubernetes Job and CronJob manifests on this machine.
+//!
+//! A thin binary: it parses flags (each also an environment variable) and
+//! calls the `job_runner` library. Called as `wq` (a link the runner makes
+//! for work-queue pods when no `wq` is installed), it acts as `wq consume`.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use job_runner::output::{Output, describe, json};
+use job_runner::run::{RunOptions, run};
+use job_runner::template::{TemplateOptions, parse_var};
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 every Job completed; 1 a Job failed (or the run was stopped); 2 bad input.";
+
+/// Run Kubernetes batch/v1 Job and CronJob manifests on this machine, with the
+/// Job controller's semantics.
+#[derive(Debug, Parser)]
+#[command(name = "job-runner", version, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run Jobs and CronJobs: `job-runner run -f job.yaml --local`.
+    ///
+    /// Every Job in the input starts at once; each pod is a local process
+    /// (images are not pulled: commands run from this host). Pod output is
+    /// printed prefixed with the pod's name; at the end, a `kubectl describe
+    /// job`-like summary (or, with -o json, the final Job objects).
+    ///
+    /// Ctrl-C once evicts the running pods (SIGTERM; condition DisruptionTarget,
+    /// so podFailurePolicy rules apply); twice stops everything.
+    #[command(after_help = AFTER_HELP)]
+    Run(RunArgs),
+    /// Expand templates ($ITEM or Jinja) into manifests, printed on stdout.
+    ///
+    /// `job-runner expand job-tmpl.yaml --item apple --item banana` is the
+    /// tutorial's sed loop; files ending in .jinja2, .jinja or .j2 are Jinja
+    /// templates (`item`, `items` and every --set NAME=VALUE are variables).
+    Expand(ExpandArgs),
+}
+
+#[derive(Debug, Args)]
+struct TemplateArgs {
+    /// A value for $ITEM (or Jinja's `item`); the template is expanded once per --item.
+    #[arg(long = "item", value_name = "VALUE", env = "JOB_RUNNER_ITEMS", value_delimiter = ',')]
+    items: Vec<String>,
+    /// A Jinja variable, NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_var)]
+    vars: Vec<(String, String)>,
+}
+
+impl TemplateArgs {
+    fn options(&self) -> TemplateOptions {
+        TemplateOptions {
+            items: self.items.clone(),
+            vars: self.vars.iter().cloned().collect::<BTreeMap<_, _>>(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// A kubectl-describe-like summary.
+    Text,
+    /// The final Job object(s), as `kubectl get -o json` prints them.
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// A manifest file, a directory of them, or - for standard input (repeatable).
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    files: Vec<String>,
+    /// Run on this machine (pods as local processes).
+    #[arg(long, env = "JOB_RUNNER_LOCAL")]
+    local: bool,
+    #[command(flatten)]
+    template: TemplateArgs,
+    /// Output at the end: text (summary) or json (the final Job objects).
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text", env = "JOB_RUNNER_OUTPUT")]
+    output: Format,
+    /// Base of the pod back-off after a failure (Kubernetes: 10s, doubling up to 6m).
+    /// Shorten it only to try things quickly, e.g. --pod-backoff 0s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, env = "JOB_RUNNER_POD_BACKOFF")]
+    pod_backoff: Duration,
+    /// Run Jobs and CronJobs whose spec.suspend is true.
+    #[arg(long, env = "JOB_RUNNER_RESUME")]
+    resume: bool,
+    /// CronJobs: stop after N Jobs each (default: run until interrupted).
+    #[arg(long, value_name = "N", env = "JOB_RUNNER_RUNS")]
+    runs: Option<u32>,
+    /// CronJobs: start the first Job now (like `kubectl create job --from=cronjob/NAME`),
+    /// then follow the schedule.
+    #[arg(long, env = "JOB_RUNNER_START_NOW")]
+    start_now: bool,
+    /// Work-queue Jobs: use this queue service (grpc://host:port) instead of starting one.
+    #[arg(long, value_name = "URL", env = "JOB_RUNNER_QUEUE_URL")]
+    queue_url: Option<String>,
+    /// Do not draw the live progress view (it is drawn only on a terminal anyway).
+    #[arg(long, env = "JOB_RUNNER_NO_PROGRESS")]
+    no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+struct ExpandArgs {
+    /// Template files (- for standard input).
+    #[arg(required = true, value_name = "TEMPLATE")]
+    templates: Vec<String>,
+    #[command(flatten)]
+    template: TemplateArgs,
+}
+
+fn main() -> ExitCode {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let called_as_wq = std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "wq");
+    let code = if called_as_wq {
+        wq::main()
+    } else {
+        let cli = Cli::parse();
+        match cli.command {
+            Command::Run(args) => run_command(args),
+            Command::Expand(args) => expand_command(args),
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn report_error(e: &job_runner::Error) -> i32 {
+    eprintln!("error: {e}");
+    if e.is_bad_input() { 2 } else { 1 }
+}
+
+fn expand_command(args: ExpandArgs) -> i32 {
+    let opts = args.template.options();
+    for t in &args.templates {
+        let (name, text) = if t == "-" {
+            let mut s = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+                eprintln!("error: cannot read standard input: {e}");
+                return 2;
+            }
+            ("<stdin>".to_string(), s)
+        } else {
+            match std::fs::read_to_string(t) {
+                Ok(s) => (t.clone(), s),
+                Err(e) => {
+                    eprintln!("error: cannot read {t}: {e}");
+                    return 2;
+                }
+            }
+        };
+        if !job_runner::template::is_jinja(&name) && !job_runner::template::uses_item(&text) {
+            eprintln!(
+                "error: {name}: not a template: it has no $ITEM and its name does not end in .jinja2, .jinja or .j2"
+            );
+            return 2;
+        }
+        match job_runner::template::expand(&name, &text, &opts) {
+            Ok(out) => print!("{out}"),
+            Err(e) => return report_error(&job_runner::Error::from(e)),
+        }
+    }
+    0
+}
+
+fn run_command(args: RunArgs) -> i32 {
+    if !args.local {
+        eprintln!(
+            "error: running on a cluster is not built yet; add --local to run the manifests on this machine"
+        );
+        return 2;
+    }
+    let loaded = match job_runner::manifest::load(&args.files, &args.template.options(), &mut std::io::stdin()) {
+        Ok(l) => l,
+        Err(e) => return report_error(&e),
+    };
+    let json_out = args.output == Format::Json;
+    let live = !args.no_progress && std::io::stderr().is_terminal();
+    let out = Arc::new(Output::new(json_out, live));
+    let opts = RunOptions {
+        pod_backoff: args.pod_backoff,
+        resume: args.resume,
+        runs: args.runs,
+        start_now: args.start_now,
+        queue_url: args.queue_url,
+    };
+    let runtime = match tokio::runtime::Runtime::new().context("starting the async runtime") {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    let report = match runtime.block_on(run(loaded, opts, out.clone())) {
+        Ok(r) => r,
+        Err(e) => return report_error(&e),
+    };
+    if json_out {
+        out.result(&serde_json::to_string_pretty(&json(&report.jobs)).unwrap_or_default());
+    } else {
+        let text: Vec<String> = report.jobs.iter().map(describe).collect();
+        out.result(&text.join("\n"));
+    }
+    report.exit_code()
+}
+
+/// The `wq consume` the runner provides to work-queue pods when no `wq` is
+/// installed.
+mod wq {
+    use super::*;
+
+    /// wq (as provided by job-runner): only `wq consume` is available here;
+    /// install the full `wq` with `cargo install --path worker-sdk`.
+    #[derive(Debug, Parser)]
+    #[command(name = "wq")]
+    struct WqCli {
+        /// Queue service URL (grpc://host:port).
+        #[arg(long, env = "WQ_URL", global = true)]
+        url: Option<String>,
+        /// Queue name.
+        #[arg(short, long, env = "WQ_QUEUE", global = true)]
+        queue: Option<String>,
+        #[command(subcommand)]
+        command: WqCommand,
+    }
+
+    #[derive(Debug, Subcommand)]
+    enum WqCommand {
+        /// Run a program once per item, the item on its standard input.
+        Consume(ConsumeArgs),
+    }
+
+    #[derive(Debug, Args)]
+    struct ConsumeArgs {
+        /// Take N items, then exit; without it: work until the queue is drained.
+        #[arg(short = 'c', long = "count", value_name = "N", env = "WQ_COUNT")]
+        count: Option<u64>,
+        /// Programs to run at once.
+        #[arg(long, default_value_t = 1, value_name = "K", env = "WQ_CONCURRENCY")]
+        concurrency: usize,
+        /// Lease duration; renewed every third of it while the program runs.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "WQ_LEASE")]
+        lease: Duration,
+        /// After SIGTERM, how long running programs may take before they are killed.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, env = "WQ_GRACE")]
+        grace: Duration,
+        /// Exit codes that fail an item for good, comma-separated.
+        #[arg(long, value_delimiter = ',', value_name = "CODES", env = "WQ_FATAL_EXIT_CODES")]
+        fatal_exit_codes: Vec<i32>,
+        /// Stop as soon as the queue is empty, sealed or not.
+        #[arg(long, env = "WQ_UNTIL_EMPTY")]
+        until_empty: bool,
+        /// The program to run for each item, and its arguments (put `--` before them).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+        program: Vec<OsString>,
+    }
+
+    pub(super) fn main() -> i32 {
+        let cli = WqCli::parse();
+        let WqCommand::Consume(args) = cli.command;
+        let (Some(url), Some(queue)) = (cli.url, cli.queue) else {
+            eprintln!("wq: error: give the queue with -q/--queue (or WQ_QUEUE) and the service with --url (or WQ_URL)");
+            return 2;
+        };
+        let runtime = match tokio::runtime::Runtime::new() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("wq: error: {e}");
+                return 1;
+            }
+        };
+        runtime.block_on(async move {
+            let client = match worker_sdk::connect(&url).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("wq: error: {e}");
+                    return 1;
+                }
+            };
+            let q = match client.queue(&queue) {
+                Ok(q) => q,
+                Err(e) => {
+                    eprintln!("wq: error: {e}");
+                    return 2;
+                }
+            };
+            let mut opts = worker_sdk::ConsumeOptions::new(args.program);
+            opts.count = args.count;
+            opts.concurrency = args.concurrency.max(1);
+            opts.lease = args.lease;
+            opts.grace = args.grace;
+            opts.until_empty = args.until_empty;
+            opts.fatal_exit_codes = args.fatal_exit_codes.into_iter().collect();
+            match worker_sdk::consume(&q, opts).await {
+                Ok(report) => report.exit_code(),
+                Err(e) => {
+                    eprintln!("wq: error: {e}");
+                    1
+                }
+            }
+        })
+    }
+}
