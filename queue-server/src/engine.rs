@@ -486,7 +486,7 @@ impl Engine {
                 .map_err(Error::InvalidArgument)?;
         }
         if create && self.cell(name).is_err() {
-            self.create_queue(name, QueueSettings::default()).await?;
+            self.create_queue(name, QueueSettings::UNSET).await?;
         }
         let new: Vec<NewItem> = items
             .into_iter()

@@ -123,6 +123,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 /// Opens the store, restores the queues and starts serving. Returns once
 /// both ports are listening.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    // Installed first, so that no count is lost before the first scrape.
+    prometheus();
     let store: Arc<dyn Store> = match config.store {
         StoreKind::Memory => Arc::new(MemoryStore),
         StoreKind::Embedded => {

@@ -28,6 +28,14 @@ impl Default for QueueSettings {
 }
 
 impl QueueSettings {
+    /// Every field zero: "use the server's defaults" when creating a queue.
+    pub const UNSET: QueueSettings = QueueSettings {
+        default_lease: Duration::ZERO,
+        max_attempts: 0,
+        retry_backoff: Duration::ZERO,
+        retry_backoff_max: Duration::ZERO,
+    };
+
     /// The back-off before the next attempt after `attempts` counted attempts
     /// (1 for the first failure): `retry_backoff * 2^(attempts-1)`, capped.
     pub fn backoff(&self, attempts: u32) -> Duration {

@@ -1,0 +1,99 @@
+//! The shared harness: starts the real `queue-server` binary on ephemeral
+//! ports and hands back its addresses and a connected client.
+
+#![allow(dead_code, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tonic::transport::Channel;
+use workq_proto::v1::queue_service_client::QueueServiceClient;
+
+/// A running `queue-server` process, killed when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub http: Option<SocketAddr>,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `args` (after `--listen 127.0.0.1:0
+    /// --http-listen 127.0.0.1:0`) and waits for its `listening` line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_queue-server"))
+            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn queue-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+        };
+        let grpc = field("grpc=").unwrap_or_else(|| panic!("no grpc address in {line:?}"));
+        ServerProcess {
+            child,
+            grpc,
+            http: field("http="),
+        }
+    }
+
+    /// On the memory store.
+    pub fn memory() -> Self {
+        Self::start(&["--store", "memory"])
+    }
+
+    /// On the embedded store in `dir`.
+    pub fn embedded(dir: &Path) -> Self {
+        Self::start(&[
+            "--store",
+            "embedded",
+            "--data-dir",
+            dir.to_str().expect("utf-8 path"),
+        ])
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub async fn client(&self) -> QueueServiceClient<Channel> {
+        QueueServiceClient::connect(self.url())
+            .await
+            .expect("connect")
+    }
+
+    /// Sends a signal and waits for the exit status.
+    pub fn signal_and_wait(&mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A queue name no other test uses.
+pub fn unique_queue(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,325 @@
+//! The engine in-process, with tokio's clock paused: expiry, back-off and
+//! wake-ups are checked without real sleeps. A paused clock jumps ahead
+//! whenever the runtime idles — also while it waits for the embedded store's
+//! writer thread — so these run on the memory store; the embedded store's
+//! own behaviour is checked in real time below and in `grpc.rs`/`crash.rs`.
+
+use queue_server::engine::{EnqueueItem, LeaseOutcome};
+use queue_server::settings::{Limits, QueueSettings};
+use queue_server::store::{EmbeddedStore, MemoryStore, Store};
+use queue_server::{Engine, Error};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+fn settings() -> QueueSettings {
+    QueueSettings {
+        default_lease: Duration::from_secs(2),
+        max_attempts: 3,
+        retry_backoff: Duration::from_secs(1),
+        retry_backoff_max: Duration::from_secs(4),
+    }
+}
+
+/// Runs `body` against a memory engine.
+async fn each_store<F, Fut>(body: F)
+where
+    F: Fn(Engine) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let engine =
+        Engine::open(Arc::new(MemoryStore), Limits::default(), settings()).expect("engine");
+    body(engine.clone()).await;
+    engine.close().await.expect("close");
+}
+
+fn items(payloads: &[&str]) -> Vec<EnqueueItem> {
+    payloads
+        .iter()
+        .map(|p| EnqueueItem {
+            payload: p.as_bytes().to_vec().into(),
+            ..EnqueueItem::default()
+        })
+        .collect()
+}
+
+fn q(s: &str) -> queue_server::names::QueueName {
+    s.parse().expect("name")
+}
+
+async fn lease(e: &Engine, name: &str, max: usize, wait: Duration) -> LeaseOutcome {
+    e.lease(&q(name), max, None, wait).await.expect("lease")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_lease_is_woken_by_an_enqueue_without_time_passing() {
+    each_store(|e| async move {
+        e.create_queue(&q("w"), settings()).await.expect("create");
+        let waiter = tokio::spawn({
+            let e = e.clone();
+            async move { lease(&e, "w", 1, Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        let t0 = Instant::now();
+        e.enqueue(&q("w"), items(&["x"]), false)
+            .await
+            .expect("enqueue");
+        let got = waiter.await.expect("join");
+        assert_eq!(got.items.len(), 1);
+        // The clock is paused and auto-advances only when everything sleeps:
+        // a polling sleep in the lease path would have moved it.
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        e.delete_queue(&q("w")).await.expect("delete");
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_waiter_gets_an_item_when_a_batch_arrives() {
+    each_store(|e| async move {
+        e.create_queue(&q("many"), settings())
+            .await
+            .expect("create");
+        let waiters: Vec<_> = (0..5)
+            .map(|_| {
+                let e = e.clone();
+                tokio::spawn(async move { lease(&e, "many", 1, Duration::from_secs(60)).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let t0 = Instant::now();
+        e.enqueue(&q("many"), items(&["1", "2", "3", "4", "5"]), false)
+            .await
+            .expect("enqueue");
+        for w in waiters {
+            assert_eq!(w.await.expect("join").items.len(), 1);
+        }
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        e.delete_queue(&q("many")).await.expect("delete");
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_that_times_out_answers_empty_after_its_wait() {
+    each_store(|e| async move {
+        e.create_queue(&q("t"), settings()).await.expect("create");
+        let t0 = Instant::now();
+        let got = lease(&e, "t", 1, Duration::from_secs(5)).await;
+        assert!(got.items.is_empty() && got.empty && !got.drained);
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
+        e.delete_queue(&q("t")).await.expect("delete");
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_leases_return_by_the_reaper_and_count_an_attempt() {
+    each_store(|e| async move {
+        e.enqueue(&q("exp"), items(&["x"]), true)
+            .await
+            .expect("enqueue");
+        let first = lease(&e, "exp", 1, Duration::ZERO).await;
+        assert_eq!(first.items[0].attempt, 1);
+        // Another worker waits; the expiry (2 s lease) hands it the item.
+        let t0 = Instant::now();
+        let second = lease(&e, "exp", 1, Duration::from_secs(60)).await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(2));
+        assert_eq!(second.items[0].attempt, 2);
+        let info = e.get_queue(&q("exp")).expect("info");
+        assert_eq!((info.counters.leased, info.counters.retried), (1, 1));
+        let stale = e.complete(&q("exp"), &[first.items[0].token]).await;
+        assert!(matches!(stale, Err(Error::StaleLease { .. })), "{stale:?}");
+        e.complete(&q("exp"), &[second.items[0].token])
+            .await
+            .expect("complete");
+        e.delete_queue(&q("exp")).await.expect("delete");
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewal_keeps_a_long_item_leased() {
+    each_store(|e| async move {
+        e.enqueue(&q("renew"), items(&["x"]), true)
+            .await
+            .expect("enqueue");
+        let l = lease(&e, "renew", 1, Duration::ZERO).await.items.remove(0);
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            e.renew(&q("renew"), &[l.token], None).await.expect("renew");
+        }
+        assert_eq!(e.get_queue(&q("renew")).expect("info").counters.retried, 0);
+        e.complete(&q("renew"), &[l.token])
+            .await
+            .expect("complete after 7.5 s on a 2 s lease");
+        e.delete_queue(&q("renew")).await.expect("delete");
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retriable_failures_back_off_and_the_waiter_gets_the_item_when_due() {
+    each_store(|e| async move {
+        e.enqueue(&q("retry"), items(&["x"]), true)
+            .await
+            .expect("enqueue");
+        let l = lease(&e, "retry", 1, Duration::ZERO).await.items.remove(0);
+        e.fail(&q("retry"), &[l.token], false, "flaky", Duration::ZERO)
+            .await
+            .expect("fail");
+        let t0 = Instant::now();
+        let again = lease(&e, "retry", 1, Duration::from_secs(60)).await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(1), "the first back-off");
+        assert_eq!(again.items[0].attempt, 2);
+        e.delete_queue(&q("retry")).await.expect("delete");
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_and_delete_and_shutdown_wake_waiters_at_once() {
+    each_store(|e| async move {
+        e.enqueue(&q("drain"), items(&["x"]), true)
+            .await
+            .expect("enqueue");
+        e.seal(&q("drain")).await.expect("seal");
+        let l = lease(&e, "drain", 1, Duration::ZERO).await.items.remove(0);
+        let waiter = tokio::spawn({
+            let e = e.clone();
+            async move { lease(&e, "drain", 1, Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        let t0 = Instant::now();
+        e.complete(&q("drain"), &[l.token]).await.expect("complete");
+        let end = waiter.await.expect("join");
+        assert!(end.drained);
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        // Drained answers at once, without waiting.
+        assert!(lease(&e, "drain", 1, Duration::from_secs(60)).await.drained);
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+
+        e.create_queue(&q("gone"), settings())
+            .await
+            .expect("create");
+        let waiter = tokio::spawn({
+            let e = e.clone();
+            async move { e.lease(&q("gone"), 1, None, Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        e.delete_queue(&q("gone")).await.expect("delete");
+        assert!(matches!(
+            waiter.await.expect("join"),
+            Err(Error::QueueNotFound(_))
+        ));
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+
+        e.create_queue(&q("stop"), settings())
+            .await
+            .expect("create");
+        let waiter = tokio::spawn({
+            let e = e.clone();
+            async move { lease(&e, "stop", 1, Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        e.begin_shutdown();
+        assert!(waiter.await.expect("join").items.is_empty());
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_embedded_store_restores_queues_items_and_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = || {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+        Engine::open(store, Limits::default(), settings()).expect("engine")
+    };
+    let (leased_id, dead_id);
+    {
+        let e = open();
+        e.enqueue(&q("r"), items(&["a", "b", "c", "d"]), true)
+            .await
+            .expect("enqueue");
+        e.enqueue(
+            &q("r"),
+            vec![EnqueueItem {
+                delay: Duration::from_secs(3600),
+                ..EnqueueItem::default()
+            }],
+            false,
+        )
+        .await
+        .expect("delayed");
+        let l = lease(&e, "r", 3, Duration::ZERO).await.items;
+        e.complete(&q("r"), &[l[0].token]).await.expect("complete");
+        e.fail(&q("r"), &[l[1].token], true, "bad", Duration::ZERO)
+            .await
+            .expect("fail");
+        leased_id = l[2].id;
+        dead_id = l[1].id;
+        e.seal(&q("r")).await.expect("seal");
+        e.close().await.expect("close");
+    }
+    let e = open();
+    let c = e.get_queue(&q("r")).expect("info").counters;
+    assert!(e.get_queue(&q("r")).expect("info").sealed);
+    assert_eq!(
+        (
+            c.enqueued,
+            c.pending,
+            c.delayed,
+            c.leased,
+            c.completed,
+            c.dead
+        ),
+        (5, 2, 1, 0, 1, 1)
+    );
+    let dead = e.list_dead(&q("r"), 10).expect("dead");
+    assert_eq!(
+        (dead[0].id, dead[0].reason.as_str()),
+        (dead_id, "failed fatally: bad")
+    );
+    let again = lease(&e, "r", 10, Duration::ZERO).await.items;
+    assert!(again.iter().any(|i| i.id == leased_id && i.attempt == 1));
+    // New ids continue after the old ones.
+    let fresh = e
+        .enqueue(&q("s"), items(&["z"]), true)
+        .await
+        .expect("enqueue");
+    assert!(fresh[0].id > leased_id);
+    e.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn on_the_embedded_store_a_waiter_is_woken_and_an_expired_lease_comes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+    let mut quick = settings();
+    quick.default_lease = Duration::from_secs(1);
+    let e = Engine::open(store, Limits::default(), quick).expect("engine");
+    e.create_queue(&q("emb"), QueueSettings::UNSET)
+        .await
+        .expect("create");
+    let waiter = tokio::spawn({
+        let e = e.clone();
+        async move { lease(&e, "emb", 1, Duration::from_secs(120)).await }
+    });
+    e.enqueue(&q("emb"), items(&["x"]), false)
+        .await
+        .expect("enqueue");
+    // Answered with the item: a timeout would have answered empty.
+    let first = waiter.await.expect("join").items.remove(0);
+    // Nobody completes it: after its 1 s lease the reaper hands it on.
+    let second = lease(&e, "emb", 1, Duration::from_secs(120))
+        .await
+        .items
+        .remove(0);
+    assert_eq!((second.id, second.attempt), (first.id, 2));
+    e.complete(&q("emb"), &[second.token])
+        .await
+        .expect("complete");
+    assert_eq!(e.get_queue(&q("emb")).expect("info").counters.completed, 1);
+    e.close().await.expect("close");
+}

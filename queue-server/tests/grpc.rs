@@ -1,0 +1,508 @@
+//! The real `queue-server` binary over the network, with the generated client.
+
+mod common;
+
+use common::{ServerProcess, unique_queue};
+use nix::sys::signal::Signal;
+use std::io::{Read, Write};
+use tonic::Code;
+use workq_proto::v1 as pb;
+
+fn item(payload: &str) -> pb::NewItem {
+    pb::NewItem {
+        payload: payload.as_bytes().to_vec().into(),
+        ..Default::default()
+    }
+}
+
+fn enqueue_req(queue: &str, payloads: &[&str]) -> pb::EnqueueRequest {
+    pb::EnqueueRequest {
+        queue: queue.into(),
+        items: payloads.iter().map(|p| item(p)).collect(),
+        create_queue: true,
+    }
+}
+
+fn lease_req(queue: &str, max: u32, wait_ms: u64) -> pb::LeaseRequest {
+    pb::LeaseRequest {
+        queue: queue.into(),
+        max_items: max,
+        lease_ms: 0,
+        wait_ms,
+    }
+}
+
+async fn stats(
+    c: &mut pb::queue_service_client::QueueServiceClient<tonic::transport::Channel>,
+    q: &str,
+) -> pb::QueueStats {
+    c.get_queue(pb::GetQueueRequest { name: q.into() })
+        .await
+        .expect("get_queue")
+        .into_inner()
+        .stats
+        .expect("stats")
+}
+
+#[tokio::test]
+async fn enqueue_lease_complete_over_the_network() {
+    let server = ServerProcess::memory();
+    let mut c = server.client().await;
+    let q = unique_queue("basic");
+    let ids = c
+        .enqueue(enqueue_req(&q, &["a", "b", "c"]))
+        .await
+        .expect("enqueue")
+        .into_inner();
+    assert_eq!(ids.item_ids.len(), 3);
+    let leased = c
+        .lease(lease_req(&q, 2, 0))
+        .await
+        .expect("lease")
+        .into_inner();
+    assert_eq!(leased.items.len(), 2);
+    assert_eq!(&leased.items[0].payload[..], b"a");
+    assert_eq!(leased.items[0].attempt, 1);
+    c.complete(pb::CompleteRequest {
+        queue: q.clone(),
+        lease_tokens: leased.items.iter().map(|i| i.lease_token.clone()).collect(),
+    })
+    .await
+    .expect("complete");
+    let s = stats(&mut c, &q).await;
+    assert_eq!((s.enqueued, s.pending, s.leased, s.completed), (3, 1, 0, 2));
+    assert!(!s.drained);
+}
+
+#[tokio::test]
+async fn refusals_carry_the_right_code_and_a_message_naming_the_problem() {
+    let server = ServerProcess::start(&["--store", "memory", "--max-payload-bytes", "10"]);
+    let mut c = server.client().await;
+    let q = unique_queue("refuse");
+
+    let e = c
+        .get_queue(pb::GetQueueRequest { name: q.clone() })
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains(&q), "{}", e.message());
+
+    let e = c
+        .enqueue(enqueue_req("Bad_Name", &["x"]))
+        .await
+        .expect_err("bad name");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("DNS-1123"), "{}", e.message());
+
+    let e = c
+        .enqueue(enqueue_req(&q, &["this payload is too long"]))
+        .await
+        .expect_err("big");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("limit of 10 bytes"), "{}", e.message());
+
+    let many: Vec<String> = (0..1001).map(|i| i.to_string()).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let e = c.enqueue(enqueue_req(&q, &many)).await.expect_err("batch");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("limit is 1000"), "{}", e.message());
+
+    c.enqueue(enqueue_req(&q, &["ok"])).await.expect("enqueue");
+    let mut lease = lease_req(&q, 1, 0);
+    lease.lease_ms = 10;
+    let e = c.lease(lease.clone()).await.expect_err("tiny lease");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("out of bounds"), "{}", e.message());
+    lease.lease_ms = 365 * 24 * 3600 * 1000;
+    assert_eq!(
+        c.lease(lease).await.expect_err("huge lease").code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        c.lease(lease_req(&q, 0, 0))
+            .await
+            .expect_err("zero items")
+            .code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        c.lease(lease_req(&q, 1, 3_600_000))
+            .await
+            .expect_err("hour-long wait")
+            .code(),
+        Code::InvalidArgument
+    );
+
+    let e = c
+        .complete(pb::CompleteRequest {
+            queue: q.clone(),
+            lease_tokens: vec!["nonsense".into()],
+        })
+        .await
+        .expect_err("garbage token");
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let l = c
+        .lease(lease_req(&q, 1, 0))
+        .await
+        .expect("lease")
+        .into_inner();
+    let token = l.items[0].lease_token.clone();
+    c.release(pb::ReleaseRequest {
+        queue: q.clone(),
+        lease_tokens: vec![token.clone()],
+    })
+    .await
+    .expect("release");
+    let e = c
+        .complete(pb::CompleteRequest {
+            queue: q.clone(),
+            lease_tokens: vec![token],
+        })
+        .await
+        .expect_err("stale");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("no longer held"), "{}", e.message());
+
+    c.seal_queue(pb::SealQueueRequest { name: q.clone() })
+        .await
+        .expect("seal");
+    let e = c
+        .enqueue(enqueue_req(&q, &["late"]))
+        .await
+        .expect_err("sealed");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("sealed"), "{}", e.message());
+
+    let s = stats(&mut c, &q).await;
+    assert_eq!(
+        (s.enqueued, s.pending),
+        (1, 1),
+        "no refusal changed anything"
+    );
+}
+
+#[tokio::test]
+async fn create_queue_is_idempotent_with_equal_settings_only() {
+    let server = ServerProcess::memory();
+    let mut c = server.client().await;
+    let q = unique_queue("create");
+    let req = |lease: u64| pb::CreateQueueRequest {
+        name: q.clone(),
+        settings: Some(pb::QueueSettings {
+            default_lease_ms: lease,
+            max_attempts: 2,
+            ..Default::default()
+        }),
+    };
+    let first = c
+        .create_queue(req(5000))
+        .await
+        .expect("create")
+        .into_inner();
+    assert!(first.created);
+    let settings = first.queue.and_then(|q| q.settings).expect("settings");
+    assert_eq!(
+        (settings.default_lease_ms, settings.max_attempts),
+        (5000, 2)
+    );
+    assert!(
+        !c.create_queue(req(5000))
+            .await
+            .expect("again")
+            .into_inner()
+            .created
+    );
+    assert_eq!(
+        c.create_queue(req(6000)).await.expect_err("other").code(),
+        Code::AlreadyExists
+    );
+    let list = c
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(list.queues.iter().any(|i| i.name == q));
+    c.delete_queue(pb::DeleteQueueRequest { name: q.clone() })
+        .await
+        .expect("delete");
+    assert_eq!(
+        c.get_queue(pb::GetQueueRequest { name: q })
+            .await
+            .expect_err("gone")
+            .code(),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn a_waiting_lease_gets_an_item_enqueued_later_and_drained_ends_it() {
+    let server = ServerProcess::memory();
+    let mut c = server.client().await;
+    let q = unique_queue("wait");
+    c.create_queue(pb::CreateQueueRequest {
+        name: q.clone(),
+        settings: None,
+    })
+    .await
+    .expect("create");
+    let mut waiter = c.clone();
+    let q2 = q.clone();
+    let waiting = tokio::spawn(async move { waiter.lease(lease_req(&q2, 1, 60_000)).await });
+    // The lease call is parked on the server; an enqueue wakes it.
+    c.enqueue(enqueue_req(&q, &["late"]))
+        .await
+        .expect("enqueue");
+    let got = waiting.await.expect("join").expect("lease").into_inner();
+    assert_eq!(&got.items[0].payload[..], b"late");
+
+    // A second waiter on a sealed queue is answered "drained" when the last
+    // lease completes.
+    c.seal_queue(pb::SealQueueRequest { name: q.clone() })
+        .await
+        .expect("seal");
+    let mut waiter = c.clone();
+    let q2 = q.clone();
+    let waiting = tokio::spawn(async move { waiter.lease(lease_req(&q2, 1, 60_000)).await });
+    c.complete(pb::CompleteRequest {
+        queue: q.clone(),
+        lease_tokens: vec![got.items[0].lease_token.clone()],
+    })
+    .await
+    .expect("complete");
+    let end = waiting.await.expect("join").expect("lease").into_inner();
+    assert!(end.items.is_empty() && end.drained && end.empty);
+}
+
+#[tokio::test]
+async fn fail_dead_list_and_requeue() {
+    let server = ServerProcess::memory();
+    let mut c = server.client().await;
+    let q = unique_queue("dead");
+    c.enqueue(enqueue_req(&q, &["poison"]))
+        .await
+        .expect("enqueue");
+    let l = c
+        .lease(lease_req(&q, 1, 0))
+        .await
+        .expect("lease")
+        .into_inner();
+    let f = c
+        .fail(pb::FailRequest {
+            queue: q.clone(),
+            lease_tokens: vec![l.items[0].lease_token.clone()],
+            fatal: true,
+            reason: "exit code 42".into(),
+            retry_after_ms: 0,
+        })
+        .await
+        .expect("fail")
+        .into_inner();
+    assert_eq!(f.dead, 1);
+    let dead = c
+        .list_dead(pb::ListDeadRequest {
+            queue: q.clone(),
+            limit: 0,
+        })
+        .await
+        .expect("dead")
+        .into_inner();
+    assert_eq!(dead.items.len(), 1);
+    assert!(dead.items[0].reason.contains("exit code 42"));
+    assert_eq!(&dead.items[0].payload[..], b"poison");
+    let r = c
+        .requeue_dead(pb::RequeueDeadRequest {
+            queue: q.clone(),
+            item_ids: vec![],
+        })
+        .await
+        .expect("requeue")
+        .into_inner();
+    assert_eq!(r.requeued, 1);
+    let s = stats(&mut c, &q).await;
+    assert_eq!((s.pending, s.dead), (1, 0));
+}
+
+#[tokio::test]
+async fn watch_streams_counters_until_drained() {
+    let server = ServerProcess::memory();
+    let mut c = server.client().await;
+    let q = unique_queue("watch");
+    c.enqueue(enqueue_req(&q, &["a", "b"]))
+        .await
+        .expect("enqueue");
+    c.seal_queue(pb::SealQueueRequest { name: q.clone() })
+        .await
+        .expect("seal");
+    let mut stream = c
+        .watch(pb::WatchRequest {
+            queue: q.clone(),
+            until_drained: true,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = stream.message().await.expect("first").expect("some");
+    assert_eq!(first.pending, 2);
+    let l = c
+        .lease(lease_req(&q, 2, 0))
+        .await
+        .expect("lease")
+        .into_inner();
+    c.complete(pb::CompleteRequest {
+        queue: q.clone(),
+        lease_tokens: l.items.iter().map(|i| i.lease_token.clone()).collect(),
+    })
+    .await
+    .expect("complete");
+    let mut last = first;
+    while let Some(s) = stream.message().await.expect("message") {
+        assert!(s.enqueued == s.pending + s.delayed + s.leased + s.completed + s.dead);
+        last = s;
+    }
+    assert!(last.drained && last.completed == 2, "{last:?}");
+}
+
+#[tokio::test]
+async fn health_reflection_healthz_and_metrics_are_served() {
+    let server = ServerProcess::memory();
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "workq.v1.QueueService".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        resp.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut refl = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(futures::stream::iter(vec![req]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = stream
+        .message()
+        .await
+        .expect("msg")
+        .and_then(|m| m.message_response)
+    else {
+        panic!("no list of services");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "workq.v1.QueueService"),
+        "{list:?}"
+    );
+
+    let mut c = server.client().await;
+    let q = unique_queue("metrics");
+    c.enqueue(enqueue_req(&q, &["a"])).await.expect("enqueue");
+    let http = server.http.expect("http address");
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(http).expect("connect http");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read");
+        body
+    };
+    assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+    let metrics = get("/metrics");
+    assert!(metrics.contains("workq_items_enqueued_total"), "{metrics}");
+    assert!(metrics.contains(&format!("queue=\"{q}\"")), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_and_keeps_everything_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = unique_queue("term");
+    let mut server = ServerProcess::embedded(dir.path());
+    let mut c = server.client().await;
+    c.enqueue(enqueue_req(&q, &["a", "b", "c"]))
+        .await
+        .expect("enqueue");
+    let l = c
+        .lease(lease_req(&q, 2, 0))
+        .await
+        .expect("lease")
+        .into_inner();
+    c.complete(pb::CompleteRequest {
+        queue: q.clone(),
+        lease_tokens: vec![l.items[0].lease_token.clone()],
+    })
+    .await
+    .expect("complete");
+    // A long-poll in flight must not hold the shutdown up.
+    let idle = unique_queue("idle");
+    c.create_queue(pb::CreateQueueRequest {
+        name: idle.clone(),
+        settings: None,
+    })
+    .await
+    .expect("create");
+    let mut waiter = c.clone();
+    let parked = tokio::spawn(async move { waiter.lease(lease_req(&idle, 1, 290_000)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await; // let the call reach the server
+    let status = server.signal_and_wait(Signal::SIGTERM);
+    assert!(status.success(), "exit status {status:?}");
+    let parked = parked.await.expect("join");
+    assert!(
+        parked
+            .map(|r| r.into_inner().items.is_empty())
+            .unwrap_or(true)
+    );
+
+    let server2 = ServerProcess::embedded(dir.path());
+    let mut c = server2.client().await;
+    let s = stats(&mut c, &q).await;
+    // b was leased at shutdown: it is pending again, with no attempt counted.
+    assert_eq!((s.enqueued, s.pending, s.leased, s.completed), (3, 2, 0, 1));
+    let l = c
+        .lease(lease_req(&q, 2, 0))
+        .await
+        .expect("lease")
+        .into_inner();
+    assert!(l.items.iter().all(|i| i.attempt == 1));
+}
+
+#[tokio::test]
+async fn a_locked_data_dir_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = ServerProcess::embedded(dir.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_queue-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another queue-server"), "{err}");
+}
