@@ -268,6 +268,7 @@ impl Runner {
         job.metadata.namespace = Some(namespace.clone());
         let uid = uuid::Uuid::new_v4().to_string();
         job.metadata.uid = Some(uid.clone());
+
         let labels = job.metadata.labels.get_or_insert_with(Default::default);
         labels.insert("controller-uid".into(), uid.clone());
         labels.insert("job-name".into(), name.clone());
@@ -275,6 +276,14 @@ impl Runner {
         job.metadata.creation_timestamp = Some(Time(start_ts));
         let queue = queue::prepare(&mut job, dir, self.dir.path(), &self.opts, &mut self.queue_server, &self.out).await?;
         let extra_env = queue.as_ref().map(QueueRun::env).unwrap_or_default();
+        // The API server's defaults: with neither set, both are 1.
+        if let Some(spec) = job.spec.as_mut()
+            && spec.completions.is_none()
+            && spec.parallelism.is_none()
+        {
+            spec.completions = Some(1);
+            spec.parallelism = Some(1);
+        }
         let spec = job.spec.clone().unwrap_or_default();
         let config = JobConfig::from_spec(&name, &namespace, &spec, self.opts.pod_backoff);
         let suspended = spec.suspend == Some(true) && !self.opts.resume;
