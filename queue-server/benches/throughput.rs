@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench -p queue-server --bench throughput` (release build).
 //! Options after `--`: `--items N` (default 100000), `--depth N` (default
-//! 1000000), `--json` (one JSON object per measurement instead of a table).
+//! 1000000), `--store memory|embedded`, `--batch N`, `--no-depth`, `--json`
+//! (one JSON object per measurement instead of a table).
 //! The server is the real binary in its own process on loopback.
 
 #![allow(missing_docs)]
@@ -30,9 +31,21 @@ impl Server {
     fn start(store: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(env!("CARGO_BIN_EXE_queue-server"))
-            .args(["--listen", "127.0.0.1:0", "--http-listen", "off", "--store", store])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "off",
+                "--store",
+                store,
+            ])
             .arg("--data-dir")
             .arg(dir.path())
+            .args(
+                std::env::var("BENCH_SERVER_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -82,8 +95,9 @@ fn payload(i: u64) -> pb::NewItem {
 async fn produce(server: &Server, queue: &str, items: u64, batch: u64, tasks: u64) {
     let next = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
+    let shared = server.client().await;
     for _ in 0..tasks {
-        let mut c = server.client().await;
+        let mut c = shared.clone();
         let next = next.clone();
         let queue = queue.to_string();
         handles.push(tokio::spawn(async move {
@@ -108,12 +122,13 @@ async fn produce(server: &Server, queue: &str, items: u64, batch: u64, tasks: u6
 }
 
 /// `tasks` consumers lease and complete in batches of `batch` until `items`
-/// are completed.
-async fn consume(server: &Server, queue: &str, items: u64, batch: u32, tasks: u64) {
+/// are completed, each lease call waiting up to `wait_ms` for an item.
+async fn consume(server: &Server, queue: &str, items: u64, batch: u32, tasks: u64, wait_ms: u64) {
     let done = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
+    let shared = server.client().await;
     for _ in 0..tasks {
-        let mut c = server.client().await;
+        let mut c = shared.clone();
         let done = done.clone();
         let queue = queue.to_string();
         handles.push(tokio::spawn(async move {
@@ -122,7 +137,7 @@ async fn consume(server: &Server, queue: &str, items: u64, batch: u32, tasks: u6
                     queue: queue.clone(),
                     max_items: batch,
                     lease_ms: 60_000,
-                    wait_ms: 50,
+                    wait_ms,
                 };
                 let l = match c.lease(req).await {
                     Ok(l) => l.into_inner(),
@@ -168,6 +183,12 @@ async fn timed(f: impl std::future::Future<Output = ()>) -> f64 {
 }
 
 fn tasks_for(batch: u64) -> u64 {
+    if let Some(n) = std::env::var("BENCH_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
     if batch == 1 { 32 } else { 4 }
 }
 
@@ -175,17 +196,35 @@ async fn throughput(store: &'static str, batch: u64, items: u64, rows: &mut Vec<
     let server = Server::start(store);
     let tasks = tasks_for(batch);
     let secs = timed(produce(&server, "bench", items, batch, tasks)).await;
-    rows.push(Row { store, measure: "enqueue".into(), batch, items, secs });
-    let secs = timed(consume(&server, "bench", items, batch as u32, tasks)).await;
-    rows.push(Row { store, measure: "lease+complete".into(), batch, items, secs });
+    rows.push(Row {
+        store,
+        measure: "enqueue".into(),
+        batch,
+        items,
+        secs,
+    });
+    let secs = timed(consume(&server, "bench", items, batch as u32, tasks, 0)).await;
+    rows.push(Row {
+        store,
+        measure: "lease+complete".into(),
+        batch,
+        items,
+        secs,
+    });
     let secs = timed(async {
         tokio::join!(
             produce(&server, "e2e", items, batch, tasks),
-            consume(&server, "e2e", items, batch as u32, tasks)
+            consume(&server, "e2e", items, batch as u32, tasks, 50)
         );
     })
     .await;
-    rows.push(Row { store, measure: "end to end".into(), batch, items, secs });
+    rows.push(Row {
+        store,
+        measure: "end to end".into(),
+        batch,
+        items,
+        secs,
+    });
 }
 
 /// Lease + complete `measured` items at batch 100 from a queue holding
@@ -201,7 +240,7 @@ async fn depth(store: &'static str, depth: u64, measured: u64, rows: &mut Vec<Ro
             filled += depth;
         }
         let round = measured.min(depth);
-        secs += timed(consume(&server, "deep", round, 100, 4)).await;
+        secs += timed(consume(&server, "deep", round, 100, 4, 0)).await;
         done += round;
     }
     rows.push(Row {
@@ -225,20 +264,39 @@ fn main() {
     let items = opt("--items", 100_000);
     let deep = opt("--depth", 1_000_000);
     let json = args.iter().any(|a| a == "--json");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let only = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let stores: Vec<&'static str> = match only("--store").as_deref() {
+        Some("memory") => vec!["memory"],
+        Some("embedded") => vec!["embedded"],
+        _ => vec!["memory", "embedded"],
+    };
+    let batches: Vec<u64> = match only("--batch").and_then(|b| b.parse().ok()) {
+        Some(b) => vec![b],
+        None => vec![1, 100],
+    };
+    let with_depth = !args.iter().any(|a| a == "--no-depth");
+    // One client thread: on two cores, a second one mostly adds context
+    // switches (measured), and the server needs the other core.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let mut rows = Vec::new();
     rt.block_on(async {
-        for store in ["memory", "embedded"] {
-            for batch in [1, 100] {
+        for store in stores {
+            for &batch in &batches {
                 let n = if batch == 1 { items / 4 } else { items };
                 throughput(store, batch, n, &mut rows).await;
             }
-            depth(store, 1_000, 50_000, &mut rows).await;
-            depth(store, deep, 50_000, &mut rows).await;
+            if with_depth {
+                depth(store, 1_000, 50_000, &mut rows).await;
+                depth(store, deep, 50_000, &mut rows).await;
+            }
         }
     });
     if json {

@@ -41,6 +41,9 @@ struct Args {
     /// Attempts before an item goes dead, for queues created without their own.
     #[arg(long, env = "WQ_MAX_ATTEMPTS", default_value_t = QueueSettings::default().max_attempts)]
     max_attempts: u32,
+    /// Threads serving calls (0: one per CPU core).
+    #[arg(long, env = "WQ_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
     /// How long the idempotency key of a completed item is remembered.
     #[arg(long, env = "WQ_IDEMPOTENCY_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
     idempotency_window: Duration,
@@ -48,6 +51,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let worker_threads = args.worker_threads;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -79,7 +83,13 @@ fn main() -> anyhow::Result<()> {
             ..QueueSettings::default()
         },
     };
-    tokio::runtime::Runtime::new()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        runtime.worker_threads(worker_threads);
+    }
+    runtime
+        .enable_all()
+        .build()
         .context("cannot start the async runtime")?
         .block_on(run(config))
 }
