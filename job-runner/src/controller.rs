@@ -157,7 +157,10 @@ impl JobConfig {
                             .iter()
                             .flatten()
                             .map(|c| {
-                                (c.type_.clone(), c.status.clone().unwrap_or_else(|| "True".into()))
+                                (
+                                    c.type_.clone(),
+                                    c.status.clone().unwrap_or_else(|| "True".into()),
+                                )
                             })
                             .collect(),
                     ),
@@ -415,7 +418,12 @@ impl JobState {
     /// Records a created pod.
     pub fn pod_created(&mut self, pod: &str, index: Option<u32>, now: Duration) {
         self.active.insert(pod.to_string(), index);
-        self.event(now, false, "SuccessfulCreate", format!("Created pod: {pod}"));
+        self.event(
+            now,
+            false,
+            "SuccessfulCreate",
+            format!("Created pod: {pod}"),
+        );
     }
 
     /// A container of an `OnFailure` pod failed: counts the restart and says
@@ -745,9 +753,17 @@ mod tests {
         for p in ["p2", "p3"] {
             s.pod_finished(&exit(p, None, 0), secs(2));
         }
-        assert_eq!(start(&mut s, secs(2), &mut n).len(), 2, "min(parallelism, remaining)");
+        assert_eq!(
+            start(&mut s, secs(2), &mut n).len(),
+            2,
+            "min(parallelism, remaining)"
+        );
         s.pod_finished(&exit("p4", None, 0), secs(3));
-        assert_eq!(s.reconcile(secs(3)).create.len(), 0, "one left, one running");
+        assert_eq!(
+            s.reconcile(secs(3)).create.len(),
+            0,
+            "one left, one running"
+        );
         s.pod_finished(&exit("p5", None, 0), secs(4));
         let f = s.finish.clone().expect("finished");
         assert!(f.complete);
@@ -764,10 +780,18 @@ mod tests {
         let mut n = 0;
         assert_eq!(start(&mut s, secs(0), &mut n).len(), 3);
         s.pod_finished(&exit("p1", None, 1), secs(1));
-        assert_eq!(start(&mut s, secs(20), &mut n).len(), 1, "a failure is replaced");
+        assert_eq!(
+            start(&mut s, secs(20), &mut n).len(),
+            1,
+            "a failure is replaced"
+        );
         s.pod_finished(&exit("p2", None, 0), secs(21));
         assert!(s.finish.is_none(), "others still running");
-        assert_eq!(s.reconcile(secs(21)).create.len(), 0, "no new pod after a success");
+        assert_eq!(
+            s.reconcile(secs(21)).create.len(),
+            0,
+            "no new pod after a success"
+        );
         s.pod_finished(&exit("p3", None, 0), secs(22));
         s.pod_finished(&exit("p4", None, 0), secs(23));
         assert!(s.finish.as_ref().is_some_and(|f| f.complete));
@@ -808,7 +832,15 @@ mod tests {
     #[test]
     fn backoff_delay_is_capped() {
         let base = secs(10);
-        let table = [(0, 0), (1, 10), (2, 20), (3, 40), (6, 320), (7, 360), (30, 360)];
+        let table = [
+            (0, 0),
+            (1, 10),
+            (2, 20),
+            (3, 40),
+            (6, 320),
+            (7, 360),
+            (30, 360),
+        ];
         for (n, want) in table {
             assert_eq!(JobState::backoff_delay(base, n), secs(want), "n={n}");
         }
@@ -822,7 +854,10 @@ mod tests {
         });
         let mut n = 0;
         start(&mut s, secs(0), &mut n);
-        assert_eq!(s.pod_finished(&exit("p1", None, 3), secs(1)), Verdict::JobFailed);
+        assert_eq!(
+            s.pod_finished(&exit("p1", None, 3), secs(1)),
+            Verdict::JobFailed
+        );
     }
 
     #[test]
@@ -835,11 +870,17 @@ mod tests {
         });
         let mut n = 0;
         let pods = start(&mut s, secs(0), &mut n);
-        assert_eq!(pods.iter().map(|p| p.1).collect::<Vec<_>>(), [Some(0), Some(1), Some(2)]);
+        assert_eq!(
+            pods.iter().map(|p| p.1).collect::<Vec<_>>(),
+            [Some(0), Some(1), Some(2)]
+        );
         s.pod_finished(&exit("p2", Some(1), 0), secs(1));
         s.pod_finished(&exit("p1", Some(0), 1), secs(1));
         let pods = start(&mut s, secs(20), &mut n);
-        assert_eq!(pods.iter().map(|p| p.1).collect::<Vec<_>>(), [Some(0), Some(3)]);
+        assert_eq!(
+            pods.iter().map(|p| p.1).collect::<Vec<_>>(),
+            [Some(0), Some(3)]
+        );
         assert_eq!(s.completed_indexes(), "1");
         for (p, i) in [("p3", 2), ("p4", 0), ("p5", 3)] {
             s.pod_finished(&exit(p, Some(i), 0), secs(21));
@@ -853,7 +894,12 @@ mod tests {
         assert_eq!(status.completed_indexes.as_deref(), Some("0-4"));
         assert_eq!(status.succeeded, Some(5));
         assert_eq!(status.failed, Some(1));
-        let types: Vec<_> = status.conditions.iter().flatten().map(|c| c.type_.as_str()).collect();
+        let types: Vec<_> = status
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| c.type_.as_str())
+            .collect();
         assert_eq!(types, ["SuccessCriteriaMet", "Complete"]);
     }
 
@@ -872,17 +918,31 @@ mod tests {
         let mut s = JobState::new(cfg.clone());
         let mut n = 0;
         start(&mut s, secs(0), &mut n);
-        assert_eq!(s.pod_finished(&exit("p2", Some(1), 1), secs(1)), Verdict::Counted);
+        assert_eq!(
+            s.pod_finished(&exit("p2", Some(1), 1), secs(1)),
+            Verdict::Counted
+        );
         let again = start(&mut s, secs(1), &mut n);
         assert_eq!(again, [("p4".to_string(), Some(1))]);
-        assert_eq!(s.pod_finished(&exit("p4", Some(1), 1), secs(2)), Verdict::IndexFailed);
-        assert!(start(&mut s, secs(2), &mut n).is_empty(), "a failed index is not retried");
+        assert_eq!(
+            s.pod_finished(&exit("p4", Some(1), 1), secs(2)),
+            Verdict::IndexFailed
+        );
+        assert!(
+            start(&mut s, secs(2), &mut n).is_empty(),
+            "a failed index is not retried"
+        );
         s.pod_finished(&exit("p1", Some(0), 0), secs(3));
         assert!(s.finish.is_none());
         s.pod_finished(&exit("p3", Some(2), 0), secs(3));
         let f = s.finish.clone().expect("done");
         assert_eq!((f.complete, f.reason.as_str()), (false, "FailedIndexes"));
-        assert_eq!(s.status(jiff::Timestamp::UNIX_EPOCH, secs(3)).failed_indexes.as_deref(), Some("1"));
+        assert_eq!(
+            s.status(jiff::Timestamp::UNIX_EPOCH, secs(3))
+                .failed_indexes
+                .as_deref(),
+            Some("1")
+        );
 
         // maxFailedIndexes 0: the first failed index fails the Job.
         let mut s = JobState::new(JobConfig {
@@ -891,7 +951,10 @@ mod tests {
             ..cfg
         });
         start(&mut s, secs(0), &mut n);
-        assert_eq!(s.pod_finished(&exit("p5", Some(0), 1), secs(1)), Verdict::JobFailed);
+        assert_eq!(
+            s.pod_finished(&exit("p5", Some(0), 1), secs(1)),
+            Verdict::JobFailed
+        );
         assert!(s.reconcile(secs(1)).terminate_active);
         assert_eq!(s.finish.expect("failed").reason, "MaxFailedIndexesExceeded");
     }
@@ -916,22 +979,52 @@ mod tests {
     #[test]
     fn rule_matching_takes_the_first_match_in_order() {
         let disruption = Matcher::Conditions(vec![("DisruptionTarget".into(), "True".into())]);
-        let table: Vec<(Vec<Rule>, PodResult, Option<(usize, RuleAction)>)> = vec![
-            (rules(&[(RuleAction::FailJob, codes(Some("main"), false, &[42]))]), exit("a", None, 42), Some((0, RuleAction::FailJob))),
-            (rules(&[(RuleAction::FailJob, codes(Some("other"), false, &[42]))]), exit("a", None, 42), None),
-            (rules(&[(RuleAction::FailJob, codes(None, true, &[1, 2]))]), exit("a", None, 3), Some((0, RuleAction::FailJob))),
-            (rules(&[(RuleAction::FailJob, codes(None, true, &[1, 2]))]), exit("a", None, 2), None),
+        type Case = (Vec<Rule>, PodResult, Option<(usize, RuleAction)>);
+        let table: Vec<Case> = vec![
             (
-                rules(&[(RuleAction::Ignore, codes(None, false, &[1])), (RuleAction::FailJob, codes(None, false, &[1]))]),
+                rules(&[(RuleAction::FailJob, codes(Some("main"), false, &[42]))]),
+                exit("a", None, 42),
+                Some((0, RuleAction::FailJob)),
+            ),
+            (
+                rules(&[(RuleAction::FailJob, codes(Some("other"), false, &[42]))]),
+                exit("a", None, 42),
+                None,
+            ),
+            (
+                rules(&[(RuleAction::FailJob, codes(None, true, &[1, 2]))]),
+                exit("a", None, 3),
+                Some((0, RuleAction::FailJob)),
+            ),
+            (
+                rules(&[(RuleAction::FailJob, codes(None, true, &[1, 2]))]),
+                exit("a", None, 2),
+                None,
+            ),
+            (
+                rules(&[
+                    (RuleAction::Ignore, codes(None, false, &[1])),
+                    (RuleAction::FailJob, codes(None, false, &[1])),
+                ]),
                 exit("a", None, 1),
                 Some((0, RuleAction::Ignore)),
             ),
             (
-                rules(&[(RuleAction::Count, codes(None, false, &[5])), (RuleAction::Ignore, disruption.clone())]),
-                PodResult { conditions: vec![("DisruptionTarget".into(), "True".into())], ..exit("a", None, 143) },
+                rules(&[
+                    (RuleAction::Count, codes(None, false, &[5])),
+                    (RuleAction::Ignore, disruption.clone()),
+                ]),
+                PodResult {
+                    conditions: vec![("DisruptionTarget".into(), "True".into())],
+                    ..exit("a", None, 143)
+                },
                 Some((1, RuleAction::Ignore)),
             ),
-            (rules(&[(RuleAction::Ignore, disruption)]), exit("a", None, 143), None),
+            (
+                rules(&[(RuleAction::Ignore, disruption)]),
+                exit("a", None, 143),
+                None,
+            ),
         ];
         for (i, (rules, pod, want)) in table.into_iter().enumerate() {
             let s = JobState::new(JobConfig { rules, ..config() });
@@ -951,14 +1044,29 @@ mod tests {
             index: None,
             succeeded: false,
             containers: vec![
-                ContainerExit { name: "init".into(), exit_code: 3, init: true },
-                ContainerExit { name: "main".into(), exit_code: 0, init: false },
-                ContainerExit { name: "side".into(), exit_code: 9, init: false },
+                ContainerExit {
+                    name: "init".into(),
+                    exit_code: 3,
+                    init: true,
+                },
+                ContainerExit {
+                    name: "main".into(),
+                    exit_code: 0,
+                    init: false,
+                },
+                ContainerExit {
+                    name: "side".into(),
+                    exit_code: 9,
+                    init: false,
+                },
             ],
             conditions: vec![],
         };
         let (_, _, msg) = s.match_rule(&pod).expect("matches");
-        assert_eq!(msg, "Container side for pod default/a failed with exit code 9 matching FailJob rule at index 0");
+        assert_eq!(
+            msg,
+            "Container side for pod default/a failed with exit code 9 matching FailJob rule at index 0"
+        );
     }
 
     #[test]
@@ -971,16 +1079,30 @@ mod tests {
         });
         let mut n = 0;
         start(&mut s, secs(0), &mut n);
-        assert_eq!(s.pod_finished(&exit("p1", None, 42), secs(30)), Verdict::JobFailed);
+        assert_eq!(
+            s.pod_finished(&exit("p1", None, 42), secs(30)),
+            Verdict::JobFailed
+        );
         let r = s.reconcile(secs(30));
         assert!(r.terminate_active && r.create.is_empty());
         let f = s.finish.clone().expect("failed");
         assert_eq!(f.reason, "PodFailurePolicy");
-        assert_eq!(f.message, "Container main for pod default/p1 failed with exit code 42 matching FailJob rule at index 0");
-        assert_eq!(s.pod_finished(&exit("p2", None, 143), secs(31)), Verdict::AfterFinish);
+        assert_eq!(
+            f.message,
+            "Container main for pod default/p1 failed with exit code 42 matching FailJob rule at index 0"
+        );
+        assert_eq!(
+            s.pod_finished(&exit("p2", None, 143), secs(31)),
+            Verdict::AfterFinish
+        );
         let status = s.status(jiff::Timestamp::UNIX_EPOCH, secs(31));
         assert_eq!(status.failed, Some(2));
-        let types: Vec<_> = status.conditions.iter().flatten().map(|c| c.type_.as_str()).collect();
+        let types: Vec<_> = status
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| c.type_.as_str())
+            .collect();
         assert_eq!(types, ["FailureTarget", "Failed"]);
     }
 
@@ -988,13 +1110,22 @@ mod tests {
     fn ignored_disruption_does_not_count() {
         let mut s = JobState::new(JobConfig {
             backoff_limit: 0,
-            rules: rules(&[(RuleAction::Ignore, Matcher::Conditions(vec![("DisruptionTarget".into(), "True".into())]))]),
+            rules: rules(&[(
+                RuleAction::Ignore,
+                Matcher::Conditions(vec![("DisruptionTarget".into(), "True".into())]),
+            )]),
             ..config()
         });
         let mut n = 0;
         start(&mut s, secs(0), &mut n);
-        let evicted = PodResult { conditions: vec![("DisruptionTarget".into(), "True".into())], ..exit("p1", None, 143) };
-        assert_eq!(s.pod_finished(&evicted, secs(1)), Verdict::Ignored { rule: 0 });
+        let evicted = PodResult {
+            conditions: vec![("DisruptionTarget".into(), "True".into())],
+            ..exit("p1", None, 143)
+        };
+        assert_eq!(
+            s.pod_finished(&evicted, secs(1)),
+            Verdict::Ignored { rule: 0 }
+        );
         assert_eq!(s.failed, 0);
         let again = start(&mut s, secs(1), &mut n);
         assert_eq!(again.len(), 1, "replaced at once, no back-off");
@@ -1014,7 +1145,13 @@ mod tests {
         let r = s.reconcile(secs(5));
         assert!(r.terminate_active);
         let f = s.finish.expect("failed");
-        assert_eq!((f.reason.as_str(), f.message.as_str()), ("DeadlineExceeded", "Job was active longer than specified deadline"));
+        assert_eq!(
+            (f.reason.as_str(), f.message.as_str()),
+            (
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline"
+            )
+        );
     }
 
     #[test]
@@ -1044,6 +1181,14 @@ mod tests {
         )
         .expect("parses");
         let c = JobConfig::from_spec("j", "default", &spec, DEFAULT_POD_BACKOFF);
-        assert_eq!((c.completions, c.parallelism, c.backoff_limit, c.restart_on_failure), (None, 1, 6, true));
+        assert_eq!(
+            (
+                c.completions,
+                c.parallelism,
+                c.backoff_limit,
+                c.restart_on_failure
+            ),
+            (None, 1, 6, true)
+        );
     }
 }

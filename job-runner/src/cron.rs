@@ -85,15 +85,24 @@ mod tests {
     #[test]
     fn every_minute() {
         let s = Schedule::parse("* * * * *", Some("UTC")).expect("parses");
-        assert_eq!(s.next_after(ts("2026-01-01T10:00:30Z")), Some(ts("2026-01-01T10:01:00Z")));
-        assert_eq!(s.next_after(ts("2026-01-01T10:01:00Z")), Some(ts("2026-01-01T10:02:00Z")));
+        assert_eq!(
+            s.next_after(ts("2026-01-01T10:00:30Z")),
+            Some(ts("2026-01-01T10:01:00Z"))
+        );
+        assert_eq!(
+            s.next_after(ts("2026-01-01T10:01:00Z")),
+            Some(ts("2026-01-01T10:02:00Z"))
+        );
     }
 
     #[test]
     fn time_zone_is_honoured() {
         let s = Schedule::parse("0 9 * * *", Some("Europe/Paris")).expect("parses");
         // 09:00 in Paris in January is 08:00 UTC.
-        assert_eq!(s.next_after(ts("2026-01-01T00:00:00Z")), Some(ts("2026-01-01T08:00:00Z")));
+        assert_eq!(
+            s.next_after(ts("2026-01-01T00:00:00Z")),
+            Some(ts("2026-01-01T08:00:00Z"))
+        );
         assert_eq!(s.time_zone(), "Europe/Paris");
     }
 
@@ -104,7 +113,11 @@ mod tests {
             ("0 0 * * * *", None, "expected exactly 5 fields"),
             ("61 * * * *", None, "spec.schedule: Invalid value"),
             ("TZ=UTC * * * * *", None, "use timeZone field"),
-            ("* * * * *", Some("Mars/Olympus"), "spec.timeZone: Invalid value"),
+            (
+                "* * * * *",
+                Some("Mars/Olympus"),
+                "spec.timeZone: Invalid value",
+            ),
         ] {
             let err = Schedule::parse(sched, tz).expect_err(sched);
             assert!(err.contains(want), "{sched}: {err}");

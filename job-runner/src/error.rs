@@ -43,7 +43,9 @@ pub enum Error {
         message: String,
     },
     /// The input held nothing that can run.
-    #[error("no Job or CronJob found in {0}; give at least one manifest with `kind: Job` or `kind: CronJob`")]
+    #[error(
+        "no Job or CronJob found in {0}; give at least one manifest with `kind: Job` or `kind: CronJob`"
+    )]
     NothingToRun(String),
     /// A pod cannot be run on this machine as the manifest asks.
     #[error("{0}")]

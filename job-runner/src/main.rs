@@ -53,7 +53,12 @@ enum Command {
 #[derive(Debug, Args)]
 struct TemplateArgs {
     /// A value for $ITEM (or Jinja's `item`); the template is expanded once per --item.
-    #[arg(long = "item", value_name = "VALUE", env = "JOB_RUNNER_ITEMS", value_delimiter = ',')]
+    #[arg(
+        long = "item",
+        value_name = "VALUE",
+        env = "JOB_RUNNER_ITEMS",
+        value_delimiter = ','
+    )]
     items: Vec<String>,
     /// A Jinja variable, NAME=VALUE (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_var)]
@@ -88,7 +93,13 @@ struct RunArgs {
     #[command(flatten)]
     template: TemplateArgs,
     /// Output at the end: text (summary) or json (the final Job objects).
-    #[arg(short = 'o', long = "output", value_enum, default_value = "text", env = "JOB_RUNNER_OUTPUT")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value = "text",
+        env = "JOB_RUNNER_OUTPUT"
+    )]
     output: Format,
     /// Base of the pod back-off after a failure (Kubernetes: 10s, doubling up to 6m).
     /// Shorten it only to try things quickly, e.g. --pod-backoff 0s.
@@ -170,7 +181,7 @@ fn expand_command(args: ExpandArgs) -> i32 {
         }
         match job_runner::template::expand(&name, &text, &opts) {
             Ok(out) => print!("{out}"),
-            Err(e) => return report_error(&job_runner::Error::from(e)),
+            Err(e) => return report_error(&e),
         }
     }
     0
@@ -183,7 +194,11 @@ fn run_command(args: RunArgs) -> i32 {
         );
         return 2;
     }
-    let loaded = match job_runner::manifest::load(&args.files, &args.template.options(), &mut std::io::stdin()) {
+    let loaded = match job_runner::manifest::load(
+        &args.files,
+        &args.template.options(),
+        &mut std::io::stdin(),
+    ) {
         Ok(l) => l,
         Err(e) => return report_error(&e),
     };
@@ -258,13 +273,23 @@ mod wq {
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, env = "WQ_GRACE")]
         grace: Duration,
         /// Exit codes that fail an item for good, comma-separated.
-        #[arg(long, value_delimiter = ',', value_name = "CODES", env = "WQ_FATAL_EXIT_CODES")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "CODES",
+            env = "WQ_FATAL_EXIT_CODES"
+        )]
         fatal_exit_codes: Vec<i32>,
         /// Stop as soon as the queue is empty, sealed or not.
         #[arg(long, env = "WQ_UNTIL_EMPTY")]
         until_empty: bool,
         /// The program to run for each item, and its arguments (put `--` before them).
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "PROGRAM"
+        )]
         program: Vec<OsString>,
     }
 
@@ -272,7 +297,9 @@ mod wq {
         let cli = WqCli::parse();
         let WqCommand::Consume(args) = cli.command;
         let (Some(url), Some(queue)) = (cli.url, cli.queue) else {
-            eprintln!("wq: error: give the queue with -q/--queue (or WQ_QUEUE) and the service with --url (or WQ_URL)");
+            eprintln!(
+                "wq: error: give the queue with -q/--queue (or WQ_QUEUE) and the service with --url (or WQ_URL)"
+            );
             return 2;
         };
         let runtime = match tokio::runtime::Runtime::new() {

@@ -80,10 +80,12 @@ pub fn load(paths: &[String], opts: &TemplateOptions, stdin: &mut dyn Read) -> R
     for p in paths {
         if p == "-" {
             let mut text = String::new();
-            stdin.read_to_string(&mut text).map_err(|source| Error::Read {
-                path: PathBuf::from("<stdin>"),
-                source,
-            })?;
+            stdin
+                .read_to_string(&mut text)
+                .map_err(|source| Error::Read {
+                    path: PathBuf::from("<stdin>"),
+                    source,
+                })?;
             let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
             parse_text("<stdin>", &cwd, &text, opts, &mut loaded)?;
             continue;
@@ -175,7 +177,12 @@ fn parse_object(origin: &Origin, doc: Value) -> Result<Parsed> {
             "a manifest must be a mapping with apiVersion, kind and metadata".into(),
         ]));
     };
-    let field = |name: &str| map.get(name).and_then(Value::as_str).unwrap_or("").to_string();
+    let field = |name: &str| {
+        map.get(name)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let (api_version, kind) = (field("apiVersion"), field("kind"));
     let mut missing = Vec::new();
     if api_version.is_empty() {
@@ -200,7 +207,7 @@ fn parse_object(origin: &Origin, doc: Value) -> Result<Parsed> {
     };
     let object = match (api_version.as_str(), kind.as_str()) {
         ("batch/v1", "Job") => {
-            let job: Job = typed(&doc).map_err(|p| named(p))?;
+            let job: Job = typed(&doc).map_err(&named)?;
             let problems = crate::validate::job(&job);
             if !problems.is_empty() {
                 return Err(named(problems));
@@ -208,14 +215,14 @@ fn parse_object(origin: &Origin, doc: Value) -> Result<Parsed> {
             Object::Job(Box::new(job))
         }
         ("batch/v1", "CronJob") => {
-            let cron: CronJob = typed(&doc).map_err(|p| named(p))?;
+            let cron: CronJob = typed(&doc).map_err(&named)?;
             let problems = crate::validate::cron_job(&cron);
             if !problems.is_empty() {
                 return Err(named(problems));
             }
             Object::CronJob(Box::new(cron))
         }
-        ("v1", "Service") => Object::Service(Box::new(typed(&doc).map_err(|p| named(p))?)),
+        ("v1", "Service") => Object::Service(Box::new(typed(&doc).map_err(&named)?)),
         (_, "Job" | "CronJob") => {
             return Err(named(vec![format!(
                 "apiVersion: Unsupported value: {api_version:?}: supported values: \"batch/v1\""
@@ -316,7 +323,13 @@ mod tests {
 
     fn parse(text: &str) -> Result<Loaded> {
         let mut loaded = Loaded::default();
-        parse_text("t.yaml", Path::new("."), text, &TemplateOptions::default(), &mut loaded)?;
+        parse_text(
+            "t.yaml",
+            Path::new("."),
+            text,
+            &TemplateOptions::default(),
+            &mut loaded,
+        )?;
         Ok(loaded)
     }
 
@@ -338,7 +351,10 @@ mod tests {
             msg.contains("spec.template.spec.containers[0].comand: unknown field \"comand\""),
             "{msg}"
         );
-        assert!(msg.contains("Job/pi") && msg.contains("document 1"), "{msg}");
+        assert!(
+            msg.contains("Job/pi") && msg.contains("document 1"),
+            "{msg}"
+        );
         assert!(err.is_bad_input());
     }
 
@@ -355,7 +371,10 @@ mod tests {
 
     #[test]
     fn wrong_type_is_named() {
-        let text = JOB.replace("spec:\n  template", "spec:\n  completions: many\n  template");
+        let text = JOB.replace(
+            "spec:\n  template",
+            "spec:\n  completions: many\n  template",
+        );
         let msg = parse(&text).expect_err("wrong type").to_string();
         assert!(msg.contains("spec.completions: invalid type"), "{msg}");
     }
@@ -368,13 +387,22 @@ mod tests {
         let loaded = parse(&text).expect("parses");
         assert_eq!(loaded.manifests.len(), 2);
         assert_eq!(loaded.skipped.len(), 1);
-        assert!(loaded.skipped[0].contains("ConfigMap/cm"), "{:?}", loaded.skipped);
+        assert!(
+            loaded.skipped[0].contains("ConfigMap/cm"),
+            "{:?}",
+            loaded.skipped
+        );
     }
 
     #[test]
     fn missing_kind_and_bad_yaml() {
-        let msg = parse("metadata:\n  name: x\n").expect_err("no kind").to_string();
-        assert!(msg.contains("apiVersion: Required value") && msg.contains("kind: Required value"), "{msg}");
+        let msg = parse("metadata:\n  name: x\n")
+            .expect_err("no kind")
+            .to_string();
+        assert!(
+            msg.contains("apiVersion: Required value") && msg.contains("kind: Required value"),
+            "{msg}"
+        );
         let err = parse("a: [1, 2\n").expect_err("bad yaml");
         assert!(matches!(err, Error::Yaml { .. }), "{err}");
     }
@@ -382,8 +410,13 @@ mod tests {
     #[test]
     fn reads_directories_in_name_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("b.yaml"), JOB.replace("name: pi", "name: b")).expect("write");
-        std::fs::write(dir.path().join("a.yml"), JOB.replace("name: pi", "name: a")).expect("write");
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            JOB.replace("name: pi", "name: b"),
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("a.yml"), JOB.replace("name: pi", "name: a"))
+            .expect("write");
         std::fs::write(dir.path().join("notes.txt"), "not yaml: [").expect("write");
         let loaded = load(
             &[dir.path().display().to_string()],
@@ -404,10 +437,19 @@ mod tests {
 
     #[test]
     fn reads_stdin_and_names_a_missing_file() {
-        let loaded = load(&["-".into()], &TemplateOptions::default(), &mut JOB.as_bytes()).expect("stdin");
+        let loaded = load(
+            &["-".into()],
+            &TemplateOptions::default(),
+            &mut JOB.as_bytes(),
+        )
+        .expect("stdin");
         assert_eq!(loaded.manifests.len(), 1);
-        let err = load(&["/nonexistent/x.yaml".into()], &TemplateOptions::default(), &mut std::io::empty())
-            .expect_err("missing");
+        let err = load(
+            &["/nonexistent/x.yaml".into()],
+            &TemplateOptions::default(),
+            &mut std::io::empty(),
+        )
+        .expect_err("missing");
         assert!(err.to_string().contains("/nonexistent/x.yaml"), "{err}");
     }
 }

@@ -247,7 +247,9 @@ fn containers_block(out: &mut String, title: &str, list: &[Container]) {
                 (None, Some(f)) => format!(
                     "{}: ({})",
                     e.name,
-                    f.field_ref.as_ref().map_or("valueFrom", |r| r.field_path.as_str())
+                    f.field_ref
+                        .as_ref()
+                        .map_or("valueFrom", |r| r.field_path.as_str())
                 ),
                 _ => format!("{}:", e.name),
             })
@@ -269,7 +271,11 @@ fn containers_block(out: &mut String, title: &str, list: &[Container]) {
                     "{} from {} ({})",
                     m.mount_path,
                     m.name,
-                    if m.read_only == Some(true) { "ro" } else { "rw" }
+                    if m.read_only == Some(true) {
+                        "ro"
+                    } else {
+                        "rw"
+                    }
                 )
             })
             .collect();
@@ -293,7 +299,10 @@ pub fn describe(r: &JobReport) -> String {
     let mut o = String::new();
     let mut field = |k: &str, v: String| o.push_str(&format!("{:<19}{v}\n", format!("{k}:")));
     field("Name", meta.name.clone().unwrap_or_default());
-    field("Namespace", meta.namespace.clone().unwrap_or_else(|| "default".into()));
+    field(
+        "Namespace",
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+    );
     field("Labels", map_line(meta.labels.as_ref()));
     field("Annotations", map_line(meta.annotations.as_ref()));
     if let Some(owner) = &r.owner {
@@ -306,7 +315,9 @@ pub fn describe(r: &JobReport) -> String {
     );
     field(
         "Completion Mode",
-        spec.completion_mode.clone().unwrap_or_else(|| "NonIndexed".into()),
+        spec.completion_mode
+            .clone()
+            .unwrap_or_else(|| "NonIndexed".into()),
     );
     field("Suspend", (r.suspended).to_string());
     field(
@@ -323,12 +334,23 @@ pub fn describe(r: &JobReport) -> String {
         field("Active Deadline Seconds", format!("{d}s"));
     }
     if let Some(t) = &status.start_time {
-        field("Start Time", t.0.strftime("%a, %d %b %Y %H:%M:%S %z").to_string());
+        field(
+            "Start Time",
+            t.0.strftime("%a, %d %b %Y %H:%M:%S %z").to_string(),
+        );
     }
     if let (Some(s), Some(c)) = (&status.start_time, &status.completion_time) {
-        field("Completed At", c.0.strftime("%a, %d %b %Y %H:%M:%S %z").to_string());
+        field(
+            "Completed At",
+            c.0.strftime("%a, %d %b %Y %H:%M:%S %z").to_string(),
+        );
         let d = c.0.duration_since(s.0);
-        field("Duration", age(Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(0))));
+        field(
+            "Duration",
+            age(Duration::from_millis(
+                u64::try_from(d.as_millis()).unwrap_or(0),
+            )),
+        );
     }
     field(
         "Pods Statuses",
@@ -342,12 +364,20 @@ pub fn describe(r: &JobReport) -> String {
     if spec.completion_mode.as_deref() == Some("Indexed") {
         field(
             "Completed Indexes",
-            status.completed_indexes.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "<none>".into()),
+            status
+                .completed_indexes
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "<none>".into()),
         );
         if spec.backoff_limit_per_index.is_some() {
             field(
                 "Failed Indexes",
-                status.failed_indexes.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "<none>".into()),
+                status
+                    .failed_indexes
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "<none>".into()),
             );
         }
     }
@@ -356,7 +386,11 @@ pub fn describe(r: &JobReport) -> String {
     }
     o.push_str("Pod Template:\n");
     let pod_spec = spec.template.spec.clone().unwrap_or_default();
-    containers_block(&mut o, "Init Containers", pod_spec.init_containers.as_deref().unwrap_or(&[]));
+    containers_block(
+        &mut o,
+        "Init Containers",
+        pod_spec.init_containers.as_deref().unwrap_or(&[]),
+    );
     containers_block(&mut o, "Containers", &pod_spec.containers);
     let volumes = pod_spec.volumes.clone().unwrap_or_default();
     if volumes.is_empty() {
@@ -385,13 +419,21 @@ pub fn describe(r: &JobReport) -> String {
     }
     if !r.pods.is_empty() {
         o.push_str("Pods:\n");
-        let w = r.pods.iter().map(|p| p.name.len()).max().unwrap_or(4).max(4);
+        let w = r
+            .pods
+            .iter()
+            .map(|p| p.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
         o.push_str(&format!(
             "  {:<w$}  {:<5}  {:<9}  {:<8}  {:<16}  {}\n",
             "Name", "Index", "Phase", "Duration", "Exit Codes", "Note"
         ));
         for p in &r.pods {
-            let dur = p.ended.map_or("-".to_string(), |e| age(e.saturating_sub(p.started)));
+            let dur = p
+                .ended
+                .map_or("-".to_string(), |e| age(e.saturating_sub(p.started)));
             o.push_str(&format!(
                 "  {:<w$}  {:<5}  {:<9}  {:<8}  {:<16}  {}\n",
                 p.name,

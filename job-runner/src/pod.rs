@@ -20,7 +20,9 @@ use crate::validate::keys;
 const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// Host variables a container inherits.
-const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TERM", "TZ", "TMPDIR"];
+const INHERITED_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LANG", "LC_ALL", "TERM", "TZ", "TMPDIR",
+];
 
 /// `n` random characters from Kubernetes' name alphabet.
 pub fn random_suffix(n: usize) -> String {
@@ -106,7 +108,12 @@ pub struct PodPlan {
 impl PodPlan {
     /// Makes pod `index` of `job` (whose uid is `job_uid`), adding `extra_env`
     /// to every container (before the container's own `env`).
-    pub fn new(job: &Job, job_uid: &str, index: Option<u32>, extra_env: &[(String, String)]) -> Self {
+    pub fn new(
+        job: &Job,
+        job_uid: &str,
+        index: Option<u32>,
+        extra_env: &[(String, String)],
+    ) -> Self {
         let job_name = job.metadata.name.clone().unwrap_or_default();
         let namespace = job
             .metadata
@@ -155,7 +162,8 @@ impl PodPlan {
             containers: Vec::new(),
             volumes: Vec::new(),
             grace: Duration::from_secs(
-                u64::try_from(pod_spec.termination_grace_period_seconds.unwrap_or(30)).unwrap_or(30),
+                u64::try_from(pod_spec.termination_grace_period_seconds.unwrap_or(30))
+                    .unwrap_or(30),
             ),
             restart_on_failure: pod_spec.restart_policy.as_deref() == Some("OnFailure"),
         };
@@ -253,7 +261,12 @@ impl PodPlan {
 
     fn container(&self, c: &Container, base: &[(String, String)]) -> ContainerPlan {
         let mut env: Vec<(String, String)> = base.to_vec();
-        for EnvVar { name, value, value_from } in c.env.iter().flatten() {
+        for EnvVar {
+            name,
+            value,
+            value_from,
+        } in c.env.iter().flatten()
+        {
             let v = match (value, value_from) {
                 (Some(v), _) => expand_refs(v, &env),
                 (None, Some(from)) => from
@@ -283,7 +296,13 @@ impl PodPlan {
                 .volume_mounts
                 .iter()
                 .flatten()
-                .map(|m| (m.name.clone(), m.mount_path.clone(), m.read_only.unwrap_or(false)))
+                .map(|m| {
+                    (
+                        m.name.clone(),
+                        m.mount_path.clone(),
+                        m.read_only.unwrap_or(false),
+                    )
+                })
                 .collect(),
         }
     }
@@ -330,14 +349,31 @@ mod tests {
 
     #[test]
     fn indexed_pod_names_env_and_volumes() {
-        let p = PodPlan::new(&job(INDEXED), "uid-1", Some(2), &[("WQ_QUEUE".into(), "q".into())]);
-        assert!(p.name.starts_with("ij-2-") && p.name.len() == "ij-2-".len() + 5, "{}", p.name);
+        let p = PodPlan::new(
+            &job(INDEXED),
+            "uid-1",
+            Some(2),
+            &[("WQ_QUEUE".into(), "q".into())],
+        );
+        assert!(
+            p.name.starts_with("ij-2-") && p.name.len() == "ij-2-".len() + 5,
+            "{}",
+            p.name
+        );
         assert_eq!(p.hostname, "ij-2");
         assert_eq!(p.labels.get("job-name").map(String::as_str), Some("ij"));
-        assert_eq!(p.annotations.get(keys::COMPLETION_INDEX).map(String::as_str), Some("2"));
+        assert_eq!(
+            p.annotations
+                .get(keys::COMPLETION_INDEX)
+                .map(String::as_str),
+            Some("2")
+        );
         let c = &p.containers[0];
         let env: BTreeMap<_, _> = c.env.iter().cloned().collect();
-        assert_eq!(env.get("JOB_COMPLETION_INDEX").map(String::as_str), Some("2"));
+        assert_eq!(
+            env.get("JOB_COMPLETION_INDEX").map(String::as_str),
+            Some("2")
+        );
         assert_eq!(env.get("IDX").map(String::as_str), Some("2"));
         assert_eq!(env.get("POD"), Some(&p.name));
         assert_eq!(env.get("WQ_QUEUE").map(String::as_str), Some("q"));
@@ -351,7 +387,9 @@ mod tests {
 
     #[test]
     fn non_indexed_names() {
-        let yaml = INDEXED.replace("  completionMode: Indexed\n", "").replace("      subdomain: svc\n", "");
+        let yaml = INDEXED
+            .replace("  completionMode: Indexed\n", "")
+            .replace("      subdomain: svc\n", "");
         let p = PodPlan::new(&job(&yaml), "u", None, &[]);
         assert!(p.name.starts_with("ij-") && p.name.len() == 8, "{}", p.name);
         assert_eq!(p.hostname, p.name);

@@ -76,7 +76,10 @@ pub fn no_bwrap_error(plan: &PodPlan) -> Error {
         .flat_map(|c| c.mounts.iter().map(|m| m.1.clone()))
         .collect();
     let why = if mounts.is_empty() {
-        format!("a hostname other pods resolve (subdomain {:?})", plan.subdomain.clone().unwrap_or_default())
+        format!(
+            "a hostname other pods resolve (subdomain {:?})",
+            plan.subdomain.clone().unwrap_or_default()
+        )
     } else {
         format!("volumes mounted at {}", mounts.join(", "))
     };
@@ -90,8 +93,12 @@ pub fn no_bwrap_error(plan: &PodPlan) -> Error {
 pub fn prepare_volumes(plan: &PodPlan, dir: &Path) -> Result<()> {
     for v in &plan.volumes {
         let vdir = dir.join("volumes").join(&v.name);
-        std::fs::create_dir_all(&vdir)
-            .map_err(|e| Error::io(format!("creating volume {} of pod {}", v.name, plan.name), e))?;
+        std::fs::create_dir_all(&vdir).map_err(|e| {
+            Error::io(
+                format!("creating volume {} of pod {}", v.name, plan.name),
+                e,
+            )
+        })?;
         if let VolumeKind::DownwardApi(files) = &v.kind {
             for (rel, content) in files {
                 let file = vdir.join(rel);
@@ -108,13 +115,21 @@ pub fn prepare_volumes(plan: &PodPlan, dir: &Path) -> Result<()> {
 }
 
 /// Runs a pod to its end (or until stopped) and reports how it ended.
-pub async fn run_pod(plan: Arc<PodPlan>, ctx: PodContext, stop: watch::Receiver<Option<Stop>>) -> PodResult {
+pub async fn run_pod(
+    plan: Arc<PodPlan>,
+    ctx: PodContext,
+    stop: watch::Receiver<Option<Stop>>,
+) -> PodResult {
     let mut exits = Vec::new();
     let single = plan.init_containers.len() + plan.containers.len() == 1;
     let mut failed = false;
     for c in &plan.init_containers {
         let code = run_with_restarts(&plan, c, &ctx, stop.clone(), single).await;
-        exits.push(ContainerExit { name: c.name.clone(), exit_code: code, init: true });
+        exits.push(ContainerExit {
+            name: c.name.clone(),
+            exit_code: code,
+            init: true,
+        });
         if code != 0 {
             failed = true;
             break;
@@ -135,7 +150,11 @@ pub async fn run_pod(plan: Arc<PodPlan>, ctx: PodContext, stop: watch::Receiver<
         }
         for (c, code) in plan.containers.iter().zip(codes) {
             failed |= code != 0;
-            exits.push(ContainerExit { name: c.name.clone(), exit_code: code, init: false });
+            exits.push(ContainerExit {
+                name: c.name.clone(),
+                exit_code: code,
+                init: false,
+            });
         }
     } else {
         failed = true;
@@ -180,7 +199,11 @@ async fn run_with_restarts(
             .min(Duration::from_secs(300));
         ctx.sink.line(
             &prefix,
-            &format!("(container {} exited with {code}; restarting in {}, restartPolicy OnFailure)", c.name, humantime::format_duration(delay)),
+            &format!(
+                "(container {} exited with {code}; restarting in {}, restartPolicy OnFailure)",
+                c.name,
+                humantime::format_duration(delay)
+            ),
         );
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -238,20 +261,36 @@ pub fn sandbox_args(plan: &PodPlan, c: &ContainerPlan, ctx: &PodContext) -> Vec<
             }
         }
     }
-    args.extend(["--dev-bind".into(), "/dev".into(), "/dev".into(), "--proc".into(), "/proc".into()]);
+    args.extend([
+        "--dev-bind".into(),
+        "/dev".into(),
+        "/dev".into(),
+        "--proc".into(),
+        "/proc".into(),
+    ]);
     for (volume, mount, read_only) in &c.mounts {
         let dir = ctx.dir.join("volumes").join(volume);
         let flag = if *read_only { "--ro-bind" } else { "--bind" };
         args.extend([flag.into(), dir.display().to_string(), mount.clone()]);
     }
     if let Some(hosts) = &ctx.hosts {
-        args.extend(["--ro-bind".into(), hosts.display().to_string(), "/etc/hosts".into()]);
+        args.extend([
+            "--ro-bind".into(),
+            hosts.display().to_string(),
+            "/etc/hosts".into(),
+        ]);
     }
-    args.extend(["--unshare-uts".into(), "--hostname".into(), plan.hostname.clone(), "--die-with-parent".into()]);
-    let wd = c
-        .working_dir
-        .clone()
-        .or_else(|| std::env::current_dir().ok().map(|d| d.display().to_string()));
+    args.extend([
+        "--unshare-uts".into(),
+        "--hostname".into(),
+        plan.hostname.clone(),
+        "--die-with-parent".into(),
+    ]);
+    let wd = c.working_dir.clone().or_else(|| {
+        std::env::current_dir()
+            .ok()
+            .map(|d| d.display().to_string())
+    });
     if let Some(wd) = wd {
         args.extend(["--chdir".into(), wd]);
     }
@@ -282,8 +321,16 @@ async fn run_container(
     let out = child.stdout.take();
     let err = child.stderr.take();
     for (pipe, sink, prefix) in [
-        (out.map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), ctx.sink.clone(), prefix.to_string()),
-        (err.map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), ctx.sink.clone(), prefix.to_string()),
+        (
+            out.map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ctx.sink.clone(),
+            prefix.to_string(),
+        ),
+        (
+            err.map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            ctx.sink.clone(),
+            prefix.to_string(),
+        ),
     ] {
         if let Some(pipe) = pipe {
             readers.spawn(async move {
@@ -294,7 +341,10 @@ async fn run_container(
             });
         }
     }
-    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).map(nix::unistd::Pid::from_raw);
+    let pgid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(nix::unistd::Pid::from_raw);
     let signal = |sig: nix::sys::signal::Signal| {
         if let Some(pgid) = pgid {
             let _ = nix::sys::signal::killpg(pgid, sig);

@@ -160,7 +160,10 @@ pub fn items(job: &Job, dir: &Path) -> Result<Option<(String, Option<Vec<String>
         (Some(inline), None) => Some(inline.split_whitespace().map(String::from).collect()),
         (None, Some(file)) => {
             let path = dir.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })?;
             Some(
                 text.lines()
                     .map(str::trim)
@@ -177,7 +180,8 @@ pub fn items(job: &Job, dir: &Path) -> Result<Option<(String, Option<Vec<String>
 /// Where containers find `wq`: a `PATH` value.
 fn wq_path(run_dir: &Path) -> Result<String> {
     let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    let exe = std::env::current_exe().map_err(|e| Error::io("finding the job-runner executable", e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("finding the job-runner executable", e))?;
     if let Some(dir) = exe.parent()
         && dir.join("wq").is_file()
     {
@@ -190,7 +194,8 @@ fn wq_path(run_dir: &Path) -> Result<String> {
     std::fs::create_dir_all(&bin).map_err(|e| Error::io("creating the wq directory", e))?;
     let link: PathBuf = bin.join("wq");
     if !link.exists() {
-        std::os::unix::fs::symlink(&exe, &link).map_err(|e| Error::io("linking wq to job-runner", e))?;
+        std::os::unix::fs::symlink(&exe, &link)
+            .map_err(|e| Error::io("linking wq to job-runner", e))?;
     }
     Ok(format!("{}:{host_path}", bin.display()))
 }
@@ -215,10 +220,17 @@ pub async fn prepare(
         (None, None) => {
             let started = queue_server::start(queue_server::ServerConfig::memory())
                 .await
-                .map_err(|e| Error::Queue(format!("cannot start the in-process queue service: {e}")))?;
+                .map_err(|e| {
+                    Error::Queue(format!("cannot start the in-process queue service: {e}"))
+                })?;
             let url = format!("grpc://{}", started.grpc_addr());
-            out.event(&format!("queue service: started in-process at {url} (memory store)"));
-            *server = Some(LocalServer { server: started, url: url.clone() });
+            out.event(&format!(
+                "queue service: started in-process at {url} (memory store)"
+            ));
+            *server = Some(LocalServer {
+                server: started,
+                url: url.clone(),
+            });
             url
         }
     };
@@ -299,21 +311,45 @@ mod tests {
     fn annotations_are_read_and_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("items.txt"), "apple\n\n banana \n").expect("write");
-        let cases: Vec<(&str, std::result::Result<Option<(&str, Option<Vec<&str>>)>, &str>)> = vec![
+        type Want<'a> = std::result::Result<Option<(&'a str, Option<Vec<&'a str>>)>, &'a str>;
+        let cases: Vec<(&str, Want)> = vec![
             ("{}", Ok(None)),
-            ("{workq.dev/queue: q1, workq.dev/items: \"a b\n c\"}", Ok(Some(("q1", Some(vec!["a", "b", "c"]))))),
-            ("{workq.dev/queue: q1, workq.dev/items-file: items.txt}", Ok(Some(("q1", Some(vec!["apple", "banana"]))))),
+            (
+                "{workq.dev/queue: q1, workq.dev/items: \"a b\n c\"}",
+                Ok(Some(("q1", Some(vec!["a", "b", "c"])))),
+            ),
+            (
+                "{workq.dev/queue: q1, workq.dev/items-file: items.txt}",
+                Ok(Some(("q1", Some(vec!["apple", "banana"])))),
+            ),
             ("{workq.dev/queue: q1}", Ok(Some(("q1", None)))),
-            ("{workq.dev/items: a}", Err("needs metadata.annotations[workq.dev/queue]")),
-            ("{workq.dev/queue: q1, workq.dev/items: a, workq.dev/items-file: f}", Err("not both")),
-            ("{workq.dev/queue: q1, workq.dev/pattern: medium}", Err("Unsupported value: \"medium\"")),
-            ("{workq.dev/queue: q1, workq.dev/items-file: nope.txt}", Err("nope.txt")),
+            (
+                "{workq.dev/items: a}",
+                Err("needs metadata.annotations[workq.dev/queue]"),
+            ),
+            (
+                "{workq.dev/queue: q1, workq.dev/items: a, workq.dev/items-file: f}",
+                Err("not both"),
+            ),
+            (
+                "{workq.dev/queue: q1, workq.dev/pattern: medium}",
+                Err("Unsupported value: \"medium\""),
+            ),
+            (
+                "{workq.dev/queue: q1, workq.dev/items-file: nope.txt}",
+                Err("nope.txt"),
+            ),
         ];
         for (ann, want) in cases {
             let got = items(&job(ann), dir.path());
             match (got, want) {
                 (Ok(got), Ok(want)) => {
-                    let want = want.map(|(q, i)| (q.to_string(), i.map(|v| v.into_iter().map(String::from).collect())));
+                    let want = want.map(|(q, i)| {
+                        (
+                            q.to_string(),
+                            i.map(|v| v.into_iter().map(String::from).collect()),
+                        )
+                    });
                     assert_eq!(got, want, "{ann}");
                 }
                 (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{ann}: {e}"),

@@ -85,9 +85,18 @@ impl RunReport {
 }
 
 enum Msg {
-    PodDone { job: usize, result: PodResult },
-    Restart { job: usize, reply: oneshot::Sender<bool> },
-    CronFire { cron: usize, scheduled: jiff::Timestamp },
+    PodDone {
+        job: usize,
+        result: PodResult,
+    },
+    Restart {
+        job: usize,
+        reply: oneshot::Sender<bool>,
+    },
+    CronFire {
+        cron: usize,
+        scheduled: jiff::Timestamp,
+    },
 }
 
 struct PodTrack {
@@ -130,7 +139,8 @@ impl JobRun {
     }
 
     fn done(&self) -> bool {
-        (self.suspended || self.deleted.is_some() || self.state.finish.is_some()) && self.active_pods() == 0
+        (self.suspended || self.deleted.is_some() || self.state.finish.is_some())
+            && self.active_pods() == 0
     }
 }
 
@@ -181,7 +191,9 @@ pub async fn run(loaded: Loaded, opts: RunOptions, out: Arc<Output>) -> Result<R
         match m.object {
             Object::Service(s) => {
                 if s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
-                    runner.services.push(s.metadata.name.clone().unwrap_or_default());
+                    runner
+                        .services
+                        .push(s.metadata.name.clone().unwrap_or_default());
                 } else {
                     runner.out.event(&format!(
                         "warning: {}: Service/{} is not headless (clusterIP: None); only headless Services name pods locally, it is ignored",
@@ -192,7 +204,8 @@ pub async fn run(loaded: Loaded, opts: RunOptions, out: Arc<Output>) -> Result<R
             }
             Object::Job(j) => to_start.push((*j, m.origin.dir.clone())),
             Object::CronJob(c) => {
-                let suspended = c.spec.as_ref().and_then(|s| s.suspend) == Some(true) && !runner.opts.resume;
+                let suspended =
+                    c.spec.as_ref().and_then(|s| s.suspend) == Some(true) && !runner.opts.resume;
                 runner.preflight(&job_from_template(&c, "preflight"))?;
                 runner.crons.push(CronRun {
                     name: c.metadata.name.clone().unwrap_or_default(),
@@ -255,7 +268,12 @@ impl Runner {
         Ok(())
     }
 
-    async fn start_job(&mut self, mut job: Job, owner: Option<usize>, dir: &std::path::Path) -> Result<()> {
+    async fn start_job(
+        &mut self,
+        mut job: Job,
+        owner: Option<usize>,
+        dir: &std::path::Path,
+    ) -> Result<()> {
         let name = job.metadata.name.clone().unwrap_or_else(|| {
             format!(
                 "{}{}",
@@ -264,7 +282,11 @@ impl Runner {
             )
         });
         job.metadata.name = Some(name.clone());
-        let namespace = job.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let namespace = job
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         job.metadata.namespace = Some(namespace.clone());
         let uid = uuid::Uuid::new_v4().to_string();
         job.metadata.uid = Some(uid.clone());
@@ -274,7 +296,15 @@ impl Runner {
         labels.insert("job-name".into(), name.clone());
         let start_ts = jiff::Timestamp::now();
         job.metadata.creation_timestamp = Some(Time(start_ts));
-        let queue = queue::prepare(&mut job, dir, self.dir.path(), &self.opts, &mut self.queue_server, &self.out).await?;
+        let queue = queue::prepare(
+            &mut job,
+            dir,
+            self.dir.path(),
+            &self.opts,
+            &mut self.queue_server,
+            &self.out,
+        )
+        .await?;
         let extra_env = queue.as_ref().map(QueueRun::env).unwrap_or_default();
         // The API server's defaults: with neither set, both are 1.
         if let Some(spec) = job.spec.as_mut()
@@ -321,7 +351,8 @@ impl Runner {
             .and_then(|s| s.template.spec.as_ref())
             .and_then(|p| p.subdomain.clone());
         let Some(sub) = sub else { return Ok(None) };
-        let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        let mut text =
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
         if self.services.contains(&sub) && config.indexed {
             for i in 0..config.completions.unwrap_or(0) {
                 let host = format!("{}-{i}", config.name);
@@ -332,7 +363,8 @@ impl Runner {
             }
         }
         let path = self.dir.path().join(format!("{}.hosts", config.name));
-        std::fs::write(&path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        std::fs::write(&path, text)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         Ok(Some(path))
     }
 
@@ -346,7 +378,8 @@ impl Runner {
             return;
         }
         let spec = c.cron.spec.clone().unwrap_or_default();
-        let Ok(schedule) = crate::cron::Schedule::parse(&spec.schedule, spec.time_zone.as_deref()) else {
+        let Ok(schedule) = crate::cron::Schedule::parse(&spec.schedule, spec.time_zone.as_deref())
+        else {
             return;
         };
         let tx = self.tx.clone();
@@ -356,20 +389,39 @@ impl Runner {
             "cronjob.batch/{name}: schedule {:?} ({}){}",
             spec.schedule,
             schedule.time_zone(),
-            if start_now { "; first Job now (--start-now)" } else { "" }
+            if start_now {
+                "; first Job now (--start-now)"
+            } else {
+                ""
+            }
         ));
         let task = tokio::spawn(async move {
-            if start_now && tx.send(Msg::CronFire { cron: i, scheduled: jiff::Timestamp::now() }).is_err() {
+            if start_now
+                && tx
+                    .send(Msg::CronFire {
+                        cron: i,
+                        scheduled: jiff::Timestamp::now(),
+                    })
+                    .is_err()
+            {
                 return;
             }
             let mut after = jiff::Timestamp::now();
             loop {
-                let Some(next) = schedule.next_after(after) else { return };
+                let Some(next) = schedule.next_after(after) else {
+                    return;
+                };
                 let wait = next.duration_since(jiff::Timestamp::now());
                 let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
                 out.event(&format!("cronjob.batch/{name}: next Job at {next}"));
                 tokio::time::sleep(wait).await;
-                if tx.send(Msg::CronFire { cron: i, scheduled: next }).is_err() {
+                if tx
+                    .send(Msg::CronFire {
+                        cron: i,
+                        scheduled: next,
+                    })
+                    .is_err()
+                {
                     return;
                 }
                 after = next;
@@ -396,7 +448,11 @@ impl Runner {
             }
         }
         let active: Vec<usize> = (0..self.jobs.len())
-            .filter(|&j| self.jobs[j].owner == Some(i) && !self.jobs[j].done() && self.jobs[j].deleted.is_none())
+            .filter(|&j| {
+                self.jobs[j].owner == Some(i)
+                    && !self.jobs[j].done()
+                    && self.jobs[j].deleted.is_none()
+            })
             .collect();
         match spec.concurrency_policy.as_deref() {
             Some("Forbid") if !active.is_empty() => {
@@ -408,7 +464,8 @@ impl Runner {
             Some("Replace") => {
                 for j in active {
                     let run = &mut self.jobs[j];
-                    run.deleted = Some("replaced by a newer Job (concurrencyPolicy: Replace)".into());
+                    run.deleted =
+                        Some("replaced by a newer Job (concurrencyPolicy: Replace)".into());
                     for p in run.pods.values() {
                         let _ = p.stop.send(Some(Stop::Delete));
                     }
@@ -417,7 +474,10 @@ impl Runner {
             }
             _ => {}
         }
-        let job = job_from_template(&self.crons[i].cron, &crate::cron::job_name(&name, scheduled));
+        let job = job_from_template(
+            &self.crons[i].cron,
+            &crate::cron::job_name(&name, scheduled),
+        );
         self.crons[i].started_jobs += 1;
         self.out.event(&format!(
             "cronjob.batch/{name}: Created job {}",
@@ -425,7 +485,8 @@ impl Runner {
         ));
         let dir = std::env::current_dir().unwrap_or_default();
         if let Err(e) = self.start_job(job, Some(i), &dir).await {
-            self.out.event(&format!("cronjob.batch/{name}: cannot start Job: {e}"));
+            self.out
+                .event(&format!("cronjob.batch/{name}: cannot start Job: {e}"));
         }
         if runs.is_some_and(|n| self.crons[i].started_jobs >= n)
             && let Some(task) = self.crons[i].task.take()
@@ -435,7 +496,9 @@ impl Runner {
     }
 
     fn crons_running(&self) -> bool {
-        self.crons.iter().any(|c| c.task.as_ref().is_some_and(|t| !t.is_finished()))
+        self.crons
+            .iter()
+            .any(|c| c.task.as_ref().is_some_and(|t| !t.is_finished()))
     }
 
     fn stop_crons(&mut self) {
@@ -481,11 +544,21 @@ impl Runner {
         }
         let now = run.now();
         run.state.pod_created(&plan.name, index, now);
-        self.out.event(&format!("job.batch/{}: Created pod: {}", plan.job, plan.name));
+        self.out.event(&format!(
+            "job.batch/{}: Created pod: {}",
+            plan.job, plan.name
+        ));
         run.order.push(plan.name.clone());
         run.pods.insert(
             plan.name.clone(),
-            PodTrack { stop: stop_tx, index, started: now, ended: None, result: None, verdict: None },
+            PodTrack {
+                stop: stop_tx,
+                index,
+                started: now,
+                ended: None,
+                result: None,
+                verdict: None,
+            },
         );
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -520,11 +593,17 @@ impl Runner {
             if !was_finished && let Some(f) = &run.state.finish {
                 let name = run.name().to_string();
                 let word = if f.complete { "Complete" } else { "Failed" };
-                self.out.event(&format!("job.batch/{name}: {word}: {} ({})", f.message, f.reason));
+                self.out.event(&format!(
+                    "job.batch/{name}: {word}: {} ({})",
+                    f.message, f.reason
+                ));
             }
             for index in r.create {
                 if let Err(e) = self.spawn_pod(j, index) {
-                    self.out.event(&format!("job.batch/{}: cannot create pod: {e}", self.jobs[j].name()));
+                    self.out.event(&format!(
+                        "job.batch/{}: cannot create pod: {e}",
+                        self.jobs[j].name()
+                    ));
                 }
             }
             self.show_progress(j);
@@ -547,7 +626,8 @@ impl Runner {
         {
             msg.push_str(&format!(" · queue {}/{} items done", stats.0, stats.1));
         }
-        self.out.progress(run.name(), u64::from(s.succeeded), total, msg);
+        self.out
+            .progress(run.name(), u64::from(s.succeeded), total, msg);
     }
 
     fn pod_done(&mut self, j: usize, result: PodResult) {
@@ -558,16 +638,32 @@ impl Runner {
         } else {
             run.state.pod_finished(&result, now)
         };
-        let exits: Vec<String> = result.containers.iter().map(|c| format!("{}={}", c.name, c.exit_code)).collect();
-        let phase = if result.succeeded { "Succeeded" } else { "Failed" };
-        let evicted = if result.conditions.is_empty() { "" } else { " (evicted: DisruptionTarget)" };
+        let exits: Vec<String> = result
+            .containers
+            .iter()
+            .map(|c| format!("{}={}", c.name, c.exit_code))
+            .collect();
+        let phase = if result.succeeded {
+            "Succeeded"
+        } else {
+            "Failed"
+        };
+        let evicted = if result.conditions.is_empty() {
+            ""
+        } else {
+            " (evicted: DisruptionTarget)"
+        };
         let note = verdict_note(&verdict);
         self.out.event(&format!(
             "job.batch/{}: pod {} {phase}{evicted} [{}]{}",
             run.name(),
             result.pod,
             exits.join(" "),
-            if note.is_empty() { String::new() } else { format!(": {note}") }
+            if note.is_empty() {
+                String::new()
+            } else {
+                format!(": {note}")
+            }
         ));
         if let Some(p) = run.pods.get_mut(&result.pod) {
             p.ended = Some(now);
@@ -660,21 +756,38 @@ impl Runner {
         let mut removed: BTreeMap<usize, String> = BTreeMap::new();
         for (i, c) in self.crons.iter().enumerate() {
             let spec = c.cron.spec.clone().unwrap_or_default();
-            let keep_ok = usize::try_from(spec.successful_jobs_history_limit.unwrap_or(3)).unwrap_or(3);
-            let keep_failed = usize::try_from(spec.failed_jobs_history_limit.unwrap_or(1)).unwrap_or(1);
-            let owned: Vec<usize> = (0..self.jobs.len()).filter(|&j| self.jobs[j].owner == Some(i)).collect();
+            let keep_ok =
+                usize::try_from(spec.successful_jobs_history_limit.unwrap_or(3)).unwrap_or(3);
+            let keep_failed =
+                usize::try_from(spec.failed_jobs_history_limit.unwrap_or(1)).unwrap_or(1);
+            let owned: Vec<usize> = (0..self.jobs.len())
+                .filter(|&j| self.jobs[j].owner == Some(i))
+                .collect();
             for (want_ok, keep) in [(true, keep_ok), (false, keep_failed)] {
                 let matching: Vec<usize> = owned
                     .iter()
                     .copied()
-                    .filter(|&j| self.jobs[j].state.finish.as_ref().is_some_and(|f| f.complete == want_ok))
+                    .filter(|&j| {
+                        self.jobs[j]
+                            .state
+                            .finish
+                            .as_ref()
+                            .is_some_and(|f| f.complete == want_ok)
+                    })
                     .collect();
                 let drop = matching.len().saturating_sub(keep);
                 for &j in &matching[..drop] {
-                    removed.insert(j, format!(
-                        "removed by {} ({keep})",
-                        if want_ok { "successfulJobsHistoryLimit" } else { "failedJobsHistoryLimit" }
-                    ));
+                    removed.insert(
+                        j,
+                        format!(
+                            "removed by {} ({keep})",
+                            if want_ok {
+                                "successfulJobsHistoryLimit"
+                            } else {
+                                "failedJobsHistoryLimit"
+                            }
+                        ),
+                    );
                 }
             }
         }
@@ -704,7 +817,11 @@ impl Runner {
                     exits: p
                         .result
                         .iter()
-                        .flat_map(|r| r.containers.iter().map(|c| format!("{}={}", c.name, c.exit_code)))
+                        .flat_map(|r| {
+                            r.containers
+                                .iter()
+                                .map(|c| format!("{}={}", c.name, c.exit_code))
+                        })
                         .collect::<Vec<_>>()
                         .join(" "),
                     note: {

@@ -40,7 +40,9 @@ pub fn uses_item(text: &str) -> bool {
 pub fn parse_var(s: &str) -> std::result::Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("`{s}` is not NAME=VALUE (for example --set size=large)")),
+        _ => Err(format!(
+            "`{s}` is not NAME=VALUE (for example --set size=large)"
+        )),
     }
 }
 
@@ -85,18 +87,19 @@ fn join_documents(docs: &[String]) -> String {
 fn render_jinja(source_name: &str, text: &str, opts: &TemplateOptions) -> Result<String> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    let template = env.template_from_str(text).map_err(|e| jinja_error(source_name, &e))?;
+    let template = env
+        .template_from_str(text)
+        .map_err(|e| jinja_error(source_name, &e))?;
     let mut base: BTreeMap<String, minijinja::Value> = opts
         .vars
         .iter()
         .map(|(k, v)| (k.clone(), minijinja::Value::from(v.as_str())))
         .collect();
-    base.insert(
-        "items".into(),
-        minijinja::Value::from(opts.items.clone()),
-    );
+    base.insert("items".into(), minijinja::Value::from(opts.items.clone()));
     let render = |ctx: &BTreeMap<String, minijinja::Value>| {
-        template.render(ctx).map_err(|e| jinja_error(source_name, &e))
+        template
+            .render(ctx)
+            .map_err(|e| jinja_error(source_name, &e))
     };
     if opts.items.is_empty() {
         return render(&base);
@@ -138,8 +141,12 @@ mod tests {
 
     #[test]
     fn item_template_makes_one_document_per_item() {
-        let out = expand("t.yaml", "name: process-item-$ITEM\nx: ${ITEM}\n", &items(&["apple", "banana"]))
-            .expect("expands");
+        let out = expand(
+            "t.yaml",
+            "name: process-item-$ITEM\nx: ${ITEM}\n",
+            &items(&["apple", "banana"]),
+        )
+        .expect("expands");
         assert_eq!(
             out,
             "name: process-item-apple\nx: apple\n\n---\nname: process-item-banana\nx: banana\n"
@@ -164,12 +171,19 @@ mod tests {
         let t = "{% for p in ['apple', 'banana'] %}\n---\nname: jobexample-{{ p }}\n{% endfor %}";
         let out = expand("job.yaml.jinja2", t, &items(&[])).expect("renders");
         assert!(out.contains("name: jobexample-apple") && out.contains("name: jobexample-banana"));
-        let out = expand("t.j2", "name: {{ item }}-{{ size }}", &TemplateOptions {
-            items: vec!["a".into(), "b".into()],
-            vars: [("size".to_string(), "big".to_string())].into(),
-        })
+        let out = expand(
+            "t.j2",
+            "name: {{ item }}-{{ size }}",
+            &TemplateOptions {
+                items: vec!["a".into(), "b".into()],
+                vars: [("size".to_string(), "big".to_string())].into(),
+            },
+        )
         .expect("renders");
-        assert!(out.contains("name: a-big") && out.contains("name: b-big"), "{out}");
+        assert!(
+            out.contains("name: a-big") && out.contains("name: b-big"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -44,10 +44,12 @@ pub fn job(job: &Job) -> Vec<String> {
     let meta = &job.metadata;
     match (&meta.name, &meta.generate_name) {
         (Some(name), _) => check_name("metadata.name", name, &mut out),
-        (None, Some(prefix)) => check_name("metadata.generateName", &format!("{prefix}x"), &mut out),
-        (None, None) => out.push(
-            "metadata.name: Required value: name or generateName is required".into(),
-        ),
+        (None, Some(prefix)) => {
+            check_name("metadata.generateName", &format!("{prefix}x"), &mut out)
+        }
+        (None, None) => {
+            out.push("metadata.name: Required value: name or generateName is required".into())
+        }
     }
     match &job.spec {
         Some(spec) => job_spec("spec", spec, &mut out),
@@ -299,7 +301,10 @@ fn pod_spec(tp: &str, pod: &PodSpec, out: &mut Vec<String>) {
     }
     let mut seen = Vec::new();
     let groups: [(&str, &[Container]); 2] = [
-        ("initContainers", pod.init_containers.as_deref().unwrap_or(&[])),
+        (
+            "initContainers",
+            pod.init_containers.as_deref().unwrap_or(&[]),
+        ),
         ("containers", &pod.containers),
     ];
     for (group, containers) in groups {
@@ -380,17 +385,61 @@ mod tests {
     fn table_of_refusals() {
         let cases: &[(&str, &str, &str)] = &[
             ("", "Always", "restartPolicy: Unsupported value: \"Always\""),
-            ("  completionMode: Indexed\n", "Never", "spec.completions: Required value"),
-            ("  backoffLimitPerIndex: 1\n", "Never", "requires indexed completion mode"),
-            ("  completions: 2\n  completionMode: Indexed\n  maxFailedIndexes: 1\n", "Never", "backoffLimitPerIndex must also be specified"),
-            ("  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes: {operator: In, values: [42]}\n", "OnFailure", "only \"Never\" is supported when podFailurePolicy"),
-            ("  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes: {operator: In, values: [0]}\n", "Never", "must not be 0"),
-            ("  podFailurePolicy:\n    rules:\n    - action: FailIndex\n      onExitCodes: {operator: In, values: [1]}\n", "Never", "requires the backoffLimitPerIndex"),
-            ("  podFailurePolicy:\n    rules:\n    - action: Explode\n      onExitCodes: {operator: In, values: [1]}\n", "Never", "Unsupported value: \"Explode\""),
-            ("  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes: {containerName: nope, operator: In, values: [1]}\n", "Never", "containerName: Invalid value: \"nope\""),
-            ("  podFailurePolicy:\n    rules:\n    - action: Ignore\n", "Never", "specify one of onExitCodes and onPodConditions"),
-            ("  activeDeadlineSeconds: 0\n", "Never", "must be greater than 0"),
-            ("  parallelism: -1\n", "Never", "spec.parallelism: Invalid value: -1"),
+            (
+                "  completionMode: Indexed\n",
+                "Never",
+                "spec.completions: Required value",
+            ),
+            (
+                "  backoffLimitPerIndex: 1\n",
+                "Never",
+                "requires indexed completion mode",
+            ),
+            (
+                "  completions: 2\n  completionMode: Indexed\n  maxFailedIndexes: 1\n",
+                "Never",
+                "backoffLimitPerIndex must also be specified",
+            ),
+            (
+                "  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes: {operator: In, values: [42]}\n",
+                "OnFailure",
+                "only \"Never\" is supported when podFailurePolicy",
+            ),
+            (
+                "  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes: {operator: In, values: [0]}\n",
+                "Never",
+                "must not be 0",
+            ),
+            (
+                "  podFailurePolicy:\n    rules:\n    - action: FailIndex\n      onExitCodes: {operator: In, values: [1]}\n",
+                "Never",
+                "requires the backoffLimitPerIndex",
+            ),
+            (
+                "  podFailurePolicy:\n    rules:\n    - action: Explode\n      onExitCodes: {operator: In, values: [1]}\n",
+                "Never",
+                "Unsupported value: \"Explode\"",
+            ),
+            (
+                "  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes: {containerName: nope, operator: In, values: [1]}\n",
+                "Never",
+                "containerName: Invalid value: \"nope\"",
+            ),
+            (
+                "  podFailurePolicy:\n    rules:\n    - action: Ignore\n",
+                "Never",
+                "specify one of onExitCodes and onPodConditions",
+            ),
+            (
+                "  activeDeadlineSeconds: 0\n",
+                "Never",
+                "must be greater than 0",
+            ),
+            (
+                "  parallelism: -1\n",
+                "Never",
+                "spec.parallelism: Invalid value: -1",
+            ),
         ];
         for (spec, restart, want) in cases {
             let problems = job(&job_from(&base(spec, restart)));
@@ -403,10 +452,22 @@ mod tests {
 
     #[test]
     fn names_and_commands() {
-        let yaml = base("", "Never").replace("name: j", "name: Bad_Name").replace("command: [\"true\"]", "image: x");
+        let yaml = base("", "Never")
+            .replace("name: j", "name: Bad_Name")
+            .replace("command: [\"true\"]", "image: x");
         let problems = job(&job_from(&yaml));
-        assert!(problems.iter().any(|p| p.starts_with("metadata.name: Invalid value: \"Bad_Name\"")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("containers[0].command: Required value")), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("metadata.name: Invalid value: \"Bad_Name\"")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("containers[0].command: Required value")),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -416,7 +477,17 @@ mod tests {
             "        command: [\"true\"]\n        env:\n        - name: S\n          valueFrom:\n            secretKeyRef: {name: s, key: k}\n        volumeMounts:\n        - {name: data, mountPath: /data}\n      volumes:\n      - name: data\n        hostPath: {path: /srv}\n",
         );
         let problems = job(&job_from(&yaml));
-        assert!(problems.iter().any(|p| p.contains("volumes[0]: volume \"data\" cannot be provided locally")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("env[0].valueFrom: env \"S\" cannot be resolved locally")), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("volumes[0]: volume \"data\" cannot be provided locally")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("env[0].valueFrom: env \"S\" cannot be resolved locally")),
+            "{problems:?}"
+        );
     }
 }

@@ -15,7 +15,11 @@ pub fn repo() -> PathBuf {
 
 /// An example manifest's path.
 pub fn example(name: &str) -> String {
-    repo().join("deploy/examples").join(name).display().to_string()
+    repo()
+        .join("deploy/examples")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 /// A `job-runner` command, run from the repository root.
@@ -35,8 +39,12 @@ pub struct Run {
 impl Run {
     /// The JSON document on stdout (for `-o json` runs).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     /// Every Job in the JSON document.
@@ -104,7 +112,9 @@ pub fn have_bwrap(test: &str) -> bool {
         .map(|p| std::env::split_paths(&p).any(|d| d.join("bwrap").is_file()))
         .unwrap_or(false);
     if !found {
-        eprintln!("SKIPPED {test}: bwrap (bubblewrap) is not installed; apt-get install bubblewrap");
+        eprintln!(
+            "SKIPPED {test}: bwrap (bubblewrap) is not installed; apt-get install bubblewrap"
+        );
     }
     found
 }
@@ -126,7 +136,10 @@ pub fn job(name: &str, spec: &str, restart: &str, script: &str) -> String {
 
 /// The `Failed`/`Complete` condition of a Job object: (type, reason, message).
 pub fn outcome(job: &serde_json::Value) -> (String, String, String) {
-    let conds = job["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let conds = job["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     conds
         .iter()
         .rev()

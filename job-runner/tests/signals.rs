@@ -1,0 +1,134 @@
+//! Ctrl-C with real signals: once evicts the running pods (SIGTERM, condition
+//! DisruptionTarget, podFailurePolicy applies); twice stops everything.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use common::{example, job_runner, outcome, write};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Starts job-runner with `args`, reads its standard error until `n` lines
+/// contain `marker`, sends SIGINT `presses` times (each after the runner said
+/// what the previous one did), and returns (exit code, stdout, stderr).
+fn interrupt_after(args: &[&str], marker: &str, n: usize, presses: usize) -> (i32, String, String) {
+    let mut child = job_runner()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("job-runner starts");
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    let stdout = child.stdout.take().expect("stdout");
+    let out_reader =
+        std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let mut hits = 0;
+    let mut sent = 0;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if err.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if sent == 0 && line.contains(marker) {
+            hits += 1;
+            if hits == n {
+                kill(pid, Signal::SIGINT).expect("send SIGINT");
+                sent = 1;
+            }
+        } else if sent > 0 && sent < presses && line.contains("interrupt: evicting") {
+            kill(pid, Signal::SIGINT).expect("send second SIGINT");
+            sent += 1;
+        }
+    }
+    let status = child.wait().expect("job-runner ends");
+    let stdout = out_reader.join().unwrap_or_default();
+    assert_eq!(sent, presses, "did not see the marker {marker:?}:\n{seen}");
+    (status.code().unwrap_or(-1), stdout, seen)
+}
+
+#[test]
+fn ignore_rule_keeps_an_evicted_pod_from_counting() {
+    // backoffLimit is 0: an evicted pod that counted would fail the Job.
+    let (code, stdout, stderr) = interrupt_after(
+        &[
+            "run",
+            "-f",
+            &example("pod-failure-policy-ignore.yaml"),
+            "--local",
+            "-o",
+            "json",
+        ],
+        "Hello world!",
+        1,
+        1,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let job: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(job["status"]["failed"], 0, "{stderr}");
+    assert_eq!(job["status"]["succeeded"], 4);
+    assert_eq!(outcome(&job).0, "Complete");
+    assert!(
+        stderr
+            .contains("(evicted: DisruptionTarget) [main=143]: ignored (podFailurePolicy rule 0)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn without_a_policy_an_evicted_pod_counts_as_a_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = write(
+        dir.path(),
+        "j.yaml",
+        &common::job(
+            "evict-me",
+            "  backoffLimit: 0\n",
+            "Never",
+            "echo started; sleep 60",
+        ),
+    );
+    let (code, stdout, stderr) =
+        interrupt_after(&["run", "-f", &f, "--local", "-o", "json"], "started", 1, 1);
+    assert_eq!(code, 1, "{stderr}");
+    let job: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let (ty, reason, _) = outcome(&job);
+    assert_eq!(
+        (ty.as_str(), reason.as_str()),
+        ("Failed", "BackoffLimitExceeded")
+    );
+    assert_eq!(job["status"]["failed"], 1);
+}
+
+#[test]
+fn second_ctrl_c_stops_a_pod_that_ignores_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The pod ignores SIGTERM and has a long grace period: only the second
+    // press (SIGKILL) can end it.
+    let manifest = common::job(
+        "stubborn",
+        "",
+        "Never",
+        "trap '' TERM; echo started; while true; do sleep 1; done",
+    )
+    .replace(
+        "      restartPolicy: Never\n",
+        "      restartPolicy: Never\n      terminationGracePeriodSeconds: 3600\n",
+    );
+    let f = write(dir.path(), "j.yaml", &manifest);
+    let (code, stdout, stderr) =
+        interrupt_after(&["run", "-f", &f, "--local", "-o", "json"], "started", 1, 2);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("stopping: killing every pod"), "{stderr}");
+    let job: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(job["metadata"]["name"], "stubborn");
+    assert!(
+        job["status"]["conditions"].is_null(),
+        "the Job never ended: {job}"
+    );
+}
