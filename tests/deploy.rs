@@ -1,0 +1,173 @@
+//! `deploy/`: every manifest is valid against the official Kubernetes 1.35
+//! OpenAPI schema (strict: unknown fields rejected) and deserializes into the
+//! `k8s-openapi` types with no field dropped; the kustomization lists them all.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+/// Every `.yaml` under `deploy/` that is a Kubernetes object (not the
+/// kustomization itself).
+fn manifests() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .expect("read deploy dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|e| e == "yaml")
+                && p.file_name().is_some_and(|n| n != "kustomization.yaml")
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&deploy_dir(), &mut out);
+    assert!(!out.is_empty(), "no manifests under deploy/");
+    out
+}
+
+#[test]
+fn every_manifest_validates_against_the_official_schema() {
+    let files = manifests();
+    let run = Command::new("kubernetes-validate")
+        .args(["-k", "1.35", "--strict", "--quiet"])
+        .args(&files)
+        .output();
+    let out = match run {
+        Ok(out) => out,
+        Err(e) => {
+            let msg = format!(
+                "kubernetes-validate is not installed ({e}): `pip install kubernetes-validate` \
+                 (.ci/run installs it)"
+            );
+            assert!(std::env::var_os("CI").is_none(), "{msg}");
+            println!("SKIPPED: {msg}");
+            return;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "schema validation failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{} files valid against Kubernetes 1.35", files.len());
+}
+
+/// Paths present in `orig` but missing from `back` (fields the typed
+/// deserialization did not know).
+fn dropped(orig: &Value, back: &Value, path: &str, out: &mut Vec<String>) {
+    match (orig, back) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                let p = format!("{path}.{k}");
+                match b.get(k) {
+                    Some(w) => dropped(v, w, &p, out),
+                    None if !v.is_null() => out.push(p),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, v) in a.iter().enumerate() {
+                match b.get(i) {
+                    Some(w) => dropped(v, w, &format!("{path}[{i}]"), out),
+                    None => out.push(format!("{path}[{i}]")),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    v: &Value,
+) -> Result<Value, String> {
+    let typed: T = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(&typed).map_err(|e| e.to_string())
+}
+
+#[test]
+fn every_manifest_deserializes_into_k8s_types_with_no_unknown_field() {
+    use k8s_openapi::api::{
+        apps::v1 as apps, batch::v1 as batch, core::v1 as core, rbac::v1 as rbac,
+    };
+    let mut checked = 0;
+    for file in manifests() {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{}: not YAML: {e}", file.display()));
+        for doc in docs.into_iter().filter(|d| !d.is_null()) {
+            let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+            let back = match kind.as_str() {
+                "Namespace" => round_trip::<core::Namespace>(&doc),
+                "Service" => round_trip::<core::Service>(&doc),
+                "ServiceAccount" => round_trip::<core::ServiceAccount>(&doc),
+                "StatefulSet" => round_trip::<apps::StatefulSet>(&doc),
+                "Role" => round_trip::<rbac::Role>(&doc),
+                "RoleBinding" => round_trip::<rbac::RoleBinding>(&doc),
+                "Job" => round_trip::<batch::Job>(&doc),
+                "CronJob" => round_trip::<batch::CronJob>(&doc),
+                other => panic!(
+                    "{}: kind {other:?} has no check here; add it",
+                    file.display()
+                ),
+            }
+            .unwrap_or_else(|e| panic!("{} ({kind}): {e}", file.display()));
+            let mut missing = Vec::new();
+            dropped(&doc, &back, "", &mut missing);
+            assert!(
+                missing.is_empty(),
+                "{} ({kind}): unknown fields {missing:?}",
+                file.display()
+            );
+            checked += 1;
+        }
+    }
+    println!("{checked} objects checked");
+}
+
+#[test]
+fn the_kustomization_lists_every_deploy_manifest() {
+    let text = std::fs::read_to_string(deploy_dir().join("kustomization.yaml")).expect("read");
+    let k: Value = serde_saphyr::from_str(&text).expect("yaml");
+    let listed: Vec<&str> = k["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for f in manifests() {
+        let rel = f.strip_prefix(deploy_dir()).expect("under deploy");
+        if rel.starts_with("examples") {
+            continue;
+        }
+        let rel = rel.to_str().expect("utf-8");
+        assert!(
+            listed.contains(&rel),
+            "kustomization.yaml does not list {rel}"
+        );
+    }
+}
+
+#[test]
+fn the_round_trip_check_catches_a_misspelt_field() {
+    let doc: Value = serde_saphyr::from_str(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: x}\nspec:\n  template:\n    spec:\n      \
+         restartPolicy: Never\n      containers: [{name: c, image: busybox, comand: [echo]}]\n",
+    )
+    .expect("yaml");
+    let back = round_trip::<k8s_openapi::api::batch::v1::Job>(&doc).expect("typed");
+    let mut missing = Vec::new();
+    dropped(&doc, &back, "", &mut missing);
+    assert_eq!(missing, vec![".spec.template.spec.containers[0].comand"]);
+}
