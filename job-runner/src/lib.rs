@@ -13,8 +13,10 @@
 //! - [`run`]: the event loop tying controller and processes together.
 //! - [`output`]: live view, `kubectl describe`-like summary, JSON.
 //! - [`cron`]: CronJob schedules.
+//! - [`control`]: `job-runner evict POD` talking to a running run.
 //! - [`queue`]: work-queue Jobs (`workq.dev/queue`).
 
+pub mod control;
 pub mod controller;
 pub mod cron;
 mod error;

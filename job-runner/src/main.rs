@@ -48,6 +48,16 @@ enum Command {
     /// tutorial's sed loop; files ending in .jinja2, .jinja or .j2 are Jinja
     /// templates (`item`, `items` and every --set NAME=VALUE are variables).
     Expand(ExpandArgs),
+    /// Evict a pod of a running `job-runner run` (SIGTERM; the pod gets the
+    /// DisruptionTarget condition, so podFailurePolicy onPodConditions rules apply).
+    Evict(EvictArgs),
+}
+
+#[derive(Debug, Args)]
+struct EvictArgs {
+    /// The pod's name, as printed by `job-runner run`.
+    #[arg(required = true, value_name = "POD")]
+    pods: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +154,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run_command(args),
             Command::Expand(args) => expand_command(args),
+            Command::Evict(args) => evict_command(args),
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -185,6 +196,33 @@ fn expand_command(args: ExpandArgs) -> i32 {
         }
     }
     0
+}
+
+fn evict_command(args: EvictArgs) -> i32 {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return 1;
+        }
+    };
+    let mut code = 0;
+    for pod in &args.pods {
+        match runtime.block_on(job_runner::control::evict(pod)) {
+            Ok(true) => println!("pod/{pod} evicted"),
+            Ok(false) => {
+                eprintln!(
+                    "error: no running `job-runner run` of this user has a running pod named {pod:?}; check the name in its output"
+                );
+                code = 1;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = 1;
+            }
+        }
+    }
+    code
 }
 
 fn run_command(args: RunArgs) -> i32 {

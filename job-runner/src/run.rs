@@ -229,7 +229,15 @@ pub async fn run(loaded: Loaded, opts: RunOptions, out: Arc<Output>) -> Result<R
     for i in 0..runner.crons.len() {
         runner.start_cron(i);
     }
-    let interrupted = runner.event_loop(&mut rx).await;
+    let (evict_tx, mut evict_rx) = mpsc::unbounded_channel();
+    let control = crate::control::listen(evict_tx);
+    if let Err(e) = &control {
+        runner.out.event(&format!(
+            "warning: `job-runner evict` will not reach this run: {e}"
+        ));
+    }
+    let interrupted = runner.event_loop(&mut rx, &mut evict_rx).await;
+    drop(control);
     let jobs = runner.report().await;
     if let Some(server) = runner.queue_server.take() {
         server.shutdown().await;
@@ -672,7 +680,11 @@ impl Runner {
         }
     }
 
-    async fn event_loop(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>) -> bool {
+    async fn event_loop(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Msg>,
+        evictions: &mut mpsc::UnboundedReceiver<crate::control::EvictRequest>,
+    ) -> bool {
         let mut sigint = signal(SignalKind::interrupt()).ok();
         let mut sigterm = signal(SignalKind::terminate()).ok();
         let mut presses = 0u32;
@@ -710,6 +722,17 @@ impl Runner {
                     }
                     None => return killed,
                 },
+                Some((pod, reply)) = evictions.recv() => {
+                    let mut found = false;
+                    for run in &self.jobs {
+                        if let Some(p) = run.pods.get(&pod).filter(|p| p.ended.is_none()) {
+                            let _ = p.stop.send(Some(Stop::Evict));
+                            found = true;
+                            self.out.event(&format!("job.batch/{}: evicting pod {pod} (SIGTERM, condition DisruptionTarget)", run.name()));
+                        }
+                    }
+                    let _ = reply.send(found);
+                }
                 _ = async { match sigint.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
                     presses += 1;
                     if presses == 1 {

@@ -132,3 +132,64 @@ fn second_ctrl_c_stops_a_pod_that_ignores_sigterm() {
         "the Job never ended: {job}"
     );
 }
+
+#[test]
+fn evict_command_evicts_one_pod_and_the_condition_rule_applies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = common::job(
+        "evictee",
+        "  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onPodConditions:\n      - type: DisruptionTarget\n",
+        "Never",
+        "echo started; sleep 60",
+    );
+    let f = write(dir.path(), "j.yaml", &manifest);
+    let mut child = job_runner()
+        .args(["run", "-f", &f, "--local", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("job-runner starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let out_reader =
+        std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    let mut evicted = None;
+    loop {
+        line.clear();
+        if err.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if evicted.is_none()
+            && let Some(rest) = line.strip_prefix("[evictee-")
+            && rest.contains("] started")
+        {
+            let pod = format!("evictee-{}", &rest[..5]);
+            let r = common::run(&["evict", &pod]);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            assert_eq!(r.stdout.trim(), format!("pod/{pod} evicted"));
+            evicted = Some(pod);
+        }
+    }
+    let status = child.wait().expect("ends");
+    let stdout = out_reader.join().unwrap_or_default();
+    let pod = evicted.unwrap_or_else(|| panic!("never saw the pod start:\n{seen}"));
+    assert_eq!(status.code(), Some(1), "{seen}");
+    let job: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let (ty, reason, message) = outcome(&job);
+    assert_eq!(
+        (ty.as_str(), reason.as_str()),
+        ("Failed", "PodFailurePolicy")
+    );
+    assert_eq!(
+        message,
+        format!(
+            "Pod default/{pod} has condition DisruptionTarget matching FailJob rule at index 0"
+        )
+    );
+    let r = common::run(&["evict", "no-such-pod-xyz12"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no-such-pod-xyz12"), "{}", r.stderr);
+}
