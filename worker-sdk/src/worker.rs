@@ -405,6 +405,7 @@ impl Queue {
         let mut tasks: JoinSet<ItemOutcome> = JoinSet::new();
         let mut summary = WorkSummary::new();
         let mut backoff = Backoff::for_server();
+        let mut idle_but_not_empty = false;
 
         let ended: Result<StopReason> = loop {
             while let Some(done) = tasks.try_join_next() {
@@ -440,10 +441,17 @@ impl Queue {
                     Err(_) => break,
                 }
             }
+            // Until-empty asks without waiting first, so that an empty queue is
+            // seen at once; it long-polls only while others hold or delay items.
+            let wait = if opts.until_empty && !idle_but_not_empty {
+                Duration::ZERO
+            } else {
+                opts.poll_wait
+            };
             let lease_opts = LeaseOptions {
                 max_items: u32::try_from(permits.len()).unwrap_or(u32::MAX),
                 lease: Some(opts.lease),
-                wait: opts.poll_wait,
+                wait,
             };
             let leased = match self.lease(&lease_opts).await {
                 Ok(l) => {
@@ -463,6 +471,8 @@ impl Queue {
                 Err(e) => break Err(e),
             };
             let (drained, empty, got) = (leased.drained, leased.empty, leased.items.len());
+            tracing::debug!(queue = %self.name(), got, drained, empty, "leased");
+            idle_but_not_empty = got == 0 && !empty;
             let mut items = leased.items.into_iter();
             if shutdown.is_cancelled() {
                 // A shutdown came while the call was in flight: give back at once.

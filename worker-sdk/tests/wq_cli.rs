@@ -109,7 +109,10 @@ async fn kill_9_mid_item_redelivers_after_the_lease_as_a_second_attempt() {
     let mut a = Running::spawn(a);
     let pgid: i32 = a.wait_for("pgid").await.parse().expect("a pid");
     a.groups.push(pgid);
+    // As when a node dies or a container is killed: wq and its program, at once.
     a.signal(Signal::SIGKILL);
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL)
+        .expect("program group killed");
     let (status, _) = a.finish().await;
     assert_eq!(status.code(), None, "killed by a signal");
 
@@ -141,23 +144,22 @@ async fn sigterm_mid_item_releases_it_at_once_without_counting_an_attempt() {
     assert_eq!(t.run(&q, &["push", "--seal", "x"]).await.code(), 0);
 
     // A 30 s lease: were the item not released, the next consumer would wait for it.
+    // The program's own child reports the signal: it reached the whole group.
     let mut a = t.wq(&q);
     a.args(["consume", "-c", "1", "--lease", "30s", "--", "sh", "-c"])
-        .arg("echo \"pgid $$\"; sleep 60 & wait");
+        .arg(concat!(
+            "sh -c 'trap \"echo child stopped; exit 0\" TERM; ",
+            "echo ready; while :; do sleep 0.1; done' & wait"
+        ));
     let mut a = Running::spawn(a);
-    let pgid: i32 = a.wait_for("pgid").await.parse().expect("a pid");
-    a.groups.push(pgid);
+    a.wait_for("ready").await;
     a.signal(Signal::SIGTERM);
-    let (status, _) = a.finish().await;
+    let (status, rest) = a.finish().await;
     assert_eq!(status.code(), Some(143), "128 + SIGTERM");
+    assert_eq!(rest, ["child stopped"]);
 
     let s = t.stats(&q).await;
     assert_eq!((s.pending, s.leased, s.retried), (1, 0, 0), "{s:?}");
-    // The whole process group got the signal: the background `sleep` is gone too.
-    assert!(
-        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_err(),
-        "the program's process group is gone"
-    );
 
     let out = t
         .run(

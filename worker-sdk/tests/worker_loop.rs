@@ -1,0 +1,512 @@
+//! The SDK against a real server started in-process: low-level calls, the lease
+//! handle, and the worker loop's guarantees (the same ones `wq consume` shows).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{TestServer, unique};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use worker_sdk::{
+    Error, Failure, Job, LeaseOptions, QueueSettings, StopReason, WorkError, WorkerOptions,
+};
+
+/// Options for tests: no signal handling (the test process is shared), short polls.
+fn opts() -> WorkerOptions {
+    WorkerOptions::default()
+        .handle_signals(false)
+        .poll_wait(Duration::from_millis(500))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_complete_every_item_exactly_once_and_return_at_drain() {
+    let t = TestServer::start().await;
+    let name = unique("sdk-fine");
+    let q = t.queue(&name).await;
+    q.push((0..500).map(|n| n.to_string())).await.expect("push");
+    q.seal().await.expect("seal");
+
+    let seen = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
+    let worker = |seen: Arc<Mutex<BTreeMap<String, u32>>>| {
+        let t_url = t.url.clone();
+        let name = name.clone();
+        async move {
+            let q = worker_sdk::connect(&t_url)
+                .await
+                .expect("connect")
+                .queue(&name)
+                .expect("name");
+            q.work(opts().concurrency(4), move |job: Job| {
+                let seen = seen.clone();
+                async move {
+                    let key = String::from_utf8(job.payload().to_vec())?;
+                    *seen.lock().expect("lock").entry(key).or_default() += 1;
+                    Ok(())
+                }
+            })
+            .await
+        }
+    };
+    let (a, b) = tokio::join!(worker(seen.clone()), worker(seen.clone()));
+    let (a, b) = (a.expect("worker a"), b.expect("worker b"));
+    assert_eq!(a.stop, StopReason::Drained);
+    assert_eq!(b.stop, StopReason::Drained);
+    assert_eq!(a.completed + b.completed, 500);
+
+    {
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.len(), 500);
+        assert!(seen.values().all(|&n| n == 1));
+    }
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.completed, s.retried, s.dead), (500, 0, 0));
+    assert!(s.drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_three_times_longer_than_its_lease_completes_once() {
+    let t = TestServer::start().await;
+    let name = unique("sdk-renew");
+    let q = t.queue(&name).await;
+    q.push(["long"]).await.expect("push");
+    q.seal().await.expect("seal");
+
+    let (started_tx, mut started) = mpsc::channel::<u32>(1);
+    let slow = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            q.work(
+                opts().lease(Duration::from_secs(1)).max_items(1),
+                move |job: Job| {
+                    let started_tx = started_tx.clone();
+                    async move {
+                        started_tx.send(job.item().attempt).await.ok();
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        Ok(())
+                    }
+                },
+            )
+            .await
+        })
+    };
+    assert_eq!(started.recv().await, Some(1));
+
+    // Meanwhile another worker must get nothing, and returns at drain.
+    let others = Arc::new(Mutex::new(Vec::new()));
+    let other = {
+        let others = others.clone();
+        q.work(opts().lease(Duration::from_secs(1)), move |job: Job| {
+            let others = others.clone();
+            async move {
+                others.lock().expect("lock").push(job.into_item().id);
+                Ok(())
+            }
+        })
+        .await
+        .expect("other worker")
+    };
+    assert_eq!(other.stop, StopReason::Drained);
+    assert!(others.lock().expect("lock").is_empty());
+
+    let slow = slow.await.expect("joins").expect("slow worker");
+    assert_eq!(
+        (slow.completed, slow.lost, slow.stop),
+        (1, 0, StopReason::Limit)
+    );
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.completed, s.retried), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_vanishes_mid_item_loses_it_to_the_next_after_the_lease() {
+    let t = TestServer::start().await;
+    let name = unique("sdk-crash");
+    let q = t.queue(&name).await;
+    q.push(["precious"]).await.expect("push");
+    q.seal().await.expect("seal");
+
+    let (started_tx, mut started) = mpsc::channel::<()>(1);
+    let doomed = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            q.work(opts().lease(Duration::from_secs(1)), move |_job: Job| {
+                let started_tx = started_tx.clone();
+                async move {
+                    started_tx.send(()).await.ok();
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            })
+            .await
+        })
+    };
+    started.recv().await.expect("started");
+    // Dropping the worker is a crash: nothing is released, renewal stops.
+    doomed.abort();
+    assert!(doomed.await.is_err_and(|e| e.is_cancelled()));
+
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let summary = {
+        let attempts = attempts.clone();
+        q.work(opts(), move |job: Job| {
+            let attempts = attempts.clone();
+            async move {
+                attempts.lock().expect("lock").push(job.item().attempt);
+                Ok(())
+            }
+        })
+        .await
+        .expect("second worker")
+    };
+    assert_eq!(summary.stop, StopReason::Drained);
+    assert_eq!(*attempts.lock().expect("lock"), [2]);
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.completed, s.retried), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_unfinished_items_at_once_without_counting_an_attempt() {
+    let t = TestServer::start().await;
+    let name = unique("sdk-stop");
+    let q = t.queue(&name).await;
+    q.push(["stuck", "cooperative"]).await.expect("push");
+    q.seal().await.expect("seal");
+
+    let stop = CancellationToken::new();
+    let (started_tx, mut started) = mpsc::channel::<()>(2);
+    let worker = {
+        let q = q.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            q.work(
+                opts()
+                    .concurrency(2)
+                    .grace(Duration::from_millis(200))
+                    .shutdown_token(stop),
+                move |job: Job| {
+                    let started_tx = started_tx.clone();
+                    async move {
+                        started_tx.send(()).await.ok();
+                        if job.payload() == b"cooperative" {
+                            job.shutdown().cancelled().await;
+                            return Err(WorkError::release("asked to stop"));
+                        }
+                        // Ignores the shutdown: dropped when the grace period ends.
+                        std::future::pending::<()>().await;
+                        Ok(())
+                    }
+                },
+            )
+            .await
+        })
+    };
+    started.recv().await.expect("first started");
+    started.recv().await.expect("second started");
+    stop.cancel();
+    let summary = worker.await.expect("joins").expect("worker");
+    assert_eq!(summary.stop, StopReason::Shutdown { signal: None });
+    assert_eq!((summary.released, summary.completed), (2, 0));
+
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.pending, s.leased, s.retried), (2, 0, 0), "{s:?}");
+
+    // Another worker takes them at once, as first attempts.
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let summary = {
+        let attempts = attempts.clone();
+        q.work(opts().concurrency(2), move |job: Job| {
+            let attempts = attempts.clone();
+            async move {
+                attempts.lock().expect("lock").push(job.item().attempt);
+                Ok(())
+            }
+        })
+        .await
+        .expect("second worker")
+    };
+    assert_eq!(summary.completed, 2);
+    assert_eq!(*attempts.lock().expect("lock"), [1, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_handler_finish_within_the_grace_period() {
+    let t = TestServer::start().await;
+    let name = unique("sdk-grace");
+    let q = t.queue(&name).await;
+    q.push(["x"]).await.expect("push");
+
+    let stop = CancellationToken::new();
+    let (started_tx, mut started) = mpsc::channel::<()>(1);
+    let worker = {
+        let q = q.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            q.work(opts().shutdown_token(stop), move |job: Job| {
+                let started_tx = started_tx.clone();
+                async move {
+                    started_tx.send(()).await.ok();
+                    job.shutdown().cancelled().await;
+                    Ok(()) // finishes its work when asked to stop
+                }
+            })
+            .await
+        })
+    };
+    started.recv().await.expect("started");
+    stop.cancel();
+    let summary = worker.await.expect("joins").expect("worker");
+    assert_eq!((summary.completed, summary.released), (1, 0));
+    assert_eq!(q.stats().await.expect("stats").completed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_errors_kill_items_retriable_ones_retry_and_dead_items_can_be_requeued() {
+    let t = TestServer::start().await;
+    let name = unique("sdk-fatal");
+    let q = t.queue(&name).await;
+    let created = q
+        .create(&QueueSettings {
+            max_attempts: Some(2),
+            retry_backoff: Some(Duration::from_millis(10)),
+            ..QueueSettings::default()
+        })
+        .await
+        .expect("create");
+    assert!(created);
+    q.push(["poison", "flaky", "fine"]).await.expect("push");
+    q.seal().await.expect("seal");
+
+    let summary = q
+        .work(opts(), |job: Job| async move {
+            match job.payload() {
+                b"poison" => Err(WorkError::fatal("cannot parse poison")),
+                b"flaky" => Err(std::io::Error::other("flaky failed").into()),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .expect("worker");
+    assert_eq!(summary.stop, StopReason::Drained);
+    assert_eq!(
+        (
+            summary.completed,
+            summary.fatal,
+            summary.failed,
+            summary.dead
+        ),
+        (1, 1, 2, 2),
+        "flaky fails twice, then its attempts are exhausted: {summary:?}"
+    );
+
+    let dead = q.dead(0).await.expect("dead");
+    let reasons: BTreeMap<_, _> = dead
+        .iter()
+        .map(|d| {
+            (
+                String::from_utf8_lossy(&d.payload).into_owned(),
+                d.reason.clone(),
+            )
+        })
+        .collect();
+    assert!(
+        reasons["poison"].contains("cannot parse poison"),
+        "{reasons:?}"
+    );
+    assert!(reasons["flaky"].contains("flaky failed"), "{reasons:?}");
+
+    assert_eq!(
+        q.requeue_dead(&[dead[0].id.clone()])
+            .await
+            .expect("requeue"),
+        1
+    );
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.dead, s.pending, s.completed), (1, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_empty_and_max_items_end_the_loop_early() {
+    let t = TestServer::start().await;
+    let name = unique("sdk-limits");
+    let q = t.queue(&name).await;
+    q.push((0..5).map(|n| n.to_string())).await.expect("push");
+
+    let summary = q
+        .work(opts().concurrency(4).max_items(3), |_job: Job| async {
+            Ok(())
+        })
+        .await
+        .expect("worker");
+    assert_eq!((summary.stop, summary.completed), (StopReason::Limit, 3));
+
+    // Not sealed: until_empty returns once nothing is left, where the default
+    // would wait for a seal.
+    let summary = q
+        .work(opts().until_empty(true), |_job: Job| async { Ok(()) })
+        .await
+        .expect("worker");
+    assert_eq!((summary.stop, summary.completed), (StopReason::Empty, 2));
+    let s = q.stats().await.expect("stats");
+    assert!(!s.sealed && s.is_empty() && s.completed == 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_its_item_without_killing_the_worker() {
+    let t = TestServer::start().await;
+    let name = unique("sdk-panic");
+    let q = t.queue(&name).await;
+    q.push(["boom"]).await.expect("push");
+    let summary = q
+        .work(opts().max_items(1), |_job: Job| async {
+            panic!("handler bug");
+        })
+        .await
+        .expect("worker survives");
+    assert_eq!(summary.failed, 1);
+    assert_eq!(q.stats().await.expect("stats").retried, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_lease_tokens_are_refused_as_lease_lost() {
+    let t = TestServer::start().await;
+    let name = unique("sdk-fence");
+    let q = t.queue(&name).await;
+    q.push(["x"]).await.expect("push");
+    let leased = q
+        .lease(&LeaseOptions {
+            max_items: 10,
+            lease: Some(Duration::from_secs(30)),
+            wait: Duration::ZERO,
+        })
+        .await
+        .expect("lease");
+    assert_eq!(leased.items.len(), 1);
+    let item = &leased.items[0];
+    assert_eq!((item.attempt, item.payload_str().as_ref()), (1, "x"));
+    assert!(leased.empty.eq(&false) && !leased.drained);
+
+    let tokens = [item.token.clone()];
+    q.release(&tokens).await.expect("release");
+    let err = q.complete(&tokens).await.expect_err("stale");
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    let err = q
+        .fail(&tokens, &Failure::fatal("x"))
+        .await
+        .expect_err("stale");
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+
+    // The lease handle: renewal in the background, complete consumes it.
+    let leased = q.lease(&LeaseOptions::default()).await.expect("lease");
+    let handle = q.hold(leased.items[0].clone(), Duration::from_secs(1));
+    assert!(!handle.lost().is_cancelled());
+    handle.complete().await.expect("complete");
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.completed, s.retried), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_queue_errors_name_the_problem() {
+    let t = TestServer::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("grpc://127.0.0.1:{port}");
+    let err = worker_sdk::Client::connect_with_timeout(&url, Duration::from_millis(300))
+        .await
+        .expect_err("nothing listens");
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains(&url), "{err}");
+
+    for (url, want) in [
+        ("redis://127.0.0.1:6379", "not supported yet"),
+        ("amqp://guest:guest@127.0.0.1:5672", "not supported yet"),
+        ("127.0.0.1:50051", "invalid queue URL"),
+    ] {
+        let err = worker_sdk::connect(url).await.expect_err(url);
+        assert!(err.to_string().contains(want), "{url}: {err}");
+    }
+
+    let client = t.client().await;
+    let err = client.queue("Not_A_Name").expect_err("invalid");
+    assert!(matches!(err, Error::InvalidQueueName { .. }));
+    let err = client
+        .queue("missing")
+        .expect("valid")
+        .stats()
+        .await
+        .expect_err("missing");
+    assert!(
+        matches!(err, Error::QueueNotFound { ref queue } if queue == "missing"),
+        "{err}"
+    );
+    let err = client
+        .queue("missing")
+        .expect("valid")
+        .work(opts(), |_job: Job| async { Ok(()) })
+        .await
+        .expect_err("missing");
+    assert!(matches!(err, Error::QueueNotFound { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_rides_out_a_server_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = queue_server::start(queue_server::ServerConfig::embedded(dir.path()))
+        .await
+        .expect("server");
+    let addr = server.grpc_addr();
+    let url = format!("grpc://{addr}");
+    let q = worker_sdk::connect(&url)
+        .await
+        .expect("connect")
+        .queue("restart")
+        .expect("name");
+    q.push((0..20).map(|n| n.to_string())).await.expect("push");
+    q.seal().await.expect("seal");
+
+    // The handler holds the first item until the server has been restarted.
+    let (started_tx, mut started) = mpsc::channel::<()>(1);
+    let restarted = Arc::new(tokio::sync::Notify::new());
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let worker = {
+        let q = q.clone();
+        let restarted = restarted.clone();
+        tokio::spawn(async move {
+            q.work(opts().lease(Duration::from_secs(2)), move |_job: Job| {
+                let started_tx = started_tx.clone();
+                let restarted = restarted.clone();
+                let first = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if first {
+                        started_tx.send(()).await.ok();
+                        restarted.notified().await;
+                    }
+                    Ok(())
+                }
+            })
+            .await
+        })
+    };
+    started.recv().await.expect("started");
+    server.shutdown().await.expect("server stops");
+    let mut config = queue_server::ServerConfig::embedded(dir.path());
+    config.listen = addr;
+    let server = queue_server::start(config).await.expect("server restarts");
+    restarted.notify_one();
+
+    let summary = worker.await.expect("joins").expect("worker survives");
+    assert_eq!(summary.stop, StopReason::Drained);
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.completed, s.dead), (20, 0), "{s:?} {summary:?}");
+    // The item held across the restart may have lost its lease (as the server's
+    // restart rules say); then it was worked again. Either way nothing was lost.
+    assert_eq!(summary.completed, 20, "{summary:?}");
+    assert!(summary.lost <= 1, "{summary:?}");
+    server.shutdown().await.expect("server stops");
+}
