@@ -74,6 +74,65 @@ pub fn job_name(cron_name: &str, scheduled: Timestamp) -> String {
     format!("{cron_name}-{}", scheduled.as_second().div_euclid(60))
 }
 
+/// What a CronJob does at a scheduled time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Start the Job.
+    Run,
+    /// Delete the active Jobs, then start the new one (`Replace`).
+    ReplaceThenRun,
+    /// Skip it: a Job is still active (`Forbid`).
+    SkipActive,
+    /// Skip it: later than `startingDeadlineSeconds`.
+    SkipMissed,
+}
+
+/// Decides a scheduled time as the CronJob controller does: too late past
+/// `startingDeadlineSeconds` is missed; otherwise `concurrencyPolicy`
+/// (`Allow` by default) decides what happens to still-active Jobs.
+pub fn decide(
+    policy: Option<&str>,
+    active_jobs: usize,
+    late: std::time::Duration,
+    starting_deadline_seconds: Option<i64>,
+) -> Decision {
+    if let Some(d) = starting_deadline_seconds
+        && late.as_secs_f64() > d as f64
+    {
+        return Decision::SkipMissed;
+    }
+    match (policy, active_jobs) {
+        (_, 0) => Decision::Run,
+        (Some("Forbid"), _) => Decision::SkipActive,
+        (Some("Replace"), _) => Decision::ReplaceThenRun,
+        _ => Decision::Run,
+    }
+}
+
+/// Which finished Jobs the history limits remove: given each Job's outcome
+/// in start order (`Some(true)` complete, `Some(false)` failed, `None`
+/// still running), the positions of all but the newest `keep_succeeded`
+/// complete and `keep_failed` failed ones.
+pub fn history_removed(
+    outcomes: &[Option<bool>],
+    keep_succeeded: usize,
+    keep_failed: usize,
+) -> Vec<usize> {
+    let mut removed = Vec::new();
+    for (want, keep) in [(true, keep_succeeded), (false, keep_failed)] {
+        let matching: Vec<usize> = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| **o == Some(want))
+            .map(|(i, _)| i)
+            .collect();
+        let drop = matching.len().saturating_sub(keep);
+        removed.extend_from_slice(&matching[..drop]);
+    }
+    removed.sort_unstable();
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +181,42 @@ mod tests {
             let err = Schedule::parse(sched, tz).expect_err(sched);
             assert!(err.contains(want), "{sched}: {err}");
         }
+    }
+
+    #[test]
+    fn concurrency_and_starting_deadline() {
+        use std::time::Duration;
+        let s = Duration::from_secs;
+        let table = [
+            (None, 0, s(0), None, Decision::Run),
+            (None, 2, s(0), None, Decision::Run),
+            (Some("Allow"), 1, s(0), None, Decision::Run),
+            (Some("Forbid"), 0, s(0), None, Decision::Run),
+            (Some("Forbid"), 1, s(0), None, Decision::SkipActive),
+            (Some("Replace"), 1, s(0), None, Decision::ReplaceThenRun),
+            (Some("Replace"), 0, s(0), None, Decision::Run),
+            (None, 0, s(30), Some(10), Decision::SkipMissed),
+            (Some("Forbid"), 1, s(30), Some(10), Decision::SkipMissed),
+            (None, 0, s(5), Some(10), Decision::Run),
+        ];
+        for (policy, active, late, deadline, want) in table {
+            assert_eq!(
+                decide(policy, active, late, deadline),
+                want,
+                "{policy:?} {active} {late:?} {deadline:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn history_limits_keep_the_newest() {
+        let (ok, failed) = (Some(true), Some(false));
+        assert_eq!(
+            history_removed(&[ok, ok, failed, ok, ok, failed, None], 3, 1),
+            [0, 2]
+        );
+        assert_eq!(history_removed(&[ok, failed], 0, 0), [0, 1]);
+        assert_eq!(history_removed(&[None, None], 0, 0), Vec::<usize>::new());
     }
 
     #[test]

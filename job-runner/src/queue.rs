@@ -66,6 +66,11 @@ impl QueueRun {
         ]
     }
 
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// (done, enqueued) from the latest counters: done counts completed and
     /// dead items.
     pub fn last_stats(&self) -> Option<(u64, u64)> {
@@ -202,6 +207,7 @@ fn wq_path(run_dir: &Path) -> Result<String> {
 
 /// Prepares a work-queue Job: starts the queue service if needed (once per
 /// run), pushes and seals the items, and sets `completions` of a coarse Job.
+/// `changed` is notified whenever the queue's counters change.
 pub async fn prepare(
     job: &mut Job,
     dir: &Path,
@@ -209,6 +215,7 @@ pub async fn prepare(
     opts: &RunOptions,
     server: &mut Option<LocalServer>,
     out: &Output,
+    changed: Arc<tokio::sync::Notify>,
 ) -> Result<Option<QueueRun>> {
     let Some((name, items)) = items(job, dir)? else {
         return Ok(None);
@@ -281,6 +288,7 @@ pub async fn prepare(
                     if let Ok(mut slot) = stats.lock() {
                         *slot = Some(s);
                     }
+                    changed.notify_one();
                 }
             }))
         }

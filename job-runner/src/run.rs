@@ -163,6 +163,7 @@ struct Runner {
     bwrap: Option<PathBuf>,
     dir: tempfile::TempDir,
     queue_server: Option<queue::LocalServer>,
+    queue_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Runs every Job and CronJob of `loaded` on this machine.
@@ -185,6 +186,7 @@ pub async fn run(loaded: Loaded, opts: RunOptions, out: Arc<Output>) -> Result<R
         bwrap: process::find_bwrap(),
         dir,
         queue_server: None,
+        queue_changed: Arc::new(tokio::sync::Notify::new()),
     };
     let mut to_start = Vec::new();
     for m in loaded.manifests {
@@ -311,6 +313,7 @@ impl Runner {
             &self.opts,
             &mut self.queue_server,
             &self.out,
+            self.queue_changed.clone(),
         )
         .await?;
         let extra_env = queue.as_ref().map(QueueRun::env).unwrap_or_default();
@@ -446,15 +449,6 @@ impl Runner {
         }
         let name = c.name.clone();
         let spec = c.cron.spec.clone().unwrap_or_default();
-        if let Some(deadline) = spec.starting_deadline_seconds {
-            let late = jiff::Timestamp::now().duration_since(scheduled);
-            if late.as_secs() > deadline {
-                self.out.event(&format!(
-                    "cronjob.batch/{name}: missed the Job scheduled at {scheduled} by more than startingDeadlineSeconds ({deadline}s); skipped"
-                ));
-                return;
-            }
-        }
         let active: Vec<usize> = (0..self.jobs.len())
             .filter(|&j| {
                 self.jobs[j].owner == Some(i)
@@ -462,14 +456,27 @@ impl Runner {
                     && self.jobs[j].deleted.is_none()
             })
             .collect();
-        match spec.concurrency_policy.as_deref() {
-            Some("Forbid") if !active.is_empty() => {
+        let late = Duration::try_from(jiff::Timestamp::now().duration_since(scheduled))
+            .unwrap_or_default();
+        match crate::cron::decide(
+            spec.concurrency_policy.as_deref(),
+            active.len(),
+            late,
+            spec.starting_deadline_seconds,
+        ) {
+            crate::cron::Decision::SkipMissed => {
+                self.out.event(&format!(
+                    "cronjob.batch/{name}: missed the Job scheduled at {scheduled} by more than startingDeadlineSeconds; skipped"
+                ));
+                return;
+            }
+            crate::cron::Decision::SkipActive => {
                 self.out.event(&format!(
                     "cronjob.batch/{name}: Job scheduled at {scheduled} skipped: the previous Job is still running (concurrencyPolicy: Forbid)"
                 ));
                 return;
             }
-            Some("Replace") => {
+            crate::cron::Decision::ReplaceThenRun => {
                 for j in active {
                     let run = &mut self.jobs[j];
                     run.deleted =
@@ -477,10 +484,13 @@ impl Runner {
                     for p in run.pods.values() {
                         let _ = p.stop.send(Some(Stop::Delete));
                     }
-                    self.out.event(&format!("job.batch/{}: deleted: replaced by a newer Job (concurrencyPolicy: Replace)", run.name()));
+                    self.out.event(&format!(
+                        "job.batch/{}: deleted: replaced by a newer Job (concurrencyPolicy: Replace)",
+                        run.name()
+                    ));
                 }
             }
-            _ => {}
+            crate::cron::Decision::Run => {}
         }
         let job = job_from_template(
             &self.crons[i].cron,
@@ -623,19 +633,24 @@ impl Runner {
         let run = &self.jobs[j];
         let s = &run.state;
         let total = s.config.completions.map(u64::from);
-        let mut msg = format!(
+        let msg = format!(
             "{} running · {} succeeded · {} failed",
             run.active_pods(),
             s.succeeded,
             s.failed
         );
-        if let Some(q) = &run.queue
-            && let Some(stats) = q.last_stats()
-        {
-            msg.push_str(&format!(" · queue {}/{} items done", stats.0, stats.1));
-        }
         self.out
             .progress(run.name(), u64::from(s.succeeded), total, msg);
+        if let Some(q) = &run.queue
+            && let Some((done, enqueued)) = q.last_stats()
+        {
+            self.out.progress(
+                &format!("{} queue {}", run.name(), q.name()),
+                done,
+                Some(enqueued),
+                "items done".into(),
+            );
+        }
     }
 
     fn pod_done(&mut self, j: usize, result: PodResult) {
@@ -757,6 +772,7 @@ impl Runner {
                     self.kill_all();
                 }
                 _ = sleep => {}
+                _ = self.queue_changed.notified() => {}
             }
             if killed && self.jobs.iter().all(|r| r.active_pods() == 0) {
                 return true;
@@ -786,32 +802,18 @@ impl Runner {
             let owned: Vec<usize> = (0..self.jobs.len())
                 .filter(|&j| self.jobs[j].owner == Some(i))
                 .collect();
-            for (want_ok, keep) in [(true, keep_ok), (false, keep_failed)] {
-                let matching: Vec<usize> = owned
-                    .iter()
-                    .copied()
-                    .filter(|&j| {
-                        self.jobs[j]
-                            .state
-                            .finish
-                            .as_ref()
-                            .is_some_and(|f| f.complete == want_ok)
-                    })
-                    .collect();
-                let drop = matching.len().saturating_sub(keep);
-                for &j in &matching[..drop] {
-                    removed.insert(
-                        j,
-                        format!(
-                            "removed by {} ({keep})",
-                            if want_ok {
-                                "successfulJobsHistoryLimit"
-                            } else {
-                                "failedJobsHistoryLimit"
-                            }
-                        ),
-                    );
-                }
+            let outcomes: Vec<Option<bool>> = owned
+                .iter()
+                .map(|&j| self.jobs[j].state.finish.as_ref().map(|f| f.complete))
+                .collect();
+            for pos in crate::cron::history_removed(&outcomes, keep_ok, keep_failed) {
+                let j = owned[pos];
+                let limit = if outcomes[pos] == Some(true) {
+                    format!("successfulJobsHistoryLimit ({keep_ok})")
+                } else {
+                    format!("failedJobsHistoryLimit ({keep_failed})")
+                };
+                removed.insert(j, format!("removed by {limit}"));
             }
         }
         let mut reports = Vec::new();
