@@ -1,5 +1,10 @@
 //! `queue-server`: the workq queue service.
 
+/// mimalloc: the server allocates per item and per call from many threads,
+/// where glibc's malloc showed up in profiles (see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::Parser;
 use queue_server::settings::{Limits, QueueSettings};

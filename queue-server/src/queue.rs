@@ -31,6 +31,7 @@ use crate::names::{ItemId, LeaseToken, QueueName};
 use crate::settings::QueueSettings;
 use crate::store::{QueueRecord, StoreOp, StoredKey};
 use prost::bytes::Bytes;
+use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
@@ -145,7 +146,9 @@ pub struct Queue {
     name: QueueName,
     settings: QueueSettings,
     sealed: bool,
-    items: HashMap<ItemId, Item>,
+    /// Live items by id. Ids are server-assigned, so a fast non-keyed hash
+    /// is safe here (user-chosen idempotency keys keep the default hasher).
+    items: FxHashMap<ItemId, Item>,
     /// Exactly the pending items, in the order they are leased.
     pending: VecDeque<ItemId>,
     /// Due times of delayed items; an entry is stale when the item is no
@@ -168,7 +171,7 @@ impl Queue {
             name,
             settings,
             sealed: false,
-            items: HashMap::new(),
+            items: FxHashMap::default(),
             pending: VecDeque::new(),
             delayed: BinaryHeap::new(),
             leases: BinaryHeap::new(),
