@@ -314,6 +314,11 @@ fn pod_spec(tp: &str, pod: &PodSpec, out: &mut Vec<String>) {
                 out.push(format!("{cp}.name: Duplicate value: {:?}", c.name));
             }
             seen.push(c.name.as_str());
+            if c.restart_policy.is_some() {
+                out.push(format!(
+                    "{cp}.restartPolicy: not supported by --local (sidecar containers); remove it to run this Job locally"
+                ));
+            }
             container(&cp, c, &volumes, out);
         }
     }

@@ -198,3 +198,92 @@ fn text_summary_reads_like_kubectl_describe() {
         assert!(r.stdout.contains(want), "want {want:?} in:\n{}", r.stdout);
     }
 }
+
+#[test]
+fn containers_run_together_after_init_containers() {
+    let manifest = job("multi", "", "Never", "echo main ran")
+        .replace(
+            "      containers:\n",
+            "      initContainers:\n      - name: setup\n        command: [sh, -c, 'echo setup ran']\n      containers:\n      - name: side\n        command: [sh, -c, 'echo side ran']\n",
+        );
+    let (code, j, err) = run_json(&manifest, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(j["status"]["succeeded"], 1);
+    let pod_line = |container: &str, text: &str| {
+        err.lines()
+            .any(|l| l.starts_with("[multi-") && l.ends_with(&format!("/{container}] {text}")))
+    };
+    assert!(
+        pod_line("setup", "setup ran")
+            && pod_line("side", "side ran")
+            && pod_line("main", "main ran"),
+        "{err}"
+    );
+    let setup = err.find("setup ran").expect("setup");
+    assert!(
+        err.find("main ran").expect("main") > setup,
+        "init containers first"
+    );
+}
+
+#[test]
+fn failed_init_container_fails_the_pod_before_the_containers() {
+    let manifest = job("init-fails", "  backoffLimit: 0\n", "Never", "echo main ran").replace(
+        "      containers:\n",
+        "      initContainers:\n      - name: setup\n        command: [sh, -c, 'exit 7']\n      containers:\n",
+    );
+    let (code, j, err) = run_json(&manifest, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("main ran"), "{err}");
+    assert!(err.contains("[setup=7]"), "{err}");
+    assert_eq!(outcome(&j).1, "BackoffLimitExceeded");
+}
+
+#[test]
+fn a_directory_of_expanded_manifests_runs_like_kubectl_create_f_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jobs = dir.path().join("jobs");
+    std::fs::create_dir(&jobs).expect("mkdir");
+    for item in ["apple", "banana"] {
+        let r = run(&["expand", &common::example("job-tmpl.yaml"), "--item", item]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        std::fs::write(jobs.join(format!("job-{item}.yaml")), r.stdout).expect("write");
+    }
+    let r = run(&[
+        "run",
+        "-f",
+        &jobs.display().to_string(),
+        "--local",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let names: Vec<String> = r
+        .jobs()
+        .iter()
+        .map(|j| j["metadata"]["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(names, ["process-item-apple", "process-item-banana"]);
+}
+
+#[test]
+fn volumes_without_bubblewrap_say_what_to_install() {
+    let r = common::job_runner()
+        .env("PATH", "/nonexistent")
+        .args(["run", "-f", &common::example("indexed-job.yaml"), "--local"])
+        .output()
+        .expect("runs");
+    let r = common::Run::from(r);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("volumes mounted at /input"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("apt-get install bubblewrap"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("Created pod"), "{}", r.stderr);
+}
