@@ -17,8 +17,12 @@ use crate::types::{
 /// How long [`Client::connect`] waits for the server to accept a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Items per enqueue call when [`Queue::push`] is given many.
+/// Most items per enqueue call when [`Queue::push`] is given many.
 pub const PUSH_BATCH: usize = 1000;
+
+/// Most payload bytes per enqueue call when [`Queue::push`] is given many (a
+/// single larger item still goes, alone).
+pub const PUSH_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// A connection to the backend a queue URL names. Cloning is cheap and shares
 /// the connection; a lost connection is re-established on the next call.
@@ -127,27 +131,41 @@ impl Queue {
     }
 
     /// Adds items, creating the queue with default settings if it does not exist.
-    /// Sent in calls of [`PUSH_BATCH`] items, each all-or-nothing; answers the new
-    /// ids in order once they are durable.
+    /// Sent in calls of at most [`PUSH_BATCH`] items and [`PUSH_BATCH_BYTES`]
+    /// bytes, each all-or-nothing; answers the new ids in order once they are
+    /// durable. When a call fails, the calls before it stand: the error is
+    /// [`Error::PushInterrupted`], which says how many items were added.
     pub async fn push<I>(&self, items: I) -> Result<Vec<ItemId>>
     where
         I: IntoIterator,
         I::Item: Into<NewItem>,
     {
         let mut ids = Vec::new();
-        let mut batch = Vec::with_capacity(PUSH_BATCH);
-        for item in items {
-            batch.push(item.into());
-            if batch.len() == PUSH_BATCH {
-                ids.extend(
-                    self.backend
-                        .enqueue(&self.name, std::mem::take(&mut batch), true)
-                        .await?,
-                );
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut items = items.into_iter().map(Into::into).peekable();
+        while let Some(item) = items.next() {
+            bytes += item.payload.len();
+            batch.push(item);
+            let full = batch.len() >= PUSH_BATCH
+                || items
+                    .peek()
+                    .is_some_and(|next| bytes + next.payload.len() > PUSH_BATCH_BYTES);
+            if full || items.peek().is_none() {
+                let sent = std::mem::take(&mut batch);
+                bytes = 0;
+                match self.backend.enqueue(&self.name, sent, true).await {
+                    Ok(new) => ids.extend(new),
+                    Err(source) if ids.is_empty() => return Err(source),
+                    Err(source) => {
+                        return Err(Error::PushInterrupted {
+                            queue: self.name.to_string(),
+                            pushed: ids.len(),
+                            source: Box::new(source),
+                        });
+                    }
+                }
             }
-        }
-        if !batch.is_empty() {
-            ids.extend(self.backend.enqueue(&self.name, batch, true).await?);
         }
         Ok(ids)
     }

@@ -105,6 +105,19 @@ pub enum Error {
     #[error("unexpected answer from the queue server: {0}")]
     Protocol(String),
 
+    /// A push of many items failed part-way: the first `pushed` items were added
+    /// (durably), the rest were not.
+    #[error("queue {queue:?}: pushed {pushed} items, then: {source}")]
+    PushInterrupted {
+        /// The queue's name.
+        queue: String,
+        /// Items added before the failure.
+        pushed: usize,
+        /// The failure.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A local I/O operation failed (starting or feeding a child process, reading a file).
     #[error("{what}: {source}")]
     Io {

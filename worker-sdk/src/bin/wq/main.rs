@@ -33,16 +33,26 @@ struct Cli {
         long,
         env = "WQ_URL",
         default_value = "grpc://127.0.0.1:50051",
-        global = true
+        value_name = "URL",
+        global = true,
+        help_heading = "Global options"
     )]
     url: String,
 
-    /// Queue name.
-    #[arg(short, long, env = "WQ_QUEUE", global = true)]
+    /// Queue name (required): 1-63 lowercase letters, digits and '-'.
+    #[arg(
+        short,
+        long,
+        env = "WQ_QUEUE",
+        global = true,
+        value_name = "NAME",
+        help_heading = "Global options"
+    )]
     queue: Option<String>,
 
     /// How long to wait for the server to accept a connection (e.g. 5s, 1m).
-    #[arg(long, env = "WQ_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "WQ_CONNECT_TIMEOUT", default_value = "5s", value_name = "DURATION",
+          value_parser = humantime::parse_duration, global = true, help_heading = "Global options")]
     connect_timeout: Duration,
 
     #[command(subcommand)]
@@ -54,15 +64,8 @@ enum Command {
     /// Add items to a queue (creating it if needed).
     ///
     /// Items come from the arguments, from a file or standard input (one item per
-    /// line; blank lines are skipped), or from a numeric range. Examples:
-    ///
-    ///   wq push -q job1 apple banana cherry
-    ///
-    ///   wq push -q job1 --file items.txt --seal
-    ///
-    ///   seq 1 100 | wq push -q job2 -
-    ///
-    ///   wq push -q job2 --range 1..100 --seal
+    /// line; blank lines are skipped), or from a numeric range.
+    #[command(after_help = PUSH_EXAMPLES)]
     Push(PushArgs),
     /// Show a queue's counters, as a table or as JSON.
     Stats(StatsArgs),
@@ -84,20 +87,27 @@ enum Command {
     /// WQ_ATTEMPT and WQ_QUEUE in its environment, and runs in its own process
     /// group.
     ///
-    /// On SIGTERM (or SIGINT) wq takes no more items and passes the signal to the
+    /// On SIGTERM (or SIGINT) wq takes no more items and sends SIGTERM to the
     /// program's process group; an item whose program then exits 0 within the grace
     /// period is completed, every other one is released (back to the queue at once,
     /// no attempt counted), and a program still running at the end of the grace
     /// period is killed. A second signal ends the grace period at once.
-    ///
-    /// Coarse pattern (one item per pod):   wq consume -q job1 -c 1 -- ./worker.py
-    ///
-    /// Fine pattern (loop until drained):   wq consume -q job2 --concurrency 4 -- ./worker.py
     #[command(after_help = CONSUME_EXIT_CODES)]
     Consume(ConsumeArgs),
 }
 
+const PUSH_EXAMPLES: &str = "\
+Examples:
+  wq push -q job1 apple banana cherry
+  wq push -q job1 --file items.txt --seal
+  seq 1 100 | wq push -q job2 -
+  wq push -q job2 --range 1..100 --seal";
+
 const CONSUME_EXIT_CODES: &str = "\
+Examples:
+  coarse, one item per pod:    wq consume -q job1 -c 1 -- ./worker.py
+  fine, loop until drained:    wq consume -q job2 --concurrency 4 -- ./worker.py
+
 Exit codes:
   0    done: N items completed (-c N), or the queue is drained (or empty, with --until-empty)
   1    an error that is not an item's (server unreachable, queue not found, ...)
@@ -137,16 +147,16 @@ struct StatsArgs {
 #[derive(Debug, Args)]
 struct CreateArgs {
     /// Default lease duration (e.g. 30s).
-    #[arg(long, value_parser = humantime::parse_duration, env = "WQ_DEFAULT_LEASE")]
+    #[arg(long, value_parser = humantime::parse_duration, env = "WQ_DEFAULT_LEASE", value_name = "DURATION")]
     lease: Option<Duration>,
     /// Attempts before an item goes dead.
-    #[arg(long, env = "WQ_MAX_ATTEMPTS")]
+    #[arg(long, env = "WQ_MAX_ATTEMPTS", value_name = "N")]
     max_attempts: Option<u32>,
     /// Back-off after the first retriable failure (doubled each further attempt).
-    #[arg(long, value_parser = humantime::parse_duration, env = "WQ_RETRY_BACKOFF")]
+    #[arg(long, value_parser = humantime::parse_duration, env = "WQ_RETRY_BACKOFF", value_name = "DURATION")]
     retry_backoff: Option<Duration>,
     /// Upper bound of the back-off.
-    #[arg(long, value_parser = humantime::parse_duration, env = "WQ_RETRY_BACKOFF_MAX")]
+    #[arg(long, value_parser = humantime::parse_duration, env = "WQ_RETRY_BACKOFF_MAX", value_name = "DURATION")]
     retry_backoff_max: Option<Duration>,
 }
 
@@ -187,12 +197,14 @@ struct ConsumeArgs {
     concurrency: u16,
 
     /// Lease duration; renewed every third of it while the program runs.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "WQ_LEASE")]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "WQ_LEASE",
+          value_name = "DURATION")]
     lease: Duration,
 
     /// After SIGTERM, how long running programs may take before they are killed.
     /// Keep it below the pod's terminationGracePeriodSeconds (30s by default).
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, env = "WQ_GRACE")]
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, env = "WQ_GRACE",
+          value_name = "DURATION")]
     grace: Duration,
 
     /// Exit codes that fail an item for good (it goes dead at once), comma-separated.
@@ -211,7 +223,8 @@ struct ConsumeArgs {
     until_empty: bool,
 
     /// How long one lease call waits for an item before asking again.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, env = "WQ_POLL_WAIT")]
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, env = "WQ_POLL_WAIT",
+          value_name = "DURATION")]
     poll_wait: Duration,
 
     /// The program to run for each item, and its arguments (put `--` before them).
