@@ -136,7 +136,7 @@ pub fn verdict_note(v: &Verdict) -> String {
         Verdict::Ignored { rule } => format!("ignored (podFailurePolicy rule {rule})"),
         Verdict::IndexFailed => "index failed".into(),
         Verdict::JobFailed => "failed the Job".into(),
-        Verdict::AfterFinish => "terminated: the Job had ended".into(),
+        Verdict::AfterFinish => "ended after the Job had ended".into(),
     }
 }
 

@@ -327,9 +327,15 @@ impl Runner {
         }
         let spec = job.spec.clone().unwrap_or_default();
         let config = JobConfig::from_spec(&name, &namespace, &spec, self.opts.pod_backoff);
-        let suspended = spec.suspend == Some(true) && !self.opts.resume;
+        let mut suspended = spec.suspend == Some(true) && !self.opts.resume;
+        if spec.parallelism == Some(0) && !suspended {
+            suspended = true;
+            self.out.event(&format!(
+                "job.batch/{name}: parallelism is 0: no pod starts (set spec.parallelism to run it)"
+            ));
+        }
         let hosts = self.hosts_file(&job, &config)?;
-        if suspended {
+        if suspended && spec.suspend == Some(true) {
             self.out.event(&format!(
                 "job.batch/{name}: suspended (spec.suspend: true): no pod starts; run with --resume to start it"
             ));

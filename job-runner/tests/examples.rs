@@ -106,6 +106,14 @@ fn fine_queue_processes_every_item_exactly_once() {
         w
     });
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    // Two workers shared the work: both pods' names appear on item lines.
+    let workers: std::collections::BTreeSet<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains("] Working on "))
+        .filter_map(|l| l.split_once(']').map(|(p, _)| p))
+        .collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
     assert!(
         r.stdout
             .contains("Pods Statuses:     0 Active / 2 Succeeded / 0 Failed"),
