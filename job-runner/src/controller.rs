@@ -347,6 +347,11 @@ impl JobState {
         });
     }
 
+    /// Records an event the runner observed (e.g. `SuccessfulDelete`).
+    pub fn record(&mut self, at: Duration, warning: bool, reason: &str, message: String) {
+        self.event(at, warning, reason, message);
+    }
+
     /// The pod back-off after `n` consecutive failures.
     pub fn backoff_delay(base: Duration, n: u32) -> Duration {
         if n == 0 {

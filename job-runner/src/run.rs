@@ -604,10 +604,20 @@ impl Runner {
             let now = run.now();
             let r = run.state.reconcile(now);
             if r.terminate_active {
-                for p in run.pods.values().filter(|p| p.ended.is_none()) {
+                let mut deleted = Vec::new();
+                for (name, p) in run.pods.iter().filter(|(_, p)| p.ended.is_none()) {
                     if p.stop.borrow().is_none() {
                         let _ = p.stop.send(Some(Stop::Delete));
+                        deleted.push(name.clone());
                     }
+                }
+                for name in deleted {
+                    run.state.record(
+                        now,
+                        false,
+                        "SuccessfulDelete",
+                        format!("Deleted pod: {name}"),
+                    );
                 }
             }
             if let Some(at) = r.wake_at {

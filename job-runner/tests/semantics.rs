@@ -287,3 +287,49 @@ fn volumes_without_bubblewrap_say_what_to_install() {
     );
     assert!(!r.stderr.contains("Created pod"), "{}", r.stderr);
 }
+
+#[test]
+fn fail_index_rule_fails_the_index_without_retry() {
+    let manifest = job(
+        "fail-index",
+        "  completions: 3\n  parallelism: 3\n  completionMode: Indexed\n  backoffLimitPerIndex: 5\n  podFailurePolicy:\n    rules:\n    - action: FailIndex\n      onExitCodes: {containerName: main, operator: In, values: [5]}\n",
+        "Never",
+        "[ \"$JOB_COMPLETION_INDEX\" != 1 ] || exit 5",
+    );
+    let (code, j, err) = run_json(&manifest, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(j["status"]["failedIndexes"], "1");
+    assert_eq!(j["status"]["completedIndexes"], "0,2");
+    assert_eq!(j["status"]["failed"], 1, "not retried: {err}");
+    assert_eq!(outcome(&j).1, "FailedIndexes");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["expand", "--help"],
+        vec!["evict", "--help"],
+    ] {
+        let r = run(&args);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stdout.contains("Usage: job-runner"),
+            "{args:?}: {}",
+            r.stdout
+        );
+    }
+    let r = run(&["run", "--help"]);
+    for flag in [
+        "--filename",
+        "--local",
+        "--item",
+        "--output",
+        "--pod-backoff",
+        "--runs",
+        "--queue-url",
+    ] {
+        assert!(r.stdout.contains(flag), "{flag} in:\n{}", r.stdout);
+    }
+}
