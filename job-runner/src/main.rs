@@ -264,7 +264,12 @@ fn run_command(args: RunArgs) -> i32 {
     if json_out {
         out.result(&serde_json::to_string_pretty(&json(&report.jobs)).unwrap_or_default());
     } else {
-        let text: Vec<String> = report.jobs.iter().map(describe).collect();
+        let text: Vec<String> = report
+            .crons
+            .iter()
+            .map(|c| c.describe())
+            .chain(report.jobs.iter().map(describe))
+            .collect();
         out.result(&text.join("\n"));
     }
     report.exit_code()

@@ -297,7 +297,7 @@ pub fn describe(r: &JobReport) -> String {
     let status = job.status.clone().unwrap_or_default();
     let meta = &job.metadata;
     let mut o = String::new();
-    let mut field = |k: &str, v: String| o.push_str(&format!("{:<19}{v}\n", format!("{k}:")));
+    let mut field = |k: &str, v: String| o.push_str(&format!("{:<18} {v}\n", format!("{k}:")));
     field("Name", meta.name.clone().unwrap_or_default());
     field(
         "Namespace",

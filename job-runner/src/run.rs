@@ -69,6 +69,52 @@ pub struct RunReport {
     pub jobs: Vec<JobReport>,
     /// The run was stopped by a second Ctrl-C or SIGTERM.
     pub interrupted: bool,
+    /// Every CronJob, one summary each.
+    pub crons: Vec<CronSummary>,
+}
+
+/// What a CronJob did during the run.
+#[derive(Debug, Clone)]
+pub struct CronSummary {
+    /// Its name.
+    pub name: String,
+    /// `spec.schedule`.
+    pub schedule: String,
+    /// `spec.timeZone`, or `Local`.
+    pub time_zone: String,
+    /// `spec.concurrencyPolicy` (default `Allow`).
+    pub concurrency_policy: String,
+    /// Suspended (nothing was scheduled).
+    pub suspended: bool,
+    /// Jobs it started.
+    pub jobs_started: u32,
+    /// The start time of its last Job.
+    pub last_schedule: Option<jiff::Timestamp>,
+}
+
+impl CronSummary {
+    /// A `kubectl describe cronjob`-like text.
+    pub fn describe(&self) -> String {
+        format!(
+            "{:<18} {}\n{:<18} {}\n{:<18} {}\n{:<18} {}\n{:<18} {}\n{:<18} {}\n{:<18} {}\n",
+            "Name:",
+            self.name,
+            "Schedule:",
+            self.schedule,
+            "Time Zone:",
+            self.time_zone,
+            "Concurrency Policy:",
+            self.concurrency_policy,
+            "Suspend:",
+            self.suspended,
+            "Jobs Started:",
+            self.jobs_started,
+            "Last Schedule Time:",
+            self.last_schedule.map_or("<unset>".to_string(), |t| t
+                .strftime("%a, %d %b %Y %H:%M:%S %z")
+                .to_string()),
+        )
+    }
 }
 
 impl RunReport {
@@ -150,6 +196,7 @@ struct CronRun {
     started_jobs: u32,
     task: Option<tokio::task::JoinHandle<()>>,
     suspended: bool,
+    last_schedule: Option<jiff::Timestamp>,
 }
 
 /// The runner: all Jobs and CronJobs of one invocation.
@@ -215,6 +262,7 @@ pub async fn run(loaded: Loaded, opts: RunOptions, out: Arc<Output>) -> Result<R
                     started_jobs: 0,
                     task: None,
                     suspended,
+                    last_schedule: None,
                 });
             }
         }
@@ -244,7 +292,27 @@ pub async fn run(loaded: Loaded, opts: RunOptions, out: Arc<Output>) -> Result<R
     if let Some(server) = runner.queue_server.take() {
         server.shutdown().await;
     }
-    Ok(RunReport { jobs, interrupted })
+    let crons = runner
+        .crons
+        .iter()
+        .map(|c| {
+            let spec = c.cron.spec.clone().unwrap_or_default();
+            CronSummary {
+                name: c.name.clone(),
+                schedule: spec.schedule,
+                time_zone: spec.time_zone.unwrap_or_else(|| "Local".into()),
+                concurrency_policy: spec.concurrency_policy.unwrap_or_else(|| "Allow".into()),
+                suspended: c.suspended,
+                jobs_started: c.started_jobs,
+                last_schedule: c.last_schedule,
+            }
+        })
+        .collect();
+    Ok(RunReport {
+        jobs,
+        interrupted,
+        crons,
+    })
 }
 
 fn job_from_template(cron: &CronJob, name: &str) -> Job {
@@ -503,6 +571,7 @@ impl Runner {
             &crate::cron::job_name(&name, scheduled),
         );
         self.crons[i].started_jobs += 1;
+        self.crons[i].last_schedule = Some(jiff::Timestamp::now());
         self.out.event(&format!(
             "cronjob.batch/{name}: Created job {}",
             job.metadata.name.clone().unwrap_or_default()
