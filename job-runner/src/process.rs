@@ -307,16 +307,18 @@ async fn run_container(
     if stop.borrow().is_some() {
         return 137;
     }
-    if ctx.bwrap.is_none() || !plan.needs_sandbox() {
-        if let Some(wd) = &c.working_dir
-            && !Path::new(wd).is_dir()
-        {
-            ctx.sink.line(
-                prefix,
-                &format!("cannot start container {}: its workingDir {wd} is not a directory on this host", c.name),
-            );
-            return 128;
-        }
+    if (ctx.bwrap.is_none() || !plan.needs_sandbox())
+        && let Some(wd) = &c.working_dir
+        && !Path::new(wd).is_dir()
+    {
+        ctx.sink.line(
+            prefix,
+            &format!(
+                "cannot start container {}: its workingDir {wd} is not a directory on this host",
+                c.name
+            ),
+        );
+        return 128;
     }
     let mut child = match command_for(plan, c, ctx).spawn() {
         Ok(child) => child,
