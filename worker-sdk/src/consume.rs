@@ -281,3 +281,124 @@ impl Drop for GroupGuard {
         self.signal(Signal::SIGKILL);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(f: impl FnOnce(&mut WorkSummary), counted: bool) -> ConsumeReport {
+        let mut summary = WorkSummary {
+            stop: StopReason::Drained,
+            leased: 0,
+            completed: 0,
+            failed: 0,
+            fatal: 0,
+            dead: 0,
+            released: 0,
+            lost: 0,
+            signal: None,
+        };
+        f(&mut summary);
+        ConsumeReport {
+            summary,
+            counted,
+            cannot_start: None,
+        }
+    }
+
+    #[test]
+    fn exit_codes() {
+        let cases: [(&str, ConsumeReport, i32); 9] = [
+            ("drained", report(|_| {}, false), 0),
+            (
+                "limit, all completed",
+                report(
+                    |s| {
+                        s.stop = StopReason::Limit;
+                        s.completed = 1;
+                    },
+                    true,
+                ),
+                0,
+            ),
+            (
+                "loop mode ignores retried failures",
+                report(|s| s.failed = 3, false),
+                0,
+            ),
+            (
+                "-c: a failure",
+                report(
+                    |s| {
+                        s.stop = StopReason::Limit;
+                        s.failed = 1;
+                    },
+                    true,
+                ),
+                3,
+            ),
+            (
+                "-c: lease lost",
+                report(
+                    |s| {
+                        s.stop = StopReason::Limit;
+                        s.lost = 1;
+                    },
+                    true,
+                ),
+                3,
+            ),
+            (
+                "fatal",
+                report(
+                    |s| {
+                        s.fatal = 1;
+                        s.dead = 1;
+                    },
+                    false,
+                ),
+                4,
+            ),
+            (
+                "exhausted",
+                report(
+                    |s| {
+                        s.failed = 1;
+                        s.dead = 1;
+                    },
+                    true,
+                ),
+                4,
+            ),
+            (
+                "sigterm",
+                report(
+                    |s| {
+                        s.stop = StopReason::Shutdown { signal: Some(15) };
+                        s.signal = Some(15);
+                    },
+                    false,
+                ),
+                143,
+            ),
+            (
+                "released after the limit",
+                report(
+                    |s| {
+                        s.stop = StopReason::Limit;
+                        s.released = 1;
+                        s.signal = Some(2);
+                    },
+                    true,
+                ),
+                130,
+            ),
+        ];
+        for (what, r, want) in cases {
+            assert_eq!(r.exit_code(), want, "{what}");
+        }
+        let mut r = report(|s| s.fatal = 1, true);
+        r.cannot_start = Some("no such file".into());
+        assert_eq!(r.exit_code(), exit::CANNOT_START);
+    }
+}

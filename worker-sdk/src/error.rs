@@ -203,3 +203,40 @@ fn describe_transport(status: &tonic::Status) -> String {
 
 /// The SDK's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn statuses_map_to_what_failed() {
+        let e = Error::from_status("q", Status::not_found("queue q not found"));
+        assert!(matches!(e, Error::QueueNotFound { ref queue } if queue == "q"));
+        let e = Error::from_token_status(
+            "q",
+            Status::failed_precondition("lease 1.2 is no longer held"),
+        );
+        assert!(matches!(e, Error::LeaseLost { .. }));
+        // Outside token calls, FAILED_PRECONDITION is a refusal (e.g. a sealed queue).
+        let e = Error::from_status("q", Status::failed_precondition("queue q is sealed"));
+        assert!(matches!(
+            e,
+            Error::Refused {
+                code: Code::FailedPrecondition,
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("sealed"));
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+        ] {
+            let e = Error::from_status("q", Status::new(code, "x"));
+            assert!(e.is_transient(), "{code:?}");
+        }
+        let e = Error::from_status("q", Status::internal("disk full"));
+        assert!(matches!(e, Error::Server { .. }) && !e.is_transient());
+    }
+}

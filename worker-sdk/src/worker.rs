@@ -638,7 +638,7 @@ async fn run_item<H: Handler>(
         Some(Err(e)) => match e.disposition {
             Disposition::Release => handle.release().await.map(|()| ItemOutcome::Released),
             Disposition::Retry { after } => {
-                tracing::info!(item = %id, reason = %e.reason, "failed (retriable)");
+                tracing::warn!(queue = %queue.name(), item = %id, reason = %e.reason, "item failed (retriable)");
                 let failure = Failure {
                     fatal: false,
                     reason: e.reason,
@@ -650,7 +650,7 @@ async fn run_item<H: Handler>(
                     .map(|dead| ItemOutcome::Failed { fatal: false, dead })
             }
             Disposition::Fatal => {
-                tracing::info!(item = %id, reason = %e.reason, "failed (fatal)");
+                tracing::warn!(queue = %queue.name(), item = %id, reason = %e.reason, "item failed (fatal)");
                 handle
                     .fail(Failure::fatal(e.reason))
                     .await

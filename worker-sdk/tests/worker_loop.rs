@@ -81,12 +81,12 @@ async fn a_handler_three_times_longer_than_its_lease_completes_once() {
         let q = q.clone();
         tokio::spawn(async move {
             q.work(
-                opts().lease(Duration::from_secs(1)).max_items(1),
+                opts().lease(Duration::from_secs(2)).max_items(1),
                 move |job: Job| {
                     let started_tx = started_tx.clone();
                     async move {
                         started_tx.send(job.item().attempt).await.ok();
-                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        tokio::time::sleep(Duration::from_secs(6)).await;
                         Ok(())
                     }
                 },
@@ -100,7 +100,7 @@ async fn a_handler_three_times_longer_than_its_lease_completes_once() {
     let others = Arc::new(Mutex::new(Vec::new()));
     let other = {
         let others = others.clone();
-        q.work(opts().lease(Duration::from_secs(1)), move |job: Job| {
+        q.work(opts().lease(Duration::from_secs(2)), move |job: Job| {
             let others = others.clone();
             async move {
                 others.lock().expect("lock").push(job.into_item().id);

@@ -72,16 +72,16 @@ async fn a_program_three_times_longer_than_its_lease_completes_once() {
     let q = unique("renew");
     assert_eq!(t.run(&q, &["push", "--seal", "long"]).await.code(), 0);
 
-    // Lease 1s (the server's minimum), program runs 3s: only renewal keeps it.
+    // Lease 2s, program runs 6s: only renewal (every 2/3 s) keeps the item.
     let mut a = t.wq(&q);
-    a.args(["consume", "-c", "1", "--lease", "1s", "--", "sh", "-c"])
-        .arg("echo \"start $WQ_ATTEMPT\"; sleep 3; echo \"done $(cat)\"");
+    a.args(["consume", "-c", "1", "--lease", "2s", "--", "sh", "-c"])
+        .arg("echo \"start $WQ_ATTEMPT\"; sleep 6; echo \"done $(cat)\"");
     let mut a = Running::spawn(a);
     assert_eq!(a.wait_for("start").await, "1");
 
     // Another consumer works the queue meanwhile and must get nothing.
     let mut b = t.wq(&q);
-    b.args(["consume", "--lease", "1s", "--", "sh", "-c"])
+    b.args(["consume", "--lease", "2s", "--", "sh", "-c"])
         .arg("echo \"b got $(cat)\"");
     let b = Running::spawn(b);
 
