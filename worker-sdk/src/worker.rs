@@ -400,6 +400,19 @@ impl Queue {
             None
         };
         let _stop_signal_watch = signals.map(|h| h.abort_handle()).map(AbortOnDrop);
+        // The grace period runs from the shutdown, whatever the loop is doing then.
+        let _grace_timer = AbortOnDrop(
+            tokio::spawn({
+                let (shutdown, hard_stop, grace) =
+                    (shutdown.clone(), hard_stop.clone(), opts.grace);
+                async move {
+                    shutdown.cancelled().await;
+                    tokio::time::sleep(grace).await;
+                    hard_stop.cancel();
+                }
+            })
+            .abort_handle(),
+        );
 
         let slots = Arc::new(Semaphore::new(opts.concurrency));
         let mut tasks: JoinSet<ItemOutcome> = JoinSet::new();
@@ -503,26 +516,10 @@ impl Queue {
             }
         };
 
-        // Let what is running finish; on shutdown, for up to the grace period.
-        let mut grace_ends: Option<tokio::time::Instant> = None;
-        loop {
-            if grace_ends.is_none() && shutdown.is_cancelled() {
-                grace_ends = Some(tokio::time::Instant::now() + opts.grace);
-            }
-            let deadline = async {
-                match grace_ends {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                done = tasks.join_next() => match done {
-                    Some(done) => summary.add(joined(done)),
-                    None => break,
-                },
-                () = shutdown.cancelled(), if grace_ends.is_none() => {}
-                () = deadline, if !hard_stop.is_cancelled() => hard_stop.cancel(),
-            }
+        // Let what is running finish; after a shutdown, the grace timer drops
+        // what is still running when the grace period is over.
+        while let Some(done) = tasks.join_next().await {
+            summary.add(joined(done));
         }
 
         summary.signal = match signal.load(Ordering::SeqCst) {
