@@ -42,7 +42,7 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to `url` (`grpc://host:port`), failing at once with
-    /// [`Error::Unreachable`](crate::Error::Unreachable) when nothing answers within
+    /// [`Error::Unreachable`] when nothing answers within
     /// [`DEFAULT_CONNECT_TIMEOUT`].
     pub async fn connect(url: &str) -> Result<Client> {
         Self::connect_with_timeout(url, DEFAULT_CONNECT_TIMEOUT).await
@@ -95,7 +95,7 @@ impl Client {
 ///
 /// Calls that carry lease tokens ([`renew`](Queue::renew), [`complete`](Queue::complete),
 /// [`fail`](Queue::fail), [`release`](Queue::release)) are all-or-nothing: one stale
-/// token refuses the whole call with [`Error::LeaseLost`](crate::Error::LeaseLost)
+/// token refuses the whole call with [`Error::LeaseLost`]
 /// and changes nothing.
 #[derive(Clone)]
 pub struct Queue {

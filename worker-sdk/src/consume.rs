@@ -127,7 +127,7 @@ impl ConsumeReport {
 }
 
 /// Works `queue` by running `opts.program` once per item (see the
-/// [module docs](crate::consume)).
+/// [module docs](mod@crate::consume)).
 pub async fn consume(queue: &Queue, opts: ConsumeOptions) -> Result<ConsumeReport> {
     let shutdown = CancellationToken::new();
     let mut wopts = WorkerOptions::default()

@@ -12,7 +12,7 @@
 //!   renews their leases, completes or fails each by what the handler answers,
 //!   stops taking work on SIGTERM/SIGINT and releases what it holds, and returns
 //!   when the queue is drained;
-//! - **[`consume`]**: the same loop running an unmodified program per item, which
+//! - **[`consume()`]**: the same loop running an unmodified program per item, which
 //!   is what `wq consume` does.
 //!
 //! # Example

@@ -4,7 +4,7 @@
 //! 1. Lease as many items as there are free slots (up to
 //!    [`WorkerOptions::concurrency`]), long-polling up to
 //!    [`WorkerOptions::poll_wait`] for a first one.
-//! 2. Run the handler on each, in its own task, while a [`LeaseHandle`] renews the
+//! 2. Run the handler on each, in its own task, while a [`LeaseHandle`](crate::LeaseHandle) renews the
 //!    lease every third of [`WorkerOptions::lease`].
 //! 3. Finish each item by what the handler answered: `Ok(())` completes it;
 //!    `Err(`[`WorkError`]`)` fails it (retriable or fatal) or releases it.

@@ -1,6 +1,6 @@
 //! The seam between the SDK and the systems that hold queues.
 //!
-//! A queue URL names its backend by scheme. [`Backend`] is one enum with one
+//! A queue URL names its backend by scheme. `Backend` is one enum with one
 //! variant per backend, so every operation is one `match` and adding a backend
 //! is adding a variant (and the compiler lists every place that must learn it):
 //!

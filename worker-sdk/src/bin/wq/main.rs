@@ -18,7 +18,8 @@ use worker_sdk::{Client, ConsumeOptions, NewItem, Queue, QueueSettings, Stats};
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 an error (server unreachable, queue not found, ...); 2 bad usage.
-`wq consume` has more: see `wq consume --help`.";
+`wq consume` has more: see `wq consume --help`.
+Logs go to stderr; WQ_LOG sets their level (default warn; info shows each run's summary).";
 
 /// Fill, inspect and work workq queues.
 ///
