@@ -438,7 +438,6 @@ async fn create(q: &Queue, args: CreateArgs) -> Result<i32> {
 
 async fn watch(q: &Queue, args: WatchArgs) -> Result<i32> {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-    let mut updates = q.watch(true).await?;
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     if args.json {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -451,26 +450,50 @@ async fn watch(q: &Queue, args: WatchArgs) -> Result<i32> {
     );
     bar.set_prefix(q.name().to_string());
     let mut last: Option<Stats> = None;
-    while let Some(s) = updates.next().await {
-        let s = s?;
-        if args.json {
-            println!("{}", serde_json::to_string(&s)?);
+    let mut retry_delay = Duration::from_millis(100);
+    'connect: loop {
+        let mut updates = match q.watch(true).await {
+            Ok(u) => u,
+            Err(e) if e.is_transient() => {
+                bar.set_message(format!("reconnecting: {e}"));
+                tokio::time::sleep(retry_delay).await;
+                retry_delay = (retry_delay * 2).min(Duration::from_secs(5));
+                continue 'connect;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(s) = updates.next().await {
+            let s = match s {
+                Ok(s) => s,
+                // The server went away: watch again once it is back.
+                Err(e) if e.is_transient() => continue 'connect,
+                Err(e) => return Err(e.into()),
+            };
+            retry_delay = Duration::from_millis(100);
+            if args.json {
+                println!("{}", serde_json::to_string(&s)?);
+            }
+            bar.set_length(s.enqueued);
+            bar.set_position(s.finished());
+            if last.is_none() {
+                // What was done before the watch started is not this run's rate.
+                bar.reset_eta();
+            }
+            bar.set_message(format!(
+                "pending {} leased {} delayed {} dead {}{}",
+                s.pending,
+                s.leased,
+                s.delayed,
+                s.dead,
+                if s.sealed { "" } else { " (not sealed)" }
+            ));
+            let drained = s.drained;
+            last = Some(s);
+            if drained {
+                break 'connect;
+            }
         }
-        bar.set_length(s.enqueued);
-        bar.set_position(s.finished());
-        bar.set_message(format!(
-            "pending {} leased {} delayed {} dead {}{}",
-            s.pending,
-            s.leased,
-            s.delayed,
-            s.dead,
-            if s.sealed { "" } else { " (not sealed)" }
-        ));
-        let drained = s.drained;
-        last = Some(s);
-        if drained {
-            break;
-        }
+        break;
     }
     bar.finish_and_clear();
     match last {
@@ -483,7 +506,10 @@ async fn watch(q: &Queue, args: WatchArgs) -> Result<i32> {
             }
             Ok(0)
         }
-        _ => bail!("queue {}: the watch ended before it was drained", q.name()),
+        _ => bail!(
+            "queue {}: the watch ended before it was drained (was the queue deleted?)",
+            q.name()
+        ),
     }
 }
 
