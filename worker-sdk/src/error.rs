@@ -41,11 +41,13 @@ pub enum Error {
     },
 
     /// The server could not be reached at all.
-    #[error("queue server unreachable at {url}: {source}")]
+    #[error("queue server unreachable at {url}: {reason}")]
     Unreachable {
         /// The URL that was tried.
         url: String,
-        /// The transport's reason.
+        /// The innermost cause, in words (e.g. "Connection refused (os error 111)").
+        reason: String,
+        /// The transport's error.
         #[source]
         source: tonic::transport::Error,
     },
@@ -69,7 +71,7 @@ pub enum Error {
 
     /// The server refused the request as it stands (for example: pushing to a
     /// sealed queue, or creating a queue that exists with other settings).
-    #[error("refused by the queue server ({code:?}) on queue {queue:?}: {message}")]
+    #[error("the queue server refused: {message}")]
     Refused {
         /// The queue's name (empty for calls about no queue).
         queue: String,
@@ -181,6 +183,15 @@ impl Error {
             code => Error::Server { code, message },
         }
     }
+}
+
+/// The text of the innermost cause of `e` (itself when it has none).
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 /// The status message, plus the transport error under it when there is one.

@@ -43,6 +43,7 @@ impl GrpcBackend {
             .await
             .map_err(|source| Error::Unreachable {
                 url: url.url.clone(),
+                reason: crate::error::root_cause(&source),
                 source,
             })?;
         Ok(GrpcBackend {

@@ -270,12 +270,32 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("wq: error: {e:#}");
+            eprintln!("wq: error: {}", one_line(&e));
             exit::ERROR
         }
     };
     runtime.shutdown_timeout(Duration::from_millis(100));
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// An error and its causes on one line, without repeating what is already said.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+        // The SDK's errors already say why; what lies under them is transport detail.
+        if cause.downcast_ref::<worker_sdk::Error>().is_some() {
+            break;
+        }
+    }
+    msg
 }
 
 fn init_logging() {
@@ -530,19 +550,31 @@ async fn dead(q: &Queue, args: DeadArgs) -> Result<i32> {
         writeln!(out, "no dead items in queue {}", q.name())?;
         return Ok(0);
     }
+    let id_w = items
+        .iter()
+        .map(|d| d.id.as_str().len())
+        .max()
+        .unwrap_or(0)
+        .max(2);
+    let reason_w = items
+        .iter()
+        .map(|d| d.reason.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(6, 80);
     writeln!(
         out,
-        "{:<36}  {:>8}  {:<40}  PAYLOAD",
+        "{:<id_w$}  {:>8}  {:<reason_w$}  PAYLOAD",
         "ID", "ATTEMPTS", "REASON"
     )?;
     for d in items {
         let payload = String::from_utf8_lossy(&d.payload);
         writeln!(
             out,
-            "{:<36}  {:>8}  {:<40}  {}",
-            d.id,
+            "{:<id_w$}  {:>8}  {:<reason_w$}  {}",
+            d.id.as_str(),
             d.attempts,
-            d.reason,
+            shorten(&d.reason, reason_w),
             shorten(payload.trim_end(), 60)
         )?;
     }
