@@ -20,7 +20,7 @@
 //! Fill a queue, seal it, and work it until it is drained:
 //!
 //! ```
-//! use worker_sdk::{Job, WorkError, WorkerOptions};
+//! use worker_sdk::{WorkError, WorkerOptions};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,7 +32,7 @@
 //! queue.seal().await?;
 //!
 //! let summary = queue
-//!     .work(WorkerOptions::default().concurrency(4), |job: Job| async move {
+//!     .work(WorkerOptions::default().concurrency(4), |job| async move {
 //!         let text = std::str::from_utf8(job.payload())
 //!             .map_err(|e| WorkError::fatal(format!("payload is not text: {e}")))?;
 //!         let n: u64 = text.parse()?; // any error: retriable
@@ -70,7 +70,7 @@ pub use types::{
     DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, QueueInfo,
     QueueName, QueueSettings, Stats,
 };
-pub use worker::{Disposition, Handler, Job, StopReason, WorkError, WorkSummary, WorkerOptions};
+pub use worker::{Disposition, Job, StopReason, WorkError, WorkSummary, WorkerOptions};
 
 /// Connects to the queue backend `url` names (`grpc://host:port`).
 ///

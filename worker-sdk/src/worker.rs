@@ -346,25 +346,6 @@ enum ItemOutcome {
     Lost,
 }
 
-/// What a handler is: called once per item, answers how it went.
-pub trait Handler: Send + Sync + 'static {
-    /// The handler's future.
-    type Future: Future<Output = std::result::Result<(), WorkError>> + Send + 'static;
-    /// Works one item.
-    fn call(&self, job: Job) -> Self::Future;
-}
-
-impl<F, Fut> Handler for F
-where
-    F: Fn(Job) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = std::result::Result<(), WorkError>> + Send + 'static,
-{
-    type Future = Fut;
-    fn call(&self, job: Job) -> Fut {
-        self(job)
-    }
-}
-
 impl Queue {
     /// Works the queue with `handler` until it is drained (see the
     /// [module docs](crate::worker) for the whole lifecycle).
@@ -373,7 +354,7 @@ impl Queue {
     /// # async fn run(queue: worker_sdk::Queue) -> worker_sdk::Result<()> {
     /// use worker_sdk::{WorkError, WorkerOptions};
     /// let summary = queue
-    ///     .work(WorkerOptions::default().concurrency(4), |job: worker_sdk::Job| async move {
+    ///     .work(WorkerOptions::default().concurrency(4), |job| async move {
     ///         let n: u64 = std::str::from_utf8(job.payload())
     ///             .map_err(|e| WorkError::fatal(format!("not text: {e}")))?
     ///             .trim()
@@ -385,7 +366,11 @@ impl Queue {
     /// println!("completed {}", summary.completed);
     /// # Ok(()) }
     /// ```
-    pub async fn work<H: Handler>(&self, opts: WorkerOptions, handler: H) -> Result<WorkSummary> {
+    pub async fn work<H, Fut>(&self, opts: WorkerOptions, handler: H) -> Result<WorkSummary>
+    where
+        H: Fn(Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), WorkError>> + Send + 'static,
+    {
         let handler = Arc::new(handler);
         let shutdown = opts.shutdown.clone();
         let hard_stop = CancellationToken::new();
@@ -604,14 +589,18 @@ fn joined(r: std::result::Result<ItemOutcome, tokio::task::JoinError>) -> ItemOu
 }
 
 /// Runs one item to its end: handler, then complete / fail / release.
-async fn run_item<H: Handler>(
+async fn run_item<H, Fut>(
     queue: Queue,
     item: LeasedItem,
     handler: Arc<H>,
     lease: Duration,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
-) -> ItemOutcome {
+) -> ItemOutcome
+where
+    H: Fn(Job) -> Fut,
+    Fut: Future<Output = std::result::Result<(), WorkError>>,
+{
     let handle = queue.hold(item.clone(), lease);
     let id = item.id.clone();
     let job = Job {
@@ -620,7 +609,7 @@ async fn run_item<H: Handler>(
         shutdown,
         lease_lost: handle.lost().clone(),
     };
-    let work = AssertUnwindSafe(handler.call(job)).catch_unwind();
+    let work = AssertUnwindSafe(handler(job)).catch_unwind();
     let answer = tokio::select! {
         biased;
         r = work => Some(r.unwrap_or_else(|_| Err(WorkError::retry("the handler panicked")))),

@@ -228,6 +228,32 @@ async fn sigterm_kills_a_program_still_running_after_the_grace_period() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_the_grace_period_at_once() {
+    let t = TestServer::start().await;
+    let q = unique("grace-cut");
+    assert_eq!(t.run(&q, &["push", "--seal", "x"]).await.code(), 0);
+
+    // A long grace period, and a program that notes SIGTERM but goes on.
+    let mut a = t.wq(&q);
+    a.args(["consume", "-c", "1", "--grace", "10m", "--", "sh", "-c"])
+        .arg("trap 'echo got term' TERM; echo \"pgid $$\"; while :; do sleep 0.1; done");
+    let mut a = Running::spawn(a);
+    let pgid: i32 = a.wait_for("pgid").await.parse().expect("a pid");
+    a.groups.push(pgid);
+    a.signal(Signal::SIGTERM);
+    a.wait_for("got term").await;
+    a.signal(Signal::SIGTERM);
+    let (status, _) = a.finish().await;
+    assert_eq!(status.code(), Some(143));
+    let s = t.stats(&q).await;
+    assert_eq!(
+        (s.pending, s.leased, s.retried),
+        (1, 0, 0),
+        "released: {s:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_exit_code_kills_the_item_and_dead_requeue_brings_it_back() {
     let t = TestServer::start().await;
     let q = unique("fatal");
