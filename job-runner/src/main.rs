@@ -63,12 +63,8 @@ struct EvictArgs {
 #[derive(Debug, Args)]
 struct TemplateArgs {
     /// A value for $ITEM (or Jinja's `item`); the template is expanded once per --item.
-    #[arg(
-        long = "item",
-        value_name = "VALUE",
-        env = "JOB_RUNNER_ITEMS",
-        value_delimiter = ','
-    )]
+    /// (No environment variable: items may hold any character.)
+    #[arg(long = "item", value_name = "VALUE")]
     items: Vec<String>,
     /// A Jinja variable, NAME=VALUE (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_var)]

@@ -217,12 +217,12 @@ fn expand_prints_the_tutorials_manifests() {
         "--item",
         "apple",
         "--item",
-        "banana",
+        "banana,split",
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stdout.contains("name: process-item-apple")
-            && r.stdout.contains("name: process-item-banana"),
+            && r.stdout.contains("name: process-item-banana,split"),
         "{}",
         r.stdout
     );
