@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 use crate::lease::LeaseHandle;
 use crate::retry::Backoff;
 use crate::types::{
-    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, QueueInfo,
-    QueueName, QueueSettings, Stats,
+    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,
+    QueueInfo, QueueName, QueueSettings, Stats,
 };
 
 /// How long [`Client::connect`] waits for the server to accept a connection.
@@ -132,15 +132,31 @@ impl Queue {
 
     /// Adds items, creating the queue with default settings if it does not exist.
     /// Sent in calls of at most [`PUSH_BATCH`] items and [`PUSH_BATCH_BYTES`]
-    /// bytes, each all-or-nothing; answers the new ids in order once they are
-    /// durable. When a call fails, the calls before it stand: the error is
+    /// bytes, each all-or-nothing; answers the ids in order once they are
+    /// durable (see [`Queue::push_detailed`] to learn which were duplicates). When
+    /// a call fails, the calls before it stand: the error is
     /// [`Error::PushInterrupted`], which says how many items were added.
     pub async fn push<I>(&self, items: I) -> Result<Vec<ItemId>>
     where
         I: IntoIterator,
         I::Item: Into<NewItem>,
     {
-        let mut ids = Vec::new();
+        Ok(self
+            .push_detailed(items)
+            .await?
+            .into_iter()
+            .map(|p| p.id)
+            .collect())
+    }
+
+    /// Like [`Queue::push`], answering for each item whether its idempotency key
+    /// matched an item the queue already had.
+    pub async fn push_detailed<I>(&self, items: I) -> Result<Vec<Pushed>>
+    where
+        I: IntoIterator,
+        I::Item: Into<NewItem>,
+    {
+        let mut pushed = Vec::new();
         let mut batch = Vec::new();
         let mut bytes = 0;
         let mut items = items.into_iter().map(Into::into).peekable();
@@ -155,19 +171,19 @@ impl Queue {
                 let sent = std::mem::take(&mut batch);
                 bytes = 0;
                 match self.backend.enqueue(&self.name, sent, true).await {
-                    Ok(new) => ids.extend(new),
-                    Err(source) if ids.is_empty() => return Err(source),
+                    Ok(new) => pushed.extend(new),
+                    Err(source) if pushed.is_empty() => return Err(source),
                     Err(source) => {
                         return Err(Error::PushInterrupted {
                             queue: self.name.to_string(),
-                            pushed: ids.len(),
+                            pushed: pushed.len(),
                             source: Box::new(source),
                         });
                     }
                 }
             }
         }
-        Ok(ids)
+        Ok(pushed)
     }
 
     /// Seals the queue: no more items will come. Answers the counters after sealing.

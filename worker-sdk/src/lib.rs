@@ -67,8 +67,8 @@ pub use consume::{ConsumeOptions, ConsumeReport, consume};
 pub use error::{Error, Result};
 pub use lease::LeaseHandle;
 pub use types::{
-    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, QueueInfo,
-    QueueName, QueueSettings, Stats,
+    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,
+    QueueInfo, QueueName, QueueSettings, Stats,
 };
 pub use worker::{Disposition, Job, StopReason, WorkError, WorkSummary, WorkerOptions};
 

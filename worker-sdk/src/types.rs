@@ -243,6 +243,15 @@ impl From<Vec<u8>> for NewItem {
     }
 }
 
+/// What became of one pushed item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// The item's id (for a duplicate, the id of the item already there).
+    pub id: ItemId,
+    /// Its idempotency key matched an item the queue already had: nothing was added.
+    pub duplicate: bool,
+}
+
 /// One leased item: the payload and what is needed to finish it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeasedItem {

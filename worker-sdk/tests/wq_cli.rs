@@ -415,6 +415,23 @@ async fn push_reads_files_stdin_and_ranges() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_dedupe_makes_a_fill_step_safe_to_rerun() {
+    let t = TestServer::start().await;
+    let q = unique("dedupe");
+    let out = t.run(&q, &["push", "--dedupe", "a", "b", "c"]).await;
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.contains("pushed 3 items"), "{out:?}");
+    let out = t
+        .run(&q, &["push", "--dedupe", "--seal", "a", "b", "c", "d"])
+        .await;
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.contains("pushed 1 items"), "{out:?}");
+    assert!(out.stdout.contains("(3 already there)"), "{out:?}");
+    let s = t.stats(&q).await;
+    assert_eq!((s.enqueued, s.sealed), (4, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_one_line_and_exit_non_zero() {
     let t = TestServer::start().await;
 

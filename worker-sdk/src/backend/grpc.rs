@@ -12,8 +12,8 @@ use workq_proto::v1::queue_service_client::QueueServiceClient;
 use super::QueueUrl;
 use crate::error::{Error, Result};
 use crate::types::{
-    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, QueueInfo,
-    QueueName, QueueSettings, Stats, from_ms, from_unix_ms, to_ms,
+    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,
+    QueueInfo, QueueName, QueueSettings, Stats, from_ms, from_unix_ms, to_ms,
 };
 
 /// Deadline of an ordinary call; a lease call gets its wait on top.
@@ -120,7 +120,7 @@ impl GrpcBackend {
         queue: &QueueName,
         items: Vec<NewItem>,
         create: bool,
-    ) -> Result<Vec<ItemId>> {
+    ) -> Result<Vec<Pushed>> {
         let n = items.len();
         let req = pb::EnqueueRequest {
             queue: queue.to_string(),
@@ -147,7 +147,15 @@ impl GrpcBackend {
                 resp.item_ids.len()
             )));
         }
-        Ok(resp.item_ids.into_iter().map(ItemId).collect())
+        let mut duplicate = resp.duplicate.into_iter();
+        Ok(resp
+            .item_ids
+            .into_iter()
+            .map(|id| Pushed {
+                id: ItemId(id),
+                duplicate: duplicate.next().unwrap_or(false),
+            })
+            .collect())
     }
 
     pub(crate) async fn lease(&self, queue: &QueueName, opts: &LeaseOptions) -> Result<Leased> {

@@ -19,8 +19,8 @@ use futures::stream::BoxStream;
 
 use crate::error::{Error, Result};
 use crate::types::{
-    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, NewItem, QueueInfo, QueueName,
-    QueueSettings, Stats,
+    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, NewItem, Pushed, QueueInfo,
+    QueueName, QueueSettings, Stats,
 };
 
 /// Which kind of system a URL names.
@@ -153,7 +153,7 @@ impl Backend {
         queue: &QueueName,
         items: Vec<NewItem>,
         create: bool,
-    ) -> Result<Vec<ItemId>> {
+    ) -> Result<Vec<Pushed>> {
         match self {
             Backend::Grpc(b) => b.enqueue(queue, items, create).await,
         }

@@ -136,6 +136,12 @@ struct PushArgs {
     /// Seal the queue after pushing.
     #[arg(long, env = "WQ_PUSH_SEAL")]
     seal: bool,
+
+    /// Use each item's text as its idempotency key: an item the queue already has
+    /// (pending, leased, dead, or completed within the server's window) is not
+    /// added again, so a fill step can be re-run safely.
+    #[arg(long, env = "WQ_PUSH_DEDUPE")]
+    dedupe: bool,
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +243,9 @@ struct ConsumeArgs {
     )]
     program: Vec<OsString>,
 }
+
+/// Longest idempotency key the queue service takes, in bytes.
+const MAX_DEDUPE_KEY: usize = 4096;
 
 fn parse_range(s: &str) -> std::result::Result<(i64, i64), String> {
     let (a, b) = s
@@ -372,10 +381,36 @@ async fn push(q: &Queue, args: PushArgs) -> Result<i32> {
     if items.is_empty() && !args.seal {
         bail!("nothing to push: give items, --file FILE, `-` or --range A..B");
     }
-    let n = items.len();
-    if n > 0 {
-        q.push(items).await?;
+    if args.dedupe {
+        for item in &mut items {
+            let key = std::str::from_utf8(&item.payload)
+                .ok()
+                .filter(|k| k.len() <= MAX_DEDUPE_KEY)
+                .with_context(|| {
+                    format!(
+                        "--dedupe: an item is not UTF-8 text of at most {MAX_DEDUPE_KEY} bytes: {}",
+                        shorten(&String::from_utf8_lossy(&item.payload), 40)
+                    )
+                })?;
+            item.idempotency_key = Some(key.to_owned());
+        }
     }
+    let n = items.len();
+    let mut duplicates = 0;
+    if n > 0 {
+        duplicates = q
+            .push_detailed(items)
+            .await?
+            .iter()
+            .filter(|p| p.duplicate)
+            .count();
+    }
+    let added = n - duplicates;
+    let dup_note = if duplicates > 0 {
+        format!(" ({duplicates} already there)")
+    } else {
+        String::new()
+    };
     if args.seal {
         if n == 0 {
             // Sealing needs the queue to exist; pushing nothing would not create it.
@@ -387,9 +422,12 @@ async fn push(q: &Queue, args: PushArgs) -> Result<i32> {
                 })?;
         }
         q.seal().await?;
-        println!("pushed {n} items to queue {} and sealed it", q.name());
+        println!(
+            "pushed {added} items to queue {}{dup_note} and sealed it",
+            q.name()
+        );
     } else {
-        println!("pushed {n} items to queue {}", q.name());
+        println!("pushed {added} items to queue {}{dup_note}", q.name());
     }
     Ok(0)
 }
