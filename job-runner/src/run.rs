@@ -12,7 +12,8 @@
 //! Ctrl-C (SIGINT) once evicts every running pod — SIGTERM, the pod gets the
 //! `DisruptionTarget` condition and the pod failure policy applies, replaced
 //! pods start as the controller decides — and stops CronJob scheduling; a
-//! second Ctrl-C (or SIGTERM) kills every pod and ends the run.
+//! second Ctrl-C (or SIGTERM, or SIGHUP when the terminal goes away) kills
+//! every pod and ends the run.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -787,6 +788,7 @@ impl Runner {
     ) -> bool {
         let mut sigint = signal(SignalKind::interrupt()).ok();
         let mut sigterm = signal(SignalKind::terminate()).ok();
+        let mut sighup = signal(SignalKind::hangup()).ok();
         let mut presses = 0u32;
         let mut killed = false;
         loop {
@@ -853,6 +855,10 @@ impl Runner {
                     }
                 }
                 _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
+                    killed = true;
+                    self.kill_all();
+                }
+                _ = async { match sighup.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
                     killed = true;
                     self.kill_all();
                 }

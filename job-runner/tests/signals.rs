@@ -193,3 +193,51 @@ fn evict_command_evicts_one_pod_and_the_condition_rule_applies() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("no-such-pod-xyz12"), "{}", r.stderr);
 }
+
+/// SIGTERM and SIGHUP (the terminal went away) end the run at once, and no
+/// pod process outlives it.
+#[test]
+fn sigterm_and_sighup_leave_no_pod_behind() {
+    for sig in [Signal::SIGTERM, Signal::SIGHUP] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = write(
+            dir.path(),
+            "j.yaml",
+            &common::job("orphan-check", "", "Never", "echo pid $$$$; sleep 600"),
+        );
+        let mut child = job_runner()
+            .args(["run", "-f", &f, "--local", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("job-runner starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let out_reader =
+            std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        let mut pod_pid = None;
+        let mut seen = String::new();
+        loop {
+            line.clear();
+            if err.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            seen.push_str(&line);
+            if pod_pid.is_none()
+                && let Some((_, pid)) = line.trim_end().split_once("] pid ")
+            {
+                pod_pid = pid.parse::<i32>().ok();
+                kill(Pid::from_raw(i32::try_from(child.id()).expect("pid")), sig).expect("signal");
+            }
+        }
+        let status = child.wait().expect("ends");
+        let _ = out_reader.join();
+        let pod_pid = pod_pid.unwrap_or_else(|| panic!("{sig}: no pod pid in:\n{seen}"));
+        assert_eq!(status.code(), Some(1), "{sig}: {seen}");
+        assert!(
+            kill(Pid::from_raw(pod_pid), None).is_err(),
+            "{sig}: pod process {pod_pid} outlived the run"
+        );
+    }
+}
