@@ -47,10 +47,32 @@
 //! # }
 //! ```
 //!
+//! # Guarantees
+//! - **At least once.** An item leaves the queue only when a handler (or program)
+//!   succeeded and the completion was acknowledged; a worker that dies mid-item
+//!   loses it only until its lease expires.
+//! - **Fenced.** A lease that expired or moved on is refused
+//!   ([`Error::LeaseLost`]): a paused worker cannot complete an item that someone
+//!   else now holds.
+//! - **Graceful stop.** On SIGTERM/SIGINT nothing new is taken, and what is not
+//!   finished within the grace period is released (back at once, no attempt
+//!   counted).
+//!
 //! # Errors
 //! Every call returns [`Result`], whose [`Error`] names what failed;
 //! [`Error::is_transient`] tells whether trying again may help. The worker loop
 //! and [`LeaseHandle`] retry transient errors with back-off by themselves.
+//!
+//! # Layout
+//! | module | what |
+//! |---|---|
+//! | [`client`] | [`Client`] and [`Queue`]: one call per operation of the contract |
+//! | [`lease`] | [`LeaseHandle`]: a held item whose lease renews itself |
+//! | [`worker`] | [`Queue::work`], its options, [`Job`], [`WorkError`], [`WorkSummary`] |
+//! | [`mod@consume`] | running a program per item: what `wq consume` is |
+//! | [`backend`] | the seam between the SDK and the systems that hold queues |
+//! | [`types`] | validated names and plain-data views of the wire messages |
+//! | [`error`] | [`Error`] |
 
 pub mod backend;
 pub mod client;
