@@ -200,9 +200,8 @@ fn parse_object(origin: &Origin, doc: Value) -> Result<Parsed> {
         .and_then(Value::as_str)
         .unwrap_or("<no name>")
         .to_string();
-    let origin_named = Origin { ..origin.clone() };
     let named = |problems: Vec<String>| Error::Invalid {
-        origin: format!("{origin_named}, {kind}/{name}"),
+        origin: format!("{origin}, {kind}/{name}"),
         problems,
     };
     let object = match (api_version.as_str(), kind.as_str()) {

@@ -78,9 +78,6 @@ impl QueueRun {
         s.as_ref().map(|s| (s.completed + s.dead, s.enqueued))
     }
 
-    /// Nothing to do: counters arrive by the watch stream.
-    pub fn poll_stats(&mut self) {}
-
     /// The counters and dead items, for the summary.
     pub async fn summary(&mut self) -> QueueSummary {
         if let Some(w) = self.watcher.take() {

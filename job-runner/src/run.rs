@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::controller::{JobConfig, JobState, PodResult, Verdict};
 use crate::error::{Error, Result};
 use crate::manifest::{Loaded, Object};
-use crate::output::{JobReport, Output, PodSummary, QueueSummary, verdict_note};
+use crate::output::{JobReport, Output, PodSummary, verdict_note};
 use crate::pod::PodPlan;
 use crate::process::{self, PodContext, Stop};
 use crate::queue::{self, QueueRun};
@@ -793,11 +793,6 @@ impl Runner {
         let mut killed = false;
         loop {
             let wake = if killed { None } else { self.reconcile_all() };
-            for run in &mut self.jobs {
-                if let Some(q) = &mut run.queue {
-                    q.poll_stats();
-                }
-            }
             let all_done = self.jobs.iter().all(JobRun::done) && !self.crons_running();
             if all_done {
                 return killed;
@@ -958,7 +953,7 @@ impl Runner {
                 owner: run.owner.map(|i| self.crons[i].name.clone()),
                 suspended: run.suspended,
                 deleted: run.deleted.clone().or_else(|| removed.get(&j).cloned()),
-                queue: queue.map(|q: QueueSummary| q),
+                queue,
             });
         }
         reports
