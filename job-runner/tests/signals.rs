@@ -241,3 +241,32 @@ fn sigterm_and_sighup_leave_no_pod_behind() {
         );
     }
 }
+
+/// A CronJob runs until interrupted: Ctrl-C once stops the schedule, and
+/// the run ends with the Jobs it made.
+#[test]
+fn ctrl_c_stops_a_cronjob_schedule() {
+    let (code, stdout, stderr) = interrupt_after(
+        &[
+            "run",
+            "-f",
+            &example("cronjob.yaml"),
+            "--local",
+            "--start-now",
+            "-o",
+            "json",
+        ],
+        "Succeeded [hello=0]",
+        1,
+        1,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    // At a minute boundary the schedule may have started a second Job.
+    let first = if doc["kind"] == "List" {
+        doc["items"][0].clone()
+    } else {
+        doc
+    };
+    assert_eq!(outcome(&first).0, "Complete", "{stdout}");
+}
