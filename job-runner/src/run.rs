@@ -373,6 +373,8 @@ impl Runner {
         let labels = job.metadata.labels.get_or_insert_with(Default::default);
         labels.insert("controller-uid".into(), uid.clone());
         labels.insert("job-name".into(), name.clone());
+        labels.insert("batch.kubernetes.io/controller-uid".into(), uid.clone());
+        labels.insert("batch.kubernetes.io/job-name".into(), name.clone());
         let start_ts = jiff::Timestamp::now();
         job.metadata.creation_timestamp = Some(Time(start_ts));
         let queue = queue::prepare(
