@@ -253,6 +253,12 @@ where
     if unknown.is_empty() {
         Ok(value)
     } else {
+        if unknown.iter().any(|u| u.contains(": unknown field")) {
+            unknown.push(
+                "fix the spelling of the unknown fields above (`kubectl explain job.spec --recursive` lists the valid ones)"
+                    .into(),
+            );
+        }
         Err(unknown)
     }
 }

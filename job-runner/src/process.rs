@@ -89,6 +89,39 @@ pub fn no_bwrap_error(plan: &PodPlan) -> Error {
     ))
 }
 
+/// Checks once that `bwrap` can make the namespaces pods need here, so that a
+/// host which forbids them gets one clear error instead of failing pods.
+pub fn check_bwrap(bwrap: &Path) -> Result<()> {
+    static CHECKED: std::sync::OnceLock<std::result::Result<(), String>> =
+        std::sync::OnceLock::new();
+    let outcome = CHECKED.get_or_init(|| {
+        let out = std::process::Command::new(bwrap)
+            .args([
+                "--dev-bind",
+                "/",
+                "/",
+                "--unshare-uts",
+                "--hostname",
+                "probe",
+                "true",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    });
+    outcome.clone().map_err(|why| {
+        Error::Unsupported(format!(
+            "{} cannot create the mount and UTS namespaces pods with volumes or hostnames need: {why}; allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, or on Ubuntu 24.04 an AppArmor profile for bwrap), or run as root",
+            bwrap.display()
+        ))
+    })
+}
+
 /// Creates the pod's volume directories and downward-API files.
 pub fn prepare_volumes(plan: &PodPlan, dir: &Path) -> Result<()> {
     for v in &plan.volumes {

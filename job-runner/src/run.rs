@@ -333,8 +333,11 @@ impl Runner {
     /// Refuses, before anything runs, a Job this machine cannot run.
     fn preflight(&self, job: &Job) -> Result<()> {
         let plan = PodPlan::new(job, "preflight", job_is_indexed(job).then_some(0), &[]);
-        if plan.needs_sandbox() && self.bwrap.is_none() {
-            return Err(process::no_bwrap_error(&plan));
+        if plan.needs_sandbox() {
+            match &self.bwrap {
+                None => return Err(process::no_bwrap_error(&plan)),
+                Some(bwrap) => process::check_bwrap(bwrap)?,
+            }
         }
         if let Some(sub) = &plan.subdomain
             && !self.services.contains(sub)

@@ -333,3 +333,40 @@ fn every_subcommand_has_help() {
         assert!(r.stdout.contains(flag), "{flag} in:\n{}", r.stdout);
     }
 }
+
+#[test]
+fn a_bwrap_that_cannot_make_namespaces_is_one_clear_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("bwrap");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let r = common::Run::from(
+        common::job_runner()
+            .env("PATH", path)
+            .args(["run", "-f", &common::example("indexed-job.yaml"), "--local"])
+            .output()
+            .expect("runs"),
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("No permissions to create new namespace"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("unprivileged user namespaces"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("Created pod"), "{}", r.stderr);
+}
