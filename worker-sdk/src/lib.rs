@@ -74,6 +74,7 @@
 //! | [`types`] | validated names and plain-data views of the wire messages |
 //! | [`error`] | [`Error`] |
 
+mod ack;
 pub mod backend;
 pub mod client;
 pub mod consume;

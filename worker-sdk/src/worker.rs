@@ -36,6 +36,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::ack::Acker;
 use crate::client::Queue;
 use crate::error::{Error, Result};
 use crate::retry::Backoff;
@@ -400,6 +401,8 @@ impl Queue {
         );
 
         let slots = Arc::new(Semaphore::new(opts.concurrency));
+        // Batched completions pay off only when several items finish together.
+        let acker = (opts.concurrency > 1).then(|| Acker::start(self.clone()));
         let mut tasks: JoinSet<ItemOutcome> = JoinSet::new();
         let mut summary = WorkSummary::new();
         let mut backoff = Backoff::for_server();
@@ -480,11 +483,15 @@ impl Queue {
             for (item, permit) in items.by_ref().zip(permits.drain(..)) {
                 summary.leased += 1;
                 let queue = self.clone();
-                let handler = handler.clone();
+                let (handler, acker) = (handler.clone(), acker.clone());
                 let (shutdown, hard_stop, lease) =
                     (shutdown.clone(), hard_stop.clone(), opts.lease);
                 tasks.spawn(async move {
-                    let outcome = run_item(queue, item, handler, lease, shutdown, hard_stop).await;
+                    let stop = Stop {
+                        shutdown,
+                        hard_stop,
+                    };
+                    let outcome = run_item(queue, item, handler, lease, stop, acker).await;
                     drop(permit);
                     outcome
                 });
@@ -588,14 +595,22 @@ fn joined(r: std::result::Result<ItemOutcome, tokio::task::JoinError>) -> ItemOu
     })
 }
 
+/// The two stages of a shutdown, as an item task sees them.
+struct Stop {
+    /// Take no more work; handlers may wind down.
+    shutdown: CancellationToken,
+    /// The grace period is over: drop the handler, release the item.
+    hard_stop: CancellationToken,
+}
+
 /// Runs one item to its end: handler, then complete / fail / release.
 async fn run_item<H, Fut>(
     queue: Queue,
     item: LeasedItem,
     handler: Arc<H>,
     lease: Duration,
-    shutdown: CancellationToken,
-    hard_stop: CancellationToken,
+    stop: Stop,
+    acker: Option<Acker>,
 ) -> ItemOutcome
 where
     H: Fn(Job) -> Fut,
@@ -603,6 +618,10 @@ where
 {
     let handle = queue.hold(item.clone(), lease);
     let id = item.id.clone();
+    let Stop {
+        shutdown,
+        hard_stop,
+    } = stop;
     let job = Job {
         item,
         queue: queue.name().clone(),
@@ -620,7 +639,15 @@ where
             tracing::info!(item = %id, "grace period over: releasing");
             handle.release().await.map(|()| ItemOutcome::Released)
         }
-        Some(Ok(())) => handle.complete().await.map(|()| ItemOutcome::Completed),
+        Some(Ok(())) => match acker {
+            Some(acker) => {
+                // The handle keeps renewing until the batched completion is answered.
+                let done = acker.complete(&queue, handle.item().token.clone()).await;
+                drop(handle);
+                done.map(|()| ItemOutcome::Completed)
+            }
+            None => handle.complete().await.map(|()| ItemOutcome::Completed),
+        },
         Some(Err(e)) => match e.disposition {
             Disposition::Release => handle.release().await.map(|()| ItemOutcome::Released),
             Disposition::Retry { after } => {
