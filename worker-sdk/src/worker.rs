@@ -6,8 +6,10 @@
 //!    [`WorkerOptions::poll_wait`] for a first one.
 //! 2. Run the handler on each, in its own task, while a [`LeaseHandle`](crate::LeaseHandle) renews the
 //!    lease every third of [`WorkerOptions::lease`].
-//! 3. Finish each item by what the handler answered: `Ok(())` completes it;
-//!    `Err(`[`WorkError`]`)` fails it (retriable or fatal) or releases it.
+//! 3. Finish each item by what the handler answered: `Ok(())` completes it
+//!    (items that finish together are completed in one call, the lease renewed
+//!    until the server has answered); `Err(`[`WorkError`]`)` fails it (retriable
+//!    or fatal) or releases it.
 //! 4. Return when the queue is drained (sealed and nothing left), or empty with
 //!    [`WorkerOptions::until_empty`], or [`WorkerOptions::max_items`] were taken and
 //!    finished, or on shutdown.
