@@ -118,6 +118,11 @@ impl WorkerOptions {
     }
 
     /// Whether SIGTERM and SIGINT start a shutdown (default: yes).
+    ///
+    /// The handlers are tokio's, and tokio does not uninstall them: after the
+    /// loop returns, these signals no longer end the process by default. A
+    /// program that goes on to other work and must stay killable should turn
+    /// this off and cancel [`WorkerOptions::shutdown_token`] itself.
     pub fn handle_signals(mut self, yes: bool) -> Self {
         self.handle_signals = yes;
         self
