@@ -14,7 +14,10 @@
 //! | cannot be started | released; the wrapper stops and exits 127 |
 //! | is running at SIGTERM/SIGINT | the signal goes to its process group; exits 0 within the grace period: completed; otherwise released (killed at the end of the grace period) |
 //!
-//! The lease is renewed while the program runs, however long that is.
+//! The lease is renewed while the program runs, however long that is. If a
+//! renewal is refused all the same (the worker was paused past its lease, or the
+//! server restarted), the program runs on but its result is refused: the item is
+//! another worker's by then, and `-c N` counts it as not completed.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
