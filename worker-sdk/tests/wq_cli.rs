@@ -514,6 +514,26 @@ async fn the_program_gets_the_item_in_its_environment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_reach_the_program_whole_and_need_not_be_read() {
+    let t = TestServer::start().await;
+    let q = unique("large");
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    t.queue(&q)
+        .await
+        .push([payload.clone(), payload])
+        .await
+        .expect("push");
+    // Bigger than a pipe's buffer: the program gets every byte...
+    let out = t.run(&q, &["consume", "-c", "1", "--", "wc", "-c"]).await;
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "300000");
+    // ...or may ignore its input altogether.
+    let out = t.run(&q, &["consume", "-c", "1", "--", "true"]).await;
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(t.stats(&q).await.completed, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn until_empty_stops_on_an_unsealed_queue() {
     let t = TestServer::start().await;
     let q = unique("empty");
