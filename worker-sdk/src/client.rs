@@ -186,6 +186,17 @@ impl Queue {
         Ok(pushed)
     }
 
+    /// Deletes the queue and every item in it; `Ok(false)` when there was none.
+    pub async fn delete(&self) -> Result<bool> {
+        self.backend.delete_queue(&self.name).await
+    }
+
+    /// Removes every pending and delayed item (leased, completed and dead ones
+    /// stay); answers how many were removed.
+    pub async fn purge(&self) -> Result<u64> {
+        self.backend.purge(&self.name).await
+    }
+
     /// Seals the queue: no more items will come. Answers the counters after sealing.
     pub async fn seal(&self) -> Result<Stats> {
         Ok(self.backend.seal(&self.name).await?.stats)

@@ -6,7 +6,8 @@
 //!
 //! - **low level**: [`Queue::push`], [`Queue::lease`], [`Queue::renew`],
 //!   [`Queue::complete`], [`Queue::fail`], [`Queue::release`], [`Queue::stats`],
-//!   [`Queue::watch`], [`Queue::seal`], [`Queue::dead`], [`Queue::requeue_dead`];
+//!   [`Queue::watch`], [`Queue::seal`], [`Queue::dead`], [`Queue::requeue_dead`],
+//!   [`Queue::create`], [`Queue::purge`], [`Queue::delete`], [`Client::list_queues`];
 //!   [`Queue::hold`] wraps a leased item in a [`LeaseHandle`] that renews it;
 //! - **high level**: [`Queue::work`], a worker loop that runs up to N items at once,
 //!   renews their leases, completes or fails each by what the handler answers,

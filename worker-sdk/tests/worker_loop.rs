@@ -410,6 +410,34 @@ async fn stale_lease_tokens_are_refused_as_lease_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_can_be_listed_purged_and_deleted() {
+    let t = TestServer::start().await;
+    let client = t.client().await;
+    let name = unique("sdk-admin");
+    let q = client.queue(&name).expect("name");
+    q.push(["a", "b", "c"]).await.expect("push");
+    let leased = q.lease(&LeaseOptions::default()).await.expect("lease");
+    assert_eq!(leased.items.len(), 1);
+
+    let names: Vec<String> = client
+        .list_queues()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert!(names.contains(&name), "{names:?}");
+
+    assert_eq!(q.purge().await.expect("purge"), 2, "pending ones go");
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.pending, s.leased), (0, 1), "the leased one stays");
+
+    assert!(q.delete().await.expect("delete"));
+    let err = q.stats().await.expect_err("gone");
+    assert!(matches!(err, Error::QueueNotFound { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_and_queue_errors_name_the_problem() {
     let t = TestServer::start().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -103,6 +103,30 @@ impl GrpcBackend {
             .collect())
     }
 
+    pub(crate) async fn delete_queue(&self, queue: &QueueName) -> Result<bool> {
+        let req = pb::DeleteQueueRequest {
+            name: queue.to_string(),
+        };
+        let resp = self
+            .client()
+            .delete_queue(request(req, CALL_TIMEOUT))
+            .await
+            .map_err(|s| Error::from_status(queue.as_str(), s))?;
+        Ok(resp.into_inner().deleted)
+    }
+
+    pub(crate) async fn purge(&self, queue: &QueueName) -> Result<u64> {
+        let req = pb::PurgeQueueRequest {
+            name: queue.to_string(),
+        };
+        let resp = self
+            .client()
+            .purge_queue(request(req, CALL_TIMEOUT))
+            .await
+            .map_err(|s| Error::from_status(queue.as_str(), s))?;
+        Ok(resp.into_inner().purged)
+    }
+
     pub(crate) async fn seal(&self, queue: &QueueName) -> Result<QueueInfo> {
         let req = pb::SealQueueRequest {
             name: queue.to_string(),

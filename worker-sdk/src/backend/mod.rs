@@ -142,6 +142,18 @@ impl Backend {
         }
     }
 
+    pub(crate) async fn delete_queue(&self, queue: &QueueName) -> Result<bool> {
+        match self {
+            Backend::Grpc(b) => b.delete_queue(queue).await,
+        }
+    }
+
+    pub(crate) async fn purge(&self, queue: &QueueName) -> Result<u64> {
+        match self {
+            Backend::Grpc(b) => b.purge(queue).await,
+        }
+    }
+
     pub(crate) async fn seal(&self, queue: &QueueName) -> Result<QueueInfo> {
         match self {
             Backend::Grpc(b) => b.seal(queue).await,
