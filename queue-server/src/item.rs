@@ -65,7 +65,8 @@ pub struct Item {
     pub attributes: Attributes,
     /// The client's idempotency key, if it gave one.
     pub idempotency_key: Option<Box<str>>,
-    /// Counted attempts so far: retriable failures and lease expiries.
+    /// Attempts that ended without completing: failures (retriable or
+    /// fatal) and lease expiries. A release counts none.
     pub attempts: u32,
     /// When it was enqueued, ms since the Unix epoch.
     pub enqueued_at: u64,

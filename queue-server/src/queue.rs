@@ -548,13 +548,14 @@ impl Queue {
         let Some(item) = self.items.get_mut(&id) else {
             return false;
         };
+        item.attempts += 1;
         let fatal_reason = match outcome {
-            Failure::Fatal(reason) => Some(format!("failed fatally: {reason}")),
-            Failure::Retriable { reason, .. } | Failure::Expired(reason) => {
-                item.attempts += 1;
-                (item.attempts >= max)
-                    .then(|| format!("attempt {} of {max} failed: {reason}", item.attempts))
-            }
+            Failure::Fatal(reason) => Some(format!(
+                "failed fatally on attempt {}: {reason}",
+                item.attempts
+            )),
+            Failure::Retriable { reason, .. } | Failure::Expired(reason) => (item.attempts >= max)
+                .then(|| format!("attempt {} of {max} failed: {reason}", item.attempts)),
         };
         if let Some(reason) = fatal_reason {
             item.state = ItemState::Dead { reason, at: now };

@@ -279,7 +279,7 @@ async fn the_embedded_store_restores_queues_items_and_counts() {
     let dead = e.list_dead(&q("r"), 10).expect("dead");
     assert_eq!(
         (dead[0].id, dead[0].reason.as_str()),
-        (dead_id, "failed fatally: bad")
+        (dead_id, "failed fatally on attempt 1: bad")
     );
     let again = lease(&e, "r", 10, Duration::ZERO).await.items;
     assert!(again.iter().any(|i| i.id == leased_id && i.attempt == 1));

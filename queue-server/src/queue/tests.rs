@@ -353,7 +353,9 @@ fn fatal_failure_is_dead_at_once_with_its_reason() {
         1
     );
     assert_eq!(f.counters().dead, 1);
-    assert_eq!(f.q.dead_items(10)[0].reason, "failed fatally: exit code 42");
+    let dead = f.q.dead_items(10);
+    assert_eq!(dead[0].reason, "failed fatally on attempt 1: exit code 42");
+    assert_eq!(dead[0].attempts, 1);
     assert!(stale(f.q.complete(1, &[l.token], &mut f.journal)).contains("dead"));
 }
 
