@@ -59,6 +59,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// No cluster can be reached, or the cluster does not answer as expected.
+    #[error("{0}")]
+    Cluster(String),
+    /// A Kubernetes API request failed.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was being done (and, where known, how to fix it).
+        what: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
     /// The in-process queue service, or talking to a queue, failed.
     #[error("work queue: {0}")]
     Queue(String),

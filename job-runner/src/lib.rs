@@ -15,7 +15,10 @@
 //! - [`cron`]: CronJob schedules.
 //! - [`control`]: `job-runner evict POD` talking to a running run.
 //! - [`queue`]: work-queue Jobs (`workq.dev/queue`).
+//! - [`cluster`]: the same manifests on a Kubernetes cluster (`run` without
+//!   `--local`, `render`, `get jobs`, `logs`, `delete`).
 
+pub mod cluster;
 pub mod control;
 pub mod controller;
 pub mod cron;

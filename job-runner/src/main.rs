@@ -51,6 +51,129 @@ enum Command {
     /// Evict a pod of a running `job-runner run` (SIGTERM; the pod gets the
     /// DisruptionTarget condition, so podFailurePolicy onPodConditions rules apply).
     Evict(EvictArgs),
+    /// Print exactly what `job-runner run -f FILE` would create on a cluster,
+    /// after expansion and wrapper injection (YAML, or -o json).
+    Render(RenderArgs),
+    /// List objects by label on the cluster: `job-runner get jobs -l workq.dev/run=ID`.
+    Get(GetArgs),
+    /// Print the logs of the pods matching a label selector, prefixed
+    /// pod/NAME/CONTAINER (`kubectl logs -l … --prefix`).
+    Logs(LogsArgs),
+    /// Delete the Jobs, CronJobs and Services matching a label selector, with
+    /// background propagation (their pods go too), as `kubectl delete -l` does.
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// The kubeconfig context to use (default: the current context; in a pod:
+    /// its service account).
+    #[arg(long, value_name = "NAME", env = "JOB_RUNNER_CONTEXT")]
+    context: Option<String>,
+    /// The namespace (default: the context's, else `default`).
+    #[arg(
+        short = 'n',
+        long,
+        value_name = "NAMESPACE",
+        env = "JOB_RUNNER_NAMESPACE"
+    )]
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct InjectArgs {
+    /// Image of the init container that copies the static `wq` into the pod.
+    #[arg(long, value_name = "IMAGE", default_value = job_runner::cluster::render::DEFAULT_WRAPPER_IMAGE, env = "JOB_RUNNER_WRAPPER_IMAGE")]
+    wrapper_image: String,
+    /// WQ_URL for the pods of work-queue Jobs without a workq.dev/queue-url annotation
+    /// (the queue service as pods reach it).
+    #[arg(long, value_name = "URL", default_value = job_runner::cluster::render::DEFAULT_POD_QUEUE_URL, env = "JOB_RUNNER_POD_QUEUE_URL")]
+    pod_queue_url: String,
+    /// Leave work-queue Jobs' pod templates alone (for images that already run
+    /// `wq` or an SDK worker; WQ_URL/WQ_QUEUE are then not set either).
+    #[arg(long, env = "JOB_RUNNER_NO_INJECT")]
+    no_inject: bool,
+}
+
+impl InjectArgs {
+    fn options(&self, run_id: String) -> job_runner::cluster::RenderOptions {
+        job_runner::cluster::RenderOptions {
+            run_id,
+            wrapper_image: self.wrapper_image.clone(),
+            pod_queue_url: self.pod_queue_url.clone(),
+            inject: !self.no_inject,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct RenderArgs {
+    /// A manifest file, a directory of them, or - for standard input (repeatable).
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    files: Vec<String>,
+    #[command(flatten)]
+    template: TemplateArgs,
+    #[command(flatten)]
+    inject: InjectArgs,
+    /// The value of the workq.dev/run label (default: a new random id, as `run` makes).
+    #[arg(long, value_name = "ID", env = "JOB_RUNNER_RUN_ID")]
+    run_id: Option<String>,
+    /// yaml (a multi-document stream) or json (a v1 List).
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value = "yaml",
+        env = "JOB_RUNNER_OUTPUT"
+    )]
+    output: RenderFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RenderFormat {
+    /// Multi-document YAML, as `kubectl create -f` takes it.
+    Yaml,
+    /// A v1 List.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Resource {
+    /// batch/v1 Jobs.
+    Jobs,
+}
+
+#[derive(Debug, Args)]
+struct GetArgs {
+    /// What to list (only `jobs`).
+    #[arg(value_enum, value_name = "RESOURCE")]
+    resource: Resource,
+    /// Label selector, e.g. workq.dev/run=ID or jobgroup=jobexample.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR", required = true, value_parser = selector)]
+    selector: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+struct LogsArgs {
+    /// Label selector of the pods, e.g. workq.dev/run=ID or job-name=NAME.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR", required = true, value_parser = selector)]
+    selector: String,
+    /// Stream the logs until the containers end.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+struct DeleteArgs {
+    /// Label selector, e.g. workq.dev/run=ID.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR", required = true, value_parser = selector)]
+    selector: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 #[derive(Debug, Args)]
@@ -93,9 +216,28 @@ struct RunArgs {
     /// A manifest file, a directory of them, or - for standard input (repeatable).
     #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
     files: Vec<String>,
-    /// Run on this machine (pods as local processes).
+    /// Run on this machine (pods as local processes); without it, on the
+    /// cluster of the kubeconfig (or of the pod job-runner runs in).
     #[arg(long, env = "JOB_RUNNER_LOCAL")]
     local: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    inject: InjectArgs,
+    /// Cluster: stop watching after this long (the objects are left running; exit 1).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, env = "JOB_RUNNER_TIMEOUT")]
+    timeout: Option<Duration>,
+    /// Cluster: stream the pods' logs, prefixed with pod and container names.
+    #[arg(long, env = "JOB_RUNNER_FOLLOW")]
+    follow: bool,
+    /// Cluster: when a Job's queue is drained but some of its pods still wait
+    /// (and those that ended succeeded), keep them instead of deleting the Job.
+    #[arg(long, env = "JOB_RUNNER_KEEP_IDLE_PODS")]
+    keep_idle_pods: bool,
+    /// Cluster: how long pods may keep running after their queue is drained
+    /// before they count as idle.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration, env = "JOB_RUNNER_IDLE_GRACE")]
+    idle_grace: Duration,
     #[command(flatten)]
     template: TemplateArgs,
     /// Output at the end: text (summary) or json (the final Job objects).
@@ -121,7 +263,8 @@ struct RunArgs {
     /// then follow the schedule.
     #[arg(long, env = "JOB_RUNNER_START_NOW")]
     start_now: bool,
-    /// Work-queue Jobs: use this queue service (grpc://host:port) instead of starting one.
+    /// Work-queue Jobs: the queue service job-runner fills and watches
+    /// (grpc://host:port). --local: instead of starting one in-process.
     #[arg(long, value_name = "URL", env = "JOB_RUNNER_QUEUE_URL")]
     queue_url: Option<String>,
     /// Do not draw the live progress view (it is drawn only on a terminal anyway).
@@ -151,6 +294,38 @@ fn main() -> ExitCode {
             Command::Run(args) => run_command(args),
             Command::Expand(args) => expand_command(args),
             Command::Evict(args) => evict_command(args),
+            Command::Render(args) => render_command(args),
+            Command::Get(args) => cluster_command(&args.cluster, |c| async move {
+                let jobs = c.get_jobs(&args.selector).await?;
+                if jobs.is_empty() {
+                    eprintln!("No resources found in {} namespace.", c.namespace());
+                } else {
+                    let Resource::Jobs = args.resource;
+                    print!(
+                        "{}",
+                        job_runner::cluster::jobs_table(&jobs, jiff::Timestamp::now())
+                    );
+                }
+                Ok(0)
+            }),
+            Command::Logs(args) => cluster_command(&args.cluster, |c| async move {
+                let sink: Arc<dyn job_runner::process::Sink> = Arc::new(Output::new(false, false));
+                let n = c.logs(&args.selector, args.follow, sink).await?;
+                if n == 0 {
+                    eprintln!("No resources found in {} namespace.", c.namespace());
+                }
+                Ok(0)
+            }),
+            Command::Delete(args) => cluster_command(&args.cluster, |c| async move {
+                let deleted = c.delete(&args.selector).await?;
+                if deleted.is_empty() {
+                    eprintln!("No resources found");
+                }
+                for d in deleted {
+                    println!("{d} deleted");
+                }
+                Ok(0)
+            }),
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -221,12 +396,147 @@ fn evict_command(args: EvictArgs) -> i32 {
     code
 }
 
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Runtime::new() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// Connects to the cluster and runs `f`; its result is the exit code.
+fn cluster_command<F, Fut>(args: &ClusterArgs, f: F) -> i32
+where
+    F: FnOnce(job_runner::cluster::Cluster) -> Fut,
+    Fut: std::future::Future<Output = job_runner::Result<i32>>,
+{
+    let Some(rt) = runtime() else { return 1 };
+    rt.block_on(async {
+        let cluster = job_runner::cluster::Cluster::connect(
+            args.context.as_deref(),
+            args.namespace.as_deref(),
+        )
+        .await?;
+        f(cluster).await
+    })
+    .unwrap_or_else(|e| report_error(&e))
+}
+
+/// A label selector that selects something: an empty one would select
+/// every object of the namespace.
+fn selector(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("an empty selector would select everything in the namespace; give one, e.g. -l workq.dev/run=ID".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+fn render_command(args: RenderArgs) -> i32 {
+    let loaded = match job_runner::manifest::load(
+        &args.files,
+        &args.template.options(),
+        &mut std::io::stdin(),
+    ) {
+        Ok(l) => l,
+        Err(e) => return report_error(&e),
+    };
+    for s in &loaded.skipped {
+        eprintln!("warning: {s}");
+    }
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(job_runner::cluster::render::new_run_id);
+    let planned = match job_runner::cluster::plan(&loaded, &args.inject.options(run_id)) {
+        Ok(p) => p,
+        Err(e) => return report_error(&e),
+    };
+    match args.output {
+        RenderFormat::Yaml => match job_runner::cluster::to_yaml(&planned) {
+            Ok(text) => print!("{text}"),
+            Err(e) => return report_error(&e),
+        },
+        RenderFormat::Json => {
+            let items: Vec<serde_json::Value> = planned.iter().map(|p| p.to_value()).collect();
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).unwrap_or_default()
+            );
+        }
+    }
+    0
+}
+
+fn cluster_run(args: RunArgs) -> i32 {
+    let loaded = match job_runner::manifest::load(
+        &args.files,
+        &args.template.options(),
+        &mut std::io::stdin(),
+    ) {
+        Ok(l) => l,
+        Err(e) => return report_error(&e),
+    };
+    for s in &loaded.skipped {
+        eprintln!("warning: {s}");
+    }
+    let run_id = job_runner::cluster::render::new_run_id();
+    let planned = match job_runner::cluster::plan(&loaded, &args.inject.options(run_id.clone())) {
+        Ok(p) => p,
+        Err(e) => return report_error(&e),
+    };
+    let json_out = args.output == Format::Json;
+    let live = !args.no_progress && std::io::stderr().is_terminal();
+    let out = Arc::new(Output::new(json_out, live));
+    let opts = job_runner::cluster::ClusterRunOptions {
+        queue_url: args.queue_url.clone(),
+        timeout: args.timeout,
+        follow: args.follow,
+        delete_idle: !args.keep_idle_pods,
+        idle_grace: args.idle_grace,
+    };
+    let Some(rt) = runtime() else { return 1 };
+    let report = rt.block_on(async {
+        let cluster = job_runner::cluster::Cluster::connect(
+            args.cluster.context.as_deref(),
+            args.cluster.namespace.as_deref(),
+        )
+        .await?;
+        out.event(&format!(
+            "run {run_id} in namespace {}: everything is labelled {}={run_id}",
+            cluster.namespace(),
+            job_runner::cluster::RUN_LABEL
+        ));
+        job_runner::cluster::run(&cluster, planned, &run_id, opts, out.clone()).await
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => return report_error(&e),
+    };
+    print_report(&out, json_out, &report);
+    report.exit_code()
+}
+
+fn print_report(out: &Output, json_out: bool, report: &job_runner::run::RunReport) {
+    if json_out {
+        out.result(&serde_json::to_string_pretty(&json(&report.jobs)).unwrap_or_default());
+    } else {
+        let text: Vec<String> = report
+            .crons
+            .iter()
+            .map(|c| c.describe())
+            .chain(report.jobs.iter().map(describe))
+            .collect();
+        out.result(&text.join("\n"));
+    }
+}
+
 fn run_command(args: RunArgs) -> i32 {
     if !args.local {
-        eprintln!(
-            "error: running on a cluster is not built yet; add --local to run the manifests on this machine"
-        );
-        return 2;
+        return cluster_run(args);
     }
     let loaded = match job_runner::manifest::load(
         &args.files,
@@ -257,17 +567,7 @@ fn run_command(args: RunArgs) -> i32 {
         Ok(r) => r,
         Err(e) => return report_error(&e),
     };
-    if json_out {
-        out.result(&serde_json::to_string_pretty(&json(&report.jobs)).unwrap_or_default());
-    } else {
-        let text: Vec<String> = report
-            .crons
-            .iter()
-            .map(|c| c.describe())
-            .chain(report.jobs.iter().map(describe))
-            .collect();
-        out.result(&text.join("\n"));
-    }
+    print_report(&out, json_out, &report);
     report.exit_code()
 }
 

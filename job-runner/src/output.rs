@@ -151,6 +151,12 @@ pub struct QueueSummary {
     pub counters: Vec<(String, u64)>,
     /// Dead items with their reasons.
     pub dead: Vec<String>,
+    /// Plain-words notes about the queue and the Job disagreeing (cluster
+    /// runs: pods ended with work left, or a drained queue with pods waiting).
+    pub notes: Vec<String>,
+    /// Work was left in the queue that no pod will take: the run did not
+    /// finish its work even if the Job completed.
+    pub unfinished: bool,
 }
 
 /// Everything the summary shows of one Job.
@@ -415,6 +421,9 @@ pub fn describe(r: &JobReport) -> String {
             for d in &q.dead {
                 o.push_str(&format!("    {d}\n"));
             }
+        }
+        for n in &q.notes {
+            o.push_str(&format!("  Note:            {n}\n"));
         }
     }
     if !r.pods.is_empty() {

@@ -83,39 +83,46 @@ impl QueueRun {
         if let Some(w) = self.watcher.take() {
             w.abort();
         }
-        let mut out = QueueSummary {
-            name: self.name.clone(),
-            url: self.url.clone(),
-            ..QueueSummary::default()
-        };
-        if let Ok(s) = self.queue.stats().await {
-            out.counters = vec![
-                ("enqueued".into(), s.enqueued),
-                ("completed".into(), s.completed),
-                ("dead".into(), s.dead),
-                ("retried".into(), s.retried),
-                ("pending".into(), s.pending + s.delayed),
-                ("leased".into(), s.leased),
-            ];
-        }
-        if let Ok(dead) = self.queue.dead(100).await {
-            out.dead = dead
-                .iter()
-                .map(|d| {
-                    format!(
-                        "{:?} after {} attempt(s): {}",
-                        String::from_utf8_lossy(&d.payload),
-                        d.attempts,
-                        d.reason
-                    )
-                })
-                .collect();
-        }
-        out
+        summary(&self.name, &self.url, &self.queue).await
     }
 }
 
-fn annotation<'a>(job: &'a Job, key: &str) -> Option<&'a str> {
+/// The counters and dead items of `queue` (known as `name`, at `url`), for
+/// the summary.
+pub async fn summary(name: &str, url: &str, queue: &worker_sdk::Queue) -> QueueSummary {
+    let mut out = QueueSummary {
+        name: name.to_string(),
+        url: url.to_string(),
+        ..QueueSummary::default()
+    };
+    if let Ok(s) = queue.stats().await {
+        out.counters = vec![
+            ("enqueued".into(), s.enqueued),
+            ("completed".into(), s.completed),
+            ("dead".into(), s.dead),
+            ("retried".into(), s.retried),
+            ("pending".into(), s.pending + s.delayed),
+            ("leased".into(), s.leased),
+        ];
+    }
+    if let Ok(dead) = queue.dead(100).await {
+        out.dead = dead
+            .iter()
+            .map(|d| {
+                format!(
+                    "{:?} after {} attempt(s): {}",
+                    String::from_utf8_lossy(&d.payload),
+                    d.attempts,
+                    d.reason
+                )
+            })
+            .collect();
+    }
+    out
+}
+
+/// The value of one annotation of a Job.
+pub fn annotation<'a>(job: &'a Job, key: &str) -> Option<&'a str> {
     job.metadata
         .annotations
         .as_ref()

@@ -126,7 +126,11 @@ impl RunReport {
                 .jobs
                 .iter()
                 .filter(|j| !j.suspended && j.deleted.is_none())
-                .all(JobReport::complete);
+                .all(JobReport::complete)
+            && !self
+                .jobs
+                .iter()
+                .any(|j| j.queue.as_ref().is_some_and(|q| q.unfinished));
         if ok { 0 } else { 1 }
     }
 }

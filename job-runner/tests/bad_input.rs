@@ -133,14 +133,6 @@ fn item_template_without_items_says_to_pass_item() {
 }
 
 #[test]
-fn without_local_it_says_to_add_local() {
-    bad(
-        &["run", "-f", &common::example("indexed-job.yaml")],
-        &["add --local"],
-    );
-}
-
-#[test]
 fn unknown_flag_and_missing_file_flag_are_usage_errors() {
     let r = run(&["run", "--local"]);
     assert_eq!(r.code, 2, "{}", r.stderr);

@@ -1,0 +1,431 @@
+//! What `job-runner run -f FILE` creates on a cluster, computed without a
+//! cluster: the manifests' objects labelled with the run's id and, for
+//! work-queue Jobs, the `wq` wrapper injected. `job-runner render` prints
+//! exactly this.
+//!
+//! # The injection
+//!
+//! For a Job annotated `workq.dev/queue` (unless `--no-inject`):
+//!
+//! - a volume `workq-bin` (`emptyDir`), mounted at `/workq/bin`;
+//! - a first init container `workq-wrapper` (the wrapper image) running
+//!   `cp /usr/local/bin/wq /workq/bin/wq`;
+//! - the first container's command becomes
+//!   `/workq/bin/wq consume [-c 1] -- <its command>` (its `args` unchanged, so
+//!   they follow the original command); `-c 1` for `workq.dev/pattern:
+//!   coarse`. A command that already runs `wq consume` only gets the path
+//!   of the injected binary;
+//! - `WQ_URL` (annotation `workq.dev/queue-url`, else `--pod-queue-url`) and
+//!   `WQ_QUEUE` in its environment.
+//!
+//! A coarse Job with `completions` unset gets the number of its items; on a
+//! cluster run, the sealed queue's size replaces it (see [`super::run`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, EnvVar, Service, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::error::{Error, Result};
+use crate::manifest::{Loaded, Object};
+use crate::queue::{self, PATTERN};
+
+/// The label on everything a run creates: `workq.dev/run=<id>`.
+pub const RUN_LABEL: &str = "workq.dev/run";
+/// The annotation naming the queue service's URL as pods reach it.
+pub const QUEUE_URL: &str = "workq.dev/queue-url";
+/// The wrapper image by default (busybox with a static `/usr/local/bin/wq`).
+pub const DEFAULT_WRAPPER_IMAGE: &str = "workq/wq:0.1.0";
+/// The queue service's URL inside the cluster, as `deploy/` installs it.
+pub const DEFAULT_POD_QUEUE_URL: &str = "grpc://workq.workq.svc:50051";
+/// The name of the injected `emptyDir` volume.
+pub const WRAPPER_VOLUME: &str = "workq-bin";
+/// Where the injected volume is mounted.
+pub const WRAPPER_DIR: &str = "/workq/bin";
+/// The name of the injected init container.
+pub const WRAPPER_CONTAINER: &str = "workq-wrapper";
+
+/// How to render.
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    /// The run's id, the value of the `workq.dev/run` label.
+    pub run_id: String,
+    /// The image of the injected init container.
+    pub wrapper_image: String,
+    /// `WQ_URL` for pods whose Job has no `workq.dev/queue-url` annotation.
+    pub pod_queue_url: String,
+    /// Inject the wrapper into work-queue Jobs (`--no-inject` turns it off).
+    pub inject: bool,
+}
+
+impl RenderOptions {
+    /// The defaults, with this run id.
+    pub fn new(run_id: impl Into<String>) -> Self {
+        RenderOptions {
+            run_id: run_id.into(),
+            wrapper_image: DEFAULT_WRAPPER_IMAGE.into(),
+            pod_queue_url: DEFAULT_POD_QUEUE_URL.into(),
+            inject: true,
+        }
+    }
+}
+
+/// A new run id: 8 characters of Kubernetes' name alphabet.
+pub fn new_run_id() -> String {
+    crate::pod::random_suffix(8)
+}
+
+/// The queue of a work-queue Job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuePlan {
+    /// The queue's name (`workq.dev/queue`).
+    pub name: String,
+    /// Items to push and seal (`None`: the queue is filled by someone else).
+    pub items: Option<Vec<String>>,
+    /// `workq.dev/pattern: coarse`.
+    pub coarse: bool,
+    /// `completions` was unset: the run sets it to the sealed queue's size.
+    pub completions_from_queue: bool,
+    /// The URL pods use (`WQ_URL`).
+    pub pod_url: String,
+}
+
+/// One object to create.
+#[derive(Debug, Clone)]
+pub enum Planned {
+    /// A Job, and its queue for work-queue Jobs.
+    Job {
+        /// The Job as it will be created.
+        job: Box<Job>,
+        /// Its queue.
+        queue: Option<QueuePlan>,
+    },
+    /// A CronJob, created as a CronJob.
+    CronJob(Box<CronJob>),
+    /// A Service (the headless Services of pod-to-pod Jobs).
+    Service(Box<Service>),
+}
+
+impl Planned {
+    /// `kind.group/name`, as kubectl prints it (`job.batch/job-wq-1`).
+    pub fn display_name(&self) -> String {
+        match self {
+            Planned::Job { job, .. } => format!("job.batch/{}", name_of(&job.metadata)),
+            Planned::CronJob(c) => format!("cronjob.batch/{}", name_of(&c.metadata)),
+            Planned::Service(s) => format!("service/{}", name_of(&s.metadata)),
+        }
+    }
+
+    /// The object's metadata.
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Planned::Job { job, .. } => &job.metadata,
+            Planned::CronJob(c) => &c.metadata,
+            Planned::Service(s) => &s.metadata,
+        }
+    }
+
+    /// The object as JSON (with `apiVersion` and `kind`).
+    pub fn to_value(&self) -> serde_json::Value {
+        let v = match self {
+            Planned::Job { job, .. } => serde_json::to_value(job),
+            Planned::CronJob(c) => serde_json::to_value(c),
+            Planned::Service(s) => serde_json::to_value(s),
+        };
+        v.unwrap_or_default()
+    }
+}
+
+pub(crate) fn name_of(meta: &ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or("")
+}
+
+fn add_label(meta: &mut ObjectMeta, run_id: &str) {
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(RUN_LABEL.into(), run_id.into());
+}
+
+/// Computes every object a run creates, in input order.
+pub fn plan(loaded: &Loaded, opts: &RenderOptions) -> Result<Vec<Planned>> {
+    let mut out = Vec::new();
+    for m in &loaded.manifests {
+        match &m.object {
+            Object::Service(s) => {
+                let mut s = (**s).clone();
+                add_label(&mut s.metadata, &opts.run_id);
+                out.push(Planned::Service(Box::new(s)));
+            }
+            Object::CronJob(c) => {
+                let mut c = (**c).clone();
+                add_label(&mut c.metadata, &opts.run_id);
+                if let Some(spec) = c.spec.as_mut() {
+                    let jt = &mut spec.job_template;
+                    add_label(
+                        jt.metadata.get_or_insert_with(Default::default),
+                        &opts.run_id,
+                    );
+                    if let Some(js) = jt.spec.as_mut() {
+                        add_label(
+                            js.template.metadata.get_or_insert_with(Default::default),
+                            &opts.run_id,
+                        );
+                    }
+                }
+                out.push(Planned::CronJob(Box::new(c)));
+            }
+            Object::Job(j) => {
+                let (job, queue) = plan_job(j, &m.origin.dir, opts)?;
+                out.push(Planned::Job {
+                    job: Box::new(job),
+                    queue,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn plan_job(job: &Job, dir: &Path, opts: &RenderOptions) -> Result<(Job, Option<QueuePlan>)> {
+    let mut job = job.clone();
+    add_label(&mut job.metadata, &opts.run_id);
+    if let Some(spec) = job.spec.as_mut() {
+        add_label(
+            spec.template.metadata.get_or_insert_with(Default::default),
+            &opts.run_id,
+        );
+    }
+    let Some((name, items)) = queue::items(&job, dir)? else {
+        return Ok((job, None));
+    };
+    let pod_url = queue::annotation(&job, QUEUE_URL)
+        .unwrap_or(&opts.pod_queue_url)
+        .to_string();
+    let coarse = queue::annotation(&job, PATTERN) == Some("coarse");
+    let mut completions_from_queue = false;
+    if coarse
+        && let Some(spec) = job.spec.as_mut()
+        && spec.completions.is_none()
+    {
+        completions_from_queue = true;
+        if let Some(items) = &items {
+            spec.completions = Some(i32::try_from(items.len()).unwrap_or(i32::MAX));
+        }
+    }
+    if opts.inject {
+        inject(&mut job, &name, &pod_url, coarse, &opts.wrapper_image)?;
+    }
+    Ok((
+        job,
+        Some(QueuePlan {
+            name,
+            items,
+            coarse,
+            completions_from_queue,
+            pod_url,
+        }),
+    ))
+}
+
+fn set_env(c: &mut Container, name: &str, value: &str) {
+    let env = c.env.get_or_insert_with(Vec::new);
+    env.retain(|e| e.name != name);
+    env.push(EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    });
+}
+
+/// Rewrites a work-queue Job's pod template so that an unchanged image
+/// works the queue (see the module docs).
+pub fn inject(job: &mut Job, queue: &str, pod_url: &str, coarse: bool, image: &str) -> Result<()> {
+    let job_name = name_of(&job.metadata).to_string();
+    let invalid = |msg: String| Error::Invalid {
+        origin: format!("Job/{job_name}"),
+        problems: vec![msg],
+    };
+    let pod = job
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .ok_or_else(|| invalid("spec.template.spec: Required value".into()))?;
+    let volumes = pod.volumes.get_or_insert_with(Vec::new);
+    if volumes.iter().any(|v| v.name == WRAPPER_VOLUME) {
+        return Err(invalid(format!(
+            "spec.template.spec.volumes: the name {WRAPPER_VOLUME:?} is taken by the wq wrapper; rename the volume, or pass --no-inject"
+        )));
+    }
+    volumes.push(Volume {
+        name: WRAPPER_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+    let mount = VolumeMount {
+        name: WRAPPER_VOLUME.into(),
+        mount_path: WRAPPER_DIR.into(),
+        ..Default::default()
+    };
+    let wq = format!("{WRAPPER_DIR}/wq");
+    let c = pod.containers.first_mut().ok_or_else(|| {
+        invalid(
+            "spec.template.spec.containers: Required value: one container works the queue".into(),
+        )
+    })?;
+    let Some(command) = c.command.clone().filter(|c| !c.is_empty()) else {
+        return Err(invalid(format!(
+            "spec.template.spec.containers[0].command: Required value: the wq wrapper runs the container's program, and an image's ENTRYPOINT cannot be seen from the manifest; set command (e.g. command: [\"/app/worker\"]), or pass --no-inject when the image runs wq or the SDK itself (container {:?})",
+            c.name
+        )));
+    };
+    let already = Path::new(&command[0])
+        .file_name()
+        .is_some_and(|n| n == "wq")
+        && command.get(1).is_some_and(|a| a == "consume");
+    c.command = Some(if already {
+        let mut v = command;
+        v[0] = wq.clone();
+        v
+    } else {
+        let mut v = vec![wq.clone(), "consume".into()];
+        if coarse {
+            v.extend(["-c".into(), "1".into()]);
+        }
+        v.push("--".into());
+        v.extend(command);
+        v
+    });
+    set_env(c, "WQ_URL", pod_url);
+    set_env(c, "WQ_QUEUE", queue);
+    c.volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(mount.clone());
+    pod.init_containers.get_or_insert_with(Vec::new).insert(
+        0,
+        Container {
+            name: WRAPPER_CONTAINER.into(),
+            image: Some(image.into()),
+            command: Some(vec!["cp".into(), "/usr/local/bin/wq".into(), wq]),
+            volume_mounts: Some(vec![mount]),
+            ..Default::default()
+        },
+    );
+    Ok(())
+}
+
+/// The planned objects as a multi-document YAML stream (what `render`
+/// prints).
+pub fn to_yaml(planned: &[Planned]) -> Result<String> {
+    let mut out = String::new();
+    for (i, p) in planned.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        let text = serde_saphyr::to_string(&p.to_value()).map_err(|e| Error::Yaml {
+            source_name: p.display_name(),
+            message: e.to_string(),
+        })?;
+        out.push_str(&text);
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(yaml: &str) -> Job {
+        serde_saphyr::from_str(yaml).expect("test yaml")
+    }
+
+    fn first(job: &Job) -> Container {
+        let spec = job.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        spec.expect("pod spec").containers[0].clone()
+    }
+
+    #[test]
+    fn injection_wraps_the_command_per_pattern() {
+        let cases = [
+            // (command, coarse, want)
+            (
+                "[python, worker.py]",
+                true,
+                "/workq/bin/wq consume -c 1 -- python worker.py",
+            ),
+            (
+                "[python, worker.py]",
+                false,
+                "/workq/bin/wq consume -- python worker.py",
+            ),
+            (
+                "[wq, consume, -c, \"1\", --]",
+                true,
+                "/workq/bin/wq consume -c 1 --",
+            ),
+            (
+                "[/usr/bin/wq, consume, --]",
+                false,
+                "/workq/bin/wq consume --",
+            ),
+        ];
+        for (command, coarse, want) in cases {
+            let mut j = job(&format!(
+                "metadata: {{name: j}}\nspec:\n  template:\n    spec:\n      containers:\n      - name: c\n        image: i\n        command: {command}\n        args: [x]\n        env: [{{name: WQ_URL, value: old}}]\n"
+            ));
+            inject(&mut j, "q", "grpc://svc:1", coarse, "img").expect("inject");
+            let c = first(&j);
+            assert_eq!(c.command.unwrap_or_default().join(" "), want, "{command}");
+            assert_eq!(c.args, Some(vec!["x".to_string()]));
+            let env: Vec<(String, String)> = c
+                .env
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| (e.name, e.value.unwrap_or_default()))
+                .collect();
+            assert_eq!(
+                env,
+                vec![
+                    ("WQ_URL".into(), "grpc://svc:1".into()),
+                    ("WQ_QUEUE".into(), "q".into())
+                ]
+            );
+            let pod = j.spec.and_then(|s| s.template.spec).expect("pod");
+            let init = &pod.init_containers.expect("init")[0];
+            assert_eq!(init.name, WRAPPER_CONTAINER);
+            assert_eq!(init.image.as_deref(), Some("img"));
+            assert_eq!(
+                pod.volumes.expect("volumes")[0].empty_dir,
+                Some(EmptyDirVolumeSource::default())
+            );
+        }
+    }
+
+    #[test]
+    fn injection_refuses_what_it_cannot_wrap() {
+        let cases = [
+            (
+                "containers: [{name: c, image: i}]",
+                "containers[0].command: Required value",
+            ),
+            (
+                "containers: [{name: c, image: i, command: [a]}]\n      volumes: [{name: workq-bin, emptyDir: {}}]",
+                "is taken by the wq wrapper",
+            ),
+        ];
+        for (spec, want) in cases {
+            let mut j = job(&format!(
+                "metadata: {{name: j}}\nspec:\n  template:\n    spec:\n      {spec}\n"
+            ));
+            let err = inject(&mut j, "q", "u", false, "img").expect_err(spec);
+            assert!(err.to_string().contains(want), "{spec}: {err}");
+            assert!(err.to_string().contains("--no-inject"), "{err}");
+        }
+    }
+}
