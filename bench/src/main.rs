@@ -1,0 +1,572 @@
+//! `workq-bench`: the same workload against workq (memory and embedded
+//! stores), Redis with the tutorial's rediswq protocol, RabbitMQ with
+//! persistent messages and manual acks, and NATS JetStream with a work-queue
+//! stream — back to back, interleaved over several rounds, reporting medians.
+//!
+//! Run `bench/compare.sh` (it builds in release and writes
+//! `docs/BENCHMARKS.md`'s comparison section from the JSON this prints).
+
+mod systems;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use systems::System;
+
+/// Side-by-side queue benchmarks: workq, Redis (rediswq), RabbitMQ, NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(name = "workq-bench", version)]
+struct Args {
+    /// Systems to run, comma separated: workq-memory, workq-embedded, redis, amqp, nats.
+    #[arg(
+        long,
+        default_value = "workq-memory,workq-embedded,redis,amqp,nats",
+        value_delimiter = ','
+    )]
+    systems: Vec<String>,
+    /// Items per throughput measurement.
+    #[arg(long, default_value_t = 100_000)]
+    items: u64,
+    /// Payload bytes per item.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Items per call where the system has batches (workq, RabbitMQ publish/prefetch, JetStream).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    /// Concurrent consumers.
+    #[arg(long, default_value_t = 4)]
+    consumers: usize,
+    /// Rounds; systems are interleaved in each round, and medians reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Enqueue-to-lease latency samples per round (one item in flight, consumers waiting).
+    #[arg(long, default_value_t = 2000)]
+    latency_samples: usize,
+    /// Items queued for the memory-per-item measurement (0: skip).
+    #[arg(long, default_value_t = 1_000_000)]
+    memory_items: u64,
+    /// Consumer counts for the end-to-end sweep (empty: skip).
+    #[arg(long, default_value = "1,4,16,64", value_delimiter = ',')]
+    sweep: Vec<usize>,
+    /// The queue-server binary (default: next to this one).
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Redis URL.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// RabbitMQ URL.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// NATS address.
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    nats: String,
+}
+
+/// A queue-server process for the workq systems.
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(bin: &PathBuf, store: &str) -> Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let mut child = Command::new(bin)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "off",
+                "--store",
+                store,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("grpc="))
+            .context("no grpc address")?
+            .to_string();
+        Ok(Server {
+            child,
+            url: format!("http://{addr}"),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn pid_of(name: &str) -> Option<u32> {
+    let out = Command::new("pgrep")
+        .args(["-o", "-f", name])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// How to read a system's server memory, in bytes.
+enum Memory {
+    Pid(u32),
+    RedisInfo(String),
+    None,
+}
+
+impl Memory {
+    async fn bytes(&self) -> Option<u64> {
+        match self {
+            Memory::Pid(pid) => rss_kib(*pid, "VmRSS:").map(|k| k * 1024),
+            Memory::RedisInfo(url) => {
+                let mut c = redis::Client::open(url.as_str())
+                    .ok()?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .ok()?;
+                let info: String = redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async(&mut c)
+                    .await
+                    .ok()?;
+                info.lines()
+                    .find_map(|l| l.strip_prefix("used_memory:"))?
+                    .trim()
+                    .parse()
+                    .ok()
+            }
+            Memory::None => None,
+        }
+    }
+}
+
+fn payload(size: usize, i: u64) -> Vec<u8> {
+    let mut p = format!("{i:016}").into_bytes();
+    p.resize(size.max(16), b'x');
+    p
+}
+
+async fn produce(
+    sys: &System,
+    queue: &str,
+    items: u64,
+    batch: usize,
+    producers: usize,
+    size: usize,
+) -> Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..producers {
+        let mut c = sys.connect(queue).await?;
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(batch as u64, Ordering::Relaxed);
+                if start >= items {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let end = (start + batch as u64).min(items);
+                c.enqueue((start..end).map(|i| payload(size, i)).collect())
+                    .await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+async fn consume(
+    sys: &System,
+    queue: &str,
+    items: u64,
+    batch: usize,
+    consumers: usize,
+    wait: Duration,
+) -> Result<()> {
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..consumers {
+        let mut c = sys.connect(queue).await?;
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            while done.load(Ordering::Relaxed) < items {
+                let got = c.take(batch, wait).await?;
+                done.fetch_add(got.len() as u64, Ordering::Relaxed);
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+async fn seconds(f: impl std::future::Future<Output = Result<()>>) -> Result<f64> {
+    let t = Instant::now();
+    f.await?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Enqueue-to-lease latency: consumers wait; one item at a time is enqueued
+/// with its send time and the next goes once it was received.
+async fn latency(sys: &System, queue: &str, samples: usize, consumers: usize) -> Result<Vec<f64>> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..consumers {
+        let mut c = sys.connect(queue).await?;
+        let tx = tx.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for p in c.take(1, Duration::from_secs(1)).await? {
+                    let sent: u64 = std::str::from_utf8(&p[..20])
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    let _ = tx.send((now_ns().saturating_sub(sent)) as f64 / 1000.0);
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    // Let the consumers reach their waiting call.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut producer = sys.connect(queue).await?;
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let mut p = format!("{:020}", now_ns()).into_bytes();
+        p.resize(64, b'x');
+        producer.enqueue(vec![p]).await?;
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(us)) => out.push(us),
+            _ => anyhow::bail!("latency: an item was not received within 5 s"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(out)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(v, 0.5)
+}
+
+#[derive(Debug, Serialize, Clone)]
+struct Measure {
+    system: String,
+    round: usize,
+    measure: String,
+    value: f64,
+    unit: String,
+}
+
+struct Target {
+    name: String,
+    system: System,
+    memory: Memory,
+    _server: Option<Server>,
+}
+
+async fn target(args: &Args, name: &str, server_bin: &PathBuf) -> Result<Target> {
+    Ok(match name {
+        "workq-memory" | "workq-embedded" => {
+            let store = name.trim_start_matches("workq-");
+            let server = Server::start(server_bin, store)?;
+            Target {
+                name: name.into(),
+                system: System::Workq(server.url.clone()),
+                memory: Memory::Pid(server.child.id()),
+                _server: Some(server),
+            }
+        }
+        "redis" => Target {
+            name: name.into(),
+            system: System::Redis(args.redis.clone()),
+            memory: Memory::RedisInfo(args.redis.clone()),
+            _server: None,
+        },
+        "amqp" => Target {
+            name: name.into(),
+            system: System::Amqp(args.amqp.clone()),
+            memory: pid_of("beam.smp").map_or(Memory::None, Memory::Pid),
+            _server: None,
+        },
+        "nats" => Target {
+            name: name.into(),
+            system: System::Nats(args.nats.clone()),
+            memory: pid_of("nats-server").map_or(Memory::None, Memory::Pid),
+            _server: None,
+        },
+        other => anyhow::bail!(
+            "unknown system {other:?}: use workq-memory, workq-embedded, redis, amqp, nats"
+        ),
+    })
+}
+
+async fn run_round(args: &Args, t: &Target, round: usize, out: &mut Vec<Measure>) -> Result<()> {
+    let q = format!("bench-{}-{round}-{}", t.name, std::process::id());
+    let sys = &t.system;
+    let mut push = |measure: &str, value: f64, unit: &str| {
+        eprintln!("  {:<15} {measure:<22} {value:>12.1} {unit}", t.name);
+        out.push(Measure {
+            system: t.name.clone(),
+            round,
+            measure: measure.into(),
+            value,
+            unit: unit.into(),
+        });
+    };
+    sys.reset(&q).await?;
+    let s = seconds(produce(
+        sys,
+        &q,
+        args.items,
+        args.batch,
+        args.producers,
+        args.payload,
+    ))
+    .await?;
+    push("enqueue", args.items as f64 / s, "items/s");
+    let s = seconds(consume(
+        sys,
+        &q,
+        args.items,
+        args.batch,
+        args.consumers,
+        Duration::ZERO,
+    ))
+    .await?;
+    push("lease+complete", args.items as f64 / s, "items/s");
+    sys.reset(&q).await?;
+    let s = seconds(async {
+        let (a, b) = tokio::join!(
+            produce(
+                sys,
+                &q,
+                args.items,
+                args.batch,
+                args.producers,
+                args.payload
+            ),
+            consume(
+                sys,
+                &q,
+                args.items,
+                args.batch,
+                args.consumers,
+                Duration::from_millis(100)
+            )
+        );
+        a.and(b)
+    })
+    .await?;
+    push("end to end", args.items as f64 / s, "items/s");
+    sys.reset(&q).await?;
+    let mut lat = latency(sys, &q, args.latency_samples, args.consumers).await?;
+    lat.sort_by(f64::total_cmp);
+    push("latency p50", percentile(&lat, 0.5), "µs");
+    push("latency p99", percentile(&lat, 0.99), "µs");
+    push("latency p99.9", percentile(&lat, 0.999), "µs");
+    sys.drop_queue(&q).await?;
+    Ok(())
+}
+
+async fn memory(args: &Args, t: &Target, out: &mut Vec<Measure>) -> Result<()> {
+    if args.memory_items == 0 {
+        return Ok(());
+    }
+    let q = format!("bench-mem-{}-{}", t.name, std::process::id());
+    t.system.reset(&q).await?;
+    let Some(before) = t.memory.bytes().await else {
+        eprintln!("  {}: server memory not readable; skipped", t.name);
+        return Ok(());
+    };
+    produce(
+        &t.system,
+        &q,
+        args.memory_items,
+        1000.min(args.batch.max(100)),
+        args.producers,
+        16,
+    )
+    .await?;
+    let after = t.memory.bytes().await.unwrap_or(before);
+    let per_item = after.saturating_sub(before) as f64 / args.memory_items as f64;
+    eprintln!(
+        "  {:<15} memory per item        {per_item:>12.1} bytes (server {:.0} MiB)",
+        t.name,
+        after as f64 / 1048576.0
+    );
+    out.push(Measure {
+        system: t.name.clone(),
+        round: 0,
+        measure: "memory per queued item".into(),
+        value: per_item,
+        unit: "bytes".into(),
+    });
+    out.push(Measure {
+        system: t.name.clone(),
+        round: 0,
+        measure: "server memory at 1M items".into(),
+        value: after as f64 / 1048576.0,
+        unit: "MiB".into(),
+    });
+    t.system.drop_queue(&q).await?;
+    Ok(())
+}
+
+async fn sweep(args: &Args, t: &Target, out: &mut Vec<Measure>) -> Result<()> {
+    for &consumers in &args.sweep {
+        let q = format!("bench-sweep-{}-{consumers}-{}", t.name, std::process::id());
+        t.system.reset(&q).await?;
+        let items = args.items / 2;
+        let s = seconds(async {
+            let (a, b) = tokio::join!(
+                produce(
+                    &t.system,
+                    &q,
+                    items,
+                    args.batch,
+                    args.producers,
+                    args.payload
+                ),
+                consume(
+                    &t.system,
+                    &q,
+                    items,
+                    args.batch,
+                    consumers,
+                    Duration::from_millis(100)
+                )
+            );
+            a.and(b)
+        })
+        .await?;
+        eprintln!(
+            "  {:<15} e2e, {consumers:>4} consumers   {:>12.1} items/s",
+            t.name,
+            items as f64 / s
+        );
+        out.push(Measure {
+            system: t.name.clone(),
+            round: consumers,
+            measure: "sweep end to end".into(),
+            value: items as f64 / s,
+            unit: "items/s".into(),
+        });
+        t.system.drop_queue(&q).await?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let server_bin = match &args.server {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .join("queue-server"),
+    };
+    // One client thread: on a 2-core machine a second mostly adds context switches.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut targets = Vec::new();
+        for name in &args.systems {
+            targets.push(target(&args, name, &server_bin).await?);
+        }
+        let mut out = Vec::new();
+        for round in 0..args.rounds {
+            eprintln!("round {}/{}", round + 1, args.rounds);
+            for t in &targets {
+                run_round(&args, t, round, &mut out).await.with_context(|| format!("{} round {round}", t.name))?;
+            }
+        }
+        eprintln!("memory per queued item ({} items of 16 bytes)", args.memory_items);
+        for t in &targets {
+            memory(&args, t, &mut out).await.with_context(|| format!("{} memory", t.name))?;
+        }
+        if !args.sweep.is_empty() {
+            eprintln!("end to end against consumer count");
+            for t in &targets {
+                sweep(&args, t, &mut out).await.with_context(|| format!("{} sweep", t.name))?;
+            }
+        }
+        // Medians per (system, measure).
+        let mut groups: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+        for m in out.iter().filter(|m| m.measure != "sweep end to end") {
+            groups.entry((m.measure.clone(), m.system.clone(), m.unit.clone())).or_default().push(m.value);
+        }
+        let medians: Vec<serde_json::Value> = groups
+            .into_iter()
+            .map(|((measure, system, unit), mut v)| serde_json::json!({"measure": measure, "system": system, "unit": unit, "median": median(&mut v), "samples": v}))
+            .collect();
+        let sweep: Vec<&Measure> = out.iter().filter(|m| m.measure == "sweep end to end").collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "settings": {"items": args.items, "payload": args.payload, "batch": args.batch, "producers": args.producers,
+                             "consumers": args.consumers, "rounds": args.rounds, "latency_samples": args.latency_samples,
+                             "memory_items": args.memory_items},
+                "medians": medians,
+                "sweep": sweep,
+            }))?
+        );
+        Ok(())
+    })
+}

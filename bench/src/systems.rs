@@ -1,0 +1,427 @@
+//! One workload driver per system, with the same three operations: enqueue a
+//! batch, lease-and-complete up to a batch (waiting a little for the first
+//! item), and wait for one item (for latency).
+//!
+//! Each speaks its system's own protocol the way its users do:
+//! - workq: the `workq.v1` gRPC API (batch enqueue, batch lease, batch complete);
+//! - Redis: the tutorial's `rediswq.py` protocol — `RPUSH`, `BRPOPLPUSH` into
+//!   `Q:processing` plus a `SETEX` lease key, then `LREM` + `DEL` to complete;
+//!   it has no batch lease, so it takes one item per round trip;
+//! - RabbitMQ: a durable queue, persistent messages published with publisher
+//!   confirms, consumed with manual acks and a prefetch of the batch size;
+//! - NATS JetStream: a work-queue-retention file stream, publishes awaited for
+//!   their acks, a durable pull consumer fetching batches with explicit acks.
+
+use anyhow::{Context, Result, anyhow};
+use futures::StreamExt;
+use sha2::{Digest, Sha224};
+use std::time::Duration;
+
+/// Which system, and where it is.
+#[derive(Debug, Clone)]
+pub enum System {
+    /// workq over gRPC at this URL (`http://host:port`).
+    Workq(String),
+    /// Redis at this URL, rediswq layout.
+    Redis(String),
+    /// RabbitMQ at this AMQP URL.
+    Amqp(String),
+    /// NATS JetStream at this address.
+    Nats(String),
+}
+
+/// One connection to a system, for one queue. (Few exist, and each lives
+/// for a whole measurement: the size difference of the variants is moot.)
+#[allow(clippy::large_enum_variant)]
+pub enum Conn {
+    Workq {
+        client:
+            workq_proto::v1::queue_service_client::QueueServiceClient<tonic::transport::Channel>,
+        queue: String,
+    },
+    Redis {
+        conn: redis::aio::MultiplexedConnection,
+        queue: String,
+        session: String,
+    },
+    Amqp {
+        channel: lapin::Channel,
+        queue: String,
+        consumer: Option<lapin::Consumer>,
+    },
+    Nats {
+        js: async_nats::jetstream::Context,
+        stream: String,
+        consumer: Option<async_nats::jetstream::consumer::PullConsumer>,
+    },
+}
+
+fn amqp_name(s: &str) -> lapin::types::ShortString {
+    s.into()
+}
+
+impl System {
+    /// Creates (or recreates, empty) the queue.
+    pub async fn reset(&self, queue: &str) -> Result<()> {
+        let mut c = self.connect(queue).await?;
+        match &mut c {
+            Conn::Workq { client, queue } => {
+                let _ = client
+                    .delete_queue(workq_proto::v1::DeleteQueueRequest {
+                        name: queue.clone(),
+                    })
+                    .await;
+                client
+                    .create_queue(workq_proto::v1::CreateQueueRequest {
+                        name: queue.clone(),
+                        settings: None,
+                    })
+                    .await?;
+            }
+            Conn::Redis { conn, queue, .. } => {
+                redis::cmd("DEL")
+                    .arg(&*queue)
+                    .arg(format!("{queue}:processing"))
+                    .query_async::<()>(conn)
+                    .await?;
+            }
+            Conn::Amqp { channel, queue, .. } => {
+                let _ = channel
+                    .queue_delete(amqp_name(queue), Default::default())
+                    .await;
+                channel
+                    .queue_declare(
+                        amqp_name(queue),
+                        lapin::options::QueueDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .await?;
+            }
+            Conn::Nats { js, stream, .. } => {
+                let _ = js.delete_stream(&*stream).await;
+                js.create_stream(async_nats::jetstream::stream::Config {
+                    name: stream.clone(),
+                    subjects: vec![format!("{stream}.items")],
+                    retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| anyhow!("create stream: {e}"))?;
+                let s = js.get_stream(&*stream).await.map_err(|e| anyhow!("{e}"))?;
+                s.create_consumer(async_nats::jetstream::consumer::pull::Config {
+                    durable_name: Some("workers".into()),
+                    ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                    max_ack_pending: 100_000,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| anyhow!("create consumer: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the queue.
+    pub async fn drop_queue(&self, queue: &str) -> Result<()> {
+        let mut c = self.connect(queue).await?;
+        match &mut c {
+            Conn::Workq { client, queue } => {
+                let _ = client
+                    .delete_queue(workq_proto::v1::DeleteQueueRequest {
+                        name: queue.clone(),
+                    })
+                    .await;
+            }
+            Conn::Redis { conn, queue, .. } => {
+                redis::cmd("DEL")
+                    .arg(&*queue)
+                    .arg(format!("{queue}:processing"))
+                    .query_async::<()>(conn)
+                    .await?;
+            }
+            Conn::Amqp { channel, queue, .. } => {
+                let _ = channel
+                    .queue_delete(amqp_name(queue), Default::default())
+                    .await;
+            }
+            Conn::Nats { js, stream, .. } => {
+                let _ = js.delete_stream(&*stream).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A new connection working `queue`.
+    pub async fn connect(&self, queue: &str) -> Result<Conn> {
+        Ok(match self {
+            System::Workq(url) => Conn::Workq {
+                client: workq_proto::v1::queue_service_client::QueueServiceClient::connect(
+                    url.clone(),
+                )
+                .await
+                .with_context(|| format!("connect to workq at {url}"))?
+                .max_decoding_message_size(64 << 20),
+                queue: queue.into(),
+            },
+            System::Redis(url) => Conn::Redis {
+                // No response timeout: BRPOPLPUSH blocks for whole seconds.
+                conn: redis::Client::open(url.as_str())?
+                    .get_multiplexed_async_connection_with_config(
+                        &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+                    )
+                    .await
+                    .with_context(|| format!("connect to Redis at {url}"))?,
+                queue: queue.into(),
+                session: uuid::Uuid::new_v4().to_string(),
+            },
+            System::Amqp(url) => {
+                let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+                    .await
+                    .with_context(|| format!("connect to RabbitMQ at {url}"))?;
+                let channel = conn.create_channel().await?;
+                channel.confirm_select(Default::default()).await?;
+                Conn::Amqp {
+                    channel,
+                    queue: queue.into(),
+                    consumer: None,
+                }
+            }
+            System::Nats(addr) => {
+                let client = async_nats::connect(addr.as_str())
+                    .await
+                    .with_context(|| format!("connect to NATS at {addr}"))?;
+                Conn::Nats {
+                    js: async_nats::jetstream::new(client),
+                    stream: queue.into(),
+                    consumer: None,
+                }
+            }
+        })
+    }
+}
+
+fn lease_key(queue: &str, item: &[u8]) -> String {
+    let digest = Sha224::digest(item);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{queue}:leased_by_session:{hex}")
+}
+
+impl Conn {
+    /// Enqueues `items`; returns once the system acknowledged them.
+    pub async fn enqueue(&mut self, items: Vec<Vec<u8>>) -> Result<()> {
+        match self {
+            Conn::Workq { client, queue } => {
+                client
+                    .enqueue(workq_proto::v1::EnqueueRequest {
+                        queue: queue.clone(),
+                        items: items
+                            .into_iter()
+                            .map(|p| workq_proto::v1::NewItem {
+                                payload: p.into(),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        create_queue: false,
+                    })
+                    .await?;
+            }
+            Conn::Redis { conn, queue, .. } => {
+                redis::cmd("RPUSH")
+                    .arg(&*queue)
+                    .arg(items)
+                    .query_async::<()>(conn)
+                    .await?;
+            }
+            Conn::Amqp { channel, queue, .. } => {
+                let mut confirms = Vec::with_capacity(items.len());
+                for p in &items {
+                    confirms.push(
+                        channel
+                            .basic_publish(
+                                amqp_name(""),
+                                amqp_name(queue),
+                                Default::default(),
+                                p,
+                                lapin::BasicProperties::default().with_delivery_mode(2),
+                            )
+                            .await?,
+                    );
+                }
+                for c in confirms {
+                    c.await?;
+                }
+            }
+            Conn::Nats { js, stream, .. } => {
+                let subject = format!("{stream}.items");
+                let mut acks = Vec::with_capacity(items.len());
+                for p in items {
+                    acks.push(
+                        js.publish(subject.clone(), p.into())
+                            .await
+                            .map_err(|e| anyhow!("publish: {e}"))?,
+                    );
+                }
+                for a in acks {
+                    a.await.map_err(|e| anyhow!("publish ack: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Leases up to `max` items, waiting up to `wait` for the first, and
+    /// completes them. Returns their payloads.
+    pub async fn take(&mut self, max: usize, wait: Duration) -> Result<Vec<Vec<u8>>> {
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        match self {
+            Conn::Workq { client, queue } => {
+                let l = client
+                    .lease(workq_proto::v1::LeaseRequest {
+                        queue: queue.clone(),
+                        max_items: u32::try_from(max).unwrap_or(u32::MAX),
+                        lease_ms: 60_000,
+                        wait_ms,
+                    })
+                    .await?
+                    .into_inner();
+                if l.items.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let tokens = l.items.iter().map(|i| i.lease_token.clone()).collect();
+                client
+                    .complete(workq_proto::v1::CompleteRequest {
+                        queue: queue.clone(),
+                        lease_tokens: tokens,
+                    })
+                    .await?;
+                Ok(l.items.into_iter().map(|i| i.payload.to_vec()).collect())
+            }
+            Conn::Redis {
+                conn,
+                queue,
+                session,
+            } => {
+                // rediswq.lease(): one item per call; BRPOPLPUSH takes whole seconds.
+                let processing = format!("{queue}:processing");
+                let item: Option<Vec<u8>> = if wait.is_zero() {
+                    redis::cmd("RPOPLPUSH")
+                        .arg(&*queue)
+                        .arg(&processing)
+                        .query_async(conn)
+                        .await?
+                } else {
+                    redis::cmd("BRPOPLPUSH")
+                        .arg(&*queue)
+                        .arg(&processing)
+                        .arg(wait.as_secs().max(1))
+                        .query_async(conn)
+                        .await?
+                };
+                let Some(item) = item else {
+                    return Ok(Vec::new());
+                };
+                let key = lease_key(queue, &item);
+                redis::cmd("SETEX")
+                    .arg(&key)
+                    .arg(60)
+                    .arg(&*session)
+                    .query_async::<()>(conn)
+                    .await?;
+                // rediswq.complete()
+                redis::cmd("LREM")
+                    .arg(&processing)
+                    .arg(0)
+                    .arg(&item)
+                    .query_async::<()>(conn)
+                    .await?;
+                redis::cmd("DEL").arg(&key).query_async::<()>(conn).await?;
+                Ok(vec![item])
+            }
+            Conn::Amqp {
+                channel,
+                queue,
+                consumer,
+            } => {
+                if consumer.is_none() {
+                    channel
+                        .basic_qos(u16::try_from(max).unwrap_or(u16::MAX), Default::default())
+                        .await?;
+                    *consumer = Some(
+                        channel
+                            .basic_consume(
+                                amqp_name(queue),
+                                amqp_name(&uuid::Uuid::new_v4().to_string()),
+                                Default::default(),
+                                Default::default(),
+                            )
+                            .await?,
+                    );
+                }
+                let Some(c) = consumer.as_mut() else {
+                    return Ok(Vec::new());
+                };
+                let mut out = Vec::new();
+                let mut last = None;
+                let first =
+                    tokio::time::timeout(wait.max(Duration::from_millis(1)), c.next()).await;
+                let mut next = match first {
+                    Ok(Some(d)) => Some(d),
+                    _ => return Ok(out),
+                };
+                while let Some(d) = next.take() {
+                    let d = d?;
+                    last = Some(d.acker.clone());
+                    out.push(d.data);
+                    if out.len() >= max {
+                        break;
+                    }
+                    next = match futures::FutureExt::now_or_never(c.next()) {
+                        Some(Some(d)) => Some(d),
+                        _ => None,
+                    };
+                }
+                if let Some(acker) = last {
+                    acker
+                        .ack(lapin::options::BasicAckOptions { multiple: true })
+                        .await?;
+                }
+                Ok(out)
+            }
+            Conn::Nats {
+                js,
+                stream,
+                consumer,
+            } => {
+                if consumer.is_none() {
+                    let s = js.get_stream(&*stream).await.map_err(|e| anyhow!("{e}"))?;
+                    *consumer = Some(
+                        s.get_consumer("workers")
+                            .await
+                            .map_err(|e| anyhow!("get consumer: {e}"))?,
+                    );
+                }
+                let Some(c) = consumer.as_ref() else {
+                    return Ok(Vec::new());
+                };
+                let mut batch = c
+                    .batch()
+                    .max_messages(max)
+                    .expires(wait.max(Duration::from_millis(10)))
+                    .messages()
+                    .await
+                    .map_err(|e| anyhow!("fetch: {e}"))?;
+                let mut out = Vec::new();
+                while let Some(m) = batch.next().await {
+                    let m = m.map_err(|e| anyhow!("message: {e}"))?;
+                    m.ack().await.map_err(|e| anyhow!("ack: {e}"))?;
+                    out.push(m.message.payload.to_vec());
+                }
+                Ok(out)
+            }
+        }
+    }
+}
