@@ -251,6 +251,12 @@ impl Queue {
         self.backend.requeue_dead(&self.name, ids).await
     }
 
+    /// Whether this queue's backend can seal it (an AMQP queue cannot, so it is
+    /// never drained).
+    pub fn can_seal(&self) -> bool {
+        self.backend.can_seal()
+    }
+
     /// Holds a leased item: renews its lease in the background every third of
     /// `lease` until the returned handle is completed, failed, released or dropped.
     pub fn hold(&self, item: LeasedItem, lease: Duration) -> LeaseHandle {

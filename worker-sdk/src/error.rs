@@ -22,7 +22,7 @@ pub enum Error {
 
     /// The URL names a backend this build does not support (yet).
     #[error(
-        "queue URL {url:?}: the {scheme}:// backend is not supported yet (supported: grpc://host:port)"
+        "queue URL {url:?}: the {scheme}:// backend is not supported (supported: grpc://, redis://, amqp://)"
     )]
     UnsupportedScheme {
         /// The URL as given.
@@ -49,7 +49,33 @@ pub enum Error {
         reason: String,
         /// The transport's error.
         #[source]
-        source: tonic::transport::Error,
+        source: BoxError,
+    },
+
+    /// The backend cannot do this at all (for example: seal an AMQP queue). Says
+    /// what to do instead where there is something.
+    #[error("the {backend}:// backend cannot {what}")]
+    NotSupported {
+        /// The backend's scheme, without `://`.
+        backend: &'static str,
+        /// What it cannot do, and what to do instead.
+        what: String,
+    },
+
+    /// A Redis or RabbitMQ call failed.
+    #[error("{backend} {what}: {reason}")]
+    Backend {
+        /// `redis` or `amqp`.
+        backend: &'static str,
+        /// What was being done (e.g. "lease on queue \"job2\"").
+        what: String,
+        /// The innermost cause, in words.
+        reason: String,
+        /// Whether trying again later may succeed (a lost connection).
+        transient: bool,
+        /// The client library's error.
+        #[source]
+        source: BoxError,
     },
 
     /// The server answered that the queue does not exist.
@@ -135,7 +161,10 @@ impl Error {
     /// Whether trying again later may succeed: lost connections, an unavailable or
     /// overloaded server, timeouts.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable { .. } | Error::Timeout(_))
+        matches!(
+            self,
+            Error::Unavailable { .. } | Error::Timeout(_) | Error::Backend { transient: true, .. }
+        )
     }
 
     /// Maps a gRPC status to an error, in the context of `queue` (may be empty).
@@ -211,6 +240,9 @@ fn describe_transport(status: &tonic::Status) -> String {
     }
     text
 }
+
+/// A boxed error of a transport or client library, kept as a cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The SDK's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

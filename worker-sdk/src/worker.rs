@@ -379,6 +379,12 @@ impl Queue {
         H: Fn(Job) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), WorkError>> + Send + 'static,
     {
+        if !opts.until_empty && opts.max_items.is_none() && !self.can_seal() {
+            return Err(Error::NotSupported {
+                backend: "amqp",
+                what: "work until the queue is drained: an AMQP queue cannot be sealed, so it is never drained; stop when it is empty (until_empty; wq consume --until-empty) or after N items (max_items; wq consume -c N)".into(),
+            });
+        }
         let handler = Arc::new(handler);
         let shutdown = opts.shutdown.clone();
         let hard_stop = CancellationToken::new();

@@ -44,7 +44,7 @@ impl GrpcBackend {
             .map_err(|source| Error::Unreachable {
                 url: url.url.clone(),
                 reason: crate::error::root_cause(&source),
-                source,
+                source: Box::new(source),
             })?;
         Ok(GrpcBackend {
             client: QueueServiceClient::new(channel),

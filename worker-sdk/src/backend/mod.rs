@@ -7,10 +7,12 @@
 //! | scheme | backend | status |
 //! |---|---|---|
 //! | `grpc://host:port` | the workq queue service | supported |
-//! | `redis://host[:port]` | a Redis list laid out like the seeds' `rediswq.py` | not yet |
-//! | `amqp://user:pass@host[:port]` | a RabbitMQ queue | not yet |
+//! | `redis://host[:port][/db]` | a Redis list laid out like the seeds' `rediswq.py` ([`redis`]) | supported |
+//! | `amqp://user:pass@host[:port][/vhost]` | a RabbitMQ queue ([`amqp`]) | supported, without seal and dead listing |
 
+pub mod amqp;
 pub(crate) mod grpc;
+pub mod redis;
 
 use std::fmt;
 use std::time::Duration;
@@ -23,15 +25,18 @@ use crate::types::{
     QueueName, QueueSettings, Stats,
 };
 
+/// How often a watch reads the counters of a backend that cannot push them.
+const WATCH_POLL: Duration = Duration::from_millis(250);
+
 /// Which kind of system a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Scheme {
     /// `grpc://`: the workq queue service.
     Grpc,
-    /// `redis://`: a `rediswq`-style Redis queue (not supported yet).
+    /// `redis://`: a `rediswq`-style Redis queue.
     Redis,
-    /// `amqp://`: a RabbitMQ queue (not supported yet).
+    /// `amqp://`: a RabbitMQ queue.
     Amqp,
 }
 
@@ -104,6 +109,10 @@ impl QueueUrl {
 pub(crate) enum Backend {
     /// The workq queue service over gRPC.
     Grpc(grpc::GrpcBackend),
+    /// A `rediswq`-style queue in Redis.
+    Redis(redis::RedisBackend),
+    /// A RabbitMQ queue.
+    Amqp(amqp::AmqpBackend),
 }
 
 impl Backend {
@@ -113,11 +122,18 @@ impl Backend {
             Scheme::Grpc => Ok(Backend::Grpc(
                 grpc::GrpcBackend::connect(url, connect_timeout).await?,
             )),
-            Scheme::Redis | Scheme::Amqp => Err(Error::UnsupportedScheme {
-                url: url.url.clone(),
-                scheme: url.scheme.to_string(),
-            }),
+            Scheme::Redis => Ok(Backend::Redis(
+                redis::RedisBackend::connect(url, connect_timeout).await?,
+            )),
+            Scheme::Amqp => Ok(Backend::Amqp(
+                amqp::AmqpBackend::connect(url, connect_timeout).await?,
+            )),
         }
+    }
+
+    /// Whether queues of this backend can be sealed (and so ever be drained).
+    pub(crate) fn can_seal(&self) -> bool {
+        !matches!(self, Backend::Amqp(_))
     }
 
     pub(crate) async fn create_queue(
@@ -127,36 +143,48 @@ impl Backend {
     ) -> Result<(QueueInfo, bool)> {
         match self {
             Backend::Grpc(b) => b.create_queue(queue, settings).await,
+            Backend::Redis(b) => b.create_queue(queue, settings).await,
+            Backend::Amqp(b) => b.create_queue(queue, settings).await,
         }
     }
 
     pub(crate) async fn get_queue(&self, queue: &QueueName) -> Result<QueueInfo> {
         match self {
             Backend::Grpc(b) => b.get_queue(queue).await,
+            Backend::Redis(b) => b.get_queue(queue).await,
+            Backend::Amqp(b) => b.get_queue(queue).await,
         }
     }
 
     pub(crate) async fn list_queues(&self) -> Result<Vec<QueueInfo>> {
         match self {
             Backend::Grpc(b) => b.list_queues().await,
+            Backend::Redis(b) => b.list_queues().await,
+            Backend::Amqp(b) => b.list_queues().await,
         }
     }
 
     pub(crate) async fn delete_queue(&self, queue: &QueueName) -> Result<bool> {
         match self {
             Backend::Grpc(b) => b.delete_queue(queue).await,
+            Backend::Redis(b) => b.delete_queue(queue).await,
+            Backend::Amqp(b) => b.delete_queue(queue).await,
         }
     }
 
     pub(crate) async fn purge(&self, queue: &QueueName) -> Result<u64> {
         match self {
             Backend::Grpc(b) => b.purge(queue).await,
+            Backend::Redis(b) => b.purge(queue).await,
+            Backend::Amqp(b) => b.purge(queue).await,
         }
     }
 
     pub(crate) async fn seal(&self, queue: &QueueName) -> Result<QueueInfo> {
         match self {
             Backend::Grpc(b) => b.seal(queue).await,
+            Backend::Redis(b) => b.seal(queue).await,
+            Backend::Amqp(b) => b.seal(queue).await,
         }
     }
 
@@ -168,12 +196,16 @@ impl Backend {
     ) -> Result<Vec<Pushed>> {
         match self {
             Backend::Grpc(b) => b.enqueue(queue, items, create).await,
+            Backend::Redis(b) => b.enqueue(queue, items, create).await,
+            Backend::Amqp(b) => b.enqueue(queue, items, create).await,
         }
     }
 
     pub(crate) async fn lease(&self, queue: &QueueName, opts: &LeaseOptions) -> Result<Leased> {
         match self {
             Backend::Grpc(b) => b.lease(queue, opts).await,
+            Backend::Redis(b) => b.lease(queue, opts).await,
+            Backend::Amqp(b) => b.lease(queue, opts).await,
         }
     }
 
@@ -185,12 +217,16 @@ impl Backend {
     ) -> Result<Vec<std::time::SystemTime>> {
         match self {
             Backend::Grpc(b) => b.renew(queue, tokens, lease).await,
+            Backend::Redis(b) => b.renew(queue, tokens, lease).await,
+            Backend::Amqp(b) => b.renew(queue, tokens, lease).await,
         }
     }
 
     pub(crate) async fn complete(&self, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
         match self {
             Backend::Grpc(b) => b.complete(queue, tokens).await,
+            Backend::Redis(b) => b.complete(queue, tokens).await,
+            Backend::Amqp(b) => b.complete(queue, tokens).await,
         }
     }
 
@@ -202,12 +238,16 @@ impl Backend {
     ) -> Result<u32> {
         match self {
             Backend::Grpc(b) => b.fail(queue, tokens, failure).await,
+            Backend::Redis(b) => b.fail(queue, tokens, failure).await,
+            Backend::Amqp(b) => b.fail(queue, tokens, failure).await,
         }
     }
 
     pub(crate) async fn release(&self, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
         match self {
             Backend::Grpc(b) => b.release(queue, tokens).await,
+            Backend::Redis(b) => b.release(queue, tokens).await,
+            Backend::Amqp(b) => b.release(queue, tokens).await,
         }
     }
 
@@ -218,18 +258,67 @@ impl Backend {
     ) -> Result<BoxStream<'static, Result<Stats>>> {
         match self {
             Backend::Grpc(b) => b.watch(queue, until_drained).await,
+            Backend::Amqp(_) if until_drained => Err(Error::NotSupported {
+                backend: "amqp",
+                what: "watch a queue until it is drained: an AMQP queue cannot be sealed, so it is never drained".into(),
+            }),
+            Backend::Redis(_) | Backend::Amqp(_) => self.poll_watch(queue, until_drained).await,
         }
+    }
+
+    /// A watch for backends that cannot push changes: reads the counters every
+    /// [`WATCH_POLL`] and yields them when they changed.
+    async fn poll_watch(
+        &self,
+        queue: &QueueName,
+        until_drained: bool,
+    ) -> Result<BoxStream<'static, Result<Stats>>> {
+        use futures::StreamExt;
+        let first = self.get_queue(queue).await?.stats;
+        let (this, queue) = (self.clone(), queue.clone());
+        let stream = futures::stream::unfold(
+            (Some(first), None::<Stats>, false),
+            move |(mut next, last, done)| {
+                let (this, queue) = (this.clone(), queue.clone());
+                async move {
+                    if done {
+                        return None;
+                    }
+                    loop {
+                        let s = match next.take() {
+                            Some(s) => s,
+                            None => {
+                                tokio::time::sleep(WATCH_POLL).await;
+                                match this.get_queue(&queue).await {
+                                    Ok(i) => i.stats,
+                                    Err(e) => return Some((Err(e), (None, last, false))),
+                                }
+                            }
+                        };
+                        if last.as_ref() != Some(&s) {
+                            let done = until_drained && s.drained;
+                            return Some((Ok(s.clone()), (None, Some(s), done)));
+                        }
+                    }
+                }
+            },
+        );
+        Ok(stream.boxed())
     }
 
     pub(crate) async fn list_dead(&self, queue: &QueueName, limit: u32) -> Result<Vec<DeadItem>> {
         match self {
             Backend::Grpc(b) => b.list_dead(queue, limit).await,
+            Backend::Redis(b) => b.list_dead(queue, limit).await,
+            Backend::Amqp(b) => b.list_dead(queue, limit).await,
         }
     }
 
     pub(crate) async fn requeue_dead(&self, queue: &QueueName, ids: &[ItemId]) -> Result<u64> {
         match self {
             Backend::Grpc(b) => b.requeue_dead(queue, ids).await,
+            Backend::Redis(b) => b.requeue_dead(queue, ids).await,
+            Backend::Amqp(b) => b.requeue_dead(queue, ids).await,
         }
     }
 }
@@ -264,19 +353,11 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn other_backends_are_not_supported_yet() {
-        for url in [
-            "redis://127.0.0.1:6379",
-            "amqp://guest:guest@127.0.0.1:5672",
-        ] {
-            let parsed = QueueUrl::parse(url).expect("parses");
-            let err = Backend::connect(&parsed, Duration::from_secs(1))
-                .await
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(err.contains("not supported yet"), "{err}");
-        }
+    #[test]
+    fn parses_redis_and_amqp() {
+        let u = QueueUrl::parse("redis://127.0.0.1:6379").expect("valid");
+        assert_eq!(u.scheme, Scheme::Redis);
+        let u = QueueUrl::parse("amqp://guest:guest@127.0.0.1:5672/%2f").expect("valid");
+        assert_eq!(u.scheme, Scheme::Amqp);
     }
 }

@@ -309,7 +309,7 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WQ_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_env("WQ_LOG").unwrap_or_else(|_| EnvFilter::new("warn,lapin=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
