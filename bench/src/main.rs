@@ -6,6 +6,7 @@
 //! Run `bench/compare.sh` (it builds in release and writes
 //! `docs/BENCHMARKS.md`'s comparison section from the JSON this prints).
 
+mod report;
 mod systems;
 
 use anyhow::{Context, Result};
@@ -70,6 +71,12 @@ struct Args {
     /// NATS address.
     #[arg(long, default_value = "127.0.0.1:4222")]
     nats: String,
+    /// Also write the table of medians and ratios (markdown) here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Also write the chart of end-to-end items/s against consumers (SVG) here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
 }
 
 /// A queue-server process for the workq systems.
@@ -223,7 +230,7 @@ async fn consume(
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             while done.load(Ordering::Relaxed) < items {
-                let got = c.take(batch, wait).await?;
+                let (got, _) = c.take(batch, wait).await?;
                 done.fetch_add(got.len() as u64, Ordering::Relaxed);
             }
             Ok::<(), anyhow::Error>(())
@@ -241,7 +248,8 @@ async fn seconds(f: impl std::future::Future<Output = Result<()>>) -> Result<f64
     Ok(t.elapsed().as_secs_f64())
 }
 
-fn now_ns() -> u64 {
+/// Now, in ns since the Unix epoch.
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -260,12 +268,13 @@ async fn latency(sys: &System, queue: &str, samples: usize, consumers: usize) ->
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                for p in c.take(1, Duration::from_secs(1)).await? {
+                let (items, leased_at) = c.take(1, Duration::from_secs(1)).await?;
+                for p in items {
                     let sent: u64 = std::str::from_utf8(&p[..20])
                         .ok()
                         .and_then(|s| s.parse().ok())
                         .unwrap_or(0);
-                    let _ = tx.send((now_ns().saturating_sub(sent)) as f64 / 1000.0);
+                    let _ = tx.send((leased_at.saturating_sub(sent)) as f64 / 1000.0);
                 }
             }
             Ok::<(), anyhow::Error>(())
@@ -550,12 +559,30 @@ fn main() -> Result<()> {
         // Medians per (system, measure).
         let mut groups: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
         for m in out.iter().filter(|m| m.measure != "sweep end to end") {
-            groups.entry((m.measure.clone(), m.system.clone(), m.unit.clone())).or_default().push(m.value);
+            groups
+                .entry((m.measure.clone(), m.system.clone(), m.unit.clone()))
+                .or_default()
+                .push(m.value);
         }
-        let medians: Vec<serde_json::Value> = groups
-            .into_iter()
-            .map(|((measure, system, unit), mut v)| serde_json::json!({"measure": measure, "system": system, "unit": unit, "median": median(&mut v), "samples": v}))
+        let mut medians = Vec::new();
+        let mut json = Vec::new();
+        for ((measure, system, unit), mut v) in groups {
+            let value = median(&mut v);
+            json.push(serde_json::json!({"measure": measure, "system": system, "unit": unit, "median": value, "samples": v}));
+            medians.push(report::Median { measure, system, unit, value });
+        }
+        let points: Vec<report::Point> = out
+            .iter()
+            .filter(|m| m.measure == "sweep end to end")
+            .map(|m| report::Point { system: m.system.clone(), consumers: m.round, items_per_s: m.value })
             .collect();
+        if let Some(path) = &args.markdown {
+            std::fs::write(path, report::markdown(&args.systems, &medians))
+                .with_context(|| format!("write {}", path.display()))?;
+        }
+        if let Some(path) = &args.svg {
+            std::fs::write(path, report::svg(&points)).with_context(|| format!("write {}", path.display()))?;
+        }
         let sweep: Vec<&Measure> = out.iter().filter(|m| m.measure == "sweep end to end").collect();
         println!(
             "{}",
@@ -563,7 +590,7 @@ fn main() -> Result<()> {
                 "settings": {"items": args.items, "payload": args.payload, "batch": args.batch, "producers": args.producers,
                              "consumers": args.consumers, "rounds": args.rounds, "latency_samples": args.latency_samples,
                              "memory_items": args.memory_items},
-                "medians": medians,
+                "medians": json,
                 "sweep": sweep,
             }))?
         );

@@ -274,8 +274,20 @@ impl Conn {
     }
 
     /// Leases up to `max` items, waiting up to `wait` for the first, and
-    /// completes them. Returns their payloads.
-    pub async fn take(&mut self, max: usize, wait: Duration) -> Result<Vec<Vec<u8>>> {
+    /// completes them. Returns their payloads and when the lease answered
+    /// (ns since the Unix epoch), before the completion.
+    pub async fn take(&mut self, max: usize, wait: Duration) -> Result<(Vec<Vec<u8>>, u64)> {
+        let mut leased_at = 0;
+        let items = self.take_inner(max, wait, &mut leased_at).await?;
+        Ok((items, leased_at))
+    }
+
+    async fn take_inner(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        leased_at: &mut u64,
+    ) -> Result<Vec<Vec<u8>>> {
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         match self {
             Conn::Workq { client, queue } => {
@@ -288,6 +300,7 @@ impl Conn {
                     })
                     .await?
                     .into_inner();
+                *leased_at = crate::now_ns();
                 if l.items.is_empty() {
                     return Ok(Vec::new());
                 }
@@ -325,6 +338,7 @@ impl Conn {
                     return Ok(Vec::new());
                 };
                 let key = lease_key(queue, &item);
+                *leased_at = crate::now_ns();
                 redis::cmd("SETEX")
                     .arg(&key)
                     .arg(60)
@@ -372,6 +386,7 @@ impl Conn {
                     Ok(Some(d)) => Some(d),
                     _ => return Ok(out),
                 };
+                *leased_at = crate::now_ns();
                 while let Some(d) = next.take() {
                     let d = d?;
                     last = Some(d.acker.clone());
@@ -417,6 +432,9 @@ impl Conn {
                 let mut out = Vec::new();
                 while let Some(m) = batch.next().await {
                     let m = m.map_err(|e| anyhow!("message: {e}"))?;
+                    if *leased_at == 0 {
+                        *leased_at = crate::now_ns();
+                    }
                     m.ack().await.map_err(|e| anyhow!("ack: {e}"))?;
                     out.push(m.message.payload.to_vec());
                 }
