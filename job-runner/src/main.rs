@@ -500,9 +500,14 @@ fn cluster_run(args: RunArgs) -> i32 {
     };
     let Some(rt) = runtime() else { return 1 };
     let report = rt.block_on(async {
+        let namespace = args
+            .cluster
+            .namespace
+            .clone()
+            .or_else(|| job_runner::cluster::manifest_namespace(&planned));
         let cluster = job_runner::cluster::Cluster::connect(
             args.cluster.context.as_deref(),
-            args.cluster.namespace.as_deref(),
+            namespace.as_deref(),
         )
         .await?;
         out.event(&format!(

@@ -43,6 +43,8 @@ enum Reply {
     /// A watch response: these events, then the stream ends (the watcher
     /// then watches again from the last resourceVersion).
     Events(Vec<(&'static str, Value)>),
+    /// Plain text (a pod's log).
+    Text(&'static str),
     /// Never answered (a watch with nothing more to say).
     Hold,
 }
@@ -95,6 +97,13 @@ where
                     }
                     send.send_response(response(200, text));
                 }
+                Reply::Text(text) => send.send_response(
+                    Response::builder()
+                        .status(200)
+                        .header("content-type", "text/plain")
+                        .body(Body::from(text.as_bytes().to_vec()))
+                        .expect("response"),
+                ),
                 Reply::Hold => held.push(send),
             }
         }
@@ -751,4 +760,132 @@ async fn work_queue_job_without_queue_url_is_refused_before_creating_anything() 
     assert!(err.is_bad_input());
     assert!(err.to_string().contains("--queue-url grpc://"), "{err}");
     assert!(log.lock().expect("log").is_empty());
+}
+
+/// An object of another namespace than the run's is refused before
+/// anything is created, naming the fix.
+#[tokio::test]
+async fn object_of_another_namespace_is_refused() {
+    let mut loaded = job_runner::manifest::Loaded::default();
+    let text = std::fs::read_to_string(common::example("indexed-job.yaml"))
+        .expect("example")
+        .replacen(
+            "  name: 'indexed-job'\n",
+            "  name: 'indexed-job'\n  namespace: batch\n",
+            1,
+        );
+    job_runner::manifest::parse_text(
+        "j.yaml",
+        std::path::Path::new("."),
+        &text,
+        &Default::default(),
+        &mut loaded,
+    )
+    .expect("parses");
+    let plan = cluster::plan(&loaded, &RenderOptions::new("ns1")).expect("plan");
+    assert_eq!(cluster::manifest_namespace(&plan).as_deref(), Some("batch"));
+    let (cluster, log, api) = fake_api(|req| async move { panic!("no request expected: {req:?}") });
+    let err = with_api(
+        api,
+        cluster::run(
+            &cluster,
+            plan,
+            "ns1",
+            ClusterRunOptions::default(),
+            output(),
+        ),
+    )
+    .await
+    .expect_err("refused");
+    assert!(err.to_string().contains("pass -n batch"), "{err}");
+    assert!(log.lock().expect("log").is_empty());
+}
+
+struct Lines(Mutex<Vec<String>>);
+
+impl job_runner::process::Sink for Lines {
+    fn line(&self, prefix: &str, text: &str) {
+        self.0
+            .lock()
+            .expect("lines")
+            .push(format!("[{prefix}] {text}"));
+    }
+}
+
+/// `logs -l`: lists the pods by the selector, reads each container's log
+/// and prefixes every line with pod and container.
+#[tokio::test]
+async fn logs_by_label_prefix_pod_and_container() {
+    let (cluster, log, api) = fake_api(|req| async move {
+        match (req.method.as_str(), req.path()) {
+            ("GET", PODS) => {
+                assert!(
+                    req.query().contains("labelSelector=job-name%3Djob-wq-2"),
+                    "{}",
+                    req.uri
+                );
+                Reply::Json(
+                    200,
+                    list(
+                        "PodList",
+                        vec![pod("job-wq-2", "r", "job-wq-2-abcde", "Succeeded", Some(0))],
+                        "1",
+                    ),
+                )
+            }
+            ("GET", "/api/v1/namespaces/default/pods/job-wq-2-abcde/log") => {
+                assert!(req.query().contains("container=c"), "{}", req.uri);
+                Reply::Text("Working on apple\nWorking on banana\n")
+            }
+            _ => panic!("unexpected request: {req:?}"),
+        }
+    });
+    let lines = Arc::new(Lines(Mutex::new(Vec::new())));
+    let n = with_api(api, cluster.logs("job-name=job-wq-2", false, lines.clone()))
+        .await
+        .expect("logs");
+    assert_eq!(n, 1);
+    assert_eq!(
+        *lines.0.lock().expect("lines"),
+        [
+            "[pod/job-wq-2-abcde/c] Working on apple",
+            "[pod/job-wq-2-abcde/c] Working on banana"
+        ]
+    );
+    assert_eq!(log.lock().expect("log").len(), 2);
+}
+
+/// `get jobs -l`: one list request with the selector; the table reads like kubectl's.
+#[tokio::test]
+async fn get_jobs_by_label() {
+    let plan = planned("fine-queue.yaml", "get1");
+    let job = created(plan[0].to_value(), "3");
+    let (cluster, _log, api) = fake_api(move |req| {
+        let job = job.clone();
+        async move {
+            assert_eq!((req.method.as_str(), req.path()), ("GET", JOBS));
+            assert!(
+                req.query().contains("labelSelector=workq.dev%2Frun%3Dget1"),
+                "{}",
+                req.uri
+            );
+            Reply::Json(
+                200,
+                list(
+                    "JobList",
+                    vec![with_status(job, status(0, 2, true), "4")],
+                    "4",
+                ),
+            )
+        }
+    });
+    let jobs = with_api(api, cluster.get_jobs("workq.dev/run=get1"))
+        .await
+        .expect("jobs");
+    let table = cluster::jobs_table(&jobs, "2026-01-01T00:05:00Z".parse().expect("ts"));
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table.contains("job-wq-2   Complete   2/1 of 2      9s         5m0s"),
+        "{table}"
+    );
 }

@@ -556,7 +556,22 @@ async fn fill_queue(
     Ok(queue)
 }
 
+/// The one namespace the planned objects name in `metadata.namespace`, if
+/// they name exactly one (a run without `-n` then works there, as `kubectl
+/// create -f` would).
+pub fn manifest_namespace(planned: &[Planned]) -> Option<String> {
+    let named: BTreeSet<&String> = planned
+        .iter()
+        .filter_map(|p| p.metadata().namespace.as_ref())
+        .collect();
+    match named.into_iter().collect::<Vec<_>>()[..] {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
 /// Runs the planned objects on the cluster (see the module docs' Lifecycle).
+/// Every object must be in the cluster's namespace (or name none).
 pub async fn run(
     cluster: &Cluster,
     planned: Vec<Planned>,
@@ -565,6 +580,19 @@ pub async fn run(
     out: Arc<Output>,
 ) -> Result<RunReport> {
     let mut planned = planned;
+    for p in &planned {
+        if let Some(ns) = &p.metadata().namespace
+            && ns != cluster.namespace()
+        {
+            return Err(Error::Invalid {
+                origin: p.display_name(),
+                problems: vec![format!(
+                    "metadata.namespace: Invalid value: {ns:?}: the run creates everything in namespace {:?}; pass -n {ns} or remove metadata.namespace",
+                    cluster.namespace()
+                )],
+            });
+        }
+    }
     let mut tracked: Vec<Tracked> = Vec::new();
     for p in &mut planned {
         let Planned::Job { job, queue } = p else {

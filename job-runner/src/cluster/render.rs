@@ -9,7 +9,9 @@
 //!
 //! - a volume `workq-bin` (`emptyDir`), mounted at `/workq/bin`;
 //! - a first init container `workq-wrapper` (the wrapper image) running
-//!   `cp /usr/local/bin/wq /workq/bin/wq`;
+//!   `cp /usr/local/bin/wq /workq/bin/wq`, with a security context that Pod
+//!   Security `restricted` accepts (non-root uid 65532, no privilege
+//!   escalation, no capabilities, read-only root, `RuntimeDefault` seccomp);
 //! - the first container's command becomes
 //!   `/workq/bin/wq consume [-c 1] -- <its command>` (its `args` unchanged, so
 //!   they follow the original command); `-c 1` for `workq.dev/pattern:
@@ -26,7 +28,8 @@ use std::path::Path;
 
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, Service, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, SeccompProfile, SecurityContext,
+    Service, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -311,10 +314,33 @@ pub fn inject(job: &mut Job, queue: &str, pod_url: &str, coarse: bool, image: &s
             image: Some(image.into()),
             command: Some(vec!["cp".into(), "/usr/local/bin/wq".into(), wq]),
             volume_mounts: Some(vec![mount]),
+            security_context: Some(wrapper_security_context()),
             ..Default::default()
         },
     );
     Ok(())
+}
+
+/// The injected init container's security context: what Pod Security
+/// `restricted` asks of a container, so that the wrapper is never the reason
+/// a pod is refused (it only copies a file into the `emptyDir`, which any
+/// user may write).
+fn wrapper_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The planned objects as a multi-document YAML stream (what `render`
