@@ -161,3 +161,70 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// The machine's Redis, as the tests of the `redis://` backend use it.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// The machine's RabbitMQ (guest/guest, default vhost).
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Whether the service at `addr` (host:port) answers. When it does not, a test
+/// prints why it is skipped and returns — unless `WQ_REQUIRE_SERVICES` is set
+/// (as CI sets it), in which case it fails.
+pub fn service_up(what: &str, addr: &str) -> bool {
+    let up = addr
+        .parse()
+        .ok()
+        .and_then(|a| {
+            std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).ok()
+        })
+        .is_some();
+    if !up {
+        if std::env::var_os("WQ_REQUIRE_SERVICES").is_some() {
+            panic!("{what} is not running at {addr} (WQ_REQUIRE_SERVICES is set)");
+        }
+        eprintln!("skipping: {what} is not running at {addr}");
+    }
+    up
+}
+
+/// `wq` with `--url` and `-q` set through the environment.
+pub fn wq_at(url: &str, queue: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wq"));
+    cmd.env("WQ_URL", url)
+        .env("WQ_QUEUE", queue)
+        .env_remove("WQ_LOG")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `wq ARGS...` against `url` to its end, capturing its output.
+pub async fn run_at(url: &str, queue: &str, args: &[&str]) -> Output {
+    let out = wq_at(url, queue)
+        .args(args)
+        .output()
+        .await
+        .expect("wq runs");
+    Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs a program to its end, capturing its output.
+pub async fn run_program(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
