@@ -1,0 +1,378 @@
+//! The `amqp://` backend against the machine's real RabbitMQ (127.0.0.1:5672,
+//! guest/guest): queues filled with the tutorial's `amqp-publish` (Debian's
+//! `amqp-tools`) and worked by `wq consume`, and the other way round.
+//!
+//! Every test uses queue names of its own and deletes its queues at the end.
+//! Without a RabbitMQ there (or without `amqp-tools`), each test prints why it is
+//! skipped (and fails when `WQ_REQUIRE_SERVICES` is set).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use common::{AMQP_URL, Running, run_at, run_program, service_up, unique, wq_at};
+use nix::sys::signal::Signal;
+use worker_sdk::{Job, LeaseOptions, Queue, StopReason, WorkerOptions};
+
+/// The broker as the tutorial's `amqp-*` tools are given it.
+const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672";
+
+const FRUITS: [&str; 8] = [
+    "apple", "banana", "cherry", "date", "fig", "grape", "lemon", "melon",
+];
+
+fn rabbitmq_up() -> bool {
+    if !service_up("RabbitMQ", "127.0.0.1:5672") {
+        return false;
+    }
+    let tools = std::path::Path::new("/usr/bin/amqp-publish").exists();
+    if !tools {
+        if std::env::var_os("WQ_REQUIRE_SERVICES").is_some() {
+            panic!("amqp-tools is not installed (WQ_REQUIRE_SERVICES is set)");
+        }
+        eprintln!("skipping: amqp-tools is not installed (apt-get install amqp-tools)");
+    }
+    tools
+}
+
+async fn queue(name: &str) -> Queue {
+    worker_sdk::connect(AMQP_URL)
+        .await
+        .expect("connects")
+        .queue(name)
+        .expect("valid name")
+}
+
+/// `amqp-declare-queue -d` and one `amqp-publish -p` per item, as the tutorial does.
+async fn tutorial_fill(q: &str, items: &[&str]) {
+    let out = run_program("amqp-declare-queue", &["--url", BROKER_URL, "-q", q, "-d"]).await;
+    assert!(out.status.success(), "{out:?}");
+    for item in items {
+        let out = run_program(
+            "amqp-publish",
+            &["--url", BROKER_URL, "-r", q, "-p", "-b", item],
+        )
+        .await;
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+async fn cleanup(q: &str) {
+    queue(q).await.delete().await.expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqp_publish_fill_is_worked_one_message_per_consume_c_1() {
+    if !rabbitmq_up() {
+        return;
+    }
+    let q = unique("coarse");
+    tutorial_fill(&q, &FRUITS).await;
+    assert_eq!(queue(&q).await.stats().await.expect("stats").pending, 8);
+
+    // The coarse Job: one `-c 1` consumer per item; RabbitMQ hands them out in order.
+    for (i, fruit) in FRUITS.iter().enumerate() {
+        let out = run_at(AMQP_URL, &q, &["consume", "-c", "1", "--", "cat"]).await;
+        assert_eq!(out.code(), 0, "{out:?}");
+        assert_eq!(out.stdout, *fruit);
+        let s = queue(&q).await.stats().await.expect("stats");
+        assert_eq!(s.pending, 7 - i as u64, "acknowledged once cat exited 0");
+    }
+    // Nothing left: with --until-empty a consumer exits 0 at once.
+    let out = run_at(
+        AMQP_URL,
+        &q,
+        &["consume", "-c", "1", "--until-empty", "--", "cat"],
+    )
+    .await;
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "");
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_acknowledged_only_after_success_so_a_killed_worker_loses_nothing() {
+    if !rabbitmq_up() {
+        return;
+    }
+    let q = unique("killed");
+    tutorial_fill(&q, &["precious"]).await;
+
+    let mut a = wq_at(AMQP_URL, &q);
+    a.args(["consume", "-c", "1", "--", "sh", "-c"])
+        .arg("echo \"pgid $$ $(cat)\"; sleep 60");
+    let mut a = Running::spawn(a);
+    let line = a.wait_for("pgid").await;
+    let (pgid, item) = line.split_once(' ').expect("pgid and item");
+    assert_eq!(item, "precious");
+    let pgid: i32 = pgid.parse().expect("a pid");
+    a.groups.push(pgid);
+    // Held, not acknowledged: no longer ready, not gone either.
+    assert_eq!(queue(&q).await.stats().await.expect("stats").pending, 0);
+
+    a.signal(Signal::SIGKILL);
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL)
+        .expect("program group killed");
+    let (status, _) = a.finish().await;
+    assert_eq!(status.code(), None, "killed by a signal");
+
+    // The broker requeued it when the connection died; the tutorial's own
+    // consumer gets it.
+    let out = run_program(
+        "amqp-consume",
+        &["--url", BROKER_URL, "-q", &q, "-c", "1", "--", "cat"],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, "precious");
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_program_is_redelivered_then_dead_lettered_after_the_limit() {
+    if !rabbitmq_up() {
+        return;
+    }
+    let q = unique("failing");
+    tutorial_fill(&q, &["bad"]).await;
+    let fail = ["consume", "-c", "1", "--", "sh", "-c"];
+    let program = "echo \"attempt $WQ_ATTEMPT: $(cat)\"; exit 1";
+    for attempt in 1..=5 {
+        let mut args = fail.to_vec();
+        args.push(program);
+        let out = run_at(AMQP_URL, &q, &args).await;
+        assert_eq!(out.stdout, format!("attempt {attempt}: bad\n"), "{out:?}");
+        // 3: failed, back in the queue; 4: dead (the fifth attempt was the last).
+        assert_eq!(out.code(), if attempt < 5 { 3 } else { 4 }, "{out:?}");
+    }
+    let s = queue(&q).await.stats().await.expect("stats");
+    assert_eq!((s.pending, s.dead), (0, 1));
+    let dead = format!("{q}.dead");
+    let out = run_program("amqp-get", &["--url", BROKER_URL, "-q", &dead]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, "bad");
+
+    // A fatal exit code: dead at once. AMQP cannot list dead items, and says so;
+    // it can send them all back.
+    tutorial_fill(&q, &["worse"]).await;
+    let out = run_at(
+        AMQP_URL,
+        &q,
+        &["consume", "-c", "1", "--fatal-exit-codes", "42", "--", "sh", "-c", "exit 42"],
+    )
+    .await;
+    assert_eq!(out.code(), 4, "{out:?}");
+    let out = run_at(AMQP_URL, &q, &["dead"]).await;
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr.starts_with(&format!(
+            "wq: error: the amqp:// backend cannot list dead items: they are the messages of queue {q}.dead"
+        )),
+        "{out:?}"
+    );
+    let out = run_at(AMQP_URL, &q, &["dead", "--requeue"]).await;
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, format!("requeued 1 dead items of queue {q}\n"));
+    let out = run_at(
+        AMQP_URL,
+        &q,
+        &["consume", "-c", "1", "--", "sh", "-c", "echo \"$WQ_ATTEMPT $(cat)\""],
+    )
+    .await;
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "1 worse\n", "requeued with its attempts reset");
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wq_push_publishes_persistent_messages_that_amqp_consume_reads() {
+    if !rabbitmq_up() {
+        return;
+    }
+    let q = unique("pushed");
+    let out = run_at(AMQP_URL, &q, &["push", "first", "second"]).await;
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, format!("pushed 2 items to queue {q}\n"));
+
+    let listed = run_program(
+        "rabbitmqctl",
+        &["list_queues", "-q", "--no-table-headers", "name", "durable", "messages_persistent"],
+    )
+    .await;
+    if listed.status.success() {
+        let row = listed
+            .stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols.first() == Some(&q.as_str()))
+            .expect("the queue is listed");
+        assert_eq!(row[1..], ["true", "2"], "a durable queue, persistent messages");
+    } else {
+        eprintln!("not checking persistence: rabbitmqctl failed: {}", listed.stderr.trim());
+    }
+
+    let out = run_program(
+        "amqp-consume",
+        &["--url", BROKER_URL, "-q", &q, "-c", "1", "--", "cat"],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, "first");
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_is_not_empty_while_another_worker_holds_a_message() {
+    if !rabbitmq_up() {
+        return;
+    }
+    let q = unique("held");
+    tutorial_fill(&q, &["held"]).await;
+
+    // A holds the message until the gate opens, then fails it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = dir.path().join("gate");
+    let mut a = wq_at(AMQP_URL, &q);
+    a.args(["consume", "-c", "1", "--", "sh", "-c"]).arg(format!(
+        "echo \"a $(cat)\"; while [ ! -e {} ]; do sleep 0.05; done; exit 1",
+        gate.display()
+    ));
+    let mut a = Running::spawn(a);
+    assert_eq!(a.wait_for("a").await, "held");
+
+    // Nothing is ready, yet the queue is not empty: A holds a message.
+    let leased = queue(&q)
+        .await
+        .lease(&LeaseOptions::default())
+        .await
+        .expect("lease");
+    assert!(leased.items.is_empty());
+    assert!(!leased.empty, "a held message makes the queue not empty");
+
+    // B works until empty: it must wait for A's message to come back.
+    let mut b = wq_at(AMQP_URL, &q);
+    b.args(["consume", "--until-empty", "--", "sh", "-c"])
+        .arg("echo \"b $WQ_ATTEMPT $(cat)\"");
+    let b = Running::spawn(b);
+    std::fs::write(&gate, b"").expect("gate opens");
+    let (a_status, _) = a.finish().await;
+    assert_eq!(a_status.code(), Some(3), "A's item failed");
+    let (b_status, b_out) = b.finish().await;
+    assert_eq!(b_status.code(), Some(0));
+    assert_eq!(b_out, ["b 2 held"]);
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_loop_completes_each_of_300_messages_once() {
+    if !rabbitmq_up() {
+        return;
+    }
+    let q = unique("loop");
+    let wq = queue(&q).await;
+    wq.push((1..=300).map(|n| n.to_string())).await.expect("push");
+    let seen = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
+    let summary = {
+        let seen = seen.clone();
+        wq.work(
+            WorkerOptions::default()
+                .concurrency(8)
+                .until_empty(true)
+                .handle_signals(false),
+            move |job: Job| {
+                let seen = seen.clone();
+                async move {
+                    let item = String::from_utf8_lossy(job.payload()).into_owned();
+                    *seen.lock().unwrap().entry(item).or_default() += 1;
+                    Ok(())
+                }
+            },
+        )
+        .await
+        .expect("works")
+    };
+    assert_eq!(summary.stop, StopReason::Empty);
+    assert_eq!(summary.completed, 300);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 300);
+    assert!(seen.values().all(|n| *n == 1));
+    assert_eq!(wq.stats().await.expect("stats").pending, 0);
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_amqp_cannot_do_is_said_plainly() {
+    if !rabbitmq_up() {
+        return;
+    }
+    let q = unique("cannot");
+    tutorial_fill(&q, &["x"]).await;
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["seal"],
+            "wq: error: the amqp:// backend cannot seal a queue: AMQP has no such notion; stop workers when the queue is empty (wq consume --until-empty) or after N items (-c N)",
+        ),
+        (
+            &["consume", "--", "cat"],
+            "wq: error: the amqp:// backend cannot work until the queue is drained: an AMQP queue cannot be sealed, so it is never drained; stop when it is empty (until_empty; wq consume --until-empty) or after N items (max_items; wq consume -c N)",
+        ),
+        (
+            &["push", "--dedupe", "y"],
+            "wq: error: the amqp:// backend cannot deduplicate items (--dedupe): a RabbitMQ queue has no idempotency keys",
+        ),
+        (
+            &["watch"],
+            "wq: error: the amqp:// backend cannot watch a queue until it is drained: an AMQP queue cannot be sealed, so it is never drained",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = run_at(AMQP_URL, &q, args).await;
+        assert_eq!(out.code(), 1, "{args:?}: {out:?}");
+        assert_eq!(out.stderr.trim(), want, "{args:?}");
+    }
+    // Nothing was taken or added by any of them.
+    assert_eq!(queue(&q).await.stats().await.expect("stats").pending, 1);
+
+    let out = run_at("amqp://guest:guest@127.0.0.1:1/%2f", &q, &["stats"]).await;
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr
+            .starts_with("wq: error: queue server unreachable at amqp://guest:guest@127.0.0.1:1/%2f"),
+        "{out:?}"
+    );
+    let out = run_at(AMQP_URL, &unique("missing"), &["stats"]).await;
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr.contains("not found"), "{out:?}");
+    cleanup(&q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_gets_nothing_twice_while_the_lease_is_renewed() {
+    if !rabbitmq_up() {
+        return;
+    }
+    // AMQP leases last as long as the connection: a program far longer than
+    // its lease keeps its message, and a second consumer gets nothing.
+    let q = unique("long");
+    tutorial_fill(&q, &["long"]).await;
+    let mut a = wq_at(AMQP_URL, &q);
+    a.args(["consume", "-c", "1", "--lease", "300ms", "--", "sh", "-c"])
+        .arg("echo start; sleep 2; echo \"done $(cat)\"");
+    let mut a = Running::spawn(a);
+    assert_eq!(a.line().await, "start");
+    let out = run_at(
+        AMQP_URL,
+        &q,
+        &["consume", "--until-empty", "--", "sh", "-c", "echo \"b $(cat)\""],
+    )
+    .await;
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "", "nobody else got the message");
+    let (status, rest) = a.finish().await;
+    assert_eq!(status.code(), Some(0), "{rest:?}");
+    assert_eq!(rest, ["done long"]);
+    cleanup(&q).await;
+}
