@@ -41,7 +41,8 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to `url` (`grpc://host:port`), failing at once with
+    /// Connects to `url` (`grpc://host:port`, `redis://host:port`,
+    /// `amqp://user:pass@host:port/vhost`), failing at once with
     /// [`Error::Unreachable`] when nothing answers within
     /// [`DEFAULT_CONNECT_TIMEOUT`].
     pub async fn connect(url: &str) -> Result<Client> {

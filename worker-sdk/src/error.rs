@@ -163,7 +163,12 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable { .. } | Error::Timeout(_) | Error::Backend { transient: true, .. }
+            Error::Unavailable { .. }
+                | Error::Timeout(_)
+                | Error::Backend {
+                    transient: true,
+                    ..
+                }
         )
     }
 

@@ -1,7 +1,9 @@
 //! The workq worker SDK: a client for workq queues and a worker loop.
 //!
-//! Connect by URL — the scheme names the backend (`grpc://host:port` for the workq
-//! queue service; `redis://` and `amqp://` are planned) — then work with one
+//! Connect by URL — the scheme names the backend: `grpc://host:port` for the workq
+//! queue service, `redis://host:port` for a queue laid out as the Kubernetes
+//! tutorial's `rediswq.py` lays it out ([`backend::redis`]), `amqp://…` for a
+//! RabbitMQ queue ([`backend::amqp`]) — then work with one
 //! [`Queue`]:
 //!
 //! - **low level**: [`Queue::push`], [`Queue::lease`], [`Queue::renew`],
@@ -96,10 +98,11 @@ pub use types::{
 };
 pub use worker::{Disposition, Job, StopReason, WorkError, WorkSummary, WorkerOptions};
 
-/// Connects to the queue backend `url` names (`grpc://host:port`).
+/// Connects to the queue backend `url` names (`grpc://host:port`,
+/// `redis://host:port`, `amqp://user:pass@host:port/vhost`).
 ///
 /// Fails at once with [`Error::Unreachable`] when nothing answers, with
-/// [`Error::UnsupportedScheme`] for a backend this build does not have yet, and
+/// [`Error::UnsupportedScheme`] for a backend this build does not have, and
 /// with [`Error::InvalidUrl`] for anything that is not a queue URL.
 pub async fn connect(url: &str) -> Result<Client> {
     Client::connect(url).await

@@ -161,7 +161,17 @@ async fn a_failing_program_is_redelivered_then_dead_lettered_after_the_limit() {
     let out = run_at(
         AMQP_URL,
         &q,
-        &["consume", "-c", "1", "--fatal-exit-codes", "42", "--", "sh", "-c", "exit 42"],
+        &[
+            "consume",
+            "-c",
+            "1",
+            "--fatal-exit-codes",
+            "42",
+            "--",
+            "sh",
+            "-c",
+            "exit 42",
+        ],
     )
     .await;
     assert_eq!(out.code(), 4, "{out:?}");
@@ -179,7 +189,15 @@ async fn a_failing_program_is_redelivered_then_dead_lettered_after_the_limit() {
     let out = run_at(
         AMQP_URL,
         &q,
-        &["consume", "-c", "1", "--", "sh", "-c", "echo \"$WQ_ATTEMPT $(cat)\""],
+        &[
+            "consume",
+            "-c",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$WQ_ATTEMPT $(cat)\"",
+        ],
     )
     .await;
     assert_eq!(out.code(), 0, "{out:?}");
@@ -199,7 +217,14 @@ async fn wq_push_publishes_persistent_messages_that_amqp_consume_reads() {
 
     let listed = run_program(
         "rabbitmqctl",
-        &["list_queues", "-q", "--no-table-headers", "name", "durable", "messages_persistent"],
+        &[
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "durable",
+            "messages_persistent",
+        ],
     )
     .await;
     if listed.status.success() {
@@ -209,9 +234,16 @@ async fn wq_push_publishes_persistent_messages_that_amqp_consume_reads() {
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
             .find(|cols| cols.first() == Some(&q.as_str()))
             .expect("the queue is listed");
-        assert_eq!(row[1..], ["true", "2"], "a durable queue, persistent messages");
+        assert_eq!(
+            row[1..],
+            ["true", "2"],
+            "a durable queue, persistent messages"
+        );
     } else {
-        eprintln!("not checking persistence: rabbitmqctl failed: {}", listed.stderr.trim());
+        eprintln!(
+            "not checking persistence: rabbitmqctl failed: {}",
+            listed.stderr.trim()
+        );
     }
 
     let out = run_program(
@@ -236,10 +268,11 @@ async fn a_queue_is_not_empty_while_another_worker_holds_a_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let gate = dir.path().join("gate");
     let mut a = wq_at(AMQP_URL, &q);
-    a.args(["consume", "-c", "1", "--", "sh", "-c"]).arg(format!(
-        "echo \"a $(cat)\"; while [ ! -e {} ]; do sleep 0.05; done; exit 1",
-        gate.display()
-    ));
+    a.args(["consume", "-c", "1", "--", "sh", "-c"])
+        .arg(format!(
+            "echo \"a $(cat)\"; while [ ! -e {} ]; do sleep 0.05; done; exit 1",
+            gate.display()
+        ));
     let mut a = Running::spawn(a);
     assert_eq!(a.wait_for("a").await, "held");
 
@@ -273,7 +306,9 @@ async fn the_worker_loop_completes_each_of_300_messages_once() {
     }
     let q = unique("loop");
     let wq = queue(&q).await;
-    wq.push((1..=300).map(|n| n.to_string())).await.expect("push");
+    wq.push((1..=300).map(|n| n.to_string()))
+        .await
+        .expect("push");
     let seen = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
     let summary = {
         let seen = seen.clone();
@@ -339,8 +374,9 @@ async fn what_amqp_cannot_do_is_said_plainly() {
     let out = run_at("amqp://guest:guest@127.0.0.1:1/%2f", &q, &["stats"]).await;
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(
-        out.stderr
-            .starts_with("wq: error: queue server unreachable at amqp://guest:guest@127.0.0.1:1/%2f"),
+        out.stderr.starts_with(
+            "wq: error: queue server unreachable at amqp://guest:guest@127.0.0.1:1/%2f"
+        ),
         "{out:?}"
     );
     let out = run_at(AMQP_URL, &unique("missing"), &["stats"]).await;
@@ -366,7 +402,14 @@ async fn a_worker_gets_nothing_twice_while_the_lease_is_renewed() {
     let out = run_at(
         AMQP_URL,
         &q,
-        &["consume", "--until-empty", "--", "sh", "-c", "echo \"b $(cat)\""],
+        &[
+            "consume",
+            "--until-empty",
+            "--",
+            "sh",
+            "-c",
+            "echo \"b $(cat)\"",
+        ],
     )
     .await;
     assert_eq!(out.code(), 0, "{out:?}");

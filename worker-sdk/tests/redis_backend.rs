@@ -48,11 +48,7 @@ async fn queue(name: &str) -> Queue {
 
 /// Every key of queue `q` (its own and workq's).
 async fn keys_of(q: &str) -> Vec<String> {
-    let mut keys: Vec<String> = raw()
-        .await
-        .keys(format!("{q}*"))
-        .await
-        .expect("KEYS");
+    let mut keys: Vec<String> = raw().await.keys(format!("{q}*")).await.expect("KEYS");
     keys.retain(|k| k == q || k.starts_with(&format!("{q}:")));
     keys.sort();
     keys
@@ -60,7 +56,11 @@ async fn keys_of(q: &str) -> Vec<String> {
 
 async fn cleanup(q: &str) {
     queue(q).await.delete().await.expect("delete");
-    assert!(keys_of(q).await.is_empty(), "keys left: {:?}", keys_of(q).await);
+    assert!(
+        keys_of(q).await.is_empty(),
+        "keys left: {:?}",
+        keys_of(q).await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,7 +78,14 @@ async fn a_queue_filled_with_redis_cli_rpush_is_worked_off_by_wq_consume() {
     let out = run_at(
         REDIS_URL,
         &q,
-        &["consume", "--until-empty", "--", "sh", "-c", "echo \"$(cat)\""],
+        &[
+            "consume",
+            "--until-empty",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$(cat)\"",
+        ],
     )
     .await;
     assert_eq!(out.code(), 0, "{out:?}");
@@ -106,7 +113,7 @@ async fn wq_push_leaves_the_lists_and_lease_keys_rediswq_expects() {
     let mut r = raw().await;
     let list: Vec<String> = r.lrange(&q, 0, -1).await.expect("LRANGE");
     assert_eq!(list, ["apple", "banana", "cherry"], "RPUSH order");
-    assert_eq!(keys_of(&q).await, [q.clone()], "wq push adds nothing else");
+    assert_eq!(keys_of(&q).await, [q.as_str()], "wq push adds nothing else");
 
     // A lease: the tail item moves to Q:processing, and its lease key holds the
     // lease's session id with the lease as TTL.
@@ -135,9 +142,12 @@ async fn wq_push_leaves_the_lists_and_lease_keys_rediswq_expects() {
 
     // Renewal extends the key's TTL; completion removes item and key.
     let _: () = r.expire(&lease_key, 5).await.expect("EXPIRE");
-    wq.renew(std::slice::from_ref(&item.token), Some(Duration::from_secs(120)))
-        .await
-        .expect("renew");
+    wq.renew(
+        std::slice::from_ref(&item.token),
+        Some(Duration::from_secs(120)),
+    )
+    .await
+    .expect("renew");
     let ttl: i64 = r.ttl(&lease_key).await.expect("TTL");
     assert!(ttl > 60, "renewed TTL {ttl}");
     wq.complete(std::slice::from_ref(&item.token))
@@ -289,11 +299,17 @@ async fn the_tutorials_rediswq_py_and_wq_consume_share_one_queue() {
     let (wq_status, wq_out) = wq.finish().await;
     assert!(py_status.success(), "{py_out:?}");
     assert_eq!(wq_status.code(), Some(0));
-    assert_eq!(py_out.last().map(String::as_str), Some("Queue empty, exiting"));
+    assert_eq!(
+        py_out.last().map(String::as_str),
+        Some("Queue empty, exiting")
+    );
 
     let mut done: BTreeMap<String, u32> = BTreeMap::new();
     for line in py_out.iter().chain(&wq_out) {
-        if let Some(item) = line.strip_prefix("py ").or_else(|| line.strip_prefix("wq ")) {
+        if let Some(item) = line
+            .strip_prefix("py ")
+            .or_else(|| line.strip_prefix("wq "))
+        {
             *done.entry(item.to_owned()).or_default() += 1;
         }
     }
@@ -304,7 +320,10 @@ async fn the_tutorials_rediswq_py_and_wq_consume_share_one_queue() {
         "an item was worked twice: {:?}",
         done.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
     );
-    eprintln!("wq worked {by_wq} items, rediswq.py {}", items.len() - by_wq);
+    eprintln!(
+        "wq worked {by_wq} items, rediswq.py {}",
+        items.len() - by_wq
+    );
     // rediswq.py completes with `DEL <lease key> <session id>`: harmless here.
     let s = queue(&q).await.stats().await.expect("stats");
     assert_eq!((s.pending, s.leased, s.dead), (0, 0, 0));
@@ -335,7 +354,14 @@ async fn an_item_a_rediswq_worker_dropped_mid_lease_is_reaped_back() {
     let out = run_at(
         REDIS_URL,
         &q,
-        &["consume", "--until-empty", "--", "sh", "-c", "echo \"got $(cat)\""],
+        &[
+            "consume",
+            "--until-empty",
+            "--",
+            "sh",
+            "-c",
+            "echo \"got $(cat)\"",
+        ],
     )
     .await;
     assert_eq!(out.code(), 0, "{out:?}");
@@ -351,7 +377,12 @@ async fn failures_retry_then_go_dead_with_their_reason_and_can_be_requeued() {
     let q = unique("dead");
     let out = run_at(REDIS_URL, &q, &["create", "--max-attempts", "2"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
-    assert_eq!(run_at(REDIS_URL, &q, &["push", "bad", "worse"]).await.code(), 0);
+    assert_eq!(
+        run_at(REDIS_URL, &q, &["push", "bad", "worse"])
+            .await
+            .code(),
+        0
+    );
 
     // "worse" fails with a fatal code: dead at once. "bad" fails twice: dead.
     let out = run_at(
@@ -401,10 +432,7 @@ async fn failures_retry_then_go_dead_with_their_reason_and_can_be_requeued() {
             1
         )
     );
-    assert_eq!(
-        reasons["bad"],
-        ("program exited with code 1".to_owned(), 2)
-    );
+    assert_eq!(reasons["bad"], ("program exited with code 1".to_owned(), 2));
 
     let out = run_at(REDIS_URL, &q, &["dead", "--requeue"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
@@ -425,7 +453,12 @@ async fn a_sealed_queue_is_drained_refuses_pushes_and_ends_workers() {
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(out.stderr.contains("sealed"), "{out:?}");
     // Without --until-empty, wq waits for the seal and the drain: here both.
-    let out = run_at(REDIS_URL, &q, &["consume", "--", "sh", "-c", "echo \"$(cat)\""]).await;
+    let out = run_at(
+        REDIS_URL,
+        &q,
+        &["consume", "--", "sh", "-c", "echo \"$(cat)\""],
+    )
+    .await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, "two\none\n");
     let s = queue(&q).await.stats().await.expect("stats");
@@ -512,7 +545,8 @@ async fn what_a_rediswq_list_cannot_hold_is_refused_plainly() {
     let out = run_at("redis://127.0.0.1:1", &q, &["stats"]).await;
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(
-        out.stderr.starts_with("wq: error: queue server unreachable at redis://127.0.0.1:1"),
+        out.stderr
+            .starts_with("wq: error: queue server unreachable at redis://127.0.0.1:1"),
         "{out:?}"
     );
 }

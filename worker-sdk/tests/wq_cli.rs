@@ -458,10 +458,14 @@ async fn errors_are_one_line_and_exit_non_zero() {
     assert_eq!(err.lines().count(), 1, "{err}");
 
     let out = t
-        .run("q", &["--url", "redis://127.0.0.1:6379", "stats"])
+        .run("q", &["--url", "nats://127.0.0.1:4222", "stats"])
         .await;
     assert_eq!(out.code(), 1);
-    assert!(out.stderr.contains("not supported yet"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("unknown scheme \"nats\" (known: grpc, redis, amqp)"),
+        "{out:?}"
+    );
 
     let out = t.run("Bad_Name", &["stats"]).await;
     assert_eq!(out.code(), 1);

@@ -402,11 +402,7 @@ impl AmqpBackend {
         let mut st = self.state.lock().await;
         let existed = self.peek(&mut st, queue.as_str()).await?.is_some();
         let channel = self.channel(&mut st).await?;
-        for q in [
-            queue.to_string(),
-            dead_queue(queue),
-            leases_queue(queue),
-        ] {
+        for q in [queue.to_string(), dead_queue(queue), leases_queue(queue)] {
             channel
                 .queue_delete(name(&q), QueueDeleteOptions::default())
                 .await
@@ -586,10 +582,7 @@ impl AmqpBackend {
         // Nothing ready now. Empty when no one else may hold a message either.
         self.let_go(st, queue).await;
         let holding = st.held.values().any(|h| h.queue == *queue);
-        let consumers = self
-            .peek(st, queue.as_str())
-            .await?
-            .map_or(0, |(_, c)| c);
+        let consumers = self.peek(st, queue.as_str()).await?.map_or(0, |(_, c)| c);
         let holders = self
             .peek(st, &leases_queue(queue))
             .await?
@@ -687,7 +680,9 @@ impl AmqpBackend {
                 channel
                     .basic_ack(h.tag, BasicAckOptions::default())
                     .await
-                    .map_err(amqp_error(format!("acknowledging a message of queue {queue}")))?;
+                    .map_err(amqp_error(format!(
+                        "acknowledging a message of queue {queue}"
+                    )))?;
             }
             st.held.remove(t.as_str());
         }
@@ -747,7 +742,9 @@ impl AmqpBackend {
             channel
                 .basic_ack(h.tag, BasicAckOptions::default())
                 .await
-                .map_err(amqp_error(format!("acknowledging a message of queue {queue}")))?;
+                .map_err(amqp_error(format!(
+                    "acknowledging a message of queue {queue}"
+                )))?;
             if to_dead {
                 dead += 1;
             }

@@ -448,7 +448,10 @@ impl RedisBackend {
             .arg("lease_ms")
             .query_async(&mut self.conn())
             .await
-            .map_err(redis_error(format!("reading the settings of {}", keys.main)))?;
+            .map_err(redis_error(format!(
+                "reading the settings of {}",
+                keys.main
+            )))?;
         Ok(Settings {
             max_attempts: max.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             lease: lease
@@ -500,22 +503,21 @@ impl RedisBackend {
             bool,
             (Option<u32>, Option<u64>),
         );
-        let (pending, leased, dead, completed, retried, sealed, (max, lease)): Row =
-            redis::pipe()
-                .atomic()
-                .llen(&keys.main)
-                .llen(&keys.processing)
-                .llen(&keys.dead)
-                .hget(&keys.stats, "completed")
-                .hget(&keys.stats, "retried")
-                .exists(&keys.sealed)
-                .cmd("HMGET")
-                .arg(&keys.settings)
-                .arg("max_attempts")
-                .arg("lease_ms")
-                .query_async(&mut self.conn())
-                .await
-                .map_err(redis_error(format!("reading queue {queue}")))?;
+        let (pending, leased, dead, completed, retried, sealed, (max, lease)): Row = redis::pipe()
+            .atomic()
+            .llen(&keys.main)
+            .llen(&keys.processing)
+            .llen(&keys.dead)
+            .hget(&keys.stats, "completed")
+            .hget(&keys.stats, "retried")
+            .exists(&keys.sealed)
+            .cmd("HMGET")
+            .arg(&keys.settings)
+            .arg("max_attempts")
+            .arg("lease_ms")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_error(format!("reading queue {queue}")))?;
         let completed = completed.unwrap_or(0);
         let stats = Stats {
             queue: queue.to_string(),
@@ -629,7 +631,9 @@ impl RedisBackend {
             ));
         }
         if items.iter().any(|i| i.delay.is_some_and(|d| !d.is_zero())) {
-            return Err(unsupported("delay items: a rediswq list has no delayed items"));
+            return Err(unsupported(
+                "delay items: a rediswq list has no delayed items",
+            ));
         }
         if items.is_empty() {
             return Ok(Vec::new());
@@ -686,7 +690,12 @@ impl RedisBackend {
     }
 
     /// One optimistic lease; `None` when the tail changed under it.
-    async fn try_lease(&self, keys: &Keys, max_items: u32, lease_ms: u64) -> Result<Option<Leased>> {
+    async fn try_lease(
+        &self,
+        keys: &Keys,
+        max_items: u32,
+        lease_ms: u64,
+    ) -> Result<Option<Leased>> {
         let n = isize::try_from(max_items.min(1000)).unwrap_or(1000);
         let what = || format!("leasing from queue {}", keys.main);
         let (tail, processing, sealed): (Vec<Vec<u8>>, u64, bool) = redis::pipe()

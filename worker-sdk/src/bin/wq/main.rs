@@ -23,13 +23,15 @@ Logs go to stderr; WQ_LOG sets their level (default warn; info shows each run's 
 
 /// Fill, inspect and work workq queues.
 ///
-/// wq talks to a workq queue service. It fills queues (push, seal), shows them
+/// wq talks to a workq queue service, or to the tutorials' own Redis (rediswq.py)
+/// and RabbitMQ queues. It fills queues (push, seal), shows them
 /// (stats, watch, dead), and works them with an unmodified program (consume), the
 /// way amqp-consume does in the Kubernetes work-queue tutorials.
 #[derive(Debug, Parser)]
 #[command(name = "wq", version, after_help = AFTER_HELP)]
 struct Cli {
-    /// Queue service URL (grpc://host:port).
+    /// Queue URL: grpc://host:port (the workq queue service), redis://host:port (a
+    /// rediswq.py-style Redis queue), or amqp://user:pass@host:port/vhost (RabbitMQ).
     #[arg(
         long,
         env = "WQ_URL",
@@ -309,7 +311,8 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WQ_LOG").unwrap_or_else(|_| EnvFilter::new("warn,lapin=off"));
+    let filter =
+        EnvFilter::try_from_env("WQ_LOG").unwrap_or_else(|_| EnvFilter::new("warn,lapin=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
