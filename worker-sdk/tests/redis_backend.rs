@@ -271,7 +271,10 @@ async fn the_tutorials_rediswq_py_and_wq_consume_share_one_queue() {
     let probe = run_program("python3", &["-c", "import redis"]).await;
     if !probe.status.success() {
         if std::env::var_os("WQ_REQUIRE_SERVICES").is_some() {
-            panic!("python3 cannot import redis (WQ_REQUIRE_SERVICES is set): {}", probe.stderr.trim());
+            panic!(
+                "python3 cannot import redis (WQ_REQUIRE_SERVICES is set): {}",
+                probe.stderr.trim()
+            );
         }
         eprintln!(
             "skipping: python3 cannot import redis (pip install redis): {}",
