@@ -2,7 +2,8 @@
 //! counters and completion tracking, served over gRPC (`workq.v1`).
 //!
 //! # Layout
-//! - [`names`], [`settings`], [`item`], [`counters`]: the domain's types.
+//! - [`names`], [`settings`], [`item`], [`counters`]: the domain's types;
+//!   [`item_table`]: where a queue keeps its items.
 //! - [`queue`]: one queue's item state machine — the only code that changes
 //!   item state.
 //! - [`engine`]: every queue, their locks, waiters and timers, and the store.
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod item;
+pub mod item_table;
 pub mod names;
 pub mod queue;
 pub mod server;

@@ -27,11 +27,11 @@
 use crate::counters::Counters;
 use crate::error::{Error, Result};
 use crate::item::{Attributes, Item, ItemState};
+use crate::item_table::ItemTable;
 use crate::names::{ItemId, LeaseToken, QueueName};
 use crate::settings::QueueSettings;
 use crate::store::{QueueRecord, StoreOp, StoredKey};
 use prost::bytes::Bytes;
-use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
@@ -146,9 +146,8 @@ pub struct Queue {
     name: QueueName,
     settings: QueueSettings,
     sealed: bool,
-    /// Live items by id. Ids are server-assigned, so a fast non-keyed hash
-    /// is safe here (user-chosen idempotency keys keep the default hasher).
-    items: FxHashMap<ItemId, Item>,
+    /// Live items by id.
+    items: ItemTable,
     /// Exactly the pending items, in the order they are leased.
     pending: VecDeque<ItemId>,
     /// Due times of delayed items; an entry is stale when the item is no
@@ -171,7 +170,7 @@ impl Queue {
             name,
             settings,
             sealed: false,
-            items: FxHashMap::default(),
+            items: ItemTable::default(),
             pending: VecDeque::new(),
             delayed: BinaryHeap::new(),
             leases: BinaryHeap::new(),
@@ -219,7 +218,7 @@ impl Queue {
                 }
             }
             q.counters.enqueued += 1;
-            q.items.insert(item.id, item);
+            q.items.insert(item);
         }
         let mut keys: Vec<StoredKey> = keys.into_iter().collect();
         keys.sort_by_key(|k| k.expires);
@@ -352,7 +351,7 @@ impl Queue {
                 queue: self.name.clone(),
                 item: item.clone(),
             });
-            self.items.insert(id, item);
+            self.items.insert(item);
             self.counters.enqueued += 1;
             out.push(Enqueued {
                 id,
