@@ -176,6 +176,8 @@ pub struct JobReport {
     pub deleted: Option<String>,
     /// Its queue, for work-queue Jobs.
     pub queue: Option<QueueSummary>,
+    /// It ran on a cluster (images were pulled there), not on this machine.
+    pub on_cluster: bool,
 }
 
 impl JobReport {
@@ -221,17 +223,21 @@ fn map_line(map: Option<&BTreeMap<String, String>>) -> String {
     }
 }
 
-fn containers_block(out: &mut String, title: &str, list: &[Container]) {
+fn containers_block(out: &mut String, title: &str, list: &[Container], on_cluster: bool) {
     if list.is_empty() {
         return;
     }
     out.push_str(&format!("  {title}:\n"));
     for c in list {
         out.push_str(&format!("   {}:\n", c.name));
-        out.push_str(&format!(
-            "    Image:      {} (not pulled: the command runs from this host)\n",
-            c.image.as_deref().unwrap_or("<none>")
-        ));
+        let image = c.image.as_deref().unwrap_or("<none>");
+        if on_cluster {
+            out.push_str(&format!("    Image:      {image}\n"));
+        } else {
+            out.push_str(&format!(
+                "    Image:      {image} (not pulled: the command runs from this host)\n"
+            ));
+        }
         if let Some(cmd) = &c.command {
             out.push_str("    Command:\n");
             for a in cmd {
@@ -396,8 +402,9 @@ pub fn describe(r: &JobReport) -> String {
         &mut o,
         "Init Containers",
         pod_spec.init_containers.as_deref().unwrap_or(&[]),
+        r.on_cluster,
     );
-    containers_block(&mut o, "Containers", &pod_spec.containers);
+    containers_block(&mut o, "Containers", &pod_spec.containers, r.on_cluster);
     let volumes = pod_spec.volumes.clone().unwrap_or_default();
     if volumes.is_empty() {
         o.push_str("  Volumes:        <none>\n");

@@ -963,6 +963,7 @@ impl Runner {
                 suspended: run.suspended,
                 deleted: run.deleted.clone().or_else(|| removed.get(&j).cloned()),
                 queue,
+                on_cluster: false,
             });
         }
         reports

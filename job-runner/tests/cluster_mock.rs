@@ -256,6 +256,7 @@ struct State {
     job: Option<Value>,
     pods: Vec<Value>,
     watched: bool,
+    pods_watched: bool,
 }
 
 /// A fake API server for one Job of the run `run_id`: it checks the
@@ -323,6 +324,21 @@ fn job_api(
                 ("GET", PODS, false) => {
                     assert!(req.query().contains(&selector), "{}", req.uri);
                     Reply::Json(200, list("PodList", state.pods.clone(), "21"))
+                }
+                ("GET", PODS, true) if !state.pods_watched => {
+                    // The Job controller creates the pods; one starts.
+                    assert!(req.query().contains(&selector), "{}", req.uri);
+                    state.pods_watched = true;
+                    let a = format!("{job_name}-abcde");
+                    Reply::Events(vec![
+                        ("ADDED", pod(&job_name, run_id, &a, "Pending", None)),
+                        ("MODIFIED", pod(&job_name, run_id, &a, "Running", None)),
+                    ])
+                }
+                ("GET", p, false) if p == format!("{PODS}/{job_name}-abcde/log") => {
+                    assert!(req.query().contains("follow=true"), "{}", req.uri);
+                    assert!(req.query().contains("container=c"), "{}", req.uri);
+                    Reply::Text("Working on apple\n")
                 }
                 ("GET", JOBS | PODS, true) => Reply::Hold,
                 ("GET", EVENTS, false) => {
@@ -395,12 +411,13 @@ async fn fine_queue_job_is_created_watched_and_finished_when_the_queue_is_draine
         })
     });
     let (cluster, log, api) = job_api("fine1", plan[0].to_value(), pods);
-    let report = with_api(
-        api,
-        cluster::run(&cluster, plan, "fine1", opts(&url), output()),
-    )
-    .await
-    .expect("the run ends");
+    let opts = ClusterRunOptions {
+        follow: true,
+        ..opts(&url)
+    };
+    let report = with_api(api, cluster::run(&cluster, plan, "fine1", opts, output()))
+        .await
+        .expect("the run ends");
     assert_eq!(report.exit_code(), 0);
     let mut items = processed.lock().expect("processed").clone();
     items.sort();

@@ -489,6 +489,7 @@ struct Tracked {
 
 enum Update {
     Job(Box<Job>),
+    JobDeleted(String),
     Pod(Box<Pod>),
     Queue(usize, worker_sdk::Stats),
     WatchError(String),
@@ -680,10 +681,17 @@ async fn watch(
     let wc = watcher::Config::default().labels(&selector);
     let jobs = watcher(cluster.api::<Job>(), wc.clone())
         .default_backoff()
-        .applied_objects()
-        .map(|r| match r {
-            Ok(j) => Update::Job(Box::new(j)),
-            Err(e) => Update::WatchError(format!("watching jobs: {e}")),
+        .filter_map(|r| async move {
+            match r {
+                Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
+                    Some(Update::Job(Box::new(j)))
+                }
+                Ok(watcher::Event::Delete(j)) => {
+                    Some(Update::JobDeleted(j.metadata.name.unwrap_or_default()))
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(e) => Some(Update::WatchError(format!("watching jobs: {e}"))),
+            }
         })
         .boxed();
     let pods = watcher(cluster.api::<Pod>(), wc)
@@ -800,6 +808,17 @@ async fn watch(
                     let name = render::name_of(&j.metadata).to_string();
                     if let Some(t) = tracked.iter_mut().find(|t| t.name == name) {
                         t.job = *j;
+                    }
+                }
+                Some(Update::JobDeleted(name)) => {
+                    if let Some(t) = tracked.iter_mut().find(|t| t.name == name && !t.finished) {
+                        let n = format!("job.batch/{name} was deleted from the cluster before it finished");
+                        out.event(&format!("warning: {n}"));
+                        t.notes.push(n);
+                        t.deleted = Some("by someone else, before it finished".into());
+                        t.unfinished = true;
+                        t.finished = true;
+                        interrupted = true;
                     }
                 }
                 Some(Update::Pod(p)) => {
@@ -1006,6 +1025,7 @@ async fn summarize(
             suspended: t.job.spec.as_ref().and_then(|s| s.suspend) == Some(true),
             deleted: t.deleted.clone(),
             queue,
+            on_cluster: true,
         });
     }
     Ok(out)
