@@ -35,7 +35,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.url.url)
+            .field("url", &self.url.redacted())
             .finish()
     }
 }

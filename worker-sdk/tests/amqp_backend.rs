@@ -375,7 +375,7 @@ async fn what_amqp_cannot_do_is_said_plainly() {
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(
         out.stderr.starts_with(
-            "wq: error: queue server unreachable at amqp://guest:guest@127.0.0.1:1/%2f"
+            "wq: error: queue server unreachable at amqp://guest:***@127.0.0.1:1/%2f: Connection refused"
         ),
         "{out:?}"
     );

@@ -191,7 +191,7 @@ impl AmqpBackend {
             Ok(Ok(())) => {}
             Ok(Err(Error::Backend { reason, source, .. })) => {
                 return Err(Error::Unreachable {
-                    url: url.url.clone(),
+                    url: url.redacted(),
                     reason,
                     source,
                 });
@@ -199,7 +199,7 @@ impl AmqpBackend {
             Ok(Err(e)) => return Err(e),
             Err(_) => {
                 return Err(Error::Unreachable {
-                    url: url.url.clone(),
+                    url: url.redacted(),
                     reason: format!("no answer within {connect_timeout:?}"),
                     source: "connect timed out".into(),
                 });

@@ -30,7 +30,7 @@ impl GrpcBackend {
     pub(crate) async fn connect(url: &QueueUrl, connect_timeout: Duration) -> Result<Self> {
         let endpoint = Endpoint::from_shared(format!("http://{}", url.authority))
             .map_err(|e| Error::InvalidUrl {
-                url: url.url.clone(),
+                url: url.redacted(),
                 reason: e.to_string(),
             })?
             .connect_timeout(connect_timeout)
@@ -42,7 +42,7 @@ impl GrpcBackend {
             .connect()
             .await
             .map_err(|source| Error::Unreachable {
-                url: url.url.clone(),
+                url: url.redacted(),
                 reason: crate::error::root_cause(&source),
                 source: Box::new(source),
             })?;

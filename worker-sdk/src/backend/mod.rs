@@ -65,7 +65,7 @@ impl QueueUrl {
     /// Parses `url`, checking its scheme and that it names a host.
     pub fn parse(url: &str) -> Result<QueueUrl> {
         let invalid = |reason: &str| Error::InvalidUrl {
-            url: url.to_owned(),
+            url: redact(url),
             reason: reason.to_owned(),
         };
         let (scheme, rest) = url
@@ -101,6 +101,30 @@ impl QueueUrl {
             scheme,
             authority,
         })
+    }
+}
+
+impl QueueUrl {
+    /// The URL with its password, if it has one, replaced by `***`: what errors
+    /// and logs show.
+    pub fn redacted(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+/// `url` with the password of its user info replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -351,6 +375,15 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        let u = QueueUrl::parse("amqp://guest:secret@h:5672/%2f").expect("valid");
+        assert_eq!(u.redacted(), "amqp://guest:***@h:5672/%2f");
+        assert_eq!(redact("redis://:pw@h:6379"), "redis://:***@h:6379");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact("grpc://h:1"), "grpc://h:1");
     }
 
     #[test]

@@ -415,7 +415,7 @@ impl RedisBackend {
     /// Connects at once, so that an unreachable server is reported by `connect`.
     pub(crate) async fn connect(url: &QueueUrl, connect_timeout: Duration) -> Result<Self> {
         let client = redis::Client::open(url.url.as_str()).map_err(|e| Error::InvalidUrl {
-            url: url.url.clone(),
+            url: url.redacted(),
             reason: e.to_string(),
         })?;
         let config = ConnectionManagerConfig::new()
@@ -425,7 +425,7 @@ impl RedisBackend {
         let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| Error::Unreachable {
-                url: url.url.clone(),
+                url: url.redacted(),
                 reason: crate::error::root_cause(&e),
                 source: Box::new(e),
             })?;
