@@ -420,10 +420,13 @@ impl Queue {
     }
 
     fn check_all(&self, now: u64, tokens: &[LeaseToken]) -> Result<()> {
-        for (i, t) in tokens.iter().enumerate() {
-            if tokens[..i].contains(t) {
+        let mut seen = rustc_hash::FxHashSet::default();
+        seen.reserve(tokens.len());
+        for t in tokens {
+            if !seen.insert(t.item) {
                 return Err(Error::InvalidArgument(format!(
-                    "lease token {t} is given twice in one call"
+                    "item {} is named twice in one call; pass each lease token once",
+                    t.item
                 )));
             }
             self.check(now, *t)?;
