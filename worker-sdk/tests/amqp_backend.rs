@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use common::{AMQP_URL, Running, run_at, run_program, service_up, unique, wq_at};
+use common::{AMQP_URL, Cleanup, Running, run_at, run_program, service_up, unique, wq_at};
 use nix::sys::signal::Signal;
 use worker_sdk::{Job, LeaseOptions, Queue, StopReason, WorkerOptions};
 
@@ -70,6 +70,7 @@ async fn an_amqp_publish_fill_is_worked_one_message_per_consume_c_1() {
         return;
     }
     let q = unique("coarse");
+    let _cleanup = Cleanup::new(AMQP_URL, &q);
     tutorial_fill(&q, &FRUITS).await;
     assert_eq!(queue(&q).await.stats().await.expect("stats").pending, 8);
 
@@ -99,6 +100,7 @@ async fn a_message_is_acknowledged_only_after_success_so_a_killed_worker_loses_n
         return;
     }
     let q = unique("killed");
+    let _cleanup = Cleanup::new(AMQP_URL, &q);
     tutorial_fill(&q, &["precious"]).await;
 
     let mut a = wq_at(AMQP_URL, &q);
@@ -137,6 +139,7 @@ async fn a_failing_program_is_redelivered_then_dead_lettered_after_the_limit() {
         return;
     }
     let q = unique("failing");
+    let _cleanup = Cleanup::new(AMQP_URL, &q);
     tutorial_fill(&q, &["bad"]).await;
     let fail = ["consume", "-c", "1", "--", "sh", "-c"];
     let program = "echo \"attempt $WQ_ATTEMPT: $(cat)\"; exit 1";
@@ -211,6 +214,7 @@ async fn wq_push_publishes_persistent_messages_that_amqp_consume_reads() {
         return;
     }
     let q = unique("pushed");
+    let _cleanup = Cleanup::new(AMQP_URL, &q);
     let out = run_at(AMQP_URL, &q, &["push", "first", "second"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, format!("pushed 2 items to queue {q}\n"));
@@ -262,6 +266,7 @@ async fn a_queue_is_not_empty_while_another_worker_holds_a_message() {
         return;
     }
     let q = unique("held");
+    let _cleanup = Cleanup::new(AMQP_URL, &q);
     tutorial_fill(&q, &["held"]).await;
 
     // A holds the message until the gate opens, then fails it.
@@ -305,6 +310,7 @@ async fn the_worker_loop_completes_each_of_300_messages_once() {
         return;
     }
     let q = unique("loop");
+    let _cleanup = Cleanup::new(AMQP_URL, &q);
     let wq = queue(&q).await;
     wq.push((1..=300).map(|n| n.to_string()))
         .await
@@ -344,6 +350,7 @@ async fn what_amqp_cannot_do_is_said_plainly() {
         return;
     }
     let q = unique("cannot");
+    let _cleanup = Cleanup::new(AMQP_URL, &q);
     tutorial_fill(&q, &["x"]).await;
     let cases: [(&[&str], &str); 4] = [
         (
@@ -393,6 +400,7 @@ async fn a_worker_gets_nothing_twice_while_the_lease_is_renewed() {
     // AMQP leases last as long as the connection: a program far longer than
     // its lease keeps its message, and a second consumer gets nothing.
     let q = unique("long");
+    let _cleanup = Cleanup::new(AMQP_URL, &q);
     tutorial_fill(&q, &["long"]).await;
     let mut a = wq_at(AMQP_URL, &q);
     a.args(["consume", "-c", "1", "--lease", "300ms", "--", "sh", "-c"])

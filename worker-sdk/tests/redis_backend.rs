@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{REDIS_URL, Running, run_at, run_program, service_up, unique, wq_at};
+use common::{Cleanup, REDIS_URL, Running, run_at, run_program, service_up, unique, wq_at};
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
 use worker_sdk::backend::redis::item_digest;
@@ -25,6 +25,18 @@ use worker_sdk::{Job, LeaseOptions, Queue, StopReason, WorkerOptions};
 const TUTORIAL_ITEMS: [&str; 9] = [
     "apple", "banana", "cherry", "date", "fig", "grape", "lemon", "melon", "orange",
 ];
+
+/// Deletes a Redis ACL user when dropped.
+struct AclUser(String);
+
+impl Drop for AclUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "ACL", "DELUSER", &self.0])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
 
 fn redis_up() -> bool {
     service_up("Redis", "127.0.0.1:6379")
@@ -69,6 +81,7 @@ async fn a_queue_filled_with_redis_cli_rpush_is_worked_off_by_wq_consume() {
         return;
     }
     let q = unique("rpush");
+    let _cleanup = Cleanup::new(REDIS_URL, &q);
     // Exactly as the tutorial fills it.
     for item in TUTORIAL_ITEMS {
         let out = run_program("redis-cli", &["-h", "127.0.0.1", "rpush", &q, item]).await;
@@ -108,6 +121,7 @@ async fn wq_push_leaves_the_lists_and_lease_keys_rediswq_expects() {
         return;
     }
     let q = unique("layout");
+    let _cleanup = Cleanup::new(REDIS_URL, &q);
     let out = run_at(REDIS_URL, &q, &["push", "apple", "banana", "cherry"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
     let mut r = raw().await;
@@ -172,6 +186,7 @@ async fn a_worker_killed_mid_item_gets_its_item_back_after_the_lease_ttl() {
         return;
     }
     let q = unique("killed");
+    let _cleanup = Cleanup::new(REDIS_URL, &q);
     assert_eq!(run_at(REDIS_URL, &q, &["push", "precious"]).await.code(), 0);
 
     let mut a = wq_at(REDIS_URL, &q);
@@ -221,6 +236,7 @@ async fn two_workers_over_2000_items_complete_each_exactly_once() {
         return;
     }
     let q = unique("two-workers");
+    let _cleanup = Cleanup::new(REDIS_URL, &q);
     let out = run_at(REDIS_URL, &q, &["push", "--range", "1..2000", "--seal"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
 
@@ -283,6 +299,7 @@ async fn the_tutorials_rediswq_py_and_wq_consume_share_one_queue() {
         return;
     }
     let q = unique("shared");
+    let _cleanup = Cleanup::new(REDIS_URL, &q);
     let items: Vec<String> = (1..=300).map(|n| format!("item-{n}")).collect();
     let mut args = vec!["push"];
     args.extend(items.iter().map(String::as_str));
@@ -342,6 +359,7 @@ async fn an_item_a_rediswq_worker_dropped_mid_lease_is_reaped_back() {
         return;
     }
     let q = unique("reap-rediswq");
+    let _cleanup = Cleanup::new(REDIS_URL, &q);
     let mut r = raw().await;
     let _: () = r.rpush(&q, "orphan").await.expect("RPUSH");
     // What rediswq.py's lease() does, for a worker that then dies.
@@ -381,6 +399,7 @@ async fn failures_retry_then_go_dead_with_their_reason_and_can_be_requeued() {
         return;
     }
     let q = unique("dead");
+    let _cleanup = Cleanup::new(REDIS_URL, &q);
     let out = run_at(REDIS_URL, &q, &["create", "--max-attempts", "2"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(
@@ -453,6 +472,7 @@ async fn a_sealed_queue_is_drained_refuses_pushes_and_ends_workers() {
         return;
     }
     let q = unique("sealed");
+    let _cleanup = Cleanup::new(REDIS_URL, &q);
     let out = run_at(REDIS_URL, &q, &["push", "--seal", "one", "two"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
     let out = run_at(REDIS_URL, &q, &["push", "three"]).await;
@@ -478,6 +498,7 @@ async fn a_worker_carries_on_after_its_redis_connection_is_killed() {
         return;
     }
     let q = unique("conn-kill");
+    let _cleanup = Cleanup::new(REDIS_URL, &q);
     // A user of its own, so that CLIENT KILL USER drops this worker's
     // connections and nobody else's.
     let user = q.clone();
@@ -487,6 +508,7 @@ async fn a_worker_carries_on_after_its_redis_connection_is_killed() {
         .query_async(&mut r)
         .await
         .expect("ACL SETUSER");
+    let _user_cleanup = AclUser(user.clone());
     let url = format!("redis://{user}:secret@127.0.0.1:6379");
     let items: Vec<String> = (1..=20).map(|n| format!("n{n}")).collect();
     let mut args = vec!["push", "--seal"];
@@ -526,12 +548,6 @@ async fn a_worker_carries_on_after_its_redis_connection_is_killed() {
     let s = queue(&q).await.stats().await.expect("stats");
     assert_eq!((s.completed, s.dead, s.pending, s.leased), (20, 0, 0, 0));
 
-    let _: () = redis::cmd("ACL")
-        .arg(&["DELUSER", &user])
-        .query_async(&mut r)
-        .await
-        .map(|_: i64| ())
-        .expect("ACL DELUSER");
     cleanup(&q).await;
 }
 
@@ -541,6 +557,7 @@ async fn what_a_rediswq_list_cannot_hold_is_refused_plainly() {
         return;
     }
     let q = unique("refused");
+    let _cleanup = Cleanup::new(REDIS_URL, &q);
     let out = run_at(REDIS_URL, &q, &["push", "--dedupe", "a"]).await;
     assert_eq!(out.code(), 1, "{out:?}");
     assert_eq!(

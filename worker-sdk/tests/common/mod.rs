@@ -228,3 +228,43 @@ pub async fn run_program(program: &str, args: &[&str]) -> Output {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// Deletes a queue (and all its keys or companion queues) when dropped, even
+/// when the test panicked, so that a failing test leaves nothing behind.
+pub struct Cleanup {
+    url: String,
+    queue: String,
+}
+
+impl Cleanup {
+    pub fn new(url: &str, queue: &str) -> Cleanup {
+        Cleanup {
+            url: url.to_owned(),
+            queue: queue.to_owned(),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let (url, queue) = (self.url.clone(), self.queue.clone());
+        // A runtime of its own: drop may run inside (or after) the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(client) = worker_sdk::connect(&url).await
+                    && let Ok(q) = client.queue(&queue)
+                    && let Err(e) = q.delete().await
+                {
+                    eprintln!("cleanup of queue {queue} failed: {e}");
+                }
+            });
+        })
+        .join();
+    }
+}
