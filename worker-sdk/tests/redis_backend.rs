@@ -573,3 +573,54 @@ async fn what_a_rediswq_list_cannot_hold_is_refused_plainly() {
         "{out:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_taken_over_by_another_session_is_fenced_off() {
+    if !redis_up() {
+        return;
+    }
+    let q = unique("fenced");
+    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    assert_eq!(
+        run_at(REDIS_URL, &q, &["push", "contested"]).await.code(),
+        0
+    );
+    let wq = queue(&q).await;
+    let leased = wq
+        .lease(&LeaseOptions {
+            max_items: 1,
+            lease: Some(Duration::from_secs(60)),
+            wait: Duration::ZERO,
+        })
+        .await
+        .expect("lease");
+    let token = leased.items[0].token.clone();
+    // As if the lease had expired and a rediswq.py worker had leased the item.
+    let lease_key = format!("{q}:leased_by_session:{}", item_digest(b"contested"));
+    let mut r = raw().await;
+    let _: () = r
+        .set_ex(&lease_key, "another-session", 60)
+        .await
+        .expect("SETEX");
+
+    for err in [
+        wq.renew(std::slice::from_ref(&token), None)
+            .await
+            .map(|_| ())
+            .expect_err("renew refused"),
+        wq.complete(std::slice::from_ref(&token))
+            .await
+            .expect_err("complete refused"),
+    ] {
+        assert!(matches!(err, worker_sdk::Error::LeaseLost { .. }), "{err}");
+    }
+    // Nothing changed: the item is still the other session's.
+    let processing: Vec<String> = r
+        .lrange(format!("{q}:processing"), 0, -1)
+        .await
+        .expect("LRANGE");
+    assert_eq!(processing, ["contested"]);
+    let session: String = r.get(&lease_key).await.expect("GET");
+    assert_eq!(session, "another-session");
+    cleanup(&q).await;
+}
