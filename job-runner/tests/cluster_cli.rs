@@ -262,3 +262,41 @@ fn cluster_subcommands_and_flags_have_help() {
         }
     }
 }
+
+#[test]
+fn kubeconfig_context_and_unreachable_cluster_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters:\n- name: c\n  cluster: {{server: \"http://127.0.0.1:{port}\"}}\ncontexts:\n- name: a\n  context: {{cluster: c, user: u, namespace: team}}\nusers:\n- name: u\n  user: {{token: t}}\n"
+        ),
+    )
+    .expect("write");
+    let env = [("KUBECONFIG", kubeconfig.to_str().expect("utf-8"))];
+    let r = run_env(&["get", "jobs", "-l", "a=b", "--context", "nope"], &env);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot use context \"nope\""),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("kubectl config get-contexts"),
+        "{}",
+        r.stderr
+    );
+
+    let r = run_env(&["delete", "-l", "a=b"], &env);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("listing jobs"), "{}", r.stderr);
+    assert!(r.stderr.contains("cannot be reached"), "{}", r.stderr);
+    assert!(r.stderr.contains("kubectl cluster-info"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "one clear error: {}", r.stderr);
+}

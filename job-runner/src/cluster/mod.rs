@@ -74,6 +74,15 @@ fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
                 " (it already exists: delete it first, e.g. `job-runner delete -l workq.dev/run=<id>`, or rename it)"
             }
             kube::Error::Api(s) if s.code == 404 => " (not found: check -n/--namespace)",
+            kube::Error::Api(s) if s.code == 401 => {
+                " (unauthorized: the kubeconfig's credentials were refused; log in again or pick another --context)"
+            }
+            kube::Error::Service(_) | kube::Error::HyperError(_) => {
+                " (the Kubernetes API server cannot be reached: check the kubeconfig's current context with `kubectl cluster-info`, or pick one with --context)"
+            }
+            kube::Error::Auth(_) => {
+                " (the kubeconfig's credentials cannot be used: check its user entry, or pick another --context)"
+            }
             _ => "",
         };
         Error::Kube {
