@@ -427,3 +427,36 @@ async fn a_worker_gets_nothing_twice_while_the_lease_is_renewed() {
     assert_eq!(rest, ["done long"]);
     cleanup(&q).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_queue_does_not_cost_the_leases_held_on_another() {
+    if !rabbitmq_up() {
+        return;
+    }
+    let q = unique("present");
+    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    tutorial_fill(&q, &["kept"]).await;
+    let client = worker_sdk::connect(AMQP_URL).await.expect("connects");
+    let present = client.queue(&q).expect("name");
+    let leased = present
+        .lease(&LeaseOptions::default())
+        .await
+        .expect("lease");
+    assert_eq!(leased.items.len(), 1);
+
+    let missing = client.queue(&unique("absent")).expect("name");
+    let err = missing
+        .lease(&LeaseOptions::default())
+        .await
+        .expect_err("no such queue");
+    assert!(
+        matches!(err, worker_sdk::Error::QueueNotFound { .. }),
+        "{err}"
+    );
+    // The message held on `present` is still held, and completes.
+    present
+        .complete(&[leased.items[0].token.clone()])
+        .await
+        .expect("still held");
+    assert_eq!(present.stats().await.expect("stats").pending, 0);
+}

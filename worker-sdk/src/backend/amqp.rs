@@ -39,7 +39,7 @@
 //! listed without taking them; `requeue_dead` of all of them works.
 //! Completions are not counted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -104,6 +104,9 @@ struct State {
     held: HashMap<String, Held>,
     /// Per queue: this client's consumer on `Q.leases`, while it holds messages.
     holders: HashMap<String, (String, Consumer)>,
+    /// Queues seen to exist: a `basic.get` on a missing queue would close the
+    /// work channel, and with it every lease on it.
+    known: HashSet<String>,
 }
 
 /// A connection to a RabbitMQ broker. All calls go through one channel, one at
@@ -401,6 +404,7 @@ impl AmqpBackend {
     pub(crate) async fn delete_queue(&self, queue: &QueueName) -> Result<bool> {
         let mut st = self.state.lock().await;
         let existed = self.peek(&mut st, queue.as_str()).await?.is_some();
+        st.known.remove(queue.as_str());
         let channel = self.channel(&mut st).await?;
         for q in [queue.to_string(), dead_queue(queue), leases_queue(queue)] {
             channel
@@ -505,6 +509,14 @@ impl AmqpBackend {
     async fn try_lease(&self, queue: &QueueName, max: u32, lease: Duration) -> Result<Leased> {
         let mut st = self.state.lock().await;
         let st = &mut *st;
+        if !st.known.contains(queue.as_str()) {
+            if self.peek(st, queue.as_str()).await?.is_none() {
+                return Err(Error::QueueNotFound {
+                    queue: queue.to_string(),
+                });
+            }
+            st.known.insert(queue.to_string());
+        }
         let channel = self.channel(st).await?;
         // Registered as a holder before taking: see "Empty" in the module docs.
         self.hold_on(st, &channel, queue).await?;
@@ -518,6 +530,7 @@ impl AmqpBackend {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(e) if is_not_found(&e) => {
+                    st.known.remove(queue.as_str());
                     return Err(Error::QueueNotFound {
                         queue: queue.to_string(),
                     });
@@ -673,8 +686,9 @@ impl AmqpBackend {
     pub(crate) async fn complete(&self, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
         let mut st = self.state.lock().await;
         let st = &mut *st;
-        self.check(st, queue, tokens)?;
+        // A reopened channel forgets what the old one held: check after it.
         let channel = self.channel(st).await?;
+        self.check(st, queue, tokens)?;
         for t in tokens {
             if let Some(h) = st.held.get(t.as_str()) {
                 channel
@@ -698,6 +712,7 @@ impl AmqpBackend {
     ) -> Result<u32> {
         let mut st = self.state.lock().await;
         let st = &mut *st;
+        self.channel(st).await?;
         self.check(st, queue, tokens)?;
         let mut dead = 0;
         for t in tokens {
@@ -739,6 +754,12 @@ impl AmqpBackend {
                 return Err(e);
             }
             let channel = self.channel(st).await?;
+            if st.generation != h.generation {
+                return Err(lost(
+                    queue,
+                    "the AMQP channel closed while the failure was recorded: the broker requeued the message, which will come once more",
+                ));
+            }
             channel
                 .basic_ack(h.tag, BasicAckOptions::default())
                 .await
@@ -756,8 +777,9 @@ impl AmqpBackend {
     pub(crate) async fn release(&self, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
         let mut st = self.state.lock().await;
         let st = &mut *st;
-        self.check(st, queue, tokens)?;
+        // A reopened channel forgets what the old one held: check after it.
         let channel = self.channel(st).await?;
+        self.check(st, queue, tokens)?;
         for t in tokens {
             if let Some(h) = st.held.remove(t.as_str()) {
                 channel
