@@ -489,6 +489,13 @@ async fn a_sealed_queue_is_drained_refuses_pushes_and_ends_workers() {
     assert_eq!(out.stdout, "two\none\n");
     let s = queue(&q).await.stats().await.expect("stats");
     assert!(s.sealed && s.drained, "{s:?}");
+    // wq watch ends at once on a drained queue.
+    let out = run_at(REDIS_URL, &q, &["watch", "--json"]).await;
+    assert_eq!(out.code(), 0, "{out:?}");
+    let last: serde_json::Value =
+        serde_json::from_str(out.stdout.lines().last().expect("a line")).expect("JSON");
+    assert_eq!(last["drained"], true);
+    assert_eq!(last["completed"], 2);
     cleanup(&q).await;
 }
 
