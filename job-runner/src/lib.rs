@@ -1,6 +1,8 @@
 //! The workq job-runner: reads Kubernetes `batch/v1` Job and CronJob
 //! manifests and runs them on this machine with the Job controller's
-//! semantics (`job-runner run -f FILE --local`).
+//! semantics (`job-runner run -f FILE --local`), or on a cluster, where it
+//! fills the queues of work-queue Jobs, injects the `wq` wrapper and watches
+//! until the work is really done (`job-runner run -f FILE`, see [`cluster`]).
 //!
 //! # Layout
 //!

@@ -1,4 +1,5 @@
-//! `job-runner`: runs Kubernetes Job and CronJob manifests on this machine.
+//! `job-runner`: runs Kubernetes Job and CronJob manifests on this machine
+//! or on a cluster.
 //!
 //! A thin binary: it parses flags (each also an environment variable) and
 //! calls the `job_runner` library. Called as `wq` (a link the runner makes
@@ -21,7 +22,7 @@ const AFTER_HELP: &str = "\
 Exit codes: 0 every Job completed; 1 a Job failed (or the run was stopped); 2 bad input.";
 
 /// Run Kubernetes batch/v1 Job and CronJob manifests on this machine, with the
-/// Job controller's semantics.
+/// Job controller's semantics (--local), or on a cluster until the work is really done.
 #[derive(Debug, Parser)]
 #[command(name = "job-runner", version, after_help = AFTER_HELP)]
 struct Cli {
@@ -31,15 +32,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run Jobs and CronJobs: `job-runner run -f job.yaml --local`.
+    /// Run Jobs and CronJobs: `job-runner run -f job.yaml --local`, or on a
+    /// cluster: `job-runner run -f job.yaml --queue-url grpc://127.0.0.1:50051`.
     ///
-    /// Every Job in the input starts at once; each pod is a local process
-    /// (images are not pulled: commands run from this host). Pod output is
-    /// printed prefixed with the pod's name; at the end, a `kubectl describe
-    /// job`-like summary (or, with -o json, the final Job objects).
+    /// --local: every Job in the input starts at once; each pod is a local
+    /// process (images are not pulled: commands run from this host). Pod output
+    /// is printed prefixed with the pod's name; at the end, a `kubectl describe
+    /// job`-like summary (or, with -o json, the final Job objects). Ctrl-C once
+    /// evicts the running pods (SIGTERM; condition DisruptionTarget, so
+    /// podFailurePolicy rules apply); twice stops everything.
     ///
-    /// Ctrl-C once evicts the running pods (SIGTERM; condition DisruptionTarget,
-    /// so podFailurePolicy rules apply); twice stops everything.
+    /// On a cluster (no --local): work-queue Jobs' queues are filled and sealed
+    /// through --queue-url and the wq wrapper is injected (see `render`); the
+    /// objects are created labelled workq.dev/run=ID; the Jobs, their pods and
+    /// their queues are watched until each Job is Complete or Failed and its
+    /// queue drained; then the same summary. Ctrl-C or --timeout stops
+    /// watching and leaves the objects (`job-runner delete -l workq.dev/run=ID`).
     #[command(after_help = AFTER_HELP)]
     Run(RunArgs),
     /// Expand templates ($ITEM or Jinja) into manifests, printed on stdout.
