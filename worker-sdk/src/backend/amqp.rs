@@ -405,6 +405,7 @@ impl AmqpBackend {
         let mut st = self.state.lock().await;
         let existed = self.peek(&mut st, queue.as_str()).await?.is_some();
         st.known.remove(queue.as_str());
+        st.known.remove(&leases_queue(queue));
         let channel = self.channel(&mut st).await?;
         for q in [queue.to_string(), dead_queue(queue), leases_queue(queue)] {
             channel
@@ -614,7 +615,10 @@ impl AmqpBackend {
             return Ok(());
         }
         let leases = leases_queue(queue);
-        self.declare(st, &leases).await?;
+        if !st.known.contains(&leases) {
+            self.declare(st, &leases).await?;
+            st.known.insert(leases.clone());
+        }
         let tag = format!("wq-{}", uuid::Uuid::new_v4());
         let consumer = channel
             .basic_consume(
