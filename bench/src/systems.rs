@@ -63,14 +63,10 @@ fn amqp_name(s: &str) -> lapin::types::ShortString {
 impl System {
     /// Creates (or recreates, empty) the queue.
     pub async fn reset(&self, queue: &str) -> Result<()> {
+        self.drop_queue(queue).await?;
         let mut c = self.connect(queue).await?;
         match &mut c {
             Conn::Workq { client, queue } => {
-                let _ = client
-                    .delete_queue(workq_proto::v1::DeleteQueueRequest {
-                        name: queue.clone(),
-                    })
-                    .await;
                 client
                     .create_queue(workq_proto::v1::CreateQueueRequest {
                         name: queue.clone(),
@@ -78,17 +74,9 @@ impl System {
                     })
                     .await?;
             }
-            Conn::Redis { conn, queue, .. } => {
-                redis::cmd("DEL")
-                    .arg(&*queue)
-                    .arg(format!("{queue}:processing"))
-                    .query_async::<()>(conn)
-                    .await?;
-            }
+            // A Redis list exists once something is pushed.
+            Conn::Redis { .. } => {}
             Conn::Amqp { channel, queue, .. } => {
-                let _ = channel
-                    .queue_delete(amqp_name(queue), Default::default())
-                    .await;
                 channel
                     .queue_declare(
                         amqp_name(queue),
@@ -101,7 +89,6 @@ impl System {
                     .await?;
             }
             Conn::Nats { js, stream, .. } => {
-                let _ = js.delete_stream(&*stream).await;
                 js.create_stream(async_nats::jetstream::stream::Config {
                     name: stream.clone(),
                     subjects: vec![format!("{stream}.items")],
