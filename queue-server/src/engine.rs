@@ -491,7 +491,10 @@ impl Engine {
         let new: Vec<NewItem> = items
             .into_iter()
             .map(|it| NewItem {
-                payload: it.payload,
+                // Its own allocation: a payload decoded from a request is a
+                // view into that request's whole receive buffer (8 KiB or
+                // more), which would otherwise stay alive as long as the item.
+                payload: prost::bytes::Bytes::copy_from_slice(&it.payload),
                 attributes: crate::item::Attributes::new(it.attributes),
                 idempotency_key: it.idempotency_key.filter(|k| !k.is_empty()).map(Into::into),
                 delay_ms: millis(it.delay),
