@@ -411,7 +411,8 @@ async fn run_round(args: &Args, t: &Target, round: usize, out: &mut Vec<Measure>
     push("lease+complete", args.items as f64 / s, "items/s");
     sys.reset(&q).await?;
     let s = seconds(async {
-        let (a, b) = tokio::join!(
+        // try_join: a failed producer must not leave its consumer waiting forever.
+        tokio::try_join!(
             produce(
                 sys,
                 &q,
@@ -428,8 +429,8 @@ async fn run_round(args: &Args, t: &Target, round: usize, out: &mut Vec<Measure>
                 args.consumers,
                 Duration::from_millis(100)
             )
-        );
-        a.and(b)
+        )
+        .map(|_| ())
     })
     .await?;
     push("end to end", args.items as f64 / s, "items/s");
@@ -493,7 +494,8 @@ async fn sweep(args: &Args, t: &Target, out: &mut Vec<Measure>) -> Result<()> {
         t.system.reset(&q).await?;
         let items = args.items / 2;
         let s = seconds(async {
-            let (a, b) = tokio::join!(
+            // try_join: a failed producer must not leave its consumer waiting forever.
+            tokio::try_join!(
                 produce(
                     &t.system,
                     &q,
@@ -510,8 +512,8 @@ async fn sweep(args: &Args, t: &Target, out: &mut Vec<Measure>) -> Result<()> {
                     consumers,
                     Duration::from_millis(100)
                 )
-            );
-            a.and(b)
+            )
+            .map(|_| ())
         })
         .await?;
         eprintln!(
@@ -588,7 +590,8 @@ async fn scale_e2e(args: &Args, t: &Target, consumers: usize, queues: usize) -> 
         let q = q.clone();
         let (batch, producers, size) = (args.batch, 1, args.payload);
         work.push(async move {
-            let (a, b) = tokio::join!(
+            // try_join: a failed producer must not leave its consumer waiting forever.
+            tokio::try_join!(
                 produce(&sys, &q, per_queue, batch, producers, size),
                 consume(
                     &sys,
@@ -598,8 +601,8 @@ async fn scale_e2e(args: &Args, t: &Target, consumers: usize, queues: usize) -> 
                     consumers_per_queue,
                     Duration::from_millis(100)
                 )
-            );
-            a.and(b)
+            )
+            .map(|_| ())
         });
     }
     for r in futures::future::join_all(work).await {
