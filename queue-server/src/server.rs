@@ -114,10 +114,23 @@ fn prometheus() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Connections the kernel may hold for us before we accept them. A Job's
+/// pods all start at once: with tokio's default of 1,024, a burst of 2,000
+/// workers overflowed the queue (the kernel fell back to SYN cookies and
+/// connections were lost). The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+    let err = |source| ServerError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
 /// Opens the store, restores the queues and starts serving. Returns once
