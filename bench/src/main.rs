@@ -222,9 +222,16 @@ async fn produce(
     for t in tasks {
         t.await??;
     }
+    // workq: no more items will come; consumers waiting on an empty queue
+    // answer at once once the last item is completed.
+    sys.connect(queue).await?.seal().await?;
     Ok(())
 }
 
+/// Consumes `items` with `consumers` connections; returns once every item
+/// was leased and completed. Consumers still parked in a lease call then
+/// (nothing left for them) are dropped rather than waited for, so no system
+/// pays for its last consumers' wait.
 async fn consume(
     sys: &System,
     queue: &str,
@@ -234,21 +241,51 @@ async fn consume(
     wait: Duration,
 ) -> Result<()> {
     let done = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
+    // Consumers holding leases they have not completed yet.
+    let holding = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..consumers {
         let mut c = sys.connect(queue).await?;
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            while done.load(Ordering::Relaxed) < items {
+        let (done, holding, progress) = (done.clone(), holding.clone(), progress.clone());
+        tasks.spawn(async move {
+            let mut held = false;
+            let mut update = |c: &systems::Conn| {
+                if c.holds() != held {
+                    held = c.holds();
+                    if held {
+                        holding.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        holding.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            };
+            while done.load(Ordering::SeqCst) < items {
                 let (got, _) = c.take(batch, wait).await?;
-                done.fetch_add(got.len() as u64, Ordering::Relaxed);
+                update(&c);
+                done.fetch_add(got.len() as u64, Ordering::SeqCst);
+                progress.notify_one();
             }
+            c.finish().await?;
+            update(&c);
+            progress.notify_one();
             Ok::<(), anyhow::Error>(())
-        }));
+        });
     }
-    for t in tasks {
-        t.await??;
+    loop {
+        let notified = progress.notified();
+        if done.load(Ordering::SeqCst) >= items && holding.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        tokio::select! {
+            () = notified => {}
+            joined = tasks.join_next() => match joined {
+                Some(r) => r??,
+                None => break,
+            },
+        }
     }
+    tasks.abort_all();
     Ok(())
 }
 
@@ -287,6 +324,7 @@ async fn latency(sys: &System, queue: &str, samples: usize, consumers: usize) ->
                     let _ = tx.send((leased_at.saturating_sub(sent)) as f64 / 1000.0);
                 }
             }
+            c.finish().await?;
             Ok::<(), anyhow::Error>(())
         }));
     }
@@ -593,13 +631,15 @@ async fn scale_e2e(args: &Args, t: &Target, consumers: usize, queues: usize) -> 
             // try_join: a failed producer must not leave its consumer waiting forever.
             tokio::try_join!(
                 produce(&sys, &q, per_queue, batch, producers, size),
+                // A worker's long-poll: idle consumers wait in one call
+                // instead of asking again and again.
                 consume(
                     &sys,
                     &q,
                     per_queue,
                     batch,
                     consumers_per_queue,
-                    Duration::from_millis(100)
+                    Duration::from_secs(5)
                 )
             )
             .map(|_| ())

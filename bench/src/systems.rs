@@ -38,6 +38,9 @@ pub enum Conn {
         client:
             workq_proto::v1::queue_service_client::QueueServiceClient<tonic::transport::Channel>,
         queue: String,
+        /// Leases taken and not yet completed: handed in with the next lease
+        /// call (`complete_tokens`), or by [`Conn::finish`].
+        held: Vec<String>,
     },
     Redis {
         conn: redis::aio::MultiplexedConnection,
@@ -66,7 +69,7 @@ impl System {
         self.drop_queue(queue).await?;
         let mut c = self.connect(queue).await?;
         match &mut c {
-            Conn::Workq { client, queue } => {
+            Conn::Workq { client, queue, .. } => {
                 client
                     .create_queue(workq_proto::v1::CreateQueueRequest {
                         name: queue.clone(),
@@ -116,7 +119,7 @@ impl System {
     pub async fn drop_queue(&self, queue: &str) -> Result<()> {
         let mut c = self.connect(queue).await?;
         match &mut c {
-            Conn::Workq { client, queue } => {
+            Conn::Workq { client, queue, .. } => {
                 let _ = client
                     .delete_queue(workq_proto::v1::DeleteQueueRequest {
                         name: queue.clone(),
@@ -153,6 +156,7 @@ impl System {
                 .with_context(|| format!("connect to workq at {url}"))?
                 .max_decoding_message_size(64 << 20),
                 queue: queue.into(),
+                held: Vec::new(),
             },
             System::Redis(url) => Conn::Redis {
                 // No response timeout: BRPOPLPUSH blocks for whole seconds.
@@ -201,7 +205,7 @@ impl Conn {
     /// Enqueues `items`; returns once the system acknowledged them.
     pub async fn enqueue(&mut self, items: Vec<Vec<u8>>) -> Result<()> {
         match self {
-            Conn::Workq { client, queue } => {
+            Conn::Workq { client, queue, .. } => {
                 client
                     .enqueue(workq_proto::v1::EnqueueRequest {
                         queue: queue.clone(),
@@ -260,8 +264,47 @@ impl Conn {
         Ok(())
     }
 
+    /// Completes whatever this connection still holds (workq hands its
+    /// completions in with the next lease call).
+    pub async fn finish(&mut self) -> Result<()> {
+        if let Conn::Workq {
+            client,
+            queue,
+            held,
+        } = self
+            && !held.is_empty()
+        {
+            client
+                .complete(workq_proto::v1::CompleteRequest {
+                    queue: queue.clone(),
+                    lease_tokens: std::mem::take(held),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether this connection holds leases it has not completed yet.
+    pub fn holds(&self) -> bool {
+        matches!(self, Conn::Workq { held, .. } if !held.is_empty())
+    }
+
+    /// Says no more items will come, where the system can (workq's seal:
+    /// waiting consumers answer at once when the queue is drained).
+    pub async fn seal(&mut self) -> Result<()> {
+        if let Conn::Workq { client, queue, .. } = self {
+            client
+                .seal_queue(workq_proto::v1::SealQueueRequest {
+                    name: queue.clone(),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Leases up to `max` items, waiting up to `wait` for the first, and
-    /// completes them. Returns their payloads and when the lease answered
+    /// completes them (workq: completes the previous batch in the same call,
+    /// see [`Conn::finish`]). Returns their payloads and when the lease answered
     /// (ns since the Unix epoch), before the completion.
     pub async fn take(&mut self, max: usize, wait: Duration) -> Result<(Vec<Vec<u8>>, u64)> {
         let mut leased_at = 0;
@@ -277,27 +320,25 @@ impl Conn {
     ) -> Result<Vec<Vec<u8>>> {
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         match self {
-            Conn::Workq { client, queue } => {
+            Conn::Workq {
+                client,
+                queue,
+                held,
+            } => {
+                // The previous batch's completion rides on this lease call:
+                // one round trip per batch, as a workq worker does it.
                 let l = client
                     .lease(workq_proto::v1::LeaseRequest {
                         queue: queue.clone(),
                         max_items: u32::try_from(max).unwrap_or(u32::MAX),
                         lease_ms: 60_000,
                         wait_ms,
+                        complete_tokens: std::mem::take(held),
                     })
                     .await?
                     .into_inner();
                 *leased_at = crate::now_ns();
-                if l.items.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let tokens = l.items.iter().map(|i| i.lease_token.clone()).collect();
-                client
-                    .complete(workq_proto::v1::CompleteRequest {
-                        queue: queue.clone(),
-                        lease_tokens: tokens,
-                    })
-                    .await?;
+                held.extend(l.items.iter().map(|i| i.lease_token.clone()));
                 Ok(l.items.into_iter().map(|i| i.payload.to_vec()).collect())
             }
             Conn::Redis {

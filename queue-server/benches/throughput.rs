@@ -138,6 +138,7 @@ async fn consume(server: &Server, queue: &str, items: u64, batch: u32, tasks: u6
                     max_items: batch,
                     lease_ms: 60_000,
                     wait_ms,
+                    complete_tokens: Vec::new(),
                 };
                 let l = match c.lease(req).await {
                     Ok(l) => l.into_inner(),

@@ -526,6 +526,21 @@ impl Engine {
         lease: Option<Duration>,
         wait: Duration,
     ) -> Result<LeaseOutcome> {
+        self.complete_then_lease(name, &[], max, lease, wait).await
+    }
+
+    /// Completes `complete` (all or nothing, as [`Engine::complete`]), then
+    /// leases as [`Engine::lease`]: a worker's finished items and its next
+    /// ones in one call. The lease's arguments are checked first; when they or
+    /// the completion are refused, nothing is completed or leased.
+    pub async fn complete_then_lease(
+        &self,
+        name: &QueueName,
+        complete: &[LeaseToken],
+        max: usize,
+        lease: Option<Duration>,
+        wait: Duration,
+    ) -> Result<LeaseOutcome> {
         let limits = &self.inner.limits;
         limits
             .check_batch("lease max_items", max)
@@ -537,6 +552,9 @@ impl Engine {
             None => cell.lock().queue.settings().default_lease,
         };
         let lease_ms = millis(limits.check_lease(lease).map_err(Error::InvalidArgument)?);
+        if !complete.is_empty() {
+            self.complete(name, complete).await?;
+        }
         let until = Instant::now() + wait;
         let mut last_try = wait.is_zero();
         loop {

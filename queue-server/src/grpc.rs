@@ -220,8 +220,9 @@ impl QueueService for GrpcService {
         let max = usize::try_from(req.max_items).unwrap_or(usize::MAX);
         let out = self
             .engine
-            .lease(
+            .complete_then_lease(
                 &name,
+                &tokens(&req.complete_tokens)?,
                 max,
                 opt_ms(req.lease_ms),
                 Duration::from_millis(req.wait_ms),

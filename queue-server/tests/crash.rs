@@ -70,6 +70,7 @@ async fn kill_9_loses_no_acknowledged_item_and_redelivers_no_completed_one() {
                         max_items: 25,
                         lease_ms: 60_000,
                         wait_ms: 100,
+                        complete_tokens: Vec::new(),
                     };
                     let Ok(l) = c.lease(req).await else { return };
                     let l = l.into_inner();
@@ -120,6 +121,7 @@ async fn kill_9_loses_no_acknowledged_item_and_redelivers_no_completed_one() {
                 max_items: 1000,
                 lease_ms: 60_000,
                 wait_ms: 0,
+                complete_tokens: Vec::new(),
             };
             let l = c
                 .lease(req)

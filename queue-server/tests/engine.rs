@@ -139,6 +139,58 @@ async fn expired_leases_return_by_the_reaper_and_count_an_attempt() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn complete_then_lease_hands_in_a_batch_and_takes_the_next_in_one_call() {
+    each_store(|e| async move {
+        e.enqueue(&q("ctl"), items(&["a", "b", "c", "d"]), true)
+            .await
+            .expect("enqueue");
+        let first = lease(&e, "ctl", 2, Duration::ZERO).await;
+        let done: Vec<_> = first.items.iter().map(|l| l.token).collect();
+        let next = e
+            .complete_then_lease(&q("ctl"), &done, 2, None, Duration::ZERO)
+            .await
+            .expect("complete then lease");
+        assert_eq!(next.items.len(), 2);
+        let c = e.get_queue(&q("ctl")).expect("info").counters;
+        assert_eq!((c.completed, c.leased, c.pending), (2, 2, 0));
+
+        // The completion is all or nothing, and a refused one leases nothing.
+        e.enqueue(&q("ctl"), items(&["e"]), false)
+            .await
+            .expect("enqueue");
+        let mixed = [next.items[0].token, done[0]];
+        let refused = e
+            .complete_then_lease(&q("ctl"), &mixed, 1, None, Duration::ZERO)
+            .await;
+        assert!(
+            matches!(refused, Err(Error::StaleLease { .. })),
+            "{refused:?}"
+        );
+        let c = e.get_queue(&q("ctl")).expect("info").counters;
+        assert_eq!((c.completed, c.leased, c.pending), (2, 2, 1));
+
+        // Bad lease arguments are refused before anything is completed.
+        let bad = e
+            .complete_then_lease(&q("ctl"), &[next.items[0].token], 0, None, Duration::ZERO)
+            .await;
+        assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
+        assert_eq!(e.get_queue(&q("ctl")).expect("info").counters.completed, 2);
+
+        // The last completion with a waiting lease: completed at once, then
+        // the call waits for new work.
+        let rest: Vec<_> = next.items.iter().map(|l| l.token).collect();
+        let last = e
+            .complete_then_lease(&q("ctl"), &rest, 10, None, Duration::from_secs(1))
+            .await
+            .expect("complete the rest");
+        assert_eq!(last.items.len(), 1, "the pending item");
+        assert_eq!(e.get_queue(&q("ctl")).expect("info").counters.completed, 4);
+        e.delete_queue(&q("ctl")).await.expect("delete");
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn renewal_keeps_a_long_item_leased() {
     each_store(|e| async move {
         e.enqueue(&q("renew"), items(&["x"]), true)

@@ -29,6 +29,7 @@ fn lease_req(queue: &str, max: u32, wait_ms: u64) -> pb::LeaseRequest {
         max_items: max,
         lease_ms: 0,
         wait_ms,
+        complete_tokens: Vec::new(),
     }
 }
 
@@ -272,6 +273,34 @@ async fn a_waiting_lease_gets_an_item_enqueued_later_and_drained_ends_it() {
     .expect("complete");
     let end = waiting.await.expect("join").expect("lease").into_inner();
     assert!(end.items.is_empty() && end.drained && end.empty);
+}
+
+#[tokio::test]
+async fn a_lease_call_hands_in_completions_and_a_refused_one_leases_nothing() {
+    let server = ServerProcess::memory();
+    let mut c = server.client().await;
+    let q = unique_queue("piggyback");
+    c.enqueue(enqueue_req(&q, &["a", "b", "c"]))
+        .await
+        .expect("enqueue");
+    let first = c
+        .lease(lease_req(&q, 1, 0))
+        .await
+        .expect("lease")
+        .into_inner();
+    let token = first.items[0].lease_token.clone();
+    let mut req = lease_req(&q, 1, 0);
+    req.complete_tokens = vec![token.clone()];
+    let next = c.lease(req.clone()).await.expect("complete then lease");
+    assert_eq!(next.into_inner().items.len(), 1);
+    let s = stats(&mut c, &q).await;
+    assert_eq!((s.completed, s.leased, s.pending), (1, 1, 1));
+    // The same token again: already completed, so the call fails with
+    // Complete's error and leases nothing.
+    let e = c.lease(req).await.expect_err("stale completion");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let s = stats(&mut c, &q).await;
+    assert_eq!((s.completed, s.leased, s.pending), (1, 1, 1));
 }
 
 #[tokio::test]

@@ -209,6 +209,20 @@ impl Queue {
         self.backend.lease(&self.name, opts).await
     }
 
+    /// Completes `tokens` (all or nothing, as [`Queue::complete`]), then leases
+    /// as [`Queue::lease`]: a worker hands in what it finished and takes its
+    /// next items in one round trip (two calls on Redis and RabbitMQ). If the
+    /// completion is refused, nothing is leased and its error is returned.
+    pub async fn complete_then_lease(
+        &self,
+        tokens: &[LeaseToken],
+        opts: &LeaseOptions,
+    ) -> Result<Leased> {
+        self.backend
+            .complete_then_lease(&self.name, tokens, opts)
+            .await
+    }
+
     /// Extends leases by `lease` (`None`: the queue's default); answers the new
     /// deadlines in order.
     pub async fn renew(

@@ -410,6 +410,34 @@ async fn stale_lease_tokens_are_refused_as_lease_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_then_lease_takes_the_next_items_in_the_same_call() {
+    let t = TestServer::start().await;
+    let name = unique("sdk-ctl");
+    let q = t.queue(&name).await;
+    q.push(["a", "b", "c"]).await.expect("push");
+    let batch = LeaseOptions {
+        max_items: 2,
+        ..LeaseOptions::default()
+    };
+    let first = q.lease(&batch).await.expect("lease");
+    let tokens: Vec<_> = first.items.iter().map(|i| i.token.clone()).collect();
+    let next = q
+        .complete_then_lease(&tokens, &batch)
+        .await
+        .expect("complete then lease");
+    assert_eq!(next.items.len(), 1);
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.completed, s.leased), (2, 1));
+    // Handing the same tokens in again: lost, and nothing more is leased.
+    let err = q
+        .complete_then_lease(&tokens, &batch)
+        .await
+        .expect_err("stale");
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    assert_eq!(q.stats().await.expect("stats").leased, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_can_be_listed_purged_and_deleted() {
     let t = TestServer::start().await;
     let client = t.client().await;

@@ -182,18 +182,31 @@ impl GrpcBackend {
             .collect())
     }
 
-    pub(crate) async fn lease(&self, queue: &QueueName, opts: &LeaseOptions) -> Result<Leased> {
+    /// Completes `complete` (all or nothing) and leases, in one call.
+    pub(crate) async fn complete_then_lease(
+        &self,
+        queue: &QueueName,
+        complete: &[LeaseToken],
+        opts: &LeaseOptions,
+    ) -> Result<Leased> {
         let req = pb::LeaseRequest {
             queue: queue.to_string(),
             max_items: opts.max_items.max(1),
             lease_ms: to_ms(opts.lease),
             wait_ms: to_ms(Some(opts.wait)),
+            complete_tokens: token_strings(complete),
         };
         let resp = self
             .client()
             .lease(request(req, CALL_TIMEOUT + opts.wait))
             .await
-            .map_err(|s| Error::from_status(queue.as_str(), s))?
+            .map_err(|s| {
+                if complete.is_empty() {
+                    Error::from_status(queue.as_str(), s)
+                } else {
+                    Error::from_token_status(queue.as_str(), s)
+                }
+            })?
             .into_inner();
         Ok(Leased {
             items: resp

@@ -226,10 +226,31 @@ impl Backend {
     }
 
     pub(crate) async fn lease(&self, queue: &QueueName, opts: &LeaseOptions) -> Result<Leased> {
+        self.complete_then_lease(queue, &[], opts).await
+    }
+
+    /// Completes `complete`, then leases: one round trip on workq; two steps
+    /// on Redis and RabbitMQ, which have no such call.
+    pub(crate) async fn complete_then_lease(
+        &self,
+        queue: &QueueName,
+        complete: &[LeaseToken],
+        opts: &LeaseOptions,
+    ) -> Result<Leased> {
         match self {
-            Backend::Grpc(b) => b.lease(queue, opts).await,
-            Backend::Redis(b) => b.lease(queue, opts).await,
-            Backend::Amqp(b) => b.lease(queue, opts).await,
+            Backend::Grpc(b) => b.complete_then_lease(queue, complete, opts).await,
+            Backend::Redis(b) => {
+                if !complete.is_empty() {
+                    b.complete(queue, complete).await?;
+                }
+                b.lease(queue, opts).await
+            }
+            Backend::Amqp(b) => {
+                if !complete.is_empty() {
+                    b.complete(queue, complete).await?;
+                }
+                b.lease(queue, opts).await
+            }
         }
     }
 
