@@ -26,7 +26,7 @@
 
 use crate::counters::Counters;
 use crate::error::{Error, Result};
-use crate::item::{Attributes, Item, ItemState};
+use crate::item::{Attributes, Item, ItemState, ThinStr};
 use crate::item_table::ItemTable;
 use crate::names::{ItemId, LeaseToken, QueueName};
 use crate::settings::QueueSettings;
@@ -198,7 +198,7 @@ impl Queue {
         for mut item in items {
             if let Some(key) = &item.idempotency_key {
                 q.keys.insert(
-                    key.clone(),
+                    Box::from(&**key),
                     KeyEntry {
                         item: item.id,
                         expires: None,
@@ -342,7 +342,7 @@ impl Queue {
                 id,
                 payload: new.payload,
                 attributes: new.attributes,
-                idempotency_key: new.idempotency_key,
+                idempotency_key: new.idempotency_key.map(ThinStr::from),
                 attempts: 0,
                 enqueued_at: now,
                 state,
@@ -469,7 +469,7 @@ impl Queue {
                 id: item.id,
             });
             if let Some(key) = item.idempotency_key {
-                self.remember_completed_key(now, key, item.id, journal);
+                self.remember_completed_key(now, key.into_boxed_str(), item.id, journal);
             }
         }
         journal.push(|| StoreOp::PutQueue(self.record()));
@@ -560,7 +560,10 @@ impl Queue {
                 .then(|| format!("attempt {} of {max} failed: {reason}", item.attempts)),
         };
         if let Some(reason) = fatal_reason {
-            item.state = ItemState::Dead { reason, at: now };
+            item.state = ItemState::Dead {
+                reason: reason.into(),
+                at: now,
+            };
             self.counters.dead += 1;
         } else {
             self.counters.retried += 1;
@@ -700,7 +703,7 @@ impl Queue {
         for id in &doomed {
             if let Some(item) = self.items.remove(id) {
                 if let Some(key) = item.idempotency_key {
-                    self.keys.remove(&key);
+                    self.keys.remove(&*key);
                 }
                 journal.push(|| StoreOp::DeleteItem {
                     queue: self.name.clone(),
@@ -728,7 +731,7 @@ impl Queue {
                     payload: i.payload.clone(),
                     attributes: i.attributes.clone(),
                     attempts: i.attempts,
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
                     died_at: *at,
                 }),
                 _ => None,

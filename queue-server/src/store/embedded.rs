@@ -100,7 +100,7 @@ fn encode_item(item: &Item) -> Vec<u8> {
     let (state, at, reason) = match &item.state {
         ItemState::Pending | ItemState::Leased { .. } => (0, 0, String::new()),
         ItemState::Delayed { due } => (1, *due, String::new()),
-        ItemState::Dead { reason, at } => (2, *at, reason.clone()),
+        ItemState::Dead { reason, at } => (2, *at, reason.to_string()),
     };
     ItemRecord {
         payload: item.payload.clone(),
@@ -134,7 +134,7 @@ fn decode_item(id: u64, bytes: &[u8]) -> Result<Item, prost::DecodeError> {
         state: match r.state {
             1 => ItemState::Delayed { due: r.at },
             2 => ItemState::Dead {
-                reason: r.reason,
+                reason: r.reason.into(),
                 at: r.at,
             },
             _ => ItemState::Pending,
