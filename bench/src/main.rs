@@ -103,8 +103,9 @@ impl Server {
             .args([
                 "--listen",
                 "127.0.0.1:0",
+                // As deployed: metrics recorded and served.
                 "--http-listen",
-                "off",
+                "127.0.0.1:0",
                 "--store",
                 store,
             ])

@@ -25,6 +25,7 @@ use crate::settings::QueueSettings;
 use prost::Message;
 use prost::bytes::Bytes;
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use rustc_hash::FxHashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::mpsc;
@@ -313,15 +314,49 @@ fn prepare(db: &Database) -> Result<Snapshot, String> {
     Ok(snap)
 }
 
+/// The ops of one commit that still matter once it lands as a whole: of
+/// several writes to one item, idempotency key or queue record, only the last
+/// (an item enqueued and completed within one commit is never written at
+/// all). Kept ops stay in order, so a queue's deletion still comes before
+/// whatever was written after it.
+fn coalesce<'a>(ops: &[&'a StoreOp]) -> Vec<&'a StoreOp> {
+    let mut items: FxHashSet<(&str, u64)> = FxHashSet::default();
+    let mut keys: FxHashSet<(&str, &str)> = FxHashSet::default();
+    let mut queues: FxHashSet<&str> = FxHashSet::default();
+    let mut out: Vec<&StoreOp> = ops
+        .iter()
+        .rev()
+        .copied()
+        .filter(|op| match op {
+            StoreOp::PutQueue(q) => queues.insert(q.name.as_str()),
+            StoreOp::DeleteQueue(_) => true,
+            StoreOp::PutItem { queue, item } => items.insert((queue.as_str(), item.id.0)),
+            StoreOp::DeleteItem { queue, id } => items.insert((queue.as_str(), id.0)),
+            StoreOp::PutKey { queue, key, .. } | StoreOp::DeleteKey { queue, key } => {
+                keys.insert((queue.as_str(), &**key))
+            }
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
 fn apply(db: &Database, ops: &[&StoreOp], next_id: &mut u64) -> Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
+    let old_next = *next_id;
+    // Every id handed out counts, also of items that never reach the disk.
+    for op in ops {
+        if let StoreOp::PutItem { item, .. } = op {
+            *next_id = (*next_id).max(item.id.0 + 1);
+        }
+    }
+    let ops = coalesce(ops);
     let txn = db.begin_write().map_err(|x| e(&x))?;
     {
         let mut queues = txn.open_table(QUEUES).map_err(|x| e(&x))?;
         let mut items = txn.open_table(ITEMS).map_err(|x| e(&x))?;
         let mut keys = txn.open_table(KEYS).map_err(|x| e(&x))?;
         let mut meta = txn.open_table(META).map_err(|x| e(&x))?;
-        let old_next = *next_id;
         for op in ops {
             match op {
                 StoreOp::PutQueue(q) => {
@@ -349,7 +384,6 @@ fn apply(db: &Database, ops: &[&StoreOp], next_id: &mut u64) -> Result<(), Strin
                     }
                 }
                 StoreOp::PutItem { queue, item } => {
-                    *next_id = (*next_id).max(item.id.0 + 1);
                     items
                         .insert((queue.as_str(), item.id.0), encode_item(item).as_slice())
                         .map_err(|x| e(&x))?;
@@ -410,7 +444,12 @@ fn writer_loop(db: Database, rx: mpsc::Receiver<Msg>, mut next_id: u64) {
                 if ops.is_empty() {
                     Ok(())
                 } else {
-                    apply(&db, &ops, &mut next_id).map_err(|msg| {
+                    let started = std::time::Instant::now();
+                    let applied = apply(&db, &ops, &mut next_id);
+                    metrics::histogram!("workq_store_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("workq_store_commit_ops").record(ops.len() as f64);
+                    applied.map_err(|msg| {
                         tracing::error!("store commit failed: {msg}; refusing further changes");
                         let err = StoreError::Write(msg);
                         failed = Some(err.clone());

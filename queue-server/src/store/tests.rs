@@ -183,6 +183,94 @@ fn deletes_remove_items_queues_and_keys_but_ids_are_never_reused() {
 }
 
 #[test]
+fn within_one_commit_only_the_last_write_of_each_record_lands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = EmbeddedStore::open(dir.path()).expect("open");
+        commit(
+            &s,
+            vec![
+                StoreOp::PutQueue(record("a")),
+                StoreOp::PutItem {
+                    queue: name("a"),
+                    item: item(20, ItemState::Pending),
+                },
+            ],
+        );
+        let mut updated = record("a");
+        updated.completed = 9;
+        let mut dead = item(21, ItemState::Pending);
+        dead.attempts = 3;
+        dead.state = ItemState::Dead {
+            reason: "gave up".into(),
+            at: 5,
+        };
+        commit(
+            &s,
+            vec![
+                // Enqueued and completed in one commit: never written.
+                StoreOp::PutItem {
+                    queue: name("a"),
+                    item: item(22, ItemState::Pending),
+                },
+                StoreOp::DeleteItem {
+                    queue: name("a"),
+                    id: ItemId(22),
+                },
+                // Written twice: the second version lands.
+                StoreOp::PutItem {
+                    queue: name("a"),
+                    item: item(21, ItemState::Pending),
+                },
+                StoreOp::PutItem {
+                    queue: name("a"),
+                    item: dead.clone(),
+                },
+                // Stored earlier, deleted now.
+                StoreOp::DeleteItem {
+                    queue: name("a"),
+                    id: ItemId(20),
+                },
+                StoreOp::PutQueue(record("a")),
+                StoreOp::PutQueue(updated.clone()),
+                // A queue deleted and made again: only what came after stays.
+                StoreOp::PutQueue(record("b")),
+                StoreOp::PutItem {
+                    queue: name("b"),
+                    item: item(23, ItemState::Pending),
+                },
+                StoreOp::DeleteQueue(name("b")),
+                StoreOp::PutQueue(record("b")),
+                StoreOp::PutItem {
+                    queue: name("b"),
+                    item: item(24, ItemState::Pending),
+                },
+            ],
+        );
+    }
+    let s = EmbeddedStore::open(dir.path()).expect("reopen");
+    let snap = s.load().expect("load");
+    let mut updated = record("a");
+    updated.completed = 9;
+    assert_eq!(snap.queues, vec![updated, record("b")]);
+    let ids: Vec<(String, u64)> = snap
+        .items
+        .iter()
+        .map(|(q, i)| (q.to_string(), i.id.0))
+        .collect();
+    assert_eq!(ids, vec![("a".into(), 21), ("b".into(), 24)]);
+    assert!(
+        matches!(&snap.items[0].1.state, ItemState::Dead { reason, at: 5 } if &**reason == "gave up"),
+        "{:?}",
+        snap.items[0].1
+    );
+    assert_eq!(
+        snap.next_item_id, 25,
+        "ids of items never written count too"
+    );
+}
+
+#[test]
 fn a_second_server_on_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _first = EmbeddedStore::open(dir.path()).expect("open");
