@@ -81,6 +81,10 @@ struct Args {
     /// ... and end to end spread over this many queues.
     #[arg(long, value_delimiter = ',')]
     scale_queues: Vec<usize>,
+    /// How workq consumers complete: in the background as the worker SDK
+    /// does, with the next lease call, or with a separate call after each lease.
+    #[arg(long, value_enum, default_value_t = systems::AckMode::Background)]
+    workq_acks: systems::AckMode,
     /// Also write the table of medians and ratios (markdown) here.
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -385,7 +389,7 @@ async fn target(args: &Args, name: &str, server_bin: &PathBuf) -> Result<Target>
             let server = Server::start(server_bin, store)?;
             Target {
                 name: name.into(),
-                system: System::Workq(server.url.clone()),
+                system: System::Workq(server.url.clone(), args.workq_acks),
                 memory: Memory::Pid(server.child.id()),
                 _server: Some(server),
             }

@@ -20,8 +20,9 @@ use std::time::Duration;
 /// Which system, and where it is.
 #[derive(Debug, Clone)]
 pub enum System {
-    /// workq over gRPC at this URL (`http://host:port`).
-    Workq(String),
+    /// workq over gRPC at this URL (`http://host:port`), completing leases
+    /// this way.
+    Workq(String, AckMode),
     /// Redis at this URL, rediswq layout.
     Redis(String),
     /// RabbitMQ at this AMQP URL.
@@ -30,17 +31,71 @@ pub enum System {
     Nats(String),
 }
 
+/// How a workq consumer hands in the items it finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum AckMode {
+    /// As the worker SDK does: a background task sends whatever tokens
+    /// gathered as one Complete call while the previous one is in flight;
+    /// leasing goes on meanwhile.
+    Background,
+    /// With the next lease call (`complete_tokens`): one round trip a batch,
+    /// but each lease waits for the previous batch's completion to be durable.
+    WithLease,
+    /// Lease, then Complete, one after the other: two round trips a batch.
+    Separate,
+}
+
+/// The background completion task of one workq consumer.
+pub struct Acker {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<String>>,
+    task: tokio::task::JoinHandle<Result<()>>,
+    /// Tokens handed over and not yet completed.
+    unacked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Acker {
+    fn start(mut client: WorkqClient, queue: String) -> Acker {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
+        let unacked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let left = unacked.clone();
+        let task = tokio::spawn(async move {
+            while let Some(mut tokens) = rx.recv().await {
+                while let Ok(more) = rx.try_recv() {
+                    tokens.extend(more);
+                }
+                // The server's limit per call.
+                for chunk in tokens.chunks(1000) {
+                    client
+                        .complete(workq_proto::v1::CompleteRequest {
+                            queue: queue.clone(),
+                            lease_tokens: chunk.to_vec(),
+                        })
+                        .await?;
+                    left.fetch_sub(chunk.len(), std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            Ok(())
+        });
+        Acker { tx, task, unacked }
+    }
+}
+
+type WorkqClient =
+    workq_proto::v1::queue_service_client::QueueServiceClient<tonic::transport::Channel>;
+
 /// One connection to a system, for one queue. (Few exist, and each lives
 /// for a whole measurement: the size difference of the variants is moot.)
 #[allow(clippy::large_enum_variant)]
 pub enum Conn {
     Workq {
-        client:
-            workq_proto::v1::queue_service_client::QueueServiceClient<tonic::transport::Channel>,
+        client: WorkqClient,
         queue: String,
-        /// Leases taken and not yet completed: handed in with the next lease
-        /// call (`complete_tokens`), or by [`Conn::finish`].
+        mode: AckMode,
+        /// `WithLease`: leases taken and not yet completed, handed in with
+        /// the next lease call or by [`Conn::finish`].
         held: Vec<String>,
+        /// `Background`: the completion task, started on first use.
+        acker: Option<Acker>,
     },
     Redis {
         conn: redis::aio::MultiplexedConnection,
@@ -148,7 +203,7 @@ impl System {
     /// A new connection working `queue`.
     pub async fn connect(&self, queue: &str) -> Result<Conn> {
         Ok(match self {
-            System::Workq(url) => Conn::Workq {
+            System::Workq(url, mode) => Conn::Workq {
                 client: workq_proto::v1::queue_service_client::QueueServiceClient::connect(
                     url.clone(),
                 )
@@ -156,7 +211,9 @@ impl System {
                 .with_context(|| format!("connect to workq at {url}"))?
                 .max_decoding_message_size(64 << 20),
                 queue: queue.into(),
+                mode: *mode,
                 held: Vec::new(),
+                acker: None,
             },
             System::Redis(url) => Conn::Redis {
                 // No response timeout: BRPOPLPUSH blocks for whole seconds.
@@ -271,22 +328,37 @@ impl Conn {
             client,
             queue,
             held,
+            acker,
+            ..
         } = self
-            && !held.is_empty()
         {
-            client
-                .complete(workq_proto::v1::CompleteRequest {
-                    queue: queue.clone(),
-                    lease_tokens: std::mem::take(held),
-                })
-                .await?;
+            if !held.is_empty() {
+                client
+                    .complete(workq_proto::v1::CompleteRequest {
+                        queue: queue.clone(),
+                        lease_tokens: std::mem::take(held),
+                    })
+                    .await?;
+            }
+            if let Some(a) = acker.take() {
+                drop(a.tx);
+                a.task.await??;
+            }
         }
         Ok(())
     }
 
     /// Whether this connection holds leases it has not completed yet.
     pub fn holds(&self) -> bool {
-        matches!(self, Conn::Workq { held, .. } if !held.is_empty())
+        match self {
+            Conn::Workq { held, acker, .. } => {
+                !held.is_empty()
+                    || acker
+                        .as_ref()
+                        .is_some_and(|a| a.unacked.load(std::sync::atomic::Ordering::SeqCst) > 0)
+            }
+            _ => false,
+        }
     }
 
     /// Says no more items will come, where the system can (workq's seal:
@@ -323,22 +395,49 @@ impl Conn {
             Conn::Workq {
                 client,
                 queue,
+                mode,
                 held,
+                acker,
             } => {
-                // The previous batch's completion rides on this lease call:
-                // one round trip per batch, as a workq worker does it.
                 let l = client
                     .lease(workq_proto::v1::LeaseRequest {
                         queue: queue.clone(),
                         max_items: u32::try_from(max).unwrap_or(u32::MAX),
                         lease_ms: 60_000,
                         wait_ms,
+                        // WithLease: the previous batch's completion rides
+                        // on this call.
                         complete_tokens: std::mem::take(held),
                     })
                     .await?
                     .into_inner();
                 *leased_at = crate::now_ns();
-                held.extend(l.items.iter().map(|i| i.lease_token.clone()));
+                let tokens: Vec<String> = l.items.iter().map(|i| i.lease_token.clone()).collect();
+                if !tokens.is_empty() {
+                    match mode {
+                        AckMode::WithLease => *held = tokens,
+                        AckMode::Separate => {
+                            client
+                                .complete(workq_proto::v1::CompleteRequest {
+                                    queue: queue.clone(),
+                                    lease_tokens: tokens,
+                                })
+                                .await?;
+                        }
+                        AckMode::Background => {
+                            let a = acker
+                                .get_or_insert_with(|| Acker::start(client.clone(), queue.clone()));
+                            a.unacked
+                                .fetch_add(tokens.len(), std::sync::atomic::Ordering::SeqCst);
+                            if a.tx.send(tokens).is_err()
+                                && let Some(a) = acker.take()
+                            {
+                                a.task.await??;
+                                anyhow::bail!("the completion task stopped");
+                            }
+                        }
+                    }
+                }
                 Ok(l.items.into_iter().map(|i| i.payload.to_vec()).collect())
             }
             Conn::Redis {
