@@ -245,13 +245,32 @@ async fn consume(
     consumers: usize,
     wait: Duration,
 ) -> Result<()> {
+    let conns = connect_all(sys, queue, consumers).await?;
+    consume_with(conns, items, batch, wait).await
+}
+
+/// `n` connections to `queue`.
+async fn connect_all(sys: &System, queue: &str, n: usize) -> Result<Vec<systems::Conn>> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(sys.connect(queue).await?);
+    }
+    Ok(conns)
+}
+
+/// [`consume`] over connections made beforehand.
+async fn consume_with(
+    conns: Vec<systems::Conn>,
+    items: u64,
+    batch: usize,
+    wait: Duration,
+) -> Result<()> {
     let done = Arc::new(AtomicU64::new(0));
     // Consumers holding leases they have not completed yet.
     let holding = Arc::new(AtomicU64::new(0));
     let progress = Arc::new(tokio::sync::Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..consumers {
-        let mut c = sys.connect(queue).await?;
+    for mut c in conns {
         let (done, holding, progress) = (done.clone(), holding.clone(), progress.clone());
         tasks.spawn(async move {
             let mut held = false;
@@ -629,9 +648,15 @@ async fn scale_e2e(args: &Args, t: &Target, consumers: usize, queues: usize) -> 
     }
     let per_queue = (args.items / queues as u64).max(1);
     let consumers_per_queue = (consumers / queues).max(1);
+    // Every consumer is connected before the clock starts: the rate is of
+    // the work, not of opening a thousand connections.
+    let mut conns = Vec::new();
+    for q in &names {
+        conns.push(connect_all(&t.system, q, consumers_per_queue).await?);
+    }
     let start = Instant::now();
     let mut work = Vec::new();
-    for q in &names {
+    for (q, conns) in names.iter().zip(conns) {
         let sys = t.system.clone();
         let q = q.clone();
         let (batch, producers, size) = (args.batch, 1, args.payload);
@@ -641,14 +666,7 @@ async fn scale_e2e(args: &Args, t: &Target, consumers: usize, queues: usize) -> 
                 produce(&sys, &q, per_queue, batch, producers, size),
                 // A worker's long-poll: idle consumers wait in one call
                 // instead of asking again and again.
-                consume(
-                    &sys,
-                    &q,
-                    per_queue,
-                    batch,
-                    consumers_per_queue,
-                    Duration::from_secs(5)
-                )
+                consume_with(conns, per_queue, batch, Duration::from_secs(5))
             )
             .map(|_| ())
         });
