@@ -88,7 +88,8 @@ fn attributes_pb(a: &crate::item::Attributes) -> std::collections::HashMap<Strin
         .collect()
 }
 
-fn leased_pb(l: Leased) -> pb::LeasedItem {
+/// The proto form of a leased item.
+pub fn leased_pb(l: Leased) -> pb::LeasedItem {
     pb::LeasedItem {
         id: l.id.to_string(),
         lease_token: l.token.to_string(),
@@ -234,6 +235,39 @@ impl QueueService for GrpcService {
             drained: out.drained,
             empty: out.empty,
         }))
+    }
+
+    type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkResponse, Status>> + Send>>;
+
+    async fn work(&self, req: Request<tonic::Streaming<pb::WorkRequest>>) -> Res<Self::WorkStream> {
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument(
+                "a Work stream starts with a message naming the queue; none came",
+            )
+        })?;
+        let name = queue_name(&first.queue)?;
+        let lease = opt_ms(first.lease_ms);
+        // Refuse at once what every lease would refuse.
+        self.engine.get_queue(&name).map_err(status)?;
+        if let Some(d) = lease {
+            self.engine
+                .limits()
+                .check_lease(d)
+                .map_err(Status::invalid_argument)?;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(crate::work_stream::serve(
+            self.engine.clone(),
+            name,
+            lease,
+            first,
+            inbound,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Res<pb::RenewResponse> {

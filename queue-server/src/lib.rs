@@ -31,6 +31,7 @@ pub mod queue;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod work_stream;
 
 pub use engine::Engine;
 pub use error::{Error, Result};

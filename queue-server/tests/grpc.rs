@@ -535,3 +535,131 @@ async fn a_locked_data_dir_is_refused_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by another queue-server"), "{err}");
 }
+
+/// One side of a `Work` stream: what the test sends, what it receives.
+struct WorkStream {
+    tx: tokio::sync::mpsc::Sender<pb::WorkRequest>,
+    rx: tonic::Streaming<pb::WorkResponse>,
+}
+
+impl WorkStream {
+    async fn open(
+        c: &mut pb::queue_service_client::QueueServiceClient<tonic::transport::Channel>,
+        queue: &str,
+        credit: u32,
+    ) -> Result<WorkStream, tonic::Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(pb::WorkRequest {
+            queue: queue.into(),
+            credit,
+            ..Default::default()
+        })
+        .await
+        .expect("first message");
+        let rx = c
+            .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(WorkStream { tx, rx })
+    }
+
+    async fn send(&self, credit: u32, tokens: Vec<String>, r#ref: u64) {
+        self.tx
+            .send(pb::WorkRequest {
+                credit,
+                complete_tokens: tokens,
+                r#ref,
+                ..Default::default()
+            })
+            .await
+            .expect("send");
+    }
+
+    async fn next(&mut self) -> pb::WorkResponse {
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.rx.message())
+            .await
+            .expect("a message within 10 s")
+            .expect("no error")
+            .expect("the stream goes on")
+    }
+}
+
+#[tokio::test]
+async fn a_work_stream_pushes_items_up_to_its_credit_and_answers_completions() {
+    let server = ServerProcess::memory();
+    let mut c = server.client().await;
+    let q = unique_queue("work");
+    c.enqueue(enqueue_req(&q, &["a", "b", "c"]))
+        .await
+        .expect("enqueue");
+    let mut w = WorkStream::open(&mut c, &q, 2).await.expect("open");
+    let first = w.next().await;
+    assert_eq!(first.items.len(), 2, "no more than the credit");
+    let tokens: Vec<String> = first.items.iter().map(|i| i.lease_token.clone()).collect();
+    w.send(1, tokens.clone(), 7).await;
+    // The completion's answer and the third item, in either order.
+    let (mut completed, mut items) = (None, Vec::new());
+    while completed.is_none() || items.is_empty() {
+        let m = w.next().await;
+        completed = completed.or(m.completed);
+        items.extend(m.items);
+    }
+    let done = completed.expect("answer");
+    assert_eq!((done.r#ref, done.code), (7, 0), "{done:?}");
+    assert_eq!(items.len(), 1);
+    assert_eq!(stats(&mut c, &q).await.completed, 2);
+
+    // Handing in the same tokens again: refused as Complete refuses them.
+    w.send(0, tokens, 8).await;
+    let stale = w.next().await.completed.expect("answer");
+    assert_eq!(stale.r#ref, 8);
+    assert_eq!(stale.code, Code::FailedPrecondition as i32, "{stale:?}");
+
+    // Sealed: the last completion drains the queue and the stream ends.
+    c.seal_queue(pb::SealQueueRequest { name: q.clone() })
+        .await
+        .expect("seal");
+    w.send(1, vec![items[0].lease_token.clone()], 9).await;
+    let (mut completed, mut drained) = (false, false);
+    while let Some(m) = w.rx.message().await.expect("no error") {
+        completed |= m.completed.is_some_and(|d| d.r#ref == 9 && d.code == 0);
+        drained |= m.drained;
+    }
+    assert!(
+        completed && drained,
+        "completed {completed}, drained {drained}"
+    );
+    let s = stats(&mut c, &q).await;
+    assert_eq!((s.completed, s.drained), (3, true));
+}
+
+#[tokio::test]
+async fn a_waiting_work_stream_gets_an_item_the_moment_it_is_enqueued() {
+    let server = ServerProcess::memory();
+    let mut c = server.client().await;
+    let q = unique_queue("work-wait");
+    c.create_queue(pb::CreateQueueRequest {
+        name: q.clone(),
+        settings: None,
+    })
+    .await
+    .expect("create");
+    let mut w = WorkStream::open(&mut c, &q, 10).await.expect("open");
+    c.enqueue(enqueue_req(&q, &["late"]))
+        .await
+        .expect("enqueue");
+    let m = w.next().await;
+    assert_eq!(m.items.len(), 1);
+    assert_eq!(&m.items[0].payload[..], b"late");
+}
+
+#[tokio::test]
+async fn a_work_stream_on_a_missing_queue_is_refused() {
+    let server = ServerProcess::memory();
+    let mut c = server.client().await;
+    let e = match WorkStream::open(&mut c, &unique_queue("nowhere"), 1).await {
+        Ok(_) => panic!("opened a stream on a missing queue"),
+        Err(e) => e,
+    };
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+}
