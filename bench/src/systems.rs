@@ -43,6 +43,95 @@ pub enum AckMode {
     WithLease,
     /// Lease, then Complete, one after the other: two round trips a batch.
     Separate,
+    /// The `Work` stream: credit and completions go up one long-lived
+    /// stream, items come down it as they are leased; no call per batch.
+    Stream,
+}
+
+/// A consumer's `Work` stream.
+pub struct WorkStream {
+    tx: tokio::sync::mpsc::Sender<workq_proto::v1::WorkRequest>,
+    rx: tonic::Streaming<workq_proto::v1::WorkResponse>,
+    /// Items granted and not yet received.
+    open_credit: usize,
+    /// Completions sent and not yet answered, by `ref`.
+    unanswered: std::collections::HashSet<u64>,
+    next_ref: u64,
+    drained: bool,
+}
+
+impl WorkStream {
+    async fn open(client: &mut WorkqClient, queue: &str) -> Result<WorkStream> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tx.send(workq_proto::v1::WorkRequest {
+            queue: queue.into(),
+            lease_ms: 60_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|_| anyhow!("work stream closed"))?;
+        let rx = client
+            .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(WorkStream {
+            tx,
+            rx,
+            open_credit: 0,
+            unanswered: Default::default(),
+            next_ref: 0,
+            drained: false,
+        })
+    }
+
+    /// Grants credit up to `max` open and hands in `complete`.
+    async fn send(&mut self, max: usize, complete: Vec<String>) -> Result<()> {
+        let credit = max.saturating_sub(self.open_credit);
+        if credit == 0 && complete.is_empty() {
+            return Ok(());
+        }
+        self.next_ref += 1;
+        if !complete.is_empty() {
+            self.unanswered.insert(self.next_ref);
+        }
+        self.open_credit += credit;
+        self.tx
+            .send(workq_proto::v1::WorkRequest {
+                credit: u32::try_from(credit).unwrap_or(u32::MAX),
+                complete_tokens: complete,
+                r#ref: self.next_ref,
+                ..Default::default()
+            })
+            .await
+            .map_err(|_| anyhow!("work stream closed"))
+    }
+
+    /// The next message: items (possibly none), after taking in answers.
+    async fn receive(&mut self, wait: Duration) -> Result<Vec<workq_proto::v1::LeasedItem>> {
+        loop {
+            if self.drained {
+                return Ok(Vec::new());
+            }
+            let Ok(m) = tokio::time::timeout(wait, self.rx.message()).await else {
+                return Ok(Vec::new());
+            };
+            let Some(m) = m? else {
+                self.drained = true;
+                return Ok(Vec::new());
+            };
+            if let Some(done) = m.completed {
+                if done.code != 0 {
+                    anyhow::bail!("completion refused: {}", done.message);
+                }
+                self.unanswered.remove(&done.r#ref);
+            }
+            self.drained |= m.drained;
+            if !m.items.is_empty() {
+                self.open_credit = self.open_credit.saturating_sub(m.items.len());
+                return Ok(m.items);
+            }
+        }
+    }
 }
 
 /// The background completion task of one workq consumer.
@@ -96,6 +185,8 @@ pub enum Conn {
         held: Vec<String>,
         /// `Background`: the completion task, started on first use.
         acker: Option<Acker>,
+        /// `Stream`: the work stream, opened on first use.
+        stream: Option<WorkStream>,
     },
     Redis {
         conn: redis::aio::MultiplexedConnection,
@@ -214,6 +305,7 @@ impl System {
                 mode: *mode,
                 held: Vec::new(),
                 acker: None,
+                stream: None,
             },
             System::Redis(url) => Conn::Redis {
                 // No response timeout: BRPOPLPUSH blocks for whole seconds.
@@ -329,10 +421,11 @@ impl Conn {
             queue,
             held,
             acker,
+            stream,
             ..
         } = self
         {
-            if !held.is_empty() {
+            if stream.is_none() && !held.is_empty() {
                 client
                     .complete(workq_proto::v1::CompleteRequest {
                         queue: queue.clone(),
@@ -344,6 +437,23 @@ impl Conn {
                 drop(a.tx);
                 a.task.await??;
             }
+            if let Some(mut w) = stream.take() {
+                // Hand in the last completions, close our side, and read until
+                // every completion is answered (the server then ends it).
+                w.send(0, std::mem::take(held)).await?;
+                drop(w.tx);
+                while !w.unanswered.is_empty() {
+                    let Some(m) = w.rx.message().await? else {
+                        anyhow::bail!("work stream ended with completions unanswered");
+                    };
+                    if let Some(done) = m.completed {
+                        if done.code != 0 {
+                            anyhow::bail!("completion refused: {}", done.message);
+                        }
+                        w.unanswered.remove(&done.r#ref);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -351,8 +461,14 @@ impl Conn {
     /// Whether this connection holds leases it has not completed yet.
     pub fn holds(&self) -> bool {
         match self {
-            Conn::Workq { held, acker, .. } => {
+            Conn::Workq {
+                held,
+                acker,
+                stream,
+                ..
+            } => {
                 !held.is_empty()
+                    || stream.as_ref().is_some_and(|w| !w.unanswered.is_empty())
                     || acker
                         .as_ref()
                         .is_some_and(|a| a.unacked.load(std::sync::atomic::Ordering::SeqCst) > 0)
@@ -395,9 +511,35 @@ impl Conn {
             Conn::Workq {
                 client,
                 queue,
+                mode: AckMode::Stream,
+                held,
+                stream,
+                ..
+            } => {
+                if stream.is_none() {
+                    *stream = Some(WorkStream::open(client, queue).await?);
+                }
+                let Some(w) = stream.as_mut() else {
+                    return Ok(Vec::new());
+                };
+                // The previous batch's completion and new credit go up at
+                // once; the answer to the completion comes when it is durable,
+                // without holding up the items.
+                w.send(max, std::mem::take(held)).await?;
+                // Items are pushed as they come: a zero wait is no reason to
+                // spin.
+                let items = w.receive(wait.max(Duration::from_millis(100))).await?;
+                *leased_at = crate::now_ns();
+                held.extend(items.iter().map(|i| i.lease_token.clone()));
+                Ok(items.into_iter().map(|i| i.payload.to_vec()).collect())
+            }
+            Conn::Workq {
+                client,
+                queue,
                 mode,
                 held,
                 acker,
+                ..
             } => {
                 let l = client
                     .lease(workq_proto::v1::LeaseRequest {
@@ -415,7 +557,7 @@ impl Conn {
                 let tokens: Vec<String> = l.items.iter().map(|i| i.lease_token.clone()).collect();
                 if !tokens.is_empty() {
                     match mode {
-                        AckMode::WithLease => *held = tokens,
+                        AckMode::WithLease | AckMode::Stream => *held = tokens,
                         AckMode::Separate => {
                             client
                                 .complete(workq_proto::v1::CompleteRequest {

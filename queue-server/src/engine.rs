@@ -342,20 +342,28 @@ impl Engine {
         name: &QueueName,
         f: impl FnOnce(&mut Queue, u64, &mut Journal) -> Result<T>,
     ) -> Result<T> {
-        let cell = self.cell(name)?;
-        let (out, commit) = {
-            let mut slot = cell.lock();
-            if slot.deleted {
-                return Err(Error::QueueNotFound(name.clone()));
-            }
-            let mut journal = self.journal();
-            let out = f(&mut slot.queue, self.inner.clock.now_ms(), &mut journal)?;
-            let commit = self.inner.store.submit(journal.into_ops());
-            cell.changed(&slot);
-            (out, commit)
-        };
+        let (out, commit) = self.mutate_now(name, f)?;
         commit.wait().await?;
         Ok(out)
+    }
+
+    /// [`Engine::mutate`] without the wait: the change is made (and visible)
+    /// when this returns; the commit says when it is durable.
+    fn mutate_now<T>(
+        &self,
+        name: &QueueName,
+        f: impl FnOnce(&mut Queue, u64, &mut Journal) -> Result<T>,
+    ) -> Result<(T, Commit)> {
+        let cell = self.cell(name)?;
+        let mut slot = cell.lock();
+        if slot.deleted {
+            return Err(Error::QueueNotFound(name.clone()));
+        }
+        let mut journal = self.journal();
+        let out = f(&mut slot.queue, self.inner.clock.now_ms(), &mut journal)?;
+        let commit = self.inner.store.submit(journal.into_ops());
+        cell.changed(&slot);
+        Ok((out, commit))
     }
 
     fn read<T>(&self, name: &QueueName, f: impl FnOnce(&Queue) -> T) -> Result<T> {
@@ -470,6 +478,59 @@ impl Engine {
         items: Vec<EnqueueItem>,
         create: bool,
     ) -> Result<Vec<Enqueued>> {
+        self.check_items(&items)?;
+        if create && self.cell(name).is_err() {
+            self.create_queue(name, QueueSettings::UNSET).await?;
+        }
+        let (out, commit) = self.enqueue_checked(name, items)?;
+        commit.wait().await?;
+        Ok(out)
+    }
+
+    /// Adds a batch of items, all or nothing, before it returns; the commit
+    /// says when they are durable (acknowledge only then). Batches submitted
+    /// one after the other are added in that order.
+    pub fn enqueue_now(
+        &self,
+        name: &QueueName,
+        items: Vec<EnqueueItem>,
+    ) -> Result<(Vec<Enqueued>, Commit)> {
+        self.check_items(&items)?;
+        self.enqueue_checked(name, items)
+    }
+
+    fn enqueue_checked(
+        &self,
+        name: &QueueName,
+        items: Vec<EnqueueItem>,
+    ) -> Result<(Vec<Enqueued>, Commit)> {
+        let new: Vec<NewItem> = items
+            .into_iter()
+            .map(|it| NewItem {
+                // Its own allocation: a payload decoded from a request is a
+                // view into that request's whole receive buffer (8 KiB or
+                // more), which would otherwise stay alive as long as the item.
+                payload: prost::bytes::Bytes::copy_from_slice(&it.payload),
+                attributes: crate::item::Attributes::new(it.attributes),
+                idempotency_key: it.idempotency_key.filter(|k| !k.is_empty()).map(Into::into),
+                delay_ms: millis(it.delay),
+            })
+            .collect();
+        let n = new.len() as u64;
+        let next_id = &self.inner.next_id;
+        let out = self.mutate_now(name, |q, now, j| {
+            q.enqueue(
+                now,
+                new,
+                || ItemId(next_id.fetch_add(1, Ordering::Relaxed)),
+                j,
+            )
+        })?;
+        metrics::counter!("workq_items_enqueued_total").increment(n);
+        Ok(out)
+    }
+
+    fn check_items(&self, items: &[EnqueueItem]) -> Result<()> {
         let limits = &self.inner.limits;
         limits
             .check_batch("enqueue", items.len())
@@ -485,35 +546,7 @@ impl Engine {
                 )
                 .map_err(Error::InvalidArgument)?;
         }
-        if create && self.cell(name).is_err() {
-            self.create_queue(name, QueueSettings::UNSET).await?;
-        }
-        let new: Vec<NewItem> = items
-            .into_iter()
-            .map(|it| NewItem {
-                // Its own allocation: a payload decoded from a request is a
-                // view into that request's whole receive buffer (8 KiB or
-                // more), which would otherwise stay alive as long as the item.
-                payload: prost::bytes::Bytes::copy_from_slice(&it.payload),
-                attributes: crate::item::Attributes::new(it.attributes),
-                idempotency_key: it.idempotency_key.filter(|k| !k.is_empty()).map(Into::into),
-                delay_ms: millis(it.delay),
-            })
-            .collect();
-        let n = new.len() as u64;
-        let next_id = &self.inner.next_id;
-        let out = self
-            .mutate(name, |q, now, j| {
-                q.enqueue(
-                    now,
-                    new,
-                    || ItemId(next_id.fetch_add(1, Ordering::Relaxed)),
-                    j,
-                )
-            })
-            .await?;
-        metrics::counter!("workq_items_enqueued_total").increment(n);
-        Ok(out)
+        Ok(())
     }
 
     /// Leases up to `max` items for `lease` (the queue's default when

@@ -88,6 +88,19 @@ fn attributes_pb(a: &crate::item::Attributes) -> std::collections::HashMap<Strin
         .collect()
 }
 
+/// Items to enqueue, from their proto form.
+pub fn enqueue_items(items: Vec<pb::NewItem>) -> Vec<EnqueueItem> {
+    items
+        .into_iter()
+        .map(|i| EnqueueItem {
+            payload: i.payload,
+            attributes: i.attributes.into_iter().collect(),
+            idempotency_key: (!i.idempotency_key.is_empty()).then_some(i.idempotency_key),
+            delay: Duration::from_millis(i.delay_ms),
+        })
+        .collect()
+}
+
 /// The proto form of a leased item.
 pub fn leased_pb(l: Leased) -> pb::LeasedItem {
     pb::LeasedItem {
@@ -194,16 +207,7 @@ impl QueueService for GrpcService {
     async fn enqueue(&self, req: Request<pb::EnqueueRequest>) -> Res<pb::EnqueueResponse> {
         let req = req.into_inner();
         let name = queue_name(&req.queue)?;
-        let items = req
-            .items
-            .into_iter()
-            .map(|i| EnqueueItem {
-                payload: i.payload,
-                attributes: i.attributes.into_iter().collect(),
-                idempotency_key: (!i.idempotency_key.is_empty()).then_some(i.idempotency_key),
-                delay: Duration::from_millis(i.delay_ms),
-            })
-            .collect();
+        let items = enqueue_items(req.items);
         let out = self
             .engine
             .enqueue(&name, items, req.create_queue)
@@ -235,6 +239,40 @@ impl QueueService for GrpcService {
             drained: out.drained,
             empty: out.empty,
         }))
+    }
+
+    type EnqueueStreamStream =
+        Pin<Box<dyn Stream<Item = Result<pb::EnqueueStreamResponse, Status>> + Send>>;
+
+    async fn enqueue_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::EnqueueStreamRequest>>,
+    ) -> Res<Self::EnqueueStreamStream> {
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument(
+                "an EnqueueStream starts with a message naming the queue; none came",
+            )
+        })?;
+        let name = queue_name(&first.queue)?;
+        if first.create_queue && self.engine.get_queue(&name).is_err() {
+            self.engine
+                .create_queue(&name, QueueSettings::UNSET)
+                .await
+                .map_err(status)?;
+        }
+        self.engine.get_queue(&name).map_err(status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(crate::enqueue_stream::serve(
+            self.engine.clone(),
+            name,
+            first,
+            inbound,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkResponse, Status>> + Send>>;

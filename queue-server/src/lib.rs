@@ -22,6 +22,7 @@
 
 pub mod counters;
 pub mod engine;
+pub mod enqueue_stream;
 pub mod error;
 pub mod grpc;
 pub mod item;

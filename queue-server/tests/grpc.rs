@@ -663,3 +663,53 @@ async fn a_work_stream_on_a_missing_queue_is_refused() {
     };
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
 }
+
+#[tokio::test]
+async fn an_enqueue_stream_adds_batches_in_order_and_answers_each_when_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::embedded(dir.path());
+    let mut c = server.client().await;
+    let q = unique_queue("push-stream");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let batch = |queue: &str, payloads: &[&str], r#ref: u64| pb::EnqueueStreamRequest {
+        queue: queue.into(),
+        create_queue: true,
+        items: payloads.iter().map(|p| item(p)).collect(),
+        r#ref,
+    };
+    tx.send(batch(&q, &["1"], 1)).await.expect("send");
+    let mut answers = c
+        .enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("open")
+        .into_inner();
+    tx.send(batch("", &["2", "3"], 2)).await.expect("send");
+    let too_big = "x".repeat(2 << 20);
+    tx.send(batch("", &["4", &too_big], 3)).await.expect("send");
+    tx.send(batch("", &["5"], 4)).await.expect("send");
+    drop(tx);
+    let mut by_ref = std::collections::BTreeMap::new();
+    while let Some(a) = answers.message().await.expect("no error") {
+        by_ref.insert(a.r#ref, a);
+    }
+    assert_eq!(
+        by_ref.len(),
+        4,
+        "every batch answered before the stream ended"
+    );
+    for r in [1, 2, 4] {
+        assert_eq!(by_ref[&r].code, 0, "{:?}", by_ref[&r]);
+    }
+    assert_eq!(by_ref[&2].item_ids.len(), 2);
+    let refused = &by_ref[&3];
+    assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
+    assert!(refused.message.contains("payload"), "{}", refused.message);
+    // In the order sent, and nothing of the refused batch.
+    let l = c
+        .lease(lease_req(&q, 10, 0))
+        .await
+        .expect("lease")
+        .into_inner();
+    let got: Vec<&[u8]> = l.items.iter().map(|i| &i.payload[..]).collect();
+    assert_eq!(got, vec![&b"1"[..], b"2", b"3", b"5"]);
+}

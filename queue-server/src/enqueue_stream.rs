@@ -1,0 +1,103 @@
+//! The streaming form of enqueue (`EnqueueStream`): one long-lived stream per
+//! producer instead of a call per batch.
+//!
+//! Each batch is added to the queue the moment its message is read, so a
+//! producer's batches land in the order it sent them; its answer goes out
+//! once the batch is durable. Several batches may wait for their sync at
+//! once and share it.
+
+use crate::engine::{Engine, EnqueueItem};
+use crate::grpc::{enqueue_items, status};
+use crate::names::QueueName;
+use crate::store::Commit;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+use workq_proto::v1 as pb;
+
+/// What the server sends on an `EnqueueStream`.
+pub type Outbound = mpsc::Sender<Result<pb::EnqueueStreamResponse, Status>>;
+
+/// Serves one `EnqueueStream` until the producer closes its side (every batch
+/// then answered), goes away, or the server stops.
+pub async fn serve(
+    engine: Engine,
+    name: QueueName,
+    first: pb::EnqueueStreamRequest,
+    mut inbound: Streaming<pb::EnqueueStreamRequest>,
+    tx: Outbound,
+) {
+    let mut waiting = FuturesUnordered::new();
+    let mut open = true;
+    let add = |req: pb::EnqueueStreamRequest| {
+        let r#ref = req.r#ref;
+        let items: Vec<EnqueueItem> = enqueue_items(req.items);
+        match engine.enqueue_now(&name, items) {
+            Ok((out, commit)) => Ok(durable(r#ref, out, commit)),
+            Err(e) => Err(refused(r#ref, status(e))),
+        }
+    };
+    let mut answer_now = None;
+    match add(first) {
+        Ok(w) => waiting.push(w),
+        Err(r) => answer_now = Some(r),
+    }
+    loop {
+        if let Some(r) = answer_now.take()
+            && tx.send(Ok(r)).await.is_err()
+        {
+            return;
+        }
+        if !open && waiting.is_empty() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            Some(r) = waiting.next(), if !waiting.is_empty() => {
+                if tx.send(Ok(r)).await.is_err() {
+                    return;
+                }
+            }
+            msg = inbound.message(), if open => match msg {
+                Ok(Some(req)) if engine.is_stopping() => {
+                    answer_now = Some(refused(req.r#ref, Status::unavailable("the server is stopping")));
+                }
+                Ok(Some(req)) => match add(req) {
+                    Ok(w) => waiting.push(w),
+                    Err(r) => answer_now = Some(r),
+                },
+                Ok(None) | Err(_) => open = false,
+            },
+            () = tx.closed() => return,
+        }
+    }
+}
+
+/// The answer to batch `ref`, once its commit is durable.
+fn durable(
+    r#ref: u64,
+    out: Vec<crate::queue::Enqueued>,
+    commit: Commit,
+) -> impl std::future::Future<Output = pb::EnqueueStreamResponse> + use<> {
+    async move {
+        match commit.wait().await {
+            Ok(()) => pb::EnqueueStreamResponse {
+                r#ref,
+                code: 0,
+                message: String::new(),
+                item_ids: out.iter().map(|e| e.id.to_string()).collect(),
+                duplicate: out.iter().map(|e| e.duplicate).collect(),
+            },
+            Err(e) => refused(r#ref, status(e.into())),
+        }
+    }
+}
+
+fn refused(r#ref: u64, s: Status) -> pb::EnqueueStreamResponse {
+    pb::EnqueueStreamResponse {
+        r#ref,
+        code: s.code() as i32,
+        message: s.message().to_owned(),
+        ..Default::default()
+    }
+}
