@@ -81,9 +81,11 @@ struct Args {
     /// ... and end to end spread over this many queues.
     #[arg(long, value_delimiter = ',')]
     scale_queues: Vec<usize>,
-    /// How workq consumers complete: in the background as the worker SDK
-    /// does, with the next lease call, or with a separate call after each lease.
-    #[arg(long, value_enum, default_value_t = systems::AckMode::Background)]
+    /// How workq is driven: `stream` (EnqueueStream and Work, the streaming
+    /// forms), or unary calls with completions sent in the `background` as
+    /// the worker SDK does, `with-lease` (Lease's complete_tokens), or
+    /// `separate` (Lease, then Complete).
+    #[arg(long, value_enum, default_value_t = systems::AckMode::Stream)]
     workq_acks: systems::AckMode,
     /// Also write the table of medians and ratios (markdown) here.
     #[arg(long)]

@@ -31,7 +31,8 @@ pub enum System {
     Nats(String),
 }
 
-/// How a workq consumer hands in the items it finished.
+/// How workq is driven: the streaming forms, or unary calls with one of three
+/// ways to hand in finished items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum AckMode {
     /// As the worker SDK does: a background task sends whatever tokens
@@ -43,9 +44,67 @@ pub enum AckMode {
     WithLease,
     /// Lease, then Complete, one after the other: two round trips a batch.
     Separate,
-    /// The `Work` stream: credit and completions go up one long-lived
-    /// stream, items come down it as they are leased; no call per batch.
+    /// The streaming forms: producers send batches up an `EnqueueStream`;
+    /// consumers grant credit and hand in completions on a `Work` stream and
+    /// get items pushed down it. No call per batch.
     Stream,
+}
+
+/// A producer's `EnqueueStream`: one batch in flight at a time, as a
+/// producer calling Enqueue has.
+pub struct PushStream {
+    tx: tokio::sync::mpsc::Sender<workq_proto::v1::EnqueueStreamRequest>,
+    rx: tonic::Streaming<workq_proto::v1::EnqueueStreamResponse>,
+    next_ref: u64,
+}
+
+impl PushStream {
+    async fn push(
+        stream: &mut Option<PushStream>,
+        client: &mut WorkqClient,
+        queue: &str,
+        items: Vec<workq_proto::v1::NewItem>,
+    ) -> Result<()> {
+        let r#ref = stream.as_ref().map_or(1, |p| p.next_ref);
+        let req = workq_proto::v1::EnqueueStreamRequest {
+            queue: queue.into(),
+            create_queue: false,
+            items,
+            r#ref,
+        };
+        let p = match stream {
+            Some(p) => {
+                p.tx.send(req)
+                    .await
+                    .map_err(|_| anyhow!("enqueue stream closed"))?;
+                p
+            }
+            None => {
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                tx.send(req)
+                    .await
+                    .map_err(|_| anyhow!("enqueue stream closed"))?;
+                let rx = client
+                    .enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                stream.insert(PushStream {
+                    tx,
+                    rx,
+                    next_ref: 1,
+                })
+            }
+        };
+        p.next_ref += 1;
+        let answer =
+            p.rx.message()
+                .await?
+                .ok_or_else(|| anyhow!("enqueue stream ended"))?;
+        if answer.code != 0 || answer.r#ref != r#ref {
+            anyhow::bail!("enqueue refused: {} (ref {})", answer.message, answer.r#ref);
+        }
+        Ok(())
+    }
 }
 
 /// A consumer's `Work` stream.
@@ -187,6 +246,8 @@ pub enum Conn {
         acker: Option<Acker>,
         /// `Stream`: the work stream, opened on first use.
         stream: Option<WorkStream>,
+        /// `Stream`: the enqueue stream, opened on first use.
+        push: Option<PushStream>,
     },
     Redis {
         conn: redis::aio::MultiplexedConnection,
@@ -306,6 +367,7 @@ impl System {
                 held: Vec::new(),
                 acker: None,
                 stream: None,
+                push: None,
             },
             System::Redis(url) => Conn::Redis {
                 // No response timeout: BRPOPLPUSH blocks for whole seconds.
@@ -354,20 +416,31 @@ impl Conn {
     /// Enqueues `items`; returns once the system acknowledged them.
     pub async fn enqueue(&mut self, items: Vec<Vec<u8>>) -> Result<()> {
         match self {
-            Conn::Workq { client, queue, .. } => {
-                client
-                    .enqueue(workq_proto::v1::EnqueueRequest {
-                        queue: queue.clone(),
-                        items: items
-                            .into_iter()
-                            .map(|p| workq_proto::v1::NewItem {
-                                payload: p.into(),
-                                ..Default::default()
-                            })
-                            .collect(),
-                        create_queue: false,
+            Conn::Workq {
+                client,
+                queue,
+                mode,
+                push,
+                ..
+            } => {
+                let items = items
+                    .into_iter()
+                    .map(|p| workq_proto::v1::NewItem {
+                        payload: p.into(),
+                        ..Default::default()
                     })
-                    .await?;
+                    .collect();
+                if *mode == AckMode::Stream {
+                    PushStream::push(push, client, queue, items).await?;
+                } else {
+                    client
+                        .enqueue(workq_proto::v1::EnqueueRequest {
+                            queue: queue.clone(),
+                            items,
+                            create_queue: false,
+                        })
+                        .await?;
+                }
             }
             Conn::Redis { conn, queue, .. } => {
                 redis::cmd("RPUSH")

@@ -74,22 +74,20 @@ pub async fn serve(
 }
 
 /// The answer to batch `ref`, once its commit is durable.
-fn durable(
+async fn durable(
     r#ref: u64,
     out: Vec<crate::queue::Enqueued>,
     commit: Commit,
-) -> impl std::future::Future<Output = pb::EnqueueStreamResponse> + use<> {
-    async move {
-        match commit.wait().await {
-            Ok(()) => pb::EnqueueStreamResponse {
-                r#ref,
-                code: 0,
-                message: String::new(),
-                item_ids: out.iter().map(|e| e.id.to_string()).collect(),
-                duplicate: out.iter().map(|e| e.duplicate).collect(),
-            },
-            Err(e) => refused(r#ref, status(e.into())),
-        }
+) -> pb::EnqueueStreamResponse {
+    match commit.wait().await {
+        Ok(()) => pb::EnqueueStreamResponse {
+            r#ref,
+            code: 0,
+            message: String::new(),
+            item_ids: out.iter().map(|e| e.id.to_string()).collect(),
+            duplicate: out.iter().map(|e| e.duplicate).collect(),
+        },
+        Err(e) => refused(r#ref, status(e.into())),
     }
 }
 
