@@ -395,7 +395,27 @@ impl Queue {
         }
         self.counters.pending -= out.len() as u64;
         self.counters.leased += out.len() as u64;
+        self.compact_leases();
         out
+    }
+
+    /// Drops the deadline entries of leases that ended (completed, failed,
+    /// released or renewed) once they outnumber the live ones: left to wait
+    /// for their deadline, a fast queue with long leases would hold millions
+    /// of them. Amortized: between two passes at least as many entries are added
+    /// as leases are live, and 1,024 more.
+    fn compact_leases(&mut self) {
+        let live = usize::try_from(self.counters.leased).unwrap_or(usize::MAX);
+        if self.leases.len() <= live.saturating_mul(2).saturating_add(1024) {
+            return;
+        }
+        let items = &self.items;
+        self.leases.retain(|Reverse((deadline, id, seq))| {
+            matches!(
+                items.get(id).map(|i| &i.state),
+                Some(ItemState::Leased { seq: s, deadline: d }) if s == seq && d == deadline
+            )
+        });
     }
 
     /// Why `token` is not a live lease at `now`, if it is not.

@@ -587,3 +587,21 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn ended_leases_do_not_pile_up_in_the_deadline_heap() {
+    let mut f = Fixture::new();
+    for i in 0..20_000u64 {
+        f.enqueue(i, &["x"]);
+        let l = f.lease_one(i);
+        f.q.complete(i, &[l.token], &mut f.journal)
+            .expect("complete");
+    }
+    // One lease still live: its entry must survive the compaction.
+    f.enqueue(20_000, &["last"]);
+    let live = f.lease_one(20_000);
+    assert!(f.q.leases.len() <= 1027, "{} entries", f.q.leases.len());
+    // The live lease's entry survived: it still expires.
+    f.q.reap(20_000 + LEASE, &mut f.journal);
+    assert_eq!(f.counters().leased, 0, "the live lease expired: {live:?}");
+}
