@@ -564,8 +564,10 @@ impl Engine {
 
     /// Completes `complete` (all or nothing, as [`Engine::complete`]), then
     /// leases as [`Engine::lease`]: a worker's finished items and its next
-    /// ones in one call. The lease's arguments are checked first; when they or
-    /// the completion are refused, nothing is completed or leased.
+    /// ones in one call. The lease's arguments are checked first: when they
+    /// or the completion are refused, nothing is completed or leased. (Once
+    /// the completion is durable it stands, even if the lease then fails —
+    /// the queue deleted meanwhile.)
     pub async fn complete_then_lease(
         &self,
         name: &QueueName,

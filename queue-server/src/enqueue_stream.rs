@@ -38,6 +38,8 @@ pub async fn serve(
         }
     };
     let mut answer_now = None;
+    // Sent last, after the answers to batches in flight.
+    let mut last_word: Option<Status> = None;
     match add(first) {
         Ok(w) => waiting.push(w),
         Err(r) => answer_now = Some(r),
@@ -49,6 +51,9 @@ pub async fn serve(
             return;
         }
         if !open && waiting.is_empty() {
+            if let Some(s) = last_word {
+                let _ = tx.send(Err(s)).await;
+            }
             return;
         }
         tokio::select! {
@@ -59,15 +64,22 @@ pub async fn serve(
                 }
             }
             msg = inbound.message(), if open => match msg {
-                Ok(Some(req)) if engine.is_stopping() => {
-                    answer_now = Some(refused(req.r#ref, Status::unavailable("the server is stopping")));
-                }
                 Ok(Some(req)) => match add(req) {
                     Ok(w) => waiting.push(w),
                     Err(r) => answer_now = Some(r),
                 },
-                Ok(None) | Err(_) => open = false,
+                Ok(None) => open = false,
+                // A message that could not be read (too large, malformed):
+                // the stream ends with why, after the answers in flight.
+                Err(s) => {
+                    last_word = Some(s);
+                    open = false;
+                }
             },
+            () = engine.stopping(), if open => {
+                last_word = Some(Status::unavailable("the server is stopping"));
+                open = false;
+            }
             () = tx.closed() => return,
         }
     }

@@ -33,7 +33,8 @@ pub async fn serve(
     tx: Outbound,
 ) {
     let max_batch = engine.limits().max_batch as u64;
-    let max_wait = engine.limits().max_wait;
+    // A floor: a zero limit would make every lease answer at once and spin.
+    let max_wait = engine.limits().max_wait.max(Duration::from_secs(1));
     let mut credit: u64 = 0;
     let mut completions = FuturesUnordered::new();
     // Set once the worker half-closed, the queue drained or the server is
@@ -70,33 +71,44 @@ pub async fn serve(
                         completions.push(c);
                     }
                 }
-                Ok(None) | Err(_) => ending = true,
+                Ok(None) => ending = true,
+                // A message that could not be read (too large, malformed):
+                // the stream ends with why, after the answers in flight.
+                Err(s) => {
+                    last_word = Some(s);
+                    ending = true;
+                }
             },
             out = engine.lease(&name, want, lease, max_wait), if want > 0 && !ending => match out {
                 Ok(out) => {
                     credit -= out.items.len() as u64;
                     if !out.items.is_empty() || out.drained {
+                        let tokens: Vec<LeaseToken> = out.items.iter().map(|l| l.token).collect();
                         let msg = pb::WorkResponse {
                             items: out.items.into_iter().map(leased_pb).collect(),
                             drained: out.drained,
                             completed: None,
                         };
                         if tx.send(Ok(msg)).await.is_err() {
+                            // The worker is gone before it saw them: give
+                            // them back at once, counting no attempt.
+                            let _ = engine.release(&name, &tokens).await;
                             return;
                         }
                     }
                     if out.drained {
                         ending = true;
-                    } else if engine.is_stopping() {
-                        last_word = Some(Status::unavailable("the server is stopping"));
-                        ending = true;
                     }
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(status(e))).await;
-                    return;
+                    last_word = Some(status(e));
+                    ending = true;
                 }
             },
+            () = engine.stopping(), if !ending => {
+                last_word = Some(Status::unavailable("the server is stopping"));
+                ending = true;
+            }
             () = tx.closed() => return,
         }
     }

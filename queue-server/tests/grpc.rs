@@ -713,3 +713,49 @@ async fn an_enqueue_stream_adds_batches_in_order_and_answers_each_when_durable()
     let got: Vec<&[u8]> = l.items.iter().map(|i| &i.payload[..]).collect();
     assert_eq!(got, vec![&b"1"[..], b"2", b"3", b"5"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_do_not_hold_up_a_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = ServerProcess::embedded(dir.path());
+    let mut c = server.client().await;
+    let q = unique_queue("term-streams");
+    c.enqueue(enqueue_req(&q, &["a"])).await.expect("enqueue");
+    // A worker holding its only item (no credit left) and an idle producer.
+    let mut w = WorkStream::open(&mut c, &q, 1).await.expect("open work");
+    assert_eq!(w.next().await.items.len(), 1);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::EnqueueStreamRequest {
+        queue: q.clone(),
+        items: vec![item("b")],
+        r#ref: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let mut answers = c
+        .enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("open enqueue stream")
+        .into_inner();
+    let first = answers.message().await.expect("answer").expect("answer");
+    assert_eq!((first.r#ref, first.code), (1, 0));
+
+    let status = tokio::task::block_in_place(|| {
+        server.signal_and_wait_for(Signal::SIGTERM, std::time::Duration::from_secs(20))
+    });
+    let status = status.expect("the server exits within 20 s of SIGTERM with streams open");
+    assert!(status.success(), "exit status {status:?}");
+    // Both streams end with the reason.
+    let e = answers
+        .message()
+        .await
+        .expect_err("enqueue stream ends with a status");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let e =
+        w.rx.message()
+            .await
+            .expect_err("work stream ends with a status");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    drop(tx);
+}

@@ -74,6 +74,26 @@ impl ServerProcess {
     }
 
     /// Sends a signal and waits for the exit status.
+    /// Sends `sig` and waits up to `limit` for the exit; `None` if the
+    /// server is still running then (it is killed when dropped).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn signal_and_wait_for(
+        &mut self,
+        sig: nix::sys::signal::Signal,
+        limit: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal");
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn signal_and_wait(&mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, sig).expect("signal");
