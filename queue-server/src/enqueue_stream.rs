@@ -44,6 +44,8 @@ pub async fn serve(
         Ok(w) => waiting.push(w),
         Err(r) => answer_now = Some(r),
     }
+    let stopping = engine.stopping();
+    tokio::pin!(stopping);
     loop {
         if let Some(r) = answer_now.take()
             && tx.send(Ok(r)).await.is_err()
@@ -76,7 +78,7 @@ pub async fn serve(
                     open = false;
                 }
             },
-            () = engine.stopping(), if open => {
+            () = &mut stopping, if open => {
                 last_word = Some(Status::unavailable("the server is stopping"));
                 open = false;
             }

@@ -49,6 +49,8 @@ pub async fn serve(
     if let Some(c) = take(first, &mut credit) {
         completions.push(c);
     }
+    let stopping = engine.stopping();
+    tokio::pin!(stopping);
     loop {
         if ending && completions.is_empty() {
             if let Some(s) = last_word {
@@ -105,7 +107,7 @@ pub async fn serve(
                     ending = true;
                 }
             },
-            () = engine.stopping(), if !ending => {
+            () = &mut stopping, if !ending => {
                 last_word = Some(Status::unavailable("the server is stopping"));
                 ending = true;
             }
