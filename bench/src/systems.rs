@@ -109,7 +109,8 @@ impl PushStream {
 
 /// A consumer's `Work` stream.
 pub struct WorkStream {
-    tx: tokio::sync::mpsc::Sender<workq_proto::v1::WorkRequest>,
+    /// Our side; `None` once closed.
+    tx: Option<tokio::sync::mpsc::Sender<workq_proto::v1::WorkRequest>>,
     rx: tonic::Streaming<workq_proto::v1::WorkResponse>,
     /// Items granted and not yet received.
     open_credit: usize,
@@ -134,7 +135,7 @@ impl WorkStream {
             .await?
             .into_inner();
         Ok(WorkStream {
-            tx,
+            tx: Some(tx),
             rx,
             open_credit: 0,
             unanswered: Default::default(),
@@ -155,6 +156,8 @@ impl WorkStream {
         }
         self.open_credit += credit;
         self.tx
+            .as_ref()
+            .ok_or_else(|| anyhow!("work stream closed"))?
             .send(workq_proto::v1::WorkRequest {
                 credit: u32::try_from(credit).unwrap_or(u32::MAX),
                 complete_tokens: complete,
@@ -163,6 +166,17 @@ impl WorkStream {
             })
             .await
             .map_err(|_| anyhow!("work stream closed"))
+    }
+
+    /// Takes in the answer to a completion, if the message carries one.
+    fn answered(&mut self, done: Option<workq_proto::v1::CompletionResult>) -> Result<()> {
+        if let Some(done) = done {
+            if done.code != 0 {
+                anyhow::bail!("completion refused: {}", done.message);
+            }
+            self.unanswered.remove(&done.r#ref);
+        }
+        Ok(())
     }
 
     /// The next message: items (possibly none), after taking in answers.
@@ -178,12 +192,7 @@ impl WorkStream {
                 self.drained = true;
                 return Ok(Vec::new());
             };
-            if let Some(done) = m.completed {
-                if done.code != 0 {
-                    anyhow::bail!("completion refused: {}", done.message);
-                }
-                self.unanswered.remove(&done.r#ref);
-            }
+            self.answered(m.completed)?;
             self.drained |= m.drained;
             if !m.items.is_empty() {
                 self.open_credit = self.open_credit.saturating_sub(m.items.len());
@@ -514,17 +523,12 @@ impl Conn {
                 // Hand in the last completions, close our side, and read until
                 // every completion is answered (the server then ends it).
                 w.send(0, std::mem::take(held)).await?;
-                drop(w.tx);
+                w.tx = None;
                 while !w.unanswered.is_empty() {
                     let Some(m) = w.rx.message().await? else {
                         anyhow::bail!("work stream ended with completions unanswered");
                     };
-                    if let Some(done) = m.completed {
-                        if done.code != 0 {
-                            anyhow::bail!("completion refused: {}", done.message);
-                        }
-                        w.unanswered.remove(&done.r#ref);
-                    }
+                    w.answered(m.completed)?;
                 }
             }
         }

@@ -88,6 +88,15 @@ fn attributes_pb(a: &crate::item::Attributes) -> std::collections::HashMap<Strin
         .collect()
 }
 
+/// The first message of a client stream, which names the queue.
+async fn first_message<T>(inbound: &mut tonic::Streaming<T>, what: &str) -> Result<T, Status> {
+    inbound.message().await?.ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "{what} starts with a message naming the queue; none came"
+        ))
+    })
+}
+
 /// Items to enqueue, from their proto form.
 pub fn enqueue_items(items: Vec<pb::NewItem>) -> Vec<EnqueueItem> {
     items
@@ -249,11 +258,7 @@ impl QueueService for GrpcService {
         req: Request<tonic::Streaming<pb::EnqueueStreamRequest>>,
     ) -> Res<Self::EnqueueStreamStream> {
         let mut inbound = req.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| {
-            Status::invalid_argument(
-                "an EnqueueStream starts with a message naming the queue; none came",
-            )
-        })?;
+        let first = first_message(&mut inbound, "an EnqueueStream").await?;
         let name = queue_name(&first.queue)?;
         if first.create_queue && self.engine.get_queue(&name).is_err() {
             self.engine
@@ -279,11 +284,7 @@ impl QueueService for GrpcService {
 
     async fn work(&self, req: Request<tonic::Streaming<pb::WorkRequest>>) -> Res<Self::WorkStream> {
         let mut inbound = req.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| {
-            Status::invalid_argument(
-                "a Work stream starts with a message naming the queue; none came",
-            )
-        })?;
+        let first = first_message(&mut inbound, "a Work stream").await?;
         let name = queue_name(&first.queue)?;
         let lease = opt_ms(first.lease_ms);
         // Refuse at once what every lease would refuse.

@@ -85,15 +85,19 @@ pub async fn serve(
                 Ok(out) => {
                     credit -= out.items.len() as u64;
                     if !out.items.is_empty() || out.drained {
-                        let tokens: Vec<LeaseToken> = out.items.iter().map(|l| l.token).collect();
                         let msg = pb::WorkResponse {
                             items: out.items.into_iter().map(leased_pb).collect(),
                             drained: out.drained,
                             completed: None,
                         };
-                        if tx.send(Ok(msg)).await.is_err() {
+                        if let Err(mpsc::error::SendError(unsent)) = tx.send(Ok(msg)).await {
                             // The worker is gone before it saw them: give
                             // them back at once, counting no attempt.
+                            let tokens: Vec<LeaseToken> = unsent
+                                .iter()
+                                .flat_map(|m| &m.items)
+                                .filter_map(|i| i.lease_token.parse().ok())
+                                .collect();
                             let _ = engine.release(&name, &tokens).await;
                             return;
                         }
