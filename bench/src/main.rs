@@ -25,19 +25,20 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use systems::System;
+use systems::{System, SystemName};
 
 /// Side-by-side queue benchmarks: workq, Redis (rediswq), RabbitMQ, NATS JetStream.
 #[derive(Debug, Parser)]
 #[command(name = "workq-bench", version)]
 struct Args {
-    /// Systems to run, comma separated: workq-memory, workq-embedded, redis, amqp, nats.
+    /// Systems to run, comma separated.
     #[arg(
         long,
+        value_enum,
         default_value = "workq-memory,workq-embedded,redis,amqp,nats",
         value_delimiter = ','
     )]
-    systems: Vec<String>,
+    systems: Vec<SystemName>,
     /// Items per throughput measurement.
     #[arg(long, default_value_t = 100_000)]
     items: u64,
@@ -409,39 +410,37 @@ struct Target {
     _server: Option<Server>,
 }
 
-async fn target(args: &Args, name: &str, server_bin: &PathBuf) -> Result<Target> {
-    Ok(match name {
-        "workq-memory" | "workq-embedded" => {
+async fn target(args: &Args, which: SystemName, server_bin: &PathBuf) -> Result<Target> {
+    let name = which.as_str().to_string();
+    Ok(match which {
+        SystemName::WorkqMemory | SystemName::WorkqEmbedded => {
             let store = name.trim_start_matches("workq-");
             let server = Server::start(server_bin, store)?;
             Target {
-                name: name.into(),
                 system: System::Workq(server.url.clone(), args.workq_acks),
                 memory: Memory::Pid(server.child.id()),
+                name,
                 _server: Some(server),
             }
         }
-        "redis" => Target {
-            name: name.into(),
+        SystemName::Redis => Target {
+            name,
             system: System::Redis(args.redis.clone()),
             memory: Memory::RedisInfo(args.redis.clone()),
             _server: None,
         },
-        "amqp" => Target {
-            name: name.into(),
+        SystemName::Amqp => Target {
+            name,
             system: System::Amqp(args.amqp.clone()),
             memory: pid_of("beam.smp").map_or(Memory::None, Memory::Pid),
             _server: None,
         },
-        "nats" => Target {
-            name: name.into(),
+        SystemName::Nats => Target {
+            name,
             system: System::Nats(args.nats.clone()),
             memory: pid_of("nats-server").map_or(Memory::None, Memory::Pid),
             _server: None,
         },
-        other => anyhow::bail!(
-            "unknown system {other:?}: use workq-memory, workq-embedded, redis, amqp, nats"
-        ),
     })
 }
 
@@ -737,8 +736,8 @@ fn main() -> Result<()> {
         .build()?;
     rt.block_on(async {
         let mut targets = Vec::new();
-        for name in &args.systems {
-            targets.push(target(&args, name, &server_bin).await?);
+        for which in &args.systems {
+            targets.push(target(&args, *which, &server_bin).await?);
         }
         if !(args.scale_depths.is_empty() && args.scale_consumers.is_empty() && args.scale_queues.is_empty()) {
             return scaling(&args, &targets).await;
@@ -781,7 +780,7 @@ fn main() -> Result<()> {
             .map(|m| report::Point { system: m.system.clone(), consumers: m.round, items_per_s: m.value })
             .collect();
         if let Some(path) = &args.markdown {
-            std::fs::write(path, report::markdown(&args.systems, &medians))
+            std::fs::write(path, report::markdown(&args.systems.iter().map(|s| s.as_str().to_string()).collect::<Vec<_>>(), &medians))
                 .with_context(|| format!("write {}", path.display()))?;
         }
         if let Some(path) = &args.svg {

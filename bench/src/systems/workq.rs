@@ -1,0 +1,427 @@
+//! workq over its `workq.v1` gRPC API: batch enqueue, batch lease, batch
+//! complete, or the streaming forms (`EnqueueStream`, `Work`), as
+//! [`AckMode`] says.
+
+use anyhow::{Context, Result, anyhow};
+use std::time::Duration;
+
+/// How workq is driven: the streaming forms, or unary calls with one of three
+/// ways to hand in finished items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum AckMode {
+    /// As the worker SDK does: a background task sends whatever tokens
+    /// gathered as one Complete call while the previous one is in flight;
+    /// leasing goes on meanwhile.
+    Background,
+    /// With the next lease call (`complete_tokens`): one round trip a batch,
+    /// but each lease waits for the previous batch's completion to be durable.
+    WithLease,
+    /// Lease, then Complete, one after the other: two round trips a batch.
+    Separate,
+    /// The streaming forms: producers send batches up an `EnqueueStream`;
+    /// consumers grant credit and hand in completions on a `Work` stream and
+    /// get items pushed down it. No call per batch.
+    Stream,
+}
+
+/// A producer's `EnqueueStream`: one batch in flight at a time, as a
+/// producer calling Enqueue has.
+pub struct PushStream {
+    tx: tokio::sync::mpsc::Sender<workq_proto::v1::EnqueueStreamRequest>,
+    rx: tonic::Streaming<workq_proto::v1::EnqueueStreamResponse>,
+    next_ref: u64,
+}
+
+impl PushStream {
+    async fn push(
+        stream: &mut Option<PushStream>,
+        client: &mut WorkqClient,
+        queue: &str,
+        items: Vec<workq_proto::v1::NewItem>,
+    ) -> Result<()> {
+        let r#ref = stream.as_ref().map_or(1, |p| p.next_ref);
+        let req = workq_proto::v1::EnqueueStreamRequest {
+            queue: queue.into(),
+            create_queue: false,
+            items,
+            r#ref,
+        };
+        let p = match stream {
+            Some(p) => {
+                p.tx.send(req)
+                    .await
+                    .map_err(|_| anyhow!("enqueue stream closed"))?;
+                p
+            }
+            None => {
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                tx.send(req)
+                    .await
+                    .map_err(|_| anyhow!("enqueue stream closed"))?;
+                let rx = client
+                    .enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                stream.insert(PushStream {
+                    tx,
+                    rx,
+                    next_ref: 1,
+                })
+            }
+        };
+        p.next_ref += 1;
+        let answer =
+            p.rx.message()
+                .await?
+                .ok_or_else(|| anyhow!("enqueue stream ended"))?;
+        if answer.code != 0 || answer.r#ref != r#ref {
+            anyhow::bail!("enqueue refused: {} (ref {})", answer.message, answer.r#ref);
+        }
+        Ok(())
+    }
+}
+
+/// A consumer's `Work` stream.
+pub struct WorkStream {
+    /// Our side; `None` once closed.
+    tx: Option<tokio::sync::mpsc::Sender<workq_proto::v1::WorkRequest>>,
+    rx: tonic::Streaming<workq_proto::v1::WorkResponse>,
+    /// Items granted and not yet received.
+    open_credit: usize,
+    /// Completions sent and not yet answered, by `ref`.
+    unanswered: std::collections::HashSet<u64>,
+    next_ref: u64,
+    drained: bool,
+}
+
+impl WorkStream {
+    async fn open(client: &mut WorkqClient, queue: &str) -> Result<WorkStream> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tx.send(workq_proto::v1::WorkRequest {
+            queue: queue.into(),
+            lease_ms: 60_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|_| anyhow!("work stream closed"))?;
+        let rx = client
+            .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(WorkStream {
+            tx: Some(tx),
+            rx,
+            open_credit: 0,
+            unanswered: Default::default(),
+            next_ref: 0,
+            drained: false,
+        })
+    }
+
+    /// Grants credit up to `max` open and hands in `complete`.
+    async fn send(&mut self, max: usize, complete: Vec<String>) -> Result<()> {
+        let credit = max.saturating_sub(self.open_credit);
+        if credit == 0 && complete.is_empty() {
+            return Ok(());
+        }
+        self.next_ref += 1;
+        if !complete.is_empty() {
+            self.unanswered.insert(self.next_ref);
+        }
+        self.open_credit += credit;
+        self.tx
+            .as_ref()
+            .ok_or_else(|| anyhow!("work stream closed"))?
+            .send(workq_proto::v1::WorkRequest {
+                credit: u32::try_from(credit).unwrap_or(u32::MAX),
+                complete_tokens: complete,
+                r#ref: self.next_ref,
+                ..Default::default()
+            })
+            .await
+            .map_err(|_| anyhow!("work stream closed"))
+    }
+
+    /// Takes in the answer to a completion, if the message carries one.
+    fn answered(&mut self, done: Option<workq_proto::v1::CompletionResult>) -> Result<()> {
+        if let Some(done) = done {
+            if done.code != 0 {
+                anyhow::bail!("completion refused: {}", done.message);
+            }
+            self.unanswered.remove(&done.r#ref);
+        }
+        Ok(())
+    }
+
+    /// The next message: items (possibly none), after taking in answers.
+    async fn receive(&mut self, wait: Duration) -> Result<Vec<workq_proto::v1::LeasedItem>> {
+        loop {
+            if self.drained {
+                return Ok(Vec::new());
+            }
+            let Ok(m) = tokio::time::timeout(wait, self.rx.message()).await else {
+                return Ok(Vec::new());
+            };
+            let Some(m) = m? else {
+                self.drained = true;
+                return Ok(Vec::new());
+            };
+            self.answered(m.completed)?;
+            self.drained |= m.drained;
+            if !m.items.is_empty() {
+                self.open_credit = self.open_credit.saturating_sub(m.items.len());
+                return Ok(m.items);
+            }
+        }
+    }
+}
+
+/// The background completion task of one workq consumer.
+pub struct Acker {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<String>>,
+    task: tokio::task::JoinHandle<Result<()>>,
+    /// Tokens handed over and not yet completed.
+    unacked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Acker {
+    fn start(mut client: WorkqClient, queue: String) -> Acker {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
+        let unacked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let left = unacked.clone();
+        let task = tokio::spawn(async move {
+            while let Some(mut tokens) = rx.recv().await {
+                while let Ok(more) = rx.try_recv() {
+                    tokens.extend(more);
+                }
+                // The server's limit per call.
+                for chunk in tokens.chunks(1000) {
+                    client
+                        .complete(workq_proto::v1::CompleteRequest {
+                            queue: queue.clone(),
+                            lease_tokens: chunk.to_vec(),
+                        })
+                        .await?;
+                    left.fetch_sub(chunk.len(), std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            Ok(())
+        });
+        Acker { tx, task, unacked }
+    }
+}
+
+type WorkqClient =
+    workq_proto::v1::queue_service_client::QueueServiceClient<tonic::transport::Channel>;
+
+/// One client working one queue.
+pub struct Conn {
+    client: WorkqClient,
+    queue: String,
+    mode: AckMode,
+    /// `WithLease`/`Stream`: leases taken and not yet completed, handed in
+    /// with the next lease call (or credit) or by [`Conn::finish`].
+    held: Vec<String>,
+    /// `Background`: the completion task, started on first use.
+    acker: Option<Acker>,
+    /// `Stream`: the work stream, opened on first use.
+    stream: Option<WorkStream>,
+    /// `Stream`: the enqueue stream, opened on first use.
+    push: Option<PushStream>,
+}
+
+impl Conn {
+    /// Connects to the queue-server at `url` (`http://host:port`).
+    pub async fn connect(url: &str, queue: &str, mode: AckMode) -> Result<Conn> {
+        Ok(Conn {
+            client: WorkqClient::connect(url.to_string())
+                .await
+                .with_context(|| format!("connect to workq at {url}"))?
+                .max_decoding_message_size(64 << 20),
+            queue: queue.into(),
+            mode,
+            held: Vec::new(),
+            acker: None,
+            stream: None,
+            push: None,
+        })
+    }
+
+    /// Creates the queue with the server's default settings.
+    pub async fn create(&mut self) -> Result<()> {
+        self.client
+            .create_queue(workq_proto::v1::CreateQueueRequest {
+                name: self.queue.clone(),
+                settings: None,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the queue, if it exists.
+    pub async fn drop_queue(&mut self) -> Result<()> {
+        let _ = self
+            .client
+            .delete_queue(workq_proto::v1::DeleteQueueRequest {
+                name: self.queue.clone(),
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Enqueues `items` (on the enqueue stream in `Stream` mode).
+    pub async fn enqueue(&mut self, items: Vec<Vec<u8>>) -> Result<()> {
+        let items = items
+            .into_iter()
+            .map(|p| workq_proto::v1::NewItem {
+                payload: p.into(),
+                ..Default::default()
+            })
+            .collect();
+        if self.mode == AckMode::Stream {
+            PushStream::push(&mut self.push, &mut self.client, &self.queue, items).await?;
+        } else {
+            self.client
+                .enqueue(workq_proto::v1::EnqueueRequest {
+                    queue: self.queue.clone(),
+                    items,
+                    create_queue: false,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Seals the queue: waiting consumers answer at once when it is drained.
+    pub async fn seal(&mut self) -> Result<()> {
+        self.client
+            .seal_queue(workq_proto::v1::SealQueueRequest {
+                name: self.queue.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Completes whatever this connection still holds.
+    pub async fn finish(&mut self) -> Result<()> {
+        if self.stream.is_none() && !self.held.is_empty() {
+            self.client
+                .complete(workq_proto::v1::CompleteRequest {
+                    queue: self.queue.clone(),
+                    lease_tokens: std::mem::take(&mut self.held),
+                })
+                .await?;
+        }
+        if let Some(a) = self.acker.take() {
+            drop(a.tx);
+            a.task.await??;
+        }
+        if let Some(mut w) = self.stream.take() {
+            // Hand in the last completions, close our side, and read until
+            // every completion is answered (the server then ends it).
+            w.send(0, std::mem::take(&mut self.held)).await?;
+            w.tx = None;
+            while !w.unanswered.is_empty() {
+                let Some(m) = w.rx.message().await? else {
+                    anyhow::bail!("work stream ended with completions unanswered");
+                };
+                w.answered(m.completed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this connection holds leases it has not completed yet.
+    pub fn holds(&self) -> bool {
+        !self.held.is_empty()
+            || self
+                .stream
+                .as_ref()
+                .is_some_and(|w| !w.unanswered.is_empty())
+            || self
+                .acker
+                .as_ref()
+                .is_some_and(|a| a.unacked.load(std::sync::atomic::Ordering::SeqCst) > 0)
+    }
+
+    /// Leases up to `max` items, waiting up to `wait` for the first, and
+    /// hands their completion in as the [`AckMode`] says.
+    pub async fn take(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        leased_at: &mut u64,
+    ) -> Result<Vec<Vec<u8>>> {
+        if self.mode == AckMode::Stream {
+            return self.take_streamed(max, wait, leased_at).await;
+        }
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let l = self
+            .client
+            .lease(workq_proto::v1::LeaseRequest {
+                queue: self.queue.clone(),
+                max_items: u32::try_from(max).unwrap_or(u32::MAX),
+                lease_ms: 60_000,
+                wait_ms,
+                // WithLease: the previous batch's completion rides on this call.
+                complete_tokens: std::mem::take(&mut self.held),
+            })
+            .await?
+            .into_inner();
+        *leased_at = crate::now_ns();
+        let tokens: Vec<String> = l.items.iter().map(|i| i.lease_token.clone()).collect();
+        if !tokens.is_empty() {
+            match self.mode {
+                AckMode::WithLease | AckMode::Stream => self.held = tokens,
+                AckMode::Separate => {
+                    self.client
+                        .complete(workq_proto::v1::CompleteRequest {
+                            queue: self.queue.clone(),
+                            lease_tokens: tokens,
+                        })
+                        .await?;
+                }
+                AckMode::Background => {
+                    let (client, queue) = (&self.client, &self.queue);
+                    let a = self
+                        .acker
+                        .get_or_insert_with(|| Acker::start(client.clone(), queue.clone()));
+                    a.unacked
+                        .fetch_add(tokens.len(), std::sync::atomic::Ordering::SeqCst);
+                    if a.tx.send(tokens).is_err()
+                        && let Some(a) = self.acker.take()
+                    {
+                        a.task.await??;
+                        anyhow::bail!("the completion task stopped");
+                    }
+                }
+            }
+        }
+        Ok(l.items.into_iter().map(|i| i.payload.to_vec()).collect())
+    }
+
+    /// [`Conn::take`] on the `Work` stream.
+    async fn take_streamed(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        leased_at: &mut u64,
+    ) -> Result<Vec<Vec<u8>>> {
+        if self.stream.is_none() {
+            self.stream = Some(WorkStream::open(&mut self.client, &self.queue).await?);
+        }
+        let Some(w) = self.stream.as_mut() else {
+            return Ok(Vec::new());
+        };
+        // The previous batch's completion and new credit go up at once; the
+        // answer to the completion comes when it is durable, without holding
+        // up the items.
+        w.send(max, std::mem::take(&mut self.held)).await?;
+        // Items are pushed as they come: a zero wait is no reason to spin.
+        let items = w.receive(wait.max(Duration::from_millis(100))).await?;
+        *leased_at = crate::now_ns();
+        self.held
+            .extend(items.iter().map(|i| i.lease_token.clone()));
+        Ok(items.into_iter().map(|i| i.payload.to_vec()).collect())
+    }
+}
