@@ -248,7 +248,7 @@ impl Engine {
                 items.len()
             );
         }
-        let seed = uuid::Uuid::new_v4().as_u64_pair().0 >> 2;
+        let seed = fastrand::u64(..) >> 2;
         let engine = Engine {
             inner: Arc::new(Inner {
                 durable: store.durable(),

@@ -1,16 +1,19 @@
 //! One queue's item state machine: the only code that changes item state.
 //!
 //! ```text
-//!             enqueue (maybe delayed)          lease (token T, deadline)
-//!    new ───────────────────────────> PENDING ──────────────────────────> LEASED
-//!                                       ^  ^  ^                            │ │ │ │
-//!                       release (no attempt counted) ──────────────────────┘ │ │ │
-//!                       lease deadline passed (attempt counted) ─────────────┘ │ │
-//!                       fail, retriable, attempts < max (after back-off) ──────┘ │
-//!                                                                                │
-//!    COMPLETED <──────────────── complete(T) ────────────────────────────────────┤
-//!    DEAD      <──────────────── fail, fatal — or attempts exhausted ────────────┘
-//!    DEAD ── requeue (operator) ──> PENDING
+//!    new ─── enqueue ───────────────────────────────> PENDING
+//!    new ─── enqueue with a delay ──────────────────> DELAYED
+//!    DELAYED ─── due (reap) ────────────────────────> PENDING
+//!    PENDING ─── lease (token T, deadline) ─────────> LEASED
+//!    LEASED ──── complete(T) ───────────────────────> COMPLETED (deleted, counted)
+//!    LEASED ──── release(T) ────────────────────────> PENDING   (no attempt counted)
+//!    LEASED ──── lease deadline passed (reap) ──────> PENDING   (attempt counted)
+//!    LEASED ──── fail(T), retriable, attempts < max > DELAYED   until the back-off
+//!                                                               (or retry_after) is
+//!                                                               due; PENDING if zero
+//!    LEASED ──── fail(T) fatal, or attempts used up > DEAD      (also by expiry)
+//!    DEAD ────── requeue (operator) ────────────────> PENDING
+//!    PENDING, DELAYED ─── purge ────────────────────> removed
 //! ```
 //!
 //! # Guarantees
