@@ -23,7 +23,7 @@ use crate::queue::{DeadItem, Enqueued, Journal, Leased, NewItem, Queue};
 use crate::settings::{Limits, QueueSettings};
 use crate::store::{Commit, Store, StoreOp};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, watch};
@@ -137,6 +137,25 @@ struct QueueCell {
     timer: Notify,
     /// The latest description; `None` once deleted.
     info: watch::Sender<Option<QueueInfo>>,
+    /// Lease calls parked, waiting for an item.
+    waiting: AtomicUsize,
+}
+
+/// Counts a parked lease call for as long as it lives (also when the call is
+/// cancelled).
+struct Parked<'a>(&'a AtomicUsize);
+
+impl<'a> Parked<'a> {
+    fn new(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Parked(waiting)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl QueueCell {
@@ -151,6 +170,7 @@ impl QueueCell {
             available: Notify::new(),
             timer: Notify::new(),
             info: watch::Sender::new(Some(info)),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -625,11 +645,18 @@ impl Engine {
                     });
                 }
             }
+            let _parked = Parked::new(&cell.waiting);
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(until) => last_try = true,
             }
         }
+    }
+
+    /// How many lease calls on `name` are parked, waiting for an item (the
+    /// `workq_lease_calls_waiting` gauge).
+    pub fn waiting_leases(&self, name: &QueueName) -> Result<usize> {
+        Ok(self.cell(name)?.waiting.load(Ordering::Relaxed))
     }
 
     fn tokens_ok(&self, what: &str, tokens: &[LeaseToken]) -> Result<()> {

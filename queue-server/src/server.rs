@@ -279,7 +279,8 @@ fn http_router(engine: Engine) -> axum::Router {
         )
 }
 
-/// Prometheus text: the process's counters, and every queue's depth by state.
+/// Prometheus text: the process's counters, every queue's depth by state,
+/// and its lease calls parked waiting for an item.
 fn render_metrics(engine: &Engine) -> String {
     for q in engine.list_queues() {
         let name = q.name.to_string();
@@ -293,6 +294,9 @@ fn render_metrics(engine: &Engine) -> String {
         ] {
             metrics::gauge!("workq_queue_items", "queue" => name.clone(), "state" => state)
                 .set(n as f64);
+        }
+        if let Ok(n) = engine.waiting_leases(&q.name) {
+            metrics::gauge!("workq_lease_calls_waiting", "queue" => name.clone()).set(n as f64);
         }
     }
     prometheus().map(|h| h.render()).unwrap_or_default()

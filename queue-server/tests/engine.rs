@@ -96,6 +96,14 @@ fn q(s: &str) -> queue_server::names::QueueName {
     s.parse().expect("name")
 }
 
+/// Returns once `n` lease calls on `name` are parked: a paused clock cannot
+/// move meanwhile, as the runtime never idles.
+async fn parked(e: &Engine, name: &str, n: usize) {
+    while e.waiting_leases(&q(name)).expect("queue") < n {
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn lease(e: &Engine, name: &str, max: usize, wait: Duration) -> LeaseOutcome {
     e.lease(&q(name), max, None, wait).await.expect("lease")
 }
@@ -108,7 +116,7 @@ async fn a_waiting_lease_is_woken_by_an_enqueue_without_time_passing() {
             let e = e.clone();
             async move { lease(&e, "w", 1, Duration::from_secs(60)).await }
         });
-        tokio::task::yield_now().await;
+        parked(&e, "w", 1).await;
         let t0 = Instant::now();
         e.enqueue(&q("w"), items(&["x"]), false)
             .await
@@ -135,7 +143,7 @@ async fn every_waiter_gets_an_item_when_a_batch_arrives() {
                 tokio::spawn(async move { lease(&e, "many", 1, Duration::from_secs(60)).await })
             })
             .collect();
-        tokio::task::yield_now().await;
+        parked(&e, "many", 5).await;
         let t0 = Instant::now();
         e.enqueue(&q("many"), items(&["1", "2", "3", "4", "5"]), false)
             .await
@@ -290,7 +298,7 @@ async fn drain_and_delete_and_shutdown_wake_waiters_at_once() {
             let e = e.clone();
             async move { lease(&e, "drain", 1, Duration::from_secs(60)).await }
         });
-        tokio::task::yield_now().await;
+        parked(&e, "drain", 1).await;
         let t0 = Instant::now();
         e.complete(&q("drain"), &[l.token]).await.expect("complete");
         let end = waiter.await.expect("join");
@@ -307,7 +315,7 @@ async fn drain_and_delete_and_shutdown_wake_waiters_at_once() {
             let e = e.clone();
             async move { e.lease(&q("gone"), 1, None, Duration::from_secs(60)).await }
         });
-        tokio::task::yield_now().await;
+        parked(&e, "gone", 1).await;
         e.delete_queue(&q("gone")).await.expect("delete");
         assert!(matches!(
             waiter.await.expect("join"),
@@ -322,7 +330,7 @@ async fn drain_and_delete_and_shutdown_wake_waiters_at_once() {
             let e = e.clone();
             async move { lease(&e, "stop", 1, Duration::from_secs(60)).await }
         });
-        tokio::task::yield_now().await;
+        parked(&e, "stop", 1).await;
         e.begin_shutdown();
         assert!(waiter.await.expect("join").items.is_empty());
         assert_eq!(t0.elapsed(), Duration::ZERO);
