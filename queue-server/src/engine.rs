@@ -23,49 +23,16 @@ use crate::queue::{DeadItem, Enqueued, Journal, Leased, NewItem, Queue};
 use crate::settings::{Limits, QueueSettings};
 use crate::store::{Commit, Store, StoreOp};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{Notify, watch};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Milliseconds since the Unix epoch, read from tokio's clock so that tests
-/// can pause and advance time.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    base_ms: u64,
-    base: Instant,
-}
+mod cell;
 
-impl Clock {
-    /// A clock reading the system time now and tokio's monotonic clock after.
-    pub fn new() -> Self {
-        let base_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        Clock {
-            base_ms,
-            base: Instant::now(),
-        }
-    }
-
-    /// Now, in ms since the Unix epoch.
-    pub fn now_ms(&self) -> u64 {
-        self.base_ms + u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// The tokio instant of `ms` since the Unix epoch.
-    pub fn instant(&self, ms: u64) -> Instant {
-        self.base + Duration::from_millis(ms.saturating_sub(self.base_ms))
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::new()
-    }
-}
+pub use crate::clock::Clock;
+use cell::{Parked, QueueCell};
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -120,93 +87,6 @@ pub struct EnqueueItem {
     pub idempotency_key: Option<String>,
     /// Delay before it may be leased.
     pub delay: Duration,
-}
-
-struct Slot {
-    queue: Queue,
-    deleted: bool,
-    /// The deadline the reaper sleeps until, if any.
-    armed: Option<u64>,
-}
-
-struct QueueCell {
-    slot: Mutex<Slot>,
-    /// Wakes waiting lease calls.
-    available: Notify,
-    /// Wakes the reaper to re-arm its timer.
-    timer: Notify,
-    /// The latest description; `None` once deleted.
-    info: watch::Sender<Option<QueueInfo>>,
-    /// Lease calls parked, waiting for an item.
-    waiting: AtomicUsize,
-}
-
-/// Counts a parked lease call for as long as it lives (also when the call is
-/// cancelled).
-struct Parked<'a>(&'a AtomicUsize);
-
-impl<'a> Parked<'a> {
-    fn new(waiting: &'a AtomicUsize) -> Self {
-        waiting.fetch_add(1, Ordering::Relaxed);
-        Parked(waiting)
-    }
-}
-
-impl Drop for Parked<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl QueueCell {
-    fn new(queue: Queue) -> Self {
-        let info = QueueInfo::of(&queue);
-        QueueCell {
-            slot: Mutex::new(Slot {
-                queue,
-                deleted: false,
-                armed: None,
-            }),
-            available: Notify::new(),
-            timer: Notify::new(),
-            info: watch::Sender::new(Some(info)),
-            waiting: AtomicUsize::new(0),
-        }
-    }
-
-    /// Locks the slot; a poisoned lock (a panic elsewhere) is still usable
-    /// because every transition checks before it changes anything.
-    fn lock(&self) -> MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// After any change: wake a waiter if items are pending, every waiter if
-    /// the queue is drained, the reaper if a deadline is now earlier, and
-    /// publish the counters.
-    fn changed(&self, slot: &Slot) {
-        let q = &slot.queue;
-        let counters = q.counters();
-        if counters.pending > 0 {
-            self.available.notify_one();
-        }
-        if q.drained() {
-            self.available.notify_waiters();
-        }
-        if let Some(next) = q.next_deadline()
-            && slot.armed.is_none_or(|armed| next < armed)
-        {
-            self.timer.notify_one();
-        }
-        self.info.send_if_modified(|cur| {
-            let new = QueueInfo::of(q);
-            if cur.as_ref() == Some(&new) {
-                false
-            } else {
-                *cur = Some(new);
-                true
-            }
-        });
-    }
 }
 
 struct Inner {

@@ -19,7 +19,7 @@
 //! # Tests
 //! `tests.rs` holds one conformance suite that runs every case on every store
 //! (a store is one line there), and the embedded store's own cases.
-//! [`fault`] (tests and the `fault-injection` feature) makes storage or
+//! `fault` (tests and the `fault-injection` feature) makes storage or
 //! commits fail on purpose.
 
 mod embedded;
