@@ -16,10 +16,9 @@
 //!   `Notify` per queue; each successful lease passes the wake-up on while
 //!   items remain), and at once when the queue drains or is deleted.
 
-use crate::counters::Counters;
 use crate::error::{Error, Result};
 use crate::names::{ItemId, LeaseToken, QueueName};
-use crate::queue::{DeadItem, Enqueued, Journal, Leased, NewItem, Queue};
+use crate::queue::{DeadItem, Enqueued, Journal, NewItem, Queue};
 use crate::settings::{Limits, QueueSettings};
 use crate::store::{Commit, Store, StoreOp};
 use std::collections::HashMap;
@@ -30,63 +29,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 mod cell;
+mod outcomes;
 
 pub use crate::clock::Clock;
 use cell::{Parked, QueueCell};
+pub use outcomes::{EnqueueItem, LeaseOutcome, QueueInfo};
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A queue's description: settings, counters, and whether it is done.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueInfo {
-    /// Its name.
-    pub name: QueueName,
-    /// Its settings.
-    pub settings: QueueSettings,
-    /// Exact counters.
-    pub counters: Counters,
-    /// No more items will come.
-    pub sealed: bool,
-    /// Sealed and nothing pending, delayed or leased.
-    pub drained: bool,
-}
-
-impl QueueInfo {
-    fn of(q: &Queue) -> Self {
-        QueueInfo {
-            name: q.name().clone(),
-            settings: *q.settings(),
-            counters: q.counters(),
-            sealed: q.sealed(),
-            drained: q.drained(),
-        }
-    }
-}
-
-/// What a lease call got.
-#[derive(Debug, Clone, Default)]
-pub struct LeaseOutcome {
-    /// The leased items (maybe none, after the wait).
-    pub items: Vec<Leased>,
-    /// The queue is sealed and has nothing pending, delayed or leased.
-    pub drained: bool,
-    /// The queue has nothing pending, delayed or leased right now.
-    pub empty: bool,
-}
-
-/// An item to enqueue, as a caller gives it (checked by the engine).
-#[derive(Debug, Clone, Default)]
-pub struct EnqueueItem {
-    /// Opaque payload.
-    pub payload: prost::bytes::Bytes,
-    /// Attributes.
-    pub attributes: Vec<(String, String)>,
-    /// Deduplicates enqueues; empty means none.
-    pub idempotency_key: Option<String>,
-    /// Delay before it may be leased.
-    pub delay: Duration,
 }
 
 struct Inner {
