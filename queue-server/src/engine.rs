@@ -16,177 +16,27 @@
 //!   `Notify` per queue; each successful lease passes the wake-up on while
 //!   items remain), and at once when the queue drains or is deleted.
 
-use crate::counters::Counters;
 use crate::error::{Error, Result};
 use crate::names::{ItemId, LeaseToken, QueueName};
-use crate::queue::{DeadItem, Enqueued, Journal, Leased, NewItem, Queue};
+use crate::queue::{DeadItem, Enqueued, Journal, NewItem, Queue};
 use crate::settings::{Limits, QueueSettings};
 use crate::store::{Commit, Store, StoreOp};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{Notify, watch};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Milliseconds since the Unix epoch, read from tokio's clock so that tests
-/// can pause and advance time.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    base_ms: u64,
-    base: Instant,
-}
+mod cell;
+mod outcomes;
 
-impl Clock {
-    /// A clock reading the system time now and tokio's monotonic clock after.
-    pub fn new() -> Self {
-        let base_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        Clock {
-            base_ms,
-            base: Instant::now(),
-        }
-    }
-
-    /// Now, in ms since the Unix epoch.
-    pub fn now_ms(&self) -> u64 {
-        self.base_ms + u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// The tokio instant of `ms` since the Unix epoch.
-    pub fn instant(&self, ms: u64) -> Instant {
-        self.base + Duration::from_millis(ms.saturating_sub(self.base_ms))
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::new()
-    }
-}
+pub use crate::clock::Clock;
+use cell::{Parked, QueueCell};
+pub use outcomes::{EnqueueItem, LeaseOutcome, QueueInfo};
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A queue's description: settings, counters, and whether it is done.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueInfo {
-    /// Its name.
-    pub name: QueueName,
-    /// Its settings.
-    pub settings: QueueSettings,
-    /// Exact counters.
-    pub counters: Counters,
-    /// No more items will come.
-    pub sealed: bool,
-    /// Sealed and nothing pending, delayed or leased.
-    pub drained: bool,
-}
-
-impl QueueInfo {
-    fn of(q: &Queue) -> Self {
-        QueueInfo {
-            name: q.name().clone(),
-            settings: *q.settings(),
-            counters: q.counters(),
-            sealed: q.sealed(),
-            drained: q.drained(),
-        }
-    }
-}
-
-/// What a lease call got.
-#[derive(Debug, Clone, Default)]
-pub struct LeaseOutcome {
-    /// The leased items (maybe none, after the wait).
-    pub items: Vec<Leased>,
-    /// The queue is sealed and has nothing pending, delayed or leased.
-    pub drained: bool,
-    /// The queue has nothing pending, delayed or leased right now.
-    pub empty: bool,
-}
-
-/// An item to enqueue, as a caller gives it (checked by the engine).
-#[derive(Debug, Clone, Default)]
-pub struct EnqueueItem {
-    /// Opaque payload.
-    pub payload: prost::bytes::Bytes,
-    /// Attributes.
-    pub attributes: Vec<(String, String)>,
-    /// Deduplicates enqueues; empty means none.
-    pub idempotency_key: Option<String>,
-    /// Delay before it may be leased.
-    pub delay: Duration,
-}
-
-struct Slot {
-    queue: Queue,
-    deleted: bool,
-    /// The deadline the reaper sleeps until, if any.
-    armed: Option<u64>,
-}
-
-struct QueueCell {
-    slot: Mutex<Slot>,
-    /// Wakes waiting lease calls.
-    available: Notify,
-    /// Wakes the reaper to re-arm its timer.
-    timer: Notify,
-    /// The latest description; `None` once deleted.
-    info: watch::Sender<Option<QueueInfo>>,
-}
-
-impl QueueCell {
-    fn new(queue: Queue) -> Self {
-        let info = QueueInfo::of(&queue);
-        QueueCell {
-            slot: Mutex::new(Slot {
-                queue,
-                deleted: false,
-                armed: None,
-            }),
-            available: Notify::new(),
-            timer: Notify::new(),
-            info: watch::Sender::new(Some(info)),
-        }
-    }
-
-    /// Locks the slot; a poisoned lock (a panic elsewhere) is still usable
-    /// because every transition checks before it changes anything.
-    fn lock(&self) -> MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// After any change: wake a waiter if items are pending, every waiter if
-    /// the queue is drained, the reaper if a deadline is now earlier, and
-    /// publish the counters.
-    fn changed(&self, slot: &Slot) {
-        let q = &slot.queue;
-        let counters = q.counters();
-        if counters.pending > 0 {
-            self.available.notify_one();
-        }
-        if q.drained() {
-            self.available.notify_waiters();
-        }
-        if let Some(next) = q.next_deadline()
-            && slot.armed.is_none_or(|armed| next < armed)
-        {
-            self.timer.notify_one();
-        }
-        self.info.send_if_modified(|cur| {
-            let new = QueueInfo::of(q);
-            if cur.as_ref() == Some(&new) {
-                false
-            } else {
-                *cur = Some(new);
-                true
-            }
-        });
-    }
 }
 
 struct Inner {
@@ -248,7 +98,7 @@ impl Engine {
                 items.len()
             );
         }
-        let seed = uuid::Uuid::new_v4().as_u64_pair().0 >> 2;
+        let seed = fastrand::u64(..) >> 2;
         let engine = Engine {
             inner: Arc::new(Inner {
                 durable: store.durable(),
@@ -625,11 +475,18 @@ impl Engine {
                     });
                 }
             }
+            let _parked = Parked::new(&cell.waiting);
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(until) => last_try = true,
             }
         }
+    }
+
+    /// How many lease calls on `name` are parked, waiting for an item (the
+    /// `workq_lease_calls_waiting` gauge).
+    pub fn waiting_leases(&self, name: &QueueName) -> Result<usize> {
+        Ok(self.cell(name)?.waiting.load(Ordering::Relaxed))
     }
 
     fn tokens_ok(&self, what: &str, tokens: &[LeaseToken]) -> Result<()> {

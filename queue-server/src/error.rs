@@ -4,7 +4,8 @@
 use crate::names::{LeaseToken, QueueName};
 
 /// What went wrong, or why a call was refused. Nothing changed when a call
-/// returns an error.
+/// returns an error — except after [`Error::Store`]: the change was made in
+/// memory but is not durable, and every later change is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The call's arguments are malformed or out of bounds; the message names

@@ -5,8 +5,9 @@
 //! - [`names`], [`settings`], [`item`], [`counters`]: the domain's types;
 //!   [`item_table`]: where a queue keeps its items.
 //! - [`queue`]: one queue's item state machine — the only code that changes
-//!   item state.
-//! - [`engine`]: every queue, their locks, waiters and timers, and the store.
+//!   item state; [`journal`]: the changes it made, for the store.
+//! - [`engine`]: every queue, their locks, waiters and timers, and the store;
+//!   [`clock`]: the time it reads, which tests pause.
 //! - [`store`]: persistence (`memory`, and the durable `embedded` default).
 //! - [`grpc`]: the thin gRPC adapter; [`server`]: ports, health, metrics,
 //!   shutdown.
@@ -20,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod clock;
 pub mod counters;
 pub mod engine;
 pub mod enqueue_stream;
@@ -27,6 +29,7 @@ pub mod error;
 pub mod grpc;
 pub mod item;
 pub mod item_table;
+pub mod journal;
 pub mod names;
 pub mod queue;
 pub mod server;

@@ -7,12 +7,14 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context;
 use clap::Parser;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use queue_server::settings::{Limits, QueueSettings};
 use queue_server::{ServerConfig, StoreKind};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use workq_proto::defaults;
 
 /// The workq queue service: queues with leases and completion tracking, over gRPC.
 ///
@@ -29,7 +31,12 @@ struct Args {
     #[arg(long, env = "WQ_HTTP_LISTEN", default_value = "127.0.0.1:9464")]
     http_listen: String,
     /// Where queues are kept: embedded (durable, in --data-dir) or memory.
-    #[arg(long, env = "WQ_STORE", value_enum, default_value = "embedded")]
+    #[arg(
+        long,
+        env = "WQ_STORE",
+        default_value = "embedded",
+        value_parser = PossibleValuesParser::new(StoreKind::NAMES).try_map(|s| s.parse::<StoreKind>())
+    )]
     store: StoreKind,
     /// Directory of the embedded store (created if missing; one server at a time).
     #[arg(long, env = "WQ_DATA_DIR", default_value = "./workq-data")]
@@ -41,10 +48,14 @@ struct Args {
     #[arg(long, env = "WQ_MAX_BATCH", default_value_t = Limits::default().max_batch)]
     max_batch: usize,
     /// Lease of queues created without their own (e.g. 30s, 5m).
-    #[arg(long, env = "WQ_DEFAULT_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
-    default_lease: Duration,
+    #[arg(
+        long,
+        env = "WQ_DEFAULT_LEASE",
+        default_value_t = defaults::LEASE.into()
+    )]
+    default_lease: humantime::Duration,
     /// Attempts before an item goes dead, for queues created without their own.
-    #[arg(long, env = "WQ_MAX_ATTEMPTS", default_value_t = QueueSettings::default().max_attempts)]
+    #[arg(long, env = "WQ_MAX_ATTEMPTS", default_value_t = defaults::MAX_ATTEMPTS)]
     max_attempts: u32,
     /// Threads serving calls (0: one per CPU core).
     #[arg(long, env = "WQ_WORKER_THREADS", default_value_t = 0)]
@@ -83,7 +94,7 @@ fn main() -> anyhow::Result<()> {
             ..Limits::default()
         },
         defaults: QueueSettings {
-            default_lease: args.default_lease,
+            default_lease: args.default_lease.into(),
             max_attempts: args.max_attempts.max(1),
             ..QueueSettings::default()
         },

@@ -1,16 +1,19 @@
 //! One queue's item state machine: the only code that changes item state.
 //!
 //! ```text
-//!             enqueue (maybe delayed)          lease (token T, deadline)
-//!    new ───────────────────────────> PENDING ──────────────────────────> LEASED
-//!                                       ^  ^  ^                            │ │ │ │
-//!                       release (no attempt counted) ──────────────────────┘ │ │ │
-//!                       lease deadline passed (attempt counted) ─────────────┘ │ │
-//!                       fail, retriable, attempts < max (after back-off) ──────┘ │
-//!                                                                                │
-//!    COMPLETED <──────────────── complete(T) ────────────────────────────────────┤
-//!    DEAD      <──────────────── fail, fatal — or attempts exhausted ────────────┘
-//!    DEAD ── requeue (operator) ──> PENDING
+//!    new ─── enqueue ───────────────────────────────> PENDING
+//!    new ─── enqueue with a delay ──────────────────> DELAYED
+//!    DELAYED ─── due (reap) ────────────────────────> PENDING
+//!    PENDING ─── lease (token T, deadline) ─────────> LEASED
+//!    LEASED ──── complete(T) ───────────────────────> COMPLETED (deleted, counted)
+//!    LEASED ──── release(T) ────────────────────────> PENDING   (no attempt counted)
+//!    LEASED ──── lease deadline passed (reap) ──────> PENDING   (attempt counted)
+//!    LEASED ──── fail(T), retriable, attempts < max > DELAYED   until the back-off
+//!                                                               (or retry_after) is
+//!                                                               due; PENDING if zero
+//!    LEASED ──── fail(T) fatal, or attempts used up > DEAD      (also by expiry)
+//!    DEAD ────── requeue (operator) ────────────────> PENDING
+//!    PENDING, DELAYED ─── purge ────────────────────> removed
 //! ```
 //!
 //! # Guarantees
@@ -26,112 +29,16 @@
 
 use crate::counters::Counters;
 use crate::error::{Error, Result};
-use crate::item::{Attributes, Item, ItemState, ThinStr};
+use crate::item::{Item, ItemState, ThinStr};
 use crate::item_table::ItemTable;
 use crate::names::{ItemId, LeaseToken, QueueName};
 use crate::settings::QueueSettings;
 use crate::store::{QueueRecord, StoreOp, StoredKey};
-use prost::bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
-/// Where a transition writes the changes the store must make; disabled for
-/// stores that keep nothing.
-#[derive(Debug, Default)]
-pub struct Journal {
-    enabled: bool,
-    ops: Vec<StoreOp>,
-}
-
-impl Journal {
-    /// A journal that records ops when `enabled`.
-    pub fn new(enabled: bool) -> Self {
-        Journal {
-            enabled,
-            ops: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, op: impl FnOnce() -> StoreOp) {
-        if self.enabled {
-            self.ops.push(op());
-        }
-    }
-
-    /// The recorded ops.
-    pub fn into_ops(self) -> Vec<StoreOp> {
-        self.ops
-    }
-}
-
-/// An item to add.
-#[derive(Debug, Clone, Default)]
-pub struct NewItem {
-    /// Opaque payload.
-    pub payload: Bytes,
-    /// Attributes.
-    pub attributes: Attributes,
-    /// Deduplicates enqueues with the same key.
-    pub idempotency_key: Option<Box<str>>,
-    /// Delay before it may be leased, ms.
-    pub delay_ms: u64,
-}
-
-/// What one enqueued item became.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Enqueued {
-    /// The item's id (the existing one for a duplicate).
-    pub id: ItemId,
-    /// Whether its idempotency key matched an existing item.
-    pub duplicate: bool,
-}
-
-/// An item handed to a worker.
-#[derive(Debug, Clone)]
-pub struct Leased {
-    /// The item's id.
-    pub id: ItemId,
-    /// The lease's fencing token.
-    pub token: LeaseToken,
-    /// Payload.
-    pub payload: Bytes,
-    /// Attributes.
-    pub attributes: Attributes,
-    /// 1 for the first attempt.
-    pub attempt: u32,
-    /// When the lease expires, ms since the Unix epoch.
-    pub deadline: u64,
-    /// When it was enqueued, ms since the Unix epoch.
-    pub enqueued_at: u64,
-}
-
-/// A dead item, as listed for an operator.
-#[derive(Debug, Clone)]
-pub struct DeadItem {
-    /// The item's id.
-    pub id: ItemId,
-    /// Payload.
-    pub payload: Bytes,
-    /// Attributes.
-    pub attributes: Attributes,
-    /// Attempts counted.
-    pub attempts: u32,
-    /// Why it died.
-    pub reason: String,
-    /// When it died, ms since the Unix epoch.
-    pub died_at: u64,
-}
-
-/// What [`Queue::reap`] did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Reaped {
-    /// Items that became pending (delays over, leases expired).
-    pub pending: usize,
-    /// Items that went dead (lease expired on the last attempt).
-    pub dead: usize,
-    /// Leases that expired.
-    pub expired: usize,
-}
+pub use crate::journal::Journal;
+pub use outcomes::{DeadItem, Enqueued, Leased, NewItem, Reaped};
 
 #[derive(Debug, Clone)]
 struct KeyEntry {
@@ -399,235 +306,6 @@ impl Queue {
         out
     }
 
-    /// Drops the deadline entries of leases that ended (completed, failed,
-    /// released or renewed) once they outnumber the live ones: left to wait
-    /// for their deadline, a fast queue with long leases would hold millions
-    /// of them. Amortized: between two passes at least as many entries are added
-    /// as leases are live, and 1,024 more.
-    fn compact_leases(&mut self) {
-        let live = usize::try_from(self.counters.leased).unwrap_or(usize::MAX);
-        if self.leases.len() <= live.saturating_mul(2).saturating_add(1024) {
-            return;
-        }
-        let items = &self.items;
-        self.leases.retain(|Reverse((deadline, id, seq))| {
-            matches!(
-                items.get(id).map(|i| &i.state),
-                Some(ItemState::Leased { seq: s, deadline: d }) if s == seq && d == deadline
-            )
-        });
-    }
-
-    /// Why `token` is not a live lease at `now`, if it is not.
-    fn check(&self, now: u64, token: LeaseToken) -> Result<()> {
-        let why = match self.items.get(&token.item).map(|i| &i.state) {
-            None => "the item is no longer in the queue (completed, or purged)",
-            Some(ItemState::Leased { seq, deadline }) if *seq == token.seq => {
-                if *deadline > now {
-                    return Ok(());
-                }
-                "the lease expired and the item goes back to the queue"
-            }
-            Some(ItemState::Leased { .. }) => {
-                "the lease expired or was released, and another worker now holds the item"
-            }
-            Some(ItemState::Pending | ItemState::Delayed { .. }) => {
-                "the lease expired or was released, and the item is back in the queue"
-            }
-            Some(ItemState::Dead { .. }) => "the item is dead",
-        };
-        Err(Error::StaleLease { token, why })
-    }
-
-    fn check_all(&self, now: u64, tokens: &[LeaseToken]) -> Result<()> {
-        let mut seen = rustc_hash::FxHashSet::default();
-        seen.reserve(tokens.len());
-        for t in tokens {
-            if !seen.insert(t.item) {
-                return Err(Error::InvalidArgument(format!(
-                    "item {} is named twice in one call; pass each lease token once",
-                    t.item
-                )));
-            }
-            self.check(now, *t)?;
-        }
-        Ok(())
-    }
-
-    /// Extends live leases to `now + lease_ms`; returns the new deadlines.
-    pub fn renew(&mut self, now: u64, tokens: &[LeaseToken], lease_ms: u64) -> Result<Vec<u64>> {
-        self.check_all(now, tokens)?;
-        let deadline = now.saturating_add(lease_ms);
-        for t in tokens {
-            if let Some(item) = self.items.get_mut(&t.item) {
-                item.state = ItemState::Leased {
-                    seq: t.seq,
-                    deadline,
-                };
-                self.leases.push(Reverse((deadline, t.item, t.seq)));
-            }
-        }
-        Ok(vec![deadline; tokens.len()])
-    }
-
-    /// Completes leased items: they leave the queue, their count stays.
-    pub fn complete(
-        &mut self,
-        now: u64,
-        tokens: &[LeaseToken],
-        journal: &mut Journal,
-    ) -> Result<()> {
-        self.check_all(now, tokens)?;
-        for t in tokens {
-            let Some(item) = self.items.remove(&t.item) else {
-                continue;
-            };
-            self.counters.leased -= 1;
-            self.counters.completed += 1;
-            journal.push(|| StoreOp::DeleteItem {
-                queue: self.name.clone(),
-                id: item.id,
-            });
-            if let Some(key) = item.idempotency_key {
-                self.remember_completed_key(now, key.into_boxed_str(), item.id, journal);
-            }
-        }
-        journal.push(|| StoreOp::PutQueue(self.record()));
-        Ok(())
-    }
-
-    fn remember_completed_key(
-        &mut self,
-        now: u64,
-        key: Box<str>,
-        item: ItemId,
-        journal: &mut Journal,
-    ) {
-        if self.idempotency_window_ms == 0 {
-            self.keys.remove(&key);
-            return;
-        }
-        let expires = now.saturating_add(self.idempotency_window_ms);
-        self.keys.insert(
-            key.clone(),
-            KeyEntry {
-                item,
-                expires: Some(expires),
-            },
-        );
-        journal.push(|| StoreOp::PutKey {
-            queue: self.name.clone(),
-            key: key.clone(),
-            item,
-            expires,
-        });
-        self.key_expiry.push_back((expires, key));
-    }
-
-    /// Fails leased items. Fatal: dead at once. Retriable: the attempt is
-    /// counted, and the item goes dead when attempts are exhausted, else back
-    /// to the queue after `retry_after_ms` (or the queue's back-off when 0).
-    /// Returns how many went dead.
-    pub fn fail(
-        &mut self,
-        now: u64,
-        tokens: &[LeaseToken],
-        fatal: bool,
-        reason: &str,
-        retry_after_ms: u64,
-        journal: &mut Journal,
-    ) -> Result<usize> {
-        self.check_all(now, tokens)?;
-        let mut dead = 0;
-        for t in tokens {
-            self.counters.leased -= 1;
-            let outcome = if fatal {
-                Failure::Fatal(reason)
-            } else {
-                Failure::Retriable {
-                    reason,
-                    retry_after_ms,
-                }
-            };
-            if self.end_attempt(now, t.item, outcome, journal) {
-                dead += 1;
-            }
-        }
-        journal.push(|| StoreOp::PutQueue(self.record()));
-        Ok(dead)
-    }
-
-    /// Ends a leased (or just expired) item's attempt; the caller has taken it
-    /// out of the `leased` count. Returns whether it went dead.
-    fn end_attempt(
-        &mut self,
-        now: u64,
-        id: ItemId,
-        outcome: Failure,
-        journal: &mut Journal,
-    ) -> bool {
-        let max = self.settings.max_attempts.max(1);
-        let Some(item) = self.items.get_mut(&id) else {
-            return false;
-        };
-        item.attempts += 1;
-        let fatal_reason = match outcome {
-            Failure::Fatal(reason) => Some(format!(
-                "failed fatally on attempt {}: {reason}",
-                item.attempts
-            )),
-            Failure::Retriable { reason, .. } | Failure::Expired(reason) => (item.attempts >= max)
-                .then(|| format!("attempt {} of {max} failed: {reason}", item.attempts)),
-        };
-        if let Some(reason) = fatal_reason {
-            item.state = ItemState::Dead {
-                reason: reason.into(),
-                at: now,
-            };
-            self.counters.dead += 1;
-        } else {
-            self.counters.retried += 1;
-            let delay = match outcome {
-                Failure::Retriable { retry_after_ms, .. } if retry_after_ms > 0 => retry_after_ms,
-                Failure::Retriable { .. } => {
-                    u64::try_from(self.settings.backoff(item.attempts).as_millis())
-                        .unwrap_or(u64::MAX)
-                }
-                _ => 0,
-            };
-            if delay == 0 {
-                item.state = ItemState::Pending;
-                self.pending.push_front(id);
-                self.counters.pending += 1;
-            } else {
-                let due = now.saturating_add(delay);
-                item.state = ItemState::Delayed { due };
-                self.delayed.push(Reverse((due, id)));
-                self.counters.delayed += 1;
-            }
-        }
-        let dead = matches!(item.state, ItemState::Dead { .. });
-        journal.push(|| StoreOp::PutItem {
-            queue: self.name.clone(),
-            item: item.clone(),
-        });
-        dead
-    }
-
-    /// Gives leased items back at once, first in line, no attempt counted.
-    pub fn release(&mut self, now: u64, tokens: &[LeaseToken]) -> Result<()> {
-        self.check_all(now, tokens)?;
-        for t in tokens.iter().rev() {
-            if let Some(item) = self.items.get_mut(&t.item) {
-                item.state = ItemState::Pending;
-                self.pending.push_front(t.item);
-            }
-        }
-        self.counters.leased -= tokens.len() as u64;
-        self.counters.pending += tokens.len() as u64;
-        Ok(())
-    }
-
     fn promote_delayed(&mut self, now: u64) -> usize {
         let mut n = 0;
         while let Some(Reverse((due, id))) = self.delayed.peek().copied() {
@@ -819,5 +497,7 @@ enum Failure<'a> {
     Expired(&'a str),
 }
 
+mod leases;
+mod outcomes;
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,10 @@
 //! Per-queue settings and the server's limits on what a call may ask.
 
 use std::time::Duration;
+use workq_proto::defaults;
 
-/// Per-queue settings, fixed when the queue is created.
+/// Per-queue settings, fixed when the queue is created. The default is the
+/// contract's ([`workq_proto::defaults`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueSettings {
     /// Lease duration used when a lease call names none.
@@ -19,10 +21,10 @@ pub struct QueueSettings {
 impl Default for QueueSettings {
     fn default() -> Self {
         QueueSettings {
-            default_lease: Duration::from_secs(30),
-            max_attempts: 5,
-            retry_backoff: Duration::from_secs(1),
-            retry_backoff_max: Duration::from_secs(60),
+            default_lease: defaults::LEASE,
+            max_attempts: defaults::MAX_ATTEMPTS,
+            retry_backoff: defaults::RETRY_BACKOFF,
+            retry_backoff_max: defaults::RETRY_BACKOFF_MAX,
         }
     }
 }

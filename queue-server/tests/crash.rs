@@ -14,7 +14,7 @@ const QUEUE: &str = "crash";
 const ROUNDS: usize = 5;
 
 fn random_below(n: u64) -> u64 {
-    uuid::Uuid::new_v4().as_u64_pair().0 % n
+    fastrand::u64(..n)
 }
 
 #[derive(Default)]

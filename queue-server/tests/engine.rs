@@ -1,12 +1,18 @@
-//! The engine in-process, with tokio's clock paused: expiry, back-off and
-//! wake-ups are checked without real sleeps. A paused clock jumps ahead
-//! whenever the runtime idles — also while it waits for the embedded store's
-//! writer thread — so these run on the memory store; the embedded store's
-//! own behaviour is checked in real time below and in `grpc.rs`/`crash.rs`.
+//! The engine in-process, on every store, with tokio's clock paused: expiry,
+//! back-off and wake-ups are checked without real sleeps.
+//!
+//! A paused clock jumps ahead whenever the runtime idles — also while a call
+//! waits for the embedded store's writer thread — so [`each_store`] runs the
+//! embedded store behind [`Synchronous`], which waits for each commit inside
+//! `submit`, keeping the runtime busy. The embedded store's own asynchronous
+//! commits are checked in real time at the end, and in `grpc.rs`/`crash.rs`.
 
 use queue_server::engine::{EnqueueItem, LeaseOutcome};
 use queue_server::settings::{Limits, QueueSettings};
-use queue_server::store::{EmbeddedStore, MemoryStore, Store};
+use queue_server::store::fault::{FaultKind, Faults, Op};
+use queue_server::store::{
+    Commit, EmbeddedStore, MemoryStore, Snapshot, Store, StoreError, StoreOp,
+};
 use queue_server::{Engine, Error};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,16 +27,59 @@ fn settings() -> QueueSettings {
     }
 }
 
-/// Runs `body` against a memory engine.
+/// A store whose commits are durable when `submit` returns: it blocks the
+/// calling thread until the inner store's commit lands, so a paused tokio
+/// clock does not run ahead meanwhile. Order and durability are the inner
+/// store's.
+struct Synchronous<S>(S);
+
+impl<S: Store> Store for Synchronous<S> {
+    fn durable(&self) -> bool {
+        self.0.durable()
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.0.load()
+    }
+
+    fn submit(&self, ops: Vec<StoreOp>) -> Commit {
+        match futures::executor::block_on(self.0.submit(ops).wait()) {
+            Ok(()) => Commit::done(),
+            Err(e) => Commit::failed(e),
+        }
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        self.0.close()
+    }
+}
+
+/// Runs `body` against an engine on every store: memory, then embedded (in
+/// a fresh directory). A failure names the store.
 async fn each_store<F, Fut>(body: F)
 where
     F: Fn(Engine) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let engine =
-        Engine::open(Arc::new(MemoryStore), Limits::default(), settings()).expect("engine");
-    body(engine.clone()).await;
-    engine.close().await.expect("close");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores: [(&str, Arc<dyn Store>); 2] = [
+        ("memory", Arc::new(MemoryStore)),
+        (
+            "embedded",
+            Arc::new(Synchronous(
+                EmbeddedStore::open(dir.path()).expect("open the embedded store"),
+            )),
+        ),
+    ];
+    for (name, store) in stores {
+        eprintln!("store: {name}");
+        let engine = Engine::open(store, Limits::default(), settings()).expect("engine");
+        body(engine.clone()).await;
+        engine
+            .close()
+            .await
+            .unwrap_or_else(|e| panic!("closing the {name} store: {e}"));
+    }
 }
 
 fn items(payloads: &[&str]) -> Vec<EnqueueItem> {
@@ -47,6 +96,14 @@ fn q(s: &str) -> queue_server::names::QueueName {
     s.parse().expect("name")
 }
 
+/// Returns once `n` lease calls on `name` are parked: a paused clock cannot
+/// move meanwhile, as the runtime never idles.
+async fn parked(e: &Engine, name: &str, n: usize) {
+    while e.waiting_leases(&q(name)).expect("queue") < n {
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn lease(e: &Engine, name: &str, max: usize, wait: Duration) -> LeaseOutcome {
     e.lease(&q(name), max, None, wait).await.expect("lease")
 }
@@ -59,7 +116,7 @@ async fn a_waiting_lease_is_woken_by_an_enqueue_without_time_passing() {
             let e = e.clone();
             async move { lease(&e, "w", 1, Duration::from_secs(60)).await }
         });
-        tokio::task::yield_now().await;
+        parked(&e, "w", 1).await;
         let t0 = Instant::now();
         e.enqueue(&q("w"), items(&["x"]), false)
             .await
@@ -86,7 +143,7 @@ async fn every_waiter_gets_an_item_when_a_batch_arrives() {
                 tokio::spawn(async move { lease(&e, "many", 1, Duration::from_secs(60)).await })
             })
             .collect();
-        tokio::task::yield_now().await;
+        parked(&e, "many", 5).await;
         let t0 = Instant::now();
         e.enqueue(&q("many"), items(&["1", "2", "3", "4", "5"]), false)
             .await
@@ -241,7 +298,7 @@ async fn drain_and_delete_and_shutdown_wake_waiters_at_once() {
             let e = e.clone();
             async move { lease(&e, "drain", 1, Duration::from_secs(60)).await }
         });
-        tokio::task::yield_now().await;
+        parked(&e, "drain", 1).await;
         let t0 = Instant::now();
         e.complete(&q("drain"), &[l.token]).await.expect("complete");
         let end = waiter.await.expect("join");
@@ -258,7 +315,7 @@ async fn drain_and_delete_and_shutdown_wake_waiters_at_once() {
             let e = e.clone();
             async move { e.lease(&q("gone"), 1, None, Duration::from_secs(60)).await }
         });
-        tokio::task::yield_now().await;
+        parked(&e, "gone", 1).await;
         e.delete_queue(&q("gone")).await.expect("delete");
         assert!(matches!(
             waiter.await.expect("join"),
@@ -273,7 +330,7 @@ async fn drain_and_delete_and_shutdown_wake_waiters_at_once() {
             let e = e.clone();
             async move { lease(&e, "stop", 1, Duration::from_secs(60)).await }
         });
-        tokio::task::yield_now().await;
+        parked(&e, "stop", 1).await;
         e.begin_shutdown();
         assert!(waiter.await.expect("join").items.is_empty());
         assert_eq!(t0.elapsed(), Duration::ZERO);
@@ -373,5 +430,76 @@ async fn on_the_embedded_store_a_waiter_is_woken_and_an_expired_lease_comes_back
         .await
         .expect("complete");
     assert_eq!(e.get_queue(&q("emb")).expect("info").counters.completed, 1);
+    e.close().await.expect("close");
+}
+
+/// Today's behaviour after a failed commit (what it should be is for a later
+/// change): the caller gets the store's error, and every later change is
+/// refused — even once the disk is fine again — until a restart.
+#[tokio::test]
+async fn after_a_failed_commit_the_caller_gets_the_error_and_further_changes_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let faults = Faults::new();
+    {
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open_with_faults(dir.path(), faults.clone()).expect("open"));
+        let e = Engine::open(store, Limits::default(), settings()).expect("engine");
+        e.enqueue(&q("full"), items(&["kept"]), true)
+            .await
+            .expect("enqueue");
+
+        faults.fail(Op::Write, 1, FaultKind::NoSpace);
+        let failed = e.enqueue(&q("full"), items(&["lost"]), false).await;
+        match &failed {
+            Err(Error::Store(StoreError::Write(msg))) => {
+                assert!(msg.contains("no space left on device"), "{msg}")
+            }
+            other => panic!("expected the store's failure, got {other:?}"),
+        }
+
+        faults.clear();
+        let refused = e.enqueue(&q("full"), items(&["later"]), false).await;
+        assert!(
+            matches!(&refused, Err(Error::Store(StoreError::Write(_)))),
+            "{refused:?}"
+        );
+        let refused = e.create_queue(&q("other"), settings()).await;
+        assert!(
+            matches!(&refused, Err(Error::Store(StoreError::Write(_)))),
+            "{refused:?}"
+        );
+        assert!(e.close().await.is_err(), "closing reports the failure");
+    }
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("reopen"));
+    let e = Engine::open(store, Limits::default(), settings()).expect("engine");
+    let got = lease(&e, "full", 10, Duration::ZERO).await.items;
+    assert_eq!(got.len(), 1, "only what was durable comes back");
+    assert_eq!(&got[0].payload[..], b"kept");
+    e.close().await.expect("close");
+}
+
+/// The store-level seam, as a test of another store would use it: the second
+/// commit fails, the caller gets the error, and the third passes through.
+#[tokio::test]
+async fn a_store_whose_second_commit_fails_fails_that_call_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let faults = Faults::new();
+    let inner = EmbeddedStore::open(dir.path()).expect("open");
+    let store: Arc<dyn Store> = Arc::new(queue_server::store::fault::FaultyStore::new(
+        inner,
+        faults.clone(),
+    ));
+    let e = Engine::open(store, Limits::default(), settings()).expect("engine");
+    faults.fail(Op::Commit, 2, FaultKind::Io);
+    e.create_queue(&q("nth"), settings()).await.expect("create");
+    let failed = e.enqueue(&q("nth"), items(&["x"]), false).await;
+    assert!(
+        matches!(&failed, Err(Error::Store(StoreError::Write(m))) if m.contains("input/output")),
+        "{failed:?}"
+    );
+    faults.clear();
+    e.enqueue(&q("nth"), items(&["y"]), false)
+        .await
+        .expect("the next commit passes");
     e.close().await.expect("close");
 }

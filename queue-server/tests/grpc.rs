@@ -492,16 +492,18 @@ async fn sigterm_exits_zero_and_keeps_everything_acknowledged() {
     .await
     .expect("create");
     let mut waiter = c.clone();
-    let parked = tokio::spawn(async move { waiter.lease(lease_req(&idle, 1, 290_000)).await });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await; // let the call reach the server
+    let parked = tokio::spawn({
+        let idle = idle.clone();
+        async move { waiter.lease(lease_req(&idle, 1, 290_000)).await }
+    });
+    server
+        .wait_for_gauge("workq_lease_calls_waiting", &idle, 1)
+        .await;
     let status = server.signal_and_wait(Signal::SIGTERM);
     assert!(status.success(), "exit status {status:?}");
-    let parked = parked.await.expect("join");
-    assert!(
-        parked
-            .map(|r| r.into_inner().items.is_empty())
-            .unwrap_or(true)
-    );
+    // The parked call is answered, empty, before the server goes.
+    let parked = parked.await.expect("join").expect("answered, not cut off");
+    assert!(parked.into_inner().items.is_empty());
 
     let server2 = ServerProcess::embedded(dir.path());
     let mut c = server2.client().await;

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::store::StoreOp;
+use prost::bytes::Bytes;
 use std::time::Duration;
 
 const LEASE: u64 = 10_000;

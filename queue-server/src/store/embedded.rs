@@ -197,13 +197,39 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `data_dir`, reads it, and starts its
     /// writer. Refuses a directory another server holds.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, |path| Database::create(path))
+    }
+
+    /// [`EmbeddedStore::open`] on storage that fails on `faults`' orders
+    /// (tests and the `fault-injection` feature).
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn open_with_faults(
+        data_dir: &Path,
+        faults: super::fault::Faults,
+    ) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, |path| {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)?;
+            let backend = super::fault::FaultyBackend::new(file, faults)?;
+            Database::builder().create_with_backend(backend)
+        })
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        create: impl FnOnce(&Path) -> Result<Database, DatabaseError>,
+    ) -> Result<Self, StoreError> {
         let io = |message: String| StoreError::Io {
             path: data_dir.to_path_buf(),
             message,
         };
         std::fs::create_dir_all(data_dir).map_err(|e| io(format!("cannot create it: {e}")))?;
         let path = data_dir.join(DB_FILE);
-        let mut db = match Database::create(&path) {
+        let mut db = match create(&path) {
             Ok(db) => db,
             Err(DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::Locked(data_dir.to_path_buf()));
@@ -489,9 +515,7 @@ impl Store for EmbeddedStore {
             .ok()
             .and_then(|tx| tx.as_ref().map(|tx| tx.send(Msg::Ops(ops, done)).is_ok()));
         if sent != Some(true) {
-            let (done, rx) = oneshot::channel();
-            let _ = done.send(Err(StoreError::Closed));
-            return Commit(Some(rx));
+            return Commit::failed(StoreError::Closed);
         }
         Commit(Some(rx))
     }

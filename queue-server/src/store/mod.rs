@@ -15,8 +15,16 @@
 //! Leases are not stored: after a restart, items that were leased are pending
 //! again, with no attempt counted (the server, not the worker, failed).
 //! Completed items are deleted; only their count is kept.
+//!
+//! # Tests
+//! `tests.rs` holds one conformance suite that runs every case on every store
+//! (a store is one line there), and the embedded store's own cases.
+//! `fault` (tests and the `fault-injection` feature) makes storage or
+//! commits fail on purpose.
 
 mod embedded;
+#[cfg(any(test, feature = "fault-injection"))]
+pub mod fault;
 mod memory;
 
 pub use embedded::EmbeddedStore;
@@ -151,6 +159,13 @@ impl Commit {
     /// Already durable (nothing to write, or a store that keeps nothing).
     pub fn done() -> Self {
         Commit(None)
+    }
+
+    /// Already failed with `err`.
+    pub fn failed(err: StoreError) -> Self {
+        let (done, rx) = oneshot::channel();
+        let _ = done.send(Err(err));
+        Commit(Some(rx))
     }
 
     /// Waits until the ops are durable.

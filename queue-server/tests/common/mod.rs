@@ -73,7 +73,39 @@ impl ServerProcess {
             .expect("connect")
     }
 
-    /// Sends a signal and waits for the exit status.
+    /// The server's `/metrics` page (Prometheus text).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let http = self.http.expect("the server serves HTTP");
+        let mut s = std::net::TcpStream::connect(http).expect("connect http");
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read");
+        body
+    }
+
+    /// Waits (up to 10 s) until `metric{queue="QUEUE"}` reads `value`: a
+    /// readiness signal, e.g. `workq_lease_calls_waiting` for a parked call.
+    pub async fn wait_for_gauge(&self, metric: &str, queue: &str, value: u64) {
+        let line = format!("{metric}{{queue=\"{queue}\"}} {value}");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let page = self.metrics();
+            if page.lines().any(|l| l == line) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "no `{line}` within 10 s:\n{page}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Sends `sig` and waits up to `limit` for the exit; `None` if the
     /// server is still running then (it is killed when dropped).
     #[allow(dead_code)] // not every test binary uses it
