@@ -376,7 +376,7 @@ fn status(active: i32, succeeded: i32, complete: bool) -> Value {
     s
 }
 
-fn counters(r: &job_runner::output::JobReport) -> BTreeMap<String, u64> {
+fn counters(r: &job_runner::report::JobReport) -> BTreeMap<String, u64> {
     r.queue
         .as_ref()
         .expect("a queue")
