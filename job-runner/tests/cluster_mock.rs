@@ -465,6 +465,95 @@ async fn fine_queue_job_is_created_watched_and_finished_when_the_queue_is_draine
     }
 }
 
+/// A coarse Job whose manifest leaves `completions` unset, working a queue
+/// that already held one item when its two items are pushed.
+fn coarse_job(queue: &str) -> String {
+    format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: coarse-rule\n  annotations:\n    workq.dev/queue: {queue}\n    workq.dev/pattern: coarse\n    workq.dev/items: apple banana\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: c\n        image: busybox\n        command: [wq, consume, -c, '1', --, cat]\n"
+    )
+}
+
+/// Pushes one item to `queue` before the run, as an earlier run could have.
+async fn left_over(url: &str, queue: &str) {
+    let client = worker_sdk::connect(url).await.expect("connect");
+    let q = client.queue(queue).expect("queue");
+    q.push(["left-over"]).await.expect("push");
+}
+
+/// One rule for a coarse Job's `completions`, `--local` and on a cluster
+/// (`queue::fill_and_seal`): left unset by the manifest, it becomes the
+/// number of items in the sealed queue — the two pushed plus the one the
+/// queue already held — so that every item gets its pod.
+#[tokio::test]
+async fn a_coarse_jobs_completions_follow_one_rule_locally_and_on_a_cluster() {
+    let (_server, url) = queue_service().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // --local, against the same queue service.
+    let local_queue = format!("coarse-rule-local-{}", job_runner::pod::random_suffix(5));
+    left_over(&url, &local_queue).await;
+    let file = common::write(dir.path(), "local.yaml", &coarse_job(&local_queue));
+    let mut cmd = common::job_runner();
+    cmd.args([
+        "run",
+        "-f",
+        &file,
+        "--local",
+        "--queue-url",
+        &url,
+        "-o",
+        "json",
+    ]);
+    let r: common::Run =
+        tokio::task::spawn_blocking(move || cmd.output().expect("job-runner starts"))
+            .await
+            .expect("joined")
+            .into();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let job = r.json();
+    assert_eq!(job["spec"]["completions"], 3, "local: {}", r.stderr);
+    assert_eq!(job["status"]["succeeded"], 3, "local: one pod per item");
+
+    // On a cluster: the Job is created with completions 3.
+    let cluster_queue = format!("coarse-rule-cluster-{}", job_runner::pod::random_suffix(5));
+    left_over(&url, &cluster_queue).await;
+    let file = common::write(dir.path(), "cluster.yaml", &coarse_job(&cluster_queue));
+    let loaded = job_runner::manifest::load(&[file], &Default::default(), &mut std::io::empty())
+        .expect("manifest loads");
+    let plan = cluster::plan(&loaded, &RenderOptions::new("coarserule")).expect("plan");
+    let mut want = plan[0].to_value();
+    assert_eq!(
+        want["spec"]["completions"], 2,
+        "render, without the queue, shows the manifest's items"
+    );
+    want["spec"]["completions"] = json!(3);
+    let (u, q) = (url.clone(), cluster_queue.clone());
+    let pods: Pods = Box::new(move || {
+        let (url, queue) = (u.clone(), q.clone());
+        Box::pin(async move {
+            assert_eq!(work(&url, &queue, 3).await.len(), 3);
+            let pod = pod(
+                "coarse-rule",
+                "coarserule",
+                "coarse-rule-bcdfg",
+                "Succeeded",
+                Some(0),
+            );
+            (vec![status(0, 3, true)], vec![pod])
+        })
+    });
+    let (cluster, _log, api) = job_api("coarserule", want, pods);
+    let report = with_api(
+        api,
+        cluster::run(&cluster, plan, "coarserule", opts(&url), output()),
+    )
+    .await
+    .expect("the run ends");
+    assert_eq!(report.exit_code(), 0);
+    let spec = report.jobs[0].job.spec.as_ref().expect("spec");
+    assert_eq!(spec.completions, Some(3), "cluster");
+}
+
 /// The tutorial's first caveat: completions (2) smaller than the queue (3
 /// items). Both pods take one item and exit 0, the Job completes — and one
 /// item is left that no pod will ever take. The run says so and exits 1.
