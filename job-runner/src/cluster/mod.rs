@@ -6,38 +6,32 @@
 //!
 //! - [`render`]: what is created, computed without a cluster (labels,
 //!   wrapper injection, coarse `completions`).
-//! - [`Cluster`]: a kube client and a namespace; create, list, delete, logs.
-//! - [`run`]: fill and seal the queues, create the objects, then watch the
-//!   Jobs, their pods and their queues together until the work is done.
-//! - [`decide`]: when a Job and its queue agree that the work is over —
-//!   pure, table-tested.
+//! - [`client`]: [`Cluster`], a kube client and a namespace; create, list,
+//!   delete, logs; errors with a hint at the usual cause.
+//! - this module: [`run`], the lifecycle below.
+//! - `watch`: the watch loop — the Jobs, their pods and their queues
+//!   together until the work is done.
+//! - [`decide`](mod@decide): when a Job and its queue agree that the work is
+//!   over — pure, table-tested.
+//! - `summary`: the final pods and events, as [`JobReport`](crate::report::JobReport)s.
+//! - [`table`]: `get jobs`' table.
 //!
 //! # Lifecycle of a run
 //!
 //! 1. Work-queue Jobs: items pushed to `--queue-url`, queue sealed; a coarse
-//!    Job with `completions` unset gets the sealed queue's size.
+//!    Job with `completions` unset gets the sealed queue's size
+//!    ([`crate::queue::fill_and_seal`], as `--local` does).
 //! 2. Services, then Jobs, then CronJobs are created (`POST`), each labelled
 //!    `workq.dev/run=<id>`. CronJobs are created and left to the cluster's
 //!    schedule; they are not waited for.
 //! 3. One watch stream of the run's Jobs, one of its pods, one per queue.
 //! 4. A Job is finished when it has a `Complete` or `Failed` condition and
-//!    its queue agrees ([`decide`]). Two caveats are reported plainly: pods
+//!    its queue agrees ([`decide()`]). Two caveats are reported plainly: pods
 //!    all ended with work still queued (the run exits 1), and a drained queue
 //!    with pods still waiting — the run then deletes that Job (background
 //!    propagation) once the finished pods succeeded, unless
 //!    `--keep-idle-pods`.
 //! 5. The summary is that of `--local`, from a final list of pods and events.
-
-//!
-//! # Modules
-//!
-//! - [`render`]: what is created, computed without a cluster.
-//! - [`client`]: [`Cluster`], the kube client and its errors.
-//! - [`decide`](mod@decide): the pure decision about one Job and its queue.
-//! - `watch`: the watch loop.
-//! - `summary`: the final pods and events, as [`JobReport`]s.
-//! - [`table`]: `get jobs`' table.
-//! - this module: [`run`], the lifecycle above.
 
 pub mod client;
 pub mod decide;

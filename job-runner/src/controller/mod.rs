@@ -36,12 +36,12 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: [`JobConfig`], a Job spec with the API server's defaults.
-//! - [`failure_policy`]: `podFailurePolicy` rules and which one a failed pod
-//!   matches.
+//! - `config`: [`JobConfig`], a Job spec with the API server's defaults.
+//! - `failure_policy`: [`Rule`], `podFailurePolicy` rules and which one a
+//!   failed pod matches.
 //! - this module: [`JobState`] and its transitions ([`JobState::reconcile`],
 //!   [`JobState::pod_finished`], …).
-//! - [`status`]: the state in Kubernetes' shape (`JobStatus`, conditions,
+//! - `status`: the state in Kubernetes' shape (`JobStatus`, conditions,
 //!   counts, index ranges).
 
 mod config;

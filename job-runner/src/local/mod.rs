@@ -14,7 +14,14 @@
 //! pods start as the controller decides — and stops CronJob scheduling; a
 //! second Ctrl-C (or SIGTERM, or SIGHUP when the terminal goes away) kills
 //! every pod and ends the run.
-
+//!
+//! # Guarantees
+//!
+//! - Every decision about a Job is the controller's ([`crate::controller`]);
+//!   this module only carries them out and reports what happened.
+//! - The run ends only when no pod process is left.
+//! - A work-queue Job's queue is filled and sealed before its first pod
+//!   starts ([`crate::queue::fill_and_seal`]).
 //!
 //! # Layout
 //!

@@ -1,6 +1,6 @@
 //! What a person sees: while a run goes, pods' output, events and a live
 //! view on standard error ([`live`]); at the end, a `kubectl describe`-like
-//! summary ([`describe`]) or, with `-o json`, the final Job objects
+//! summary ([`describe`](mod@describe)) or, with `-o json`, the final Job objects
 //! ([`json`](mod@json)) on standard output.
 //!
 //! # Layout
