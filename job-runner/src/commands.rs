@@ -42,6 +42,7 @@ pub struct View {
 }
 
 impl View {
+    /// The terminal side of a run shown this way.
     fn output(self) -> Arc<Output> {
         let live = self.progress && std::io::stderr().is_terminal();
         Arc::new(Output::new(self.json, live))
@@ -54,6 +55,7 @@ pub fn report_error(e: &Error) -> i32 {
     if e.is_bad_input() { 2 } else { 1 }
 }
 
+/// A tokio runtime, or `None` after saying why there is none.
 fn runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Runtime::new() {
         Ok(r) => Some(r),

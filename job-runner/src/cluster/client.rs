@@ -101,6 +101,7 @@ impl Cluster {
         &self.namespace
     }
 
+    /// The API of one namespaced resource kind, in this namespace.
     pub(super) fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,

@@ -37,6 +37,8 @@ pub(super) fn job_from_template(cron: &CronJob, name: &str) -> Job {
 }
 
 impl Runner {
+    /// Starts CronJob `i`'s schedule task (unless suspended): it sends a
+    /// tick at each scheduled time, the first at once with `--start-now`.
     pub(super) fn start_cron(&mut self, i: usize) {
         let c = &self.crons[i];
         let name = c.name.clone();
@@ -99,6 +101,9 @@ impl Runner {
         self.crons[i].task = Some(task);
     }
 
+    /// A tick of CronJob `i`: starts a Job from its template, unless
+    /// `--runs`, `startingDeadlineSeconds` or `concurrencyPolicy` says not to
+    /// (`Replace` deletes the running Jobs first).
     pub(super) async fn cron_fire(&mut self, i: usize, scheduled: jiff::Timestamp) {
         let runs = self.opts.runs;
         let c = &self.crons[i];
@@ -172,12 +177,14 @@ impl Runner {
         }
     }
 
+    /// Whether any CronJob still schedules Jobs.
     pub(super) fn crons_running(&self) -> bool {
         self.crons
             .iter()
             .any(|c| c.task.as_ref().is_some_and(|t| !t.is_finished()))
     }
 
+    /// Stops every CronJob's schedule.
     pub(super) fn stop_crons(&mut self) {
         for c in &mut self.crons {
             if let Some(t) = c.task.take() {

@@ -48,18 +48,22 @@ pub(super) struct JobRun {
 }
 
 impl JobRun {
+    /// The Job's name.
     pub(super) fn name(&self) -> &str {
         &self.state.config.name
     }
 
+    /// The time since the Job started (the controller's clock).
     pub(super) fn now(&self) -> Duration {
         self.started.elapsed()
     }
 
+    /// Pods still running.
     pub(super) fn active_pods(&self) -> usize {
         self.pods.values().filter(|p| p.ended.is_none()).count()
     }
 
+    /// Ended (finished, suspended or deleted) with no pod left.
     pub(super) fn done(&self) -> bool {
         (self.suspended || self.deleted.is_some() || self.state.finish.is_some())
             && self.active_pods() == 0
@@ -87,6 +91,10 @@ impl Runner {
         Ok(())
     }
 
+    /// Starts a Job as the API server and the Job controller would: a name
+    /// (from `generateName` if need be), a uid, the controller's labels, the
+    /// API server's defaults; fills its queue for a work-queue Job.
+    /// `owner` is the CronJob that made it; `dir` resolves `items-file`.
     pub(super) async fn start_job(
         &mut self,
         mut job: Job,
@@ -272,6 +280,7 @@ impl PodTrack {
     }
 }
 
+/// `completionMode: Indexed`.
 pub(super) fn job_is_indexed(job: &Job) -> bool {
     job.spec.as_ref().and_then(|s| s.completion_mode.as_deref()) == Some("Indexed")
 }

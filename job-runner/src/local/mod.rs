@@ -202,6 +202,7 @@ pub async fn run(loaded: Loaded, opts: RunOptions, out: Arc<Output>) -> Result<R
 }
 
 impl Runner {
+    /// Creates a pod of Job `j` (with its completion index) as a process.
     fn spawn_pod(&mut self, j: usize, index: Option<u32>) -> Result<()> {
         let run = &self.jobs[j];
         let plan = Arc::new(PodPlan::new(&run.job, &run.uid, index, &run.extra_env));
@@ -314,6 +315,7 @@ impl Runner {
         wake
     }
 
+    /// Updates Job `j`'s live lines (the Job, and its queue).
     fn show_progress(&self, j: usize) {
         let run = &self.jobs[j];
         let s = &run.state;
@@ -338,6 +340,7 @@ impl Runner {
         }
     }
 
+    /// A pod of Job `j` ended: the controller's verdict, and an event line.
     fn pod_done(&mut self, j: usize, result: PodResult) {
         let run = &mut self.jobs[j];
         let now = run.now();
@@ -380,6 +383,7 @@ impl Runner {
         }
     }
 
+    /// Runs until every Job is done; true when stopped by a signal.
     async fn event_loop(
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<Msg>,
@@ -465,6 +469,7 @@ impl Runner {
         }
     }
 
+    /// Stops the CronJobs and kills every running pod.
     fn kill_all(&mut self) {
         self.stop_crons();
         self.out.event("stopping: killing every pod");
