@@ -6,16 +6,13 @@
 //! for work-queue pods when no `wq` is installed), it acts as `wq consume`.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use job_runner::output::{Output, describe, json};
-use job_runner::run::{RunOptions, run};
+use job_runner::cluster::{ClusterRunOptions, RenderOptions};
+use job_runner::commands::{self, ClusterTarget, View};
+use job_runner::local::RunOptions;
 use job_runner::template::{TemplateOptions, parse_var};
 
 const AFTER_HELP: &str = "\
@@ -103,9 +100,18 @@ struct InjectArgs {
     no_inject: bool,
 }
 
+impl ClusterArgs {
+    fn target(&self) -> ClusterTarget {
+        ClusterTarget {
+            context: self.context.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
+}
+
 impl InjectArgs {
-    fn options(&self, run_id: String) -> job_runner::cluster::RenderOptions {
-        job_runner::cluster::RenderOptions {
+    fn options(&self, run_id: String) -> RenderOptions {
+        RenderOptions {
             run_id,
             wrapper_image: self.wrapper_image.clone(),
             pod_queue_url: self.pod_queue_url.clone(),
@@ -289,149 +295,6 @@ struct ExpandArgs {
     template: TemplateArgs,
 }
 
-fn main() -> ExitCode {
-    let argv0 = std::env::args_os().next().unwrap_or_default();
-    let called_as_wq = std::path::Path::new(&argv0)
-        .file_name()
-        .is_some_and(|n| n == "wq");
-    let code = if called_as_wq {
-        wq::main()
-    } else {
-        let cli = Cli::parse();
-        match cli.command {
-            Command::Run(args) => run_command(args),
-            Command::Expand(args) => expand_command(args),
-            Command::Evict(args) => evict_command(args),
-            Command::Render(args) => render_command(args),
-            Command::Get(args) => cluster_command(&args.cluster, |c| async move {
-                let jobs = c.get_jobs(&args.selector).await?;
-                if jobs.is_empty() {
-                    eprintln!("No resources found in {} namespace.", c.namespace());
-                } else {
-                    let Resource::Jobs = args.resource;
-                    print!(
-                        "{}",
-                        job_runner::cluster::jobs_table(&jobs, jiff::Timestamp::now())
-                    );
-                }
-                Ok(0)
-            }),
-            Command::Logs(args) => cluster_command(&args.cluster, |c| async move {
-                let sink: Arc<dyn job_runner::process::Sink> = Arc::new(Output::new(false, false));
-                let n = c.logs(&args.selector, args.follow, sink).await?;
-                if n == 0 {
-                    eprintln!("No resources found in {} namespace.", c.namespace());
-                }
-                Ok(0)
-            }),
-            Command::Delete(args) => cluster_command(&args.cluster, |c| async move {
-                let deleted = c.delete(&args.selector).await?;
-                if deleted.is_empty() {
-                    eprintln!("No resources found");
-                }
-                for d in deleted {
-                    println!("{d} deleted");
-                }
-                Ok(0)
-            }),
-        }
-    };
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-fn report_error(e: &job_runner::Error) -> i32 {
-    eprintln!("error: {e}");
-    if e.is_bad_input() { 2 } else { 1 }
-}
-
-fn expand_command(args: ExpandArgs) -> i32 {
-    let opts = args.template.options();
-    for t in &args.templates {
-        let (name, text) = if t == "-" {
-            let mut s = String::new();
-            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
-                eprintln!("error: cannot read standard input: {e}");
-                return 2;
-            }
-            ("<stdin>".to_string(), s)
-        } else {
-            match std::fs::read_to_string(t) {
-                Ok(s) => (t.clone(), s),
-                Err(e) => {
-                    eprintln!("error: cannot read {t}: {e}");
-                    return 2;
-                }
-            }
-        };
-        if !job_runner::template::is_jinja(&name) && !job_runner::template::uses_item(&text) {
-            eprintln!(
-                "error: {name}: not a template: it has no $ITEM and its name does not end in .jinja2, .jinja or .j2"
-            );
-            return 2;
-        }
-        match job_runner::template::expand(&name, &text, &opts) {
-            Ok(out) => print!("{out}"),
-            Err(e) => return report_error(&e),
-        }
-    }
-    0
-}
-
-fn evict_command(args: EvictArgs) -> i32 {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return 1;
-        }
-    };
-    let mut code = 0;
-    for pod in &args.pods {
-        match runtime.block_on(job_runner::control::evict(pod)) {
-            Ok(true) => println!("pod/{pod} evicted"),
-            Ok(false) => {
-                eprintln!(
-                    "error: no running `job-runner run` of this user has a running pod named {pod:?}; check the name in its output"
-                );
-                code = 1;
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                code = 1;
-            }
-        }
-    }
-    code
-}
-
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Runtime::new() {
-        Ok(r) => Some(r),
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            None
-        }
-    }
-}
-
-/// Connects to the cluster and runs `f`; its result is the exit code.
-fn cluster_command<F, Fut>(args: &ClusterArgs, f: F) -> i32
-where
-    F: FnOnce(job_runner::cluster::Cluster) -> Fut,
-    Fut: std::future::Future<Output = job_runner::Result<i32>>,
-{
-    let Some(rt) = runtime() else { return 1 };
-    rt.block_on(async {
-        let cluster = job_runner::cluster::Cluster::connect(
-            args.context.as_deref(),
-            args.namespace.as_deref(),
-        )
-        .await?;
-        f(cluster).await
-    })
-    .unwrap_or_else(|e| report_error(&e))
-}
-
 /// A label selector that selects something: an empty one would select
 /// every object of the namespace.
 fn selector(s: &str) -> Result<String, String> {
@@ -442,152 +305,93 @@ fn selector(s: &str) -> Result<String, String> {
     }
 }
 
-fn render_command(args: RenderArgs) -> i32 {
-    let loaded = match job_runner::manifest::load(
-        &args.files,
-        &args.template.options(),
-        &mut std::io::stdin(),
-    ) {
-        Ok(l) => l,
-        Err(e) => return report_error(&e),
-    };
-    for s in &loaded.skipped {
-        eprintln!("warning: {s}");
-    }
-    let run_id = args
-        .run_id
-        .clone()
-        .unwrap_or_else(job_runner::cluster::render::new_run_id);
-    let planned = match job_runner::cluster::plan(&loaded, &args.inject.options(run_id)) {
-        Ok(p) => p,
-        Err(e) => return report_error(&e),
-    };
-    match args.output {
-        RenderFormat::Yaml => match job_runner::cluster::to_yaml(&planned) {
-            Ok(text) => print!("{text}"),
-            Err(e) => return report_error(&e),
-        },
-        RenderFormat::Json => {
-            let items: Vec<serde_json::Value> = planned.iter().map(|p| p.to_value()).collect();
-            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&list).unwrap_or_default()
-            );
+impl RunArgs {
+    fn view(&self) -> View {
+        View {
+            json: self.output == Format::Json,
+            progress: !self.no_progress,
         }
     }
-    0
-}
 
-fn cluster_run(args: RunArgs) -> i32 {
-    let loaded = match job_runner::manifest::load(
-        &args.files,
-        &args.template.options(),
-        &mut std::io::stdin(),
-    ) {
-        Ok(l) => l,
-        Err(e) => return report_error(&e),
-    };
-    for s in &loaded.skipped {
-        eprintln!("warning: {s}");
+    fn local_options(&self) -> RunOptions {
+        RunOptions {
+            pod_backoff: self.pod_backoff,
+            resume: self.resume,
+            runs: self.runs,
+            start_now: self.start_now,
+            queue_url: self.queue_url.clone(),
+        }
     }
-    let run_id = job_runner::cluster::render::new_run_id();
-    let planned = match job_runner::cluster::plan(&loaded, &args.inject.options(run_id.clone())) {
-        Ok(p) => p,
-        Err(e) => return report_error(&e),
-    };
-    let json_out = args.output == Format::Json;
-    let live = !args.no_progress && std::io::stderr().is_terminal();
-    let out = Arc::new(Output::new(json_out, live));
-    let opts = job_runner::cluster::ClusterRunOptions {
-        queue_url: args.queue_url.clone(),
-        timeout: args.timeout,
-        follow: args.follow,
-        delete_idle: !args.keep_idle_pods,
-        idle_grace: args.idle_grace,
-    };
-    let Some(rt) = runtime() else { return 1 };
-    let report = rt.block_on(async {
-        let namespace = args
-            .cluster
-            .namespace
-            .clone()
-            .or_else(|| job_runner::cluster::manifest_namespace(&planned));
-        let cluster = job_runner::cluster::Cluster::connect(
-            args.cluster.context.as_deref(),
-            namespace.as_deref(),
-        )
-        .await?;
-        out.event(&format!(
-            "run {run_id} in namespace {}: everything is labelled {}={run_id}",
-            cluster.namespace(),
-            job_runner::cluster::RUN_LABEL
-        ));
-        job_runner::cluster::run(&cluster, planned, &run_id, opts, out.clone()).await
-    });
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => return report_error(&e),
-    };
-    print_report(&out, json_out, &report);
-    report.exit_code()
+
+    fn cluster_options(&self) -> ClusterRunOptions {
+        ClusterRunOptions {
+            queue_url: self.queue_url.clone(),
+            timeout: self.timeout,
+            follow: self.follow,
+            delete_idle: !self.keep_idle_pods,
+            idle_grace: self.idle_grace,
+        }
+    }
 }
 
-fn print_report(out: &Output, json_out: bool, report: &job_runner::run::RunReport) {
-    if json_out {
-        out.result(&serde_json::to_string_pretty(&json(&report.jobs)).unwrap_or_default());
+fn main() -> ExitCode {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let called_as_wq = std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "wq");
+    let code = if called_as_wq {
+        wq::main()
     } else {
-        let text: Vec<String> = report
-            .crons
-            .iter()
-            .map(|c| c.describe())
-            .chain(report.jobs.iter().map(describe))
-            .collect();
-        out.result(&text.join("\n"));
-    }
-}
-
-fn run_command(args: RunArgs) -> i32 {
-    if !args.local {
-        return cluster_run(args);
-    }
-    let loaded = match job_runner::manifest::load(
-        &args.files,
-        &args.template.options(),
-        &mut std::io::stdin(),
-    ) {
-        Ok(l) => l,
-        Err(e) => return report_error(&e),
-    };
-    let json_out = args.output == Format::Json;
-    let live = !args.no_progress && std::io::stderr().is_terminal();
-    let out = Arc::new(Output::new(json_out, live));
-    let opts = RunOptions {
-        pod_backoff: args.pod_backoff,
-        resume: args.resume,
-        runs: args.runs,
-        start_now: args.start_now,
-        queue_url: args.queue_url,
-    };
-    let runtime = match tokio::runtime::Runtime::new().context("starting the async runtime") {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return 1;
+        match Cli::parse().command {
+            Command::Run(args) if args.local => commands::run_local(
+                &args.files,
+                &args.template.options(),
+                args.local_options(),
+                args.view(),
+            ),
+            Command::Run(args) => commands::run_on_cluster(
+                &args.files,
+                &args.template.options(),
+                &args
+                    .inject
+                    .options(job_runner::cluster::render::new_run_id()),
+                &args.cluster.target(),
+                args.cluster_options(),
+                args.view(),
+            ),
+            Command::Expand(args) => commands::expand(&args.templates, &args.template.options()),
+            Command::Evict(args) => commands::evict(&args.pods),
+            Command::Render(args) => commands::render(
+                &args.files,
+                &args.template.options(),
+                &args.inject.options(
+                    args.run_id
+                        .clone()
+                        .unwrap_or_else(job_runner::cluster::render::new_run_id),
+                ),
+                args.output == RenderFormat::Json,
+            ),
+            Command::Get(args) => {
+                let Resource::Jobs = args.resource;
+                commands::get_jobs(&args.cluster.target(), &args.selector)
+            }
+            Command::Logs(args) => {
+                commands::logs(&args.cluster.target(), &args.selector, args.follow)
+            }
+            Command::Delete(args) => commands::delete(&args.cluster.target(), &args.selector),
         }
     };
-    let report = match runtime.block_on(run(loaded, opts, out.clone())) {
-        Ok(r) => r,
-        Err(e) => return report_error(&e),
-    };
-    print_report(&out, json_out, &report);
-    report.exit_code()
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 /// The `wq consume` the runner provides to work-queue pods when no `wq` is
-/// installed.
+/// installed: its flags (a copy of `wq consume`'s), read into
+/// `worker_sdk::ConsumeOptions` for [`job_runner::commands::consume`].
 mod wq {
-    use super::*;
+    use std::ffi::OsString;
+    use std::time::Duration;
+
+    use clap::{Args, Parser, Subcommand};
 
     /// wq (as provided by job-runner): only `wq consume` is available here;
     /// install the full `wq` with `cargo install --path worker-sdk`.
@@ -648,48 +452,13 @@ mod wq {
     pub(super) fn main() -> i32 {
         let cli = WqCli::parse();
         let WqCommand::Consume(args) = cli.command;
-        let (Some(url), Some(queue)) = (cli.url, cli.queue) else {
-            eprintln!(
-                "wq: error: give the queue with -q/--queue (or WQ_QUEUE) and the service with --url (or WQ_URL)"
-            );
-            return 2;
-        };
-        let runtime = match tokio::runtime::Runtime::new() {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("wq: error: {e}");
-                return 1;
-            }
-        };
-        runtime.block_on(async move {
-            let client = match worker_sdk::connect(&url).await {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("wq: error: {e}");
-                    return 1;
-                }
-            };
-            let q = match client.queue(&queue) {
-                Ok(q) => q,
-                Err(e) => {
-                    eprintln!("wq: error: {e}");
-                    return 2;
-                }
-            };
-            let mut opts = worker_sdk::ConsumeOptions::new(args.program);
-            opts.count = args.count;
-            opts.concurrency = args.concurrency.max(1);
-            opts.lease = args.lease;
-            opts.grace = args.grace;
-            opts.until_empty = args.until_empty;
-            opts.fatal_exit_codes = args.fatal_exit_codes.into_iter().collect();
-            match worker_sdk::consume(&q, opts).await {
-                Ok(report) => report.exit_code(),
-                Err(e) => {
-                    eprintln!("wq: error: {e}");
-                    1
-                }
-            }
-        })
+        let mut opts = worker_sdk::ConsumeOptions::new(args.program);
+        opts.count = args.count;
+        opts.concurrency = args.concurrency.max(1);
+        opts.lease = args.lease;
+        opts.grace = args.grace;
+        opts.until_empty = args.until_empty;
+        opts.fatal_exit_codes = args.fatal_exit_codes.into_iter().collect();
+        job_runner::commands::consume(cli.url, cli.queue, opts)
     }
 }

@@ -7,22 +7,28 @@
 //! | `workq.dev/items-file` | a file of items, one per line, relative to the manifest |
 //! | `workq.dev/pattern` | `coarse` (one item per pod: `completions` defaults to the number of items) or `fine` (pods loop until the queue is drained) |
 //!
-//! Unless `--queue-url` names a queue service, the runner starts one
-//! in-process (memory store, loopback, ephemeral port). It pushes the items,
-//! seals the queue, and gives every container `WQ_URL` and `WQ_QUEUE`, and a
-//! `PATH` on which `wq` is found: the `wq` next to the runner's own
-//! executable or on `PATH`, or else the runner itself, which acts as
-//! `wq consume` when called by that name.
+//! Both ways of running fill the queue the same way, with [`fill_and_seal`]:
+//! `--local` (see [`crate::local`], which also starts a queue service when
+//! `--queue-url` names none) and a cluster run (see [`crate::cluster`]).
+//!
+//! # Guarantees
+//!
+//! - The items are pushed, then the queue is sealed: a worker that finds it
+//!   empty knows the work is over.
+//! - A coarse Job whose manifest leaves `completions` unset gets one
+//!   completion per item of the sealed queue, in both modes (see
+//!   [`fill_and_seal`]).
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 
 use crate::error::{Error, Result};
-use crate::output::{Output, QueueSummary};
-use crate::run::RunOptions;
+use crate::output::Output;
+use crate::report::QueueSummary;
+
+#[cfg(test)]
+mod tests;
 
 /// The queue-name annotation.
 pub const QUEUE: &str = "workq.dev/queue";
@@ -32,60 +38,6 @@ pub const ITEMS: &str = "workq.dev/items";
 pub const ITEMS_FILE: &str = "workq.dev/items-file";
 /// The pattern annotation (`coarse` or `fine`).
 pub const PATTERN: &str = "workq.dev/pattern";
-
-/// A queue service started by the runner.
-pub struct LocalServer {
-    server: queue_server::RunningServer,
-    url: String,
-}
-
-impl LocalServer {
-    /// Stops it.
-    pub async fn shutdown(self) {
-        let _ = self.server.shutdown().await;
-    }
-}
-
-/// The queue of one running Job.
-pub struct QueueRun {
-    name: String,
-    url: String,
-    path: String,
-    queue: worker_sdk::Queue,
-    stats: Arc<Mutex<Option<worker_sdk::Stats>>>,
-    watcher: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl QueueRun {
-    /// The environment its containers get.
-    pub fn env(&self) -> Vec<(String, String)> {
-        vec![
-            ("WQ_URL".into(), self.url.clone()),
-            ("WQ_QUEUE".into(), self.name.clone()),
-            ("PATH".into(), self.path.clone()),
-        ]
-    }
-
-    /// The queue's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// (done, enqueued) from the latest counters: done counts completed and
-    /// dead items.
-    pub fn last_stats(&self) -> Option<(u64, u64)> {
-        let s = self.stats.lock().ok()?;
-        s.as_ref().map(|s| (s.completed + s.dead, s.enqueued))
-    }
-
-    /// The counters and dead items, for the summary.
-    pub async fn summary(&mut self) -> QueueSummary {
-        if let Some(w) = self.watcher.take() {
-            w.abort();
-        }
-        summary(&self.name, &self.url, &self.queue).await
-    }
-}
 
 /// The counters and dead items of `queue` (known as `name`, at `url`), for
 /// the summary.
@@ -120,7 +72,6 @@ pub async fn summary(name: &str, url: &str, queue: &worker_sdk::Queue) -> QueueS
     }
     out
 }
-
 /// The value of one annotation of a Job.
 pub fn annotation<'a>(job: &'a Job, key: &str) -> Option<&'a str> {
     job.metadata
@@ -186,187 +137,84 @@ pub fn items(job: &Job, dir: &Path) -> Result<Option<(String, Option<Vec<String>
     Ok(Some((queue.to_string(), items)))
 }
 
-/// Where containers find `wq`: a `PATH` value.
-fn wq_path(run_dir: &Path) -> Result<String> {
-    let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    let exe =
-        std::env::current_exe().map_err(|e| Error::io("finding the job-runner executable", e))?;
-    if let Some(dir) = exe.parent()
-        && dir.join("wq").is_file()
-    {
-        return Ok(format!("{}:{host_path}", dir.display()));
-    }
-    if std::env::split_paths(&host_path).any(|d| d.join("wq").is_file()) {
-        return Ok(host_path);
-    }
-    let bin = run_dir.join("bin");
-    std::fs::create_dir_all(&bin).map_err(|e| Error::io("creating the wq directory", e))?;
-    let link: PathBuf = bin.join("wq");
-    if !link.exists() {
-        std::os::unix::fs::symlink(&exe, &link)
-            .map_err(|e| Error::io("linking wq to job-runner", e))?;
-    }
-    Ok(format!("{}:{host_path}", bin.display()))
+/// Whether a coarse Job takes its `completions` from its queue: pattern
+/// `coarse` and `completions` left unset by the manifest.
+pub fn completions_from_queue(job: &Job) -> bool {
+    annotation(job, PATTERN) == Some("coarse")
+        && job.spec.as_ref().is_some_and(|s| s.completions.is_none())
 }
 
-/// Prepares a work-queue Job: starts the queue service if needed (once per
-/// run), pushes and seals the items, and sets `completions` of a coarse Job.
-/// `changed` is notified whenever the queue's counters change.
-pub async fn prepare(
+/// Fills a work-queue Job's queue and seals it, and sets a coarse Job's
+/// `completions` — the one way both `--local` and a cluster run do it.
+///
+/// - `items` (from `workq.dev/items` or `workq.dev/items-file`): pushed, then
+///   the queue is sealed. `None`: someone else fills the queue; its counters
+///   are only read.
+/// - `completions_from_queue` (see [`completions_from_queue`]: a coarse Job
+///   whose manifest leaves `completions` unset): `completions` becomes the
+///   number of items in the sealed queue — the items pushed, plus any the
+///   queue already held (reported as a warning), so that one pod runs per
+///   item, as Kubernetes users of the coarse pattern expect. The queue must
+///   be sealed: a queue filled by someone else and still open is refused,
+///   since its size is not known yet.
+/// - A `completions` the manifest sets is kept as it is: the Job completes
+///   after that many pods succeeded, whatever the queue holds (a cluster run
+///   reports work left behind, and exits 1).
+///
+/// `url` and the Job's name only word the event lines written to `out`.
+pub async fn fill_and_seal(
     job: &mut Job,
-    dir: &Path,
-    run_dir: &Path,
-    opts: &RunOptions,
-    server: &mut Option<LocalServer>,
+    queue: &worker_sdk::Queue,
+    url: &str,
+    items: Option<&[String]>,
+    completions_from_queue: bool,
     out: &Output,
-    changed: Arc<tokio::sync::Notify>,
-) -> Result<Option<QueueRun>> {
-    let Some((name, items)) = items(job, dir)? else {
-        return Ok(None);
-    };
+) -> Result<worker_sdk::Stats> {
     let job_name = job.metadata.name.clone().unwrap_or_default();
-    let url = match (&opts.queue_url, server.as_ref()) {
-        (Some(url), _) => url.clone(),
-        (None, Some(s)) => s.url.clone(),
-        (None, None) => {
-            let started = queue_server::start(queue_server::ServerConfig::memory())
-                .await
-                .map_err(|e| {
-                    Error::Queue(format!("cannot start the in-process queue service: {e}"))
-                })?;
-            let url = format!("grpc://{}", started.grpc_addr());
-            out.event(&format!(
-                "queue service: started in-process at {url} (memory store)"
-            ));
-            *server = Some(LocalServer {
-                server: started,
-                url: url.clone(),
-            });
-            url
-        }
-    };
-    if items.is_none() && opts.queue_url.is_none() {
-        return Err(Error::Invalid {
-            origin: format!("Job/{job_name}"),
-            problems: vec![format!(
-                "metadata.annotations: {QUEUE} needs its items: set {ITEMS} (whitespace separated) or {ITEMS_FILE} (one per line), or pass --queue-url to work a queue you fill yourself"
-            )],
-        });
-    }
-    let client = worker_sdk::connect(&url)
-        .await
-        .map_err(|e| Error::Queue(format!("cannot reach {url}: {e}")))?;
-    let queue = client
-        .queue(&name)
-        .map_err(|e| Error::Queue(format!("queue {name:?}: {e}")))?;
-    if let Some(items) = &items {
+    let name = queue.name().to_string();
+    let stats = if let Some(items) = items {
         queue
             .push(items.iter().map(String::as_str))
             .await
             .map_err(|e| Error::Queue(format!("pushing to {name}: {e}")))?;
-        queue
+        let s = queue
             .seal()
             .await
             .map_err(|e| Error::Queue(format!("sealing {name}: {e}")))?;
         out.event(&format!(
-            "job.batch/{job_name}: queue {name}: pushed {} item(s) and sealed it",
+            "job.batch/{job_name}: queue {name} at {url}: pushed {} item(s) and sealed it",
             items.len()
         ));
-        if annotation(job, PATTERN) == Some("coarse")
-            && let Some(spec) = job.spec.as_mut()
-            && spec.completions.is_none()
-        {
-            let n = i32::try_from(items.len()).unwrap_or(i32::MAX);
-            spec.completions = Some(n);
+        let pushed = items.len() as u64;
+        if s.enqueued > pushed {
             out.event(&format!(
-                "job.batch/{job_name}: coarse pattern: completions set to {n}, one per item"
+                "warning: queue {name} already held {} item(s) before this run",
+                s.enqueued - pushed
             ));
         }
-    }
-    let stats = Arc::new(Mutex::new(None));
-    let watcher = match queue.watch(false).await {
-        Ok(mut stream) => {
-            let stats = stats.clone();
-            Some(tokio::spawn(async move {
-                while let Some(Ok(s)) = stream.next().await {
-                    if let Ok(mut slot) = stats.lock() {
-                        *slot = Some(s);
-                    }
-                    changed.notify_one();
-                }
-            }))
-        }
-        Err(_) => None,
+        s
+    } else {
+        queue
+            .stats()
+            .await
+            .map_err(|e| Error::Queue(format!("reading queue {name}: {e}")))?
     };
-    Ok(Some(QueueRun {
-        name,
-        url,
-        path: wq_path(run_dir)?,
-        queue,
-        stats,
-        watcher,
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(annotations: &str) -> Job {
-        serde_saphyr::from_str(&format!(
-            "metadata:\n  name: j\n  annotations: {annotations}\nspec:\n  template: {{}}\n"
-        ))
-        .expect("test yaml")
-    }
-
-    #[test]
-    fn annotations_are_read_and_checked() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("items.txt"), "apple\n\n banana \n").expect("write");
-        type Want<'a> = std::result::Result<Option<(&'a str, Option<Vec<&'a str>>)>, &'a str>;
-        let cases: Vec<(&str, Want)> = vec![
-            ("{}", Ok(None)),
-            (
-                "{workq.dev/queue: q1, workq.dev/items: \"a b\n c\"}",
-                Ok(Some(("q1", Some(vec!["a", "b", "c"])))),
-            ),
-            (
-                "{workq.dev/queue: q1, workq.dev/items-file: items.txt}",
-                Ok(Some(("q1", Some(vec!["apple", "banana"])))),
-            ),
-            ("{workq.dev/queue: q1}", Ok(Some(("q1", None)))),
-            (
-                "{workq.dev/items: a}",
-                Err("needs metadata.annotations[workq.dev/queue]"),
-            ),
-            (
-                "{workq.dev/queue: q1, workq.dev/items: a, workq.dev/items-file: f}",
-                Err("not both"),
-            ),
-            (
-                "{workq.dev/queue: q1, workq.dev/pattern: medium}",
-                Err("Unsupported value: \"medium\""),
-            ),
-            (
-                "{workq.dev/queue: q1, workq.dev/items-file: nope.txt}",
-                Err("nope.txt"),
-            ),
-        ];
-        for (ann, want) in cases {
-            let got = items(&job(ann), dir.path());
-            match (got, want) {
-                (Ok(got), Ok(want)) => {
-                    let want = want.map(|(q, i)| {
-                        (
-                            q.to_string(),
-                            i.map(|v| v.into_iter().map(String::from).collect()),
-                        )
-                    });
-                    assert_eq!(got, want, "{ann}");
-                }
-                (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{ann}: {e}"),
-                (got, want) => panic!("{ann}: got {got:?}, want {want:?}"),
-            }
+    if completions_from_queue {
+        if !stats.sealed {
+            return Err(Error::Invalid {
+                origin: format!("Job/{job_name}"),
+                problems: vec![format!(
+                    "spec.completions: a coarse Job takes its completions from the sealed queue's size, but queue {name} is not sealed; seal it (`wq seal`), set workq.dev/items, or set completions"
+                )],
+            });
         }
+        let n = stats.pending + stats.delayed + stats.leased;
+        if let Some(spec) = job.spec.as_mut() {
+            spec.completions = Some(i32::try_from(n).unwrap_or(i32::MAX));
+        }
+        out.event(&format!(
+            "job.batch/{job_name}: coarse pattern: completions set to {n}, one per item of the sealed queue"
+        ));
     }
+    Ok(stats)
 }

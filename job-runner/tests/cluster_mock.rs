@@ -376,7 +376,7 @@ fn status(active: i32, succeeded: i32, complete: bool) -> Value {
     s
 }
 
-fn counters(r: &job_runner::output::JobReport) -> BTreeMap<String, u64> {
+fn counters(r: &job_runner::report::JobReport) -> BTreeMap<String, u64> {
     r.queue
         .as_ref()
         .expect("a queue")
@@ -463,6 +463,142 @@ async fn fine_queue_job_is_created_watched_and_finished_when_the_queue_is_draine
         let gets = seen.iter().filter(|(m, p)| m == "GET" && p == want).count();
         assert!(gets >= 2, "{want}: a list and a watch: {seen:?}");
     }
+}
+
+/// A coarse Job whose manifest leaves `completions` unset; with `items`,
+/// the `workq.dev/items` annotation.
+fn coarse_job(queue: &str, items: Option<&str>) -> String {
+    let items = items.map_or(String::new(), |i| format!("    workq.dev/items: {i}\n"));
+    format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: coarse-rule\n  annotations:\n    workq.dev/queue: {queue}\n    workq.dev/pattern: coarse\n{items}spec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: c\n        image: busybox\n        command: [wq, consume, -c, '1', --, cat]\n"
+    )
+}
+
+/// Pushes one item to `queue` before the run, as an earlier run could have.
+async fn left_over(url: &str, queue: &str) {
+    let client = worker_sdk::connect(url).await.expect("connect");
+    let q = client.queue(queue).expect("queue");
+    q.push(["left-over"]).await.expect("push");
+}
+
+/// One rule for a coarse Job's `completions`, `--local` and on a cluster
+/// (`queue::fill_and_seal`): left unset by the manifest, it becomes the
+/// number of items in the sealed queue — the two pushed plus the one the
+/// queue already held — so that every item gets its pod.
+#[tokio::test]
+async fn a_coarse_jobs_completions_follow_one_rule_locally_and_on_a_cluster() {
+    let (_server, url) = queue_service().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // --local, against the same queue service.
+    let local_queue = format!("coarse-rule-local-{}", job_runner::pod::random_suffix(5));
+    left_over(&url, &local_queue).await;
+    let file = common::write(
+        dir.path(),
+        "local.yaml",
+        &coarse_job(&local_queue, Some("apple banana")),
+    );
+    let mut cmd = common::job_runner();
+    cmd.args([
+        "run",
+        "-f",
+        &file,
+        "--local",
+        "--queue-url",
+        &url,
+        "-o",
+        "json",
+    ]);
+    let r: common::Run =
+        tokio::task::spawn_blocking(move || cmd.output().expect("job-runner starts"))
+            .await
+            .expect("joined")
+            .into();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let job = r.json();
+    assert_eq!(job["spec"]["completions"], 3, "local: {}", r.stderr);
+    assert_eq!(job["status"]["succeeded"], 3, "local: one pod per item");
+
+    // On a cluster: the Job is created with completions 3.
+    let cluster_queue = format!("coarse-rule-cluster-{}", job_runner::pod::random_suffix(5));
+    left_over(&url, &cluster_queue).await;
+    let file = common::write(
+        dir.path(),
+        "cluster.yaml",
+        &coarse_job(&cluster_queue, Some("apple banana")),
+    );
+    let loaded = job_runner::manifest::load(&[file], &Default::default(), &mut std::io::empty())
+        .expect("manifest loads");
+    let plan = cluster::plan(&loaded, &RenderOptions::new("coarserule")).expect("plan");
+    let mut want = plan[0].to_value();
+    assert_eq!(
+        want["spec"]["completions"], 2,
+        "render, without the queue, shows the manifest's items"
+    );
+    want["spec"]["completions"] = json!(3);
+    let (u, q) = (url.clone(), cluster_queue.clone());
+    let pods: Pods = Box::new(move || {
+        let (url, queue) = (u.clone(), q.clone());
+        Box::pin(async move {
+            assert_eq!(work(&url, &queue, 3).await.len(), 3);
+            let pod = pod(
+                "coarse-rule",
+                "coarserule",
+                "coarse-rule-bcdfg",
+                "Succeeded",
+                Some(0),
+            );
+            (vec![status(0, 3, true)], vec![pod])
+        })
+    });
+    let (cluster, _log, api) = job_api("coarserule", want, pods);
+    let report = with_api(
+        api,
+        cluster::run(&cluster, plan, "coarserule", opts(&url), output()),
+    )
+    .await
+    .expect("the run ends");
+    assert_eq!(report.exit_code(), 0);
+    let spec = report.jobs[0].job.spec.as_ref().expect("spec");
+    assert_eq!(spec.completions, Some(3), "cluster");
+}
+
+/// The rule's other side: on a queue that someone else fills (no items in
+/// the manifest) and has not sealed, the number of items is not known yet,
+/// so a coarse Job leaving `completions` unset is refused — in both modes,
+/// before any pod runs or anything is created.
+#[tokio::test]
+async fn a_coarse_job_on_an_open_queue_is_refused_locally_and_on_a_cluster() {
+    let (_server, url) = queue_service().await;
+    let queue = format!("coarse-open-{}", job_runner::pod::random_suffix(5));
+    left_over(&url, &queue).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = common::write(dir.path(), "open.yaml", &coarse_job(&queue, None));
+
+    let mut cmd = common::job_runner();
+    cmd.args(["run", "-f", &file, "--local", "--queue-url", &url]);
+    let r: common::Run =
+        tokio::task::spawn_blocking(move || cmd.output().expect("job-runner starts"))
+            .await
+            .expect("joined")
+            .into();
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("is not sealed"), "{}", r.stderr);
+    assert!(!r.stderr.contains("Created pod"), "{}", r.stderr);
+
+    let loaded = job_runner::manifest::load(&[file], &Default::default(), &mut std::io::empty())
+        .expect("manifest loads");
+    let plan = cluster::plan(&loaded, &RenderOptions::new("coarseopen")).expect("plan");
+    let (cluster, log, api) = fake_api(|req| async move { panic!("no request expected: {req:?}") });
+    let err = with_api(
+        api,
+        cluster::run(&cluster, plan, "coarseopen", opts(&url), output()),
+    )
+    .await
+    .expect_err("refused");
+    assert!(err.is_bad_input());
+    assert!(err.to_string().contains("is not sealed"), "{err}");
+    assert!(log.lock().expect("log").is_empty());
 }
 
 /// The tutorial's first caveat: completions (2) smaller than the queue (3

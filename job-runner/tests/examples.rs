@@ -5,11 +5,11 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{example, have_bwrap, outcome, run};
+use common::{example, outcome, run};
 
 #[test]
 fn indexed_job_prints_the_five_reversed_words() {
-    if !have_bwrap("indexed_job_prints_the_five_reversed_words") {
+    if !workq_testkit::bwrap() {
         return;
     }
     let r = run(&[
@@ -41,7 +41,7 @@ fn indexed_job_prints_the_five_reversed_words() {
 
 #[test]
 fn indexed_job_with_a_downward_api_volume() {
-    if !have_bwrap("indexed_job_with_a_downward_api_volume") {
+    if !workq_testkit::bwrap() {
         return;
     }
     let r = run(&[
@@ -60,7 +60,7 @@ fn indexed_job_with_a_downward_api_volume() {
 
 #[test]
 fn pods_resolve_each_other_through_the_headless_service() {
-    if !have_bwrap("pods_resolve_each_other_through_the_headless_service") {
+    if !workq_testkit::bwrap() {
         return;
     }
     let r = run(&[

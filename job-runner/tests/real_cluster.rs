@@ -1,8 +1,8 @@
 //! On a real cluster (kind or k3d), only when `KUBECONFIG` is set: applies
 //! `deploy/`, runs the coarse and fine work-queue examples through
 //! `job-runner run` (no `--local`) in a fresh namespace, and checks with the
-//! queue service that every item was processed. Elsewhere it prints why it
-//! was skipped.
+//! queue service that every item was processed. Elsewhere it says it was
+//! skipped (`workq_testkit::cluster`).
 //!
 //! Before it (see `deploy/README.md`): build the images `workq/queue-server:0.1.0`
 //! and `workq/wq:0.1.0` and load them into the cluster (`kind load
@@ -107,10 +107,9 @@ fn example_copy(dir: &std::path::Path, file: &str, queue: &str, suffix: &str) ->
 
 #[test]
 fn coarse_and_fine_examples_run_on_a_real_cluster() {
-    if std::env::var_os("KUBECONFIG").is_none() {
-        println!(
-            "SKIPPED: KUBECONFIG is not set, so there is no cluster to run on; on a kind or k3d cluster (deploy/README.md) set KUBECONFIG and run `cargo test -p job-runner --test real_cluster`"
-        );
+    // On a kind or k3d cluster (deploy/README.md): set KUBECONFIG and run
+    // `cargo test -p job-runner --test real_cluster`.
+    if workq_testkit::cluster().is_none() {
         return;
     }
     kubectl(&["apply", "-k", &repo().join("deploy").display().to_string()]);

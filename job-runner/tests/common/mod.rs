@@ -106,19 +106,6 @@ pub fn run_with_stdin(args: &[&str], input: &str) -> Run {
     child.wait_with_output().expect("job-runner ends").into()
 }
 
-/// Whether pods with volumes can run here; prints why a test is skipped.
-pub fn have_bwrap(test: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("bwrap").is_file()))
-        .unwrap_or(false);
-    if !found {
-        eprintln!(
-            "SKIPPED {test}: bwrap (bubblewrap) is not installed; apt-get install bubblewrap"
-        );
-    }
-    found
-}
-
 /// Writes `text` to a file in `dir` and returns its path.
 pub fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);

@@ -1,207 +1,12 @@
-//! What a person sees: pods' output prefixed by pod name (as
-//! `kubectl logs -f -l … --prefix`), events and a live view on standard
-//! error, and at the end a `kubectl describe job`-like summary — or, with
-//! `-o json`, the final Job objects.
+//! `kubectl describe`-like text: one block per Job (its spec, pod template,
+//! queue, pods, conditions and events) and one per CronJob.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Container;
 
-use crate::controller::{Event, Verdict};
-use crate::process::Sink;
-
-/// The terminal side of a run.
-pub struct Output {
-    json: bool,
-    multi: Option<MultiProgress>,
-    bars: Mutex<BTreeMap<String, ProgressBar>>,
-    lock: Mutex<()>,
-}
-
-impl Output {
-    /// `json`: pods' output goes to standard error, leaving standard output
-    /// to the JSON document. `live`: show progress bars (only drawn when
-    /// standard error is a terminal).
-    pub fn new(json: bool, live: bool) -> Self {
-        let multi = live.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Output {
-            json,
-            multi,
-            bars: Mutex::new(BTreeMap::new()),
-            lock: Mutex::new(()),
-        }
-    }
-
-    fn write(&self, to_stderr: bool, text: &str) {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let print = || {
-            if to_stderr {
-                let mut err = std::io::stderr().lock();
-                let _ = writeln!(err, "{text}");
-            } else {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{text}");
-                let _ = out.flush();
-            }
-        };
-        match &self.multi {
-            Some(m) => m.suspend(print),
-            None => print(),
-        }
-    }
-
-    /// An event line (standard error).
-    pub fn event(&self, text: &str) {
-        self.write(true, text);
-    }
-
-    /// Updates the live line of one Job (or queue).
-    pub fn progress(&self, key: &str, done: u64, total: Option<u64>, message: String) {
-        let Some(multi) = &self.multi else { return };
-        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
-        let bar = bars.entry(key.to_string()).or_insert_with(|| {
-            let bar = match total {
-                Some(n) => ProgressBar::new(n),
-                None => ProgressBar::new_spinner(),
-            };
-            let style = if total.is_some() {
-                ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} {msg}")
-            } else {
-                ProgressStyle::with_template("{prefix:.bold} {spinner} {msg}")
-            };
-            if let Ok(style) = style {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_prefix(key.to_string());
-            multi.add(bar)
-        });
-        if let Some(n) = total {
-            bar.set_length(n);
-        }
-        bar.set_position(done);
-        bar.set_message(message);
-        bar.tick();
-    }
-
-    /// Removes every live line (before the summary).
-    pub fn clear(&self) {
-        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, bar) in std::mem::take(&mut *bars) {
-            bar.finish_and_clear();
-        }
-    }
-
-    /// Prints the summary or the JSON document on standard output.
-    pub fn result(&self, text: &str) {
-        self.clear();
-        self.write(false, text.trim_end());
-    }
-}
-
-impl Sink for Output {
-    fn line(&self, prefix: &str, text: &str) {
-        self.write(self.json, &format!("[{prefix}] {text}"));
-    }
-}
-
-/// One pod as the summary lists it.
-#[derive(Debug, Clone)]
-pub struct PodSummary {
-    /// Its name.
-    pub name: String,
-    /// Its completion index.
-    pub index: Option<u32>,
-    /// `Running`, `Succeeded` or `Failed`.
-    pub phase: String,
-    /// How its containers ended (`main=42`).
-    pub exits: String,
-    /// What the controller made of it.
-    pub note: String,
-    /// When it started, from the Job's start.
-    pub started: Duration,
-    /// When it ended.
-    pub ended: Option<Duration>,
-}
-
-/// Words for a verdict in the pod list.
-pub fn verdict_note(v: &Verdict) -> String {
-    match v {
-        Verdict::Succeeded => String::new(),
-        Verdict::Counted => "counted toward backoffLimit".into(),
-        Verdict::Ignored { rule } => format!("ignored (podFailurePolicy rule {rule})"),
-        Verdict::IndexFailed => "index failed".into(),
-        Verdict::JobFailed => "failed the Job".into(),
-        Verdict::AfterFinish => "ended after the Job had ended".into(),
-    }
-}
-
-/// Queue counters for the summary of a work-queue Job.
-#[derive(Debug, Clone, Default)]
-pub struct QueueSummary {
-    /// The queue's name.
-    pub name: String,
-    /// The URL its workers used.
-    pub url: String,
-    /// Items enqueued, completed, dead, retried; still pending or leased.
-    pub counters: Vec<(String, u64)>,
-    /// Dead items with their reasons.
-    pub dead: Vec<String>,
-    /// Plain-words notes about the queue and the Job disagreeing (cluster
-    /// runs: pods ended with work left, or a drained queue with pods waiting).
-    pub notes: Vec<String>,
-    /// Work was left in the queue that no pod will take: the run did not
-    /// finish its work even if the Job completed.
-    pub unfinished: bool,
-}
-
-/// Everything the summary shows of one Job.
-#[derive(Debug, Clone)]
-pub struct JobReport {
-    /// The Job, with `status` and the controller's labels filled in.
-    pub job: Job,
-    /// Its pods.
-    pub pods: Vec<PodSummary>,
-    /// Its events.
-    pub events: Vec<Event>,
-    /// The CronJob that made it.
-    pub owner: Option<String>,
-    /// Not run: `spec.suspend` is true.
-    pub suspended: bool,
-    /// Deleted by its CronJob (`concurrencyPolicy: Replace`, history limits).
-    pub deleted: Option<String>,
-    /// Its queue, for work-queue Jobs.
-    pub queue: Option<QueueSummary>,
-    /// It ran on a cluster (images were pulled there), not on this machine.
-    pub on_cluster: bool,
-}
-
-impl JobReport {
-    /// The final condition (`Complete`/`Failed`), if any.
-    pub fn outcome(&self) -> Option<(&str, &str, &str)> {
-        let conds = self.job.status.as_ref()?.conditions.as_ref()?;
-        conds
-            .iter()
-            .rev()
-            .find(|c| c.type_ == "Complete" || c.type_ == "Failed")
-            .map(|c| {
-                (
-                    c.type_.as_str(),
-                    c.reason.as_deref().unwrap_or(""),
-                    c.message.as_deref().unwrap_or(""),
-                )
-            })
-    }
-
-    /// The Job completed.
-    pub fn complete(&self) -> bool {
-        self.outcome().is_some_and(|o| o.0 == "Complete")
-    }
-}
+use crate::report::{CronSummary, JobReport};
 
 fn age(d: Duration) -> String {
     let s = d.as_secs();
@@ -493,15 +298,25 @@ pub fn describe(r: &JobReport) -> String {
     o
 }
 
-/// The JSON document for `-o json`: one Job, or a `v1` `List` of them.
-pub fn json(reports: &[JobReport]) -> serde_json::Value {
-    let items: Vec<serde_json::Value> = reports
-        .iter()
-        .filter_map(|r| serde_json::to_value(&r.job).ok())
-        .collect();
-    if items.len() == 1 {
-        items.into_iter().next().unwrap_or_default()
-    } else {
-        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
-    }
+/// A `kubectl describe cronjob`-like text for one CronJob.
+pub fn describe_cron(c: &CronSummary) -> String {
+    format!(
+        "{:<18} {}\n{:<18} {}\n{:<18} {}\n{:<18} {}\n{:<18} {}\n{:<18} {}\n{:<18} {}\n",
+        "Name:",
+        c.name,
+        "Schedule:",
+        c.schedule,
+        "Time Zone:",
+        c.time_zone,
+        "Concurrency Policy:",
+        c.concurrency_policy,
+        "Suspend:",
+        c.suspended,
+        "Jobs Started:",
+        c.jobs_started,
+        "Last Schedule Time:",
+        c.last_schedule.map_or("<unset>".to_string(), |t| t
+            .strftime("%a, %d %b %Y %H:%M:%S %z")
+            .to_string()),
+    )
 }
