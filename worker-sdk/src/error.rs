@@ -20,9 +20,9 @@ pub enum Error {
         reason: String,
     },
 
-    /// The URL names a backend this build does not support (yet).
+    /// The URL names a backend this build does not have (its cargo feature is off).
     #[error(
-        "queue URL {url:?}: the {scheme}:// backend is not supported (supported: grpc://, redis://, amqp://)"
+        "queue URL {url:?}: this build of worker-sdk has no {scheme}:// backend (enable its feature `{scheme}`)"
     )]
     UnsupportedScheme {
         /// The URL as given.
