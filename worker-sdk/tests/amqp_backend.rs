@@ -27,7 +27,8 @@ const FRUITS: [&str; 8] = [
 /// RabbitMQ and the tutorial's `amqp-*` tools, or the test is skipped (fails
 /// under `WQ_REQUIRE_SERVICES`).
 fn rabbitmq_up() -> bool {
-    workq_testkit::rabbitmq() && workq_testkit::command("amqp-publish", "apt-get install amqp-tools")
+    workq_testkit::rabbitmq()
+        && workq_testkit::command("amqp-publish", "apt-get install amqp-tools")
 }
 
 async fn queue(name: &str) -> Queue {

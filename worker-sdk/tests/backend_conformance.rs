@@ -176,7 +176,10 @@ async fn push_lease_complete(b: Backend) {
     assert_eq!((s.pending, s.leased), (3, 0), "{s:?}");
 
     let leased = q.lease(&lease_all(Duration::ZERO)).await.expect("lease");
-    assert_eq!(payloads(&leased.items), BTreeSet::from(["a", "b", "c"].map(String::from)));
+    assert_eq!(
+        payloads(&leased.items),
+        BTreeSet::from(["a", "b", "c"].map(String::from))
+    );
     assert!(leased.items.iter().all(|i| i.attempt == 1));
     let s = q.stats().await.expect("stats");
     assert_eq!((s.pending, s.leased), (0, 3), "{s:?}");
@@ -230,13 +233,19 @@ async fn failures_retry_then_die_and_dead_items_come_back(b: Backend) {
     q.push(["f"]).await.expect("push");
     let first = q.lease(&lease_all(Duration::ZERO)).await.expect("lease");
     let dead = q
-        .fail(&[first.items[0].token.clone()], &Failure::retriable("flaky"))
+        .fail(
+            &[first.items[0].token.clone()],
+            &Failure::retriable("flaky"),
+        )
         .await
         .expect("fail");
     assert_eq!(dead, 0);
 
     // The queue service delays retries by the queue's back-off (1 s by default).
-    let second = q.lease(&lease_all(Duration::from_secs(5))).await.expect("lease");
+    let second = q
+        .lease(&lease_all(Duration::from_secs(5)))
+        .await
+        .expect("lease");
     assert_eq!(payloads(&second.items), BTreeSet::from(["f".to_owned()]));
     assert_eq!(second.items[0].attempt, 2);
     let dead = q
@@ -250,11 +259,16 @@ async fn failures_retry_then_die_and_dead_items_come_back(b: Backend) {
     if b.expect().list_dead {
         let listed = q.dead(0).await.expect("dead");
         assert_eq!(listed.len(), 1);
-        assert_eq!((listed[0].payload.as_slice(), listed[0].reason.as_str()), (&b"f"[..], "broken"));
+        assert_eq!(listed[0].payload, b"f");
+        // The reason as given (the queue service adds the attempt).
+        assert!(listed[0].reason.contains("broken"), "{:?}", listed[0]);
         assert_eq!(listed[0].attempts, 2);
     } else {
         not_supported("list dead", q.dead(0).await);
-        not_supported("requeue dead by id", q.requeue_dead(&[worker_sdk::ItemId::new("x")]).await);
+        not_supported(
+            "requeue dead by id",
+            q.requeue_dead(&[worker_sdk::ItemId::new("x")]).await,
+        );
     }
     assert_eq!(q.requeue_dead(&[]).await.expect("requeue"), 1);
     let back = q.lease(&lease_all(Duration::ZERO)).await.expect("lease");
@@ -269,13 +283,20 @@ async fn seal_and_drain(b: Backend) {
     let (q, _cleanup) = b.queue("conf-seal").await;
     q.push(["1", "2"]).await.expect("push");
     assert_eq!(q.can_seal(), b.expect().seal);
-    let opts = || WorkerOptions::default().handle_signals(false).poll_wait(Duration::from_millis(200));
+    let opts = || {
+        WorkerOptions::default()
+            .handle_signals(false)
+            .poll_wait(Duration::from_millis(200))
+    };
     if b.expect().seal {
         let s = q.seal().await.expect("seal");
         assert!(s.sealed && !s.drained, "{s:?}");
         let r = q.push(["late"]).await;
         assert!(matches!(r, Err(Error::Refused { .. })), "{r:?}");
-        let summary = q.work(opts(), |_job: Job| async { Ok(()) }).await.expect("work");
+        let summary = q
+            .work(opts(), |_job: Job| async { Ok(()) })
+            .await
+            .expect("work");
         assert_eq!((summary.stop, summary.completed), (StopReason::Drained, 2));
         let s = q.stats().await.expect("stats");
         assert!(s.drained, "{s:?}");
@@ -285,8 +306,11 @@ async fn seal_and_drain(b: Backend) {
         assert!(updates.next().await.is_none(), "the watch ends at drain");
     } else {
         not_supported("seal", q.seal().await);
-        not_supported("watch until drained", q.watch(true).await);
-        not_supported("work until drained", q.work(opts(), |_job: Job| async { Ok(()) }).await);
+        not_supported("watch until drained", q.watch(true).await.map(|_| ()));
+        not_supported(
+            "work until drained",
+            q.work(opts(), |_job: Job| async { Ok(()) }).await,
+        );
         let summary = q
             .work(opts().until_empty(true), |_job: Job| async { Ok(()) })
             .await
@@ -312,7 +336,11 @@ async fn what_cannot_be_kept_is_refused(b: Backend) {
     if e.attributes {
         q.push([with_attr]).await.expect("push");
         let leased = q.lease(&lease_all(Duration::ZERO)).await.expect("lease");
-        let a = leased.items.iter().find(|i| i.payload == b"a").expect("leased");
+        let a = leased
+            .items
+            .iter()
+            .find(|i| i.payload == b"a")
+            .expect("leased");
         assert_eq!(a.attributes.get("colour").map(String::as_str), Some("red"));
         let tokens: Vec<_> = leased.items.iter().map(|i| i.token.clone()).collect();
         q.complete(&tokens).await.expect("complete");

@@ -286,7 +286,10 @@ async fn the_tutorials_rediswq_py_and_wq_consume_share_one_queue() {
     if !redis_up() {
         return;
     }
-    if !workq_testkit::python_module("redis", "pip install redis (or apt-get install python3-redis)") {
+    if !workq_testkit::python_module(
+        "redis",
+        "pip install redis (or apt-get install python3-redis)",
+    ) {
         return;
     }
     let q = unique("shared");
