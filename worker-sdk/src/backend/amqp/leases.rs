@@ -122,6 +122,7 @@ impl AmqpBackend {
         })
     }
 
+    /// Checks that every token is held on the current channel; nothing changes
     /// when one is not.
     fn check(&self, st: &State, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
         for t in tokens {

@@ -67,8 +67,6 @@ impl AmqpBackend {
         }
     }
 
-    /// Checks that every token is held on the current channel; nothing changes
-
     /// Whether no one may hold a message of `queue`: this client holds none,
     /// `queue` has no consumer, and no other workq worker is registered on
     /// `Q.leases`. Asked when nothing was ready.
