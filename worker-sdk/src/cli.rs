@@ -27,7 +27,7 @@
 //! could not be started, 128+N stopped by signal N. Errors that are not an
 //! item's (the queue does not exist, the server went away for good) are
 //! returned as [`Error`](crate::Error); a binary prints them and exits
-//! [`exit::ERROR`](crate::consume::exit::ERROR).
+//! [`exit::ERROR`].
 
 use std::ffi::OsString;
 use std::time::Duration;

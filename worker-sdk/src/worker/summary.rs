@@ -5,9 +5,9 @@
 pub enum StopReason {
     /// The queue is sealed and nothing is left: the work is over.
     Drained,
-    /// The queue was empty ([`WorkerOptions::until_empty`]).
+    /// The queue was empty ([`WorkerOptions::until_empty`](super::WorkerOptions::until_empty)).
     Empty,
-    /// [`WorkerOptions::max_items`] items were taken and finished.
+    /// [`WorkerOptions::max_items`](super::WorkerOptions::max_items) items were taken and finished.
     Limit,
     /// A shutdown was asked for.
     Shutdown {

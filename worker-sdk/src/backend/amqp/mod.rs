@@ -23,7 +23,7 @@
 //!   more: at least once, never lost.) Retries go to the back of the queue.
 //! - **release** is `basic.nack` with requeue: back at once, no attempt counted.
 //!
-//! # Empty ([`presence`])
+//! # Empty (module `presence`)
 //! AMQP tells a client a queue's ready messages and consumers, not its
 //! unacknowledged ones. So a workq worker registers a consumer on `Q.leases`
 //! before it takes a message and cancels it once it holds none; `Q` is empty

@@ -32,7 +32,7 @@
 //!   [`Error::LeaseLost`], nothing changed), then extends the TTL / removes the
 //!   item from `Q:processing` and deletes the lease key / moves it back or to
 //!   `Q:dead` / pushes it back to the tail untried.
-//! - **reaper** ([`reaper`]): any workq worker, while it polls, runs a script over
+//! - **reaper** (module `reaper`): any workq worker, while it polls, runs a script over
 //!   `Q:processing`: an item whose lease key has been absent for at least
 //!   [`REAP_GRACE`] (seen twice by the reaper) goes back to the head of `Q` (or
 //!   to `Q:dead` when its attempts are exhausted). The grace covers the moment
