@@ -8,7 +8,7 @@ FROM rust:1.95-bookworm AS build
 RUN rustup target add x86_64-unknown-linux-musl && apt-get update && apt-get install -y musl-tools
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p worker-sdk --bin wq --target x86_64-unknown-linux-musl
+RUN cargo build --release --locked -p worker-sdk --features cli --bin wq --target x86_64-unknown-linux-musl
 
 FROM busybox:1.37-musl
 COPY --from=build /src/target/x86_64-unknown-linux-musl/release/wq /usr/local/bin/wq

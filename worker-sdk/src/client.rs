@@ -1,14 +1,16 @@
 //! [`Client`] (one connection to a backend) and [`Queue`] (one queue on it): the
 //! low-level calls, one per operation of the contract.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use futures::stream::BoxStream;
 
 use crate::backend::{Backend, QueueUrl};
 use crate::error::{Error, Result};
 use crate::lease::LeaseHandle;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, retry};
 use crate::types::{
     DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,
     QueueInfo, QueueName, QueueSettings, Stats,
@@ -55,22 +57,18 @@ impl Client {
     pub async fn connect_with_timeout(url: &str, timeout: Duration) -> Result<Client> {
         let url = QueueUrl::parse(url)?;
         let give_up = Instant::now() + timeout;
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
-        loop {
-            let left = give_up.saturating_duration_since(Instant::now());
-            match Backend::connect(&url, left.max(Duration::from_millis(100))).await {
-                Ok(backend) => return Ok(Client { url, backend }),
-                Err(e @ Error::Unreachable { .. }) => {
-                    let delay = backoff.next_delay();
-                    if Instant::now() + delay >= give_up {
-                        return Err(e);
-                    }
-                    tracing::debug!(error = %e, "server not there yet; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let backend = retry(
+            Backoff::for_connect(),
+            give_up,
+            || {
+                let left = give_up.saturating_duration_since(Instant::now());
+                Backend::connect(&url, left.max(Duration::from_millis(100)))
+            },
+            |e| matches!(e, Error::Unreachable { .. }),
+            |e, _| tracing::debug!(error = %e, "server not there yet; retrying"),
+        )
+        .await?;
+        Ok(Client { url, backend })
     }
 
     /// The URL this client was connected with.

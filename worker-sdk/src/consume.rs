@@ -89,7 +89,7 @@ impl ConsumeOptions {
             program,
             count: None,
             concurrency: 1,
-            lease: Duration::from_secs(30),
+            lease: workq_proto::defaults::LEASE,
             grace: Duration::from_secs(20),
             until_empty: false,
             fatal_exit_codes: BTreeSet::new(),

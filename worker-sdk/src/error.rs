@@ -20,9 +20,9 @@ pub enum Error {
         reason: String,
     },
 
-    /// The URL names a backend this build does not support (yet).
+    /// The URL names a backend this build does not have (its cargo feature is off).
     #[error(
-        "queue URL {url:?}: the {scheme}:// backend is not supported (supported: grpc://, redis://, amqp://)"
+        "queue URL {url:?}: this build of worker-sdk has no {scheme}:// backend (enable its feature `{scheme}`)"
     )]
     UnsupportedScheme {
         /// The URL as given.
@@ -173,16 +173,19 @@ impl Error {
     }
 
     /// Maps a gRPC status to an error, in the context of `queue` (may be empty).
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     pub(crate) fn from_status(queue: &str, status: tonic::Status) -> Error {
         Self::map_status(queue, status, false)
     }
 
     /// Like [`Error::from_status`], for calls that carry lease tokens: there
     /// FAILED_PRECONDITION means a stale token.
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     pub(crate) fn from_token_status(queue: &str, status: tonic::Status) -> Error {
         Self::map_status(queue, status, true)
     }
 
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     fn map_status(queue: &str, status: tonic::Status, tokens: bool) -> Error {
         use tonic::Code;
         let message = status.message().to_owned();
@@ -229,6 +232,7 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The status message, plus the transport error under it when there is one.
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
 fn describe_transport(status: &tonic::Status) -> String {
     use std::error::Error as _;
     let mut text = status.message().to_owned();

@@ -16,14 +16,16 @@
 //! fails with [`Error::LeaseLost`]. Transient errors (a lost connection) are
 //! retried with back-off, both by the renewal and by the finishing calls.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Queue;
 use crate::error::{Error, Result};
-use crate::retry::Backoff;
+use crate::retry::{Backoff, retry};
 use crate::types::{Failure, LeasedItem};
 
 /// Shortest renewal period, whatever the lease.
@@ -102,23 +104,22 @@ impl LeaseHandle {
     }
 
     /// Runs a finishing call, retrying transient errors with back-off for up to
-    /// the lease duration (at least 30 s) while renewal goes on.
+    /// the lease duration (at least the default lease, 30 s) while renewal goes on.
     async fn finish<T, F, Fut>(self, call: F) -> Result<T>
     where
         F: Fn(Queue) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let give_up = Instant::now() + self.lease.max(Duration::from_secs(30));
-        let mut backoff = Backoff::for_server();
-        let result = loop {
-            match call(self.queue.clone()).await {
-                Err(e) if e.is_transient() && Instant::now() < give_up => {
-                    tracing::warn!(item = %self.item.id, error = %e, "retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                other => break other,
-            }
-        };
+        let give_up = Instant::now() + self.lease.max(workq_proto::defaults::LEASE);
+        let queue = &self.queue;
+        let result = retry(
+            Backoff::for_server(),
+            give_up,
+            || call(queue.clone()),
+            Error::is_transient,
+            |e, _| tracing::warn!(item = %self.item.id, error = %e, "retrying"),
+        )
+        .await;
         self.renewal.abort();
         result
     }
@@ -141,7 +142,7 @@ async fn renew_forever(queue: Queue, item: LeasedItem, lease: Duration, lost: Ca
         match queue.renew(&tokens, Some(lease)).await {
             Ok(_) => {
                 wait = every;
-                backoff = Backoff::for_server();
+                backoff.reset();
             }
             Err(Error::LeaseLost { message, .. }) => {
                 tracing::warn!(queue = %queue.name(), item = %item.id, %message, "lease lost");

@@ -18,6 +18,17 @@
 //! - **[`consume()`]**: the same loop running an unmodified program per item, which
 //!   is what `wq consume` does.
 //!
+//! # Features
+//! | feature | what | default |
+//! |---|---|---|
+//! | `grpc` | the `grpc://` backend (the workq queue service) | yes |
+//! | `redis` | the `redis://` backend | yes |
+//! | `amqp` | the `amqp://` backend | yes |
+//! | `cli` | the `wq` binary and `worker_sdk::cli` (clap and friends) | no |
+//!
+//! A library that needs only the queue service: `default-features = false,
+//! features = ["grpc"]` (no Redis or AMQP client, no clap).
+//!
 //! # Example
 //!
 //! Fill a queue, seal it, and work it until it is drained:
@@ -73,17 +84,22 @@
 //! | [`lease`] | [`LeaseHandle`]: a held item whose lease renews itself |
 //! | [`worker`] | [`Queue::work`], its options, [`Job`], [`WorkError`], [`WorkSummary`] |
 //! | [`mod@consume`] | running a program per item: what `wq consume` is |
+//! | `cli` | `wq consume`'s flags as a clap `Args`, and running them (feature `cli`) |
+//! | [`ack`] | [`ack::Acker`]: completions batched in the background |
+//! | [`retry`] | [`retry::Backoff`]: the one back-off, on tokio's clock |
 //! | [`backend`] | the seam between the SDK and the systems that hold queues |
 //! | [`types`] | validated names and plain-data views of the wire messages |
 //! | [`error`] | [`Error`] |
 
-mod ack;
+pub mod ack;
 pub mod backend;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod client;
 pub mod consume;
 pub mod error;
 pub mod lease;
-mod retry;
+pub mod retry;
 pub mod types;
 pub mod worker;
 

@@ -1,53 +1,139 @@
-//! Exponential back-off for transient failures (a lost connection, an
-//! unavailable server).
+//! The one retry helper: exponential back-off on tokio's clock.
+//!
+//! Every place the SDK tries again — connecting, renewing a lease, completing
+//! items, the worker's lease loop, `wq watch`, the Redis and AMQP lease polls —
+//! waits with a [`Backoff`] (public, so that the `wq` binary uses it too) and sleeps with `tokio::time`, so tests that pause
+//! tokio's clock control every wait. Calls that are simply repeated until they
+//! succeed or a deadline passes go through [`retry`].
+//!
+//! Jitter comes from a random-number generator (`fastrand`), so that many
+//! workers that lost the same server do not come back in step.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::future::Future;
+use std::time::Duration;
 
-/// Doubling delays between `initial` and `max`, with up to a quarter of jitter so
-/// that many workers that lost the same server do not return in step.
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+
+/// Doubling delays between an initial one and a maximum, each with up to an
+/// eighth of jitter either way.
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
+    initial: Duration,
     next: Duration,
     max: Duration,
+    jitter: bool,
 }
 
 impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
-        Backoff { next: initial, max }
+    /// Delays from `initial` doubling up to `max`, jittered.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            next: initial,
+            max,
+            jitter: true,
+        }
     }
 
-    /// The default for calls to the queue server: 100 ms doubling up to 5 s.
-    pub(crate) fn for_server() -> Self {
+    /// Calls to a queue backend: 100 ms doubling up to 5 s.
+    pub fn for_server() -> Self {
         Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
     }
 
+    /// Waiting for a server to accept connections: 50 ms doubling up to 1 s.
+    pub fn for_connect() -> Self {
+        Backoff::new(Duration::from_millis(50), Duration::from_secs(1))
+    }
+
+    /// Polling an empty queue during a lease call's wait: 10 ms doubling up to
+    /// `max`, without jitter (a poll is cheap and its pause is short).
+    pub fn for_poll(max: Duration) -> Self {
+        Backoff {
+            jitter: false,
+            ..Backoff::new(Duration::from_millis(10), max)
+        }
+    }
+
     /// The next delay to wait.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let jitter = base / 4 * (nanos % 1000) / 1000;
+        if !self.jitter {
+            return base;
+        }
+        // base ± base/8, uniformly.
+        let spread = base / 4;
+        let jitter = spread.mul_f64(fastrand::f64());
         base - base / 8 + jitter
+    }
+
+    /// Starts again from the initial delay (after a success).
+    pub fn reset(&mut self) {
+        self.next = self.initial;
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn doubles_up_to_max() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let delays: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
-        for (d, base) in delays.iter().zip([100u64, 200, 400, 400, 400]) {
-            let base = Duration::from_millis(base);
-            assert!(
-                *d >= base - base / 8 && *d <= base + base / 8,
-                "{d:?} vs {base:?}"
-            );
+/// Runs `call` until it succeeds, fails with an error `retriable` refuses, or
+/// the next wait would pass `deadline` (then its last error is returned).
+/// `on_retry` is told of each error that is retried and the wait before the
+/// next try.
+pub async fn retry<T, F, Fut>(
+    mut backoff: Backoff,
+    deadline: Instant,
+    mut call: F,
+    retriable: impl Fn(&Error) -> bool,
+    on_retry: impl Fn(&Error, Duration),
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    loop {
+        match call().await {
+            Err(e) if retriable(&e) => {
+                let delay = backoff.next_delay();
+                if Instant::now() + delay > deadline {
+                    return Err(e);
+                }
+                on_retry(&e, delay);
+                tokio::time::sleep(delay).await;
+            }
+            other => return other,
         }
     }
 }
+
+#[cfg(any(feature = "redis", feature = "amqp"))]
+/// Random lower-case hex digits: `bytes` random bytes, for session ids,
+/// consumer tags and message ids.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes * 2);
+    for _ in 0..bytes {
+        let _ = write!(out, "{:02x}", fastrand::u8(..));
+    }
+    out
+}
+
+#[cfg(any(feature = "redis", feature = "amqp"))]
+/// A random id in the textual form of a version-4 UUID (what the backends
+/// used before, so that ids look as they did).
+pub(crate) fn random_uuid() -> String {
+    let h = random_hex(16);
+    // Version 4, variant 10xx.
+    let variant = ['8', '9', 'a', 'b'][fastrand::usize(..4)];
+    format!(
+        "{}-{}-4{}-{}{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        variant,
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests;

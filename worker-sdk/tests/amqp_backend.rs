@@ -3,8 +3,8 @@
 //! `amqp-tools`) and worked by `wq consume`, and the other way round.
 //!
 //! Every test uses queue names of its own and deletes its queues at the end.
-//! Without a RabbitMQ there (or without `amqp-tools`), each test prints why it is
-//! skipped (and fails when `WQ_REQUIRE_SERVICES` is set).
+//! Without a RabbitMQ there (or without `amqp-tools`), each test says it is
+//! skipped (`workq_testkit`; it fails when `WQ_REQUIRE_SERVICES` is set).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use common::{AMQP_URL, Cleanup, Running, run_at, run_program, service_up, unique, wq_at};
+use common::{AMQP_URL, Cleanup, Running, run_at, run_program, unique, wq_at};
 use nix::sys::signal::Signal;
 use worker_sdk::{Job, LeaseOptions, Queue, StopReason, WorkerOptions};
 
@@ -24,18 +24,11 @@ const FRUITS: [&str; 8] = [
     "apple", "banana", "cherry", "date", "fig", "grape", "lemon", "melon",
 ];
 
+/// RabbitMQ and the tutorial's `amqp-*` tools, or the test is skipped (fails
+/// under `WQ_REQUIRE_SERVICES`).
 fn rabbitmq_up() -> bool {
-    if !service_up("RabbitMQ", "127.0.0.1:5672") {
-        return false;
-    }
-    let tools = std::path::Path::new("/usr/bin/amqp-publish").exists();
-    if !tools {
-        if std::env::var_os("WQ_REQUIRE_SERVICES").is_some() {
-            panic!("amqp-tools is not installed (WQ_REQUIRE_SERVICES is set)");
-        }
-        eprintln!("skipping: amqp-tools is not installed (apt-get install amqp-tools)");
-    }
-    tools
+    workq_testkit::rabbitmq()
+        && workq_testkit::command("amqp-publish", "apt-get install amqp-tools")
 }
 
 async fn queue(name: &str) -> Queue {

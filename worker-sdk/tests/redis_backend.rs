@@ -4,8 +4,8 @@
 //!
 //! Every test uses queue names of its own and deletes its keys at the end, so
 //! the tests run in parallel with each other and with anything else on that
-//! Redis. Without a Redis there, each test prints why it is skipped (and fails
-//! when `WQ_REQUIRE_SERVICES` is set).
+//! Redis. Without a Redis there, each test says it is skipped (`workq_testkit`;
+//! it fails when `WQ_REQUIRE_SERVICES` is set).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Cleanup, REDIS_URL, Running, run_at, run_program, service_up, unique, wq_at};
+use common::{Cleanup, REDIS_URL, Running, run_at, run_program, unique, wq_at};
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
 use worker_sdk::backend::redis::item_digest;
@@ -38,8 +38,10 @@ impl Drop for AclUser {
     }
 }
 
+/// Redis and `redis-cli`, or the test is skipped (fails under
+/// `WQ_REQUIRE_SERVICES`).
 fn redis_up() -> bool {
-    service_up("Redis", "127.0.0.1:6379")
+    workq_testkit::redis() && workq_testkit::command("redis-cli", "apt-get install redis-tools")
 }
 
 async fn raw() -> redis::aio::MultiplexedConnection {
@@ -284,18 +286,10 @@ async fn the_tutorials_rediswq_py_and_wq_consume_share_one_queue() {
     if !redis_up() {
         return;
     }
-    let probe = run_program("python3", &["-c", "import redis"]).await;
-    if !probe.status.success() {
-        if std::env::var_os("WQ_REQUIRE_SERVICES").is_some() {
-            panic!(
-                "python3 cannot import redis (WQ_REQUIRE_SERVICES is set): {}",
-                probe.stderr.trim()
-            );
-        }
-        eprintln!(
-            "skipping: python3 cannot import redis (pip install redis): {}",
-            probe.stderr.trim()
-        );
+    if !workq_testkit::python_module(
+        "redis",
+        "pip install redis (or apt-get install python3-redis)",
+    ) {
         return;
     }
     let q = unique("shared");

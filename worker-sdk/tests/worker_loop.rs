@@ -1,5 +1,9 @@
 //! The SDK against a real server started in-process: low-level calls, the lease
 //! handle, and the worker loop's guarantees (the same ones `wq consume` shows).
+//!
+//! Tests where timing matters (lease renewal and expiry, grace periods) run on
+//! tokio's paused clock: the server runs in the test's runtime, so its leases
+//! expire on the same clock, and time jumps ahead whenever every task waits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -68,7 +72,9 @@ async fn two_workers_complete_every_item_exactly_once_and_return_at_drain() {
     assert!(s.drained);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Timers on tokio's paused clock, the server's leases too (it runs in this
+// runtime): leases expire and renew without real waits.
+#[tokio::test(start_paused = true)]
 async fn a_handler_three_times_longer_than_its_lease_completes_once() {
     let t = TestServer::start().await;
     let name = unique("sdk-renew");
@@ -122,7 +128,9 @@ async fn a_handler_three_times_longer_than_its_lease_completes_once() {
     assert_eq!((s.completed, s.retried), (1, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Timers on tokio's paused clock, the server's leases too (it runs in this
+// runtime): leases expire and renew without real waits.
+#[tokio::test(start_paused = true)]
 async fn a_worker_that_vanishes_mid_item_loses_it_to_the_next_after_the_lease() {
     let t = TestServer::start().await;
     let name = unique("sdk-crash");
@@ -169,7 +177,9 @@ async fn a_worker_that_vanishes_mid_item_loses_it_to_the_next_after_the_lease() 
     assert_eq!((s.completed, s.retried), (1, 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Timers on tokio's paused clock, the server's leases too (it runs in this
+// runtime): leases expire and renew without real waits.
+#[tokio::test(start_paused = true)]
 async fn shutdown_releases_unfinished_items_at_once_without_counting_an_attempt() {
     let t = TestServer::start().await;
     let name = unique("sdk-stop");
@@ -233,7 +243,9 @@ async fn shutdown_releases_unfinished_items_at_once_without_counting_an_attempt(
     assert_eq!(*attempts.lock().expect("lock"), [1, 1]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Timers on tokio's paused clock, the server's leases too (it runs in this
+// runtime): leases expire and renew without real waits.
+#[tokio::test(start_paused = true)]
 async fn shutdown_lets_a_handler_finish_within_the_grace_period() {
     let t = TestServer::start().await;
     let name = unique("sdk-grace");
@@ -380,7 +392,7 @@ async fn stale_lease_tokens_are_refused_as_lease_lost() {
     let leased = q
         .lease(&LeaseOptions {
             max_items: 10,
-            lease: Some(Duration::from_secs(30)),
+            lease: Some(workq_proto::defaults::LEASE),
             wait: Duration::ZERO,
         })
         .await

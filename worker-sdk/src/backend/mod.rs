@@ -1,23 +1,35 @@
 //! The seam between the SDK and the systems that hold queues.
 //!
-//! A queue URL names its backend by scheme. `Backend` is one enum with one
-//! variant per backend, so every operation is one `match` and adding a backend
-//! is adding a variant (and the compiler lists every place that must learn it):
+//! A queue URL ([`url`]) names its backend by scheme. `Backend` is one enum
+//! with one variant per backend, so every operation is one `match` and adding a
+//! backend is adding a variant (and the compiler lists every place that must
+//! learn it). Each backend is a cargo feature:
 //!
-//! | scheme | backend | status |
-//! |---|---|---|
-//! | `grpc://host:port` | the workq queue service | supported |
-//! | `redis://host[:port][/db]` | a Redis list laid out like the seeds' `rediswq.py` ([`redis`]) | supported |
-//! | `amqp://user:pass@host[:port][/vhost]` | a RabbitMQ queue ([`amqp`]) | supported, without seal and dead listing |
+//! | scheme | backend | feature | status |
+//! |---|---|---|---|
+//! | `grpc://host:port` | the workq queue service | `grpc` | supported |
+//! | `redis://host[:port][/db]` | a Redis list laid out like the seeds' `rediswq.py` ([`redis`]) | `redis` | supported |
+//! | `amqp://user:pass@host[:port][/vhost]` | a RabbitMQ queue ([`amqp`]) | `amqp` | supported, without seal and dead listing |
+//!
+//! A URL of a backend the build lacks is refused by `connect` with
+//! [`Error::UnsupportedScheme`].
 
+#[cfg(not(any(feature = "grpc", feature = "redis", feature = "amqp")))]
+compile_error!("worker-sdk needs at least one backend feature: grpc, redis or amqp");
+
+#[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "grpc")]
 pub(crate) mod grpc;
+#[cfg(feature = "redis")]
 pub mod redis;
+pub mod url;
 
-use std::fmt;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
+
+pub use url::{QueueUrl, Scheme};
 
 use crate::error::{Error, Result};
 use crate::types::{
@@ -28,136 +40,65 @@ use crate::types::{
 /// How often a watch reads the counters of a backend that cannot push them.
 const WATCH_POLL: Duration = Duration::from_millis(250);
 
-/// Which kind of system a URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Scheme {
-    /// `grpc://`: the workq queue service.
-    Grpc,
-    /// `redis://`: a `rediswq`-style Redis queue.
-    Redis,
-    /// `amqp://`: a RabbitMQ queue.
-    Amqp,
-}
-
-impl fmt::Display for Scheme {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scheme::Grpc => "grpc",
-            Scheme::Redis => "redis",
-            Scheme::Amqp => "amqp",
-        })
-    }
-}
-
-/// A parsed queue URL: scheme plus the rest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueUrl {
-    /// The URL as given.
-    pub url: String,
-    /// Its scheme.
-    pub scheme: Scheme,
-    /// What follows `scheme://` (for `grpc`, `host:port`).
-    pub authority: String,
-}
-
-impl QueueUrl {
-    /// Parses `url`, checking its scheme and that it names a host.
-    pub fn parse(url: &str) -> Result<QueueUrl> {
-        let invalid = |reason: &str| Error::InvalidUrl {
-            url: redact(url),
-            reason: reason.to_owned(),
-        };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| invalid("expected scheme://host:port, e.g. grpc://127.0.0.1:50051"))?;
-        let scheme = match scheme.to_ascii_lowercase().as_str() {
-            "grpc" => Scheme::Grpc,
-            "redis" => Scheme::Redis,
-            "amqp" => Scheme::Amqp,
-            other => {
-                return Err(invalid(&format!(
-                    "unknown scheme {other:?} (known: grpc, redis, amqp)"
-                )));
-            }
-        };
-        let authority = rest.trim_end_matches('/').to_owned();
-        if authority.is_empty() {
-            return Err(invalid("no host after the scheme"));
-        }
-        if scheme == Scheme::Grpc {
-            if authority.contains('/') {
-                return Err(invalid("a grpc:// URL has no path: grpc://host:port"));
-            }
-            let port_ok = authority
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !port_ok {
-                return Err(invalid("expected grpc://host:port with a numeric port"));
-            }
-        }
-        Ok(QueueUrl {
-            url: url.to_owned(),
-            scheme,
-            authority,
-        })
-    }
-}
-
-impl QueueUrl {
-    /// The URL with its password, if it has one, replaced by `***`: what errors
-    /// and logs show.
-    pub fn redacted(&self) -> String {
-        redact(&self.url)
-    }
-}
-
-/// `url` with the password of its user info replaced by `***`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
 /// A connection to one backend. Cloning is cheap and shares the connection.
 #[derive(Clone)]
 pub(crate) enum Backend {
     /// The workq queue service over gRPC.
+    #[cfg(feature = "grpc")]
     Grpc(grpc::GrpcBackend),
     /// A `rediswq`-style queue in Redis.
+    #[cfg(feature = "redis")]
     Redis(redis::RedisBackend),
     /// A RabbitMQ queue.
+    #[cfg(feature = "amqp")]
     Amqp(amqp::AmqpBackend),
+}
+
+/// `match` on every backend this build has, binding the backend to `$b`.
+macro_rules! each {
+    ($self:expr, $b:ident => $call:expr) => {
+        match $self {
+            #[cfg(feature = "grpc")]
+            Backend::Grpc($b) => $call,
+            #[cfg(feature = "redis")]
+            Backend::Redis($b) => $call,
+            #[cfg(feature = "amqp")]
+            Backend::Amqp($b) => $call,
+        }
+    };
 }
 
 impl Backend {
     /// Connects to the backend `url` names.
     pub(crate) async fn connect(url: &QueueUrl, connect_timeout: Duration) -> Result<Backend> {
         match url.scheme {
+            #[cfg(feature = "grpc")]
             Scheme::Grpc => Ok(Backend::Grpc(
                 grpc::GrpcBackend::connect(url, connect_timeout).await?,
             )),
+            #[cfg(feature = "redis")]
             Scheme::Redis => Ok(Backend::Redis(
                 redis::RedisBackend::connect(url, connect_timeout).await?,
             )),
+            #[cfg(feature = "amqp")]
             Scheme::Amqp => Ok(Backend::Amqp(
                 amqp::AmqpBackend::connect(url, connect_timeout).await?,
             )),
+            #[allow(unreachable_patterns)]
+            other => Err(Error::UnsupportedScheme {
+                url: url.redacted(),
+                scheme: other.to_string(),
+            }),
         }
     }
 
     /// Whether queues of this backend can be sealed (and so ever be drained).
     pub(crate) fn can_seal(&self) -> bool {
-        !matches!(self, Backend::Amqp(_))
+        #[cfg(feature = "amqp")]
+        if matches!(self, Backend::Amqp(_)) {
+            return false;
+        }
+        true
     }
 
     pub(crate) async fn create_queue(
@@ -165,51 +106,27 @@ impl Backend {
         queue: &QueueName,
         settings: &QueueSettings,
     ) -> Result<(QueueInfo, bool)> {
-        match self {
-            Backend::Grpc(b) => b.create_queue(queue, settings).await,
-            Backend::Redis(b) => b.create_queue(queue, settings).await,
-            Backend::Amqp(b) => b.create_queue(queue, settings).await,
-        }
+        each!(self, b => b.create_queue(queue, settings).await)
     }
 
     pub(crate) async fn get_queue(&self, queue: &QueueName) -> Result<QueueInfo> {
-        match self {
-            Backend::Grpc(b) => b.get_queue(queue).await,
-            Backend::Redis(b) => b.get_queue(queue).await,
-            Backend::Amqp(b) => b.get_queue(queue).await,
-        }
+        each!(self, b => b.get_queue(queue).await)
     }
 
     pub(crate) async fn list_queues(&self) -> Result<Vec<QueueInfo>> {
-        match self {
-            Backend::Grpc(b) => b.list_queues().await,
-            Backend::Redis(b) => b.list_queues().await,
-            Backend::Amqp(b) => b.list_queues().await,
-        }
+        each!(self, b => b.list_queues().await)
     }
 
     pub(crate) async fn delete_queue(&self, queue: &QueueName) -> Result<bool> {
-        match self {
-            Backend::Grpc(b) => b.delete_queue(queue).await,
-            Backend::Redis(b) => b.delete_queue(queue).await,
-            Backend::Amqp(b) => b.delete_queue(queue).await,
-        }
+        each!(self, b => b.delete_queue(queue).await)
     }
 
     pub(crate) async fn purge(&self, queue: &QueueName) -> Result<u64> {
-        match self {
-            Backend::Grpc(b) => b.purge(queue).await,
-            Backend::Redis(b) => b.purge(queue).await,
-            Backend::Amqp(b) => b.purge(queue).await,
-        }
+        each!(self, b => b.purge(queue).await)
     }
 
     pub(crate) async fn seal(&self, queue: &QueueName) -> Result<QueueInfo> {
-        match self {
-            Backend::Grpc(b) => b.seal(queue).await,
-            Backend::Redis(b) => b.seal(queue).await,
-            Backend::Amqp(b) => b.seal(queue).await,
-        }
+        each!(self, b => b.seal(queue).await)
     }
 
     pub(crate) async fn enqueue(
@@ -218,11 +135,7 @@ impl Backend {
         items: Vec<NewItem>,
         create: bool,
     ) -> Result<Vec<Pushed>> {
-        match self {
-            Backend::Grpc(b) => b.enqueue(queue, items, create).await,
-            Backend::Redis(b) => b.enqueue(queue, items, create).await,
-            Backend::Amqp(b) => b.enqueue(queue, items, create).await,
-        }
+        each!(self, b => b.enqueue(queue, items, create).await)
     }
 
     pub(crate) async fn lease(&self, queue: &QueueName, opts: &LeaseOptions) -> Result<Leased> {
@@ -238,13 +151,16 @@ impl Backend {
         opts: &LeaseOptions,
     ) -> Result<Leased> {
         match self {
+            #[cfg(feature = "grpc")]
             Backend::Grpc(b) => b.complete_then_lease(queue, complete, opts).await,
+            #[cfg(feature = "redis")]
             Backend::Redis(b) => {
                 if !complete.is_empty() {
                     b.complete(queue, complete).await?;
                 }
                 b.lease(queue, opts).await
             }
+            #[cfg(feature = "amqp")]
             Backend::Amqp(b) => {
                 if !complete.is_empty() {
                     b.complete(queue, complete).await?;
@@ -260,19 +176,11 @@ impl Backend {
         tokens: &[LeaseToken],
         lease: Option<Duration>,
     ) -> Result<Vec<std::time::SystemTime>> {
-        match self {
-            Backend::Grpc(b) => b.renew(queue, tokens, lease).await,
-            Backend::Redis(b) => b.renew(queue, tokens, lease).await,
-            Backend::Amqp(b) => b.renew(queue, tokens, lease).await,
-        }
+        each!(self, b => b.renew(queue, tokens, lease).await)
     }
 
     pub(crate) async fn complete(&self, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
-        match self {
-            Backend::Grpc(b) => b.complete(queue, tokens).await,
-            Backend::Redis(b) => b.complete(queue, tokens).await,
-            Backend::Amqp(b) => b.complete(queue, tokens).await,
-        }
+        each!(self, b => b.complete(queue, tokens).await)
     }
 
     pub(crate) async fn fail(
@@ -281,19 +189,11 @@ impl Backend {
         tokens: &[LeaseToken],
         failure: &Failure,
     ) -> Result<u32> {
-        match self {
-            Backend::Grpc(b) => b.fail(queue, tokens, failure).await,
-            Backend::Redis(b) => b.fail(queue, tokens, failure).await,
-            Backend::Amqp(b) => b.fail(queue, tokens, failure).await,
-        }
+        each!(self, b => b.fail(queue, tokens, failure).await)
     }
 
     pub(crate) async fn release(&self, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
-        match self {
-            Backend::Grpc(b) => b.release(queue, tokens).await,
-            Backend::Redis(b) => b.release(queue, tokens).await,
-            Backend::Amqp(b) => b.release(queue, tokens).await,
-        }
+        each!(self, b => b.release(queue, tokens).await)
     }
 
     pub(crate) async fn watch(
@@ -302,12 +202,15 @@ impl Backend {
         until_drained: bool,
     ) -> Result<BoxStream<'static, Result<Stats>>> {
         match self {
+            #[cfg(feature = "grpc")]
             Backend::Grpc(b) => b.watch(queue, until_drained).await,
+            #[cfg(feature = "amqp")]
             Backend::Amqp(_) if until_drained => Err(Error::NotSupported {
                 backend: "amqp",
                 what: "watch a queue until it is drained: an AMQP queue cannot be sealed, so it is never drained".into(),
             }),
-            Backend::Redis(_) | Backend::Amqp(_) => self.poll_watch(queue, until_drained).await,
+            #[allow(unreachable_patterns)]
+            _ => self.poll_watch(queue, until_drained).await,
         }
     }
 
@@ -352,66 +255,10 @@ impl Backend {
     }
 
     pub(crate) async fn list_dead(&self, queue: &QueueName, limit: u32) -> Result<Vec<DeadItem>> {
-        match self {
-            Backend::Grpc(b) => b.list_dead(queue, limit).await,
-            Backend::Redis(b) => b.list_dead(queue, limit).await,
-            Backend::Amqp(b) => b.list_dead(queue, limit).await,
-        }
+        each!(self, b => b.list_dead(queue, limit).await)
     }
 
     pub(crate) async fn requeue_dead(&self, queue: &QueueName, ids: &[ItemId]) -> Result<u64> {
-        match self {
-            Backend::Grpc(b) => b.requeue_dead(queue, ids).await,
-            Backend::Redis(b) => b.requeue_dead(queue, ids).await,
-            Backend::Amqp(b) => b.requeue_dead(queue, ids).await,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_grpc() {
-        let u = QueueUrl::parse("grpc://127.0.0.1:50051").expect("valid");
-        assert_eq!(u.scheme, Scheme::Grpc);
-        assert_eq!(u.authority, "127.0.0.1:50051");
-        assert!(QueueUrl::parse("grpc://[::1]:7").is_ok());
-        assert!(QueueUrl::parse("grpc://localhost:7/").is_ok());
-    }
-
-    #[test]
-    fn rejects_bad_urls() {
-        for bad in [
-            "127.0.0.1:50051",
-            "http://x:1",
-            "grpc://",
-            "grpc://host",
-            "grpc://host:port",
-            "grpc://h:1/path",
-        ] {
-            assert!(
-                matches!(QueueUrl::parse(bad), Err(Error::InvalidUrl { .. })),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        let u = QueueUrl::parse("amqp://guest:secret@h:5672/%2f").expect("valid");
-        assert_eq!(u.redacted(), "amqp://guest:***@h:5672/%2f");
-        assert_eq!(redact("redis://:pw@h:6379"), "redis://:***@h:6379");
-        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
-        assert_eq!(redact("grpc://h:1"), "grpc://h:1");
-    }
-
-    #[test]
-    fn parses_redis_and_amqp() {
-        let u = QueueUrl::parse("redis://127.0.0.1:6379").expect("valid");
-        assert_eq!(u.scheme, Scheme::Redis);
-        let u = QueueUrl::parse("amqp://guest:guest@127.0.0.1:5672/%2f").expect("valid");
-        assert_eq!(u.scheme, Scheme::Amqp);
+        each!(self, b => b.requeue_dead(queue, ids).await)
     }
 }

@@ -168,26 +168,6 @@ pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// The machine's RabbitMQ (guest/guest, default vhost).
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// Whether the service at `addr` (host:port) answers. When it does not, a test
-/// prints why it is skipped and returns — unless `WQ_REQUIRE_SERVICES` is set
-/// (as CI sets it), in which case it fails.
-pub fn service_up(what: &str, addr: &str) -> bool {
-    let up = addr
-        .parse()
-        .ok()
-        .and_then(|a| {
-            std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).ok()
-        })
-        .is_some();
-    if !up {
-        if std::env::var_os("WQ_REQUIRE_SERVICES").is_some() {
-            panic!("{what} is not running at {addr} (WQ_REQUIRE_SERVICES is set)");
-        }
-        eprintln!("skipping: {what} is not running at {addr}");
-    }
-    up
-}
-
 /// `wq` with `--url` and `-q` set through the environment.
 pub fn wq_at(url: &str, queue: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wq"));

@@ -23,7 +23,7 @@
 //!   more: at least once, never lost.) Retries go to the back of the queue.
 //! - **release** is `basic.nack` with requeue: back at once, no attempt counted.
 //!
-//! # Empty
+//! # Empty (module `presence`)
 //! AMQP tells a client a queue's ready messages and consumers, not its
 //! unacknowledged ones. So a workq worker registers a consumer on `Q.leases`
 //! before it takes a message and cancels it once it holds none; `Q` is empty
@@ -39,49 +39,37 @@
 //! listed without taking them; `requeue_dead` of all of them works.
 //! Completions are not counted.
 
+mod headers;
+mod leases;
+mod presence;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 use tokio::sync::Mutex;
 
+pub use headers::{ATTEMPTS_HEADER, DIED_AT_HEADER, REASON_HEADER};
+pub use presence::leases_queue;
+
 use super::QueueUrl;
 use crate::error::{Error, Result};
-use crate::types::{
-    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,
-    QueueInfo, QueueName, QueueSettings, Stats, to_unix_ms,
-};
+use crate::retry::random_uuid;
+use crate::types::{DeadItem, ItemId, NewItem, Pushed, QueueInfo, QueueName, QueueSettings, Stats};
 
-/// Attempts before a message goes to `Q.dead`.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-
-/// The header counting an item's failed attempts.
-pub const ATTEMPTS_HEADER: &str = "x-workq-attempts";
-
-/// The header giving a dead item's reason.
-pub const REASON_HEADER: &str = "x-workq-reason";
-
-/// The header giving when an item died (unix ms).
-pub const DIED_AT_HEADER: &str = "x-workq-died-at";
-
-/// Longest pause between two polls of an empty queue during a lease call's wait.
-const MAX_POLL_PAUSE: Duration = Duration::from_millis(200);
+/// Attempts before a message goes to `Q.dead` (the contract's default,
+/// [`workq_proto::defaults::MAX_ATTEMPTS`]).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = workq_proto::defaults::MAX_ATTEMPTS;
 
 /// The dead-letter queue of `queue`.
 pub fn dead_queue(queue: &QueueName) -> String {
     format!("{queue}.dead")
-}
-
-/// The queue whose consumers are the workq workers holding messages of `queue`.
-pub fn leases_queue(queue: &QueueName) -> String {
-    format!("{queue}.leases")
 }
 
 /// A held message.
@@ -155,31 +143,6 @@ fn lost(queue: &QueueName, message: impl Into<String>) -> Error {
 
 fn name(s: &str) -> ShortString {
     s.into()
-}
-
-/// An integer header, whatever integer type the publisher chose.
-fn int_header(props: &BasicProperties, key: &str) -> Option<i64> {
-    let headers = props.headers().as_ref()?;
-    match headers.inner().get(key)? {
-        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::LongString(s) => s.to_string().trim().parse().ok(),
-        _ => None,
-    }
-}
-
-/// `props` with `extra` headers set (replacing ones of the same name).
-fn with_headers(props: &BasicProperties, extra: Vec<(&str, AMQPValue)>) -> BasicProperties {
-    let mut headers = props.headers().clone().unwrap_or_default();
-    for (k, v) in extra {
-        headers.insert(k.into(), v);
-    }
-    props.clone().with_headers(headers).with_delivery_mode(2)
 }
 
 impl AmqpBackend {
@@ -462,7 +425,7 @@ impl AmqpBackend {
         }
         let mut pushed = Vec::with_capacity(items.len());
         for item in items {
-            let id = uuid::Uuid::new_v4().to_string();
+            let id = random_uuid();
             let mut props = BasicProperties::default().with_message_id(id.as_str().into());
             if !item.attributes.is_empty() {
                 let mut headers = FieldTable::default();
@@ -490,316 +453,6 @@ impl AmqpBackend {
             });
         }
         Ok(pushed)
-    }
-
-    pub(crate) async fn lease(&self, queue: &QueueName, opts: &LeaseOptions) -> Result<Leased> {
-        let give_up = Instant::now() + opts.wait;
-        let lease = opts.lease.unwrap_or(Duration::from_secs(30));
-        let mut pause = Duration::from_millis(10);
-        loop {
-            let leased = self.try_lease(queue, opts.max_items.max(1), lease).await?;
-            let now = Instant::now();
-            if !leased.items.is_empty() || now >= give_up {
-                return Ok(leased);
-            }
-            tokio::time::sleep(pause.min(give_up - now)).await;
-            pause = (pause * 2).min(MAX_POLL_PAUSE);
-        }
-    }
-
-    async fn try_lease(&self, queue: &QueueName, max: u32, lease: Duration) -> Result<Leased> {
-        let mut st = self.state.lock().await;
-        let st = &mut *st;
-        if !st.known.contains(queue.as_str()) {
-            if self.peek(st, queue.as_str()).await?.is_none() {
-                return Err(Error::QueueNotFound {
-                    queue: queue.to_string(),
-                });
-            }
-            st.known.insert(queue.to_string());
-        }
-        let channel = self.channel(st).await?;
-        // Registered as a holder before taking: see "Empty" in the module docs.
-        self.hold_on(st, &channel, queue).await?;
-        let what = || format!("taking a message from queue {queue}");
-        let mut items = Vec::new();
-        for _ in 0..max.min(1000) {
-            let got = channel
-                .basic_get(name(queue.as_str()), BasicGetOptions { no_ack: false })
-                .await;
-            let msg = match got {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(e) if is_not_found(&e) => {
-                    st.known.remove(queue.as_str());
-                    return Err(Error::QueueNotFound {
-                        queue: queue.to_string(),
-                    });
-                }
-                Err(e) => return Err(amqp_error(what())(e)),
-            };
-            let d = msg.delivery;
-            let attempts_before = int_header(&d.properties, ATTEMPTS_HEADER)
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(0);
-            let token = format!("{}.{}", st.generation, d.delivery_tag);
-            let id = d
-                .properties
-                .message_id()
-                .as_ref()
-                .map_or_else(|| token.clone(), |m| m.to_string());
-            let attributes = d
-                .properties
-                .headers()
-                .as_ref()
-                .map(|h| {
-                    h.inner()
-                        .iter()
-                        .filter_map(|(k, v)| match v {
-                            AMQPValue::LongString(s) => Some((k.to_string(), s.to_string())),
-                            _ => None,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            items.push(LeasedItem {
-                id: ItemId(id),
-                token: LeaseToken(token.clone()),
-                payload: d.data.clone(),
-                attributes,
-                attempt: attempts_before.saturating_add(1),
-                lease_deadline: SystemTime::now() + lease,
-                enqueued_at: d
-                    .properties
-                    .timestamp()
-                    .map_or(UNIX_EPOCH, |t| UNIX_EPOCH + Duration::from_secs(t)),
-            });
-            st.held.insert(
-                token,
-                Held {
-                    queue: queue.clone(),
-                    generation: st.generation,
-                    tag: d.delivery_tag,
-                    payload: d.data,
-                    properties: d.properties,
-                    attempts_before,
-                },
-            );
-        }
-        if !items.is_empty() {
-            return Ok(Leased {
-                items,
-                drained: false,
-                empty: false,
-            });
-        }
-        // Nothing ready now. Empty when no one else may hold a message either.
-        self.let_go(st, queue).await;
-        let holding = st.held.values().any(|h| h.queue == *queue);
-        let consumers = self.peek(st, queue.as_str()).await?.map_or(0, |(_, c)| c);
-        let holders = self
-            .peek(st, &leases_queue(queue))
-            .await?
-            .map_or(0, |(_, c)| c);
-        let mine = u32::from(st.holders.contains_key(queue.as_str()));
-        Ok(Leased {
-            items,
-            drained: false,
-            empty: !holding && consumers == 0 && holders.saturating_sub(mine) == 0,
-        })
-    }
-
-    /// Registers this client on `Q.leases` (once).
-    async fn hold_on(&self, st: &mut State, channel: &Channel, queue: &QueueName) -> Result<()> {
-        if st.holders.contains_key(queue.as_str()) {
-            return Ok(());
-        }
-        let leases = leases_queue(queue);
-        if !st.known.contains(&leases) {
-            self.declare(st, &leases).await?;
-            st.known.insert(leases.clone());
-        }
-        let tag = format!("wq-{}", uuid::Uuid::new_v4());
-        let consumer = channel
-            .basic_consume(
-                name(&leases),
-                name(&tag),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(amqp_error(format!("registering on queue {leases}")))?;
-        st.holders.insert(queue.to_string(), (tag, consumer));
-        Ok(())
-    }
-
-    /// Cancels this client's registration on `Q.leases` if it holds nothing there.
-    async fn let_go(&self, st: &mut State, queue: &QueueName) {
-        if st.held.values().any(|h| h.queue == *queue) {
-            return;
-        }
-        if let Some((tag, _consumer)) = st.holders.remove(queue.as_str())
-            && let Some(channel) = &st.channel
-            && let Err(e) = channel
-                .basic_cancel(name(&tag), BasicCancelOptions::default())
-                .await
-        {
-            tracing::debug!(error = %e, "cancelling the lease registration");
-        }
-    }
-
-    /// Checks that every token is held on the current channel; nothing changes
-    /// when one is not.
-    fn check(&self, st: &State, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
-        for t in tokens {
-            match st.held.get(t.as_str()) {
-                Some(h) if h.generation == st.generation && h.queue == *queue => {}
-                _ => {
-                    return Err(lost(
-                        queue,
-                        format!(
-                            "message {} is not held on this connection (it was lost and requeued by the broker, or finished)",
-                            t.as_str()
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn renew(
-        &self,
-        queue: &QueueName,
-        tokens: &[LeaseToken],
-        lease: Option<Duration>,
-    ) -> Result<Vec<SystemTime>> {
-        let st = self.state.lock().await;
-        let alive = st.channel.as_ref().is_some_and(|c| c.status().connected());
-        if !alive {
-            return Err(lost(
-                queue,
-                "the AMQP channel closed: the broker requeued its messages",
-            ));
-        }
-        self.check(&st, queue, tokens)?;
-        let until = SystemTime::now() + lease.unwrap_or(Duration::from_secs(30));
-        Ok(vec![until; tokens.len()])
-    }
-
-    pub(crate) async fn complete(&self, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
-        let mut st = self.state.lock().await;
-        let st = &mut *st;
-        // A reopened channel forgets what the old one held: check after it.
-        let channel = self.channel(st).await?;
-        self.check(st, queue, tokens)?;
-        for t in tokens {
-            if let Some(h) = st.held.get(t.as_str()) {
-                channel
-                    .basic_ack(h.tag, BasicAckOptions::default())
-                    .await
-                    .map_err(amqp_error(format!(
-                        "acknowledging a message of queue {queue}"
-                    )))?;
-            }
-            st.held.remove(t.as_str());
-        }
-        self.let_go(st, queue).await;
-        Ok(())
-    }
-
-    pub(crate) async fn fail(
-        &self,
-        queue: &QueueName,
-        tokens: &[LeaseToken],
-        failure: &Failure,
-    ) -> Result<u32> {
-        let mut st = self.state.lock().await;
-        let st = &mut *st;
-        self.channel(st).await?;
-        self.check(st, queue, tokens)?;
-        let mut dead = 0;
-        for t in tokens {
-            let Some(h) = st.held.remove(t.as_str()) else {
-                continue;
-            };
-            let attempts = h.attempts_before.saturating_add(1);
-            let to_dead = failure.fatal || attempts >= DEFAULT_MAX_ATTEMPTS;
-            let attempts_v = AMQPValue::LongLongInt(i64::from(attempts));
-            let (target, props) = if to_dead {
-                let died = i64::try_from(to_unix_ms(SystemTime::now())).unwrap_or(i64::MAX);
-                let dq = dead_queue(queue);
-                self.declare(st, &dq).await?;
-                (
-                    dq,
-                    with_headers(
-                        &h.properties,
-                        vec![
-                            (ATTEMPTS_HEADER, attempts_v),
-                            (
-                                REASON_HEADER,
-                                AMQPValue::LongString(failure.reason.clone().into()),
-                            ),
-                            (DIED_AT_HEADER, AMQPValue::LongLongInt(died)),
-                        ],
-                    ),
-                )
-            } else {
-                (
-                    queue.to_string(),
-                    with_headers(&h.properties, vec![(ATTEMPTS_HEADER, attempts_v)]),
-                )
-            };
-            let published = self.publish(st, &target, &h.payload, props).await;
-            if let Err(e) = published {
-                // Not acknowledged: keep holding it, so that a retry can finish it.
-                let token = t.as_str().to_owned();
-                st.held.insert(token, h);
-                return Err(e);
-            }
-            let channel = self.channel(st).await?;
-            if st.generation != h.generation {
-                return Err(lost(
-                    queue,
-                    "the AMQP channel closed while the failure was recorded: the broker requeued the message, which will come once more",
-                ));
-            }
-            channel
-                .basic_ack(h.tag, BasicAckOptions::default())
-                .await
-                .map_err(amqp_error(format!(
-                    "acknowledging a message of queue {queue}"
-                )))?;
-            if to_dead {
-                dead += 1;
-            }
-        }
-        self.let_go(st, queue).await;
-        Ok(dead)
-    }
-
-    pub(crate) async fn release(&self, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
-        let mut st = self.state.lock().await;
-        let st = &mut *st;
-        // A reopened channel forgets what the old one held: check after it.
-        let channel = self.channel(st).await?;
-        self.check(st, queue, tokens)?;
-        for t in tokens {
-            if let Some(h) = st.held.remove(t.as_str()) {
-                channel
-                    .basic_nack(
-                        h.tag,
-                        BasicNackOptions {
-                            multiple: false,
-                            requeue: true,
-                        },
-                    )
-                    .await
-                    .map_err(amqp_error(format!("requeueing a message of queue {queue}")))?;
-            }
-        }
-        self.let_go(st, queue).await;
-        Ok(())
     }
 
     pub(crate) async fn list_dead(&self, queue: &QueueName, _limit: u32) -> Result<Vec<DeadItem>> {

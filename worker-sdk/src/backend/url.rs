@@ -1,0 +1,109 @@
+//! Queue URLs: which backend a URL names ([`Scheme`]) and the parsed URL
+//! ([`QueueUrl`]), with its password kept out of errors and logs.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// Which kind of system a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Scheme {
+    /// `grpc://`: the workq queue service.
+    Grpc,
+    /// `redis://`: a `rediswq`-style Redis queue.
+    Redis,
+    /// `amqp://`: a RabbitMQ queue.
+    Amqp,
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheme::Grpc => "grpc",
+            Scheme::Redis => "redis",
+            Scheme::Amqp => "amqp",
+        })
+    }
+}
+
+/// A parsed queue URL: scheme plus the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueUrl {
+    /// The URL as given.
+    pub url: String,
+    /// Its scheme.
+    pub scheme: Scheme,
+    /// What follows `scheme://` (for `grpc`, `host:port`).
+    pub authority: String,
+}
+
+impl QueueUrl {
+    /// Parses `url`, checking its scheme and that it names a host.
+    pub fn parse(url: &str) -> Result<QueueUrl> {
+        let invalid = |reason: &str| Error::InvalidUrl {
+            url: redact(url),
+            reason: reason.to_owned(),
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| invalid("expected scheme://host:port, e.g. grpc://127.0.0.1:50051"))?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "grpc" => Scheme::Grpc,
+            "redis" => Scheme::Redis,
+            "amqp" => Scheme::Amqp,
+            other => {
+                return Err(invalid(&format!(
+                    "unknown scheme {other:?} (known: grpc, redis, amqp)"
+                )));
+            }
+        };
+        let authority = rest.trim_end_matches('/').to_owned();
+        if authority.is_empty() {
+            return Err(invalid("no host after the scheme"));
+        }
+        if scheme == Scheme::Grpc {
+            if authority.contains('/') {
+                return Err(invalid("a grpc:// URL has no path: grpc://host:port"));
+            }
+            let port_ok = authority
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(invalid("expected grpc://host:port with a numeric port"));
+            }
+        }
+        Ok(QueueUrl {
+            url: url.to_owned(),
+            scheme,
+            authority,
+        })
+    }
+}
+
+impl QueueUrl {
+    /// The URL with its password, if it has one, replaced by `***`: what errors
+    /// and logs show.
+    pub fn redacted(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+/// `url` with the password of its user info replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! One item's task: run the handler, then complete, fail or release the item;
+//! and the shutdown plumbing the loop shares with those tasks.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use super::job::{Disposition, Job, WorkError};
+use super::summary::ItemOutcome;
+use crate::ack::Acker;
+use crate::client::Queue;
+use crate::error::{Error, Result};
+use crate::types::{Failure, LeasedItem};
+
+/// Aborts a task when dropped.
+pub(super) struct AbortOnDrop(pub(super) tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches SIGTERM and SIGINT: the first cancels `shutdown`, the next `hard_stop`.
+pub(super) fn spawn_signal_watch(
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+    seen: Arc<AtomicI32>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let io = |source| Error::Io {
+        what: "installing signal handlers".into(),
+        source,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let signo = tokio::select! {
+                _ = term.recv() => libc_signo(nix::sys::signal::Signal::SIGTERM),
+                _ = int.recv() => libc_signo(nix::sys::signal::Signal::SIGINT),
+            };
+            if shutdown.is_cancelled() {
+                tracing::warn!(signal = signo, "second signal: stopping now");
+                hard_stop.cancel();
+            } else {
+                tracing::info!(
+                    signal = signo,
+                    "signal: finishing running items, taking no more"
+                );
+                seen.store(signo, Ordering::SeqCst);
+                shutdown.cancel();
+            }
+        }
+    }))
+}
+
+fn libc_signo(s: nix::sys::signal::Signal) -> i32 {
+    s as i32
+}
+
+/// Releases items that were leased but never handed to a handler.
+pub(super) async fn release_untried(queue: &Queue, items: Vec<LeasedItem>) {
+    if items.is_empty() {
+        return;
+    }
+    let tokens: Vec<_> = items.iter().map(|i| i.token.clone()).collect();
+    if let Err(e) = queue.release(&tokens).await {
+        tracing::warn!(queue = %queue.name(), error = %e, "could not release untried items; they return when their lease expires");
+    }
+}
+
+/// The outcome of a finished item task.
+pub(super) fn joined(r: std::result::Result<ItemOutcome, tokio::task::JoinError>) -> ItemOutcome {
+    r.unwrap_or_else(|e| {
+        // Handler panics are caught in run_item; this is a panic in the SDK itself
+        // or a cancelled task. The lease runs out and the item comes back.
+        tracing::error!(error = %e, "item task ended abnormally");
+        ItemOutcome::Lost
+    })
+}
+
+/// The two stages of a shutdown, as an item task sees them.
+pub(super) struct Stop {
+    /// Take no more work; handlers may wind down.
+    pub(super) shutdown: CancellationToken,
+    /// The grace period is over: drop the handler, release the item.
+    pub(super) hard_stop: CancellationToken,
+}
+
+/// Runs one item to its end: handler, then complete / fail / release.
+pub(super) async fn run_item<H, Fut>(
+    queue: Queue,
+    item: LeasedItem,
+    handler: Arc<H>,
+    lease: Duration,
+    stop: Stop,
+    acker: Option<Acker>,
+) -> ItemOutcome
+where
+    H: Fn(Job) -> Fut,
+    Fut: Future<Output = std::result::Result<(), WorkError>>,
+{
+    let handle = queue.hold(item.clone(), lease);
+    let id = item.id.clone();
+    let Stop {
+        shutdown,
+        hard_stop,
+    } = stop;
+    let job = Job {
+        item,
+        queue: queue.name().clone(),
+        shutdown,
+        lease_lost: handle.lost().clone(),
+    };
+    let work = AssertUnwindSafe(handler(job)).catch_unwind();
+    let answer = tokio::select! {
+        biased;
+        r = work => Some(r.unwrap_or_else(|_| Err(WorkError::retry("the handler panicked")))),
+        () = hard_stop.cancelled() => None,
+    };
+    let finished = match answer {
+        None => {
+            tracing::info!(item = %id, "grace period over: releasing");
+            handle.release().await.map(|()| ItemOutcome::Released)
+        }
+        Some(Ok(())) => match acker {
+            Some(acker) => {
+                // The handle keeps renewing until the batched completion is answered.
+                let done = acker.complete(&queue, handle.item().token.clone()).await;
+                drop(handle);
+                done.map(|()| ItemOutcome::Completed)
+            }
+            None => handle.complete().await.map(|()| ItemOutcome::Completed),
+        },
+        Some(Err(e)) => match e.disposition {
+            Disposition::Release => handle.release().await.map(|()| ItemOutcome::Released),
+            Disposition::Retry { after } => {
+                tracing::warn!(queue = %queue.name(), item = %id, reason = %e.reason, "item failed (retriable)");
+                let failure = Failure {
+                    fatal: false,
+                    reason: e.reason,
+                    retry_after: after,
+                };
+                handle
+                    .fail(failure)
+                    .await
+                    .map(|dead| ItemOutcome::Failed { fatal: false, dead })
+            }
+            Disposition::Fatal => {
+                tracing::warn!(queue = %queue.name(), item = %id, reason = %e.reason, "item failed (fatal)");
+                handle
+                    .fail(Failure::fatal(e.reason))
+                    .await
+                    .map(|dead| ItemOutcome::Failed { fatal: true, dead })
+            }
+        },
+    };
+    finished.unwrap_or_else(|e| {
+        tracing::warn!(item = %id, error = %e, "could not finish item");
+        ItemOutcome::Lost
+    })
+}
