@@ -288,12 +288,12 @@ pub fn delete(target: &ClusterTarget, selector: &str) -> i32 {
 }
 
 /// The embedded `wq consume` (the runner called as `wq`): works queue `queue`
-/// of the service at `url` with `opts`. Errors are prefixed `wq: error:`; 2
+/// of the service at `url` with `wq consume`'s flags `args`. Errors are prefixed `wq: error:`; 2
 /// when the queue or service is not given or the queue name is invalid.
 pub fn consume(
     url: Option<String>,
     queue: Option<String>,
-    opts: worker_sdk::ConsumeOptions,
+    args: &worker_sdk::cli::ConsumeArgs,
 ) -> i32 {
     let (Some(url), Some(queue)) = (url, queue) else {
         eprintln!(
@@ -323,8 +323,8 @@ pub fn consume(
                 return 2;
             }
         };
-        match worker_sdk::consume(&q, opts).await {
-            Ok(report) => report.exit_code(),
+        match worker_sdk::cli::consume(&q, args).await {
+            Ok(code) => code,
             Err(e) => {
                 eprintln!("wq: error: {e}");
                 1

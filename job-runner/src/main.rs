@@ -388,13 +388,11 @@ fn main() -> ExitCode {
 /// installed: its flags (a copy of `wq consume`'s), read into
 /// `worker_sdk::ConsumeOptions` for [`job_runner::commands::consume`].
 mod wq {
-    use std::ffi::OsString;
-    use std::time::Duration;
-
-    use clap::{Args, Parser, Subcommand};
+    use clap::{Parser, Subcommand};
+    use worker_sdk::cli::ConsumeArgs;
 
     /// wq (as provided by job-runner): only `wq consume` is available here;
-    /// install the full `wq` with `cargo install --path worker-sdk`.
+    /// install the full `wq` with `cargo install --path worker-sdk --features cli`.
     #[derive(Debug, Parser)]
     #[command(name = "wq")]
     struct WqCli {
@@ -410,55 +408,14 @@ mod wq {
 
     #[derive(Debug, Subcommand)]
     enum WqCommand {
-        /// Run a program once per item, the item on its standard input.
+        /// Run a program once per item, the item on its standard input: the
+        /// same flags and exit codes as `wq consume`.
         Consume(ConsumeArgs),
-    }
-
-    #[derive(Debug, Args)]
-    struct ConsumeArgs {
-        /// Take N items, then exit; without it: work until the queue is drained.
-        #[arg(short = 'c', long = "count", value_name = "N", env = "WQ_COUNT")]
-        count: Option<u64>,
-        /// Programs to run at once.
-        #[arg(long, default_value_t = 1, value_name = "K", env = "WQ_CONCURRENCY")]
-        concurrency: usize,
-        /// Lease duration; renewed every third of it while the program runs.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "WQ_LEASE")]
-        lease: Duration,
-        /// After SIGTERM, how long running programs may take before they are killed.
-        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, env = "WQ_GRACE")]
-        grace: Duration,
-        /// Exit codes that fail an item for good, comma-separated.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            value_name = "CODES",
-            env = "WQ_FATAL_EXIT_CODES"
-        )]
-        fatal_exit_codes: Vec<i32>,
-        /// Stop as soon as the queue is empty, sealed or not.
-        #[arg(long, env = "WQ_UNTIL_EMPTY")]
-        until_empty: bool,
-        /// The program to run for each item, and its arguments (put `--` before them).
-        #[arg(
-            required = true,
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "PROGRAM"
-        )]
-        program: Vec<OsString>,
     }
 
     pub(super) fn main() -> i32 {
         let cli = WqCli::parse();
         let WqCommand::Consume(args) = cli.command;
-        let mut opts = worker_sdk::ConsumeOptions::new(args.program);
-        opts.count = args.count;
-        opts.concurrency = args.concurrency.max(1);
-        opts.lease = args.lease;
-        opts.grace = args.grace;
-        opts.until_empty = args.until_empty;
-        opts.fatal_exit_codes = args.fatal_exit_codes.into_iter().collect();
-        job_runner::commands::consume(cli.url, cli.queue, opts)
+        job_runner::commands::consume(cli.url, cli.queue, &args)
     }
 }
