@@ -4,21 +4,14 @@
 //! per round trip.
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha224};
 use std::time::Duration;
+use worker_sdk::backend::redis::{Keys, item_digest};
 
 /// One connection working one queue.
 pub struct Conn {
     conn: redis::aio::MultiplexedConnection,
-    queue: String,
+    keys: Keys,
     session: String,
-}
-
-/// rediswq's lease key of `item`: `Q:leased_by_session:<sha224 of the item>`.
-fn lease_key(queue: &str, item: &[u8]) -> String {
-    let digest = Sha224::digest(item);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{queue}:leased_by_session:{hex}")
 }
 
 impl Conn {
@@ -32,7 +25,7 @@ impl Conn {
                 )
                 .await
                 .with_context(|| format!("connect to Redis at {url}"))?,
-            queue: queue.into(),
+            keys: Keys::new(&worker_sdk::QueueName::new(queue)?),
             session: uuid::Uuid::new_v4().to_string(),
         })
     }
@@ -40,8 +33,8 @@ impl Conn {
     /// Removes the queue's lists.
     pub async fn drop_queue(&mut self) -> Result<()> {
         redis::cmd("DEL")
-            .arg(&self.queue)
-            .arg(format!("{}:processing", self.queue))
+            .arg(&self.keys.main)
+            .arg(&self.keys.processing)
             .query_async::<()>(&mut self.conn)
             .await?;
         Ok(())
@@ -50,7 +43,7 @@ impl Conn {
     /// `RPUSH`es `items`.
     pub async fn enqueue(&mut self, items: Vec<Vec<u8>>) -> Result<()> {
         redis::cmd("RPUSH")
-            .arg(&self.queue)
+            .arg(&self.keys.main)
             .arg(items)
             .query_async::<()>(&mut self.conn)
             .await?;
@@ -61,21 +54,21 @@ impl Conn {
     pub async fn take(&mut self, wait: Duration, leased_at: &mut u64) -> Result<Vec<Vec<u8>>> {
         let Conn {
             conn,
-            queue,
+            keys,
             session,
         } = self;
         // BRPOPLPUSH takes whole seconds.
-        let processing = format!("{queue}:processing");
+        let (queue, processing) = (&keys.main, &keys.processing);
         let item: Option<Vec<u8>> = if wait.is_zero() {
             redis::cmd("RPOPLPUSH")
-                .arg(&*queue)
-                .arg(&processing)
+                .arg(queue)
+                .arg(processing)
                 .query_async(conn)
                 .await?
         } else {
             redis::cmd("BRPOPLPUSH")
-                .arg(&*queue)
-                .arg(&processing)
+                .arg(queue)
+                .arg(processing)
                 .arg(wait.as_secs().max(1))
                 .query_async(conn)
                 .await?
@@ -83,7 +76,7 @@ impl Conn {
         let Some(item) = item else {
             return Ok(Vec::new());
         };
-        let key = lease_key(queue, &item);
+        let key = keys.lease(&item_digest(&item));
         *leased_at = crate::now_ns();
         redis::cmd("SETEX")
             .arg(&key)
@@ -93,7 +86,7 @@ impl Conn {
             .await?;
         // rediswq.complete()
         redis::cmd("LREM")
-            .arg(&processing)
+            .arg(processing)
             .arg(0)
             .arg(&item)
             .query_async::<()>(conn)

@@ -3,6 +3,8 @@
 //! [`AckMode`] says.
 
 use anyhow::{Context, Result, anyhow};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How workq is driven: the streaming forms, or unary calls with one of three
@@ -176,38 +178,70 @@ impl WorkStream {
     }
 }
 
-/// The background completion task of one workq consumer.
+/// `Background` mode: the worker SDK's completion task
+/// ([`worker_sdk::ack::Acker`]), fed a batch at a time without waiting.
 pub struct Acker {
-    tx: tokio::sync::mpsc::UnboundedSender<Vec<String>>,
-    task: tokio::task::JoinHandle<Result<()>>,
+    queue: worker_sdk::Queue,
+    acker: worker_sdk::ack::Acker,
     /// Tokens handed over and not yet completed.
-    unacked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    unacked: Arc<AtomicUsize>,
+    /// The first completion that failed, if any.
+    failed: Arc<Mutex<Option<worker_sdk::Error>>>,
+    tasks: tokio::task::JoinSet<()>,
 }
 
 impl Acker {
-    fn start(mut client: WorkqClient, queue: String) -> Acker {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
-        let unacked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let left = unacked.clone();
-        let task = tokio::spawn(async move {
-            while let Some(mut tokens) = rx.recv().await {
-                while let Ok(more) = rx.try_recv() {
-                    tokens.extend(more);
-                }
-                // The server's limit per call.
-                for chunk in tokens.chunks(1000) {
-                    client
-                        .complete(workq_proto::v1::CompleteRequest {
-                            queue: queue.clone(),
-                            lease_tokens: chunk.to_vec(),
-                        })
-                        .await?;
-                    left.fetch_sub(chunk.len(), std::sync::atomic::Ordering::SeqCst);
-                }
+    async fn start(url: &str, queue: &str) -> Result<Acker> {
+        let client = worker_sdk::connect(&url.replacen("http://", "grpc://", 1))
+            .await
+            .with_context(|| format!("connect the SDK to {url}"))?;
+        let queue = client.queue(queue)?;
+        Ok(Acker {
+            acker: worker_sdk::ack::Acker::start(queue.clone()),
+            queue,
+            unacked: Arc::default(),
+            failed: Arc::default(),
+            tasks: tokio::task::JoinSet::new(),
+        })
+    }
+
+    /// Hands `tokens` to the completion task and returns at once.
+    fn complete(&mut self, tokens: Vec<String>) -> Result<()> {
+        self.check()?;
+        while self.tasks.try_join_next().is_some() {}
+        self.unacked.fetch_add(tokens.len(), Ordering::SeqCst);
+        let (queue, acker) = (self.queue.clone(), self.acker.clone());
+        let (unacked, failed) = (self.unacked.clone(), self.failed.clone());
+        self.tasks.spawn(async move {
+            let n = tokens.len();
+            let answers = futures::future::join_all(
+                tokens
+                    .into_iter()
+                    .map(|t| acker.complete(&queue, worker_sdk::LeaseToken::new(t))),
+            )
+            .await;
+            if let Some(Err(e)) = answers.into_iter().find(Result::is_err)
+                && let Ok(mut slot) = failed.lock()
+            {
+                slot.get_or_insert(e);
             }
-            Ok(())
+            unacked.fetch_sub(n, Ordering::SeqCst);
         });
-        Acker { tx, task, unacked }
+        Ok(())
+    }
+
+    /// The first completion that failed, as an error.
+    fn check(&self) -> Result<()> {
+        match self.failed.lock().ok().and_then(|mut f| f.take()) {
+            Some(e) => Err(anyhow!("completion failed: {e}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every completion handed over.
+    async fn finish(mut self) -> Result<()> {
+        while self.tasks.join_next().await.is_some() {}
+        self.check()
     }
 }
 
@@ -216,6 +250,7 @@ type WorkqClient =
 
 /// One client working one queue.
 pub struct Conn {
+    url: String,
     client: WorkqClient,
     queue: String,
     mode: AckMode,
@@ -234,6 +269,7 @@ impl Conn {
     /// Connects to the queue-server at `url` (`http://host:port`).
     pub async fn connect(url: &str, queue: &str, mode: AckMode) -> Result<Conn> {
         Ok(Conn {
+            url: url.to_string(),
             client: WorkqClient::connect(url.to_string())
                 .await
                 .with_context(|| format!("connect to workq at {url}"))?
@@ -313,8 +349,7 @@ impl Conn {
                 .await?;
         }
         if let Some(a) = self.acker.take() {
-            drop(a.tx);
-            a.task.await??;
+            a.finish().await?;
         }
         if let Some(mut w) = self.stream.take() {
             // Hand in the last completions, close our side, and read until
@@ -341,7 +376,7 @@ impl Conn {
             || self
                 .acker
                 .as_ref()
-                .is_some_and(|a| a.unacked.load(std::sync::atomic::Ordering::SeqCst) > 0)
+                .is_some_and(|a| a.unacked.load(Ordering::SeqCst) > 0)
     }
 
     /// Leases up to `max` items, waiting up to `wait` for the first, and
@@ -382,17 +417,11 @@ impl Conn {
                         .await?;
                 }
                 AckMode::Background => {
-                    let (client, queue) = (&self.client, &self.queue);
-                    let a = self
-                        .acker
-                        .get_or_insert_with(|| Acker::start(client.clone(), queue.clone()));
-                    a.unacked
-                        .fetch_add(tokens.len(), std::sync::atomic::Ordering::SeqCst);
-                    if a.tx.send(tokens).is_err()
-                        && let Some(a) = self.acker.take()
-                    {
-                        a.task.await??;
-                        anyhow::bail!("the completion task stopped");
+                    if self.acker.is_none() {
+                        self.acker = Some(Acker::start(&self.url, &self.queue).await?);
+                    }
+                    if let Some(a) = self.acker.as_mut() {
+                        a.complete(tokens)?;
                     }
                 }
             }
