@@ -22,12 +22,13 @@
 //! | feature | what | default |
 //! |---|---|---|
 //! | `grpc` | the `grpc://` backend (the workq queue service) | yes |
-//! | `redis` | the `redis://` backend | yes |
-//! | `amqp` | the `amqp://` backend | yes |
-//! | `cli` | the `wq` binary and `worker_sdk::cli` (clap and friends) | no |
+//! | `redis` | the `redis://` backend | no |
+//! | `amqp` | the `amqp://` backend | no |
+//! | `cli` | the `wq` binary and `worker_sdk::cli` (clap and friends), with every backend | no |
 //!
-//! A library that needs only the queue service: `default-features = false,
-//! features = ["grpc"]` (no Redis or AMQP client, no clap).
+//! A library that needs only the queue service takes the default: no Redis or
+//! AMQP client, no clap. A URL whose backend is not compiled in is refused
+//! with [`Error::UnsupportedScheme`].
 //!
 //! # Example
 //!
