@@ -2,8 +2,8 @@
 //!
 //! Connect by URL — the scheme names the backend: `grpc://host:port` for the workq
 //! queue service, `redis://host:port` for a queue laid out as the Kubernetes
-//! tutorial's `rediswq.py` lays it out ([`backend::redis`]), `amqp://…` for a
-//! RabbitMQ queue ([`backend::amqp`]) — then work with one
+//! tutorial's `rediswq.py` lays it out (module `backend::redis`), `amqp://…` for a
+//! RabbitMQ queue (module `backend::amqp`) — then work with one
 //! [`Queue`]:
 //!
 //! - **low level**: [`Queue::push`], [`Queue::lease`], [`Queue::renew`],

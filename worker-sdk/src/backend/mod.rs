@@ -8,8 +8,8 @@
 //! | scheme | backend | feature | status |
 //! |---|---|---|---|
 //! | `grpc://host:port` | the workq queue service | `grpc` | supported |
-//! | `redis://host[:port][/db]` | a Redis list laid out like the seeds' `rediswq.py` ([`redis`]) | `redis` | supported |
-//! | `amqp://user:pass@host[:port][/vhost]` | a RabbitMQ queue ([`amqp`]) | `amqp` | supported, without seal and dead listing |
+//! | `redis://host[:port][/db]` | a Redis list laid out like the seeds' `rediswq.py` (module `redis`) | `redis` | supported |
+//! | `amqp://user:pass@host[:port][/vhost]` | a RabbitMQ queue (module `amqp`) | `amqp` | supported, without seal and dead listing |
 //!
 //! A URL of a backend the build lacks is refused by `connect` with
 //! [`Error::UnsupportedScheme`].
