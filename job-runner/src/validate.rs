@@ -441,11 +441,8 @@ pub const CRON_JOB_RULES: &[Rule] = &[
         id: "cron.concurrencyPolicy",
         source: "validateConcurrencyPolicy",
         check: |c| match cron_spec(c).and_then(|s| s.concurrency_policy.as_deref()) {
-            None | Some("Allow" | "Forbid" | "Replace") => Vec::new(),
-            Some("") => vec![Problem::Required(
-                "spec.concurrencyPolicy".into(),
-                String::new(),
-            )],
+            // batch/v1 defaults an empty policy to Allow (SetDefaults_CronJob).
+            None | Some("" | "Allow" | "Forbid" | "Replace") => Vec::new(),
             Some(other) => vec![Problem::NotSupported(
                 "spec.concurrencyPolicy".into(),
                 format!("{other:?}"),

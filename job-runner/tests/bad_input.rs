@@ -80,7 +80,9 @@ fn refused_spec_is_named_in_kubernetes_words() {
     );
     bad(
         &["run", "-f", &f, "--local"],
-        &["spec.podFailurePolicy.rules[0].onExitCodes.values[0]: Invalid value: 0: must not be 0 for the In operator"],
+        &[
+            "spec.podFailurePolicy.rules[0].onExitCodes.values[0]: Invalid value: 0: must not be 0 for the In operator",
+        ],
     );
 }
 

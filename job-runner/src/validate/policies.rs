@@ -280,18 +280,18 @@ pub const POLICY_RULES: &[Rule] = &[
                             "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')".into(),
                         ));
                     }
-                    let sp = format!("{cp}[{j}].status");
-                    match p.status.as_deref() {
-                        Some("True" | "False" | "Unknown") => {}
-                        None | Some("") => out.push(Problem::Required(
-                            sp,
-                            "valid values: [\"False\" \"True\" \"Unknown\"]".into(),
-                        )),
-                        Some(other) => out.push(Problem::NotSupported(
-                            sp,
+                    // batch/v1 defaults an unset status to "True" before
+                    // validation (SetDefaults_Job), so only a wrong one fails.
+                    if let Some(other) = p
+                        .status
+                        .as_deref()
+                        .filter(|s| !matches!(*s, "" | "True" | "False" | "Unknown"))
+                    {
+                        out.push(Problem::NotSupported(
+                            format!("{cp}[{j}].status"),
                             format!("{other:?}"),
                             &["False", "True", "Unknown"],
-                        )),
+                        ));
                     }
                 }
             }

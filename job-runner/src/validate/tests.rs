@@ -232,6 +232,8 @@ fn valid_forms_pass() {
         job_yaml(&name, "  completionMode: Indexed\n  completions: 10\n", "Never", ""),
         j("  podReplacementPolicy: Failed\n  podFailurePolicy:\n    rules:\n    - {action: Ignore, onExitCodes: {operator: NotIn, values: [0, 3, 7]}}\n"),
         j("  managedBy: kueue.x-k8s.io/multikueue\n  ttlSecondsAfterFinished: 0\n"),
+        // batch/v1 defaults an unset pattern status to "True".
+        j("  podFailurePolicy:\n    rules:\n    - {action: Ignore, onPodConditions: [{type: DisruptionTarget}]}\n"),
     ] {
         assert_eq!(job(&job_from(&yaml)), Vec::<String>::new(), "{yaml}");
     }
