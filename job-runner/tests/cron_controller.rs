@@ -248,6 +248,28 @@ async fn missed_schedules_start_only_the_most_recent() {
     assert_eq!(report.crons[0].last_schedule, Some(most_recent));
 }
 
+/// A stall of 102 scheduled times (over the controller's 100, where it
+/// warns `TooManyMissedTimes`): still one Job, for the most recent time.
+#[tokio::test(start_paused = true)]
+async fn too_many_missed_times_still_start_one_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stop = dir.path().join("stop");
+    std::fs::write(&stop, "").expect("stop file");
+    let mut t = start(&cron_manifest("many", "", &stop), 1).await;
+    let t1 = next_minute(t.start);
+    let last = t1 + jiff::SignedDuration::from_mins(101);
+    advance_to(
+        t.start,
+        last + jiff::SignedDuration::from_secs(30),
+        &mut t.elapsed,
+    )
+    .await;
+    let report = finish(t.handle).await;
+    assert_eq!(names(&report), [format!("many-{}", last.as_second() / 60)]);
+    assert_eq!(report.crons[0].jobs_started, 1);
+    assert_eq!(report.crons[0].last_schedule, Some(last));
+}
+
 /// Item 8 of issue 18 end to end: each manifest is refused with exit code 2
 /// and the API server's line.
 #[test]
