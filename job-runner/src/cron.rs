@@ -74,38 +74,179 @@ pub fn job_name(cron_name: &str, scheduled: Timestamp) -> String {
     format!("{cron_name}-{}", scheduled.as_second().div_euclid(60))
 }
 
-/// What a CronJob does at a scheduled time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Start the Job.
-    Run,
-    /// Delete the active Jobs, then start the new one (`Replace`).
-    ReplaceThenRun,
-    /// Skip it: a Job is still active (`Forbid`).
-    SkipActive,
-    /// Skip it: later than `startingDeadlineSeconds`.
-    SkipMissed,
+/// Beyond this many missed schedules the CronJob controller warns
+/// `TooManyMissedTimes` (it still starts the most recent one).
+pub const MANY_MISSED: u64 = 100;
+
+/// What the CronJob controller knows when it syncs a CronJob.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncInput<'a> {
+    /// The parsed `schedule` and `timeZone`.
+    pub schedule: &'a Schedule,
+    /// `concurrencyPolicy` (`Allow` when unset).
+    pub policy: Option<&'a str>,
+    /// `startingDeadlineSeconds`.
+    pub starting_deadline_seconds: Option<i64>,
+    /// When the CronJob was created (locally: when the run began).
+    pub created: Timestamp,
+    /// `status.lastScheduleTime`: the scheduled time of the last Job started.
+    pub last_schedule: Option<Timestamp>,
+    /// How many of its Jobs are still active.
+    pub active: usize,
+    /// The time of this sync.
+    pub now: Timestamp,
 }
 
-/// Decides a scheduled time as the CronJob controller does: too late past
-/// `startingDeadlineSeconds` is missed; otherwise `concurrencyPolicy`
-/// (`Allow` by default) decides what happens to still-active Jobs.
-pub fn decide(
-    policy: Option<&str>,
-    active_jobs: usize,
-    late: std::time::Duration,
-    starting_deadline_seconds: Option<i64>,
-) -> Decision {
-    if let Some(d) = starting_deadline_seconds
-        && late.as_secs_f64() > d as f64
-    {
-        return Decision::SkipMissed;
+/// What a sync decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// No unmet schedule: wait for the next scheduled time.
+    Wait,
+    /// Start the Job for `scheduled` (after deleting the active Jobs when
+    /// `replace`, `concurrencyPolicy: Replace`); `lastScheduleTime` becomes
+    /// `scheduled`.
+    Start {
+        /// The scheduled time the Job is for (it names the Job).
+        scheduled: Timestamp,
+        /// Delete the active Jobs first.
+        replace: bool,
+    },
+    /// `JobAlreadyActive`: Forbid and a Job is active. `lastScheduleTime`
+    /// is not advanced, so the next sync after the Job ends starts it late.
+    SkipActive {
+        /// The scheduled time not started (yet).
+        scheduled: Timestamp,
+    },
+    /// `MissSchedule`: the most recent unmet time is more than
+    /// `startingDeadlineSeconds` ago.
+    Missed {
+        /// The scheduled time missed.
+        scheduled: Timestamp,
+    },
+}
+
+/// A sync's result: the action, and the `TooManyMissedTimes` count when
+/// more than [`MANY_MISSED`] schedules were missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sync {
+    /// What to do now.
+    pub action: Action,
+    /// The number of missed schedules, when over [`MANY_MISSED`].
+    pub too_many_missed: Option<u64>,
+}
+
+impl Action {
+    /// The event Kubernetes records for this action (reason, message), if
+    /// any; `job` is the created Job's name.
+    pub fn event(&self, job: &str) -> Option<(&'static str, String)> {
+        match self {
+            Action::Wait => None,
+            Action::Start { .. } => Some(("SuccessfulCreate", format!("Created job {job}"))),
+            Action::SkipActive { .. } => Some((
+                "JobAlreadyActive",
+                "Not starting job because prior execution is running and concurrency policy is Forbid"
+                    .to_string(),
+            )),
+            Action::Missed { scheduled } => Some((
+                "MissSchedule",
+                format!(
+                    "Missed scheduled time to start a job: {}",
+                    rfc1123z(*scheduled)
+                ),
+            )),
+        }
     }
-    match (policy, active_jobs) {
-        (_, 0) => Decision::Run,
-        (Some("Forbid"), _) => Decision::SkipActive,
-        (Some("Replace"), _) => Decision::ReplaceThenRun,
-        _ => Decision::Run,
+}
+
+/// The `TooManyMissedTimes` warning's message, as the controller writes it.
+pub fn too_many_missed_message(n: u64) -> String {
+    format!(
+        "too many missed start times: {n}. Set or decrease .spec.startingDeadlineSeconds or check clock skew"
+    )
+}
+
+/// `t` in Go's `time.RFC1123Z` layout, in UTC (`Mon, 02 Jan 2006 15:04:05 +0000`).
+pub fn rfc1123z(t: Timestamp) -> String {
+    t.to_zoned(TimeZone::UTC)
+        .strftime("%a, %d %b %Y %H:%M:%S %z")
+        .to_string()
+}
+
+/// The most recent scheduled time in `(earliest, now]` and how many there
+/// are, as the controller's `mostRecentScheduleTime` counts them (by the
+/// interval between the first two, then walking to the exact last one).
+pub fn most_recent(
+    schedule: &Schedule,
+    earliest: Timestamp,
+    now: Timestamp,
+) -> Option<(Timestamp, u64)> {
+    let t1 = schedule.next_after(earliest)?;
+    if now < t1 {
+        return None;
+    }
+    let Some(t2) = schedule.next_after(t1).filter(|t2| *t2 <= now) else {
+        return Some((t1, 1));
+    };
+    let step = (t2.as_second() - t1.as_second()).max(1);
+    let missed = u64::try_from((now.as_second() - t1.as_second()) / step).unwrap_or(0) + 1;
+    // Start two steps short of the estimate and walk, as irregular
+    // schedules (weekdays, month ends) are not evenly spaced.
+    let back = i64::try_from(missed.saturating_sub(2)).unwrap_or(0) * step;
+    let mut last = Timestamp::from_second(t1.as_second() + back).unwrap_or(t1);
+    if last < t1 {
+        last = t1;
+    }
+    let mut at = last;
+    while let Some(next) = schedule.next_after(at) {
+        if next > now {
+            break;
+        }
+        at = next;
+    }
+    Some((at.max(last), missed))
+}
+
+/// One sync of a CronJob, as `syncCronJob` decides it: the most recent unmet
+/// scheduled time since `lastScheduleTime` (or creation), within
+/// `startingDeadlineSeconds`; then Forbid, Replace or start.
+pub fn sync(input: &SyncInput<'_>) -> Sync {
+    let earliest = input.last_schedule.unwrap_or(input.created);
+    let found = most_recent(input.schedule, earliest, input.now);
+    // The controller counts missed times only within the starting deadline.
+    let window = input
+        .starting_deadline_seconds
+        .and_then(|d| Timestamp::from_second(input.now.as_second().saturating_sub(d)).ok())
+        .filter(|from| *from > earliest);
+    let counted = match window {
+        Some(from) => most_recent(input.schedule, from, input.now),
+        None => found,
+    };
+    let too_many_missed = counted.map(|(_, n)| n).filter(|n| *n > MANY_MISSED);
+    let done = |action| Sync {
+        action,
+        too_many_missed,
+    };
+    let Some((scheduled, _)) = found else {
+        return done(Action::Wait);
+    };
+    if input.last_schedule == Some(scheduled) {
+        return done(Action::Wait);
+    }
+    if let Some(d) = input.starting_deadline_seconds
+        && scheduled.as_second().saturating_add(d) < input.now.as_second()
+    {
+        return done(Action::Missed { scheduled });
+    }
+    match (input.policy, input.active) {
+        (Some("Forbid"), n) if n > 0 => done(Action::SkipActive { scheduled }),
+        (Some("Replace"), n) => done(Action::Start {
+            scheduled,
+            replace: n > 0,
+        }),
+        _ => done(Action::Start {
+            scheduled,
+            replace: false,
+        }),
     }
 }
 

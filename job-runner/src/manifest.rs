@@ -211,6 +211,11 @@ fn parse_object(origin: &Origin, doc: Value) -> Result<Parsed> {
             if !problems.is_empty() {
                 return Err(named(problems));
             }
+            if let Some(other) = external_manager(job.spec.as_ref()) {
+                return Ok(Parsed::Skipped(format!(
+                    "{origin}: Job/{name}: Skip syncing the job as it is managed by an external controller (spec.managedBy: {other:?}); the Job controller leaves it to that controller, and so does --local"
+                )));
+            }
             Object::Job(Box::new(job))
         }
         ("batch/v1", "CronJob") => {
@@ -218,6 +223,15 @@ fn parse_object(origin: &Origin, doc: Value) -> Result<Parsed> {
             let problems = crate::validate::cron_job(&cron);
             if !problems.is_empty() {
                 return Err(named(problems));
+            }
+            let template = cron
+                .spec
+                .as_ref()
+                .and_then(|s| s.job_template.spec.as_ref());
+            if let Some(other) = external_manager(template) {
+                return Ok(Parsed::Skipped(format!(
+                    "{origin}: CronJob/{name}: its Jobs are managed by an external controller (spec.jobTemplate.spec.managedBy: {other:?}); the Job controller would skip every Job it creates, so --local does not schedule it"
+                )));
             }
             Object::CronJob(Box::new(cron))
         }
@@ -320,6 +334,13 @@ fn unknown_fields(input: &Value, known: &Value, path: &str, out: &mut Vec<String
         }
         _ => {}
     }
+}
+
+/// The controller named by `spec.managedBy` when it is not the built-in Job
+/// controller (which then skips the Job, as `--local` does).
+fn external_manager(spec: Option<&k8s_openapi::api::batch::v1::JobSpec>) -> Option<&str> {
+    spec.and_then(|s| s.managed_by.as_deref())
+        .filter(|m| *m != crate::validate::JOB_CONTROLLER)
 }
 
 #[cfg(test)]

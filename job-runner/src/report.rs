@@ -135,7 +135,7 @@ pub struct CronSummary {
     pub suspended: bool,
     /// Jobs it started.
     pub jobs_started: u32,
-    /// The start time of its last Job.
+    /// `status.lastScheduleTime`: the scheduled time of its last scheduled Job.
     pub last_schedule: Option<jiff::Timestamp>,
 }
 

@@ -1,16 +1,57 @@
-//! CronJobs of a local run: a task per CronJob sends a tick at each
-//! scheduled time ([`crate::cron::Schedule`]); each tick starts a Job from
-//! the template unless `concurrencyPolicy` or `startingDeadlineSeconds`
-//! says otherwise; at the end, history limits and one summary per CronJob.
+//! CronJobs of a local run, synced as the CronJob controller syncs them
+//! ([`crate::cron::sync`]): a task per CronJob wakes the loop at each
+//! scheduled time; each wake starts the most recent unmet scheduled time
+//! (warning `TooManyMissedTimes` past 100) unless `startingDeadlineSeconds`
+//! or `concurrencyPolicy` says otherwise. A time skipped under `Forbid`
+//! (`JobAlreadyActive`) leaves `lastScheduleTime` alone, so the sync after
+//! the active Job ends starts it late, as Kubernetes does. At the end,
+//! history limits and one summary per CronJob.
+//!
+//! Times come from [`CronClock`]: wall-clock time that moves with tokio's
+//! clock, so tests on a paused clock move the schedule too.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use tokio::time::Instant;
 
 use super::{Msg, Runner};
+use crate::cron::{Action, Schedule, SyncInput};
 use crate::process::Stop;
 use crate::report::CronSummary;
+
+/// Wall-clock time read through tokio's clock: the wall time at start plus
+/// tokio's elapsed time. Under `tokio::time::pause()` it stands still and
+/// `advance()` moves it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CronClock {
+    wall: Timestamp,
+    mono: Instant,
+}
+
+impl CronClock {
+    /// A clock reading the wall time now.
+    pub(super) fn start() -> Self {
+        CronClock {
+            wall: Timestamp::now(),
+            mono: Instant::now(),
+        }
+    }
+
+    /// The current wall-clock time.
+    pub(super) fn now(&self) -> Timestamp {
+        let elapsed = jiff::SignedDuration::try_from(self.mono.elapsed()).unwrap_or_default();
+        self.wall.checked_add(elapsed).unwrap_or(self.wall)
+    }
+
+    /// The tokio instant at which the wall clock reads `t`.
+    pub(super) fn instant_at(&self, t: Timestamp) -> Instant {
+        let ahead = Duration::try_from(t.duration_since(self.wall)).unwrap_or(Duration::ZERO);
+        self.mono + ahead
+    }
+}
 
 /// One CronJob of the run.
 pub(super) struct CronRun {
@@ -19,7 +60,38 @@ pub(super) struct CronRun {
     pub(super) started_jobs: u32,
     pub(super) task: Option<tokio::task::JoinHandle<()>>,
     pub(super) suspended: bool,
-    pub(super) last_schedule: Option<jiff::Timestamp>,
+    /// `status.lastScheduleTime`: the scheduled time of the last Job started.
+    pub(super) last_schedule: Option<Timestamp>,
+    clock: CronClock,
+    /// When the schedule began (the CronJob's creationTimestamp locally).
+    created: Timestamp,
+    /// A scheduled time skipped by `Forbid`: sync again when no Job is active.
+    waiting_for_active: bool,
+    /// `--start-now`: start a Job at the first turn of the loop.
+    start_now: bool,
+}
+
+impl CronRun {
+    /// A CronJob about to be scheduled (`suspended` unless `--resume`).
+    pub(super) fn new(cron: CronJob, suspended: bool) -> Self {
+        let clock = CronClock::start();
+        CronRun {
+            name: cron.metadata.name.clone().unwrap_or_default(),
+            cron,
+            started_jobs: 0,
+            task: None,
+            suspended,
+            last_schedule: None,
+            clock,
+            created: clock.now(),
+            waiting_for_active: false,
+            start_now: false,
+        }
+    }
+
+    fn scheduling(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
 }
 
 /// A Job made from a CronJob's `jobTemplate`, named `name`.
@@ -37,8 +109,9 @@ pub(super) fn job_from_template(cron: &CronJob, name: &str) -> Job {
 }
 
 impl Runner {
-    /// Starts CronJob `i`'s schedule task (unless suspended): it sends a
-    /// tick at each scheduled time, the first at once with `--start-now`.
+    /// Starts CronJob `i`'s schedule task (unless suspended): it wakes the
+    /// loop at each scheduled time; with `--start-now` the loop also starts
+    /// a Job at once.
     pub(super) fn start_cron(&mut self, i: usize) {
         let c = &self.crons[i];
         let name = c.name.clone();
@@ -49,13 +122,13 @@ impl Runner {
             return;
         }
         let spec = c.cron.spec.clone().unwrap_or_default();
-        let Ok(schedule) = crate::cron::Schedule::parse(&spec.schedule, spec.time_zone.as_deref())
-        else {
+        let Ok(schedule) = Schedule::parse(&spec.schedule, spec.time_zone.as_deref()) else {
             return;
         };
         let tx = self.tx.clone();
         let start_now = self.opts.start_now;
         let out = self.out.clone();
+        let clock = c.clock;
         out.event(&format!(
             "cronjob.batch/{name}: schedule {:?} ({}){}",
             spec.schedule,
@@ -67,25 +140,13 @@ impl Runner {
             }
         ));
         let task = tokio::spawn(async move {
-            if start_now
-                && tx
-                    .send(Msg::CronFire {
-                        cron: i,
-                        scheduled: jiff::Timestamp::now(),
-                    })
-                    .is_err()
-            {
-                return;
-            }
-            let mut after = jiff::Timestamp::now();
+            let mut after = clock.now();
             loop {
                 let Some(next) = schedule.next_after(after) else {
                     return;
                 };
-                let wait = next.duration_since(jiff::Timestamp::now());
-                let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
                 out.event(&format!("cronjob.batch/{name}: next Job at {next}"));
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep_until(clock.instant_at(next)).await;
                 if tx
                     .send(Msg::CronFire {
                         cron: i,
@@ -95,82 +156,150 @@ impl Runner {
                 {
                     return;
                 }
-                after = next;
+                after = next.max(clock.now());
             }
         });
         self.crons[i].task = Some(task);
+        self.crons[i].start_now = start_now;
     }
 
-    /// A tick of CronJob `i`: starts a Job from its template, unless
-    /// `--runs`, `startingDeadlineSeconds` or `concurrencyPolicy` says not to
-    /// (`Replace` deletes the running Jobs first).
-    pub(super) async fn cron_fire(&mut self, i: usize, scheduled: jiff::Timestamp) {
-        let runs = self.opts.runs;
-        let c = &self.crons[i];
-        if runs.is_some_and(|n| c.started_jobs >= n) {
-            return;
-        }
-        let name = c.name.clone();
-        let spec = c.cron.spec.clone().unwrap_or_default();
-        let active: Vec<usize> = (0..self.jobs.len())
+    /// Positions in `jobs` of CronJob `i`'s active Jobs.
+    fn active_jobs(&self, i: usize) -> Vec<usize> {
+        (0..self.jobs.len())
             .filter(|&j| {
                 self.jobs[j].owner == Some(i)
                     && !self.jobs[j].done()
                     && self.jobs[j].deleted.is_none()
             })
-            .collect();
-        let late = Duration::try_from(jiff::Timestamp::now().duration_since(scheduled))
-            .unwrap_or_default();
-        match crate::cron::decide(
-            spec.concurrency_policy.as_deref(),
-            active.len(),
-            late,
-            spec.starting_deadline_seconds,
-        ) {
-            crate::cron::Decision::SkipMissed => {
-                self.out.event(&format!(
-                    "cronjob.batch/{name}: missed the Job scheduled at {scheduled} by more than startingDeadlineSeconds; skipped"
-                ));
-                return;
+            .collect()
+    }
+
+    /// A wake of CronJob `i`'s schedule (for the time `_tick`): syncs it.
+    pub(super) async fn cron_fire(&mut self, i: usize, _tick: Timestamp) {
+        self.cron_sync(i).await;
+    }
+
+    /// What the loop owes the CronJobs after each reconcile: the
+    /// `--start-now` Job, and the late start of a time `Forbid` skipped once
+    /// its active Job has ended. True when a Job was started.
+    pub(super) async fn cron_pending(&mut self) -> bool {
+        let mut started = false;
+        for i in 0..self.crons.len() {
+            if !self.crons[i].scheduling() {
+                continue;
             }
-            crate::cron::Decision::SkipActive => {
-                self.out.event(&format!(
-                    "cronjob.batch/{name}: Job scheduled at {scheduled} skipped: the previous Job is still running (concurrencyPolicy: Forbid)"
-                ));
-                return;
+            if self.crons[i].start_now {
+                self.crons[i].start_now = false;
+                let now = self.crons[i].clock.now();
+                self.cron_start(i, now, false).await;
+                started = true;
+            } else if self.crons[i].waiting_for_active && self.active_jobs(i).is_empty() {
+                self.crons[i].waiting_for_active = false;
+                let before = self.crons[i].started_jobs;
+                self.cron_sync(i).await;
+                started |= self.crons[i].started_jobs > before;
             }
-            crate::cron::Decision::ReplaceThenRun => {
-                for j in active {
-                    let run = &mut self.jobs[j];
-                    run.deleted =
-                        Some("replaced by a newer Job (concurrencyPolicy: Replace)".into());
-                    for p in run.pods.values() {
-                        let _ = p.stop.send(Some(Stop::Delete));
-                    }
+        }
+        started
+    }
+
+    /// One sync of CronJob `i` ([`crate::cron::sync`]), carried out.
+    async fn cron_sync(&mut self, i: usize) {
+        let c = &self.crons[i];
+        if self.opts.runs.is_some_and(|n| c.started_jobs >= n) {
+            return;
+        }
+        let name = c.name.clone();
+        let spec = c.cron.spec.clone().unwrap_or_default();
+        let Ok(schedule) = Schedule::parse(&spec.schedule, spec.time_zone.as_deref()) else {
+            return;
+        };
+        let active = self.active_jobs(i);
+        let result = crate::cron::sync(&SyncInput {
+            schedule: &schedule,
+            policy: spec.concurrency_policy.as_deref(),
+            starting_deadline_seconds: spec.starting_deadline_seconds,
+            created: c.created,
+            last_schedule: c.last_schedule,
+            active: active.len(),
+            now: c.clock.now(),
+        });
+        if let Some(n) = result.too_many_missed {
+            self.out.event(&format!(
+                "cronjob.batch/{name}: Warning TooManyMissedTimes: {}",
+                crate::cron::too_many_missed_message(n)
+            ));
+        }
+        match result.action {
+            Action::Wait => {}
+            Action::Missed { .. } => {
+                if let Some((reason, message)) = result.action.event("") {
                     self.out.event(&format!(
-                        "job.batch/{}: deleted: replaced by a newer Job (concurrencyPolicy: Replace)",
-                        run.name()
+                        "cronjob.batch/{name}: Warning {reason}: {message} (startingDeadlineSeconds: {})",
+                        spec.starting_deadline_seconds.unwrap_or_default()
                     ));
                 }
             }
-            crate::cron::Decision::Run => {}
+            Action::SkipActive { scheduled } => {
+                self.crons[i].waiting_for_active = true;
+                if let Some((reason, message)) = result.action.event("") {
+                    self.out.event(&format!(
+                        "cronjob.batch/{name}: {reason}: {message} (the Job for {scheduled} starts when it ends, unless startingDeadlineSeconds passes first)"
+                    ));
+                }
+            }
+            Action::Start { scheduled, replace } => {
+                if replace {
+                    for j in active {
+                        let run = &mut self.jobs[j];
+                        run.deleted =
+                            Some("replaced by a newer Job (concurrencyPolicy: Replace)".into());
+                        for p in run.pods.values() {
+                            let _ = p.stop.send(Some(Stop::Delete));
+                        }
+                        self.out.event(&format!(
+                            "cronjob.batch/{name}: SuccessfulDelete: Deleted job {} (concurrencyPolicy: Replace)",
+                            run.name()
+                        ));
+                    }
+                }
+                self.cron_start(i, scheduled, true).await;
+            }
         }
+    }
+
+    /// Starts CronJob `i`'s Job for `scheduled`; a scheduled start records
+    /// it as `lastScheduleTime` (a `--start-now` Job does not, as a Job
+    /// created by hand from a CronJob does not).
+    async fn cron_start(&mut self, i: usize, scheduled: Timestamp, record: bool) {
+        let name = self.crons[i].name.clone();
         let job = job_from_template(
             &self.crons[i].cron,
             &crate::cron::job_name(&name, scheduled),
         );
+        let job_name = job.metadata.name.clone().unwrap_or_default();
         self.crons[i].started_jobs += 1;
-        self.crons[i].last_schedule = Some(jiff::Timestamp::now());
+        if record {
+            self.crons[i].last_schedule = Some(scheduled);
+        }
+        let late = self.crons[i].clock.now().as_second() - scheduled.as_second();
         self.out.event(&format!(
-            "cronjob.batch/{name}: Created job {}",
-            job.metadata.name.clone().unwrap_or_default()
+            "cronjob.batch/{name}: SuccessfulCreate: Created job {job_name}{}",
+            if record && late > 1 {
+                format!(" (scheduled at {scheduled}, started {late}s late)")
+            } else {
+                String::new()
+            }
         ));
         let dir = std::env::current_dir().unwrap_or_default();
         if let Err(e) = self.start_job(job, Some(i), &dir).await {
             self.out
                 .event(&format!("cronjob.batch/{name}: cannot start Job: {e}"));
         }
-        if runs.is_some_and(|n| self.crons[i].started_jobs >= n)
+        if self
+            .opts
+            .runs
+            .is_some_and(|n| self.crons[i].started_jobs >= n)
             && let Some(task) = self.crons[i].task.take()
         {
             task.abort();

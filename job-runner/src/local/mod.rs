@@ -157,14 +157,7 @@ pub async fn run(loaded: Loaded, opts: RunOptions, out: Arc<Output>) -> Result<R
                 let suspended =
                     c.spec.as_ref().and_then(|s| s.suspend) == Some(true) && !runner.opts.resume;
                 runner.preflight(&job_from_template(&c, "preflight"))?;
-                runner.crons.push(CronRun {
-                    name: c.metadata.name.clone().unwrap_or_default(),
-                    cron: *c,
-                    started_jobs: 0,
-                    task: None,
-                    suspended,
-                    last_schedule: None,
-                });
+                runner.crons.push(CronRun::new(*c, suspended));
             }
         }
     }
@@ -396,6 +389,9 @@ impl Runner {
         let mut killed = false;
         loop {
             let wake = if killed { None } else { self.reconcile_all() };
+            if !killed && presses == 0 && self.cron_pending().await {
+                continue;
+            }
             let all_done = self.jobs.iter().all(JobRun::done) && !self.crons_running();
             if all_done {
                 return killed;
