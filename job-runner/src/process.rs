@@ -59,6 +59,9 @@ pub struct PodContext {
     pub restart_backoff: Duration,
     /// Asks whether a failed container may restart.
     pub restarter: Restarter,
+    /// Told once every container of the pod has started (the pod is ready:
+    /// pods here have no readiness probes).
+    pub on_ready: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// Finds `bwrap` on `PATH`.
@@ -147,8 +150,69 @@ pub fn prepare_volumes(plan: &PodPlan, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs a pod to its end (or until stopped) and reports how it ended.
+/// The pod status message of a pod past its own `activeDeadlineSeconds`
+/// (reason `DeadlineExceeded`), as the kubelet writes it.
+pub const POD_DEADLINE_MESSAGE: &str =
+    "Pod was active on the node longer than the specified deadline";
+
+/// Runs a pod to its end (or until stopped) and reports how it ended. Past
+/// the pod's own `activeDeadlineSeconds` its containers are stopped as the
+/// kubelet does (SIGTERM, grace, SIGKILL) and the pod fails with reason
+/// `DeadlineExceeded`.
 pub async fn run_pod(
+    plan: Arc<PodPlan>,
+    ctx: PodContext,
+    stop: watch::Receiver<Option<Stop>>,
+) -> PodResult {
+    let Some(deadline) = plan.active_deadline else {
+        return run_containers(plan, ctx, stop).await;
+    };
+    let (inner_tx, inner_rx) = watch::channel(None);
+    let (expired_tx, expired_rx) = oneshot::channel::<()>();
+    let mut outer = stop.clone();
+    let forward = tokio::spawn(async move {
+        let timer = tokio::time::sleep(deadline);
+        tokio::pin!(timer);
+        let mut expired_tx = Some(expired_tx);
+        loop {
+            tokio::select! {
+                changed = outer.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let v = *outer.borrow();
+                    // Past the deadline only a kill still changes anything.
+                    if expired_tx.is_some() || v == Some(Stop::Kill) {
+                        inner_tx.send_replace(v);
+                    }
+                }
+                _ = &mut timer, if expired_tx.is_some() => {
+                    if inner_tx.borrow().is_none()
+                        && let Some(tx) = expired_tx.take()
+                    {
+                        let _ = tx.send(());
+                        inner_tx.send_replace(Some(Stop::Delete));
+                    }
+                }
+            }
+        }
+    });
+    let mut result = run_containers(plan, ctx, inner_rx).await;
+    forward.abort();
+    let mut expired_rx = expired_rx;
+    if expired_rx.try_recv().is_ok() {
+        result.succeeded = false;
+        result.reason = Some(("DeadlineExceeded".into(), POD_DEADLINE_MESSAGE.into()));
+    }
+    if *stop.borrow() == Some(Stop::Evict) && result.conditions.is_empty() {
+        result
+            .conditions
+            .push(("DisruptionTarget".to_string(), "True".to_string()));
+    }
+    result
+}
+
+async fn run_containers(
     plan: Arc<PodPlan>,
     ctx: PodContext,
     stop: watch::Receiver<Option<Stop>>,
@@ -173,6 +237,9 @@ pub async fn run_pod(
         for (i, c) in plan.containers.iter().enumerate() {
             let (plan, c, ctx, stop) = (plan.clone(), c.clone(), ctx.clone(), stop.clone());
             set.spawn(async move { (i, run_with_restarts(&plan, &c, &ctx, stop, single).await) });
+        }
+        if let Some(ready) = &ctx.on_ready {
+            ready();
         }
         let mut codes = vec![0; plan.containers.len()];
         while let Some(done) = set.join_next().await {
@@ -202,6 +269,7 @@ pub async fn run_pod(
         succeeded: !failed,
         containers: exits,
         conditions,
+        reason: None,
     }
 }
 

@@ -170,11 +170,6 @@ fn job_spec(p: &str, spec: &JobSpec, out: &mut Vec<String>) {
             "{p}.maxFailedIndexes: Invalid value: {m}: must be less than or equal to completions"
         ));
     }
-    if spec.success_policy.is_some() {
-        out.push(format!(
-            "{p}.successPolicy: not supported by --local yet; remove it to run this Job locally"
-        ));
-    }
     let pod = spec.template.spec.as_ref();
     let tp = format!("{p}.template.spec");
     let Some(pod) = pod else {

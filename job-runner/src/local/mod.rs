@@ -94,6 +94,10 @@ enum Msg {
         job: usize,
         reply: oneshot::Sender<bool>,
     },
+    PodReady {
+        job: usize,
+        pod: String,
+    },
     CronFire {
         cron: usize,
         scheduled: jiff::Timestamp,
@@ -205,7 +209,13 @@ impl Runner {
     /// Creates a pod of Job `j` (with its completion index) as a process.
     fn spawn_pod(&mut self, j: usize, index: Option<u32>) -> Result<()> {
         let run = &self.jobs[j];
-        let plan = Arc::new(PodPlan::new(&run.job, &run.uid, index, &run.extra_env));
+        let plan = Arc::new(PodPlan::new(
+            &run.job,
+            &run.uid,
+            index,
+            &run.extra_env,
+            &run.state.pod_annotations(index),
+        ));
         let pod_dir = self.dir.path().join(&plan.name);
         process::prepare_volumes(&plan, &pod_dir)?;
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -215,6 +225,13 @@ impl Runner {
             let _ = tx.send(Msg::Restart { job: j, reply });
             rx
         });
+        let (tx, pod) = (self.tx.clone(), plan.name.clone());
+        let on_ready: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            let _ = tx.send(Msg::PodReady {
+                job: j,
+                pod: pod.clone(),
+            });
+        });
         let ctx = PodContext {
             dir: pod_dir,
             bwrap: self.bwrap.clone(),
@@ -222,6 +239,7 @@ impl Runner {
             sink: self.out.clone(),
             restart_backoff: self.opts.pod_backoff,
             restarter,
+            on_ready: Some(on_ready),
         };
         let run = &mut self.jobs[j];
         if !run.announced {
@@ -282,6 +300,7 @@ impl Runner {
                     }
                 }
                 for name in deleted {
+                    run.state.pod_terminating(&name, now, false);
                     run.state.record(
                         now,
                         false,
@@ -415,6 +434,7 @@ impl Runner {
                         let ok = !killed && run.deleted.is_none() && run.state.container_restarting(now);
                         let _ = reply.send(ok);
                     }
+                    Some(Msg::PodReady { job, pod }) => self.jobs[job].state.pod_ready(&pod),
                     Some(Msg::CronFire { cron, scheduled }) => {
                         if presses == 0 {
                             self.cron_fire(cron, scheduled).await;
@@ -424,11 +444,13 @@ impl Runner {
                 },
                 Some((pod, reply)) = evictions.recv() => {
                     let mut found = false;
-                    for run in &self.jobs {
+                    for j in 0..self.jobs.len() {
+                        let run = &self.jobs[j];
                         if let Some(p) = run.pods.get(&pod).filter(|p| p.ended.is_none()) {
                             let _ = p.stop.send(Some(Stop::Evict));
                             found = true;
                             self.out.event(&format!("job.batch/{}: evicting pod {pod} (SIGTERM, condition DisruptionTarget)", run.name()));
+                            self.terminating(j, &pod);
                         }
                     }
                     let _ = reply.send(found);
@@ -437,12 +459,16 @@ impl Runner {
                     presses += 1;
                     if presses == 1 {
                         self.stop_crons();
-                        let mut n = 0;
-                        for run in &self.jobs {
-                            for p in run.pods.values().filter(|p| p.ended.is_none()) {
+                        let mut evicted = Vec::new();
+                        for (j, run) in self.jobs.iter().enumerate() {
+                            for (name, p) in run.pods.iter().filter(|(_, p)| p.ended.is_none()) {
                                 let _ = p.stop.send(Some(Stop::Evict));
-                                n += 1;
+                                evicted.push((j, name.clone()));
                             }
+                        }
+                        let n = evicted.len();
+                        for (j, name) in evicted {
+                            self.terminating(j, &name);
                         }
                         self.out.event(&format!(
                             "interrupt: evicting {n} running pod(s) (SIGTERM, condition DisruptionTarget); the Jobs go on as their pod failure policy says; press Ctrl-C again to stop everything"
@@ -466,6 +492,24 @@ impl Runner {
             if killed && self.jobs.iter().all(|r| r.active_pods() == 0) {
                 return true;
             }
+        }
+    }
+
+    /// Pod `pod` of Job `j` was evicted and is terminating: tells the
+    /// controller, and says so when `podReplacementPolicy:
+    /// TerminatingOrFailed` counted it as failed already.
+    fn terminating(&mut self, j: usize, pod: &str) {
+        let run = &mut self.jobs[j];
+        if run.deleted.is_some() {
+            return;
+        }
+        let now = run.now();
+        if let Some(verdict) = run.state.pod_terminating(pod, now, true) {
+            self.out.event(&format!(
+                "job.batch/{}: pod {pod} is terminating: counted as failed now (podReplacementPolicy: TerminatingOrFailed), {}",
+                run.name(),
+                verdict_note(&verdict)
+            ));
         }
     }
 
