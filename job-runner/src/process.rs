@@ -9,7 +9,8 @@
 //! Pods with volume mounts or a `subdomain` run inside `bwrap` (bubblewrap):
 //! an unprivileged mount and UTS namespace in which each volume is a
 //! directory of the pod's, bound at its `mountPath`, `/etc/hosts` names the
-//! Job's pods, and the hostname is the pod's.
+//! Job's pods, and the hostname is the pod's. Other pods run there too when
+//! `bwrap` works ([`PodContext::own_hostname`]), for the hostname alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -51,6 +52,10 @@ pub struct PodContext {
     pub dir: PathBuf,
     /// The `bwrap` program, when the pod needs a sandbox.
     pub bwrap: Option<PathBuf>,
+    /// Run even a pod without volumes or subdomain in a UTS namespace of its
+    /// own, so that `hostname` says the pod's name as in Kubernetes (needs a
+    /// working `bwrap`).
+    pub own_hostname: bool,
     /// A hosts file to show as `/etc/hosts` in the sandbox.
     pub hosts: Option<PathBuf>,
     /// Output lines.
@@ -313,10 +318,15 @@ async fn run_with_restarts(
     }
 }
 
+/// Whether the pod's containers run inside `bwrap`.
+fn sandboxed(plan: &PodPlan, ctx: &PodContext) -> bool {
+    ctx.bwrap.is_some() && (plan.needs_sandbox() || ctx.own_hostname)
+}
+
 fn command_for(plan: &PodPlan, c: &ContainerPlan, ctx: &PodContext) -> tokio::process::Command {
     let program = c.argv.first().cloned().unwrap_or_default();
     let mut cmd = match &ctx.bwrap {
-        Some(bwrap) if plan.needs_sandbox() => {
+        Some(bwrap) if sandboxed(plan, ctx) => {
             let mut cmd = tokio::process::Command::new(bwrap);
             cmd.args(sandbox_args(plan, c, ctx));
             cmd.arg("--").args(&c.argv);
@@ -408,7 +418,7 @@ async fn run_container(
     if stop.borrow().is_some() {
         return 137;
     }
-    if (ctx.bwrap.is_none() || !plan.needs_sandbox())
+    if !sandboxed(plan, ctx)
         && let Some(wd) = &c.working_dir
         && !Path::new(wd).is_dir()
     {
@@ -417,6 +427,20 @@ async fn run_container(
             &format!(
                 "cannot start container {}: its workingDir {wd} is not a directory on this host",
                 c.name
+            ),
+        );
+        return 128;
+    }
+    // Inside the sandbox a missing program would be bwrap's error; say it
+    // as for a pod outside.
+    if sandboxed(plan, ctx) && !program_exists(c) {
+        ctx.sink.line(
+            prefix,
+            &format!(
+                "cannot start {:?} (image {} is not pulled: the command runs from this host): {}",
+                c.argv.first().cloned().unwrap_or_default(),
+                c.image,
+                std::io::Error::from(std::io::ErrorKind::NotFound)
             ),
         );
         return 128;
@@ -495,6 +519,9 @@ async fn run_container(
     };
     // Whatever the leader did, nothing of the container outlives it.
     signal(nix::sys::signal::Signal::SIGKILL);
+    if let Some(pgid) = pgid {
+        reap_group(pgid).await;
+    }
     // Output still buffered in the pipes is read to its end; a process that
     // escaped the group and holds a pipe open is not waited for long.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -505,6 +532,49 @@ async fn run_container(
         Ok(s) => exit_code(s),
         Err(_) => 128,
     }
+}
+
+/// Makes this process the reaper of its pods' orphans (the processes `bwrap`
+/// leaves when it is killed), so that [`run_pod`] can wait for them instead
+/// of leaving them to `init`.
+pub fn adopt_orphans() {
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+}
+
+/// Waits (briefly) for the killed processes of a container's group that
+/// were reparented to this process, so that none is left when the pod ends.
+async fn reap_group(pgid: nix::unistd::Pid) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let group = nix::unistd::Pid::from_raw(-pgid.as_raw());
+    for _ in 0..200 {
+        match waitpid(group, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Whether a container's program is on this host: a path, or a name found
+/// on the container's `PATH`.
+fn program_exists(c: &ContainerPlan) -> bool {
+    let Some(program) = c.argv.first() else {
+        return false;
+    };
+    if program.contains('/') {
+        let base = c.working_dir.as_deref().map(Path::new);
+        return base
+            .map_or_else(|| Path::new(program).to_path_buf(), |b| b.join(program))
+            .is_file();
+    }
+    let path = c
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    std::env::split_paths(&path).any(|d| d.join(program).is_file())
 }
 
 /// An exit status as Kubernetes reports it: the code, or 128 + signal.

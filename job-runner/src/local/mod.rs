@@ -113,6 +113,9 @@ struct Runner {
     crons: Vec<CronRun>,
     services: Vec<String>,
     bwrap: Option<PathBuf>,
+    /// Whether pods get a hostname of their own (a working `bwrap`);
+    /// decided, and said when not, at the first pod.
+    own_hostname: Option<bool>,
     dir: tempfile::TempDir,
     queue_server: Option<queue::LocalServer>,
     queue_changed: Arc<tokio::sync::Notify>,
@@ -127,6 +130,7 @@ pub async fn run(loaded: Loaded, opts: RunOptions, out: Arc<Output>) -> Result<R
         .prefix("job-runner-")
         .tempdir()
         .map_err(|e| Error::io("creating the run's temporary directory", e))?;
+    process::adopt_orphans();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut runner = Runner {
         opts,
@@ -136,6 +140,7 @@ pub async fn run(loaded: Loaded, opts: RunOptions, out: Arc<Output>) -> Result<R
         crons: Vec::new(),
         services: Vec::new(),
         bwrap: process::find_bwrap(),
+        own_hostname: None,
         dir,
         queue_server: None,
         queue_changed: Arc::new(tokio::sync::Notify::new()),
@@ -232,9 +237,12 @@ impl Runner {
                 pod: pod.clone(),
             });
         });
+        let own_hostname = self.own_hostname();
+        let run = &self.jobs[j];
         let ctx = PodContext {
             dir: pod_dir,
             bwrap: self.bwrap.clone(),
+            own_hostname,
             hosts: run.hosts.clone(),
             sink: self.out.clone(),
             restart_backoff: self.opts.pod_backoff,
@@ -278,6 +286,24 @@ impl Runner {
             let _ = tx.send(Msg::PodDone { job: j, result });
         });
         Ok(())
+    }
+
+    /// Whether pods can have a hostname of their own; said once when not.
+    fn own_hostname(&mut self) -> bool {
+        if let Some(ok) = self.own_hostname {
+            return ok;
+        }
+        let ok = self
+            .bwrap
+            .as_deref()
+            .is_some_and(|b| process::check_bwrap(b).is_ok());
+        if !ok {
+            self.out.event(
+                "warning: without a working `bwrap` (bubblewrap) pods without volumes or subdomain share this host's hostname: `hostname` says the host's name, $HOSTNAME the pod's",
+            );
+        }
+        self.own_hostname = Some(ok);
+        ok
     }
 
     /// Reconciles every Job; returns the earliest time to look again.
