@@ -500,7 +500,14 @@ async fn run_container(
                 signal(nix::sys::signal::Signal::SIGKILL);
                 child.wait().await
             } else {
-                signal(nix::sys::signal::Signal::SIGTERM);
+                match pgid {
+                    // bwrap does not pass SIGTERM on (and its child dies with
+                    // it): the container's processes get it, bwrap not.
+                    Some(pgid) if sandboxed(plan, ctx) => {
+                        term_group_but_leader(pgid);
+                    }
+                    _ => signal(nix::sys::signal::Signal::SIGTERM),
+                }
                 let grace = plan.grace;
                 let within = tokio::select! {
                     status = child.wait() => Some(status),
@@ -531,6 +538,36 @@ async fn run_container(
     match status {
         Ok(s) => exit_code(s),
         Err(_) => 128,
+    }
+}
+
+/// Sends SIGTERM to every process of group `pgid` except its leader (the
+/// `bwrap` monitor of a sandboxed container).
+fn term_group_but_leader(pgid: nix::unistd::Pid) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == pgid.as_raw() {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces.
+        let group = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|g| g.parse::<i32>().ok());
+        if group == Some(pgid.as_raw()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
     }
 }
 

@@ -299,6 +299,9 @@ impl PodTrack {
                 .join(" "),
             note: {
                 let mut n = self.verdict.as_ref().map(verdict_note).unwrap_or_default();
+                if let Some((reason, _)) = self.result.as_ref().and_then(|r| r.reason.as_ref()) {
+                    n = format!("{reason}; {n}");
+                }
                 if self
                     .result
                     .as_ref()

@@ -404,10 +404,10 @@ impl Runner {
         } else {
             "Failed"
         };
-        let evicted = if result.conditions.is_empty() {
-            ""
-        } else {
-            " (evicted: DisruptionTarget)"
+        let evicted = match (&result.reason, result.conditions.is_empty()) {
+            (Some((reason, message)), _) => format!(" ({reason}: {message})"),
+            (None, true) => String::new(),
+            (None, false) => " (evicted: DisruptionTarget)".into(),
         };
         let note = verdict_note(&verdict);
         self.out.event(&format!(
