@@ -217,7 +217,10 @@ fn pod_replacement_policy_terminating_or_failed_vs_failed() {
         assert_eq!(outcome(&j).0, "Complete", "{policy}: {j}");
         assert_eq!(j["status"]["failed"], 1, "{policy}: {j}");
         assert_eq!(j["status"]["succeeded"], 1, "{policy}: {j}");
-        assert!(err.contains("] terminated"), "took its grace: {policy}:\n{err}");
+        assert!(
+            err.contains("] terminated"),
+            "took its grace: {policy}:\n{err}"
+        );
         let (created, ended) = replacement_before_end(&err);
         assert_eq!(created < ended, replaced_early, "{policy}:\n{err}");
         assert_eq!(
