@@ -239,7 +239,6 @@ impl JobState {
         if self.finish.is_some() {
             return;
         }
-        self.event(now, true, reason, message.clone());
         self.finish = Some(Finish {
             complete: false,
             reason: reason.to_string(),
@@ -277,8 +276,12 @@ impl JobState {
             return;
         }
         f.ended = Some(now);
+        // As `recordJobFinished`, when the final condition is written.
         if f.complete {
             self.event(now, false, "Completed", "Job completed".into());
+        } else {
+            let (reason, message) = (f.reason.clone(), f.message.clone());
+            self.event(now, true, &reason, message);
         }
     }
 

@@ -765,6 +765,12 @@ fn failed_is_stamped_when_the_last_pod_is_gone() {
         Some((reason.0, reason.1, at(4)))
     );
     assert_eq!(status.failed, Some(2));
+    let last = s.events.last().expect("events");
+    assert_eq!(
+        (last.at, last.warning, last.reason.as_str()),
+        (secs(4), true, "BackoffLimitExceeded"),
+        "the warning event comes with the Failed condition"
+    );
     assert_eq!(
         status.uncounted_terminated_pods,
         Some(Default::default()),

@@ -9,6 +9,12 @@
 //! restart question, a CronJob's tick, a timer (back-off, deadline) or a
 //! signal. It ends when every Job has ended and no pod is left.
 //!
+//! Every pod gets a hostname of its own (`hostname` says the pod's name)
+//! when `bwrap` works; without it the run says once that pods share the
+//! host's. An evicted pod is terminating until its process ends: under
+//! `podReplacementPolicy: TerminatingOrFailed` the controller replaces it at
+//! once, under `Failed` once it has ended.
+//!
 //! Ctrl-C (SIGINT) once evicts every running pod — SIGTERM, the pod gets the
 //! `DisruptionTarget` condition and the pod failure policy applies, replaced
 //! pods start as the controller decides — and stops CronJob scheduling; a
