@@ -54,6 +54,9 @@ pub(super) struct JobRun {
     pub(super) deleted: Option<String>,
     pub(super) queue: Option<QueueRun>,
     pub(super) announced: bool,
+    /// The Job's outcome as said on the live lines: 0 nothing yet, 1 the
+    /// interim condition, 2 the final one.
+    pub(super) said_finish: u8,
 }
 
 impl JobRun {
@@ -198,6 +201,7 @@ impl Runner {
             deleted: None,
             queue,
             announced: false,
+            said_finish: 0,
         });
         Ok(())
     }

@@ -320,7 +320,6 @@ impl Runner {
             if run.suspended || run.deleted.is_some() {
                 continue;
             }
-            let was_finished = run.state.finish.is_some();
             let now = run.now();
             let r = run.state.reconcile(now);
             if r.terminate_active {
@@ -345,13 +344,25 @@ impl Runner {
                 let at = run.started + at;
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
-            if !was_finished && let Some(f) = &run.state.finish {
-                let name = run.name().to_string();
-                let word = if f.complete { "Complete" } else { "Failed" };
-                self.out.event(&format!(
-                    "job.batch/{name}: {word}: {} ({})",
-                    f.message, f.reason
-                ));
+            if let Some(f) = &run.state.finish {
+                let ended = f.ended.is_some();
+                let (interim, last) = if f.complete {
+                    ("SuccessCriteriaMet", "Complete")
+                } else {
+                    ("FailureTarget", "Failed")
+                };
+                let said = match (run.said_finish, ended) {
+                    (0, false) => Some(format!(
+                        "{interim}: {} ({}); terminating the remaining pods",
+                        f.message, f.reason
+                    )),
+                    (0 | 1, true) => Some(format!("{last}: {} ({})", f.message, f.reason)),
+                    _ => None,
+                };
+                if let Some(said) = said {
+                    run.said_finish = if ended { 2 } else { 1 };
+                    self.out.event(&format!("job.batch/{}: {said}", run.name()));
+                }
             }
             for index in r.create {
                 if let Err(e) = self.spawn_pod(j, index) {
