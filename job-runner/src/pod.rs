@@ -103,16 +103,21 @@ pub struct PodPlan {
     pub grace: Duration,
     /// `restartPolicy: OnFailure`.
     pub restart_on_failure: bool,
+    /// The pod's own `activeDeadlineSeconds`: past it the kubelet kills the
+    /// pod, which fails with reason `DeadlineExceeded`.
+    pub active_deadline: Option<Duration>,
 }
 
 impl PodPlan {
     /// Makes pod `index` of `job` (whose uid is `job_uid`), adding `extra_env`
-    /// to every container (before the container's own `env`).
+    /// to every container (before the container's own `env`) and
+    /// `extra_annotations` (the controller's, e.g. the index failure count).
     pub fn new(
         job: &Job,
         job_uid: &str,
         index: Option<u32>,
         extra_env: &[(String, String)],
+        extra_annotations: &[(String, String)],
     ) -> Self {
         let job_name = job.metadata.name.clone().unwrap_or_default();
         let namespace = job
@@ -147,6 +152,9 @@ impl PodPlan {
             labels.insert(keys::COMPLETION_INDEX.into(), i.to_string());
             annotations.insert(keys::COMPLETION_INDEX.into(), i.to_string());
         }
+        for (k, v) in extra_annotations {
+            annotations.insert(k.clone(), v.clone());
+        }
         let uid = uuid::Uuid::new_v4().to_string();
         let mut plan = PodPlan {
             name,
@@ -166,6 +174,10 @@ impl PodPlan {
                     .unwrap_or(30),
             ),
             restart_on_failure: pod_spec.restart_policy.as_deref() == Some("OnFailure"),
+            active_deadline: pod_spec
+                .active_deadline_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map(Duration::from_secs),
         };
         let mut base_env: Vec<(String, String)> = INHERITED_ENV
             .iter()

@@ -9,7 +9,8 @@
 //! Pods with volume mounts or a `subdomain` run inside `bwrap` (bubblewrap):
 //! an unprivileged mount and UTS namespace in which each volume is a
 //! directory of the pod's, bound at its `mountPath`, `/etc/hosts` names the
-//! Job's pods, and the hostname is the pod's.
+//! Job's pods, and the hostname is the pod's. Other pods run there too when
+//! `bwrap` works ([`PodContext::own_hostname`]), for the hostname alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,6 +21,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{oneshot, watch};
 
 use crate::controller::{ContainerExit, PodResult};
+pub use group::adopt_orphans;
+use group::{program_exists, reap_group, term_group_but_leader};
+
+mod group;
 use crate::error::{Error, Result};
 use crate::pod::{ContainerPlan, PodPlan, VolumeKind};
 
@@ -51,6 +56,10 @@ pub struct PodContext {
     pub dir: PathBuf,
     /// The `bwrap` program, when the pod needs a sandbox.
     pub bwrap: Option<PathBuf>,
+    /// Run even a pod without volumes or subdomain in a UTS namespace of its
+    /// own, so that `hostname` says the pod's name as in Kubernetes (needs a
+    /// working `bwrap`).
+    pub own_hostname: bool,
     /// A hosts file to show as `/etc/hosts` in the sandbox.
     pub hosts: Option<PathBuf>,
     /// Output lines.
@@ -59,6 +68,9 @@ pub struct PodContext {
     pub restart_backoff: Duration,
     /// Asks whether a failed container may restart.
     pub restarter: Restarter,
+    /// Told once every container of the pod has started (the pod is ready:
+    /// pods here have no readiness probes).
+    pub on_ready: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// Finds `bwrap` on `PATH`.
@@ -147,8 +159,69 @@ pub fn prepare_volumes(plan: &PodPlan, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs a pod to its end (or until stopped) and reports how it ended.
+/// The pod status message of a pod past its own `activeDeadlineSeconds`
+/// (reason `DeadlineExceeded`), as the kubelet writes it.
+pub const POD_DEADLINE_MESSAGE: &str =
+    "Pod was active on the node longer than the specified deadline";
+
+/// Runs a pod to its end (or until stopped) and reports how it ended. Past
+/// the pod's own `activeDeadlineSeconds` its containers are stopped as the
+/// kubelet does (SIGTERM, grace, SIGKILL) and the pod fails with reason
+/// `DeadlineExceeded`.
 pub async fn run_pod(
+    plan: Arc<PodPlan>,
+    ctx: PodContext,
+    stop: watch::Receiver<Option<Stop>>,
+) -> PodResult {
+    let Some(deadline) = plan.active_deadline else {
+        return run_containers(plan, ctx, stop).await;
+    };
+    let (inner_tx, inner_rx) = watch::channel(None);
+    let (expired_tx, expired_rx) = oneshot::channel::<()>();
+    let mut outer = stop.clone();
+    let forward = tokio::spawn(async move {
+        let timer = tokio::time::sleep(deadline);
+        tokio::pin!(timer);
+        let mut expired_tx = Some(expired_tx);
+        loop {
+            tokio::select! {
+                changed = outer.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let v = *outer.borrow();
+                    // Past the deadline only a kill still changes anything.
+                    if expired_tx.is_some() || v == Some(Stop::Kill) {
+                        inner_tx.send_replace(v);
+                    }
+                }
+                _ = &mut timer, if expired_tx.is_some() => {
+                    if inner_tx.borrow().is_none()
+                        && let Some(tx) = expired_tx.take()
+                    {
+                        let _ = tx.send(());
+                        inner_tx.send_replace(Some(Stop::Delete));
+                    }
+                }
+            }
+        }
+    });
+    let mut result = run_containers(plan, ctx, inner_rx).await;
+    forward.abort();
+    let mut expired_rx = expired_rx;
+    if expired_rx.try_recv().is_ok() {
+        result.succeeded = false;
+        result.reason = Some(("DeadlineExceeded".into(), POD_DEADLINE_MESSAGE.into()));
+    }
+    if *stop.borrow() == Some(Stop::Evict) && result.conditions.is_empty() {
+        result
+            .conditions
+            .push(("DisruptionTarget".to_string(), "True".to_string()));
+    }
+    result
+}
+
+async fn run_containers(
     plan: Arc<PodPlan>,
     ctx: PodContext,
     stop: watch::Receiver<Option<Stop>>,
@@ -173,6 +246,9 @@ pub async fn run_pod(
         for (i, c) in plan.containers.iter().enumerate() {
             let (plan, c, ctx, stop) = (plan.clone(), c.clone(), ctx.clone(), stop.clone());
             set.spawn(async move { (i, run_with_restarts(&plan, &c, &ctx, stop, single).await) });
+        }
+        if let Some(ready) = &ctx.on_ready {
+            ready();
         }
         let mut codes = vec![0; plan.containers.len()];
         while let Some(done) = set.join_next().await {
@@ -202,6 +278,7 @@ pub async fn run_pod(
         succeeded: !failed,
         containers: exits,
         conditions,
+        reason: None,
     }
 }
 
@@ -245,10 +322,15 @@ async fn run_with_restarts(
     }
 }
 
+/// Whether the pod's containers run inside `bwrap`.
+fn sandboxed(plan: &PodPlan, ctx: &PodContext) -> bool {
+    ctx.bwrap.is_some() && (plan.needs_sandbox() || ctx.own_hostname)
+}
+
 fn command_for(plan: &PodPlan, c: &ContainerPlan, ctx: &PodContext) -> tokio::process::Command {
     let program = c.argv.first().cloned().unwrap_or_default();
     let mut cmd = match &ctx.bwrap {
-        Some(bwrap) if plan.needs_sandbox() => {
+        Some(bwrap) if sandboxed(plan, ctx) => {
             let mut cmd = tokio::process::Command::new(bwrap);
             cmd.args(sandbox_args(plan, c, ctx));
             cmd.arg("--").args(&c.argv);
@@ -340,7 +422,7 @@ async fn run_container(
     if stop.borrow().is_some() {
         return 137;
     }
-    if (ctx.bwrap.is_none() || !plan.needs_sandbox())
+    if !sandboxed(plan, ctx)
         && let Some(wd) = &c.working_dir
         && !Path::new(wd).is_dir()
     {
@@ -349,6 +431,20 @@ async fn run_container(
             &format!(
                 "cannot start container {}: its workingDir {wd} is not a directory on this host",
                 c.name
+            ),
+        );
+        return 128;
+    }
+    // Inside the sandbox a missing program would be bwrap's error; say it
+    // as for a pod outside.
+    if sandboxed(plan, ctx) && !program_exists(c) {
+        ctx.sink.line(
+            prefix,
+            &format!(
+                "cannot start {:?} (image {} is not pulled: the command runs from this host): {}",
+                c.argv.first().cloned().unwrap_or_default(),
+                c.image,
+                std::io::Error::from(std::io::ErrorKind::NotFound)
             ),
         );
         return 128;
@@ -408,7 +504,14 @@ async fn run_container(
                 signal(nix::sys::signal::Signal::SIGKILL);
                 child.wait().await
             } else {
-                signal(nix::sys::signal::Signal::SIGTERM);
+                match pgid {
+                    // bwrap does not pass SIGTERM on (and its child dies with
+                    // it): the container's processes get it, bwrap not.
+                    Some(pgid) if sandboxed(plan, ctx) => {
+                        term_group_but_leader(pgid);
+                    }
+                    _ => signal(nix::sys::signal::Signal::SIGTERM),
+                }
                 let grace = plan.grace;
                 let within = tokio::select! {
                     status = child.wait() => Some(status),
@@ -427,6 +530,9 @@ async fn run_container(
     };
     // Whatever the leader did, nothing of the container outlives it.
     signal(nix::sys::signal::Signal::SIGKILL);
+    if let Some(pgid) = pgid {
+        reap_group(pgid).await;
+    }
     // Output still buffered in the pipes is read to its end; a process that
     // escaped the group and holds a pipe open is not waited for long.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {

@@ -78,6 +78,9 @@ pub struct JobReport {
     pub owner: Option<String>,
     /// Not run: `spec.suspend` is true.
     pub suspended: bool,
+    /// What fields that only mean something on a cluster mean here (e.g.
+    /// `ttlSecondsAfterFinished`), each said once in the summary.
+    pub notes: Vec<String>,
     /// Deleted by its CronJob (`concurrencyPolicy: Replace`, history limits).
     pub deleted: Option<String>,
     /// Its queue, for work-queue Jobs.
@@ -140,13 +143,15 @@ pub struct CronSummary {
 }
 
 impl RunReport {
-    /// 0 when every Job that ran completed, 1 otherwise.
+    /// 0 when every Job completed, 1 otherwise. A Job suspended (or with
+    /// `parallelism: 0`) in a local run never completed; on a cluster it was
+    /// created, which is all that was asked.
     pub fn exit_code(&self) -> i32 {
         let ok = !self.interrupted
             && self
                 .jobs
                 .iter()
-                .filter(|j| !j.suspended && j.deleted.is_none())
+                .filter(|j| !(j.suspended && j.on_cluster) && j.deleted.is_none())
                 .all(JobReport::complete)
             && !self
                 .jobs

@@ -97,13 +97,13 @@ fn active_deadline_fails_the_job() {
 fn suspended_job_does_not_run_until_resumed() {
     let manifest = job("paused", "  suspend: true\n", "Never", "echo ran");
     let (code, j, err) = run_json(&manifest, &[]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 1, "a suspended Job never completed: {err}");
     assert!(
         err.contains("suspended (spec.suspend: true)") && err.contains("--resume"),
         "{err}"
     );
     assert!(!err.contains("ran"), "{err}");
-    assert!(j["status"].is_null());
+    assert_eq!(j["status"]["conditions"][0]["type"], "Suspended");
     let (code, j, err) = run_json(&manifest, &["--resume"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(j["status"]["succeeded"], 1);

@@ -134,6 +134,7 @@ pub(super) async fn summarize(
             events,
             owner: None,
             suspended: t.job.spec.as_ref().and_then(|s| s.suspend) == Some(true),
+            notes: Vec::new(),
             deleted: t.deleted.clone(),
             queue,
             on_cluster: true,

@@ -6,11 +6,15 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::JobSpec;
 
 use super::failure_policy::{Matcher, Rule, RuleAction};
+use super::success_policy::{self, SuccessRule};
 
 /// The Job controller's default `backoffLimit`.
 pub const DEFAULT_BACKOFF_LIMIT: u32 = 6;
-/// The Job controller's default pod back-off base.
+/// The Job controller's default pod back-off base (`DefaultJobPodFailureBackOff`).
 pub const DEFAULT_POD_BACKOFF: Duration = Duration::from_secs(10);
+/// The pod back-off's cap as a multiple of its base: 60 × 10 s is the
+/// controller's `MaxJobPodFailureBackOff` of 10 minutes.
+pub const MAX_POD_BACKOFF_FACTOR: u32 = 60;
 
 /// A Job's settings, with the API server's defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +43,12 @@ pub struct JobConfig {
     pub rules: Vec<Rule>,
     /// Base of the exponential pod back-off.
     pub pod_backoff: Duration,
+    /// `spec.successPolicy.rules` (Indexed Jobs).
+    pub success_rules: Vec<SuccessRule>,
+    /// `podReplacementPolicy: TerminatingOrFailed` (the default without a pod
+    /// failure policy): a terminating pod is replaced at once; `Failed` (the
+    /// default with one) waits until it has ended.
+    pub replace_terminating: bool,
 }
 
 fn non_negative(v: Option<i32>) -> Option<u32> {
@@ -76,6 +86,11 @@ impl JobConfig {
                 },
             })
             .collect();
+        let replace_terminating = match spec.pod_replacement_policy.as_deref() {
+            Some("Failed") => false,
+            Some(_) => true,
+            None => spec.pod_failure_policy.is_none(),
+        };
         JobConfig {
             name: name.to_string(),
             namespace: namespace.to_string(),
@@ -101,6 +116,8 @@ impl JobConfig {
                 == Some("OnFailure"),
             rules,
             pod_backoff,
+            success_rules: success_policy::rules(spec.success_policy.as_ref()),
+            replace_terminating,
         }
     }
 }

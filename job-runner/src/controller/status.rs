@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+use k8s_openapi::api::batch::v1::{JobCondition, JobStatus, UncountedTerminatedPods};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::JobState;
@@ -16,8 +16,10 @@ impl JobState {
     }
 
     /// The Job's status in Kubernetes' shape. `start` is the wall-clock time of
-    /// the Job's start; `now` the offset of the status.
-    pub fn status(&self, start: jiff::Timestamp, now: Duration) -> JobStatus {
+    /// the Job's start. `SuccessCriteriaMet`/`FailureTarget` carry the time
+    /// the outcome was decided, `Complete`/`Failed` (and `completionTime`)
+    /// the time the last pod was gone.
+    pub fn status(&self, start: jiff::Timestamp) -> JobStatus {
         let at = |d: Duration| {
             Time(
                 start
@@ -27,30 +29,36 @@ impl JobState {
         };
         let mut conditions = Vec::new();
         if let Some(f) = &self.finish {
-            let kinds: [&str; 2] = if f.complete {
-                ["SuccessCriteriaMet", "Complete"]
+            let (interim, last) = if f.complete {
+                ("SuccessCriteriaMet", "Complete")
             } else {
-                ["FailureTarget", "Failed"]
+                ("FailureTarget", "Failed")
             };
-            for kind in kinds {
+            let stamps = [(interim, Some(f.at)), (last, f.ended)];
+            for (kind, when) in stamps {
+                let Some(when) = when else { continue };
                 conditions.push(JobCondition {
                     type_: kind.to_string(),
                     status: "True".into(),
                     reason: Some(f.reason.clone()),
                     message: Some(f.message.clone()),
-                    last_probe_time: Some(at(f.at)),
-                    last_transition_time: Some(at(f.at)),
+                    last_probe_time: Some(at(when)),
+                    last_transition_time: Some(at(when)),
                 });
             }
         }
-        let complete = self.finish.as_ref().is_some_and(|f| f.complete);
+        let completion = self
+            .finish
+            .as_ref()
+            .filter(|f| f.complete)
+            .and_then(|f| f.ended);
         let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         JobStatus {
             start_time: Some(at(Duration::ZERO)),
-            completion_time: complete.then(|| at(self.finish.as_ref().map_or(now, |f| f.at))),
+            completion_time: completion.map(at),
             active: Some(count(self.active.len())),
-            ready: Some(0),
-            terminating: Some(0),
+            ready: Some(count(self.ready.len())),
+            terminating: Some(count(self.terminating.len())),
             succeeded: Some(i32::try_from(self.succeeded).unwrap_or(i32::MAX)),
             failed: Some(i32::try_from(self.failed).unwrap_or(i32::MAX)),
             completed_indexes: (self.config.indexed && !self.succeeded_indexes.is_empty())
@@ -60,7 +68,9 @@ impl JobState {
                 .backoff_limit_per_index
                 .map(|_| format_ranges(&self.failed_indexes)),
             conditions: (!conditions.is_empty()).then_some(conditions),
-            uncounted_terminated_pods: None,
+            // Every ended pod is counted at once here: nothing is ever
+            // uncounted, which Kubernetes shows as `{}`.
+            uncounted_terminated_pods: Some(UncountedTerminatedPods::default()),
         }
     }
 }

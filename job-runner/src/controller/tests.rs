@@ -1,5 +1,5 @@
 use super::*;
-use k8s_openapi::api::batch::v1::JobSpec;
+use k8s_openapi::api::batch::v1::{JobSpec, JobStatus};
 
 fn config() -> JobConfig {
     JobConfig {
@@ -15,6 +15,8 @@ fn config() -> JobConfig {
         restart_on_failure: false,
         rules: Vec::new(),
         pod_backoff: Duration::from_secs(10),
+        success_rules: Vec::new(),
+        replace_terminating: true,
     }
 }
 
@@ -29,6 +31,7 @@ fn exit(pod: &str, index: Option<u32>, code: i32) -> PodResult {
             init: false,
         }],
         conditions: Vec::new(),
+        reason: None,
     }
 }
 
@@ -150,8 +153,9 @@ fn backoff_delay_is_capped() {
         (2, 20),
         (3, 40),
         (6, 320),
-        (7, 360),
-        (30, 360),
+        (7, 600),
+        (8, 600),
+        (30, 600),
     ];
     for (n, want) in table {
         assert_eq!(JobState::backoff_delay(base, n), secs(want), "n={n}");
@@ -202,7 +206,7 @@ fn indexed_creates_lowest_indexes_and_reports_them() {
     assert_eq!(pods, [("p6".to_string(), Some(4))]);
     s.pod_finished(&exit("p6", Some(4), 0), secs(22));
     assert!(s.finish.as_ref().is_some_and(|f| f.complete));
-    let status = s.status(jiff::Timestamp::UNIX_EPOCH, secs(22));
+    let status = s.status(jiff::Timestamp::UNIX_EPOCH);
     assert_eq!(status.completed_indexes.as_deref(), Some("0-4"));
     assert_eq!(status.succeeded, Some(5));
     assert_eq!(status.failed, Some(1));
@@ -250,7 +254,7 @@ fn backoff_limit_per_index_and_max_failed_indexes() {
     let f = s.finish.clone().expect("done");
     assert_eq!((f.complete, f.reason.as_str()), (false, "FailedIndexes"));
     assert_eq!(
-        s.status(jiff::Timestamp::UNIX_EPOCH, secs(3))
+        s.status(jiff::Timestamp::UNIX_EPOCH)
             .failed_indexes
             .as_deref(),
         Some("1")
@@ -373,6 +377,7 @@ fn exit_code_zero_never_matches_and_init_containers_come_last() {
             },
         ],
         conditions: vec![],
+        reason: None,
     };
     let (_, _, msg) = s.match_rule(&pod).expect("matches");
     assert_eq!(
@@ -407,7 +412,7 @@ fn fail_job_rule_fails_at_once_with_kubernetes_message() {
         s.pod_finished(&exit("p2", None, 143), secs(31)),
         Verdict::AfterFinish
     );
-    let status = s.status(jiff::Timestamp::UNIX_EPOCH, secs(31));
+    let status = s.status(jiff::Timestamp::UNIX_EPOCH);
     assert_eq!(status.failed, Some(2));
     let types: Vec<_> = status
         .conditions
@@ -439,9 +444,12 @@ fn ignored_disruption_does_not_count() {
         Verdict::Ignored { rule: 0 }
     );
     assert_eq!(s.failed, 0);
-    let again = start(&mut s, secs(1), &mut n);
-    assert_eq!(again.len(), 1, "replaced at once, no back-off");
-    s.pod_finished(&exit("p2", None, 0), secs(2));
+    // Not counted, but the back-off applies (as `newBackoffRecord`).
+    assert!(start(&mut s, secs(1), &mut n).is_empty(), "back-off");
+    assert_eq!(s.reconcile(secs(1)).wake_at, Some(secs(11)));
+    let again = start(&mut s, secs(11), &mut n);
+    assert_eq!(again.len(), 1, "replaced after 10 s");
+    s.pod_finished(&exit("p2", None, 0), secs(12));
     assert!(s.finish.expect("done").complete);
 }
 
@@ -501,5 +509,271 @@ fn defaults_from_spec() {
             c.restart_on_failure
         ),
         (None, 1, 6, true)
+    );
+}
+
+fn condition(status: &JobStatus, ty: &str) -> Option<(String, String, jiff::Timestamp)> {
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == ty)
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+                c.last_transition_time
+                    .as_ref()
+                    .map(|t| t.0)
+                    .unwrap_or_default(),
+            )
+        })
+}
+
+fn at(s: u64) -> jiff::Timestamp {
+    jiff::Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(i64::try_from(s).unwrap_or(0))
+}
+
+#[test]
+fn success_policy_matches_and_terminates_the_rest() {
+    let mut s = JobState::new(JobConfig {
+        indexed: true,
+        completions: Some(4),
+        parallelism: 4,
+        success_rules: vec![
+            SuccessRule {
+                indexes: None,
+                count: Some(3),
+            },
+            SuccessRule {
+                indexes: Some(parse_ranges("0-1")),
+                count: Some(1),
+            },
+        ],
+        ..config()
+    });
+    let mut n = 0;
+    let pods = start(&mut s, secs(0), &mut n);
+    assert_eq!(pods.len(), 4);
+    assert_eq!(
+        s.pod_finished(&exit("p1", Some(0), 0), secs(2)),
+        Verdict::Succeeded
+    );
+    let r = s.reconcile(secs(2));
+    assert!(r.terminate_active && r.create.is_empty());
+    let status = s.status(jiff::Timestamp::UNIX_EPOCH);
+    assert_eq!(
+        condition(&status, "SuccessCriteriaMet"),
+        Some((
+            "SuccessPolicy".into(),
+            "Matched rules at index 1".into(),
+            at(2)
+        ))
+    );
+    assert_eq!(condition(&status, "Complete"), None, "pods still running");
+    for (pod, i) in [("p2", 1), ("p3", 2), ("p4", 3)] {
+        assert_eq!(s.pod_terminating(pod, secs(2), false), None);
+        assert_eq!(
+            s.pod_finished(&exit(pod, Some(i), 143), secs(3)),
+            Verdict::AfterFinish
+        );
+    }
+    let status = s.status(jiff::Timestamp::UNIX_EPOCH);
+    assert_eq!(
+        condition(&status, "Complete"),
+        Some((
+            "SuccessPolicy".into(),
+            "Matched rules at index 1".into(),
+            at(3)
+        ))
+    );
+    assert_eq!(status.completion_time.map(|t| t.0), Some(at(3)));
+    assert_eq!(
+        (status.succeeded, status.failed, status.active),
+        (Some(1), Some(3), Some(0))
+    );
+    assert_eq!(status.completed_indexes.as_deref(), Some("0"));
+}
+
+#[test]
+fn success_policy_by_indexes_waits_for_every_listed_index() {
+    let rule = SuccessRule {
+        indexes: Some(parse_ranges("0,2-3")),
+        count: None,
+    };
+    assert!(!rule.matches(&parse_ranges("0,2")));
+    assert!(rule.matches(&parse_ranges("0,2-3")));
+    let count_only = SuccessRule {
+        indexes: None,
+        count: Some(2),
+    };
+    assert!(!count_only.matches(&parse_ranges("5")));
+    assert!(count_only.matches(&parse_ranges("1,5")));
+}
+
+#[test]
+fn per_index_backoff_counts_each_index_alone() {
+    let mut s = JobState::new(JobConfig {
+        indexed: true,
+        completions: Some(3),
+        parallelism: 3,
+        backoff_limit_per_index: Some(2),
+        backoff_limit: u32::MAX,
+        ..config()
+    });
+    let mut n = 0;
+    let pods = start(&mut s, secs(0), &mut n);
+    assert_eq!(
+        s.pod_annotations(Some(0)),
+        [(INDEX_FAILURE_COUNT.to_string(), "0".to_string())]
+    );
+    for (pod, i) in &pods {
+        assert_eq!(s.pod_finished(&exit(pod, *i, 1), secs(1)), Verdict::Counted);
+    }
+    // Three failures, but one per index: each waits 10 s, not 40 s.
+    assert!(start(&mut s, secs(10), &mut n).is_empty());
+    assert_eq!(s.reconcile(secs(10)).wake_at, Some(secs(11)));
+    let again = start(&mut s, secs(11), &mut n);
+    assert_eq!(again.len(), 3);
+    assert_eq!(
+        s.pod_annotations(Some(1)),
+        [(INDEX_FAILURE_COUNT.to_string(), "1".to_string())]
+    );
+    // Index 0 fails a second time: 20 s for it alone.
+    s.pod_finished(&exit(&again[0].0, Some(0), 1), secs(12));
+    assert_eq!(s.index_ready_at(0), Some(secs(32)));
+    assert!(start(&mut s, secs(31), &mut n).is_empty());
+    assert_eq!(start(&mut s, secs(32), &mut n).len(), 1);
+}
+
+#[test]
+fn ignored_failures_set_the_ignored_count_annotation() {
+    let mut s = JobState::new(JobConfig {
+        indexed: true,
+        completions: Some(1),
+        backoff_limit_per_index: Some(1),
+        backoff_limit: u32::MAX,
+        rules: rules(&[(RuleAction::Ignore, codes(None, false, &[42]))]),
+        ..config()
+    });
+    let mut n = 0;
+    start(&mut s, secs(0), &mut n);
+    assert_eq!(
+        s.pod_finished(&exit("p1", Some(0), 42), secs(1)),
+        Verdict::Ignored { rule: 0 }
+    );
+    assert_eq!(
+        s.pod_annotations(Some(0)),
+        [
+            (INDEX_FAILURE_COUNT.to_string(), "0".to_string()),
+            (INDEX_IGNORED_FAILURE_COUNT.to_string(), "1".to_string())
+        ]
+    );
+    assert_eq!(s.index_ready_at(0), Some(secs(11)));
+}
+
+fn evicted(pod: &str) -> PodResult {
+    PodResult {
+        conditions: vec![("DisruptionTarget".into(), "True".into())],
+        ..exit(pod, None, 143)
+    }
+}
+
+#[test]
+fn terminating_or_failed_replaces_a_terminating_pod() {
+    let mut s = JobState::new(JobConfig {
+        pod_backoff: Duration::ZERO,
+        ..config()
+    });
+    let mut n = 0;
+    start(&mut s, secs(0), &mut n);
+    s.pod_ready("p1");
+    assert_eq!(s.status(jiff::Timestamp::UNIX_EPOCH).ready, Some(1));
+    assert_eq!(
+        s.pod_terminating("p1", secs(1), true),
+        Some(Verdict::Counted)
+    );
+    let status = s.status(jiff::Timestamp::UNIX_EPOCH);
+    assert_eq!(
+        (
+            status.active,
+            status.ready,
+            status.terminating,
+            status.failed
+        ),
+        (Some(0), Some(0), Some(1), Some(1))
+    );
+    let again = start(&mut s, secs(1), &mut n);
+    assert_eq!(again.len(), 1, "replaced while p1 terminates");
+    assert_eq!(s.terminating.len(), 1);
+    // Its end is not counted a second time.
+    assert_eq!(s.pod_finished(&evicted("p1"), secs(3)), Verdict::Counted);
+    assert_eq!(s.failed, 1);
+    assert_eq!(s.status(jiff::Timestamp::UNIX_EPOCH).terminating, Some(0));
+}
+
+#[test]
+fn failed_policy_waits_for_the_terminating_pod() {
+    let mut s = JobState::new(JobConfig {
+        pod_backoff: Duration::ZERO,
+        replace_terminating: false,
+        ..config()
+    });
+    let mut n = 0;
+    start(&mut s, secs(0), &mut n);
+    assert_eq!(s.pod_terminating("p1", secs(1), true), None);
+    assert_eq!(s.failed, 0, "not counted while terminating");
+    assert!(start(&mut s, secs(1), &mut n).is_empty(), "waits");
+    let status = s.status(jiff::Timestamp::UNIX_EPOCH);
+    assert_eq!((status.active, status.terminating), (Some(0), Some(1)));
+    assert_eq!(s.pod_finished(&evicted("p1"), secs(3)), Verdict::Counted);
+    assert_eq!(s.failed, 1);
+    assert_eq!(start(&mut s, secs(3), &mut n).len(), 1);
+}
+
+#[test]
+fn failed_is_stamped_when_the_last_pod_is_gone() {
+    let mut s = JobState::new(JobConfig {
+        completions: Some(2),
+        parallelism: 2,
+        backoff_limit: 0,
+        ..config()
+    });
+    let mut n = 0;
+    start(&mut s, secs(0), &mut n);
+    assert_eq!(
+        s.pod_finished(&exit("p1", None, 1), secs(1)),
+        Verdict::JobFailed
+    );
+    assert!(s.reconcile(secs(1)).terminate_active);
+    s.pod_terminating("p2", secs(1), false);
+    let status = s.status(jiff::Timestamp::UNIX_EPOCH);
+    let reason = (
+        "BackoffLimitExceeded".to_string(),
+        "Job has reached the specified backoff limit".to_string(),
+    );
+    assert_eq!(
+        condition(&status, "FailureTarget"),
+        Some((reason.0.clone(), reason.1.clone(), at(1)))
+    );
+    assert_eq!(condition(&status, "Failed"), None);
+    assert_eq!(status.terminating, Some(1));
+    s.pod_finished(&exit("p2", None, 143), secs(4));
+    let status = s.status(jiff::Timestamp::UNIX_EPOCH);
+    assert_eq!(
+        condition(&status, "Failed"),
+        Some((reason.0, reason.1, at(4)))
+    );
+    assert_eq!(status.failed, Some(2));
+    let last = s.events.last().expect("events");
+    assert_eq!(
+        (last.at, last.warning, last.reason.as_str()),
+        (secs(4), true, "BackoffLimitExceeded"),
+        "the warning event comes with the Failed condition"
+    );
+    assert_eq!(
+        status.uncounted_terminated_pods,
+        Some(Default::default()),
+        "shown as {{}}"
     );
 }

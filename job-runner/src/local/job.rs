@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -41,10 +41,22 @@ pub(super) struct JobRun {
     pub(super) hosts: Option<PathBuf>,
     pub(super) extra_env: Vec<(String, String)>,
     pub(super) owner: Option<usize>,
+    /// Not run: suspended, or `parallelism: 0`.
     pub(super) suspended: bool,
+    /// `spec.suspend: true` without `--resume`: status `Suspended`.
+    pub(super) spec_suspended: bool,
+    /// `spec.suspend: true` with `--resume`: status `Suspended=False`
+    /// (`JobResumed`), and the Job shows `suspend: false`.
+    pub(super) resumed: bool,
+    /// What a field means here when it only means something on a cluster,
+    /// said once in the summary.
+    pub(super) notes: Vec<String>,
     pub(super) deleted: Option<String>,
     pub(super) queue: Option<QueueRun>,
     pub(super) announced: bool,
+    /// The Job's outcome as said on the live lines: 0 nothing yet, 1 the
+    /// interim condition, 2 the final one.
+    pub(super) said_finish: u8,
 }
 
 impl JobRun {
@@ -73,7 +85,7 @@ impl JobRun {
 impl Runner {
     /// Refuses, before anything runs, a Job this machine cannot run.
     pub(super) fn preflight(&self, job: &Job) -> Result<()> {
-        let plan = PodPlan::new(job, "preflight", job_is_indexed(job).then_some(0), &[]);
+        let plan = PodPlan::new(job, "preflight", job_is_indexed(job).then_some(0), &[], &[]);
         if plan.needs_sandbox() {
             match &self.bwrap {
                 None => return Err(process::no_bwrap_error(&plan)),
@@ -144,9 +156,21 @@ impl Runner {
             spec.completions = Some(1);
             spec.parallelism = Some(1);
         }
+        let resumed = job.spec.as_ref().and_then(|s| s.suspend) == Some(true) && self.opts.resume;
+        if resumed && let Some(spec) = job.spec.as_mut() {
+            // `--resume` does what `kubectl patch --patch '{"spec":{"suspend":false}}'` does.
+            spec.suspend = Some(false);
+        }
         let spec = job.spec.clone().unwrap_or_default();
         let config = JobConfig::from_spec(&name, &namespace, &spec, self.opts.pod_backoff);
-        let mut suspended = spec.suspend == Some(true) && !self.opts.resume;
+        let spec_suspended = spec.suspend == Some(true);
+        let mut suspended = spec_suspended;
+        let mut notes = Vec::new();
+        if let Some(ttl) = spec.ttl_seconds_after_finished {
+            notes.push(format!(
+                "ttlSecondsAfterFinished: {ttl}: on a cluster the TTL-after-finished controller deletes this Job and its pods {ttl}s after it finishes; locally nothing outlives the run, so there is nothing to clean up"
+            ));
+        }
         if spec.parallelism == Some(0) && !suspended {
             suspended = true;
             self.out.event(&format!(
@@ -171,9 +195,13 @@ impl Runner {
             extra_env,
             owner,
             suspended,
+            spec_suspended,
+            resumed,
+            notes,
             deleted: None,
             queue,
             announced: false,
+            said_finish: 0,
         });
         Ok(())
     }
@@ -218,11 +246,20 @@ impl JobRun {
             Some(q) => Some(q.summary().await),
             None => None,
         };
-        let now = self.now();
         let mut job = self.job.clone();
-        if !self.suspended {
-            job.status = Some(self.state.status(self.start_ts, now));
-        }
+        job.status = Some(if self.spec_suspended {
+            JobStatus {
+                conditions: Some(vec![suspended_condition(self.start_ts, true)]),
+                ..JobStatus::default()
+            }
+        } else {
+            let mut status = self.state.status(self.start_ts);
+            if self.resumed {
+                let conditions = status.conditions.get_or_insert_with(Vec::new);
+                conditions.insert(0, suspended_condition(self.start_ts, false));
+            }
+            status
+        });
         let pods = self
             .order
             .iter()
@@ -234,7 +271,8 @@ impl JobRun {
             pods,
             events: self.state.events.clone(),
             owner,
-            suspended: self.suspended,
+            suspended: self.spec_suspended,
+            notes: self.notes.clone(),
             deleted: self.deleted.clone().or(removed),
             queue,
             on_cluster: false,
@@ -265,6 +303,9 @@ impl PodTrack {
                 .join(" "),
             note: {
                 let mut n = self.verdict.as_ref().map(verdict_note).unwrap_or_default();
+                if let Some((reason, _)) = self.result.as_ref().and_then(|r| r.reason.as_ref()) {
+                    n = format!("{reason}; {n}");
+                }
                 if self
                     .result
                     .as_ref()
@@ -277,6 +318,25 @@ impl PodTrack {
             started: self.started,
             ended: self.ended,
         }
+    }
+}
+
+/// The `Suspended` condition as the Job controller writes it: `True`
+/// (`JobSuspended`, "Job suspended"), or `False` (`JobResumed`, "Job
+/// resumed") once a suspended Job is resumed.
+fn suspended_condition(at: jiff::Timestamp, suspended: bool) -> JobCondition {
+    let (status, reason, message) = if suspended {
+        ("True", "JobSuspended", "Job suspended")
+    } else {
+        ("False", "JobResumed", "Job resumed")
+    };
+    JobCondition {
+        type_: "Suspended".into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_probe_time: Some(Time(at)),
+        last_transition_time: Some(Time(at)),
     }
 }
 

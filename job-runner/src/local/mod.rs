@@ -9,6 +9,12 @@
 //! restart question, a CronJob's tick, a timer (back-off, deadline) or a
 //! signal. It ends when every Job has ended and no pod is left.
 //!
+//! Every pod gets a hostname of its own (`hostname` says the pod's name)
+//! when `bwrap` works; without it the run says once that pods share the
+//! host's. An evicted pod is terminating until its process ends: under
+//! `podReplacementPolicy: TerminatingOrFailed` the controller replaces it at
+//! once, under `Failed` once it has ended.
+//!
 //! Ctrl-C (SIGINT) once evicts every running pod — SIGTERM, the pod gets the
 //! `DisruptionTarget` condition and the pod failure policy applies, replaced
 //! pods start as the controller decides — and stops CronJob scheduling; a
@@ -94,6 +100,10 @@ enum Msg {
         job: usize,
         reply: oneshot::Sender<bool>,
     },
+    PodReady {
+        job: usize,
+        pod: String,
+    },
     CronFire {
         cron: usize,
         scheduled: jiff::Timestamp,
@@ -109,6 +119,9 @@ struct Runner {
     crons: Vec<CronRun>,
     services: Vec<String>,
     bwrap: Option<PathBuf>,
+    /// Whether pods get a hostname of their own (a working `bwrap`);
+    /// decided, and said when not, at the first pod.
+    own_hostname: Option<bool>,
     dir: tempfile::TempDir,
     queue_server: Option<queue::LocalServer>,
     queue_changed: Arc<tokio::sync::Notify>,
@@ -123,6 +136,7 @@ pub async fn run(loaded: Loaded, opts: RunOptions, out: Arc<Output>) -> Result<R
         .prefix("job-runner-")
         .tempdir()
         .map_err(|e| Error::io("creating the run's temporary directory", e))?;
+    process::adopt_orphans();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut runner = Runner {
         opts,
@@ -132,6 +146,7 @@ pub async fn run(loaded: Loaded, opts: RunOptions, out: Arc<Output>) -> Result<R
         crons: Vec::new(),
         services: Vec::new(),
         bwrap: process::find_bwrap(),
+        own_hostname: None,
         dir,
         queue_server: None,
         queue_changed: Arc::new(tokio::sync::Notify::new()),
@@ -198,7 +213,13 @@ impl Runner {
     /// Creates a pod of Job `j` (with its completion index) as a process.
     fn spawn_pod(&mut self, j: usize, index: Option<u32>) -> Result<()> {
         let run = &self.jobs[j];
-        let plan = Arc::new(PodPlan::new(&run.job, &run.uid, index, &run.extra_env));
+        let plan = Arc::new(PodPlan::new(
+            &run.job,
+            &run.uid,
+            index,
+            &run.extra_env,
+            &run.state.pod_annotations(index),
+        ));
         let pod_dir = self.dir.path().join(&plan.name);
         process::prepare_volumes(&plan, &pod_dir)?;
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -208,13 +229,24 @@ impl Runner {
             let _ = tx.send(Msg::Restart { job: j, reply });
             rx
         });
+        let (tx, pod) = (self.tx.clone(), plan.name.clone());
+        let on_ready: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            let _ = tx.send(Msg::PodReady {
+                job: j,
+                pod: pod.clone(),
+            });
+        });
+        let own_hostname = self.own_hostname();
+        let run = &self.jobs[j];
         let ctx = PodContext {
             dir: pod_dir,
             bwrap: self.bwrap.clone(),
+            own_hostname,
             hosts: run.hosts.clone(),
             sink: self.out.clone(),
             restart_backoff: self.opts.pod_backoff,
             restarter,
+            on_ready: Some(on_ready),
         };
         let run = &mut self.jobs[j];
         if !run.announced {
@@ -255,6 +287,24 @@ impl Runner {
         Ok(())
     }
 
+    /// Whether pods can have a hostname of their own; said once when not.
+    fn own_hostname(&mut self) -> bool {
+        if let Some(ok) = self.own_hostname {
+            return ok;
+        }
+        let ok = self
+            .bwrap
+            .as_deref()
+            .is_some_and(|b| process::check_bwrap(b).is_ok());
+        if !ok {
+            self.out.event(
+                "warning: without a working `bwrap` (bubblewrap) pods without volumes or subdomain share this host's hostname: `hostname` says the host's name, $HOSTNAME the pod's",
+            );
+        }
+        self.own_hostname = Some(ok);
+        ok
+    }
+
     /// Reconciles every Job; returns the earliest time to look again.
     fn reconcile_all(&mut self) -> Option<Instant> {
         let mut wake: Option<Instant> = None;
@@ -263,7 +313,6 @@ impl Runner {
             if run.suspended || run.deleted.is_some() {
                 continue;
             }
-            let was_finished = run.state.finish.is_some();
             let now = run.now();
             let r = run.state.reconcile(now);
             if r.terminate_active {
@@ -275,6 +324,7 @@ impl Runner {
                     }
                 }
                 for name in deleted {
+                    run.state.pod_terminating(&name, now, false);
                     run.state.record(
                         now,
                         false,
@@ -287,13 +337,25 @@ impl Runner {
                 let at = run.started + at;
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
-            if !was_finished && let Some(f) = &run.state.finish {
-                let name = run.name().to_string();
-                let word = if f.complete { "Complete" } else { "Failed" };
-                self.out.event(&format!(
-                    "job.batch/{name}: {word}: {} ({})",
-                    f.message, f.reason
-                ));
+            if let Some(f) = &run.state.finish {
+                let ended = f.ended.is_some();
+                let (interim, last) = if f.complete {
+                    ("SuccessCriteriaMet", "Complete")
+                } else {
+                    ("FailureTarget", "Failed")
+                };
+                let said = match (run.said_finish, ended) {
+                    (0, false) => Some(format!(
+                        "{interim}: {} ({}); terminating the remaining pods",
+                        f.message, f.reason
+                    )),
+                    (0 | 1, true) => Some(format!("{last}: {} ({})", f.message, f.reason)),
+                    _ => None,
+                };
+                if let Some(said) = said {
+                    run.said_finish = if ended { 2 } else { 1 };
+                    self.out.event(&format!("job.batch/{}: {said}", run.name()));
+                }
             }
             for index in r.create {
                 if let Err(e) = self.spawn_pod(j, index) {
@@ -352,10 +414,10 @@ impl Runner {
         } else {
             "Failed"
         };
-        let evicted = if result.conditions.is_empty() {
-            ""
-        } else {
-            " (evicted: DisruptionTarget)"
+        let evicted = match (&result.reason, result.conditions.is_empty()) {
+            (Some((reason, message)), _) => format!(" ({reason}: {message})"),
+            (None, true) => String::new(),
+            (None, false) => " (evicted: DisruptionTarget)".into(),
         };
         let note = verdict_note(&verdict);
         self.out.event(&format!(
@@ -411,6 +473,7 @@ impl Runner {
                         let ok = !killed && run.deleted.is_none() && run.state.container_restarting(now);
                         let _ = reply.send(ok);
                     }
+                    Some(Msg::PodReady { job, pod }) => self.jobs[job].state.pod_ready(&pod),
                     Some(Msg::CronFire { cron, scheduled }) => {
                         if presses == 0 {
                             self.cron_fire(cron, scheduled).await;
@@ -420,11 +483,13 @@ impl Runner {
                 },
                 Some((pod, reply)) = evictions.recv() => {
                     let mut found = false;
-                    for run in &self.jobs {
+                    for j in 0..self.jobs.len() {
+                        let run = &self.jobs[j];
                         if let Some(p) = run.pods.get(&pod).filter(|p| p.ended.is_none()) {
                             let _ = p.stop.send(Some(Stop::Evict));
                             found = true;
                             self.out.event(&format!("job.batch/{}: evicting pod {pod} (SIGTERM, condition DisruptionTarget)", run.name()));
+                            self.terminating(j, &pod);
                         }
                     }
                     let _ = reply.send(found);
@@ -433,12 +498,16 @@ impl Runner {
                     presses += 1;
                     if presses == 1 {
                         self.stop_crons();
-                        let mut n = 0;
-                        for run in &self.jobs {
-                            for p in run.pods.values().filter(|p| p.ended.is_none()) {
+                        let mut evicted = Vec::new();
+                        for (j, run) in self.jobs.iter().enumerate() {
+                            for (name, p) in run.pods.iter().filter(|(_, p)| p.ended.is_none()) {
                                 let _ = p.stop.send(Some(Stop::Evict));
-                                n += 1;
+                                evicted.push((j, name.clone()));
                             }
+                        }
+                        let n = evicted.len();
+                        for (j, name) in evicted {
+                            self.terminating(j, &name);
                         }
                         self.out.event(&format!(
                             "interrupt: evicting {n} running pod(s) (SIGTERM, condition DisruptionTarget); the Jobs go on as their pod failure policy says; press Ctrl-C again to stop everything"
@@ -462,6 +531,24 @@ impl Runner {
             if killed && self.jobs.iter().all(|r| r.active_pods() == 0) {
                 return true;
             }
+        }
+    }
+
+    /// Pod `pod` of Job `j` was evicted and is terminating: tells the
+    /// controller, and says so when `podReplacementPolicy:
+    /// TerminatingOrFailed` counted it as failed already.
+    fn terminating(&mut self, j: usize, pod: &str) {
+        let run = &mut self.jobs[j];
+        if run.deleted.is_some() {
+            return;
+        }
+        let now = run.now();
+        if let Some(verdict) = run.state.pod_terminating(pod, now, true) {
+            self.out.event(&format!(
+                "job.batch/{}: pod {pod} is terminating: counted as failed now (podReplacementPolicy: TerminatingOrFailed), {}",
+                run.name(),
+                verdict_note(&verdict)
+            ));
         }
     }
 

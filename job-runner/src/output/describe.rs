@@ -201,6 +201,9 @@ pub fn describe(r: &JobReport) -> String {
     if let Some(d) = &r.deleted {
         field("Deleted", d.clone());
     }
+    for n in &r.notes {
+        field("Note", n.clone());
+    }
     o.push_str("Pod Template:\n");
     let pod_spec = spec.template.spec.clone().unwrap_or_default();
     containers_block(

@@ -13,6 +13,7 @@ fn indexed_pod_names_env_and_volumes() {
         "uid-1",
         Some(2),
         &[("WQ_QUEUE".into(), "q".into())],
+        &[],
     );
     assert!(
         p.name.starts_with("ij-2-") && p.name.len() == "ij-2-".len() + 5,
@@ -49,7 +50,7 @@ fn non_indexed_names() {
     let yaml = INDEXED
         .replace("  completionMode: Indexed\n", "")
         .replace("      subdomain: svc\n", "");
-    let p = PodPlan::new(&job(&yaml), "u", None, &[]);
+    let p = PodPlan::new(&job(&yaml), "u", None, &[], &[]);
     assert!(p.name.starts_with("ij-") && p.name.len() == 8, "{}", p.name);
     assert_eq!(p.hostname, p.name);
     assert!(p.name[3..].bytes().all(|b| ALPHABET.contains(&b)));

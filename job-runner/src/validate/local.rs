@@ -88,17 +88,6 @@ pub const POD_SPEC_RULES: &[Rule] = &[
 /// What `--local` cannot do, refused in plain words (not the API server's).
 pub const LOCAL_RULES: &[Rule] = &[
     Rule {
-        id: "local.successPolicy",
-        source: "local",
-        check: |c| match &c.spec.success_policy {
-            Some(_) => vec![Problem::Local(
-                c.at("successPolicy"),
-                "not supported by --local yet; remove it to run this Job locally".into(),
-            )],
-            None => Vec::new(),
-        },
-    },
-    Rule {
         id: "local.containers.command",
         source: "local",
         check: |c| {
