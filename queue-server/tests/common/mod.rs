@@ -75,12 +75,18 @@ impl ServerProcess {
 
     /// The server's `/metrics` page (Prometheus text).
     pub fn metrics(&self) -> String {
+        self.http_get("/metrics")
+    }
+
+    /// `GET path` on the server's HTTP listener: the whole response, status
+    /// line and headers included.
+    pub fn http_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let http = self.http.expect("the server serves HTTP");
         let mut s = std::net::TcpStream::connect(http).expect("connect http");
         write!(
             s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         .expect("write");
         let mut body = String::new();

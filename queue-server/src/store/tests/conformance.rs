@@ -227,35 +227,29 @@ pub(super) fn many_concurrent_commits_all_land(mut f: impl Fixture) {
 
 /// One module per store, one `#[test]` per case in it.
 macro_rules! conformance {
-    ($($store:ident => $fixture:expr;)+) => {$(
+    (cases: $cases:tt; $($store:ident => $fixture:expr;)+) => {$(
         mod $store {
             use super::super::*;
 
-            #[test]
-            fn a_new_store_holds_nothing() {
-                super::a_new_store_holds_nothing($fixture)
-            }
-            #[test]
-            fn everything_committed_is_loaded_after_a_reopen() {
-                super::everything_committed_is_loaded_after_a_reopen($fixture)
-            }
-            #[test]
-            fn deletes_remove_items_queues_and_keys_but_ids_are_never_reused() {
-                super::deletes_remove_items_queues_and_keys_but_ids_are_never_reused($fixture)
-            }
-            #[test]
-            fn within_one_commit_only_the_last_write_of_each_record_lands() {
-                super::within_one_commit_only_the_last_write_of_each_record_lands($fixture)
-            }
-            #[test]
-            fn many_concurrent_commits_all_land() {
-                super::many_concurrent_commits_all_land($fixture)
-            }
+            conformance!(@cases $fixture, $cases);
+        }
+    )+};
+    (@cases $fixture:expr, [$($case:ident),+ $(,)?]) => {$(
+        #[test]
+        fn $case() {
+            super::$case($fixture)
         }
     )+};
 }
 
 conformance! {
+    cases: [
+        a_new_store_holds_nothing,
+        everything_committed_is_loaded_after_a_reopen,
+        deletes_remove_items_queues_and_keys_but_ids_are_never_reused,
+        within_one_commit_only_the_last_write_of_each_record_lands,
+        many_concurrent_commits_all_land,
+    ];
     memory => Memory;
     embedded => Embedded::new();
 }
