@@ -304,31 +304,25 @@ fn main() {
             }
         }
     });
-    if json {
-        for r in &rows {
-            println!(
-                "{{\"store\":\"{}\",\"measure\":\"{}\",\"batch\":{},\"items\":{},\"seconds\":{:.3},\"items_per_second\":{:.0}}}",
-                r.store,
-                r.measure,
-                r.batch,
-                r.items,
-                r.secs,
-                r.rate()
-            );
-        }
-    } else {
+    if !json {
         println!("| store | measure | batch | items | seconds | items/s |");
         println!("|---|---|---|---|---|---|");
-        for r in &rows {
+    }
+    for r in &rows {
+        let rate = r.rate();
+        let Row {
+            store,
+            measure,
+            batch,
+            items,
+            secs,
+        } = r;
+        if json {
             println!(
-                "| {} | {} | {} | {} | {:.2} | {:.0} |",
-                r.store,
-                r.measure,
-                r.batch,
-                r.items,
-                r.secs,
-                r.rate()
+                "{{\"store\":\"{store}\",\"measure\":\"{measure}\",\"batch\":{batch},\"items\":{items},\"seconds\":{secs:.3},\"items_per_second\":{rate:.0}}}"
             );
+        } else {
+            println!("| {store} | {measure} | {batch} | {items} | {secs:.2} | {rate:.0} |");
         }
     }
 }
