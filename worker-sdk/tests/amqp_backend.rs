@@ -11,7 +11,7 @@
 mod common;
 
 use common::{
-    AMQP_URL, Cleanup, Seen, Wq, assert_each_once, counting, run_at, run_program, unique,
+    AMQP_URL, Cleanup, Output, Seen, Wq, assert_each_once, counting, run_at, run_program, unique,
 };
 use worker_sdk::{LeaseOptions, Queue, Stats, StopReason, WorkerOptions};
 
@@ -27,6 +27,12 @@ const FRUITS: [&str; 8] = [
 fn rabbitmq_up() -> bool {
     workq_testkit::rabbitmq()
         && workq_testkit::command("amqp-publish", "apt-get install amqp-tools")
+}
+
+/// A queue name of the test's own (`prefix` and a number), deleted when the
+/// guard drops; `None` when the test is skipped (no RabbitMQ).
+fn rabbitmq_queue(prefix: &str) -> Option<(String, Cleanup)> {
+    rabbitmq_up().then(|| Cleanup::unique(AMQP_URL, prefix))
 }
 
 async fn queue(name: &str) -> Queue {
@@ -51,17 +57,23 @@ async fn tutorial_fill(q: &str, items: &[&str]) {
     }
 }
 
+/// The tutorial's `amqp-consume -c 1 cat`: one message of `q`, which must work.
+async fn amqp_consume_one(q: &str) -> Output {
+    let args = ["--url", BROKER_URL, "-q", q, "-c", "1", "--", "cat"];
+    let out = run_program("amqp-consume", &args).await;
+    assert!(out.status.success(), "{out:?}");
+    out
+}
+
 async fn cleanup(q: &str) {
     queue(q).await.delete().await.expect("delete");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_amqp_publish_fill_is_worked_one_message_per_consume_c_1() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("coarse") else {
         return;
-    }
-    let q = unique("coarse");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     tutorial_fill(&q, &FRUITS).await;
     assert_eq!(stats(&q).await.pending, 8);
 
@@ -87,11 +99,9 @@ async fn an_amqp_publish_fill_is_worked_one_message_per_consume_c_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_acknowledged_only_after_success_so_a_killed_worker_loses_nothing() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("killed") else {
         return;
-    }
-    let q = unique("killed");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     tutorial_fill(&q, &["precious"]).await;
 
     let w = Wq::new(AMQP_URL, &q);
@@ -107,23 +117,16 @@ async fn a_message_is_acknowledged_only_after_success_so_a_killed_worker_loses_n
 
     // The broker requeued it when the connection died; the tutorial's own
     // consumer gets it.
-    let out = run_program(
-        "amqp-consume",
-        &["--url", BROKER_URL, "-q", &q, "-c", "1", "--", "cat"],
-    )
-    .await;
-    assert!(out.status.success(), "{out:?}");
+    let out = amqp_consume_one(&q).await;
     assert_eq!(out.stdout, "precious");
     cleanup(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_program_is_redelivered_then_dead_lettered_after_the_limit() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("failing") else {
         return;
-    }
-    let q = unique("failing");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     tutorial_fill(&q, &["bad"]).await;
     let w = Wq::new(AMQP_URL, &q);
     let program = "echo \"attempt $WQ_ATTEMPT: $(cat)\"; exit 1";
@@ -167,11 +170,9 @@ async fn a_failing_program_is_redelivered_then_dead_lettered_after_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wq_push_publishes_persistent_messages_that_amqp_consume_reads() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("pushed") else {
         return;
-    }
-    let q = unique("pushed");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     let out = run_at(AMQP_URL, &q, &["push", "first", "second"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, format!("pushed 2 items to queue {q}\n"));
@@ -207,23 +208,16 @@ async fn wq_push_publishes_persistent_messages_that_amqp_consume_reads() {
         );
     }
 
-    let out = run_program(
-        "amqp-consume",
-        &["--url", BROKER_URL, "-q", &q, "-c", "1", "--", "cat"],
-    )
-    .await;
-    assert!(out.status.success(), "{out:?}");
+    let out = amqp_consume_one(&q).await;
     assert_eq!(out.stdout, "first");
     cleanup(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_is_not_empty_while_another_worker_holds_a_message() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("held") else {
         return;
-    }
-    let q = unique("held");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     tutorial_fill(&q, &["held"]).await;
 
     // A holds the message until the gate opens, then fails it.
@@ -264,11 +258,9 @@ async fn a_queue_is_not_empty_while_another_worker_holds_a_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_loop_completes_each_of_300_messages_once() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("loop") else {
         return;
-    }
-    let q = unique("loop");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     let wq = queue(&q).await;
     wq.push((1..=300).map(|n| n.to_string()))
         .await
@@ -288,11 +280,9 @@ async fn the_worker_loop_completes_each_of_300_messages_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_amqp_cannot_do_is_said_plainly() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("cannot") else {
         return;
-    }
-    let q = unique("cannot");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     tutorial_fill(&q, &["x"]).await;
     let cases: [(&[&str], &str); 4] = [
         (
@@ -336,13 +326,11 @@ async fn what_amqp_cannot_do_is_said_plainly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_gets_nothing_twice_while_the_lease_is_renewed() {
-    if !rabbitmq_up() {
-        return;
-    }
     // AMQP leases last as long as the connection: a program far longer than
     // its lease keeps its message, and a second consumer gets nothing.
-    let q = unique("long");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    let Some((q, _cleanup)) = rabbitmq_queue("long") else {
+        return;
+    };
     tutorial_fill(&q, &["long"]).await;
     let w = Wq::new(AMQP_URL, &q);
     let mut a = w.spawn_sh(
@@ -363,11 +351,9 @@ async fn a_worker_gets_nothing_twice_while_the_lease_is_renewed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_queue_does_not_cost_the_leases_held_on_another() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("present") else {
         return;
-    }
-    let q = unique("present");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     tutorial_fill(&q, &["kept"]).await;
     let client = worker_sdk::connect(AMQP_URL).await.expect("connects");
     let present = client.queue(&q).expect("name");

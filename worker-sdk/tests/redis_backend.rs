@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{
-    Cleanup, REDIS_URL, Running, Seen, Wq, assert_each_once, counting, run_at, run_program, unique,
+    Cleanup, REDIS_URL, Running, Seen, Wq, assert_each_once, counting, run_at, run_program,
 };
 use redis::AsyncCommands;
 use worker_sdk::backend::redis::item_digest;
@@ -42,6 +42,12 @@ impl Drop for AclUser {
 /// `WQ_REQUIRE_SERVICES`).
 fn redis_up() -> bool {
     workq_testkit::redis() && workq_testkit::command("redis-cli", "apt-get install redis-tools")
+}
+
+/// A queue name of the test's own (`prefix` and a number), deleted when the
+/// guard drops; `None` when the test is skipped (no Redis).
+fn redis_queue(prefix: &str) -> Option<(String, Cleanup)> {
+    redis_up().then(|| Cleanup::unique(REDIS_URL, prefix))
 }
 
 async fn raw() -> redis::aio::MultiplexedConnection {
@@ -89,11 +95,9 @@ async fn cleanup(q: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_filled_with_redis_cli_rpush_is_worked_off_by_wq_consume() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("rpush") else {
         return;
-    }
-    let q = unique("rpush");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     // Exactly as the tutorial fills it.
     for item in TUTORIAL_ITEMS {
         let out = run_program("redis-cli", &["-h", "127.0.0.1", "rpush", &q, item]).await;
@@ -118,11 +122,9 @@ async fn a_queue_filled_with_redis_cli_rpush_is_worked_off_by_wq_consume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wq_push_leaves_the_lists_and_lease_keys_rediswq_expects() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("layout") else {
         return;
-    }
-    let q = unique("layout");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     let out = run_at(REDIS_URL, &q, &["push", "apple", "banana", "cherry"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
     let mut r = raw().await;
@@ -176,11 +178,9 @@ async fn wq_push_leaves_the_lists_and_lease_keys_rediswq_expects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_item_gets_its_item_back_after_the_lease_ttl() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("killed") else {
         return;
-    }
-    let q = unique("killed");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     let w = Wq::new(REDIS_URL, &q);
     assert_eq!(w.run(&["push", "precious"]).await.code(), 0);
 
@@ -211,11 +211,9 @@ async fn a_worker_killed_mid_item_gets_its_item_back_after_the_lease_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_over_2000_items_complete_each_exactly_once() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("two-workers") else {
         return;
-    }
-    let q = unique("two-workers");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     let out = run_at(REDIS_URL, &q, &["push", "--range", "1..2000", "--seal"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
 
@@ -255,8 +253,7 @@ async fn the_tutorials_rediswq_py_and_wq_consume_share_one_queue() {
     ) {
         return;
     }
-    let q = unique("shared");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    let (q, _cleanup) = Cleanup::unique(REDIS_URL, "shared");
     let items: Vec<String> = (1..=300).map(|n| format!("item-{n}")).collect();
     let mut args = vec!["push"];
     args.extend(items.iter().map(String::as_str));
@@ -309,11 +306,9 @@ async fn the_tutorials_rediswq_py_and_wq_consume_share_one_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_item_a_rediswq_worker_dropped_mid_lease_is_reaped_back() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("reap-rediswq") else {
         return;
-    }
-    let q = unique("reap-rediswq");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     let mut r = raw().await;
     let _: () = r.rpush(&q, "orphan").await.expect("RPUSH");
     // What rediswq.py's lease() does, for a worker that then dies.
@@ -340,11 +335,9 @@ async fn an_item_a_rediswq_worker_dropped_mid_lease_is_reaped_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_retry_then_go_dead_with_their_reason_and_can_be_requeued() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("dead") else {
         return;
-    }
-    let q = unique("dead");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     let w = Wq::new(REDIS_URL, &q);
     let out = w.run(&["create", "--max-attempts", "2"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
@@ -397,11 +390,9 @@ async fn failures_retry_then_go_dead_with_their_reason_and_can_be_requeued() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_queue_is_drained_refuses_pushes_and_ends_workers() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("sealed") else {
         return;
-    }
-    let q = unique("sealed");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     let out = run_at(REDIS_URL, &q, &["push", "--seal", "one", "two"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
     let out = run_at(REDIS_URL, &q, &["push", "three"]).await;
@@ -427,11 +418,9 @@ async fn a_sealed_queue_is_drained_refuses_pushes_and_ends_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_carries_on_after_its_redis_connection_is_killed() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("conn-kill") else {
         return;
-    }
-    let q = unique("conn-kill");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     // A user of its own, so that CLIENT KILL USER drops this worker's
     // connections and nobody else's.
     let user = q.clone();
@@ -487,11 +476,9 @@ async fn a_worker_carries_on_after_its_redis_connection_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_rediswq_list_cannot_hold_is_refused_plainly() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("refused") else {
         return;
-    }
-    let q = unique("refused");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     let out = run_at(REDIS_URL, &q, &["push", "--dedupe", "a"]).await;
     assert_eq!(out.code(), 1, "{out:?}");
     assert_eq!(
@@ -510,11 +497,9 @@ async fn what_a_rediswq_list_cannot_hold_is_refused_plainly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_taken_over_by_another_session_is_fenced_off() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("fenced") else {
         return;
-    }
-    let q = unique("fenced");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     assert_eq!(
         run_at(REDIS_URL, &q, &["push", "contested"]).await.code(),
         0

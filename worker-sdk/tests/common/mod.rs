@@ -315,6 +315,13 @@ impl Cleanup {
             queue: queue.to_owned(),
         }
     }
+
+    /// A [`unique`] queue name at `url`, and its cleanup.
+    pub fn unique(url: &str, prefix: &str) -> (String, Cleanup) {
+        let queue = unique(prefix);
+        let cleanup = Cleanup::new(url, &queue);
+        (queue, cleanup)
+    }
 }
 
 impl Drop for Cleanup {
