@@ -7,7 +7,6 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::transport::Channel;
 use workq_proto::v1::queue_service_client::QueueServiceClient;
 
@@ -147,11 +146,5 @@ impl Drop for ServerProcess {
 }
 
 /// A queue name no other test uses.
-pub fn unique_queue(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+#[allow(unused_imports)] // not every test binary names a queue
+pub use workq_testkit::unique_name as unique_queue;

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::Signal;
@@ -181,14 +180,8 @@ impl Drop for Running {
 }
 
 /// A queue name unique within this test process.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+#[allow(unused_imports)] // not every test binary names a queue
+pub use workq_testkit::unique_name as unique;
 
 /// How many times the worker loop handed each payload over.
 pub type Seen = Arc<Mutex<BTreeMap<String, u32>>>;
