@@ -251,6 +251,7 @@ pub struct Wq {
 }
 
 impl Wq {
+    /// `wq` on `queue` at `url`.
     pub fn new(url: &str, queue: &str) -> Wq {
         Wq {
             url: url.to_owned(),
