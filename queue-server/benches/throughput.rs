@@ -91,16 +91,28 @@ fn payload(i: u64) -> pb::NewItem {
     }
 }
 
+/// Runs `task` on `tasks` tokio tasks at once, each with a clone of one client
+/// and the queue's name, and waits for them all (`what` names them in a panic).
+async fn on_tasks<F, Fut>(server: &Server, queue: &str, tasks: u64, what: &str, task: F)
+where
+    F: Fn(Client, String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let shared = server.client().await;
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| tokio::spawn(task(shared.clone(), queue.to_string())))
+        .collect();
+    for h in handles {
+        h.await.expect(what);
+    }
+}
+
 /// `tasks` producers enqueue `items` in batches of `batch`.
 async fn produce(server: &Server, queue: &str, items: u64, batch: u64, tasks: u64) {
     let next = Arc::new(AtomicU64::new(0));
-    let mut handles = Vec::new();
-    let shared = server.client().await;
-    for _ in 0..tasks {
-        let mut c = shared.clone();
+    on_tasks(server, queue, tasks, "producer", |mut c, queue| {
         let next = next.clone();
-        let queue = queue.to_string();
-        handles.push(tokio::spawn(async move {
+        async move {
             loop {
                 let start = next.fetch_add(batch, Ordering::Relaxed);
                 if start >= items {
@@ -114,24 +126,18 @@ async fn produce(server: &Server, queue: &str, items: u64, batch: u64, tasks: u6
                 };
                 c.enqueue(req).await.expect("enqueue");
             }
-        }));
-    }
-    for h in handles {
-        h.await.expect("producer");
-    }
+        }
+    })
+    .await;
 }
 
 /// `tasks` consumers lease and complete in batches of `batch` until `items`
 /// are completed, each lease call waiting up to `wait_ms` for an item.
 async fn consume(server: &Server, queue: &str, items: u64, batch: u32, tasks: u64, wait_ms: u64) {
     let done = Arc::new(AtomicU64::new(0));
-    let mut handles = Vec::new();
-    let shared = server.client().await;
-    for _ in 0..tasks {
-        let mut c = shared.clone();
+    on_tasks(server, queue, tasks, "consumer", |mut c, queue| {
         let done = done.clone();
-        let queue = queue.to_string();
-        handles.push(tokio::spawn(async move {
+        async move {
             while done.load(Ordering::Relaxed) < items {
                 let req = pb::LeaseRequest {
                     queue: queue.clone(),
@@ -156,11 +162,9 @@ async fn consume(server: &Server, queue: &str, items: u64, batch: u32, tasks: u6
                 c.complete(req).await.expect("complete");
                 done.fetch_add(n, Ordering::Relaxed);
             }
-        }));
-    }
-    for h in handles {
-        h.await.expect("consumer");
-    }
+        }
+    })
+    .await;
 }
 
 struct Row {
@@ -300,31 +304,25 @@ fn main() {
             }
         }
     });
-    if json {
-        for r in &rows {
-            println!(
-                "{{\"store\":\"{}\",\"measure\":\"{}\",\"batch\":{},\"items\":{},\"seconds\":{:.3},\"items_per_second\":{:.0}}}",
-                r.store,
-                r.measure,
-                r.batch,
-                r.items,
-                r.secs,
-                r.rate()
-            );
-        }
-    } else {
+    if !json {
         println!("| store | measure | batch | items | seconds | items/s |");
         println!("|---|---|---|---|---|---|");
-        for r in &rows {
+    }
+    for r in &rows {
+        let rate = r.rate();
+        let Row {
+            store,
+            measure,
+            batch,
+            items,
+            secs,
+        } = r;
+        if json {
             println!(
-                "| {} | {} | {} | {} | {:.2} | {:.0} |",
-                r.store,
-                r.measure,
-                r.batch,
-                r.items,
-                r.secs,
-                r.rate()
+                "{{\"store\":\"{store}\",\"measure\":\"{measure}\",\"batch\":{batch},\"items\":{items},\"seconds\":{secs:.3},\"items_per_second\":{rate:.0}}}"
             );
+        } else {
+            println!("| {store} | {measure} | {batch} | {items} | {secs:.2} | {rate:.0} |");
         }
     }
 }

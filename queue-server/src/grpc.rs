@@ -9,6 +9,8 @@ use crate::settings::QueueSettings;
 use futures::Stream;
 use std::pin::Pin;
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use workq_proto::v1 as pb;
 use workq_proto::v1::queue_service_server::QueueService;
@@ -149,6 +151,23 @@ impl GrpcService {
 
 type Res<T> = Result<Response<T>, Status>;
 
+/// What a server-streaming call answers.
+type Outgoing<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Answers a streaming call with what `serve` sends: it gets the sending half
+/// of a channel (64 messages deep) and runs on a task of its own.
+fn spawn_stream<T, Fut>(
+    serve: impl FnOnce(mpsc::Sender<Result<T, Status>>) -> Fut,
+) -> Res<Outgoing<T>>
+where
+    T: Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(serve(tx));
+    Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+}
+
 #[tonic::async_trait]
 impl QueueService for GrpcService {
     async fn create_queue(
@@ -250,8 +269,7 @@ impl QueueService for GrpcService {
         }))
     }
 
-    type EnqueueStreamStream =
-        Pin<Box<dyn Stream<Item = Result<pb::EnqueueStreamResponse, Status>> + Send>>;
+    type EnqueueStreamStream = Outgoing<pb::EnqueueStreamResponse>;
 
     async fn enqueue_stream(
         &self,
@@ -267,20 +285,11 @@ impl QueueService for GrpcService {
                 .map_err(status)?;
         }
         self.engine.get_queue(&name).map_err(status)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(crate::enqueue_stream::serve(
-            self.engine.clone(),
-            name,
-            first,
-            inbound,
-            tx,
-        ));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let engine = self.engine.clone();
+        spawn_stream(|tx| crate::enqueue_stream::serve(engine, name, first, inbound, tx))
     }
 
-    type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkResponse, Status>> + Send>>;
+    type WorkStream = Outgoing<pb::WorkResponse>;
 
     async fn work(&self, req: Request<tonic::Streaming<pb::WorkRequest>>) -> Res<Self::WorkStream> {
         let mut inbound = req.into_inner();
@@ -295,18 +304,8 @@ impl QueueService for GrpcService {
                 .check_lease(d)
                 .map_err(Status::invalid_argument)?;
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(crate::work_stream::serve(
-            self.engine.clone(),
-            name,
-            lease,
-            first,
-            inbound,
-            tx,
-        ));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let engine = self.engine.clone();
+        spawn_stream(|tx| crate::work_stream::serve(engine, name, lease, first, inbound, tx))
     }
 
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Res<pb::RenewResponse> {
@@ -361,7 +360,7 @@ impl QueueService for GrpcService {
         Ok(Response::new(pb::ReleaseResponse {}))
     }
 
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::QueueStats, Status>> + Send>>;
+    type WatchStream = Outgoing<pb::QueueStats>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Res<Self::WatchStream> {
         let req = req.into_inner();

@@ -17,6 +17,17 @@ fn random_below(n: u64) -> u64 {
     fastrand::u64(..n)
 }
 
+/// A lease of up to `max` items of the queue for 60 s, waiting up to `wait_ms`.
+fn lease_req(max: u32, wait_ms: u64) -> pb::LeaseRequest {
+    pb::LeaseRequest {
+        queue: QUEUE.into(),
+        max_items: max,
+        lease_ms: 60_000,
+        wait_ms,
+        complete_tokens: Vec::new(),
+    }
+}
+
 #[derive(Default)]
 struct Acked {
     enqueued: HashSet<String>,
@@ -65,14 +76,9 @@ async fn kill_9_loses_no_acknowledged_item_and_redelivers_no_completed_one() {
             let acked = acked.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let req = pb::LeaseRequest {
-                        queue: QUEUE.into(),
-                        max_items: 25,
-                        lease_ms: 60_000,
-                        wait_ms: 100,
-                        complete_tokens: Vec::new(),
+                    let Ok(l) = c.lease(lease_req(25, 100)).await else {
+                        return;
                     };
-                    let Ok(l) = c.lease(req).await else { return };
                     let l = l.into_inner();
                     if l.items.is_empty() {
                         continue;
@@ -116,15 +122,8 @@ async fn kill_9_loses_no_acknowledged_item_and_redelivers_no_completed_one() {
         let mut c = server.client().await;
         let mut found: Vec<String> = Vec::new();
         loop {
-            let req = pb::LeaseRequest {
-                queue: QUEUE.into(),
-                max_items: 1000,
-                lease_ms: 60_000,
-                wait_ms: 0,
-                complete_tokens: Vec::new(),
-            };
             let l = c
-                .lease(req)
+                .lease(lease_req(1000, 0))
                 .await
                 .expect("lease after restart")
                 .into_inner();

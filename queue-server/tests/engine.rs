@@ -104,6 +104,13 @@ async fn parked(e: &Engine, name: &str, n: usize) {
     }
 }
 
+/// Enqueues `payloads` into `name` (`create`: making the queue if missing).
+async fn enqueue(e: &Engine, name: &str, payloads: &[&str], create: bool) {
+    e.enqueue(&q(name), items(payloads), create)
+        .await
+        .expect("enqueue");
+}
+
 async fn lease(e: &Engine, name: &str, max: usize, wait: Duration) -> LeaseOutcome {
     e.lease(&q(name), max, None, wait).await.expect("lease")
 }
@@ -118,9 +125,7 @@ async fn a_waiting_lease_is_woken_by_an_enqueue_without_time_passing() {
         });
         parked(&e, "w", 1).await;
         let t0 = Instant::now();
-        e.enqueue(&q("w"), items(&["x"]), false)
-            .await
-            .expect("enqueue");
+        enqueue(&e, "w", &["x"], false).await;
         let got = waiter.await.expect("join");
         assert_eq!(got.items.len(), 1);
         // The clock is paused and auto-advances only when everything sleeps:
@@ -145,9 +150,7 @@ async fn every_waiter_gets_an_item_when_a_batch_arrives() {
             .collect();
         parked(&e, "many", 5).await;
         let t0 = Instant::now();
-        e.enqueue(&q("many"), items(&["1", "2", "3", "4", "5"]), false)
-            .await
-            .expect("enqueue");
+        enqueue(&e, "many", &["1", "2", "3", "4", "5"], false).await;
         for w in waiters {
             assert_eq!(w.await.expect("join").items.len(), 1);
         }
@@ -173,9 +176,7 @@ async fn a_lease_that_times_out_answers_empty_after_its_wait() {
 #[tokio::test(start_paused = true)]
 async fn expired_leases_return_by_the_reaper_and_count_an_attempt() {
     each_store(|e| async move {
-        e.enqueue(&q("exp"), items(&["x"]), true)
-            .await
-            .expect("enqueue");
+        enqueue(&e, "exp", &["x"], true).await;
         let first = lease(&e, "exp", 1, Duration::ZERO).await;
         assert_eq!(first.items[0].attempt, 1);
         // Another worker waits; the expiry (2 s lease) hands it the item.
@@ -198,9 +199,7 @@ async fn expired_leases_return_by_the_reaper_and_count_an_attempt() {
 #[tokio::test(start_paused = true)]
 async fn complete_then_lease_hands_in_a_batch_and_takes_the_next_in_one_call() {
     each_store(|e| async move {
-        e.enqueue(&q("ctl"), items(&["a", "b", "c", "d"]), true)
-            .await
-            .expect("enqueue");
+        enqueue(&e, "ctl", &["a", "b", "c", "d"], true).await;
         let first = lease(&e, "ctl", 2, Duration::ZERO).await;
         let done: Vec<_> = first.items.iter().map(|l| l.token).collect();
         let next = e
@@ -212,9 +211,7 @@ async fn complete_then_lease_hands_in_a_batch_and_takes_the_next_in_one_call() {
         assert_eq!((c.completed, c.leased, c.pending), (2, 2, 0));
 
         // The completion is all or nothing, and a refused one leases nothing.
-        e.enqueue(&q("ctl"), items(&["e"]), false)
-            .await
-            .expect("enqueue");
+        enqueue(&e, "ctl", &["e"], false).await;
         let mixed = [next.items[0].token, done[0]];
         let refused = e
             .complete_then_lease(&q("ctl"), &mixed, 1, None, Duration::ZERO)
@@ -250,9 +247,7 @@ async fn complete_then_lease_hands_in_a_batch_and_takes_the_next_in_one_call() {
 #[tokio::test(start_paused = true)]
 async fn renewal_keeps_a_long_item_leased() {
     each_store(|e| async move {
-        e.enqueue(&q("renew"), items(&["x"]), true)
-            .await
-            .expect("enqueue");
+        enqueue(&e, "renew", &["x"], true).await;
         let l = lease(&e, "renew", 1, Duration::ZERO).await.items.remove(0);
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -270,9 +265,7 @@ async fn renewal_keeps_a_long_item_leased() {
 #[tokio::test(start_paused = true)]
 async fn retriable_failures_back_off_and_the_waiter_gets_the_item_when_due() {
     each_store(|e| async move {
-        e.enqueue(&q("retry"), items(&["x"]), true)
-            .await
-            .expect("enqueue");
+        enqueue(&e, "retry", &["x"], true).await;
         let l = lease(&e, "retry", 1, Duration::ZERO).await.items.remove(0);
         e.fail(&q("retry"), &[l.token], false, "flaky", Duration::ZERO)
             .await
@@ -289,9 +282,7 @@ async fn retriable_failures_back_off_and_the_waiter_gets_the_item_when_due() {
 #[tokio::test(start_paused = true)]
 async fn drain_and_delete_and_shutdown_wake_waiters_at_once() {
     each_store(|e| async move {
-        e.enqueue(&q("drain"), items(&["x"]), true)
-            .await
-            .expect("enqueue");
+        enqueue(&e, "drain", &["x"], true).await;
         e.seal(&q("drain")).await.expect("seal");
         let l = lease(&e, "drain", 1, Duration::ZERO).await.items.remove(0);
         let waiter = tokio::spawn({
@@ -348,9 +339,7 @@ async fn the_embedded_store_restores_queues_items_and_counts() {
     let (leased_id, dead_id);
     {
         let e = open();
-        e.enqueue(&q("r"), items(&["a", "b", "c", "d"]), true)
-            .await
-            .expect("enqueue");
+        enqueue(&e, "r", &["a", "b", "c", "d"], true).await;
         e.enqueue(
             &q("r"),
             vec![EnqueueItem {
@@ -415,9 +404,7 @@ async fn on_the_embedded_store_a_waiter_is_woken_and_an_expired_lease_comes_back
         let e = e.clone();
         async move { lease(&e, "emb", 1, Duration::from_secs(120)).await }
     });
-    e.enqueue(&q("emb"), items(&["x"]), false)
-        .await
-        .expect("enqueue");
+    enqueue(&e, "emb", &["x"], false).await;
     // Answered with the item: a timeout would have answered empty.
     let first = waiter.await.expect("join").items.remove(0);
     // Nobody completes it: after its 1 s lease the reaper hands it on.
@@ -444,9 +431,7 @@ async fn after_a_failed_commit_the_caller_gets_the_error_and_further_changes_are
         let store: Arc<dyn Store> =
             Arc::new(EmbeddedStore::open_with_faults(dir.path(), faults.clone()).expect("open"));
         let e = Engine::open(store, Limits::default(), settings()).expect("engine");
-        e.enqueue(&q("full"), items(&["kept"]), true)
-            .await
-            .expect("enqueue");
+        enqueue(&e, "full", &["kept"], true).await;
 
         faults.fail(Op::Write, 1, FaultKind::NoSpace);
         let failed = e.enqueue(&q("full"), items(&["lost"]), false).await;

@@ -4,7 +4,6 @@ mod common;
 
 use common::{ServerProcess, unique_queue};
 use nix::sys::signal::Signal;
-use std::io::{Read, Write};
 use tonic::Code;
 use workq_proto::v1 as pb;
 
@@ -33,10 +32,61 @@ fn lease_req(queue: &str, max: u32, wait_ms: u64) -> pb::LeaseRequest {
     }
 }
 
-async fn stats(
-    c: &mut pb::queue_service_client::QueueServiceClient<tonic::transport::Channel>,
+type Client = pb::queue_service_client::QueueServiceClient<tonic::transport::Channel>;
+
+/// Creates queue `q` with the default settings.
+async fn create(c: &mut Client, q: &str) {
+    let req = pb::CreateQueueRequest {
+        name: q.into(),
+        settings: None,
+    };
+    c.create_queue(req).await.expect("create");
+}
+
+/// Enqueues `payloads` into `q` (created if missing).
+async fn enqueue(c: &mut Client, q: &str, payloads: &[&str]) -> pb::EnqueueResponse {
+    let resp = c.enqueue(enqueue_req(q, payloads)).await;
+    resp.expect("enqueue").into_inner()
+}
+
+/// Leases up to `max` items of `q`, not waiting.
+async fn lease(c: &mut Client, q: &str, max: u32) -> pb::LeaseResponse {
+    let resp = c.lease(lease_req(q, max, 0)).await;
+    resp.expect("lease").into_inner()
+}
+
+/// A lease call for one item of `q` that waits up to `wait_ms`, on a task of
+/// its own, so that the test can act while it is parked.
+fn spawn_lease(
+    c: &Client,
     q: &str,
-) -> pb::QueueStats {
+    wait_ms: u64,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::LeaseResponse>, tonic::Status>> {
+    let (mut waiter, req) = (c.clone(), lease_req(q, 1, wait_ms));
+    tokio::spawn(async move { waiter.lease(req).await })
+}
+
+/// Completes the leases `tokens` of `q`.
+async fn complete(c: &mut Client, q: &str, tokens: Vec<String>) {
+    let req = pb::CompleteRequest {
+        queue: q.into(),
+        lease_tokens: tokens,
+    };
+    c.complete(req).await.expect("complete");
+}
+
+/// Seals `q`.
+async fn seal(c: &mut Client, q: &str) {
+    let req = pb::SealQueueRequest { name: q.into() };
+    c.seal_queue(req).await.expect("seal");
+}
+
+/// The lease tokens of `leased`, in order.
+fn tokens(leased: &pb::LeaseResponse) -> Vec<String> {
+    leased.items.iter().map(|i| i.lease_token.clone()).collect()
+}
+
+async fn stats(c: &mut Client, q: &str) -> pb::QueueStats {
     c.get_queue(pb::GetQueueRequest { name: q.into() })
         .await
         .expect("get_queue")
@@ -50,26 +100,13 @@ async fn enqueue_lease_complete_over_the_network() {
     let server = ServerProcess::memory();
     let mut c = server.client().await;
     let q = unique_queue("basic");
-    let ids = c
-        .enqueue(enqueue_req(&q, &["a", "b", "c"]))
-        .await
-        .expect("enqueue")
-        .into_inner();
+    let ids = enqueue(&mut c, &q, &["a", "b", "c"]).await;
     assert_eq!(ids.item_ids.len(), 3);
-    let leased = c
-        .lease(lease_req(&q, 2, 0))
-        .await
-        .expect("lease")
-        .into_inner();
+    let leased = lease(&mut c, &q, 2).await;
     assert_eq!(leased.items.len(), 2);
     assert_eq!(&leased.items[0].payload[..], b"a");
     assert_eq!(leased.items[0].attempt, 1);
-    c.complete(pb::CompleteRequest {
-        queue: q.clone(),
-        lease_tokens: leased.items.iter().map(|i| i.lease_token.clone()).collect(),
-    })
-    .await
-    .expect("complete");
+    complete(&mut c, &q, tokens(&leased)).await;
     let s = stats(&mut c, &q).await;
     assert_eq!((s.enqueued, s.pending, s.leased, s.completed), (3, 1, 0, 2));
     assert!(!s.drained);
@@ -108,7 +145,7 @@ async fn refusals_carry_the_right_code_and_a_message_naming_the_problem() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("limit is 1000"), "{}", e.message());
 
-    c.enqueue(enqueue_req(&q, &["ok"])).await.expect("enqueue");
+    enqueue(&mut c, &q, &["ok"]).await;
     let mut lease = lease_req(&q, 1, 0);
     lease.lease_ms = 10;
     let e = c.lease(lease.clone()).await.expect_err("tiny lease");
@@ -165,9 +202,7 @@ async fn refusals_carry_the_right_code_and_a_message_naming_the_problem() {
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("no longer held"), "{}", e.message());
 
-    c.seal_queue(pb::SealQueueRequest { name: q.clone() })
-        .await
-        .expect("seal");
+    seal(&mut c, &q).await;
     let e = c
         .enqueue(enqueue_req(&q, &["late"]))
         .await
@@ -241,36 +276,18 @@ async fn a_waiting_lease_gets_an_item_enqueued_later_and_drained_ends_it() {
     let server = ServerProcess::memory();
     let mut c = server.client().await;
     let q = unique_queue("wait");
-    c.create_queue(pb::CreateQueueRequest {
-        name: q.clone(),
-        settings: None,
-    })
-    .await
-    .expect("create");
-    let mut waiter = c.clone();
-    let q2 = q.clone();
-    let waiting = tokio::spawn(async move { waiter.lease(lease_req(&q2, 1, 60_000)).await });
+    create(&mut c, &q).await;
+    let waiting = spawn_lease(&c, &q, 60_000);
     // The lease call is parked on the server; an enqueue wakes it.
-    c.enqueue(enqueue_req(&q, &["late"]))
-        .await
-        .expect("enqueue");
+    enqueue(&mut c, &q, &["late"]).await;
     let got = waiting.await.expect("join").expect("lease").into_inner();
     assert_eq!(&got.items[0].payload[..], b"late");
 
     // A second waiter on a sealed queue is answered "drained" when the last
     // lease completes.
-    c.seal_queue(pb::SealQueueRequest { name: q.clone() })
-        .await
-        .expect("seal");
-    let mut waiter = c.clone();
-    let q2 = q.clone();
-    let waiting = tokio::spawn(async move { waiter.lease(lease_req(&q2, 1, 60_000)).await });
-    c.complete(pb::CompleteRequest {
-        queue: q.clone(),
-        lease_tokens: vec![got.items[0].lease_token.clone()],
-    })
-    .await
-    .expect("complete");
+    seal(&mut c, &q).await;
+    let waiting = spawn_lease(&c, &q, 60_000);
+    complete(&mut c, &q, vec![got.items[0].lease_token.clone()]).await;
     let end = waiting.await.expect("join").expect("lease").into_inner();
     assert!(end.items.is_empty() && end.drained && end.empty);
 }
@@ -280,14 +297,8 @@ async fn a_lease_call_hands_in_completions_and_a_refused_one_leases_nothing() {
     let server = ServerProcess::memory();
     let mut c = server.client().await;
     let q = unique_queue("piggyback");
-    c.enqueue(enqueue_req(&q, &["a", "b", "c"]))
-        .await
-        .expect("enqueue");
-    let first = c
-        .lease(lease_req(&q, 1, 0))
-        .await
-        .expect("lease")
-        .into_inner();
+    enqueue(&mut c, &q, &["a", "b", "c"]).await;
+    let first = lease(&mut c, &q, 1).await;
     let token = first.items[0].lease_token.clone();
     let mut req = lease_req(&q, 1, 0);
     req.complete_tokens = vec![token.clone()];
@@ -308,14 +319,8 @@ async fn fail_dead_list_and_requeue() {
     let server = ServerProcess::memory();
     let mut c = server.client().await;
     let q = unique_queue("dead");
-    c.enqueue(enqueue_req(&q, &["poison"]))
-        .await
-        .expect("enqueue");
-    let l = c
-        .lease(lease_req(&q, 1, 0))
-        .await
-        .expect("lease")
-        .into_inner();
+    enqueue(&mut c, &q, &["poison"]).await;
+    let l = lease(&mut c, &q, 1).await;
     let f = c
         .fail(pb::FailRequest {
             queue: q.clone(),
@@ -357,12 +362,8 @@ async fn watch_streams_counters_until_drained() {
     let server = ServerProcess::memory();
     let mut c = server.client().await;
     let q = unique_queue("watch");
-    c.enqueue(enqueue_req(&q, &["a", "b"]))
-        .await
-        .expect("enqueue");
-    c.seal_queue(pb::SealQueueRequest { name: q.clone() })
-        .await
-        .expect("seal");
+    enqueue(&mut c, &q, &["a", "b"]).await;
+    seal(&mut c, &q).await;
     let mut stream = c
         .watch(pb::WatchRequest {
             queue: q.clone(),
@@ -373,17 +374,8 @@ async fn watch_streams_counters_until_drained() {
         .into_inner();
     let first = stream.message().await.expect("first").expect("some");
     assert_eq!(first.pending, 2);
-    let l = c
-        .lease(lease_req(&q, 2, 0))
-        .await
-        .expect("lease")
-        .into_inner();
-    c.complete(pb::CompleteRequest {
-        queue: q.clone(),
-        lease_tokens: l.items.iter().map(|i| i.lease_token.clone()).collect(),
-    })
-    .await
-    .expect("complete");
+    let l = lease(&mut c, &q, 2).await;
+    complete(&mut c, &q, tokens(&l)).await;
     let mut last = first;
     while let Some(s) = stream.message().await.expect("message") {
         assert!(s.enqueued == s.pending + s.delayed + s.leased + s.completed + s.dead);
@@ -444,21 +436,9 @@ async fn health_reflection_healthz_and_metrics_are_served() {
 
     let mut c = server.client().await;
     let q = unique_queue("metrics");
-    c.enqueue(enqueue_req(&q, &["a"])).await.expect("enqueue");
-    let http = server.http.expect("http address");
-    let get = |path: &str| {
-        let mut s = std::net::TcpStream::connect(http).expect("connect http");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("write");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("read");
-        body
-    };
-    assert!(get("/healthz").starts_with("HTTP/1.1 200"));
-    let metrics = get("/metrics");
+    enqueue(&mut c, &q, &["a"]).await;
+    assert!(server.http_get("/healthz").starts_with("HTTP/1.1 200"));
+    let metrics = server.metrics();
     assert!(metrics.contains("workq_items_enqueued_total"), "{metrics}");
     assert!(metrics.contains(&format!("queue=\"{q}\"")), "{metrics}");
 }
@@ -469,33 +449,13 @@ async fn sigterm_exits_zero_and_keeps_everything_acknowledged() {
     let q = unique_queue("term");
     let mut server = ServerProcess::embedded(dir.path());
     let mut c = server.client().await;
-    c.enqueue(enqueue_req(&q, &["a", "b", "c"]))
-        .await
-        .expect("enqueue");
-    let l = c
-        .lease(lease_req(&q, 2, 0))
-        .await
-        .expect("lease")
-        .into_inner();
-    c.complete(pb::CompleteRequest {
-        queue: q.clone(),
-        lease_tokens: vec![l.items[0].lease_token.clone()],
-    })
-    .await
-    .expect("complete");
+    enqueue(&mut c, &q, &["a", "b", "c"]).await;
+    let l = lease(&mut c, &q, 2).await;
+    complete(&mut c, &q, vec![l.items[0].lease_token.clone()]).await;
     // A long-poll in flight must not hold the shutdown up.
     let idle = unique_queue("idle");
-    c.create_queue(pb::CreateQueueRequest {
-        name: idle.clone(),
-        settings: None,
-    })
-    .await
-    .expect("create");
-    let mut waiter = c.clone();
-    let parked = tokio::spawn({
-        let idle = idle.clone();
-        async move { waiter.lease(lease_req(&idle, 1, 290_000)).await }
-    });
+    create(&mut c, &idle).await;
+    let parked = spawn_lease(&c, &idle, 290_000);
     server
         .wait_for_gauge("workq_lease_calls_waiting", &idle, 1)
         .await;
@@ -510,11 +470,7 @@ async fn sigterm_exits_zero_and_keeps_everything_acknowledged() {
     let s = stats(&mut c, &q).await;
     // b was leased at shutdown: it is pending again, with no attempt counted.
     assert_eq!((s.enqueued, s.pending, s.leased, s.completed), (3, 2, 0, 1));
-    let l = c
-        .lease(lease_req(&q, 2, 0))
-        .await
-        .expect("lease")
-        .into_inner();
+    let l = lease(&mut c, &q, 2).await;
     assert!(l.items.iter().all(|i| i.attempt == 1));
 }
 
@@ -545,11 +501,7 @@ struct WorkStream {
 }
 
 impl WorkStream {
-    async fn open(
-        c: &mut pb::queue_service_client::QueueServiceClient<tonic::transport::Channel>,
-        queue: &str,
-        credit: u32,
-    ) -> Result<WorkStream, tonic::Status> {
+    async fn open(c: &mut Client, queue: &str, credit: u32) -> Result<WorkStream, tonic::Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tx.send(pb::WorkRequest {
             queue: queue.into(),
@@ -591,9 +543,7 @@ async fn a_work_stream_pushes_items_up_to_its_credit_and_answers_completions() {
     let server = ServerProcess::memory();
     let mut c = server.client().await;
     let q = unique_queue("work");
-    c.enqueue(enqueue_req(&q, &["a", "b", "c"]))
-        .await
-        .expect("enqueue");
+    enqueue(&mut c, &q, &["a", "b", "c"]).await;
     let mut w = WorkStream::open(&mut c, &q, 2).await.expect("open");
     let first = w.next().await;
     assert_eq!(first.items.len(), 2, "no more than the credit");
@@ -618,9 +568,7 @@ async fn a_work_stream_pushes_items_up_to_its_credit_and_answers_completions() {
     assert_eq!(stale.code, Code::FailedPrecondition as i32, "{stale:?}");
 
     // Sealed: the last completion drains the queue and the stream ends.
-    c.seal_queue(pb::SealQueueRequest { name: q.clone() })
-        .await
-        .expect("seal");
+    seal(&mut c, &q).await;
     w.send(1, vec![items[0].lease_token.clone()], 9).await;
     let (mut completed, mut drained) = (false, false);
     while let Some(m) = w.rx.message().await.expect("no error") {
@@ -640,16 +588,9 @@ async fn a_waiting_work_stream_gets_an_item_the_moment_it_is_enqueued() {
     let server = ServerProcess::memory();
     let mut c = server.client().await;
     let q = unique_queue("work-wait");
-    c.create_queue(pb::CreateQueueRequest {
-        name: q.clone(),
-        settings: None,
-    })
-    .await
-    .expect("create");
+    create(&mut c, &q).await;
     let mut w = WorkStream::open(&mut c, &q, 10).await.expect("open");
-    c.enqueue(enqueue_req(&q, &["late"]))
-        .await
-        .expect("enqueue");
+    enqueue(&mut c, &q, &["late"]).await;
     let m = w.next().await;
     assert_eq!(m.items.len(), 1);
     assert_eq!(&m.items[0].payload[..], b"late");
@@ -707,11 +648,7 @@ async fn an_enqueue_stream_adds_batches_in_order_and_answers_each_when_durable()
     assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
     assert!(refused.message.contains("payload"), "{}", refused.message);
     // In the order sent, and nothing of the refused batch.
-    let l = c
-        .lease(lease_req(&q, 10, 0))
-        .await
-        .expect("lease")
-        .into_inner();
+    let l = lease(&mut c, &q, 10).await;
     let got: Vec<&[u8]> = l.items.iter().map(|i| &i.payload[..]).collect();
     assert_eq!(got, vec![&b"1"[..], b"2", b"3", b"5"]);
 }
@@ -722,7 +659,7 @@ async fn open_streams_do_not_hold_up_a_sigterm() {
     let mut server = ServerProcess::embedded(dir.path());
     let mut c = server.client().await;
     let q = unique_queue("term-streams");
-    c.enqueue(enqueue_req(&q, &["a"])).await.expect("enqueue");
+    enqueue(&mut c, &q, &["a"]).await;
     // A worker holding its only item (no credit left) and an idle producer.
     let mut w = WorkStream::open(&mut c, &q, 1).await.expect("open work");
     assert_eq!(w.next().await.items.len(), 1);

@@ -28,6 +28,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The variable that turns a missing service or tool from a skip into a failure.
@@ -169,6 +170,18 @@ pub fn cluster() -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// A name no other test uses: `prefix`, this process's id and a counter, so
+/// that tests running at once (here or in another test binary) never share a
+/// queue, on a shared Redis or RabbitMQ too.
+pub fn unique_name(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 #[cfg(test)]

@@ -290,17 +290,7 @@ mod tests {
     use super::*;
 
     fn report(f: impl FnOnce(&mut WorkSummary), counted: bool) -> ConsumeReport {
-        let mut summary = WorkSummary {
-            stop: StopReason::Drained,
-            leased: 0,
-            completed: 0,
-            failed: 0,
-            fatal: 0,
-            dead: 0,
-            released: 0,
-            lost: 0,
-            signal: None,
-        };
+        let mut summary = WorkSummary::new();
         f(&mut summary);
         ConsumeReport {
             summary,
@@ -311,17 +301,13 @@ mod tests {
 
     #[test]
     fn exit_codes() {
+        use StopReason::{Limit, Shutdown};
+        let sigterm = Shutdown { signal: Some(15) };
         let cases: [(&str, ConsumeReport, i32); 9] = [
             ("drained", report(|_| {}, false), 0),
             (
                 "limit, all completed",
-                report(
-                    |s| {
-                        s.stop = StopReason::Limit;
-                        s.completed = 1;
-                    },
-                    true,
-                ),
+                report(|s| (s.stop, s.completed) = (Limit, 1), true),
                 0,
             ),
             (
@@ -331,67 +317,29 @@ mod tests {
             ),
             (
                 "-c: a failure",
-                report(
-                    |s| {
-                        s.stop = StopReason::Limit;
-                        s.failed = 1;
-                    },
-                    true,
-                ),
+                report(|s| (s.stop, s.failed) = (Limit, 1), true),
                 3,
             ),
             (
                 "-c: lease lost",
-                report(
-                    |s| {
-                        s.stop = StopReason::Limit;
-                        s.lost = 1;
-                    },
-                    true,
-                ),
+                report(|s| (s.stop, s.lost) = (Limit, 1), true),
                 3,
             ),
-            (
-                "fatal",
-                report(
-                    |s| {
-                        s.fatal = 1;
-                        s.dead = 1;
-                    },
-                    false,
-                ),
-                4,
-            ),
+            ("fatal", report(|s| (s.fatal, s.dead) = (1, 1), false), 4),
             (
                 "exhausted",
-                report(
-                    |s| {
-                        s.failed = 1;
-                        s.dead = 1;
-                    },
-                    true,
-                ),
+                report(|s| (s.failed, s.dead) = (1, 1), true),
                 4,
             ),
             (
                 "sigterm",
-                report(
-                    |s| {
-                        s.stop = StopReason::Shutdown { signal: Some(15) };
-                        s.signal = Some(15);
-                    },
-                    false,
-                ),
+                report(|s| (s.stop, s.signal) = (sigterm, Some(15)), false),
                 143,
             ),
             (
                 "released after the limit",
                 report(
-                    |s| {
-                        s.stop = StopReason::Limit;
-                        s.released = 1;
-                        s.signal = Some(2);
-                    },
+                    |s| (s.stop, s.released, s.signal) = (Limit, 1, Some(2)),
                     true,
                 ),
                 130,

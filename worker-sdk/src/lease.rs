@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::Queue;
 use crate::error::{Error, Result};
 use crate::retry::{Backoff, retry};
-use crate::types::{Failure, LeasedItem};
+use crate::types::{Failure, LeaseToken, LeasedItem};
 
 /// Shortest renewal period, whatever the lease.
 const MIN_RENEW_EVERY: Duration = Duration::from_millis(50);
@@ -72,20 +72,14 @@ impl LeaseHandle {
 
     /// Completes the item.
     pub async fn complete(self) -> Result<()> {
-        let tokens = [self.item.token.clone()];
-        self.finish(|q| {
-            let tokens = tokens.clone();
-            async move { q.complete(&tokens).await }
-        })
-        .await
+        self.finish(|q, tokens| async move { q.complete(&tokens).await })
+            .await
     }
 
     /// Fails the item; answers whether it went dead (fatal, or attempts exhausted).
     pub async fn fail(self, failure: Failure) -> Result<bool> {
-        let tokens = [self.item.token.clone()];
         let dead = self
-            .finish(|q| {
-                let tokens = tokens.clone();
+            .finish(|q, tokens| {
                 let failure = failure.clone();
                 async move { q.fail(&tokens, &failure).await }
             })
@@ -95,19 +89,16 @@ impl LeaseHandle {
 
     /// Gives the item back at once, counting no attempt.
     pub async fn release(self) -> Result<()> {
-        let tokens = [self.item.token.clone()];
-        self.finish(|q| {
-            let tokens = tokens.clone();
-            async move { q.release(&tokens).await }
-        })
-        .await
+        self.finish(|q, tokens| async move { q.release(&tokens).await })
+            .await
     }
 
-    /// Runs a finishing call, retrying transient errors with back-off for up to
-    /// the lease duration (at least the default lease, 30 s) while renewal goes on.
+    /// Runs a finishing call (given the queue and the item's token), retrying
+    /// transient errors with back-off for up to the lease duration (at least
+    /// the default lease, 30 s) while renewal goes on.
     async fn finish<T, F, Fut>(self, call: F) -> Result<T>
     where
-        F: Fn(Queue) -> Fut,
+        F: Fn(Queue, [LeaseToken; 1]) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         let give_up = Instant::now() + self.lease.max(workq_proto::defaults::LEASE);
@@ -115,7 +106,7 @@ impl LeaseHandle {
         let result = retry(
             Backoff::for_server(),
             give_up,
-            || call(queue.clone()),
+            || call(queue.clone(), [self.item.token.clone()]),
             Error::is_transient,
             |e, _| tracing::warn!(item = %self.item.id, error = %e, "retrying"),
         )

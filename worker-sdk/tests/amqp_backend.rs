@@ -10,12 +10,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-
-use common::{AMQP_URL, Cleanup, Running, run_at, run_program, unique, wq_at};
-use nix::sys::signal::Signal;
-use worker_sdk::{Job, LeaseOptions, Queue, StopReason, WorkerOptions};
+use common::{
+    AMQP_URL, Cleanup, Output, Seen, Wq, assert_each_once, counting, run_at, run_program, unique,
+};
+use worker_sdk::{LeaseOptions, Queue, Stats, StopReason, WorkerOptions};
 
 /// The broker as the tutorial's `amqp-*` tools are given it.
 const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672";
@@ -31,12 +29,18 @@ fn rabbitmq_up() -> bool {
         && workq_testkit::command("amqp-publish", "apt-get install amqp-tools")
 }
 
+/// A queue name of the test's own (`prefix` and a number), deleted when the
+/// guard drops; `None` when the test is skipped (no RabbitMQ).
+fn rabbitmq_queue(prefix: &str) -> Option<(String, Cleanup)> {
+    rabbitmq_up().then(|| Cleanup::unique(AMQP_URL, prefix))
+}
+
 async fn queue(name: &str) -> Queue {
-    worker_sdk::connect(AMQP_URL)
-        .await
-        .expect("connects")
-        .queue(name)
-        .expect("valid name")
+    Wq::new(AMQP_URL, name).queue().await
+}
+
+async fn stats(name: &str) -> Stats {
+    Wq::new(AMQP_URL, name).stats().await
 }
 
 /// `amqp-declare-queue -d` and one `amqp-publish -p` per item, as the tutorial does.
@@ -53,26 +57,32 @@ async fn tutorial_fill(q: &str, items: &[&str]) {
     }
 }
 
+/// The tutorial's `amqp-consume -c 1 cat`: one message of `q`, which must work.
+async fn amqp_consume_one(q: &str) -> Output {
+    let args = ["--url", BROKER_URL, "-q", q, "-c", "1", "--", "cat"];
+    let out = run_program("amqp-consume", &args).await;
+    assert!(out.status.success(), "{out:?}");
+    out
+}
+
 async fn cleanup(q: &str) {
     queue(q).await.delete().await.expect("delete");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_amqp_publish_fill_is_worked_one_message_per_consume_c_1() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("coarse") else {
         return;
-    }
-    let q = unique("coarse");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     tutorial_fill(&q, &FRUITS).await;
-    assert_eq!(queue(&q).await.stats().await.expect("stats").pending, 8);
+    assert_eq!(stats(&q).await.pending, 8);
 
     // The coarse Job: one `-c 1` consumer per item; RabbitMQ hands them out in order.
     for (i, fruit) in FRUITS.iter().enumerate() {
         let out = run_at(AMQP_URL, &q, &["consume", "-c", "1", "--", "cat"]).await;
         assert_eq!(out.code(), 0, "{out:?}");
         assert_eq!(out.stdout, *fruit);
-        let s = queue(&q).await.stats().await.expect("stats");
+        let s = stats(&q).await;
         assert_eq!(s.pending, 7 - i as u64, "acknowledged once cat exited 0");
     }
     // Nothing left: with --until-empty a consumer exits 0 at once.
@@ -89,62 +99,44 @@ async fn an_amqp_publish_fill_is_worked_one_message_per_consume_c_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_acknowledged_only_after_success_so_a_killed_worker_loses_nothing() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("killed") else {
         return;
-    }
-    let q = unique("killed");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     tutorial_fill(&q, &["precious"]).await;
 
-    let mut a = wq_at(AMQP_URL, &q);
-    a.args(["consume", "-c", "1", "--", "sh", "-c"])
-        .arg("echo \"pgid $$ $(cat)\"; sleep 60");
-    let mut a = Running::spawn(a);
+    let w = Wq::new(AMQP_URL, &q);
+    let mut a = w.spawn_sh(&["consume", "-c", "1"], "echo \"pgid $$ $(cat)\"; sleep 60");
     let line = a.wait_for("pgid").await;
     let (pgid, item) = line.split_once(' ').expect("pgid and item");
     assert_eq!(item, "precious");
-    let pgid: i32 = pgid.parse().expect("a pid");
-    a.groups.push(pgid);
+    let pgid = a.own_group(pgid);
     // Held, not acknowledged: no longer ready, not gone either.
-    assert_eq!(queue(&q).await.stats().await.expect("stats").pending, 0);
+    assert_eq!(stats(&q).await.pending, 0);
 
-    a.signal(Signal::SIGKILL);
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL)
-        .expect("program group killed");
-    let (status, _) = a.finish().await;
-    assert_eq!(status.code(), None, "killed by a signal");
+    a.kill_with_program(pgid).await;
 
     // The broker requeued it when the connection died; the tutorial's own
     // consumer gets it.
-    let out = run_program(
-        "amqp-consume",
-        &["--url", BROKER_URL, "-q", &q, "-c", "1", "--", "cat"],
-    )
-    .await;
-    assert!(out.status.success(), "{out:?}");
+    let out = amqp_consume_one(&q).await;
     assert_eq!(out.stdout, "precious");
     cleanup(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_program_is_redelivered_then_dead_lettered_after_the_limit() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("failing") else {
         return;
-    }
-    let q = unique("failing");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     tutorial_fill(&q, &["bad"]).await;
-    let fail = ["consume", "-c", "1", "--", "sh", "-c"];
+    let w = Wq::new(AMQP_URL, &q);
     let program = "echo \"attempt $WQ_ATTEMPT: $(cat)\"; exit 1";
     for attempt in 1..=5 {
-        let mut args = fail.to_vec();
-        args.push(program);
-        let out = run_at(AMQP_URL, &q, &args).await;
+        let out = w.sh(&["consume", "-c", "1"], program).await;
         assert_eq!(out.stdout, format!("attempt {attempt}: bad\n"), "{out:?}");
         // 3: failed, back in the queue; 4: dead (the fifth attempt was the last).
         assert_eq!(out.code(), if attempt < 5 { 3 } else { 4 }, "{out:?}");
     }
-    let s = queue(&q).await.stats().await.expect("stats");
+    let s = stats(&q).await;
     assert_eq!((s.pending, s.dead), (0, 1));
     let dead = format!("{q}.dead");
     let out = run_program("amqp-get", &["--url", BROKER_URL, "-q", &dead]).await;
@@ -154,22 +146,8 @@ async fn a_failing_program_is_redelivered_then_dead_lettered_after_the_limit() {
     // A fatal exit code: dead at once. AMQP cannot list dead items, and says so;
     // it can send them all back.
     tutorial_fill(&q, &["worse"]).await;
-    let out = run_at(
-        AMQP_URL,
-        &q,
-        &[
-            "consume",
-            "-c",
-            "1",
-            "--fatal-exit-codes",
-            "42",
-            "--",
-            "sh",
-            "-c",
-            "exit 42",
-        ],
-    )
-    .await;
+    let fatal = ["consume", "-c", "1", "--fatal-exit-codes", "42"];
+    let out = w.sh(&fatal, "exit 42").await;
     assert_eq!(out.code(), 4, "{out:?}");
     let out = run_at(AMQP_URL, &q, &["dead"]).await;
     assert_eq!(out.code(), 1, "{out:?}");
@@ -182,20 +160,9 @@ async fn a_failing_program_is_redelivered_then_dead_lettered_after_the_limit() {
     let out = run_at(AMQP_URL, &q, &["dead", "--requeue"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, format!("requeued 1 dead items of queue {q}\n"));
-    let out = run_at(
-        AMQP_URL,
-        &q,
-        &[
-            "consume",
-            "-c",
-            "1",
-            "--",
-            "sh",
-            "-c",
-            "echo \"$WQ_ATTEMPT $(cat)\"",
-        ],
-    )
-    .await;
+    let out = w
+        .sh(&["consume", "-c", "1"], "echo \"$WQ_ATTEMPT $(cat)\"")
+        .await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, "1 worse\n", "requeued with its attempts reset");
     cleanup(&q).await;
@@ -203,11 +170,9 @@ async fn a_failing_program_is_redelivered_then_dead_lettered_after_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wq_push_publishes_persistent_messages_that_amqp_consume_reads() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("pushed") else {
         return;
-    }
-    let q = unique("pushed");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     let out = run_at(AMQP_URL, &q, &["push", "first", "second"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, format!("pushed 2 items to queue {q}\n"));
@@ -243,35 +208,29 @@ async fn wq_push_publishes_persistent_messages_that_amqp_consume_reads() {
         );
     }
 
-    let out = run_program(
-        "amqp-consume",
-        &["--url", BROKER_URL, "-q", &q, "-c", "1", "--", "cat"],
-    )
-    .await;
-    assert!(out.status.success(), "{out:?}");
+    let out = amqp_consume_one(&q).await;
     assert_eq!(out.stdout, "first");
     cleanup(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_is_not_empty_while_another_worker_holds_a_message() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("held") else {
         return;
-    }
-    let q = unique("held");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     tutorial_fill(&q, &["held"]).await;
 
     // A holds the message until the gate opens, then fails it.
     let dir = tempfile::tempdir().expect("tempdir");
     let gate = dir.path().join("gate");
-    let mut a = wq_at(AMQP_URL, &q);
-    a.args(["consume", "-c", "1", "--", "sh", "-c"])
-        .arg(format!(
+    let w = Wq::new(AMQP_URL, &q);
+    let mut a = w.spawn_sh(
+        &["consume", "-c", "1"],
+        format!(
             "echo \"a $(cat)\"; while [ ! -e {} ]; do sleep 0.05; done; exit 1",
             gate.display()
-        ));
-    let mut a = Running::spawn(a);
+        ),
+    );
     assert_eq!(a.wait_for("a").await, "held");
 
     // Nothing is ready, yet the queue is not empty: A holds a message.
@@ -284,10 +243,10 @@ async fn a_queue_is_not_empty_while_another_worker_holds_a_message() {
     assert!(!leased.empty, "a held message makes the queue not empty");
 
     // B works until empty: it must wait for A's message to come back.
-    let mut b = wq_at(AMQP_URL, &q);
-    b.args(["consume", "--until-empty", "--", "sh", "-c"])
-        .arg("echo \"b $WQ_ATTEMPT $(cat)\"");
-    let b = Running::spawn(b);
+    let b = w.spawn_sh(
+        &["consume", "--until-empty"],
+        "echo \"b $WQ_ATTEMPT $(cat)\"",
+    );
     std::fs::write(&gate, b"").expect("gate opens");
     let (a_status, _) = a.finish().await;
     assert_eq!(a_status.code(), Some(3), "A's item failed");
@@ -299,51 +258,31 @@ async fn a_queue_is_not_empty_while_another_worker_holds_a_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_loop_completes_each_of_300_messages_once() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("loop") else {
         return;
-    }
-    let q = unique("loop");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     let wq = queue(&q).await;
     wq.push((1..=300).map(|n| n.to_string()))
         .await
         .expect("push");
-    let seen = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
-    let summary = {
-        let seen = seen.clone();
-        wq.work(
-            WorkerOptions::default()
-                .concurrency(8)
-                .until_empty(true)
-                .handle_signals(false),
-            move |job: Job| {
-                let seen = seen.clone();
-                async move {
-                    let item = String::from_utf8_lossy(job.payload()).into_owned();
-                    *seen.lock().unwrap().entry(item).or_default() += 1;
-                    Ok(())
-                }
-            },
-        )
-        .await
-        .expect("works")
-    };
+    let seen = Seen::default();
+    let opts = WorkerOptions::default()
+        .concurrency(8)
+        .until_empty(true)
+        .handle_signals(false);
+    let summary = wq.work(opts, counting(&seen)).await.expect("works");
     assert_eq!(summary.stop, StopReason::Empty);
     assert_eq!(summary.completed, 300);
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 300);
-    assert!(seen.values().all(|n| *n == 1));
+    assert_each_once(&seen, 300);
     assert_eq!(wq.stats().await.expect("stats").pending, 0);
     cleanup(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_amqp_cannot_do_is_said_plainly() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("cannot") else {
         return;
-    }
-    let q = unique("cannot");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     tutorial_fill(&q, &["x"]).await;
     let cases: [(&[&str], &str); 4] = [
         (
@@ -369,7 +308,7 @@ async fn what_amqp_cannot_do_is_said_plainly() {
         assert_eq!(out.stderr.trim(), want, "{args:?}");
     }
     // Nothing was taken or added by any of them.
-    assert_eq!(queue(&q).await.stats().await.expect("stats").pending, 1);
+    assert_eq!(stats(&q).await.pending, 1);
 
     let out = run_at("amqp://guest:guest@127.0.0.1:1/%2f", &q, &["stats"]).await;
     assert_eq!(out.code(), 1, "{out:?}");
@@ -387,32 +326,21 @@ async fn what_amqp_cannot_do_is_said_plainly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_gets_nothing_twice_while_the_lease_is_renewed() {
-    if !rabbitmq_up() {
-        return;
-    }
     // AMQP leases last as long as the connection: a program far longer than
     // its lease keeps its message, and a second consumer gets nothing.
-    let q = unique("long");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    let Some((q, _cleanup)) = rabbitmq_queue("long") else {
+        return;
+    };
     tutorial_fill(&q, &["long"]).await;
-    let mut a = wq_at(AMQP_URL, &q);
-    a.args(["consume", "-c", "1", "--lease", "300ms", "--", "sh", "-c"])
-        .arg("echo start; sleep 2; echo \"done $(cat)\"");
-    let mut a = Running::spawn(a);
+    let w = Wq::new(AMQP_URL, &q);
+    let mut a = w.spawn_sh(
+        &["consume", "-c", "1", "--lease", "300ms"],
+        "echo start; sleep 2; echo \"done $(cat)\"",
+    );
     assert_eq!(a.line().await, "start");
-    let out = run_at(
-        AMQP_URL,
-        &q,
-        &[
-            "consume",
-            "--until-empty",
-            "--",
-            "sh",
-            "-c",
-            "echo \"b $(cat)\"",
-        ],
-    )
-    .await;
+    let out = w
+        .sh(&["consume", "--until-empty"], "echo \"b $(cat)\"")
+        .await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, "", "nobody else got the message");
     let (status, rest) = a.finish().await;
@@ -423,11 +351,9 @@ async fn a_worker_gets_nothing_twice_while_the_lease_is_renewed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_queue_does_not_cost_the_leases_held_on_another() {
-    if !rabbitmq_up() {
+    let Some((q, _cleanup)) = rabbitmq_queue("present") else {
         return;
-    }
-    let q = unique("present");
-    let _cleanup = Cleanup::new(AMQP_URL, &q);
+    };
     tutorial_fill(&q, &["kept"]).await;
     let client = worker_sdk::connect(AMQP_URL).await.expect("connects");
     let present = client.queue(&q).expect("name");

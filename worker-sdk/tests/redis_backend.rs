@@ -12,14 +12,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Cleanup, REDIS_URL, Running, run_at, run_program, unique, wq_at};
-use nix::sys::signal::Signal;
+use common::{
+    Cleanup, REDIS_URL, Running, Seen, Wq, assert_each_once, counting, run_at, run_program,
+};
 use redis::AsyncCommands;
 use worker_sdk::backend::redis::item_digest;
-use worker_sdk::{Job, LeaseOptions, Queue, StopReason, WorkerOptions};
+use worker_sdk::{LeaseOptions, Leased, Queue, Stats, StopReason, WorkerOptions};
 
 /// The tutorial's items (`rpush job2 "apple"` … `"orange"`).
 const TUTORIAL_ITEMS: [&str; 9] = [
@@ -44,6 +44,12 @@ fn redis_up() -> bool {
     workq_testkit::redis() && workq_testkit::command("redis-cli", "apt-get install redis-tools")
 }
 
+/// A queue name of the test's own (`prefix` and a number), deleted when the
+/// guard drops; `None` when the test is skipped (no Redis).
+fn redis_queue(prefix: &str) -> Option<(String, Cleanup)> {
+    redis_up().then(|| Cleanup::unique(REDIS_URL, prefix))
+}
+
 async fn raw() -> redis::aio::MultiplexedConnection {
     redis::Client::open(REDIS_URL)
         .expect("url")
@@ -53,11 +59,21 @@ async fn raw() -> redis::aio::MultiplexedConnection {
 }
 
 async fn queue(name: &str) -> Queue {
-    worker_sdk::connect(REDIS_URL)
-        .await
-        .expect("connects")
-        .queue(name)
-        .expect("valid name")
+    Wq::new(REDIS_URL, name).queue().await
+}
+
+/// Leases one item for 60 s, not waiting.
+async fn lease_one(wq: &Queue) -> Leased {
+    let opts = LeaseOptions {
+        max_items: 1,
+        lease: Some(Duration::from_secs(60)),
+        wait: Duration::ZERO,
+    };
+    wq.lease(&opts).await.expect("lease")
+}
+
+async fn stats(name: &str) -> Stats {
+    Wq::new(REDIS_URL, name).stats().await
 }
 
 /// Every key of queue `q` (its own and workq's).
@@ -79,30 +95,17 @@ async fn cleanup(q: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_filled_with_redis_cli_rpush_is_worked_off_by_wq_consume() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("rpush") else {
         return;
-    }
-    let q = unique("rpush");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     // Exactly as the tutorial fills it.
     for item in TUTORIAL_ITEMS {
         let out = run_program("redis-cli", &["-h", "127.0.0.1", "rpush", &q, item]).await;
         assert!(out.status.success(), "{out:?}");
     }
 
-    let out = run_at(
-        REDIS_URL,
-        &q,
-        &[
-            "consume",
-            "--until-empty",
-            "--",
-            "sh",
-            "-c",
-            "echo \"$(cat)\"",
-        ],
-    )
-    .await;
+    let w = Wq::new(REDIS_URL, &q);
+    let out = w.sh(&["consume", "--until-empty"], "echo \"$(cat)\"").await;
     assert_eq!(out.code(), 0, "{out:?}");
     let seen: Vec<&str> = out.stdout.lines().collect();
     // Taken from the tail, as rediswq.py's BRPOPLPUSH takes them: last in, first out.
@@ -110,7 +113,7 @@ async fn a_queue_filled_with_redis_cli_rpush_is_worked_off_by_wq_consume() {
     lifo.reverse();
     assert_eq!(seen, lifo);
 
-    let s = queue(&q).await.stats().await.expect("stats");
+    let s = stats(&q).await;
     assert_eq!((s.pending, s.leased, s.completed, s.dead), (0, 0, 9, 0));
     // Nothing of rediswq's is left: both lists are empty, no lease keys remain.
     assert_eq!(keys_of(&q).await, [format!("{q}:stats")]);
@@ -119,11 +122,9 @@ async fn a_queue_filled_with_redis_cli_rpush_is_worked_off_by_wq_consume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wq_push_leaves_the_lists_and_lease_keys_rediswq_expects() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("layout") else {
         return;
-    }
-    let q = unique("layout");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     let out = run_at(REDIS_URL, &q, &["push", "apple", "banana", "cherry"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
     let mut r = raw().await;
@@ -134,14 +135,7 @@ async fn wq_push_leaves_the_lists_and_lease_keys_rediswq_expects() {
     // A lease: the tail item moves to Q:processing, and its lease key holds the
     // lease's session id with the lease as TTL.
     let wq = queue(&q).await;
-    let leased = wq
-        .lease(&LeaseOptions {
-            max_items: 1,
-            lease: Some(Duration::from_secs(60)),
-            wait: Duration::ZERO,
-        })
-        .await
-        .expect("lease");
+    let leased = lease_one(&wq).await;
     let item = &leased.items[0];
     assert_eq!(item.payload, b"cherry");
     assert_eq!(item.id.as_str(), item_digest(b"cherry"));
@@ -184,24 +178,18 @@ async fn wq_push_leaves_the_lists_and_lease_keys_rediswq_expects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_item_gets_its_item_back_after_the_lease_ttl() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("killed") else {
         return;
-    }
-    let q = unique("killed");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
-    assert_eq!(run_at(REDIS_URL, &q, &["push", "precious"]).await.code(), 0);
+    };
+    let w = Wq::new(REDIS_URL, &q);
+    assert_eq!(w.run(&["push", "precious"]).await.code(), 0);
 
-    let mut a = wq_at(REDIS_URL, &q);
-    a.args(["consume", "-c", "1", "--lease", "1s", "--", "sh", "-c"])
-        .arg("echo \"pgid $$\"; sleep 60");
-    let mut a = Running::spawn(a);
-    let pgid: i32 = a.wait_for("pgid").await.parse().expect("a pid");
-    a.groups.push(pgid);
-    a.signal(Signal::SIGKILL);
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL)
-        .expect("program group killed");
-    let (status, _) = a.finish().await;
-    assert_eq!(status.code(), None, "killed by a signal");
+    let mut a = w.spawn_sh(
+        &["consume", "-c", "1", "--lease", "1s"],
+        "echo \"pgid $$\"; sleep 60",
+    );
+    let pgid = a.wait_for_group().await;
+    a.kill_with_program(pgid).await;
 
     // Left as rediswq.py would leave it: in Q:processing, its lease key running out.
     let mut r = raw().await;
@@ -212,58 +200,33 @@ async fn a_worker_killed_mid_item_gets_its_item_back_after_the_lease_ttl() {
     assert_eq!(processing, ["precious"]);
 
     // The next worker's reaper returns it once the lease has expired.
-    let out = run_at(
-        REDIS_URL,
-        &q,
-        &[
-            "consume",
-            "--until-empty",
-            "--",
-            "sh",
-            "-c",
-            "echo \"attempt $WQ_ATTEMPT: $(cat)\"",
-        ],
-    )
-    .await;
+    let attempt = "echo \"attempt $WQ_ATTEMPT: $(cat)\"";
+    let out = w.sh(&["consume", "--until-empty"], attempt).await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, "attempt 2: precious\n");
-    let s = queue(&q).await.stats().await.expect("stats");
+    let s = stats(&q).await;
     assert_eq!((s.completed, s.retried, s.pending, s.leased), (1, 1, 0, 0));
     cleanup(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_over_2000_items_complete_each_exactly_once() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("two-workers") else {
         return;
-    }
-    let q = unique("two-workers");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     let out = run_at(REDIS_URL, &q, &["push", "--range", "1..2000", "--seal"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
 
-    let seen = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
+    let seen = Seen::default();
     let mut workers = Vec::new();
     for _ in 0..2 {
         // Each worker has a connection of its own.
         let wq = queue(&q).await;
-        let seen = seen.clone();
-        workers.push(tokio::spawn(async move {
-            wq.work(
-                WorkerOptions::default()
-                    .concurrency(16)
-                    .handle_signals(false),
-                move |job: Job| {
-                    let seen = seen.clone();
-                    async move {
-                        let item = String::from_utf8_lossy(job.payload()).into_owned();
-                        *seen.lock().unwrap().entry(item).or_default() += 1;
-                        Ok(())
-                    }
-                },
-            )
-            .await
-        }));
+        let opts = WorkerOptions::default()
+            .concurrency(16)
+            .handle_signals(false);
+        let handler = counting(&seen);
+        workers.push(tokio::spawn(async move { wq.work(opts, handler).await }));
     }
     let mut completed = 0;
     for w in workers {
@@ -272,10 +235,8 @@ async fn two_workers_over_2000_items_complete_each_exactly_once() {
         completed += summary.completed;
     }
     assert_eq!(completed, 2000);
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 2000);
-    assert!(seen.values().all(|n| *n == 1), "an item was worked twice");
-    let s = queue(&q).await.stats().await.expect("stats");
+    assert_each_once(&seen, 2000);
+    let s = stats(&q).await;
     assert_eq!((s.completed, s.retried, s.dead), (2000, 0, 0));
     assert!(s.drained);
     cleanup(&q).await;
@@ -292,8 +253,7 @@ async fn the_tutorials_rediswq_py_and_wq_consume_share_one_queue() {
     ) {
         return;
     }
-    let q = unique("shared");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    let (q, _cleanup) = Cleanup::unique(REDIS_URL, "shared");
     let items: Vec<String> = (1..=300).map(|n| format!("item-{n}")).collect();
     let mut args = vec!["push"];
     args.extend(items.iter().map(String::as_str));
@@ -307,10 +267,7 @@ async fn the_tutorials_rediswq_py_and_wq_consume_share_one_queue() {
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let py = Running::spawn(py);
-    let mut wq = wq_at(REDIS_URL, &q);
-    wq.args(["consume", "--until-empty", "--", "sh", "-c"])
-        .arg("echo \"wq $(cat)\"");
-    let wq = Running::spawn(wq);
+    let wq = Wq::new(REDIS_URL, &q).spawn_sh(&["consume", "--until-empty"], "echo \"wq $(cat)\"");
 
     let (py_status, py_out) = py.finish().await;
     let (wq_status, wq_out) = wq.finish().await;
@@ -342,18 +299,16 @@ async fn the_tutorials_rediswq_py_and_wq_consume_share_one_queue() {
         items.len() - by_wq
     );
     // rediswq.py completes with `DEL <lease key> <session id>`: harmless here.
-    let s = queue(&q).await.stats().await.expect("stats");
+    let s = stats(&q).await;
     assert_eq!((s.pending, s.leased, s.dead), (0, 0, 0));
     cleanup(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_item_a_rediswq_worker_dropped_mid_lease_is_reaped_back() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("reap-rediswq") else {
         return;
-    }
-    let q = unique("reap-rediswq");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     let mut r = raw().await;
     let _: () = r.rpush(&q, "orphan").await.expect("RPUSH");
     // What rediswq.py's lease() does, for a worker that then dies.
@@ -369,19 +324,10 @@ async fn an_item_a_rediswq_worker_dropped_mid_lease_is_reaped_back() {
         .await
         .expect("SETEX");
 
-    let out = run_at(
-        REDIS_URL,
-        &q,
-        &[
-            "consume",
-            "--until-empty",
-            "--",
-            "sh",
-            "-c",
-            "echo \"got $(cat)\"",
-        ],
-    )
-    .await;
+    let w = Wq::new(REDIS_URL, &q);
+    let out = w
+        .sh(&["consume", "--until-empty"], "echo \"got $(cat)\"")
+        .await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, "got orphan\n");
     cleanup(&q).await;
@@ -389,38 +335,20 @@ async fn an_item_a_rediswq_worker_dropped_mid_lease_is_reaped_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_retry_then_go_dead_with_their_reason_and_can_be_requeued() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("dead") else {
         return;
-    }
-    let q = unique("dead");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
-    let out = run_at(REDIS_URL, &q, &["create", "--max-attempts", "2"]).await;
+    };
+    let w = Wq::new(REDIS_URL, &q);
+    let out = w.run(&["create", "--max-attempts", "2"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
-    assert_eq!(
-        run_at(REDIS_URL, &q, &["push", "bad", "worse"])
-            .await
-            .code(),
-        0
-    );
+    assert_eq!(w.run(&["push", "bad", "worse"]).await.code(), 0);
 
     // "worse" fails with a fatal code: dead at once. "bad" fails twice: dead.
-    let out = run_at(
-        REDIS_URL,
-        &q,
-        &[
-            "consume",
-            "--until-empty",
-            "--fatal-exit-codes",
-            "42",
-            "--",
-            "sh",
-            "-c",
-            "if [ \"$(cat)\" = worse ]; then exit 42; fi; exit 1",
-        ],
-    )
-    .await;
+    let fatal = ["consume", "--until-empty", "--fatal-exit-codes", "42"];
+    let script = "if [ \"$(cat)\" = worse ]; then exit 42; fi; exit 1";
+    let out = w.sh(&fatal, script).await;
     assert_eq!(out.code(), 4, "{out:?}");
-    let s = queue(&q).await.stats().await.expect("stats");
+    let s = stats(&q).await;
     assert_eq!((s.dead, s.retried, s.pending, s.leased), (2, 1, 0, 0));
 
     let mut r = raw().await;
@@ -455,33 +383,28 @@ async fn failures_retry_then_go_dead_with_their_reason_and_can_be_requeued() {
 
     let out = run_at(REDIS_URL, &q, &["dead", "--requeue"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
-    let s = queue(&q).await.stats().await.expect("stats");
+    let s = stats(&q).await;
     assert_eq!((s.dead, s.pending), (0, 2));
     cleanup(&q).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_queue_is_drained_refuses_pushes_and_ends_workers() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("sealed") else {
         return;
-    }
-    let q = unique("sealed");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     let out = run_at(REDIS_URL, &q, &["push", "--seal", "one", "two"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
     let out = run_at(REDIS_URL, &q, &["push", "three"]).await;
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(out.stderr.contains("sealed"), "{out:?}");
     // Without --until-empty, wq waits for the seal and the drain: here both.
-    let out = run_at(
-        REDIS_URL,
-        &q,
-        &["consume", "--", "sh", "-c", "echo \"$(cat)\""],
-    )
-    .await;
+    let out = Wq::new(REDIS_URL, &q)
+        .sh(&["consume"], "echo \"$(cat)\"")
+        .await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, "two\none\n");
-    let s = queue(&q).await.stats().await.expect("stats");
+    let s = stats(&q).await;
     assert!(s.sealed && s.drained, "{s:?}");
     // wq watch ends at once on a drained queue.
     let out = run_at(REDIS_URL, &q, &["watch", "--json"]).await;
@@ -495,11 +418,9 @@ async fn a_sealed_queue_is_drained_refuses_pushes_and_ends_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_carries_on_after_its_redis_connection_is_killed() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("conn-kill") else {
         return;
-    }
-    let q = unique("conn-kill");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     // A user of its own, so that CLIENT KILL USER drops this worker's
     // connections and nobody else's.
     let user = q.clone();
@@ -519,12 +440,13 @@ async fn a_worker_carries_on_after_its_redis_connection_is_killed() {
     // The first program waits for a gate file, so the kill lands mid-item.
     let dir = tempfile::tempdir().expect("tempdir");
     let gate = dir.path().join("gate");
-    let mut w = wq_at(&url, &q);
-    w.args(["consume", "--", "sh", "-c"]).arg(format!(
-        "echo \"got $(cat)\"; while [ ! -e {} ]; do sleep 0.05; done",
-        gate.display()
-    ));
-    let mut w = Running::spawn(w);
+    let mut w = Wq::new(&url, &q).spawn_sh(
+        &["consume"],
+        format!(
+            "echo \"got $(cat)\"; while [ ! -e {} ]; do sleep 0.05; done",
+            gate.display()
+        ),
+    );
     let first = w.wait_for("got").await;
 
     let killed: i64 = redis::cmd("CLIENT")
@@ -546,7 +468,7 @@ async fn a_worker_carries_on_after_its_redis_connection_is_killed() {
     let mut want = items.clone();
     want.sort();
     assert_eq!(got, want, "every item once, the interrupted one included");
-    let s = queue(&q).await.stats().await.expect("stats");
+    let s = stats(&q).await;
     assert_eq!((s.completed, s.dead, s.pending, s.leased), (20, 0, 0, 0));
 
     cleanup(&q).await;
@@ -554,11 +476,9 @@ async fn a_worker_carries_on_after_its_redis_connection_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_rediswq_list_cannot_hold_is_refused_plainly() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("refused") else {
         return;
-    }
-    let q = unique("refused");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     let out = run_at(REDIS_URL, &q, &["push", "--dedupe", "a"]).await;
     assert_eq!(out.code(), 1, "{out:?}");
     assert_eq!(
@@ -577,24 +497,15 @@ async fn what_a_rediswq_list_cannot_hold_is_refused_plainly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_taken_over_by_another_session_is_fenced_off() {
-    if !redis_up() {
+    let Some((q, _cleanup)) = redis_queue("fenced") else {
         return;
-    }
-    let q = unique("fenced");
-    let _cleanup = Cleanup::new(REDIS_URL, &q);
+    };
     assert_eq!(
         run_at(REDIS_URL, &q, &["push", "contested"]).await.code(),
         0
     );
     let wq = queue(&q).await;
-    let leased = wq
-        .lease(&LeaseOptions {
-            max_items: 1,
-            lease: Some(Duration::from_secs(60)),
-            wait: Duration::ZERO,
-        })
-        .await
-        .expect("lease");
+    let leased = lease_one(&wq).await;
     let token = leased.items[0].token.clone();
     // As if the lease had expired and a rediswq.py worker had leased the item.
     let lease_key = format!("{q}:leased_by_session:{}", item_digest(b"contested"));

@@ -13,11 +13,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{TestServer, unique};
+use common::{Seen, TestServer, assert_each_once, counting, unique};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use worker_sdk::{
-    Error, Failure, Job, LeaseOptions, QueueSettings, StopReason, WorkError, WorkerOptions,
+    Error, Failure, Job, LeaseOptions, Queue, QueueSettings, StopReason, WorkError, WorkSummary,
+    WorkerOptions,
 };
 
 /// Options for tests: no signal handling (the test process is shared), short polls.
@@ -25,6 +27,66 @@ fn opts() -> WorkerOptions {
     WorkerOptions::default()
         .handle_signals(false)
         .poll_wait(Duration::from_millis(500))
+}
+
+/// A queue named after `prefix` holding `items`, sealed.
+async fn sealed(t: &TestServer, prefix: &str, items: &[&str]) -> Queue {
+    let q = t.queue(&unique(prefix)).await;
+    q.push(items.iter().copied()).await.expect("push");
+    q.seal().await.expect("seal");
+    q
+}
+
+/// Starts `q.work(opts, handler)` in a task of its own; each item's attempt is
+/// sent on the channel answered as its handler starts.
+fn spawn_work<H, Fut>(
+    q: &Queue,
+    opts: WorkerOptions,
+    handler: H,
+) -> (
+    JoinHandle<worker_sdk::Result<WorkSummary>>,
+    mpsc::UnboundedReceiver<u32>,
+)
+where
+    H: Fn(Job) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), WorkError>> + Send + 'static,
+{
+    let (started_tx, started) = mpsc::unbounded_channel();
+    let q = q.clone();
+    let worker = tokio::spawn(async move {
+        q.work(opts, move |job: Job| {
+            let started_tx = started_tx.clone();
+            let attempt = job.item().attempt;
+            let work = handler(job);
+            async move {
+                started_tx.send(attempt).ok();
+                work.await
+            }
+        })
+        .await
+    });
+    (worker, started)
+}
+
+/// Works `q` with a handler that notes `note(job)` for each item and completes
+/// it; answers the summary and the notes, in the order the items came.
+async fn work_noting<T: Send + 'static>(
+    q: &Queue,
+    opts: WorkerOptions,
+    note: fn(&Job) -> T,
+) -> (WorkSummary, Vec<T>) {
+    let notes = Arc::new(Mutex::new(Vec::new()));
+    let summary = {
+        let notes = notes.clone();
+        q.work(opts, move |job: Job| {
+            notes.lock().expect("lock").push(note(&job));
+            std::future::ready(Ok(()))
+        })
+        .await
+        .expect("worker")
+    };
+    let notes = std::mem::take(&mut *notes.lock().expect("lock"));
+    (summary, notes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,38 +97,20 @@ async fn two_workers_complete_every_item_exactly_once_and_return_at_drain() {
     q.push((0..500).map(|n| n.to_string())).await.expect("push");
     q.seal().await.expect("seal");
 
-    let seen = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
-    let worker = |seen: Arc<Mutex<BTreeMap<String, u32>>>| {
-        let t_url = t.url.clone();
-        let name = name.clone();
-        async move {
-            let q = worker_sdk::connect(&t_url)
-                .await
-                .expect("connect")
-                .queue(&name)
-                .expect("name");
-            q.work(opts().concurrency(4), move |job: Job| {
-                let seen = seen.clone();
-                async move {
-                    let key = String::from_utf8(job.payload().to_vec())?;
-                    *seen.lock().expect("lock").entry(key).or_default() += 1;
-                    Ok(())
-                }
-            })
+    let seen = Seen::default();
+    // Each worker has a connection of its own.
+    let worker = || async {
+        t.queue(&name)
             .await
-        }
+            .work(opts().concurrency(4), counting(&seen))
+            .await
     };
-    let (a, b) = tokio::join!(worker(seen.clone()), worker(seen.clone()));
+    let (a, b) = tokio::join!(worker(), worker());
     let (a, b) = (a.expect("worker a"), b.expect("worker b"));
     assert_eq!(a.stop, StopReason::Drained);
     assert_eq!(b.stop, StopReason::Drained);
     assert_eq!(a.completed + b.completed, 500);
-
-    {
-        let seen = seen.lock().expect("lock");
-        assert_eq!(seen.len(), 500);
-        assert!(seen.values().all(|&n| n == 1));
-    }
+    assert_each_once(&seen, 500);
     let s = q.stats().await.expect("stats");
     assert_eq!((s.completed, s.retried, s.dead), (500, 0, 0));
     assert!(s.drained);
@@ -77,47 +121,19 @@ async fn two_workers_complete_every_item_exactly_once_and_return_at_drain() {
 #[tokio::test(start_paused = true)]
 async fn a_handler_three_times_longer_than_its_lease_completes_once() {
     let t = TestServer::start().await;
-    let name = unique("sdk-renew");
-    let q = t.queue(&name).await;
-    q.push(["long"]).await.expect("push");
-    q.seal().await.expect("seal");
+    let q = sealed(&t, "sdk-renew", &["long"]).await;
 
-    let (started_tx, mut started) = mpsc::channel::<u32>(1);
-    let slow = {
-        let q = q.clone();
-        tokio::spawn(async move {
-            q.work(
-                opts().lease(Duration::from_secs(2)).max_items(1),
-                move |job: Job| {
-                    let started_tx = started_tx.clone();
-                    async move {
-                        started_tx.send(job.item().attempt).await.ok();
-                        tokio::time::sleep(Duration::from_secs(6)).await;
-                        Ok(())
-                    }
-                },
-            )
-            .await
-        })
-    };
+    let lease = opts().lease(Duration::from_secs(2));
+    let (slow, mut started) = spawn_work(&q, lease.clone().max_items(1), |_job: Job| async {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        Ok(())
+    });
     assert_eq!(started.recv().await, Some(1));
 
     // Meanwhile another worker must get nothing, and returns at drain.
-    let others = Arc::new(Mutex::new(Vec::new()));
-    let other = {
-        let others = others.clone();
-        q.work(opts().lease(Duration::from_secs(2)), move |job: Job| {
-            let others = others.clone();
-            async move {
-                others.lock().expect("lock").push(job.into_item().id);
-                Ok(())
-            }
-        })
-        .await
-        .expect("other worker")
-    };
+    let (other, others) = work_noting(&q, lease, |job| job.item().id.clone()).await;
     assert_eq!(other.stop, StopReason::Drained);
-    assert!(others.lock().expect("lock").is_empty());
+    assert!(others.is_empty());
 
     let slow = slow.await.expect("joins").expect("slow worker");
     assert_eq!(
@@ -133,46 +149,24 @@ async fn a_handler_three_times_longer_than_its_lease_completes_once() {
 #[tokio::test(start_paused = true)]
 async fn a_worker_that_vanishes_mid_item_loses_it_to_the_next_after_the_lease() {
     let t = TestServer::start().await;
-    let name = unique("sdk-crash");
-    let q = t.queue(&name).await;
-    q.push(["precious"]).await.expect("push");
-    q.seal().await.expect("seal");
+    let q = sealed(&t, "sdk-crash", &["precious"]).await;
 
-    let (started_tx, mut started) = mpsc::channel::<()>(1);
-    let doomed = {
-        let q = q.clone();
-        tokio::spawn(async move {
-            q.work(opts().lease(Duration::from_secs(1)), move |_job: Job| {
-                let started_tx = started_tx.clone();
-                async move {
-                    started_tx.send(()).await.ok();
-                    std::future::pending::<()>().await;
-                    Ok(())
-                }
-            })
-            .await
-        })
-    };
+    let (doomed, mut started) = spawn_work(
+        &q,
+        opts().lease(Duration::from_secs(1)),
+        |_job: Job| async {
+            std::future::pending::<()>().await;
+            Ok(())
+        },
+    );
     started.recv().await.expect("started");
     // Dropping the worker is a crash: nothing is released, renewal stops.
     doomed.abort();
     assert!(doomed.await.is_err_and(|e| e.is_cancelled()));
 
-    let attempts = Arc::new(Mutex::new(Vec::new()));
-    let summary = {
-        let attempts = attempts.clone();
-        q.work(opts(), move |job: Job| {
-            let attempts = attempts.clone();
-            async move {
-                attempts.lock().expect("lock").push(job.item().attempt);
-                Ok(())
-            }
-        })
-        .await
-        .expect("second worker")
-    };
+    let (summary, attempts) = work_noting(&q, opts(), |job| job.item().attempt).await;
     assert_eq!(summary.stop, StopReason::Drained);
-    assert_eq!(*attempts.lock().expect("lock"), [2]);
+    assert_eq!(attempts, [2]);
     let s = q.stats().await.expect("stats");
     assert_eq!((s.completed, s.retried), (1, 1));
 }
@@ -182,39 +176,25 @@ async fn a_worker_that_vanishes_mid_item_loses_it_to_the_next_after_the_lease() 
 #[tokio::test(start_paused = true)]
 async fn shutdown_releases_unfinished_items_at_once_without_counting_an_attempt() {
     let t = TestServer::start().await;
-    let name = unique("sdk-stop");
-    let q = t.queue(&name).await;
-    q.push(["stuck", "cooperative"]).await.expect("push");
-    q.seal().await.expect("seal");
+    let q = sealed(&t, "sdk-stop", &["stuck", "cooperative"]).await;
 
     let stop = CancellationToken::new();
-    let (started_tx, mut started) = mpsc::channel::<()>(2);
-    let worker = {
-        let q = q.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            q.work(
-                opts()
-                    .concurrency(2)
-                    .grace(Duration::from_millis(200))
-                    .shutdown_token(stop),
-                move |job: Job| {
-                    let started_tx = started_tx.clone();
-                    async move {
-                        started_tx.send(()).await.ok();
-                        if job.payload() == b"cooperative" {
-                            job.shutdown().cancelled().await;
-                            return Err(WorkError::release("asked to stop"));
-                        }
-                        // Ignores the shutdown: dropped when the grace period ends.
-                        std::future::pending::<()>().await;
-                        Ok(())
-                    }
-                },
-            )
-            .await
-        })
-    };
+    let (worker, mut started) = spawn_work(
+        &q,
+        opts()
+            .concurrency(2)
+            .grace(Duration::from_millis(200))
+            .shutdown_token(stop.clone()),
+        |job: Job| async move {
+            if job.payload() == b"cooperative" {
+                job.shutdown().cancelled().await;
+                return Err(WorkError::release("asked to stop"));
+            }
+            // Ignores the shutdown: dropped when the grace period ends.
+            std::future::pending::<()>().await;
+            Ok(())
+        },
+    );
     started.recv().await.expect("first started");
     started.recv().await.expect("second started");
     stop.cancel();
@@ -226,21 +206,10 @@ async fn shutdown_releases_unfinished_items_at_once_without_counting_an_attempt(
     assert_eq!((s.pending, s.leased, s.retried), (2, 0, 0), "{s:?}");
 
     // Another worker takes them at once, as first attempts.
-    let attempts = Arc::new(Mutex::new(Vec::new()));
-    let summary = {
-        let attempts = attempts.clone();
-        q.work(opts().concurrency(2), move |job: Job| {
-            let attempts = attempts.clone();
-            async move {
-                attempts.lock().expect("lock").push(job.item().attempt);
-                Ok(())
-            }
-        })
-        .await
-        .expect("second worker")
-    };
+    let (summary, attempts) =
+        work_noting(&q, opts().concurrency(2), |job| job.item().attempt).await;
     assert_eq!(summary.completed, 2);
-    assert_eq!(*attempts.lock().expect("lock"), [1, 1]);
+    assert_eq!(attempts, [1, 1]);
 }
 
 // Timers on tokio's paused clock, the server's leases too (it runs in this
@@ -248,27 +217,18 @@ async fn shutdown_releases_unfinished_items_at_once_without_counting_an_attempt(
 #[tokio::test(start_paused = true)]
 async fn shutdown_lets_a_handler_finish_within_the_grace_period() {
     let t = TestServer::start().await;
-    let name = unique("sdk-grace");
-    let q = t.queue(&name).await;
+    let q = t.queue(&unique("sdk-grace")).await;
     q.push(["x"]).await.expect("push");
 
     let stop = CancellationToken::new();
-    let (started_tx, mut started) = mpsc::channel::<()>(1);
-    let worker = {
-        let q = q.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            q.work(opts().shutdown_token(stop), move |job: Job| {
-                let started_tx = started_tx.clone();
-                async move {
-                    started_tx.send(()).await.ok();
-                    job.shutdown().cancelled().await;
-                    Ok(()) // finishes its work when asked to stop
-                }
-            })
-            .await
-        })
-    };
+    let (worker, mut started) = spawn_work(
+        &q,
+        opts().shutdown_token(stop.clone()),
+        |job: Job| async move {
+            job.shutdown().cancelled().await;
+            Ok(()) // finishes its work when asked to stop
+        },
+    );
     started.recv().await.expect("started");
     stop.cancel();
     let summary = worker.await.expect("joins").expect("worker");
@@ -553,27 +513,24 @@ async fn a_worker_rides_out_a_server_restart() {
     q.seal().await.expect("seal");
 
     // The handler holds the first item until the server has been restarted.
-    let (started_tx, mut started) = mpsc::channel::<()>(1);
     let restarted = Arc::new(tokio::sync::Notify::new());
     let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let worker = {
-        let q = q.clone();
+    let (worker, mut started) = {
         let restarted = restarted.clone();
-        tokio::spawn(async move {
-            q.work(opts().lease(Duration::from_secs(2)), move |_job: Job| {
-                let started_tx = started_tx.clone();
+        spawn_work(
+            &q,
+            opts().lease(Duration::from_secs(2)),
+            move |_job: Job| {
                 let restarted = restarted.clone();
                 let first = first.swap(false, std::sync::atomic::Ordering::SeqCst);
                 async move {
                     if first {
-                        started_tx.send(()).await.ok();
                         restarted.notified().await;
                     }
                     Ok(())
                 }
-            })
-            .await
-        })
+            },
+        )
     };
     started.recv().await.expect("started");
     server.shutdown().await.expect("server stops");

@@ -7,12 +7,34 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Running, TestServer, unique};
+use common::{Running, TestServer, Wq, unique};
 use nix::sys::signal::Signal;
 
 const FRUITS: [&str; 8] = [
     "apple", "banana", "cherry", "date", "fig", "grape", "lemon", "melon",
 ];
+
+/// A server and a queue named after `prefix`, filled by `wq ARGS...` (exit 0).
+async fn filled(prefix: &str, args: &[&str]) -> (TestServer, Wq) {
+    let t = TestServer::start().await;
+    let w = t.at(&unique(prefix));
+    let out = w.run(args).await;
+    assert_eq!(out.code(), 0, "{out:?}");
+    (t, w)
+}
+
+/// Waits for `a`, told to stop with SIGTERM, to exit 128 + SIGTERM, and checks
+/// that its item went back to the queue untried.
+async fn assert_released_after_sigterm(w: &Wq, a: Running) {
+    let (status, _) = a.finish().await;
+    assert_eq!(status.code(), Some(143));
+    let s = w.stats().await;
+    assert_eq!(
+        (s.pending, s.leased, s.retried),
+        (1, 0, 0),
+        "released: {s:?}"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_then_consume_one_prints_the_first_item() {
@@ -43,10 +65,8 @@ async fn a_loop_of_single_item_consumers_processes_every_item_exactly_once() {
     let mut runs = 0;
     while !t.stats(&q).await.drained {
         let out = t
-            .run(
-                &q,
-                &["consume", "-c", "1", "--", "sh", "-c", "echo \"$(cat)\""],
-            )
+            .at(&q)
+            .sh(&["consume", "-c", "1"], "echo \"$(cat)\"")
             .await;
         assert_eq!(out.code(), 0, "{out:?}");
         seen.extend(out.stdout.lines().map(str::to_owned));
@@ -68,22 +88,17 @@ async fn a_loop_of_single_item_consumers_processes_every_item_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_three_times_longer_than_its_lease_completes_once() {
-    let t = TestServer::start().await;
-    let q = unique("renew");
-    assert_eq!(t.run(&q, &["push", "--seal", "long"]).await.code(), 0);
+    let (_t, w) = filled("renew", &["push", "--seal", "long"]).await;
 
     // Lease 2s, program runs 6s: only renewal (every 2/3 s) keeps the item.
-    let mut a = t.wq(&q);
-    a.args(["consume", "-c", "1", "--lease", "2s", "--", "sh", "-c"])
-        .arg("echo \"start $WQ_ATTEMPT\"; sleep 6; echo \"done $(cat)\"");
-    let mut a = Running::spawn(a);
+    let mut a = w.spawn_sh(
+        &["consume", "-c", "1", "--lease", "2s"],
+        "echo \"start $WQ_ATTEMPT\"; sleep 6; echo \"done $(cat)\"",
+    );
     assert_eq!(a.wait_for("start").await, "1");
 
     // Another consumer works the queue meanwhile and must get nothing.
-    let mut b = t.wq(&q);
-    b.args(["consume", "--lease", "2s", "--", "sh", "-c"])
-        .arg("echo \"b got $(cat)\"");
-    let b = Running::spawn(b);
+    let b = w.spawn_sh(&["consume", "--lease", "2s"], "echo \"b got $(cat)\"");
 
     let (status, rest) = a.finish().await;
     assert_eq!(status.code(), Some(0), "{rest:?}");
@@ -92,105 +107,71 @@ async fn a_program_three_times_longer_than_its_lease_completes_once() {
     assert_eq!(status.code(), Some(0), "consumer b exits 0 at drain");
     assert!(b_out.is_empty(), "nobody else got the item: {b_out:?}");
 
-    let s = t.stats(&q).await;
+    let s = w.stats().await;
     assert_eq!((s.completed, s.retried, s.dead), (1, 0, 0));
     assert!(s.drained);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_item_redelivers_after_the_lease_as_a_second_attempt() {
-    let t = TestServer::start().await;
-    let q = unique("kill9");
-    assert_eq!(t.run(&q, &["push", "--seal", "precious"]).await.code(), 0);
+    let (_t, w) = filled("kill9", &["push", "--seal", "precious"]).await;
 
-    let mut a = t.wq(&q);
-    a.args(["consume", "-c", "1", "--lease", "1s", "--", "sh", "-c"])
-        .arg("echo \"pgid $$\"; sleep 60");
-    let mut a = Running::spawn(a);
-    let pgid: i32 = a.wait_for("pgid").await.parse().expect("a pid");
-    a.groups.push(pgid);
+    let mut a = w.spawn_sh(
+        &["consume", "-c", "1", "--lease", "1s"],
+        "echo \"pgid $$\"; sleep 60",
+    );
+    let pgid = a.wait_for_group().await;
     // As when a node dies or a container is killed: wq and its program, at once.
-    a.signal(Signal::SIGKILL);
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL)
-        .expect("program group killed");
-    let (status, _) = a.finish().await;
-    assert_eq!(status.code(), None, "killed by a signal");
+    a.kill_with_program(pgid).await;
 
     // No release was sent: the item comes back only when its lease expires.
-    let out = t
-        .run(
-            &q,
-            &[
-                "consume",
-                "-c",
-                "1",
-                "--",
-                "sh",
-                "-c",
-                "echo \"attempt $WQ_ATTEMPT: $(cat)\"",
-            ],
-        )
-        .await;
+    let attempt = "echo \"attempt $WQ_ATTEMPT: $(cat)\"";
+    let out = w.sh(&["consume", "-c", "1"], attempt).await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, "attempt 2: precious\n");
-    let s = t.stats(&q).await;
+    let s = w.stats().await;
     assert_eq!((s.completed, s.retried), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_item_releases_it_at_once_without_counting_an_attempt() {
-    let t = TestServer::start().await;
-    let q = unique("sigterm");
-    assert_eq!(t.run(&q, &["push", "--seal", "x"]).await.code(), 0);
+    let (_t, w) = filled("sigterm", &["push", "--seal", "x"]).await;
 
     // A 30 s lease: were the item not released, the next consumer would wait for it.
     // The program's own child reports the signal: it reached the whole group.
-    let mut a = t.wq(&q);
-    a.args(["consume", "-c", "1", "--lease", "30s", "--", "sh", "-c"])
-        .arg(concat!(
+    let mut a = w.spawn_sh(
+        &["consume", "-c", "1", "--lease", "30s"],
+        concat!(
             "sh -c 'trap \"echo child stopped; exit 0\" TERM; ",
             "echo ready; while :; do sleep 0.1; done' & wait"
-        ));
-    let mut a = Running::spawn(a);
+        ),
+    );
     a.wait_for("ready").await;
     a.signal(Signal::SIGTERM);
     let (status, rest) = a.finish().await;
     assert_eq!(status.code(), Some(143), "128 + SIGTERM");
     assert_eq!(rest, ["child stopped"]);
 
-    let s = t.stats(&q).await;
+    let s = w.stats().await;
     assert_eq!((s.pending, s.leased, s.retried), (1, 0, 0), "{s:?}");
 
-    let out = t
-        .run(
-            &q,
-            &[
-                "consume",
-                "-c",
-                "1",
-                "--",
-                "sh",
-                "-c",
-                "echo \"attempt $WQ_ATTEMPT\"",
-            ],
-        )
+    let out = w
+        .sh(&["consume", "-c", "1"], "echo \"attempt $WQ_ATTEMPT\"")
         .await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, "attempt 1\n");
-    assert_eq!(t.stats(&q).await.completed, 1);
+    assert_eq!(w.stats().await.completed, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_program_finish_within_the_grace_period() {
-    let t = TestServer::start().await;
-    let q = unique("grace-ok");
-    assert_eq!(t.run(&q, &["push", "--seal", "x"]).await.code(), 0);
+    let (_t, w) = filled("grace-ok", &["push", "--seal", "x"]).await;
 
     // The program finishes its item when told to stop: the item is completed.
-    let mut a = t.wq(&q);
-    a.args(["consume", "-c", "1", "--", "sh", "-c"])
-        .arg("trap 'echo finishing; exit 0' TERM; echo ready; while :; do sleep 0.1; done");
-    let mut a = Running::spawn(a);
+    let mut a = w.spawn_sh(
+        &["consume", "-c", "1"],
+        "trap 'echo finishing; exit 0' TERM; echo ready; while :; do sleep 0.1; done",
+    );
     a.wait_for("ready").await;
     a.signal(Signal::SIGTERM);
     let (status, rest) = a.finish().await;
@@ -200,81 +181,46 @@ async fn sigterm_lets_a_program_finish_within_the_grace_period() {
         Some(0),
         "its item was completed: -c 1 is done"
     );
-    let s = t.stats(&q).await;
+    let s = w.stats().await;
     assert_eq!((s.completed, s.pending, s.retried), (1, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_kills_a_program_still_running_after_the_grace_period() {
-    let t = TestServer::start().await;
-    let q = unique("grace-over");
-    assert_eq!(t.run(&q, &["push", "--seal", "x"]).await.code(), 0);
+    let (_t, w) = filled("grace-over", &["push", "--seal", "x"]).await;
 
-    let mut a = t.wq(&q);
-    a.args(["consume", "-c", "1", "--grace", "1s", "--", "sh", "-c"])
-        .arg("trap '' TERM; echo \"pgid $$\"; while :; do sleep 0.1; done");
-    let mut a = Running::spawn(a);
-    let pgid: i32 = a.wait_for("pgid").await.parse().expect("a pid");
-    a.groups.push(pgid);
-    a.signal(Signal::SIGTERM);
-    let (status, _) = a.finish().await;
-    assert_eq!(status.code(), Some(143));
-    let s = t.stats(&q).await;
-    assert_eq!(
-        (s.pending, s.leased, s.retried),
-        (1, 0, 0),
-        "released: {s:?}"
+    let mut a = w.spawn_sh(
+        &["consume", "-c", "1", "--grace", "1s"],
+        "trap '' TERM; echo \"pgid $$\"; while :; do sleep 0.1; done",
     );
+    a.wait_for_group().await;
+    a.signal(Signal::SIGTERM);
+    assert_released_after_sigterm(&w, a).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_ends_the_grace_period_at_once() {
-    let t = TestServer::start().await;
-    let q = unique("grace-cut");
-    assert_eq!(t.run(&q, &["push", "--seal", "x"]).await.code(), 0);
+    let (_t, w) = filled("grace-cut", &["push", "--seal", "x"]).await;
 
     // A long grace period, and a program that notes SIGTERM but goes on.
-    let mut a = t.wq(&q);
-    a.args(["consume", "-c", "1", "--grace", "10m", "--", "sh", "-c"])
-        .arg("trap 'echo got term' TERM; echo \"pgid $$\"; while :; do sleep 0.1; done");
-    let mut a = Running::spawn(a);
-    let pgid: i32 = a.wait_for("pgid").await.parse().expect("a pid");
-    a.groups.push(pgid);
+    let mut a = w.spawn_sh(
+        &["consume", "-c", "1", "--grace", "10m"],
+        "trap 'echo got term' TERM; echo \"pgid $$\"; while :; do sleep 0.1; done",
+    );
+    a.wait_for_group().await;
     a.signal(Signal::SIGTERM);
     a.wait_for("got term").await;
     a.signal(Signal::SIGTERM);
-    let (status, _) = a.finish().await;
-    assert_eq!(status.code(), Some(143));
-    let s = t.stats(&q).await;
-    assert_eq!(
-        (s.pending, s.leased, s.retried),
-        (1, 0, 0),
-        "released: {s:?}"
-    );
+    assert_released_after_sigterm(&w, a).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_exit_code_kills_the_item_and_dead_requeue_brings_it_back() {
-    let t = TestServer::start().await;
-    let q = unique("fatal");
-    assert_eq!(t.run(&q, &["push", "--seal", "poison"]).await.code(), 0);
+    let (t, w) = filled("fatal", &["push", "--seal", "poison"]).await;
+    let q = w.queue.clone();
 
-    let out = t
-        .run(
-            &q,
-            &[
-                "consume",
-                "-c",
-                "1",
-                "--fatal-exit-codes",
-                "42,43",
-                "--",
-                "sh",
-                "-c",
-                "exit 42",
-            ],
-        )
-        .await;
+    let fatal = ["consume", "-c", "1", "--fatal-exit-codes", "42,43"];
+    let out = w.sh(&fatal, "exit 42").await;
     assert_eq!(out.code(), 4, "a fatal item was seen: {out:?}");
     let s = t.stats(&q).await;
     assert_eq!((s.dead, s.pending, s.retried), (1, 0, 0));
@@ -308,15 +254,11 @@ async fn a_fatal_exit_code_kills_the_item_and_dead_requeue_brings_it_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_item_makes_a_coarse_consumer_exit_non_zero() {
-    let t = TestServer::start().await;
-    let q = unique("retry");
-    assert_eq!(t.run(&q, &["push", "x"]).await.code(), 0);
+    let (_t, w) = filled("retry", &["push", "x"]).await;
     // Unlike amqp-consume, which exits 0 whatever its program did.
-    let out = t
-        .run(&q, &["consume", "-c", "1", "--", "sh", "-c", "exit 7"])
-        .await;
+    let out = w.sh(&["consume", "-c", "1"], "exit 7").await;
     assert_eq!(out.code(), 3, "{out:?}");
-    let s = t.stats(&q).await;
+    let s = w.stats().await;
     assert_eq!((s.retried, s.dead, s.completed), (1, 0, 0));
     assert_eq!(s.pending + s.delayed, 1, "back in the queue: {s:?}");
 }
@@ -329,10 +271,8 @@ async fn two_concurrent_consumers_work_2000_items_exactly_once_and_exit_at_drain
     assert_eq!(out.code(), 0, "{out:?}");
 
     let consumer = || {
-        let mut c = t.wq(&q);
-        c.args(["consume", "--concurrency", "4", "--", "sh", "-c"])
-            .arg("echo \"$(cat)\"");
-        Running::spawn(c)
+        t.at(&q)
+            .spawn_sh(&["consume", "--concurrency", "4"], "echo \"$(cat)\"")
     };
     let (a, b) = (consumer(), consumer());
     let ((sa, la), (sb, lb)) = tokio::join!(a.finish(), b.finish());
@@ -400,17 +340,13 @@ async fn push_reads_files_stdin_and_ranges() {
     assert!(out.stdout.contains("enqueued   5"), "{}", out.stdout);
     assert!(out.stdout.contains("sealed     yes"), "{}", out.stdout);
 
-    let out = t
-        .run(&q, &["consume", "--", "sh", "-c", "echo \"$(cat)\""])
-        .await;
+    let out = t.at(&q).sh(&["consume"], "echo \"$(cat)\"").await;
     assert_eq!(out.stdout, "one\ntwo\nthree\nfour\nfive\n");
 
     let q2 = unique("range");
     let out = t.run(&q2, &["push", "--range", "1..=3", "--seal"]).await;
     assert_eq!(out.code(), 0, "{out:?}");
-    let out = t
-        .run(&q2, &["consume", "--", "sh", "-c", "echo \"$(cat)\""])
-        .await;
+    let out = t.at(&q2).sh(&["consume"], "echo \"$(cat)\"").await;
     assert_eq!(out.stdout, "1\n2\n3\n");
 }
 
@@ -477,43 +413,27 @@ async fn errors_are_one_line_and_exit_non_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_that_cannot_start_exits_127_and_loses_nothing() {
-    let t = TestServer::start().await;
-    let q = unique("nostart");
-    assert_eq!(t.run(&q, &["push", "x"]).await.code(), 0);
-    let out = t
-        .run(&q, &["consume", "-c", "1", "--", "/nonexistent/program"])
+    let (_t, w) = filled("nostart", &["push", "x"]).await;
+    let out = w
+        .run(&["consume", "-c", "1", "--", "/nonexistent/program"])
         .await;
     assert_eq!(out.code(), 127, "{out:?}");
     assert!(
         out.stderr.contains("cannot start /nonexistent/program"),
         "{out:?}"
     );
-    let s = t.stats(&q).await;
+    let s = w.stats().await;
     assert_eq!((s.pending, s.retried), (1, 0), "released untried: {s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_program_gets_the_item_in_its_environment() {
-    let t = TestServer::start().await;
-    let q = unique("env");
-    assert_eq!(t.run(&q, &["push", "x"]).await.code(), 0);
-    let out = t
-        .run(
-            &q,
-            &[
-                "consume",
-                "-c",
-                "1",
-                "--",
-                "sh",
-                "-c",
-                "echo \"$WQ_QUEUE $WQ_ATTEMPT ${#WQ_ITEM_ID}\"",
-            ],
-        )
-        .await;
+    let (_t, w) = filled("env", &["push", "x"]).await;
+    let env = "echo \"$WQ_QUEUE $WQ_ATTEMPT ${#WQ_ITEM_ID}\"";
+    let out = w.sh(&["consume", "-c", "1"], env).await;
     assert_eq!(out.code(), 0, "{out:?}");
     let fields: Vec<&str> = out.stdout.split_whitespace().collect();
-    assert_eq!(fields[..2], [q.as_str(), "1"]);
+    assert_eq!(fields[..2], [w.queue.as_str(), "1"]);
     assert_ne!(fields[2], "0", "WQ_ITEM_ID is set");
 }
 
@@ -539,25 +459,11 @@ async fn large_payloads_reach_the_program_whole_and_need_not_be_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn until_empty_stops_on_an_unsealed_queue() {
-    let t = TestServer::start().await;
-    let q = unique("empty");
-    assert_eq!(t.run(&q, &["push", "a", "b"]).await.code(), 0);
-    let out = t
-        .run(
-            &q,
-            &[
-                "consume",
-                "--until-empty",
-                "--",
-                "sh",
-                "-c",
-                "echo \"$(cat)\"",
-            ],
-        )
-        .await;
+    let (_t, w) = filled("empty", &["push", "a", "b"]).await;
+    let out = w.sh(&["consume", "--until-empty"], "echo \"$(cat)\"").await;
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, "a\nb\n");
-    let s = t.stats(&q).await;
+    let s = w.stats().await;
     assert!(!s.sealed && !s.drained && s.is_empty(), "{s:?}");
 }
 

@@ -7,7 +7,6 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::transport::Channel;
 use workq_proto::v1::queue_service_client::QueueServiceClient;
 
@@ -75,12 +74,18 @@ impl ServerProcess {
 
     /// The server's `/metrics` page (Prometheus text).
     pub fn metrics(&self) -> String {
+        self.http_get("/metrics")
+    }
+
+    /// `GET path` on the server's HTTP listener: the whole response, status
+    /// line and headers included.
+    pub fn http_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let http = self.http.expect("the server serves HTTP");
         let mut s = std::net::TcpStream::connect(http).expect("connect http");
         write!(
             s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         .expect("write");
         let mut body = String::new();
@@ -141,11 +146,5 @@ impl Drop for ServerProcess {
 }
 
 /// A queue name no other test uses.
-pub fn unique_queue(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+#[allow(unused_imports)] // not every test binary names a queue
+pub use workq_testkit::unique_name as unique_queue;

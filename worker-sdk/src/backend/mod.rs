@@ -155,17 +155,11 @@ impl Backend {
             Backend::Grpc(b) => b.complete_then_lease(queue, complete, opts).await,
             #[cfg(feature = "redis")]
             Backend::Redis(b) => {
-                if !complete.is_empty() {
-                    b.complete(queue, complete).await?;
-                }
-                b.lease(queue, opts).await
+                in_two_steps(complete, b.complete(queue, complete), b.lease(queue, opts)).await
             }
             #[cfg(feature = "amqp")]
             Backend::Amqp(b) => {
-                if !complete.is_empty() {
-                    b.complete(queue, complete).await?;
-                }
-                b.lease(queue, opts).await
+                in_two_steps(complete, b.complete(queue, complete), b.lease(queue, opts)).await
             }
         }
     }
@@ -261,4 +255,19 @@ impl Backend {
     pub(crate) async fn requeue_dead(&self, queue: &QueueName, ids: &[ItemId]) -> Result<u64> {
         each!(self, b => b.requeue_dead(queue, ids).await)
     }
+}
+
+/// Complete-then-lease on a backend without such a call: `complete_call`
+/// (skipped when there are no `tokens`), then `lease_call`. Both are futures
+/// not yet polled.
+#[cfg(any(feature = "redis", feature = "amqp"))]
+async fn in_two_steps(
+    tokens: &[LeaseToken],
+    complete_call: impl Future<Output = Result<()>>,
+    lease_call: impl Future<Output = Result<Leased>>,
+) -> Result<Leased> {
+    if !tokens.is_empty() {
+        complete_call.await?;
+    }
+    lease_call.await
 }

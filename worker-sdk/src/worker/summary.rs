@@ -42,7 +42,8 @@ pub struct WorkSummary {
 }
 
 impl WorkSummary {
-    pub(super) fn new() -> Self {
+    /// Nothing done yet, stopped because drained (the loop sets the reason when it returns).
+    pub(crate) fn new() -> Self {
         WorkSummary {
             stop: StopReason::Drained,
             leased: 0,

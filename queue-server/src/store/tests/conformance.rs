@@ -24,6 +24,17 @@ fn reopen(f: &mut impl Fixture) -> Option<Snapshot> {
     None
 }
 
+/// Opens a store, loads it (a store takes commits once loaded) and makes
+/// `commits`, one after the other; answers the store, still open.
+fn write(f: &mut impl Fixture, commits: Vec<Vec<StoreOp>>) -> Arc<dyn Store> {
+    let s = f.open();
+    s.load().expect("load");
+    for ops in commits {
+        commit(&*s, ops);
+    }
+    s
+}
+
 pub(super) fn a_new_store_holds_nothing(mut f: impl Fixture) {
     let store = f.open();
     let snap = store.load().expect("load");
@@ -34,11 +45,9 @@ pub(super) fn a_new_store_holds_nothing(mut f: impl Fixture) {
 
 pub(super) fn everything_committed_is_loaded_after_a_reopen(mut f: impl Fixture) {
     {
-        let s = f.open();
-        s.load().expect("load");
-        commit(
-            &*s,
-            vec![
+        let s = write(
+            &mut f,
+            vec![vec![
                 StoreOp::PutQueue(record("a")),
                 put("a", item(1, ItemState::Pending)),
                 put("a", item(2, ItemState::Delayed { due: 99 })),
@@ -68,7 +77,7 @@ pub(super) fn everything_committed_is_loaded_after_a_reopen(mut f: impl Fixture)
                     item: ItemId(9),
                     expires: 50,
                 },
-            ],
+            ]],
         );
         s.close().expect("close");
     }
@@ -105,11 +114,9 @@ pub(super) fn everything_committed_is_loaded_after_a_reopen(mut f: impl Fixture)
 }
 
 pub(super) fn deletes_remove_items_queues_and_keys_but_ids_are_never_reused(mut f: impl Fixture) {
-    {
-        let s = f.open();
-        s.load().expect("load");
-        commit(
-            &*s,
+    write(
+        &mut f,
+        vec![
             vec![
                 StoreOp::PutQueue(record("a")),
                 StoreOp::PutQueue(record("b")),
@@ -123,9 +130,6 @@ pub(super) fn deletes_remove_items_queues_and_keys_but_ids_are_never_reused(mut 
                     expires: 1,
                 },
             ],
-        );
-        commit(
-            &*s,
             vec![
                 StoreOp::DeleteItem {
                     queue: name("a"),
@@ -133,8 +137,8 @@ pub(super) fn deletes_remove_items_queues_and_keys_but_ids_are_never_reused(mut 
                 },
                 StoreOp::DeleteQueue(name("b")),
             ],
-        );
-    }
+        ],
+    );
     let Some(snap) = reopen(&mut f) else { return };
     assert_eq!(snap.queues, vec![record("a")]);
     assert!(snap.items.is_empty());
@@ -154,18 +158,13 @@ pub(super) fn within_one_commit_only_the_last_write_of_each_record_lands(mut f: 
         reason: "gave up".into(),
         at: 5,
     };
-    {
-        let s = f.open();
-        s.load().expect("load");
-        commit(
-            &*s,
+    write(
+        &mut f,
+        vec![
             vec![
                 StoreOp::PutQueue(record("a")),
                 put("a", item(20, ItemState::Pending)),
             ],
-        );
-        commit(
-            &*s,
             vec![
                 // Enqueued and completed in one commit: never written.
                 put("a", item(22, ItemState::Pending)),
@@ -190,8 +189,8 @@ pub(super) fn within_one_commit_only_the_last_write_of_each_record_lands(mut f: 
                 StoreOp::PutQueue(record("b")),
                 put("b", item(24, ItemState::Pending)),
             ],
-        );
-    }
+        ],
+    );
     let Some(snap) = reopen(&mut f) else { return };
     assert_eq!(snap.queues, vec![updated, record("b")]);
     let ids: Vec<(String, u64)> = snap
@@ -209,9 +208,7 @@ pub(super) fn within_one_commit_only_the_last_write_of_each_record_lands(mut f: 
 
 pub(super) fn many_concurrent_commits_all_land(mut f: impl Fixture) {
     {
-        let s = f.open();
-        s.load().expect("load");
-        commit(&*s, vec![StoreOp::PutQueue(record("a"))]);
+        let s = write(&mut f, vec![vec![StoreOp::PutQueue(record("a"))]]);
         block_on(async {
             let commits: Vec<Commit> = (0..2000u64)
                 .map(|id| s.submit(vec![put("a", item(id, ItemState::Pending))]))
@@ -227,35 +224,29 @@ pub(super) fn many_concurrent_commits_all_land(mut f: impl Fixture) {
 
 /// One module per store, one `#[test]` per case in it.
 macro_rules! conformance {
-    ($($store:ident => $fixture:expr;)+) => {$(
+    (cases: $cases:tt; $($store:ident => $fixture:expr;)+) => {$(
         mod $store {
             use super::super::*;
 
-            #[test]
-            fn a_new_store_holds_nothing() {
-                super::a_new_store_holds_nothing($fixture)
-            }
-            #[test]
-            fn everything_committed_is_loaded_after_a_reopen() {
-                super::everything_committed_is_loaded_after_a_reopen($fixture)
-            }
-            #[test]
-            fn deletes_remove_items_queues_and_keys_but_ids_are_never_reused() {
-                super::deletes_remove_items_queues_and_keys_but_ids_are_never_reused($fixture)
-            }
-            #[test]
-            fn within_one_commit_only_the_last_write_of_each_record_lands() {
-                super::within_one_commit_only_the_last_write_of_each_record_lands($fixture)
-            }
-            #[test]
-            fn many_concurrent_commits_all_land() {
-                super::many_concurrent_commits_all_land($fixture)
-            }
+            conformance!(@cases $fixture, $cases);
+        }
+    )+};
+    (@cases $fixture:expr, [$($case:ident),+ $(,)?]) => {$(
+        #[test]
+        fn $case() {
+            super::$case($fixture)
         }
     )+};
 }
 
 conformance! {
+    cases: [
+        a_new_store_holds_nothing,
+        everything_committed_is_loaded_after_a_reopen,
+        deletes_remove_items_queues_and_keys_but_ids_are_never_reused,
+        within_one_commit_only_the_last_write_of_each_record_lands,
+        many_concurrent_commits_all_land,
+    ];
     memory => Memory;
     embedded => Embedded::new();
 }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use tokio::time::Instant;
@@ -142,6 +143,19 @@ impl AmqpBackend {
         Ok(())
     }
 
+    /// The current channel, once every token is checked to be held on it. A
+    /// reopened channel forgets what the old one held: the check comes after it.
+    async fn channel_holding(
+        &self,
+        st: &mut State,
+        queue: &QueueName,
+        tokens: &[LeaseToken],
+    ) -> Result<Channel> {
+        let channel = self.channel(st).await?;
+        self.check(st, queue, tokens)?;
+        Ok(channel)
+    }
+
     pub(crate) async fn renew(
         &self,
         queue: &QueueName,
@@ -164,17 +178,10 @@ impl AmqpBackend {
     pub(crate) async fn complete(&self, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
         let mut st = self.state.lock().await;
         let st = &mut *st;
-        // A reopened channel forgets what the old one held: check after it.
-        let channel = self.channel(st).await?;
-        self.check(st, queue, tokens)?;
+        let channel = self.channel_holding(st, queue, tokens).await?;
         for t in tokens {
             if let Some(h) = st.held.get(t.as_str()) {
-                channel
-                    .basic_ack(h.tag, BasicAckOptions::default())
-                    .await
-                    .map_err(amqp_error(format!(
-                        "acknowledging a message of queue {queue}"
-                    )))?;
+                ack(&channel, h.tag, queue).await?;
             }
             st.held.remove(t.as_str());
         }
@@ -190,8 +197,7 @@ impl AmqpBackend {
     ) -> Result<u32> {
         let mut st = self.state.lock().await;
         let st = &mut *st;
-        self.channel(st).await?;
-        self.check(st, queue, tokens)?;
+        self.channel_holding(st, queue, tokens).await?;
         let mut dead = 0;
         for t in tokens {
             let Some(h) = st.held.remove(t.as_str()) else {
@@ -238,12 +244,7 @@ impl AmqpBackend {
                     "the AMQP channel closed while the failure was recorded: the broker requeued the message, which will come once more",
                 ));
             }
-            channel
-                .basic_ack(h.tag, BasicAckOptions::default())
-                .await
-                .map_err(amqp_error(format!(
-                    "acknowledging a message of queue {queue}"
-                )))?;
+            ack(&channel, h.tag, queue).await?;
             if to_dead {
                 dead += 1;
             }
@@ -255,9 +256,7 @@ impl AmqpBackend {
     pub(crate) async fn release(&self, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
         let mut st = self.state.lock().await;
         let st = &mut *st;
-        // A reopened channel forgets what the old one held: check after it.
-        let channel = self.channel(st).await?;
-        self.check(st, queue, tokens)?;
+        let channel = self.channel_holding(st, queue, tokens).await?;
         for t in tokens {
             if let Some(h) = st.held.remove(t.as_str()) {
                 channel
@@ -275,4 +274,14 @@ impl AmqpBackend {
         self.let_go(st, queue).await;
         Ok(())
     }
+}
+
+/// Acknowledges the message delivered as `tag` from `queue`: it is finished.
+async fn ack(channel: &Channel, tag: u64, queue: &QueueName) -> Result<()> {
+    channel
+        .basic_ack(tag, BasicAckOptions::default())
+        .await
+        .map_err(amqp_error(format!(
+            "acknowledging a message of queue {queue}"
+        )))
 }

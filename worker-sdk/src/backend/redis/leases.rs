@@ -100,10 +100,7 @@ impl RedisBackend {
         for (_, digest) in &items {
             call.arg(digest);
         }
-        let answer: Vec<i64> = call
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_error(what()))?;
+        let answer: Vec<i64> = self.invoke(&call, what()).await?;
         if answer.first() != Some(&0) {
             return Ok(None);
         }
@@ -162,6 +159,14 @@ impl RedisBackend {
         }
     }
 
+    /// Maps a finishing script's answer (see [`Self::check_answer`]); the
+    /// tokens are forgotten once the script took them all.
+    fn settle(&self, queue: &QueueName, tokens: &[LeaseToken], bad: i64) -> Result<()> {
+        self.check_answer(queue, tokens, bad)?;
+        self.forget(tokens);
+        Ok(())
+    }
+
     /// Maps a script's "index of the first stale token" answer.
     fn check_answer(&self, queue: &QueueName, tokens: &[LeaseToken], bad: i64) -> Result<()> {
         if bad == 0 {
@@ -204,10 +209,9 @@ impl RedisBackend {
         for t in tokens {
             call.arg(t.as_str());
         }
-        let bad: i64 = call
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_error(format!("renewing leases on queue {queue}")))?;
+        let bad: i64 = self
+            .invoke(&call, format!("renewing leases on queue {queue}"))
+            .await?;
         self.check_answer(queue, tokens, bad)?;
         let deadline = SystemTime::now() + Duration::from_millis(ms);
         Ok(vec![deadline; tokens.len()])
@@ -219,12 +223,10 @@ impl RedisBackend {
         let mut call = self.scripts.complete.key(&keys.processing);
         call.key(&keys.attempts).key(&keys.stats);
         push_tokens(&mut call, &keys, tokens, &held);
-        let bad: i64 = call
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_error(format!("completing items of queue {queue}")))?;
-        self.check_answer(queue, tokens, bad)?;
-        self.forget(tokens);
+        let bad: i64 = self
+            .invoke(&call, format!("completing items of queue {queue}"))
+            .await?;
+        self.settle(queue, tokens, bad)?;
         Ok(())
     }
 
@@ -251,12 +253,10 @@ impl RedisBackend {
             .arg(settings.max_attempts)
             .arg(&failure.reason);
         push_token_args(&mut call, tokens, &held);
-        let (bad, dead): (i64, u32) = call
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_error(format!("failing items of queue {queue}")))?;
-        self.check_answer(queue, tokens, bad)?;
-        self.forget(tokens);
+        let (bad, dead): (i64, u32) = self
+            .invoke(&call, format!("failing items of queue {queue}"))
+            .await?;
+        self.settle(queue, tokens, bad)?;
         Ok(dead)
     }
 
@@ -266,12 +266,10 @@ impl RedisBackend {
         let mut call = self.scripts.release.key(&keys.main);
         call.key(&keys.processing).key(&keys.attempts);
         push_tokens(&mut call, &keys, tokens, &held);
-        let bad: i64 = call
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_error(format!("releasing items of queue {queue}")))?;
-        self.check_answer(queue, tokens, bad)?;
-        self.forget(tokens);
+        let bad: i64 = self
+            .invoke(&call, format!("releasing items of queue {queue}"))
+            .await?;
+        self.settle(queue, tokens, bad)?;
         Ok(())
     }
 }

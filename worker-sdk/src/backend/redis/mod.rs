@@ -169,6 +169,17 @@ impl RedisBackend {
         self.conn.clone()
     }
 
+    /// Runs a prepared script call; `what` names the step in an error.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        call: &redis::ScriptInvocation<'_>,
+        what: String,
+    ) -> Result<T> {
+        call.invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_error(what))
+    }
+
     async fn settings(&self, keys: &Keys) -> Result<Settings> {
         let (max, lease): (Option<u32>, Option<u64>) = redis::cmd("HMGET")
             .arg(&keys.settings)
@@ -201,15 +212,11 @@ impl RedisBackend {
         let keys = Keys::new(queue);
         let max = settings.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         let lease = to_ms(Some(settings.default_lease.unwrap_or(DEFAULT_LEASE)));
+        let mut call = self.scripts.create.key(&keys.settings);
+        call.arg(max).arg(lease);
         let answer: i64 = self
-            .scripts
-            .create
-            .key(&keys.settings)
-            .arg(max)
-            .arg(lease)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_error(format!("creating queue {queue}")))?;
+            .invoke(&call, format!("creating queue {queue}"))
+            .await?;
         if answer < 0 {
             return Err(Error::Refused {
                 queue: queue.to_string(),
@@ -323,12 +330,8 @@ impl RedisBackend {
 
     pub(crate) async fn purge(&self, queue: &QueueName) -> Result<u64> {
         let keys = Keys::new(queue);
-        self.scripts
-            .purge
-            .key(&keys.main)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_error(format!("purging queue {queue}")))
+        let call = self.scripts.purge.key(&keys.main);
+        self.invoke(&call, format!("purging queue {queue}")).await
     }
 
     pub(crate) async fn seal(&self, queue: &QueueName) -> Result<QueueInfo> {
@@ -372,10 +375,9 @@ impl RedisBackend {
         for i in &items {
             call.arg(&i.payload[..]);
         }
-        let answer: i64 = call
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_error(format!("pushing to queue {queue}")))?;
+        let answer: i64 = self
+            .invoke(&call, format!("pushing to queue {queue}"))
+            .await?;
         if answer < 0 {
             return Err(Error::Refused {
                 queue: queue.to_string(),
@@ -465,9 +467,7 @@ impl RedisBackend {
         for (_, d) in &chosen {
             call.arg(d);
         }
-        call.invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_error(what()))
+        self.invoke(&call, what()).await
     }
 }
 

@@ -75,10 +75,7 @@ impl RedisBackend {
         for d in &digests {
             call.arg(d);
         }
-        let moved: u64 = call
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_error(what()))?;
+        let moved: u64 = self.invoke(&call, what()).await?;
         if moved > 0 {
             tracing::info!(queue = %keys.main, moved, "reaper: expired leases returned");
         }
