@@ -100,6 +100,8 @@ pub mod client;
 pub mod consume;
 pub mod error;
 pub mod lease;
+#[cfg(any(feature = "redis", feature = "amqp"))]
+mod random;
 pub mod retry;
 pub mod types;
 pub mod worker;

@@ -105,35 +105,5 @@ where
     }
 }
 
-#[cfg(any(feature = "redis", feature = "amqp"))]
-/// Random lower-case hex digits: `bytes` random bytes, for session ids,
-/// consumer tags and message ids.
-pub(crate) fn random_hex(bytes: usize) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(bytes * 2);
-    for _ in 0..bytes {
-        let _ = write!(out, "{:02x}", fastrand::u8(..));
-    }
-    out
-}
-
-#[cfg(any(feature = "redis", feature = "amqp"))]
-/// A random id in the textual form of a version-4 UUID (what the backends
-/// used before, so that ids look as they did).
-pub(crate) fn random_uuid() -> String {
-    let h = random_hex(16);
-    // Version 4, variant 10xx.
-    let variant = ['8', '9', 'a', 'b'][fastrand::usize(..4)];
-    format!(
-        "{}-{}-4{}-{}{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        variant,
-        &h[17..20],
-        &h[20..32]
-    )
-}
-
 #[cfg(test)]
 mod tests;

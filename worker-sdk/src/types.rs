@@ -167,7 +167,7 @@ impl Stats {
         self.completed + self.dead
     }
 
-    /// Nothing pending, delayed or leased now (the seeds' `rediswq` meaning of empty).
+    /// Nothing pending, delayed or leased now (the Kubernetes tutorial's `rediswq` meaning of empty).
     pub fn is_empty(&self) -> bool {
         self.pending == 0 && self.delayed == 0 && self.leased == 0
     }

@@ -1,5 +1,5 @@
 //! The `redis://` backend against the machine's real Redis (127.0.0.1:6379):
-//! the seeds' `rediswq.py` layout, filled as the tutorial fills it, worked by
+//! the Kubernetes tutorial's `rediswq.py` layout, filled as the tutorial fills it, worked by
 //! `wq consume`, by the SDK's worker loop, and by the original `rediswq.py`.
 //!
 //! Every test uses queue names of its own and deletes its keys at the end, so

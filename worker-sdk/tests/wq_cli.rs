@@ -60,7 +60,7 @@ async fn a_loop_of_single_item_consumers_processes_every_item_exactly_once() {
     args.extend(FRUITS);
     assert_eq!(t.run(&q, &args).await.code(), 0);
 
-    // The seeds' coarse Job: one `-c 1` consumer per item, until the queue is drained.
+    // The Kubernetes tutorial's coarse Job: one `-c 1` consumer per item, until the queue is drained.
     let mut seen: Vec<String> = Vec::new();
     let mut runs = 0;
     while !t.stats(&q).await.drained {

@@ -8,7 +8,7 @@
 //! | scheme | backend | feature | status |
 //! |---|---|---|---|
 //! | `grpc://host:port` | the workq queue service | `grpc` | supported |
-//! | `redis://host[:port][/db]` | a Redis list laid out like the seeds' `rediswq.py` (module `redis`) | `redis` | supported |
+//! | `redis://host[:port][/db]` | a Redis list laid out like the Kubernetes tutorial's `rediswq.py` (module `redis`) | `redis` | supported |
 //! | `amqp://user:pass@host[:port][/vhost]` | a RabbitMQ queue (module `amqp`) | `amqp` | supported, without seal and dead listing |
 //!
 //! A URL of a backend the build lacks is refused by `connect` with

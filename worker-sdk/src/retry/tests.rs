@@ -84,17 +84,3 @@ async fn retry_stops_at_an_error_that_is_not_retriable_and_at_success() {
     .await;
     assert_eq!(answer.ok(), Some(2));
 }
-
-#[cfg(any(feature = "redis", feature = "amqp"))]
-#[test]
-fn random_ids_look_like_v4_uuids_and_differ() {
-    let a = random_uuid();
-    let b = random_uuid();
-    assert_ne!(a, b);
-    assert_eq!(a.len(), 36);
-    let parts: Vec<_> = a.split('-').map(str::len).collect();
-    assert_eq!(parts, [8, 4, 4, 4, 12]);
-    assert_eq!(a.as_bytes()[14], b'4');
-    assert!(matches!(a.as_bytes()[19], b'8' | b'9' | b'a' | b'b'));
-    assert_eq!(random_hex(3).len(), 6);
-}

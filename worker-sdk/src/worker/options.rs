@@ -61,7 +61,7 @@ impl WorkerOptions {
     }
 
     /// Return as soon as the queue is empty (nothing pending, delayed or leased),
-    /// sealed or not: the seeds' `rediswq` meaning. Without it the loop returns
+    /// sealed or not: the Kubernetes tutorial's `rediswq` meaning. Without it the loop returns
     /// only once the queue is drained (sealed and empty).
     pub fn until_empty(mut self, yes: bool) -> Self {
         self.until_empty = yes;

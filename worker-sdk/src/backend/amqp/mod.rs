@@ -1,4 +1,4 @@
-//! The `amqp://` backend: a RabbitMQ queue, such as the one the seeds fill with
+//! The `amqp://` backend: a RabbitMQ queue, such as the one the Kubernetes tutorial fills with
 //! `amqp-publish` and work with `amqp-consume`.
 //!
 //! # Layout (queue `Q`)
@@ -60,7 +60,7 @@ pub use presence::leases_queue;
 
 use super::QueueUrl;
 use crate::error::{Error, Result};
-use crate::retry::random_uuid;
+use crate::random::random_uuid;
 use crate::types::{DeadItem, ItemId, NewItem, Pushed, QueueInfo, QueueName, QueueSettings, Stats};
 
 /// Attempts before a message goes to `Q.dead` (the contract's default,

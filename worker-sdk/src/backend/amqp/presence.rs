@@ -14,7 +14,7 @@ use lapin::types::FieldTable;
 
 use super::{AmqpBackend, State, amqp_error, name};
 use crate::error::Result;
-use crate::retry::random_uuid;
+use crate::random::random_uuid;
 use crate::types::QueueName;
 
 /// The queue whose consumers are the workq workers holding messages of `queue`.

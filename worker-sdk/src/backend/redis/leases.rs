@@ -9,7 +9,8 @@ use tokio::time::Instant;
 use super::keys::{Keys, item_digest};
 use super::{RedisBackend, lost, redis_error};
 use crate::error::Result;
-use crate::retry::{Backoff, random_uuid};
+use crate::random::random_uuid;
+use crate::retry::Backoff;
 use crate::types::{
     Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, QueueName, to_ms,
 };

@@ -1,4 +1,4 @@
-//! The `redis://` backend: a queue laid out exactly as the seeds' `rediswq.py`
+//! The `redis://` backend: a queue laid out exactly as the Kubernetes tutorial's `rediswq.py`
 //! lays it out, so that workers using the original `rediswq.py` and workq
 //! workers (`wq consume`, [`Queue::work`](crate::Queue::work)) share one queue.
 //!
