@@ -68,6 +68,9 @@ impl Engine {
     /// Restores every queue from `store` and starts their reapers. Must be
     /// called inside a tokio runtime.
     pub fn open(store: Arc<dyn Store>, limits: Limits, defaults: QueueSettings) -> Result<Self> {
+        limits
+            .check()
+            .map_err(|e| Error::InvalidArgument(format!("queue-server limits: {e}")))?;
         let snapshot = store.load()?;
         let clock = Clock::new();
         let now = clock.now_ms();
@@ -453,9 +456,11 @@ impl Engine {
                 }
                 let now = self.inner.clock.now_ms();
                 let next_seq = &self.inner.next_seq;
-                let items = slot.queue.lease(now, max, lease_ms, || {
-                    next_seq.fetch_add(1, Ordering::Relaxed)
-                });
+                let items =
+                    slot.queue
+                        .lease_within(now, max, limits.answer_budget(), lease_ms, || {
+                            next_seq.fetch_add(1, Ordering::Relaxed)
+                        });
                 let drained = slot.queue.drained();
                 let empty = slot.queue.counters().is_empty();
                 if !items.is_empty() {
@@ -545,10 +550,15 @@ impl Engine {
         } else {
             reason
         };
-        let reason: String = reason.chars().take(limits.max_attribute_bytes).collect();
+        // Cut to the byte limit, on a character boundary.
+        let mut cut = reason.len().min(limits.max_attribute_bytes);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let reason = &reason[..cut];
         let dead = self
             .mutate(name, |q, now, j| {
-                q.fail(now, tokens, fatal, &reason, millis(retry_after), j)
+                q.fail(now, tokens, fatal, reason, millis(retry_after), j)
             })
             .await?;
         metrics::counter!("workq_items_failed_total").increment(tokens.len() as u64);
@@ -561,15 +571,34 @@ impl Engine {
         self.mutate(name, |q, now, _| q.release(now, tokens)).await
     }
 
+    /// Gives back, at once and counting no attempt, those of `tokens` that
+    /// are still live leases; the others (completed, failed, expired, or the
+    /// queue gone) are skipped. Returns how many were released. For a `Work`
+    /// stream that ended with items in hand; any number of tokens.
+    pub async fn release_held(&self, name: &QueueName, tokens: &[LeaseToken]) -> Result<usize> {
+        if tokens.is_empty() {
+            return Ok(0);
+        }
+        let n = self
+            .mutate(name, |q, now, _| Ok(q.release_live(now, tokens)))
+            .await?;
+        if n > 0 {
+            metrics::counter!("workq_items_released_total").increment(n as u64);
+        }
+        Ok(n)
+    }
+
     /// Follows a queue's description: the current one, then every change.
     /// The value becomes `None` when the queue is deleted.
     pub fn watch(&self, name: &QueueName) -> Result<watch::Receiver<Option<QueueInfo>>> {
         Ok(self.cell(name)?.info.subscribe())
     }
 
-    /// Dead items, oldest first, at most `limit`.
+    /// Dead items, oldest first, at most `limit`, and no more than fit in
+    /// one answer ([`Limits::answer_budget`]).
     pub fn list_dead(&self, name: &QueueName, limit: usize) -> Result<Vec<DeadItem>> {
-        self.read(name, |q| q.dead_items(limit))
+        let budget = self.inner.limits.answer_budget();
+        self.read(name, |q| q.dead_items_within(limit, budget))
     }
 
     /// Moves dead items (all when `ids` is empty) back to pending.

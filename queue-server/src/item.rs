@@ -91,6 +91,14 @@ impl Attributes {
         Attributes(Some(Arc::new(pairs)))
     }
 
+    /// What they add to an answer: key and value bytes, and each entry's
+    /// framing ([`crate::settings::ATTRIBUTE_OVERHEAD`]).
+    pub fn answer_bytes(&self) -> usize {
+        self.iter()
+            .map(|(k, v)| k.len() + v.len() + crate::settings::ATTRIBUTE_OVERHEAD)
+            .sum()
+    }
+
     /// The pairs, sorted by key.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0
@@ -118,6 +126,23 @@ pub struct Item {
     pub enqueued_at: u64,
     /// Where it is in its life.
     pub state: ItemState,
+}
+
+impl Item {
+    /// The most this item adds to an answer (a leased or a dead item): its
+    /// payload, attributes, reason when dead, and
+    /// [`crate::settings::ITEM_OVERHEAD`] for the rest. An upper bound of its
+    /// encoded size, so that answers filled up to a budget stay under it.
+    pub fn answer_bytes(&self) -> usize {
+        let reason = match &self.state {
+            ItemState::Dead { reason, .. } => reason.len(),
+            _ => 0,
+        };
+        self.payload.len()
+            + self.attributes.answer_bytes()
+            + reason
+            + crate::settings::ITEM_OVERHEAD
+    }
 }
 
 #[cfg(test)]

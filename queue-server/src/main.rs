@@ -41,7 +41,8 @@ struct Args {
     /// Directory of the embedded store (created if missing; one server at a time).
     #[arg(long, env = "WQ_DATA_DIR", default_value = "./workq-data")]
     data_dir: PathBuf,
-    /// Largest item payload in bytes.
+    /// Largest item in bytes: payload, attribute keys and values and
+    /// idempotency key together.
     #[arg(long, env = "WQ_MAX_PAYLOAD_BYTES", default_value_t = Limits::default().max_payload_bytes)]
     max_payload_bytes: usize,
     /// Most items in one call.
@@ -63,6 +64,16 @@ struct Args {
     /// How long the idempotency key of a completed item is remembered.
     #[arg(long, env = "WQ_IDEMPOTENCY_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
     idempotency_window: Duration,
+    /// Largest gRPC message in bytes, in or out. Lease, Work and ListDead
+    /// answers are filled up to a little under it (items that do not fit stay
+    /// pending); the largest item (--max-payload-bytes) must fit, checked at
+    /// start. Clients must accept messages this large.
+    #[arg(long, env = "WQ_MAX_MESSAGE_BYTES", default_value_t = Limits::default().max_message_bytes)]
+    max_message_bytes: usize,
+    /// Most credit a Work stream may have open (granted, not yet used); a
+    /// larger grant is clamped, and the answer to it says so.
+    #[arg(long, env = "WQ_MAX_WORK_CREDIT", default_value_t = Limits::default().max_work_credit)]
+    max_work_credit: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -91,6 +102,8 @@ fn main() -> anyhow::Result<()> {
             max_payload_bytes: args.max_payload_bytes,
             max_batch: args.max_batch.max(1),
             idempotency_window: args.idempotency_window,
+            max_message_bytes: args.max_message_bytes,
+            max_work_credit: args.max_work_credit,
             ..Limits::default()
         },
         defaults: QueueSettings {

@@ -12,6 +12,19 @@ use std::sync::Arc;
 #[error("{0}")]
 pub struct ParseError(pub String);
 
+/// The most characters of a bad value an error message quotes.
+pub const QUOTE_CHARS: usize = 64;
+
+/// `s` quoted for an error message: at most its first [`QUOTE_CHARS`]
+/// characters, and its length in bytes when it was cut — so that a refusal
+/// of a huge value stays small.
+pub fn quoted(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_CHARS) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
 /// The longest queue name, as for a Kubernetes DNS-1123 label.
 pub const MAX_QUEUE_NAME_LEN: usize = 63;
 
@@ -34,8 +47,9 @@ impl FromStr for QueueName {
     fn from_str(s: &str) -> Result<Self, ParseError> {
         let bad = |why: &str| {
             Err(ParseError(format!(
-                "invalid queue name {s:?}: {why}; use 1-63 lowercase letters, digits or '-', \
-                 starting and ending with a letter or digit (a DNS-1123 label, e.g. \"job-1\")"
+                "invalid queue name {}: {why}; use 1-63 lowercase letters, digits or '-', \
+                 starting and ending with a letter or digit (a DNS-1123 label, e.g. \"job-1\")",
+                quoted(s)
             )))
         };
         if s.is_empty() {
@@ -78,9 +92,12 @@ impl FromStr for ItemId {
     type Err = ParseError;
 
     fn from_str(s: &str) -> Result<Self, ParseError> {
-        s.parse::<u64>()
-            .map(ItemId)
-            .map_err(|_| ParseError(format!("invalid item id {s:?}: expected a decimal number")))
+        s.parse::<u64>().map(ItemId).map_err(|_| {
+            ParseError(format!(
+                "invalid item id {}: expected a decimal number",
+                quoted(s)
+            ))
+        })
     }
 }
 
@@ -109,7 +126,8 @@ impl FromStr for LeaseToken {
     fn from_str(s: &str) -> Result<Self, ParseError> {
         let bad = || {
             ParseError(format!(
-                "invalid lease token {s:?}: pass the lease_token a Lease call returned"
+                "invalid lease token {}: pass the lease_token a Lease call returned",
+                quoted(s)
             ))
         };
         let (item, seq) = s.split_once('.').ok_or_else(bad)?;
@@ -150,6 +168,20 @@ mod tests {
             let err = bad.parse::<QueueName>().expect_err(bad);
             assert!(err.0.contains(why), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn refusals_quote_a_short_prefix_of_a_huge_value() {
+        let huge = "X".repeat(1 << 20);
+        for err in [
+            huge.parse::<QueueName>().expect_err("name"),
+            huge.parse::<ItemId>().expect_err("id"),
+            huge.parse::<LeaseToken>().expect_err("token"),
+        ] {
+            assert!(err.0.len() < 400, "{} bytes", err.0.len());
+            assert!(err.0.contains("1048576 bytes"), "{}", err.0);
+        }
+        assert_eq!(quoted("job"), "\"job\"");
     }
 
     #[test]

@@ -275,18 +275,42 @@ impl Queue {
         now: u64,
         max: usize,
         lease_ms: u64,
+        next_seq: impl FnMut() -> u64,
+    ) -> Vec<Leased> {
+        self.lease_within(now, max, usize::MAX, lease_ms, next_seq)
+    }
+
+    /// [`Queue::lease`] into an answer of at most `max_bytes`
+    /// ([`crate::item::Item::answer_bytes`] summed): it stops before the
+    /// first item that would not fit, which stays pending, first in line, no
+    /// attempt counted. The first item is taken whatever its size (the
+    /// limits checked at start make every item fit), so a queue never sticks.
+    pub fn lease_within(
+        &mut self,
+        now: u64,
+        max: usize,
+        max_bytes: usize,
+        lease_ms: u64,
         mut next_seq: impl FnMut() -> u64,
     ) -> Vec<Leased> {
         self.promote_delayed(now);
         let deadline = now.saturating_add(lease_ms);
         let mut out = Vec::with_capacity(max.min(self.pending.len()));
+        let mut bytes = 0usize;
         while out.len() < max {
-            let Some(id) = self.pending.pop_front() else {
+            let Some(&id) = self.pending.front() else {
                 break;
             };
             let Some(item) = self.items.get_mut(&id) else {
+                self.pending.pop_front();
                 continue;
             };
+            let size = item.answer_bytes();
+            if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+                break;
+            }
+            self.pending.pop_front();
+            bytes = bytes.saturating_add(size);
             let seq = next_seq();
             item.state = ItemState::Leased { seq, deadline };
             self.leases.push(Reverse((deadline, id, seq)));
@@ -420,24 +444,39 @@ impl Queue {
 
     /// Dead items, oldest id first, at most `limit`.
     pub fn dead_items(&self, limit: usize) -> Vec<DeadItem> {
-        let mut dead: Vec<DeadItem> = self
+        self.dead_items_within(limit, usize::MAX)
+    }
+
+    /// [`Queue::dead_items`] into an answer of at most `max_bytes`
+    /// ([`crate::item::Item::answer_bytes`] summed; the first is always
+    /// listed). The caller pages on by requeueing or purging what it saw.
+    pub fn dead_items_within(&self, limit: usize, max_bytes: usize) -> Vec<DeadItem> {
+        let mut dead: Vec<&Item> = self
             .items
             .values()
-            .filter_map(|i| match &i.state {
-                ItemState::Dead { reason, at } => Some(DeadItem {
+            .filter(|i| matches!(i.state, ItemState::Dead { .. }))
+            .collect();
+        dead.sort_by_key(|i| i.id);
+        let mut bytes = 0usize;
+        let mut out = Vec::new();
+        for i in dead.into_iter().take(limit) {
+            let size = i.answer_bytes();
+            if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            if let ItemState::Dead { reason, at } = &i.state {
+                out.push(DeadItem {
                     id: i.id,
                     payload: i.payload.clone(),
                     attributes: i.attributes.clone(),
                     attempts: i.attempts,
                     reason: reason.to_string(),
                     died_at: *at,
-                }),
-                _ => None,
-            })
-            .collect();
-        dead.sort_by_key(|d| d.id);
-        dead.truncate(limit);
-        dead
+                });
+            }
+        }
+        out
     }
 
     /// Moves dead items (all when `ids` is empty) back to pending with their

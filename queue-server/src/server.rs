@@ -202,12 +202,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Task(format!("reflection: {e}")))?;
-    // Room for a full batch of maximal payloads.
-    let max_message = config
-        .limits
-        .max_payload_bytes
-        .saturating_mul(config.limits.max_batch.min(64))
-        .max(16 * 1024 * 1024);
+    // One limit for messages in and out; answers are filled under it.
+    let max_message = config.limits.max_message_bytes;
     let service = QueueServiceServer::new(GrpcService::new(engine.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);

@@ -51,8 +51,16 @@ impl QueueSettings {
 /// Bounds on what one call may ask, checked before anything changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest payload of one item, in bytes.
+    /// Largest item, in bytes: its payload, attribute keys and values and
+    /// idempotency key together.
     pub max_payload_bytes: usize,
+    /// Largest gRPC message, in or out. Answers (Lease, Work, ListDead) are
+    /// filled up to [`Limits::answer_budget`], a little under it; the largest
+    /// item must fit in that budget ([`Limits::check`], at start).
+    pub max_message_bytes: usize,
+    /// Most credit a `Work` stream may have open (granted, not yet used); a
+    /// grant beyond it is clamped.
+    pub max_work_credit: u64,
     /// Most items in one enqueue, lease, renew, complete, fail or release call.
     pub max_batch: usize,
     /// Shortest lease.
@@ -75,6 +83,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_payload_bytes: 1024 * 1024,
+            max_message_bytes: 16 * 1024 * 1024,
+            max_work_credit: 1000,
             max_batch: 1000,
             min_lease: Duration::from_secs(1),
             max_lease: Duration::from_secs(24 * 3600),
@@ -91,7 +101,64 @@ fn human(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
+/// Room in an answer for what is not its items (fields beside them, framing).
+const ANSWER_SLACK: usize = 1024;
+
+/// The most a leased or dead item adds to an answer beyond its payload,
+/// attributes and reason: ids, token, counters, timestamps, field tags and
+/// lengths ([`crate::item::Item::answer_bytes`]).
+pub const ITEM_OVERHEAD: usize = 256;
+
+/// The most one attribute adds to an answer beyond its key and value bytes
+/// (a map entry: tags and lengths).
+pub const ATTRIBUTE_OVERHEAD: usize = 20;
+
+/// Longest prefix of a dead item's reason the server adds ("attempt 3 of 5
+/// failed: …").
+pub const REASON_PREFIX: usize = 64;
+
 impl Limits {
+    /// The bytes of items one answer may carry: a little under
+    /// [`Limits::max_message_bytes`].
+    pub fn answer_budget(&self) -> usize {
+        self.max_message_bytes.saturating_sub(ANSWER_SLACK)
+    }
+
+    /// The most one item can add to an answer, given these limits: the
+    /// largest item, every attribute's framing, its longest reason.
+    pub fn largest_answer_item(&self) -> usize {
+        self.max_payload_bytes
+            .saturating_add(self.max_attributes.saturating_mul(ATTRIBUTE_OVERHEAD))
+            .saturating_add(self.max_attribute_bytes)
+            .saturating_add(REASON_PREFIX + ITEM_OVERHEAD)
+    }
+
+    /// Whether these limits fit together: the largest item must fit in one
+    /// answer, so that every item can be delivered.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_batch == 0 || self.max_work_credit == 0 {
+            return Err(
+                "the batch limit and the Work credit limit must be at least 1 \
+                 (queue-server --max-batch, --max-work-credit)"
+                    .to_string(),
+            );
+        }
+        let need = self.largest_answer_item();
+        if need > self.answer_budget() {
+            return Err(format!(
+                "an item of up to {} bytes (--max-payload-bytes) takes up to {need} bytes in an \
+                 answer, more than the {} bytes a message of {} bytes (--max-message-bytes) \
+                 leaves for items: raise --max-message-bytes to at least {} or lower \
+                 --max-payload-bytes",
+                self.max_payload_bytes,
+                self.answer_budget(),
+                self.max_message_bytes,
+                need + ANSWER_SLACK
+            ));
+        }
+        Ok(())
+    }
+
     /// A lease duration within bounds, or the error naming them.
     pub fn check_lease(&self, d: Duration) -> Result<Duration, String> {
         if d < self.min_lease || d > self.max_lease {
@@ -140,10 +207,17 @@ impl Limits {
         key: Option<&str>,
         delay: Duration,
     ) -> Result<(), String> {
-        if payload_len > self.max_payload_bytes {
+        let extra: usize = attributes
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            + key.map_or(0, str::len);
+        let size = payload_len.saturating_add(extra);
+        if size > self.max_payload_bytes {
             return Err(format!(
-                "item {index}: payload of {payload_len} bytes exceeds the limit of {} bytes \
-                 (queue-server --max-payload-bytes); store large data elsewhere and enqueue a reference",
+                "item {index}: {size} bytes (payload {payload_len}, attributes and key {extra}) \
+                 exceed the limit of {} bytes per item (queue-server --max-payload-bytes); \
+                 store large data elsewhere and enqueue a reference",
                 self.max_payload_bytes
             ));
         }
@@ -160,8 +234,9 @@ impl Limits {
                 || v.len() > self.max_attribute_bytes
             {
                 return Err(format!(
-                    "item {index}: attribute {k:?} must have a non-empty key, and key and value \
+                    "item {index}: attribute {} must have a non-empty key, and key and value \
                      of at most {} bytes",
+                    crate::names::quoted(k),
                     self.max_attribute_bytes
                 ));
             }

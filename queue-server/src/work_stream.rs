@@ -9,11 +9,27 @@
 //! Leasing is the engine's long-polling lease, dropped and made again whenever
 //! a message comes in: it is cancel-safe, as it takes items only in the poll
 //! that returns them.
+//!
+//! # Guarantees
+//! - The stream owns its items: when it ends, for any reason (the worker
+//!   half-closed or vanished, the queue drained or deleted, the server
+//!   stopping), every item leased to it and not completed is released at
+//!   once, counting no attempt (completions over unary calls are honoured:
+//!   only leases still live are released).
+//! - Open credit (granted, not yet used) is at most
+//!   [`Limits::max_work_credit`](crate::settings::Limits::max_work_credit).
+//!   A grant beyond it is clamped, and the answer says so: the `completed`
+//!   answer to that request's `ref` carries the note in its `message` (code
+//!   OK when there was nothing to complete; otherwise the completion's own
+//!   code).
+//! - Each push holds at most [`Limits::answer_budget`](crate::settings::Limits::answer_budget)
+//!   bytes of items.
 
 use crate::engine::Engine;
 use crate::grpc::{leased_pb, status};
 use crate::names::{LeaseToken, QueueName};
 use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -23,16 +39,48 @@ use workq_proto::v1 as pb;
 pub type Outbound = mpsc::Sender<Result<pb::WorkResponse, Status>>;
 
 /// Serves one `Work` stream until the queue is drained or deleted, the server
-/// stops, or the worker goes away.
+/// stops, or the worker goes away; then releases what the worker still held.
 pub async fn serve(
     engine: Engine,
     name: QueueName,
     lease: Option<Duration>,
     first: pb::WorkRequest,
-    mut inbound: Streaming<pb::WorkRequest>,
+    inbound: Streaming<pb::WorkRequest>,
     tx: Outbound,
 ) {
+    let mut held = HashSet::new();
+    run(&engine, &name, lease, first, inbound, tx, &mut held).await;
+    let held: Vec<LeaseToken> = held.into_iter().collect();
+    for chunk in held.chunks(engine.limits().max_batch.max(1)) {
+        match engine.release_held(&name, chunk).await {
+            Ok(_) | Err(crate::Error::QueueNotFound(_)) => {}
+            Err(e) => tracing::warn!(
+                "queue {name}: a Work stream ended; releasing its {} item(s) failed: {e}",
+                chunk.len()
+            ),
+        }
+    }
+}
+
+/// The note an answer carries when a grant was clamped.
+fn clamped_note(granted: u32, open: u64, max: u64) -> String {
+    format!(
+        "credit clamped: a grant of {granted} would leave more than {max} open \
+         (queue-server --max-work-credit); {open} open now, grant more as items arrive"
+    )
+}
+
+async fn run(
+    engine: &Engine,
+    name: &QueueName,
+    lease: Option<Duration>,
+    first: pb::WorkRequest,
+    mut inbound: Streaming<pb::WorkRequest>,
+    tx: Outbound,
+    held: &mut HashSet<LeaseToken>,
+) {
     let max_batch = engine.limits().max_batch as u64;
+    let max_credit = engine.limits().max_work_credit.max(1);
     // A floor: a zero limit would make every lease answer at once and spin.
     let max_wait = engine.limits().max_wait.max(Duration::from_secs(1));
     let mut credit: u64 = 0;
@@ -43,8 +91,11 @@ pub async fn serve(
     // Sent last, after the answers to completions in flight.
     let mut last_word: Option<Status> = None;
     let take = |req: pb::WorkRequest, credit: &mut u64| {
-        *credit = credit.saturating_add(u64::from(req.credit));
-        (!req.complete_tokens.is_empty()).then(|| complete(&engine, &name, req))
+        let wanted = credit.saturating_add(u64::from(req.credit));
+        *credit = wanted.min(max_credit);
+        let note = (wanted > max_credit).then(|| clamped_note(req.credit, *credit, max_credit));
+        (!req.complete_tokens.is_empty() || note.is_some())
+            .then(|| complete(engine, name, req, note))
     };
     if let Some(c) = take(first, &mut credit) {
         completions.push(c);
@@ -61,8 +112,11 @@ pub async fn serve(
         let want = usize::try_from(credit.min(max_batch)).unwrap_or(1);
         tokio::select! {
             biased;
-            Some(done) = completions.next(), if !completions.is_empty() => {
-                let msg = pb::WorkResponse { completed: Some(done), ..Default::default() };
+            Some((done, result)) = completions.next(), if !completions.is_empty() => {
+                for t in &done {
+                    held.remove(t);
+                }
+                let msg = pb::WorkResponse { completed: Some(result), ..Default::default() };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }
@@ -81,24 +135,19 @@ pub async fn serve(
                     ending = true;
                 }
             },
-            out = engine.lease(&name, want, lease, max_wait), if want > 0 && !ending => match out {
+            out = engine.lease(name, want, lease, max_wait), if want > 0 && !ending => match out {
                 Ok(out) => {
                     credit -= out.items.len() as u64;
+                    held.extend(out.items.iter().map(|i| i.token));
                     if !out.items.is_empty() || out.drained {
                         let msg = pb::WorkResponse {
                             items: out.items.into_iter().map(leased_pb).collect(),
                             drained: out.drained,
                             completed: None,
                         };
-                        if let Err(mpsc::error::SendError(unsent)) = tx.send(Ok(msg)).await {
-                            // The worker is gone before it saw them: give
-                            // them back at once, counting no attempt.
-                            let tokens: Vec<LeaseToken> = unsent
-                                .iter()
-                                .flat_map(|m| &m.items)
-                                .filter_map(|i| i.lease_token.parse().ok())
-                                .collect();
-                            let _ = engine.release(&name, &tokens).await;
+                        // The worker gone before it saw them: `serve` gives
+                        // them back.
+                        if tx.send(Ok(msg)).await.is_err() {
                             return;
                         }
                     }
@@ -120,12 +169,14 @@ pub async fn serve(
     }
 }
 
-/// Completes the tokens of `req`, answering with its `ref`.
+/// Completes the tokens of `req` (none: nothing to do), answering with its
+/// `ref` and `note` in the message; yields the tokens completed.
 fn complete(
     engine: &Engine,
     name: &QueueName,
     req: pb::WorkRequest,
-) -> impl std::future::Future<Output = pb::CompletionResult> + use<> {
+    note: Option<String>,
+) -> impl std::future::Future<Output = (Vec<LeaseToken>, pb::CompletionResult)> + use<> {
     let (engine, name) = (engine.clone(), name.clone());
     async move {
         let result = match req
@@ -134,20 +185,36 @@ fn complete(
             .map(|t| t.parse::<LeaseToken>())
             .collect::<Result<Vec<_>, _>>()
         {
-            Ok(tokens) => engine.complete(&name, &tokens).await.map_err(status),
+            Ok(tokens) if tokens.is_empty() => Ok(tokens),
+            Ok(tokens) => engine
+                .complete(&name, &tokens)
+                .await
+                .map(|()| tokens)
+                .map_err(status),
             Err(e) => Err(Status::invalid_argument(e.0)),
         };
+        let join = |msg: &str| match (&note, msg.is_empty()) {
+            (None, _) => msg.to_owned(),
+            (Some(n), true) => n.clone(),
+            (Some(n), false) => format!("{msg}; {n}"),
+        };
         match result {
-            Ok(()) => pb::CompletionResult {
-                r#ref: req.r#ref,
-                code: 0,
-                message: String::new(),
-            },
-            Err(s) => pb::CompletionResult {
-                r#ref: req.r#ref,
-                code: s.code() as i32,
-                message: s.message().to_owned(),
-            },
+            Ok(tokens) => (
+                tokens,
+                pb::CompletionResult {
+                    r#ref: req.r#ref,
+                    code: 0,
+                    message: join(""),
+                },
+            ),
+            Err(s) => (
+                Vec::new(),
+                pb::CompletionResult {
+                    r#ref: req.r#ref,
+                    code: s.code() as i32,
+                    message: join(s.message()),
+                },
+            ),
         }
     }
 }

@@ -238,4 +238,26 @@ impl Queue {
         self.counters.pending += tokens.len() as u64;
         Ok(())
     }
+
+    /// Gives back, first in line and counting no attempt, those of `tokens`
+    /// that are live leases at `now`; skips the rest. Returns how many.
+    pub fn release_live(&mut self, now: u64, tokens: &[LeaseToken]) -> usize {
+        let live: Vec<LeaseToken> = {
+            let mut seen = rustc_hash::FxHashSet::default();
+            tokens
+                .iter()
+                .filter(|t| seen.insert(t.item) && self.check(now, **t).is_ok())
+                .copied()
+                .collect()
+        };
+        for t in live.iter().rev() {
+            if let Some(item) = self.items.get_mut(&t.item) {
+                item.state = ItemState::Pending;
+                self.pending.push_front(t.item);
+            }
+        }
+        self.counters.leased -= live.len() as u64;
+        self.counters.pending += live.len() as u64;
+        live.len()
+    }
 }

@@ -1,0 +1,307 @@
+//! Answers never too big, Work streams own their items, refusals stay small:
+//! a real server started in-process with small limits, over the network.
+
+use queue_server::settings::Limits;
+use queue_server::{RunningServer, ServerConfig};
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use workq_proto::v1 as pb;
+
+type Client = pb::queue_service_client::QueueServiceClient<tonic::transport::Channel>;
+
+const KIB: usize = 1024;
+
+/// A memory-store server with `limits`, and a client accepting large answers
+/// (so that what is checked is the server's budget, not the client's limit).
+async fn server(limits: Limits) -> (RunningServer, Client) {
+    let server = queue_server::start(ServerConfig {
+        limits,
+        ..ServerConfig::memory()
+    })
+    .await
+    .expect("start");
+    let client = Client::connect(format!("http://{}", server.grpc_addr()))
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    (server, client)
+}
+
+/// Messages of 1 MiB, items of up to 300 KiB: three fit in an answer.
+fn small_messages() -> Limits {
+    Limits {
+        max_message_bytes: 1024 * KIB,
+        max_payload_bytes: 300 * KIB,
+        ..Limits::default()
+    }
+}
+
+async fn enqueue(c: &mut Client, q: &str, payload: Vec<u8>) {
+    c.enqueue(pb::EnqueueRequest {
+        queue: q.into(),
+        items: vec![pb::NewItem {
+            payload: payload.into(),
+            ..Default::default()
+        }],
+        create_queue: true,
+    })
+    .await
+    .expect("enqueue");
+}
+
+async fn lease(c: &mut Client, q: &str, max: u32) -> pb::LeaseResponse {
+    c.lease(pb::LeaseRequest {
+        queue: q.into(),
+        max_items: max,
+        ..Default::default()
+    })
+    .await
+    .expect("lease")
+    .into_inner()
+}
+
+async fn stats(c: &mut Client, q: &str) -> pb::QueueStats {
+    let info = c.get_queue(pb::GetQueueRequest { name: q.into() }).await;
+    info.expect("get").into_inner().stats.expect("stats")
+}
+
+/// Waits, by following `Watch`, until `q`'s counters satisfy `done`.
+async fn until(c: &mut Client, q: &str, done: impl Fn(&pb::QueueStats) -> bool) -> pb::QueueStats {
+    let req = pb::WatchRequest {
+        queue: q.into(),
+        until_drained: false,
+    };
+    let mut watch = c.watch(req).await.expect("watch").into_inner();
+    // A guard against a hang, not a timed assertion: the change is immediate.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(s) = watch.next().await {
+            let s = s.expect("watch");
+            if done(&s) {
+                return s;
+            }
+        }
+        panic!("watch ended");
+    })
+    .await
+    .expect("the counters never got there")
+}
+
+#[tokio::test]
+async fn a_lease_returns_what_fits_and_leaves_the_rest_pending() {
+    let (server, mut c) = server(small_messages()).await;
+    for i in 0..5u8 {
+        enqueue(&mut c, "big", vec![i; 300 * KIB]).await;
+    }
+    let first = lease(&mut c, "big", 5).await;
+    assert_eq!(first.items.len(), 3, "three 300 KiB items fit in 1 MiB");
+    let s = stats(&mut c, "big").await;
+    assert_eq!((s.pending, s.leased), (2, 3));
+    let rest = lease(&mut c, "big", 5).await;
+    assert_eq!(rest.items.len(), 2);
+    assert!(
+        rest.items.iter().all(|i| i.attempt == 1),
+        "no attempt was counted for the items left pending"
+    );
+    assert_eq!(rest.items[0].payload[0], 3, "they kept their place in line");
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn list_dead_pages_down_to_what_fits() {
+    let (server, mut c) = server(small_messages()).await;
+    for i in 0..5u8 {
+        enqueue(&mut c, "dead", vec![i; 300 * KIB]).await;
+    }
+    let mut tokens = Vec::new();
+    while tokens.len() < 5 {
+        let got = lease(&mut c, "dead", 5).await;
+        tokens.extend(got.items.into_iter().map(|i| i.lease_token));
+    }
+    c.fail(pb::FailRequest {
+        queue: "dead".into(),
+        lease_tokens: tokens,
+        fatal: true,
+        reason: "é".repeat(10_000),
+        retry_after_ms: 0,
+    })
+    .await
+    .expect("fail");
+    assert_eq!(stats(&mut c, "dead").await.dead, 5);
+    let listed = c
+        .list_dead(pb::ListDeadRequest {
+            queue: "dead".into(),
+            limit: 0,
+        })
+        .await
+        .expect("list dead")
+        .into_inner();
+    assert_eq!(listed.items.len(), 3, "three dead items fit in 1 MiB");
+    let reason = &listed.items[0].reason;
+    assert!(
+        reason.len() <= Limits::default().max_attribute_bytes + 64,
+        "the reason is cut in bytes: {} bytes",
+        reason.len()
+    );
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn limits_that_cannot_deliver_the_largest_item_refuse_to_start() {
+    let err = queue_server::start(ServerConfig {
+        limits: Limits {
+            max_message_bytes: 1024 * KIB,
+            max_payload_bytes: 1024 * KIB,
+            ..Limits::default()
+        },
+        ..ServerConfig::memory()
+    })
+    .await
+    .expect_err("the largest item cannot fit in a message");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("--max-message-bytes") && msg.contains("--max-payload-bytes"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn attributes_count_toward_the_item_limit() {
+    let (server, mut c) = server(small_messages()).await;
+    let item = pb::NewItem {
+        payload: vec![0; 300 * KIB - 10].into(),
+        attributes: [("k".to_string(), "v".repeat(100))].into(),
+        ..Default::default()
+    };
+    let err = c
+        .enqueue(pb::EnqueueRequest {
+            queue: "attrs".into(),
+            items: vec![item],
+            create_queue: true,
+        })
+        .await
+        .expect_err("payload and attributes exceed the item limit");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("--max-payload-bytes"), "{err}");
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_huge_bad_name_is_answered_with_a_short_message() {
+    let (server, mut c) = server(Limits::default()).await;
+    let err = c
+        .create_queue(pb::CreateQueueRequest {
+            name: "X".repeat(1 << 20),
+            settings: None,
+        })
+        .await
+        .expect_err("bad name");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().len() < 400, "{} bytes", err.message().len());
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Opens a Work stream on `q` with `credit` and a one-hour lease; returns the
+/// sender of further requests and the answers.
+async fn work(
+    c: &mut Client,
+    q: &str,
+    credit: u32,
+) -> (
+    tokio::sync::mpsc::Sender<pb::WorkRequest>,
+    tonic::Streaming<pb::WorkResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(pb::WorkRequest {
+        queue: q.into(),
+        lease_ms: 3_600_000,
+        credit,
+        ..Default::default()
+    })
+    .await
+    .expect("first message");
+    let answers = c
+        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("work")
+        .into_inner();
+    (tx, answers)
+}
+
+#[tokio::test]
+async fn a_dropped_work_stream_releases_its_items_at_once_without_an_attempt() {
+    let (server, mut c) = server(Limits::default()).await;
+    for i in 0..5u8 {
+        enqueue(&mut c, "held", vec![i]).await;
+    }
+    let (tx, mut answers) = work(&mut c, "held", 5).await;
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let msg = answers.message().await.expect("answer").expect("items");
+        got.extend(msg.items);
+    }
+    // Complete one; the worker vanishes with the rest in hand.
+    tx.send(pb::WorkRequest {
+        complete_tokens: vec![got[0].lease_token.clone()],
+        r#ref: 7,
+        ..Default::default()
+    })
+    .await
+    .expect("complete");
+    loop {
+        let msg = answers.message().await.expect("answer").expect("answer");
+        if let Some(done) = msg.completed {
+            assert_eq!((done.r#ref, done.code), (7, 0));
+            break;
+        }
+        got.extend(msg.items);
+    }
+    let held = got.len() as u64 - 1;
+    drop((tx, answers));
+    let s = until(&mut c, "held", |s| s.leased == 0).await;
+    assert_eq!(
+        (s.pending, s.completed, s.retried, s.dead),
+        (held + 5 - got.len() as u64, 1, 0, 0),
+        "released, not retried"
+    );
+    let again = lease(&mut c, "held", 10).await;
+    assert_eq!(again.items.len() as u64, 4);
+    assert!(
+        again.items.iter().all(|i| i.attempt == 1),
+        "no attempt counted"
+    );
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_grant_beyond_the_credit_limit_is_clamped_and_the_answer_says_so() {
+    let (server, mut c) = server(Limits {
+        max_work_credit: 3,
+        ..Limits::default()
+    })
+    .await;
+    for i in 0..10u8 {
+        enqueue(&mut c, "credit", vec![i]).await;
+    }
+    let (tx, mut answers) = work(&mut c, "credit", u32::MAX).await;
+    let mut note = None;
+    let mut items = Vec::new();
+    while note.is_none() || items.is_empty() {
+        let msg = answers.message().await.expect("answer").expect("answer");
+        if let Some(done) = msg.completed {
+            assert_eq!(done.code, 0);
+            note = Some(done.message);
+        }
+        if !msg.items.is_empty() {
+            assert!(items.is_empty(), "one push for the open credit");
+            items = msg.items;
+        }
+    }
+    let note = note.unwrap_or_default();
+    assert!(note.contains("--max-work-credit"), "{note}");
+    assert_eq!(items.len(), 3, "leased only up to the clamped credit");
+    assert_eq!(stats(&mut c, "credit").await.leased, 3);
+    drop(tx);
+    server.shutdown().await.expect("shutdown");
+}
