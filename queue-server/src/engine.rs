@@ -249,6 +249,15 @@ impl Engine {
                 }
                 return Ok((QueueInfo::of(&slot.queue), false));
             }
+            let max_queues = self.inner.limits.max_queues;
+            if map.len() >= max_queues {
+                return Err(Error::Exhausted(format!(
+                    "cannot create queue {name}: the server holds {} queues, its limit of \
+                     {max_queues} (queue-server --max-queues); delete unused queues or raise \
+                     the limit",
+                    map.len()
+                )));
+            }
             let queue = Queue::new(
                 name.clone(),
                 settings,

@@ -35,6 +35,10 @@ pub enum Error {
     /// changes until it is restarted.
     #[error("the store failed: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// A server-wide resource limit is reached; the message names the limit
+    /// and the setting that raises it.
+    #[error("{0}")]
+    Exhausted(String),
     /// The server is stopping and takes no new calls.
     #[error("the server is shutting down")]
     ShuttingDown,

@@ -24,6 +24,7 @@ pub fn status(err: Error) -> Status {
         Error::QueueExists(_) => Status::already_exists(msg),
         Error::Sealed(_) | Error::StaleLease { .. } => Status::failed_precondition(msg),
         Error::Store(_) => Status::internal(msg),
+        Error::Exhausted(_) => Status::resource_exhausted(msg),
         Error::ShuttingDown => Status::unavailable(msg),
     }
 }

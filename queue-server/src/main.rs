@@ -74,6 +74,9 @@ struct Args {
     /// larger grant is clamped, and the answer to it says so.
     #[arg(long, env = "WQ_MAX_WORK_CREDIT", default_value_t = Limits::default().max_work_credit)]
     max_work_credit: u64,
+    /// Most queues at once; creating one more is refused (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "WQ_MAX_QUEUES", default_value_t = Limits::default().max_queues)]
+    max_queues: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -104,6 +107,7 @@ fn main() -> anyhow::Result<()> {
             idempotency_window: args.idempotency_window,
             max_message_bytes: args.max_message_bytes,
             max_work_credit: args.max_work_credit,
+            max_queues: args.max_queues,
             ..Limits::default()
         },
         defaults: QueueSettings {

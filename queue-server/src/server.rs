@@ -276,10 +276,18 @@ fn http_router(engine: Engine) -> axum::Router {
 }
 
 /// Prometheus text: the process's counters, every queue's depth by state,
-/// and its lease calls parked waiting for an item.
+/// and its lease calls parked waiting for an item. The per-queue series are
+/// written from the queues that exist at each scrape, not kept in the
+/// recorder: a deleted queue's series leave with it.
 fn render_metrics(engine: &Engine) -> String {
-    for q in engine.list_queues() {
-        let name = q.name.to_string();
+    use std::fmt::Write;
+    let mut out = prometheus().map(|h| h.render()).unwrap_or_default();
+    let queues = engine.list_queues();
+    let _ = writeln!(
+        out,
+        "# HELP workq_queue_items Items of a queue by state.\n# TYPE workq_queue_items gauge"
+    );
+    for q in &queues {
         let c = q.counters;
         for (state, n) in [
             ("pending", c.pending),
@@ -288,14 +296,24 @@ fn render_metrics(engine: &Engine) -> String {
             ("completed", c.completed),
             ("dead", c.dead),
         ] {
-            metrics::gauge!("workq_queue_items", "queue" => name.clone(), "state" => state)
-                .set(n as f64);
-        }
-        if let Ok(n) = engine.waiting_leases(&q.name) {
-            metrics::gauge!("workq_lease_calls_waiting", "queue" => name.clone()).set(n as f64);
+            let _ = writeln!(
+                out,
+                "workq_queue_items{{queue=\"{}\",state=\"{state}\"}} {n}",
+                q.name
+            );
         }
     }
-    prometheus().map(|h| h.render()).unwrap_or_default()
+    let _ = writeln!(
+        out,
+        "# HELP workq_lease_calls_waiting Lease calls parked waiting for an item.\n\
+         # TYPE workq_lease_calls_waiting gauge"
+    );
+    for q in &queues {
+        if let Ok(n) = engine.waiting_leases(&q.name) {
+            let _ = writeln!(out, "workq_lease_calls_waiting{{queue=\"{}\"}} {n}", q.name);
+        }
+    }
+    out
 }
 
 impl RunningServer {

@@ -77,6 +77,9 @@ pub struct Limits {
     pub max_attribute_bytes: usize,
     /// How long the idempotency key of a completed item is remembered.
     pub idempotency_window: Duration,
+    /// Most queues at once (each costs about 2.5 KiB and a few metrics
+    /// series); creating one more is refused with `RESOURCE_EXHAUSTED`.
+    pub max_queues: usize,
 }
 
 impl Default for Limits {
@@ -93,6 +96,7 @@ impl Default for Limits {
             max_attributes: 64,
             max_attribute_bytes: 4096,
             idempotency_window: Duration::from_secs(3600),
+            max_queues: 10_000,
         }
     }
 }

@@ -305,3 +305,90 @@ async fn a_grant_beyond_the_credit_limit_is_clamped_and_the_answer_says_so() {
     drop(tx);
     server.shutdown().await.expect("shutdown");
 }
+
+/// `GET /metrics` on the server's HTTP port.
+async fn metrics(server: &RunningServer) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.http_addr().expect("http");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut page = String::new();
+    s.read_to_string(&mut page).await.expect("read");
+    page
+}
+
+#[tokio::test]
+async fn the_queue_limit_refuses_with_resource_exhausted_and_the_server_stays_healthy() {
+    let (server, mut c) = server(Limits {
+        max_queues: 2,
+        ..Limits::default()
+    })
+    .await;
+    enqueue(&mut c, "one", vec![1]).await;
+    enqueue(&mut c, "two", vec![2]).await;
+    let err = c
+        .create_queue(pb::CreateQueueRequest {
+            name: "three".into(),
+            settings: None,
+        })
+        .await
+        .expect_err("over the queue limit");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("--max-queues"), "{err}");
+    let err = c
+        .enqueue(pb::EnqueueRequest {
+            queue: "three".into(),
+            items: vec![pb::NewItem::default()],
+            create_queue: true,
+        })
+        .await
+        .expect_err("an enqueue creating a queue is refused too");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr()))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        lease(&mut c, "one", 1).await.items.len(),
+        1,
+        "still serving"
+    );
+    c.delete_queue(pb::DeleteQueueRequest { name: "two".into() })
+        .await
+        .expect("delete");
+    enqueue(&mut c, "three", vec![3]).await;
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_deleted_queue_leaves_metrics() {
+    let (server, mut c) = server(Limits::default()).await;
+    enqueue(&mut c, "gone-soon", vec![1]).await;
+    enqueue(&mut c, "stays", vec![1]).await;
+    let page = metrics(&server).await;
+    assert!(page.contains("queue=\"gone-soon\""), "{page}");
+    c.delete_queue(pb::DeleteQueueRequest {
+        name: "gone-soon".into(),
+    })
+    .await
+    .expect("delete");
+    let page = metrics(&server).await;
+    assert!(!page.contains("queue=\"gone-soon\""), "{page}");
+    assert!(
+        page.contains("workq_queue_items{queue=\"stays\",state=\"pending\"} 1"),
+        "{page}"
+    );
+    server.shutdown().await.expect("shutdown");
+}
