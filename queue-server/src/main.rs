@@ -77,6 +77,10 @@ struct Args {
     /// Most queues at once; creating one more is refused (RESOURCE_EXHAUSTED).
     #[arg(long, env = "WQ_MAX_QUEUES", default_value_t = Limits::default().max_queues)]
     max_queues: usize,
+    /// The embedded database's page cache in bytes (items are in memory
+    /// anyway; the cache only speeds up start-up and compaction).
+    #[arg(long, env = "WQ_EMBEDDED_CACHE_BYTES", default_value_t = queue_server::store::DEFAULT_CACHE_BYTES)]
+    embedded_cache_bytes: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         http_listen,
         store: args.store,
         data_dir: args.data_dir,
+        embedded_cache_bytes: args.embedded_cache_bytes,
         limits: Limits {
             max_payload_bytes: args.max_payload_bytes,
             max_batch: args.max_batch.max(1),

@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub store: StoreKind,
     /// Where the embedded store lives.
     pub data_dir: PathBuf,
+    /// The embedded database's page cache, in bytes.
+    pub embedded_cache_bytes: usize,
     /// Bounds on calls.
     pub limits: Limits,
     /// Settings of queues created without their own.
@@ -84,6 +86,7 @@ impl ServerConfig {
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             store: StoreKind::Memory,
             data_dir: PathBuf::from("workq-data"),
+            embedded_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             limits: Limits::default(),
             defaults: QueueSettings::default(),
         }
@@ -176,9 +179,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         StoreKind::Memory => Arc::new(MemoryStore),
         StoreKind::Embedded => {
             let dir = config.data_dir.clone();
-            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
-                .await
-                .map_err(|e| ServerError::Task(e.to_string()))??;
+            let cache = config.embedded_cache_bytes;
+            let store =
+                tokio::task::spawn_blocking(move || EmbeddedStore::open_with_cache(&dir, cache))
+                    .await
+                    .map_err(|e| ServerError::Task(e.to_string()))??;
             Arc::new(store)
         }
     };

@@ -177,9 +177,17 @@ enum Msg {
     Close(mpsc::Sender<Result<(), StoreError>>),
 }
 
+/// The embedded database's page cache unless configured: small, as the
+/// engine keeps every queued item in memory anyway (redb's own default,
+/// 1 GiB, came on top of them).
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// A durable store in one redb file, with one writer thread.
 pub struct EmbeddedStore {
     path: PathBuf,
+    /// Pages the cache evicted while the store was read at open (0: it held
+    /// them all; counted only with redb's `cache_metrics`, as in tests).
+    evictions_at_open: u64,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     snapshot: Mutex<Option<Snapshot>>,
@@ -189,6 +197,7 @@ impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedStore")
             .field("path", &self.path)
+            .field("evictions_at_open", &self.evictions_at_open)
             .finish_non_exhaustive()
     }
 }
@@ -197,7 +206,20 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `data_dir`, reads it, and starts its
     /// writer. Refuses a directory another server holds.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with(data_dir, |path| Database::create(path))
+        Self::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`EmbeddedStore::open`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, |path| {
+            Database::builder().set_cache_size(cache_bytes).create(path)
+        })
+    }
+
+    /// Pages the cache evicted while the store was read at open.
+    #[cfg(test)]
+    pub(crate) fn evictions_at_open(&self) -> u64 {
+        self.evictions_at_open
     }
 
     /// [`EmbeddedStore::open`] on storage that fails on `faults`' orders
@@ -249,6 +271,7 @@ impl EmbeddedStore {
             message,
         };
         let snapshot = prepare(&db).map_err(format)?;
+        let evictions_at_open = db.cache_stats().evictions();
         // Reclaims the space of deleted (completed) items left by the last run.
         if let Err(e) = db.compact() {
             tracing::warn!("compacting {} failed: {e}", path.display());
@@ -261,6 +284,7 @@ impl EmbeddedStore {
             .map_err(|e| io(format!("cannot start the writer thread: {e}")))?;
         Ok(EmbeddedStore {
             path,
+            evictions_at_open,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             snapshot: Mutex::new(Some(snapshot)),

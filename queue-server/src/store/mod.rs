@@ -27,7 +27,7 @@ mod embedded;
 pub mod fault;
 mod memory;
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{DEFAULT_CACHE_BYTES, EmbeddedStore};
 pub use memory::MemoryStore;
 
 use crate::item::Item;

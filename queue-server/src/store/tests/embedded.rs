@@ -158,3 +158,39 @@ fn the_nth_commit_of_a_faulty_store_fails_and_the_others_pass_through() {
         .collect();
     assert_eq!(ids, vec![2], "the failed commit never reached the store");
 }
+
+#[test]
+fn the_page_cache_is_bounded_by_its_setting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q: QueueName = "cache".parse().expect("name");
+    {
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let mut ops = vec![StoreOp::PutQueue(QueueRecord {
+            name: q.clone(),
+            settings: QueueSettings::default(),
+            sealed: false,
+            completed: 0,
+            retried: 0,
+        })];
+        ops.extend((1..=2000u64).map(|id| StoreOp::PutItem {
+            queue: q.clone(),
+            item: Item {
+                id: ItemId(id),
+                payload: Bytes::from(vec![7u8; 4096]),
+                attributes: Attributes::default(),
+                idempotency_key: None,
+                attempts: 0,
+                enqueued_at: 0,
+                state: ItemState::Pending,
+            },
+        }));
+        futures::executor::block_on(store.submit(ops).wait()).expect("write 8 MiB");
+        store.close().expect("close");
+    }
+    let small = EmbeddedStore::open_with_cache(dir.path(), 256 * 1024).expect("reopen");
+    assert!(small.evictions_at_open() > 0, "256 KiB cannot hold 8 MiB");
+    small.close().expect("close");
+    let default = EmbeddedStore::open(dir.path()).expect("reopen");
+    assert_eq!(default.evictions_at_open(), 0, "64 MiB holds 8 MiB");
+    default.close().expect("close");
+}
