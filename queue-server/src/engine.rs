@@ -50,6 +50,8 @@ struct Inner {
     next_seq: AtomicU64,
     stopping: AtomicBool,
     stopped: watch::Sender<bool>,
+    /// What every queue's items cost in memory ([`Queue::queued_bytes`]).
+    queued_bytes: AtomicU64,
 }
 
 /// Every queue of one server. Cheap to clone; clones share the queues.
@@ -113,6 +115,9 @@ impl Engine {
                 next_seq: AtomicU64::new(seed),
                 stopping: AtomicBool::new(false),
                 stopped: watch::Sender::new(false),
+                queued_bytes: AtomicU64::new(
+                    queues.values().map(|c| c.lock().queue.queued_bytes()).sum(),
+                ),
                 queues: RwLock::new(HashMap::new()),
             }),
         };
@@ -213,7 +218,13 @@ impl Engine {
             return Err(Error::QueueNotFound(name.clone()));
         }
         let mut journal = self.journal();
-        let out = f(&mut slot.queue, self.inner.clock.now_ms(), &mut journal)?;
+        let before = slot.queue.queued_bytes();
+        let out = f(&mut slot.queue, self.inner.clock.now_ms(), &mut journal);
+        let after = slot.queue.queued_bytes();
+        self.inner
+            .queued_bytes
+            .fetch_add(after.wrapping_sub(before), Ordering::Relaxed);
+        let out = out?;
         let commit = self.inner.store.submit(journal.into_ops());
         cell.changed(&slot);
         Ok((out, commit))
@@ -309,6 +320,9 @@ impl Engine {
                 .ok_or_else(|| Error::QueueNotFound(name.clone()))?;
             let mut slot = cell.lock();
             slot.deleted = true;
+            self.inner
+                .queued_bytes
+                .fetch_sub(slot.queue.queued_bytes(), Ordering::Relaxed);
             cell.available.notify_waiters();
             cell.timer.notify_one();
             cell.info.send_replace(None);
@@ -392,8 +406,33 @@ impl Engine {
         Ok(out)
     }
 
+    /// What every queue's items cost in memory, as counted against
+    /// [`Limits::max_queued_bytes`].
+    pub fn queued_bytes(&self) -> u64 {
+        self.inner.queued_bytes.load(Ordering::Relaxed)
+    }
+
     fn check_items(&self, items: &[EnqueueItem]) -> Result<()> {
         let limits = &self.inner.limits;
+        let cost: u64 = items
+            .iter()
+            .map(|it| {
+                crate::item::queued_bytes(
+                    it.payload.len(),
+                    &it.attributes,
+                    it.idempotency_key.as_deref(),
+                )
+            })
+            .sum();
+        let queued = self.queued_bytes();
+        if queued.saturating_add(cost) > limits.max_queued_bytes {
+            return Err(Error::Exhausted(format!(
+                "the server holds {queued} bytes of items, and {cost} more would exceed its \
+                 limit of {} bytes (queue-server --max-queued-bytes); consume or purge items, \
+                 or retry later",
+                limits.max_queued_bytes
+            )));
+        }
         limits
             .check_batch("enqueue", items.len())
             .map_err(Error::InvalidArgument)?;

@@ -128,7 +128,25 @@ pub struct Item {
     pub state: ItemState,
 }
 
+/// What an item costs in memory beyond its payload, attributes and key: the
+/// item itself, its place in the table and in the pending queue, allocations.
+pub const ITEM_MEMORY_OVERHEAD: u64 = 200;
+
+/// What an item of `payload` bytes with `attributes` and `key` costs in
+/// memory, as counted against the queued-bytes limit.
+pub fn queued_bytes(payload: usize, attributes: &[(String, String)], key: Option<&str>) -> u64 {
+    let extra: usize = attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (payload + extra + key.map_or(0, str::len)) as u64 + ITEM_MEMORY_OVERHEAD
+}
+
 impl Item {
+    /// What this item costs in memory ([`queued_bytes`]).
+    pub fn queued_bytes(&self) -> u64 {
+        let extra: usize = self.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let key = self.idempotency_key.as_deref().map_or(0, str::len);
+        (self.payload.len() + extra + key) as u64 + ITEM_MEMORY_OVERHEAD
+    }
+
     /// The most this item adds to an answer (a leased or a dead item): its
     /// payload, attributes, reason when dead, and
     /// [`crate::settings::ITEM_OVERHEAD`] for the rest. An upper bound of its

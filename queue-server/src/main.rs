@@ -81,6 +81,12 @@ struct Args {
     /// anyway; the cache only speeds up start-up and compaction).
     #[arg(long, env = "WQ_EMBEDDED_CACHE_BYTES", default_value_t = queue_server::store::DEFAULT_CACHE_BYTES)]
     embedded_cache_bytes: usize,
+    /// Most bytes of items held, all queues together (payload, attributes,
+    /// key, plus 200 bytes an item); an enqueue beyond it is refused
+    /// (RESOURCE_EXHAUSTED). 0: half the container's memory limit (cgroup)
+    /// when there is one, else unbounded.
+    #[arg(long, env = "WQ_MAX_QUEUED_BYTES", default_value_t = 0)]
+    max_queued_bytes: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,6 +119,10 @@ fn main() -> anyhow::Result<()> {
             max_message_bytes: args.max_message_bytes,
             max_work_credit: args.max_work_credit,
             max_queues: args.max_queues,
+            max_queued_bytes: match args.max_queued_bytes {
+                0 => queue_server::settings::derived_queued_bytes().unwrap_or(u64::MAX),
+                n => n,
+            },
             ..Limits::default()
         },
         defaults: QueueSettings {

@@ -68,6 +68,8 @@ pub struct Queue {
     key_expiry: VecDeque<(u64, Box<str>)>,
     counters: Counters,
     idempotency_window_ms: u64,
+    /// What the items held cost in memory ([`Item::queued_bytes`] summed).
+    bytes: u64,
 }
 
 impl Queue {
@@ -85,6 +87,7 @@ impl Queue {
             key_expiry: VecDeque::new(),
             counters: Counters::default(),
             idempotency_window_ms,
+            bytes: 0,
         }
     }
 
@@ -125,6 +128,7 @@ impl Queue {
                 }
             }
             q.counters.enqueued += 1;
+            q.bytes += item.queued_bytes();
             q.items.insert(item);
         }
         let mut keys: Vec<StoredKey> = keys.into_iter().collect();
@@ -258,6 +262,7 @@ impl Queue {
                 queue: self.name.clone(),
                 item: item.clone(),
             });
+            self.bytes += item.queued_bytes();
             self.items.insert(item);
             self.counters.enqueued += 1;
             out.push(Enqueued {
@@ -266,6 +271,12 @@ impl Queue {
             });
         }
         Ok(out)
+    }
+
+    /// What the items it holds (pending, delayed, leased, dead) cost in
+    /// memory: [`Item::queued_bytes`] summed.
+    pub fn queued_bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Leases up to `max` pending items (oldest first) until `now + lease_ms`.
@@ -424,6 +435,7 @@ impl Queue {
             .collect();
         for id in &doomed {
             if let Some(item) = self.items.remove(id) {
+                self.bytes -= item.queued_bytes();
                 if let Some(key) = item.idempotency_key {
                     self.keys.remove(&*key);
                 }

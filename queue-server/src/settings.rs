@@ -80,6 +80,32 @@ pub struct Limits {
     /// Most queues at once (each costs about 2.5 KiB and a few metrics
     /// series); creating one more is refused with `RESOURCE_EXHAUSTED`.
     pub max_queues: usize,
+    /// Most bytes of items held in memory, all queues together (payload,
+    /// attributes and key, plus [`crate::item::ITEM_MEMORY_OVERHEAD`] an
+    /// item); an enqueue beyond it is refused with `RESOURCE_EXHAUSTED`.
+    /// Unbounded by default; the binary derives it from the container's
+    /// memory limit ([`derived_queued_bytes`]).
+    pub max_queued_bytes: u64,
+}
+
+/// Half of the container's memory limit (cgroup v2 `memory.max`, or v1
+/// `memory.limit_in_bytes`), when there is one: the rest is for the
+/// embedded database's cache, buffers and connections.
+pub fn derived_queued_bytes() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .and_then(|s| half_of_limit(&s))
+}
+
+/// Half of a cgroup memory limit as the file holds it; `None` for `max` or
+/// v1's "no limit" (a number near `i64::MAX`).
+fn half_of_limit(s: &str) -> Option<u64> {
+    let limit: u64 = s.trim().parse().ok()?;
+    (limit < 1 << 60).then_some(limit / 2)
 }
 
 impl Default for Limits {
@@ -97,6 +123,7 @@ impl Default for Limits {
             max_attribute_bytes: 4096,
             idempotency_window: Duration::from_secs(3600),
             max_queues: 10_000,
+            max_queued_bytes: u64::MAX,
         }
     }
 }
@@ -296,5 +323,17 @@ impl Limits {
             ));
         }
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queued_bytes_default_is_half_the_cgroup_limit() {
+        assert_eq!(half_of_limit("1073741824\n"), Some(512 << 20));
+        assert_eq!(half_of_limit("max\n"), None);
+        assert_eq!(half_of_limit("9223372036854771712"), None);
     }
 }

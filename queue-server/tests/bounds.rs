@@ -392,3 +392,53 @@ async fn a_deleted_queue_leaves_metrics() {
     );
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn the_queued_bytes_limit_refuses_with_resource_exhausted_until_items_leave() {
+    // Three items of 1,000 bytes (plus 200 each for the item itself).
+    let (server, mut c) = server(Limits {
+        max_queued_bytes: 3 * 1200,
+        ..Limits::default()
+    })
+    .await;
+    for i in 0..3u8 {
+        enqueue(&mut c, "full", vec![i; 1000]).await;
+    }
+    let refused = c
+        .enqueue(pb::EnqueueRequest {
+            queue: "full".into(),
+            items: vec![pb::NewItem {
+                payload: vec![9; 1000].into(),
+                ..Default::default()
+            }],
+            create_queue: true,
+        })
+        .await
+        .expect_err("over the byte budget");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("--max-queued-bytes"),
+        "{refused}"
+    );
+    assert_eq!(stats(&mut c, "full").await.enqueued, 3);
+    // Still serving: a completion frees room for one more.
+    let got = lease(&mut c, "full", 1).await;
+    c.complete(pb::CompleteRequest {
+        queue: "full".into(),
+        lease_tokens: vec![got.items[0].lease_token.clone()],
+    })
+    .await
+    .expect("complete");
+    enqueue(&mut c, "full", vec![3; 1000]).await;
+    // Deleting the queue frees all of it.
+    c.delete_queue(pb::DeleteQueueRequest {
+        name: "full".into(),
+    })
+    .await
+    .expect("delete");
+    for i in 0..3u8 {
+        enqueue(&mut c, "again", vec![i; 1000]).await;
+    }
+    assert_eq!(server.engine().queued_bytes(), 3 * 1200);
+    server.shutdown().await.expect("shutdown");
+}

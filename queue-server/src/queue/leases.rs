@@ -93,6 +93,7 @@ impl Queue {
             let Some(item) = self.items.remove(&t.item) else {
                 continue;
             };
+            self.bytes -= item.queued_bytes();
             self.counters.leased -= 1;
             self.counters.completed += 1;
             journal.push(|| StoreOp::DeleteItem {
