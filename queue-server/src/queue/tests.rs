@@ -563,6 +563,8 @@ mod properties {
                 }
                 let c = f.q.counters();
                 prop_assert!(c.balanced(), "{c:?}");
+                let held_bytes: u64 = f.q.items().map(|i| i.queued_bytes()).sum();
+                prop_assert_eq!(f.q.queued_bytes(), held_bytes);
                 // Recount from the items themselves.
                 let mut recount = Counters { completed: c.completed, retried: c.retried, ..Counters::default() };
                 for item in f.q.items() {
