@@ -619,6 +619,23 @@ impl Engine {
         self.mutate(name, |q, now, _| q.release(now, tokens)).await
     }
 
+    /// Keeps in `tokens` only the leases still live (none when the queue is
+    /// gone): for a `Work` stream to forget items completed or failed over
+    /// unary calls.
+    pub fn retain_live(
+        &self,
+        name: &QueueName,
+        tokens: &mut std::collections::HashSet<LeaseToken>,
+    ) {
+        let now = self.inner.clock.now_ms();
+        if self
+            .read(name, |q| tokens.retain(|t| q.is_live(now, *t)))
+            .is_err()
+        {
+            tokens.clear();
+        }
+    }
+
     /// Gives back, at once and counting no attempt, those of `tokens` that
     /// are still live leases; the others (completed, failed, expired, or the
     /// queue gone) are skipped. Returns how many were released. For a `Work`

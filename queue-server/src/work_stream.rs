@@ -84,6 +84,9 @@ async fn run(
     // A floor: a zero limit would make every lease answer at once and spin.
     let max_wait = engine.limits().max_wait.max(Duration::from_secs(1));
     let mut credit: u64 = 0;
+    // When `held` outgrows this, leases ended over unary calls are dropped
+    // from it, so that it stays about as large as what the worker holds.
+    let mut prune_at = 2 * max_credit as usize + 1024;
     let mut completions = FuturesUnordered::new();
     // Set once the worker half-closed, the queue drained or the server is
     // stopping: nothing more is read or leased; answered completions end it.
@@ -139,6 +142,10 @@ async fn run(
                 Ok(out) => {
                     credit -= out.items.len() as u64;
                     held.extend(out.items.iter().map(|i| i.token));
+                    if held.len() > prune_at {
+                        engine.retain_live(name, held);
+                        prune_at = 2 * held.len() + 2 * max_credit as usize + 1024;
+                    }
                     if !out.items.is_empty() || out.drained {
                         let msg = pb::WorkResponse {
                             items: out.items.into_iter().map(leased_pb).collect(),

@@ -442,3 +442,27 @@ async fn the_queued_bytes_limit_refuses_with_resource_exhausted_until_items_leav
     assert_eq!(server.engine().queued_bytes(), 3 * 1200);
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn a_stream_forgets_leases_ended_over_unary_calls() {
+    let (server, mut c) = server(Limits::default()).await;
+    for i in 0..3u8 {
+        enqueue(&mut c, "forget", vec![i]).await;
+    }
+    let got = lease(&mut c, "forget", 3).await;
+    let mut held: std::collections::HashSet<queue_server::names::LeaseToken> = got
+        .items
+        .iter()
+        .map(|i| i.lease_token.parse().expect("token"))
+        .collect();
+    c.complete(pb::CompleteRequest {
+        queue: "forget".into(),
+        lease_tokens: vec![got.items[0].lease_token.clone()],
+    })
+    .await
+    .expect("complete");
+    let name = "forget".parse().expect("name");
+    server.engine().retain_live(&name, &mut held);
+    assert_eq!(held.len(), 2, "the completed lease is forgotten");
+    server.shutdown().await.expect("shutdown");
+}

@@ -50,6 +50,11 @@ impl Queue {
         Err(Error::StaleLease { token, why })
     }
 
+    /// Whether `token` is a live lease at `now`.
+    pub fn is_live(&self, now: u64, token: LeaseToken) -> bool {
+        self.check(now, token).is_ok()
+    }
+
     fn check_all(&self, now: u64, tokens: &[LeaseToken]) -> Result<()> {
         let mut seen = rustc_hash::FxHashSet::default();
         seen.reserve(tokens.len());
