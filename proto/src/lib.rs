@@ -33,4 +33,8 @@ pub mod defaults {
 
     /// Upper bound of the retry back-off.
     pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+    /// The largest gRPC message the server accepts or sends by default
+    /// (`queue-server --max-message-bytes`); clients accept answers this large.
+    pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 }

@@ -112,7 +112,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_payload_bytes: 1024 * 1024,
-            max_message_bytes: 16 * 1024 * 1024,
+            max_message_bytes: defaults::MAX_MESSAGE_BYTES,
             max_work_credit: 1000,
             max_batch: 1000,
             min_lease: Duration::from_secs(1),

@@ -47,7 +47,11 @@ impl GrpcBackend {
                 source: Box::new(source),
             })?;
         Ok(GrpcBackend {
-            client: QueueServiceClient::new(channel),
+            // Answers up to the server's default message limit (tonic's own
+            // default, 4 MiB, is smaller than a full lease answer may be).
+            client: QueueServiceClient::new(channel)
+                .max_decoding_message_size(workq_proto::defaults::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(workq_proto::defaults::MAX_MESSAGE_BYTES),
         })
     }
 
