@@ -156,8 +156,12 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     };
     if let Some(err) = failed {
         tracing::error!("{err}");
-        if let Err(e) = server.shutdown().await {
-            tracing::warn!("while stopping: {e}");
+        // Bounded: connected clients must not hold a failed server up (there
+        // is nothing left to flush).
+        match tokio::time::timeout(Duration::from_secs(1), server.shutdown()).await {
+            Ok(Err(e)) => tracing::warn!("while stopping: {e}"),
+            Ok(Ok(())) => {}
+            Err(_) => tracing::warn!("connections still open after 1s; exiting anyway"),
         }
         return Err(err.into());
     }
