@@ -350,7 +350,11 @@ fn out_of_descriptors_the_server_recovers_and_health_answers() {
     // Only a guard against a hang.
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
-    write!(s, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
     let mut page = String::new();
     s.read_to_string(&mut page).expect("health answers");
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
