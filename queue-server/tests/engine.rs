@@ -495,3 +495,29 @@ async fn after_a_store_s_commit_fails_the_engine_refuses_every_call() {
     assert!(matches!(&refused, Err(Error::Store(_))), "{refused:?}");
     let _ = e.close().await;
 }
+
+/// A lease answers only once the enqueue of what it leased is durable: the
+/// items of an enqueue whose commit fails are never handed out, even to a
+/// lease made before anyone learned of the failure.
+#[tokio::test]
+async fn the_items_of_a_failed_enqueue_are_never_leased() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let faults = Faults::new();
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open_with_faults(dir.path(), faults.clone()).expect("open"));
+    let e = Engine::open(store, Limits::default(), settings()).expect("engine");
+    e.create_queue(&q("race"), settings())
+        .await
+        .expect("create");
+    faults.fail(Op::Write, 1, FaultKind::NoSpace);
+    let (_, commit) = e
+        .enqueue_now(&q("race"), items(&["lost"]))
+        .expect("added in memory");
+    let leased = e.lease(&q("race"), 10, None, Duration::ZERO).await;
+    assert!(
+        matches!(&leased, Err(Error::Store(_))),
+        "the failed enqueue's item was handed out: {leased:?}"
+    );
+    assert!(commit.wait().await.is_err());
+    let _ = e.close().await;
+}
