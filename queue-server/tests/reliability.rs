@@ -361,3 +361,110 @@ fn out_of_descriptors_the_server_recovers_and_health_answers() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. "16m") on `dir`: only as root, on
+    /// Linux, with `mount` at hand.
+    fn mount(dir: &std::path::Path, size: &str) -> Result<Tmpfs, String> {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot mount a tmpfs (needs root): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Grows it to `size`: the disk freed.
+    fn grow(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("remount");
+        assert!(ok.success(), "remount");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A real full disk (a 16 MiB tmpfs as the data directory, where the
+/// machine lets the test mount one): enqueues of 256 KiB items until one is
+/// refused UNAVAILABLE; the binary exits non-zero; with space freed and the
+/// server restarted, every acknowledged item is there once.
+#[tokio::test]
+async fn a_full_disk_stops_the_binary_and_acknowledged_items_survive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mounted = Tmpfs::mount(dir.path(), "16m");
+    if !workq_testkit::gate(mounted.as_ref().map(drop).map_err(Clone::clone)) {
+        return;
+    }
+    let tmpfs = mounted.expect("mounted");
+    let data = dir.path().join("data");
+    let data_s = data.to_str().expect("utf-8 path").to_string();
+    let mut server =
+        common::ServerProcess::start(&["--data-dir", &data_s, "--fail-exit-grace", "50ms"]);
+    let mut c = server.client().await;
+    let payload = "x".repeat(256 * 1024);
+    let mut acked = Vec::new();
+    let err = loop {
+        let tag = format!("{:06}", acked.len());
+        match c
+            .enqueue(enqueue_req("full", &format!("{tag}{payload}")))
+            .await
+        {
+            Ok(_) => acked.push(tag),
+            Err(e) => break e,
+        }
+        assert!(acked.len() < 1000, "the 16 MiB disk never filled");
+    };
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let status = server.child.wait().expect("wait");
+    assert!(!status.success(), "exit status {status}");
+
+    tmpfs.grow("64m");
+    let server = common::ServerProcess::start(&["--data-dir", &data_s]);
+    let mut c = server.client().await;
+    let mut got = Vec::new();
+    loop {
+        let req = pb::LeaseRequest {
+            max_items: 10,
+            ..lease_req("full", 0)
+        };
+        let resp = c.lease(req).await.expect("lease").into_inner();
+        if resp.items.is_empty() {
+            break;
+        }
+        got.extend(
+            resp.items
+                .iter()
+                .map(|i| String::from_utf8_lossy(&i.payload[..6]).into_owned()),
+        );
+    }
+    got.sort();
+    let mut kept = got.clone();
+    kept.dedup();
+    assert_eq!(kept.len(), got.len(), "an item came back twice");
+    for tag in &acked {
+        assert!(got.contains(tag), "acknowledged item {tag} lost");
+    }
+    assert!(
+        got.len() <= acked.len() + 1,
+        "{} items, {} acknowledged",
+        got.len(),
+        acked.len()
+    );
+    drop(server);
+}
