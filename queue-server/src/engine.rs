@@ -230,6 +230,7 @@ impl Engine {
         let store = self.inner.store.clone();
         let durable = self.inner.durable;
         let clock = self.inner.clock;
+        let on_failure = self.inner.on_failure.clone();
         tokio::spawn(async move {
             loop {
                 let next = {
@@ -243,8 +244,15 @@ impl Engine {
                         metrics::counter!("workq_lease_expiries_total")
                             .increment(reaped.expired as u64);
                     }
-                    // Ordered behind earlier changes; nobody waits on it.
-                    drop(store.submit(journal.into_ops()));
+                    // Ordered behind earlier changes; no caller waits on
+                    // it, but its failure must still fail the engine.
+                    let ops = journal.into_ops();
+                    if !ops.is_empty() {
+                        let commit = store.submit(ops).on_failure(on_failure.clone());
+                        tokio::spawn(async move {
+                            let _ = commit.wait().await;
+                        });
+                    }
                     slot.armed = slot.queue.next_deadline();
                     cell.changed(&slot);
                     slot.armed
