@@ -468,3 +468,37 @@ async fn a_full_disk_stops_the_binary_and_acknowledged_items_survive() {
     );
     drop(server);
 }
+
+/// Health follows the real state: once the server begins stopping, gRPC
+/// health watchers see NOT_SERVING, overall and for the service.
+#[tokio::test]
+async fn a_stopping_server_reports_not_serving() {
+    let server = queue_server::start(ServerConfig::memory())
+        .await
+        .expect("start");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    for service in ["", "workq.v1.QueueService"] {
+        let mut c = HealthClient::new(channel.clone());
+        let req = tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        };
+        let mut watch = c.watch(req).await.expect("watch").into_inner();
+        let first = watch.message().await.expect("status").expect("a status");
+        if service.is_empty() {
+            assert_eq!(first.status, ServingStatus::Serving as i32);
+            server.engine().begin_shutdown();
+        }
+        let mut last = first.status;
+        while last != ServingStatus::NotServing as i32 {
+            match watch.message().await {
+                Ok(Some(m)) => last = m.status,
+                other => panic!("{service:?}: the watch ended before NOT_SERVING: {other:?}"),
+            }
+        }
+    }
+    server.shutdown().await.expect("shutdown");
+}
