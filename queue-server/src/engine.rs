@@ -15,15 +15,24 @@
 //! - A waiting lease call is woken the moment an item becomes pending (a
 //!   `Notify` per queue; each successful lease passes the wake-up on while
 //!   items remain), and at once when the queue drains or is deleted.
+//! - An item is handed out only once its enqueue is durable: a lease waits
+//!   on a store barrier ([`Store::barrier`]) before it answers.
+//!
+//! # A failed store
+//! When a commit fails (a full or broken disk), the engine can no longer
+//! trust its memory against the disk: from then on every call is refused
+//! with [`Error::Store`], nothing more is leased, and parked lease calls
+//! answer at once. [`Engine::failed`] resolves then; the server reports
+//! NOT_SERVING and exits, to restart on what is durable.
 
 use crate::error::{Error, Result};
 use crate::names::{ItemId, LeaseToken, QueueName};
 use crate::queue::{DeadItem, Enqueued, Journal, NewItem, Queue};
 use crate::settings::{Limits, QueueSettings};
-use crate::store::{Commit, Store, StoreOp};
+use crate::store::{Commit, FailureHook, Store, StoreError, StoreOp};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -52,6 +61,36 @@ struct Inner {
     stopped: watch::Sender<bool>,
     /// What every queue's items cost in memory ([`Queue::queued_bytes`]).
     queued_bytes: AtomicU64,
+    /// Why the store failed, once it has.
+    failure: watch::Sender<Option<StoreError>>,
+    /// Given to every commit: records the store's failure.
+    on_failure: FailureHook,
+}
+
+impl Inner {
+    fn record_failure(&self, err: &StoreError) {
+        let first = self.failure.send_if_modified(|f| {
+            if f.is_some() {
+                return false;
+            }
+            *f = Some(err.clone());
+            true
+        });
+        if first {
+            tracing::error!("the store failed: {err}; refusing every call from now on");
+            metrics::counter!("workq_store_failures_total").increment(1);
+            let cells: Vec<_> = self
+                .queues
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for cell in cells {
+                cell.available.notify_waiters();
+            }
+        }
+    }
 }
 
 /// Every queue of one server. Cheap to clone; clones share the queues.
@@ -105,7 +144,7 @@ impl Engine {
         }
         let seed = fastrand::u64(..) >> 2;
         let engine = Engine {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak: &Weak<Inner>| Inner {
                 durable: store.durable(),
                 store,
                 limits,
@@ -118,6 +157,15 @@ impl Engine {
                 queued_bytes: AtomicU64::new(
                     queues.values().map(|c| c.lock().queue.queued_bytes()).sum(),
                 ),
+                failure: watch::Sender::new(None),
+                on_failure: {
+                    let weak = weak.clone();
+                    Arc::new(move |err: &StoreError| {
+                        if let Some(inner) = weak.upgrade() {
+                            inner.record_failure(err);
+                        }
+                    })
+                },
                 queues: RwLock::new(HashMap::new()),
             }),
         };
@@ -146,7 +194,36 @@ impl Engine {
         self.inner.queues.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Refuses every call once the store has failed.
+    fn check_alive(&self) -> Result<()> {
+        match &*self.inner.failure.borrow() {
+            Some(err) => Err(Error::Store(err.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the store failed, if it has: the engine then refuses every call.
+    pub fn failure(&self) -> Option<StoreError> {
+        self.inner.failure.borrow().clone()
+    }
+
+    /// Resolves once the store has failed, with why.
+    pub async fn failed(&self) -> StoreError {
+        let mut rx = self.inner.failure.subscribe();
+        let failure = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|f| f.clone());
+        match failure {
+            Some(err) => err,
+            // Unreachable while `self` holds the sender; never resolve then.
+            None => std::future::pending().await,
+        }
+    }
+
     fn cell(&self, name: &QueueName) -> Result<Arc<QueueCell>> {
+        self.check_alive()?;
         self.read_map()
             .get(name)
             .cloned()
@@ -161,6 +238,7 @@ impl Engine {
         let store = self.inner.store.clone();
         let durable = self.inner.durable;
         let clock = self.inner.clock;
+        let on_failure = self.inner.on_failure.clone();
         tokio::spawn(async move {
             loop {
                 let next = {
@@ -174,8 +252,15 @@ impl Engine {
                         metrics::counter!("workq_lease_expiries_total")
                             .increment(reaped.expired as u64);
                     }
-                    // Ordered behind earlier changes; nobody waits on it.
-                    drop(store.submit(journal.into_ops()));
+                    // Ordered behind earlier changes; no caller waits on
+                    // it, but its failure must still fail the engine.
+                    let ops = journal.into_ops();
+                    if !ops.is_empty() {
+                        let commit = store.submit(ops).on_failure(on_failure.clone());
+                        tokio::spawn(async move {
+                            let _ = commit.wait().await;
+                        });
+                    }
                     slot.armed = slot.queue.next_deadline();
                     cell.changed(&slot);
                     slot.armed
@@ -225,7 +310,11 @@ impl Engine {
             .queued_bytes
             .fetch_add(after.wrapping_sub(before), Ordering::Relaxed);
         let out = out?;
-        let commit = self.inner.store.submit(journal.into_ops());
+        let commit = self
+            .inner
+            .store
+            .submit(journal.into_ops())
+            .on_failure(self.inner.on_failure.clone());
         cell.changed(&slot);
         Ok((out, commit))
     }
@@ -251,6 +340,7 @@ impl Engine {
             .limits
             .check_settings(settings, &self.inner.defaults)
             .map_err(Error::InvalidArgument)?;
+        self.check_alive()?;
         let (info, commit) = {
             let mut map = self.write_map();
             if let Some(cell) = map.get(name) {
@@ -288,7 +378,10 @@ impl Engine {
 
     fn submit(&self, ops: Vec<StoreOp>) -> Commit {
         if self.inner.durable {
-            self.inner.store.submit(ops)
+            self.inner
+                .store
+                .submit(ops)
+                .on_failure(self.inner.on_failure.clone())
         } else {
             Commit::done()
         }
@@ -313,6 +406,7 @@ impl Engine {
     /// Deletes a queue and all its items. Waiting lease calls answer
     /// `NOT_FOUND`; watchers see the end.
     pub async fn delete_queue(&self, name: &QueueName) -> Result<()> {
+        self.check_alive()?;
         let commit = {
             let mut map = self.write_map();
             let cell = map
@@ -497,11 +591,12 @@ impl Engine {
             let notified = cell.available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
+            let outcome = {
                 let mut slot = cell.lock();
                 if slot.deleted {
                     return Err(Error::QueueNotFound(name.clone()));
                 }
+                self.check_alive()?;
                 let now = self.inner.clock.now_ms();
                 let next_seq = &self.inner.next_seq;
                 let items =
@@ -514,19 +609,29 @@ impl Engine {
                 if !items.is_empty() {
                     cell.changed(&slot);
                 }
-                if !items.is_empty()
+                (!items.is_empty()
                     || drained
                     || last_try
-                    || self.inner.stopping.load(Ordering::Relaxed)
-                {
-                    drop(slot);
-                    metrics::counter!("workq_items_leased_total").increment(items.len() as u64);
-                    return Ok(LeaseOutcome {
-                        items,
-                        drained,
-                        empty,
-                    });
+                    || self.inner.stopping.load(Ordering::Relaxed))
+                .then_some(LeaseOutcome {
+                    items,
+                    drained,
+                    empty,
+                })
+            };
+            if let Some(outcome) = outcome {
+                if !outcome.items.is_empty() && self.inner.durable {
+                    // Not before their enqueue is durable: a failed commit's
+                    // items are never handed out.
+                    self.inner
+                        .store
+                        .barrier()
+                        .on_failure(self.inner.on_failure.clone())
+                        .wait()
+                        .await?;
                 }
+                metrics::counter!("workq_items_leased_total").increment(outcome.items.len() as u64);
+                return Ok(outcome);
             }
             let _parked = Parked::new(&cell.waiting);
             tokio::select! {

@@ -31,9 +31,13 @@ pub enum Error {
         /// What happened to the lease.
         why: &'static str,
     },
-    /// The store could not persist a change; the server refuses further
-    /// changes until it is restarted.
-    #[error("the store failed: {0}")]
+    /// The store could not persist a change; the server refuses every
+    /// further call (UNAVAILABLE), reports NOT_SERVING and exits, to be
+    /// restarted on what is durable.
+    #[error(
+        "the store failed ({0}): this server takes no more calls and restarts on what is durable; \
+         retry on the restarted server (free disk space if the disk is full)"
+    )]
     Store(#[from] crate::store::StoreError),
     /// A server-wide resource limit is reached; the message names the limit
     /// and the setting that raises it.

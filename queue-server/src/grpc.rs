@@ -23,9 +23,8 @@ pub fn status(err: Error) -> Status {
         Error::QueueNotFound(_) => Status::not_found(msg),
         Error::QueueExists(_) => Status::already_exists(msg),
         Error::Sealed(_) | Error::StaleLease { .. } => Status::failed_precondition(msg),
-        Error::Store(_) => Status::internal(msg),
+        Error::Store(_) | Error::ShuttingDown => Status::unavailable(msg),
         Error::Exhausted(_) => Status::resource_exhausted(msg),
-        Error::ShuttingDown => Status::unavailable(msg),
     }
 }
 

@@ -39,4 +39,4 @@ pub mod work_stream;
 
 pub use engine::Engine;
 pub use error::{Error, Result};
-pub use server::{RunningServer, ServerConfig, ServerError, StoreKind, start};
+pub use server::{RunningServer, ServerConfig, ServerError, StoreKind, start, start_with_store};

@@ -8,6 +8,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context;
 use clap::Parser;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
+use queue_server::server::{Connections, DEFAULT_FAIL_EXIT_GRACE};
 use queue_server::settings::{Limits, QueueSettings};
 use queue_server::{ServerConfig, StoreKind};
 use std::io::Write;
@@ -20,7 +21,11 @@ use workq_proto::defaults;
 ///
 /// Prints one line `listening grpc=ADDR http=ADDR` on standard output once it
 /// serves. SIGTERM or SIGINT: stop taking calls, finish those in flight, flush
-/// the store, exit 0. Logs go to standard error; set RUST_LOG (e.g. `debug`).
+/// the store, exit 0. If the store fails (a full or broken disk), it reports
+/// NOT_SERVING at once, answers every call UNAVAILABLE, and exits 1 after
+/// --fail-exit-grace, to be restarted on what is durable; it exits 1 too if
+/// its gRPC or HTTP server ends. Logs go to standard error; set RUST_LOG
+/// (e.g. `debug`).
 #[derive(Debug, Parser)]
 #[command(name = "queue-server", version)]
 struct Args {
@@ -87,6 +92,22 @@ struct Args {
     /// when there is one, else unbounded.
     #[arg(long, env = "WQ_MAX_QUEUED_BYTES", default_value_t = 0)]
     max_queued_bytes: u64,
+    /// After the store fails: how long to keep answering NOT_SERVING and
+    /// UNAVAILABLE before exiting 1 (so probes and clients see why).
+    #[arg(long, env = "WQ_FAIL_EXIT_GRACE", default_value_t = DEFAULT_FAIL_EXIT_GRACE.into())]
+    fail_exit_grace: humantime::Duration,
+    /// A connection that has not sent the HTTP/2 preface by then is closed.
+    #[arg(long, env = "WQ_HANDSHAKE_TIMEOUT", default_value_t = Connections::default().handshake_timeout.into())]
+    handshake_timeout: humantime::Duration,
+    /// How often an HTTP/2 PING is sent on each connection.
+    #[arg(long, env = "WQ_KEEPALIVE_INTERVAL", default_value_t = Connections::default().keepalive_interval.into())]
+    keepalive_interval: humantime::Duration,
+    /// A connection whose PING is not answered by then is closed.
+    #[arg(long, env = "WQ_KEEPALIVE_TIMEOUT", default_value_t = Connections::default().keepalive_timeout.into())]
+    keepalive_timeout: humantime::Duration,
+    /// Most concurrent calls on one connection (more wait in the client).
+    #[arg(long, env = "WQ_MAX_STREAMS_PER_CONNECTION", default_value_t = Connections::default().max_concurrent_streams)]
+    max_streams_per_connection: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -130,6 +151,13 @@ fn main() -> anyhow::Result<()> {
             max_attempts: args.max_attempts.max(1),
             ..QueueSettings::default()
         },
+        fail_exit_grace: args.fail_exit_grace.into(),
+        connections: Connections {
+            handshake_timeout: args.handshake_timeout.into(),
+            keepalive_interval: args.keepalive_interval.into(),
+            keepalive_timeout: args.keepalive_timeout.into(),
+            max_concurrent_streams: args.max_streams_per_connection.max(1),
+        },
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if worker_threads > 0 {
@@ -146,16 +174,28 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let server = queue_server::start(config).await?;
+    let mut server = queue_server::start(config).await?;
     let http = server
         .http_addr()
         .map_or_else(|| "off".to_string(), |a| a.to_string());
     let mut out = std::io::stdout();
     writeln!(out, "listening grpc={} http={http}", server.grpc_addr())?;
     out.flush()?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    let failed = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+        _ = int.recv() => { tracing::info!("SIGINT: shutting down"); None }
+        err = server.stopped() => Some(err),
+    };
+    if let Some(err) = failed {
+        tracing::error!("{err}");
+        // Bounded: connected clients must not hold a failed server up (there
+        // is nothing left to flush).
+        match tokio::time::timeout(Duration::from_secs(1), server.shutdown()).await {
+            Ok(Err(e)) => tracing::warn!("while stopping: {e}"),
+            Ok(Ok(())) => {}
+            Err(_) => tracing::warn!("connections still open after 1s; exiting anyway"),
+        }
+        return Err(err.into());
     }
     server.shutdown().await?;
     tracing::info!("stopped cleanly");

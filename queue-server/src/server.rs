@@ -1,5 +1,18 @@
 //! Starting and stopping a server: gRPC (with health checking and
 //! reflection) on one port, HTTP `/healthz` and `/metrics` on another.
+//!
+//! # Health
+//! gRPC health (overall and `workq.v1.QueueService`) and `/healthz` follow
+//! the real state: SERVING / 200 while it serves, NOT_SERVING / 503 once it
+//! is stopping or its store failed. After a failed store every call answers
+//! UNAVAILABLE with the reason, and [`RunningServer::stopped`] resolves
+//! after [`ServerConfig::fail_exit_grace`] (the binary then exits non-zero).
+//!
+//! # Connections
+//! See [`Connections`]: a connection must send the HTTP/2 preface within the
+//! handshake timeout, dead peers are found by HTTP/2 keepalive pings, streams
+//! per connection are capped, and a failed `accept` (out of descriptors) is
+//! retried after a back-off instead of at once.
 
 use crate::engine::Engine;
 use crate::grpc::GrpcService;
@@ -9,11 +22,16 @@ use axum::http::StatusCode;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use tokio::net::TcpListener;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic_health::ServingStatus;
 use workq_proto::v1::queue_service_server::QueueServiceServer;
 
 /// Which store keeps the queues.
@@ -76,7 +94,42 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Settings of queues created without their own.
     pub defaults: QueueSettings,
+    /// How long a server whose store failed keeps answering (NOT_SERVING,
+    /// UNAVAILABLE) before [`RunningServer::stopped`] resolves and the
+    /// binary exits non-zero.
+    pub fail_exit_grace: Duration,
+    /// Limits on gRPC connections.
+    pub connections: Connections,
 }
+
+/// Limits on gRPC connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    /// A new connection that has not sent the HTTP/2 preface by then is
+    /// closed.
+    pub handshake_timeout: Duration,
+    /// How often an HTTP/2 PING is sent on a quiet connection.
+    pub keepalive_interval: Duration,
+    /// A connection whose PING is not answered by then is closed.
+    pub keepalive_timeout: Duration,
+    /// Most concurrent calls (streams) on one connection; a client sees it
+    /// in the server's SETTINGS and queues calls beyond it.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 1024,
+        }
+    }
+}
+
+/// The default of [`ServerConfig::fail_exit_grace`].
+pub const DEFAULT_FAIL_EXIT_GRACE: Duration = Duration::from_secs(3);
 
 impl ServerConfig {
     /// A memory-store server on `127.0.0.1:0` (gRPC and HTTP).
@@ -89,6 +142,8 @@ impl ServerConfig {
             embedded_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             limits: Limits::default(),
             defaults: QueueSettings::default(),
+            fail_exit_grace: DEFAULT_FAIL_EXIT_GRACE,
+            connections: Connections::default(),
         }
     }
 
@@ -126,6 +181,13 @@ pub enum ServerError {
     /// A server task panicked.
     #[error("a server task failed: {0}")]
     Task(String),
+    /// The store failed: the server stopped taking calls and must be
+    /// restarted on what is durable.
+    #[error("{0}: exiting, to be restarted on what is durable")]
+    StoreFailed(#[source] StoreError),
+    /// The gRPC or HTTP server ended on its own.
+    #[error("the {0} server ended unexpectedly: {1}")]
+    Ended(&'static str, String),
 }
 
 /// A running server. Stop it with [`RunningServer::shutdown`].
@@ -135,8 +197,9 @@ pub struct RunningServer {
     http_addr: Option<SocketAddr>,
     engine: Engine,
     stop: Option<oneshot::Sender<()>>,
-    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     http: Option<JoinHandle<()>>,
+    fail_exit_grace: Duration,
 }
 
 /// The process-wide Prometheus recorder (the `metrics` facade has one).
@@ -178,15 +241,19 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let store: Arc<dyn Store> = match config.store {
         StoreKind::Memory => Arc::new(MemoryStore),
         StoreKind::Embedded => {
-            let dir = config.data_dir.clone();
-            let cache = config.embedded_cache_bytes;
-            let store =
-                tokio::task::spawn_blocking(move || EmbeddedStore::open_with_cache(&dir, cache))
-                    .await
-                    .map_err(|e| ServerError::Task(e.to_string()))??;
-            Arc::new(store)
+            open_embedded(config.data_dir.clone(), config.embedded_cache_bytes).await?
         }
     };
+    start_with_store(config, store).await
+}
+
+/// [`start`] on a store the caller opened (`config.store` and
+/// `config.data_dir` are not used): e.g. one on faulty storage, in tests.
+pub async fn start_with_store(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+) -> Result<RunningServer, ServerError> {
+    prometheus();
     let engine = Engine::open(store, config.limits, config.defaults)?;
 
     let listener = bind(config.listen).await?;
@@ -194,14 +261,27 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         addr: config.listen,
         source,
     })?;
-    // Nagle off: `serve_with_incoming` ignores the builder's TCP_NODELAY, and
-    // with Nagle on small replies waited ~40 ms (p99 42–45 ms, 100-item calls
-    // fell to ~730/s).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = incoming(listener, config.connections.handshake_timeout);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<QueueServiceServer<GrpcService>>()
         .await;
+    {
+        // NOT_SERVING, overall and for the service, once stopping or failed.
+        let (health, engine) = (health.clone(), engine.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = engine.failed() => {}
+                () = engine.stopping() => {}
+            }
+            health
+                .set_not_serving::<QueueServiceServer<GrpcService>>()
+                .await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+        });
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(workq_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -212,9 +292,21 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let service = QueueServiceServer::new(GrpcService::new(engine.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    let refuser = engine.clone();
+    let service = tonic::service::interceptor::InterceptedService::new(service, move |req| {
+        // A failed store answers every new call at once.
+        match refuser.failure() {
+            Some(err) => Err(crate::grpc::status(crate::Error::Store(err))),
+            None => Ok(req),
+        }
+    });
+    let conns = config.connections;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(conns.keepalive_interval))
+            .http2_keepalive_timeout(Some(conns.keepalive_timeout))
+            .max_concurrent_streams(conns.max_concurrent_streams)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(service)
@@ -249,9 +341,176 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         http_addr,
         engine,
         stop: Some(stop_tx),
-        grpc,
+        grpc: Some(grpc),
         http,
+        fail_exit_grace: config.fail_exit_grace,
     })
+}
+
+/// Opens the embedded store in `dir`; with the `fault-injection` feature,
+/// on storage that fails as [`crate::store::fault::ENV`] orders.
+async fn open_embedded(dir: PathBuf, cache: usize) -> Result<Arc<dyn Store>, ServerError> {
+    #[cfg(feature = "fault-injection")]
+    {
+        use crate::store::fault::{FaultKind, Faults, FaultyStore, Op, Order};
+        if let Some(order) = Order::from_env().map_err(ServerError::Task)? {
+            tracing::warn!(?order, "fault injection armed");
+            let faults = Faults::new();
+            let backend_faults = faults.clone();
+            let store = tokio::task::spawn_blocking(move || {
+                EmbeddedStore::open_with_faults(&dir, backend_faults)
+            })
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))??;
+            faults.fail(order.op, order.nth, FaultKind::NoSpace);
+            return Ok(if order.op == Op::Commit {
+                Arc::new(FaultyStore::new(store, faults))
+            } else {
+                Arc::new(store)
+            });
+        }
+    }
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open_with_cache(&dir, cache))
+        .await
+        .map_err(|e| ServerError::Task(e.to_string()))??;
+    Ok(Arc::new(store))
+}
+
+/// The length of the HTTP/2 client preface (`PRI * HTTP/2.0…`).
+const PREFACE_LEN: usize = 24;
+
+/// The first back-off after a failed `accept`, and the longest.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+
+/// Accepted connections, each with Nagle off and a handshake deadline. A
+/// failed `accept` (EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or
+/// memory) is retried after a back-off that doubles up to a second, rather
+/// than at once: tonic's own loop retried at once and spun a core until
+/// connections closed.
+fn incoming(
+    listener: TcpListener,
+    handshake_timeout: Duration,
+) -> impl futures::Stream<Item = Result<Conn, std::io::Error>> {
+    futures::stream::unfold(
+        (listener, ACCEPT_BACKOFF.0),
+        move |(listener, mut backoff)| async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        // Nagle off: with it on, small replies waited ~40 ms
+                        // (p99 42–45 ms, 100-item calls fell to ~730/s).
+                        let _ = stream.set_nodelay(true);
+                        let conn = Conn::new(stream, handshake_timeout);
+                        return Some((Ok(conn), (listener, ACCEPT_BACKOFF.0)));
+                    }
+                    Err(e) if is_peer_error(&e) => continue,
+                    Err(e) => {
+                        metrics::counter!("workq_accept_errors_total").increment(1);
+                        tracing::warn!(
+                            "accepting a connection failed: {e}; retrying in {backoff:?}"
+                        );
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// An error of one connection (reset before it was accepted), not of the
+/// listener: the next accept may succeed at once.
+fn is_peer_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+/// An accepted connection that fails its reads (and is then closed) if the
+/// HTTP/2 preface has not arrived within the handshake timeout.
+#[derive(Debug)]
+pub struct Conn {
+    io: TcpStream,
+    /// Until the preface has been read.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    read: usize,
+}
+
+impl Conn {
+    fn new(io: TcpStream, handshake_timeout: Duration) -> Self {
+        Conn {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(handshake_timeout))),
+            read: 0,
+        }
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no HTTP/2 preface within the handshake timeout",
+            )));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if this.deadline.is_some() {
+            this.read += buf.filled().len() - before;
+            if this.read >= PREFACE_LEN {
+                this.deadline = None;
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 fn http_router(engine: Engine) -> axum::Router {
@@ -263,10 +522,15 @@ fn http_router(engine: Engine) -> axum::Router {
             get(move || {
                 let engine = health_engine.clone();
                 async move {
-                    if engine.is_stopping() {
-                        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+                    if let Some(err) = engine.failure() {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("store failed: {err}\n"),
+                        )
+                    } else if engine.is_stopping() {
+                        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_string())
                     } else {
-                        (StatusCode::OK, "ok\n")
+                        (StatusCode::OK, "ok\n".to_string())
                     }
                 }
             }),
@@ -337,6 +601,52 @@ impl RunningServer {
         &self.engine
     }
 
+    /// Resolves when the server can no longer serve and should exit: its
+    /// store failed ([`ServerConfig::fail_exit_grace`] after the failure,
+    /// while health says NOT_SERVING and calls answer UNAVAILABLE), or its
+    /// gRPC or HTTP server ended. Call [`RunningServer::shutdown`] next.
+    pub async fn stopped(&mut self) -> ServerError {
+        let grace = self.fail_exit_grace;
+        let engine = self.engine.clone();
+        let failed = async move {
+            let err = engine.failed().await;
+            tokio::time::sleep(grace).await;
+            err
+        };
+        let grpc = async {
+            match self.grpc.as_mut() {
+                Some(task) => {
+                    let ended = task.await;
+                    self.grpc = None;
+                    match ended {
+                        Ok(Ok(())) => "it stopped".to_string(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let http = async {
+            match self.http.as_mut() {
+                Some(task) => {
+                    let ended = task.await;
+                    self.http = None;
+                    match ended {
+                        Ok(()) => "it stopped".to_string(),
+                        Err(e) => e.to_string(),
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            err = failed => ServerError::StoreFailed(err),
+            why = grpc => ServerError::Ended("gRPC", why),
+            why = http => ServerError::Ended("HTTP", why),
+        }
+    }
+
     /// Stops taking calls, finishes those in flight (waiting lease calls
     /// answer at once, watch streams end), then flushes and closes the store.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
@@ -344,9 +654,10 @@ impl RunningServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let grpc = (&mut self.grpc)
-            .await
-            .map_err(|e| ServerError::Task(e.to_string()))?;
+        let grpc = match self.grpc.take() {
+            Some(task) => task.await.map_err(|e| ServerError::Task(e.to_string()))?,
+            None => Ok(()),
+        };
         if let Some(http) = self.http.take() {
             let _ = http.await;
         }
@@ -360,7 +671,9 @@ impl Drop for RunningServer {
     fn drop(&mut self) {
         if self.stop.is_some() {
             self.engine.begin_shutdown();
-            self.grpc.abort();
+            if let Some(grpc) = &self.grpc {
+                grpc.abort();
+            }
             if let Some(http) = &self.http {
                 http.abort();
             }

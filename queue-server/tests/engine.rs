@@ -420,9 +420,9 @@ async fn on_the_embedded_store_a_waiter_is_woken_and_an_expired_lease_comes_back
     e.close().await.expect("close");
 }
 
-/// Today's behaviour after a failed commit (what it should be is for a later
-/// change): the caller gets the store's error, and every later change is
-/// refused — even once the disk is fine again — until a restart.
+/// After a failed commit the caller gets the store's error, and every later
+/// change is refused — even once the disk is fine again — until a restart
+/// (the server then exits: `tests/reliability.rs`).
 #[tokio::test]
 async fn after_a_failed_commit_the_caller_gets_the_error_and_further_changes_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -464,9 +464,11 @@ async fn after_a_failed_commit_the_caller_gets_the_error_and_further_changes_are
 }
 
 /// The store-level seam, as a test of another store would use it: the second
-/// commit fails, the caller gets the error, and the third passes through.
+/// commit fails, the caller gets the error, and the engine refuses every
+/// later call — even once the store would accept commits again — and says
+/// so through [`Engine::failure`].
 #[tokio::test]
-async fn a_store_whose_second_commit_fails_fails_that_call_only() {
+async fn after_a_store_s_commit_fails_the_engine_refuses_every_call() {
     let dir = tempfile::tempdir().expect("tempdir");
     let faults = Faults::new();
     let inner = EmbeddedStore::open(dir.path()).expect("open");
@@ -477,14 +479,45 @@ async fn a_store_whose_second_commit_fails_fails_that_call_only() {
     let e = Engine::open(store, Limits::default(), settings()).expect("engine");
     faults.fail(Op::Commit, 2, FaultKind::Io);
     e.create_queue(&q("nth"), settings()).await.expect("create");
+    assert!(e.failure().is_none());
     let failed = e.enqueue(&q("nth"), items(&["x"]), false).await;
     assert!(
         matches!(&failed, Err(Error::Store(StoreError::Write(m))) if m.contains("input/output")),
         "{failed:?}"
     );
+    assert!(e.failure().is_some(), "the engine knows its store failed");
     faults.clear();
-    e.enqueue(&q("nth"), items(&["y"]), false)
+    let refused = e.enqueue(&q("nth"), items(&["y"]), false).await;
+    assert!(matches!(&refused, Err(Error::Store(_))), "{refused:?}");
+    let refused = e.lease(&q("nth"), 10, None, Duration::ZERO).await;
+    assert!(matches!(&refused, Err(Error::Store(_))), "{refused:?}");
+    let refused = e.get_queue(&q("nth"));
+    assert!(matches!(&refused, Err(Error::Store(_))), "{refused:?}");
+    let _ = e.close().await;
+}
+
+/// A lease answers only once the enqueue of what it leased is durable: the
+/// items of an enqueue whose commit fails are never handed out, even to a
+/// lease made before anyone learned of the failure.
+#[tokio::test]
+async fn the_items_of_a_failed_enqueue_are_never_leased() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let faults = Faults::new();
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open_with_faults(dir.path(), faults.clone()).expect("open"));
+    let e = Engine::open(store, Limits::default(), settings()).expect("engine");
+    e.create_queue(&q("race"), settings())
         .await
-        .expect("the next commit passes");
-    e.close().await.expect("close");
+        .expect("create");
+    faults.fail(Op::Write, 1, FaultKind::NoSpace);
+    let (_, commit) = e
+        .enqueue_now(&q("race"), items(&["lost"]))
+        .expect("added in memory");
+    let leased = e.lease(&q("race"), 10, None, Duration::ZERO).await;
+    assert!(
+        matches!(&leased, Err(Error::Store(_))),
+        "the failed enqueue's item was handed out: {leased:?}"
+    );
+    assert!(commit.wait().await.is_err());
+    let _ = e.close().await;
 }

@@ -541,7 +541,21 @@ impl Store for EmbeddedStore {
         if sent != Some(true) {
             return Commit::failed(StoreError::Closed);
         }
-        Commit(Some(rx))
+        Commit::pending(rx)
+    }
+
+    fn barrier(&self) -> Commit {
+        // An empty group: the writer answers it after the ops before it,
+        // with the store's failure if it failed.
+        let (done, rx) = oneshot::channel();
+        let sent = self.tx.lock().ok().and_then(|tx| {
+            tx.as_ref()
+                .map(|tx| tx.send(Msg::Ops(Vec::new(), done)).is_ok())
+        });
+        if sent != Some(true) {
+            return Commit::failed(StoreError::Closed);
+        }
+        Commit::pending(rx)
     }
 
     fn close(&self) -> Result<(), StoreError> {

@@ -243,12 +243,19 @@ impl StorageBackend for FaultyBackend {
 pub struct FaultyStore<S> {
     inner: S,
     faults: Faults,
+    /// The first injected failure: barriers fail from then on, as a real
+    /// store's do once a commit failed.
+    failed: Mutex<Option<StoreError>>,
 }
 
 impl<S: Store> FaultyStore<S> {
     /// `inner`, failing on `faults`' orders.
     pub fn new(inner: S, faults: Faults) -> Self {
-        FaultyStore { inner, faults }
+        FaultyStore {
+            inner,
+            faults,
+            failed: Mutex::new(None),
+        }
     }
 
     /// The store inside.
@@ -267,13 +274,73 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     fn submit(&self, ops: Vec<StoreOp>) -> Commit {
+        if ops.is_empty() {
+            // Not a commit (the engine's reapers submit empty batches).
+            return self.inner.submit(ops);
+        }
         match self.faults.check(Op::Commit) {
             Ok(()) => self.inner.submit(ops),
-            Err(e) => Commit::failed(StoreError::Write(e.to_string())),
+            Err(e) => {
+                let err = StoreError::Write(e.to_string());
+                let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                failed.get_or_insert_with(|| err.clone());
+                Commit::failed(err)
+            }
+        }
+    }
+
+    fn barrier(&self) -> Commit {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        match &*failed {
+            Some(err) => Commit::failed(err.clone()),
+            None => self.inner.barrier(),
         }
     }
 
     fn close(&self) -> Result<(), StoreError> {
         self.inner.close()
+    }
+}
+
+/// The environment variable a test sets to arm faults in the
+/// `queue-server` binary (honoured only with the `fault-injection`
+/// feature): `OP:N`, with OP `commit`, `write` or `sync`, fails the Nth
+/// such operation after the store is open and every one after it, as a
+/// full disk (`ENOSPC`).
+pub const ENV: &str = "WQ_TEST_FAULT";
+
+/// A fault order read from [`ENV`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Order {
+    /// Which operation fails.
+    pub op: Op,
+    /// From which one on (1: the first).
+    pub nth: u64,
+}
+
+impl Order {
+    /// The order in [`ENV`], if it is set.
+    pub fn from_env() -> Result<Option<Order>, String> {
+        match std::env::var(ENV) {
+            Ok(v) if !v.is_empty() => v.parse().map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl std::str::FromStr for Order {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{ENV}={s:?}: expected OP:N with OP commit, write or sync");
+        let (op, nth) = s.split_once(':').ok_or_else(bad)?;
+        let op = match op {
+            "commit" => Op::Commit,
+            "write" => Op::Write,
+            "sync" => Op::Sync,
+            _ => return Err(bad()),
+        };
+        let nth = nth.parse().map_err(|_| bad())?;
+        Ok(Order { op, nth })
     }
 }

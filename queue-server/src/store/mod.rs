@@ -151,29 +151,57 @@ pub struct Snapshot {
     pub next_item_id: u64,
 }
 
+/// Called with the error when a commit fails (see [`Commit::on_failure`]).
+pub type FailureHook = std::sync::Arc<dyn Fn(&StoreError) + Send + Sync>;
+
 /// A pending commit: resolves once the submitted ops are durable.
 #[must_use = "a change is acknowledged only once its commit is durable"]
-pub struct Commit(Option<oneshot::Receiver<Result<(), StoreError>>>);
+pub struct Commit {
+    rx: Option<oneshot::Receiver<Result<(), StoreError>>>,
+    on_failure: Option<FailureHook>,
+}
 
 impl Commit {
     /// Already durable (nothing to write, or a store that keeps nothing).
     pub fn done() -> Self {
-        Commit(None)
+        Commit {
+            rx: None,
+            on_failure: None,
+        }
+    }
+
+    /// Durable once `rx` answers `Ok`.
+    pub fn pending(rx: oneshot::Receiver<Result<(), StoreError>>) -> Self {
+        Commit {
+            rx: Some(rx),
+            on_failure: None,
+        }
     }
 
     /// Already failed with `err`.
     pub fn failed(err: StoreError) -> Self {
         let (done, rx) = oneshot::channel();
         let _ = done.send(Err(err));
-        Commit(Some(rx))
+        Commit::pending(rx)
+    }
+
+    /// Calls `hook` with the error if this commit fails (when it is waited
+    /// on): how the engine learns that its store failed.
+    pub fn on_failure(mut self, hook: FailureHook) -> Self {
+        self.on_failure = Some(hook);
+        self
     }
 
     /// Waits until the ops are durable.
     pub async fn wait(self) -> Result<(), StoreError> {
-        match self.0 {
+        let result = match self.rx {
             None => Ok(()),
             Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+        };
+        if let (Err(e), Some(hook)) = (&result, &self.on_failure) {
+            hook(e);
         }
+        result
     }
 }
 
@@ -185,6 +213,13 @@ pub trait Store: Send + Sync + 'static {
     fn load(&self) -> Result<Snapshot, StoreError>;
     /// Queues ops to be applied after every op submitted before them.
     fn submit(&self, ops: Vec<StoreOp>) -> Commit;
+    /// Resolves once every op submitted before it is durable, and fails if
+    /// the store has failed: a lease waits on it, so that no item is handed
+    /// out before its enqueue is durable. A store that keeps nothing is
+    /// always done.
+    fn barrier(&self) -> Commit {
+        Commit::done()
+    }
     /// Applies everything submitted, then stops taking ops.
     fn close(&self) -> Result<(), StoreError>;
 }

@@ -21,9 +21,15 @@ impl ServerProcess {
     /// Starts the binary with `args` (after `--listen 127.0.0.1:0
     /// --http-listen 127.0.0.1:0`) and waits for its `listening` line.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`ServerProcess::start`] with environment variables `env`.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_queue-server"))
             .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
