@@ -25,11 +25,13 @@
 //! - Each push holds at most [`Limits::answer_budget`](crate::settings::Limits::answer_budget)
 //!   bytes of items.
 
-use crate::engine::Engine;
+use crate::engine::{Engine, LeaseOutcome};
 use crate::grpc::{leased_pb, status};
 use crate::names::{LeaseToken, QueueName};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -105,6 +107,10 @@ async fn run(
     }
     let stopping = engine.stopping();
     tokio::pin!(stopping);
+    // The lease in progress, kept across turns of the loop: on a durable
+    // store a lease waits for the store after taking its items, so dropping
+    // it when another branch is ready would strand them until they expire.
+    let mut leasing: Option<Pin<Box<dyn Future<Output = LeaseResult> + Send>>> = None;
     loop {
         if ending && completions.is_empty() {
             if let Some(s) = last_word {
@@ -113,6 +119,12 @@ async fn run(
             return;
         }
         let want = usize::try_from(credit.min(max_batch)).unwrap_or(1);
+        if leasing.is_none() && want > 0 && !ending {
+            let (engine, name) = (engine.clone(), name.clone());
+            leasing = Some(Box::pin(async move {
+                engine.lease(&name, want, lease, max_wait).await
+            }));
+        }
         tokio::select! {
             biased;
             Some((done, result)) = completions.next(), if !completions.is_empty() => {
@@ -138,7 +150,12 @@ async fn run(
                     ending = true;
                 }
             },
-            out = engine.lease(name, want, lease, max_wait), if want > 0 && !ending => match out {
+            out = async {
+                match leasing.as_mut() {
+                    Some(l) => l.await,
+                    None => std::future::pending().await,
+                }
+            } => { leasing = None; match out {
                 Ok(out) => {
                     credit -= out.items.len() as u64;
                     held.extend(out.items.iter().map(|i| i.token));
@@ -166,7 +183,7 @@ async fn run(
                     last_word = Some(status(e));
                     ending = true;
                 }
-            },
+            }},
             () = &mut stopping, if !ending => {
                 last_word = Some(Status::unavailable("the server is stopping"));
                 ending = true;
@@ -175,6 +192,9 @@ async fn run(
         }
     }
 }
+
+/// What a lease in progress yields.
+type LeaseResult = crate::error::Result<LeaseOutcome>;
 
 /// Completes the tokens of `req` (none: nothing to do), answering with its
 /// `ref` and `note` in the message; yields the tokens completed.
