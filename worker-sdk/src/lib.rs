@@ -113,7 +113,7 @@ pub use error::{Error, Result};
 pub use lease::LeaseHandle;
 pub use types::{
     DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,
-    QueueInfo, QueueName, QueueSettings, Stats,
+    QueueInfo, QueueName, QueueSettings, QueueState, Stats,
 };
 pub use worker::{Disposition, Job, StopReason, WorkError, WorkSummary, WorkerOptions};
 

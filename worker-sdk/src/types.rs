@@ -159,6 +159,72 @@ pub struct Stats {
     pub sealed: bool,
     /// Sealed, and nothing pending, delayed or leased: the work is over.
     pub drained: bool,
+    /// Where the queue is in its life (the same facts as `sealed`, `drained`
+    /// and [`Stats::is_empty`], as one value).
+    pub state: QueueState,
+}
+
+/// Where a queue is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum QueueState {
+    /// Open for items, and some are pending, delayed or leased.
+    #[default]
+    Active,
+    /// Open for items, and nothing is pending, delayed or leased right now:
+    /// more may come.
+    Empty,
+    /// Sealed (no more items will come); some are still pending, delayed or
+    /// leased.
+    Sealed,
+    /// Sealed, and nothing is pending, delayed or leased: no item will ever
+    /// come.
+    Drained,
+}
+
+impl QueueState {
+    /// The state of a queue that is `sealed` or not and `empty` (nothing
+    /// pending, delayed or leased) or not.
+    pub fn of(sealed: bool, empty: bool) -> Self {
+        match (sealed, empty) {
+            (false, false) => QueueState::Active,
+            (false, true) => QueueState::Empty,
+            (true, false) => QueueState::Sealed,
+            (true, true) => QueueState::Drained,
+        }
+    }
+
+    /// No more items will come.
+    pub fn is_sealed(self) -> bool {
+        matches!(self, QueueState::Sealed | QueueState::Drained)
+    }
+
+    /// Sealed and nothing left: no item will ever come.
+    pub fn is_drained(self) -> bool {
+        self == QueueState::Drained
+    }
+
+    /// Nothing pending, delayed or leased now.
+    pub fn is_empty(self) -> bool {
+        matches!(self, QueueState::Empty | QueueState::Drained)
+    }
+
+    /// The state's name, as `wq` prints it (`active`, `empty`, `sealed`, `drained`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueState::Active => "active",
+            QueueState::Empty => "empty",
+            QueueState::Sealed => "sealed",
+            QueueState::Drained => "drained",
+        }
+    }
+}
+
+impl fmt::Display for QueueState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Stats {
@@ -376,12 +442,6 @@ pub(crate) fn to_ms(d: Option<Duration>) -> u64 {
         .unwrap_or(0)
 }
 
-/// Milliseconds to a duration, `None` for 0.
-#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
-pub(crate) fn from_ms(ms: u64) -> Option<Duration> {
-    (ms > 0).then(|| Duration::from_millis(ms))
-}
-
 /// Milliseconds since the Unix epoch to a time.
 #[cfg_attr(not(any(feature = "grpc", feature = "redis")), allow(dead_code))]
 pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
@@ -419,7 +479,6 @@ mod tests {
     fn millis() {
         assert_eq!(to_ms(None), 0);
         assert_eq!(to_ms(Some(Duration::from_millis(1500))), 1500);
-        assert_eq!(from_ms(0), None);
         assert_eq!(to_unix_ms(from_unix_ms(12345)), 12345);
     }
 }

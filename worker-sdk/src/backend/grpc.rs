@@ -1,7 +1,7 @@
 //! The `grpc://` backend: the workq queue service, through the client generated
 //! from `proto/workq/v1/queue.proto`. Proto structs live here and nowhere else.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -13,8 +13,9 @@ use super::QueueUrl;
 use crate::error::{Error, Result};
 use crate::types::{
     DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,
-    QueueInfo, QueueName, QueueSettings, Stats, from_ms, from_unix_ms, to_ms,
+    QueueInfo, QueueName, QueueSettings, QueueState, Stats,
 };
+use workq_proto::time;
 
 /// Deadline of an ordinary call; a lease call gets its wait on top.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -74,11 +75,7 @@ impl GrpcBackend {
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?
             .into_inner();
-        let info = resp
-            .queue
-            .map(info_from_pb)
-            .ok_or_else(|| Error::Protocol("CreateQueue answered without a queue".into()))?;
-        Ok((info, resp.created))
+        Ok((info_from_pb("CreateQueue", resp.queue)?, resp.created))
     }
 
     pub(crate) async fn get_queue(&self, queue: &QueueName) -> Result<QueueInfo> {
@@ -90,26 +87,32 @@ impl GrpcBackend {
             .get_queue(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
-        Ok(info_from_pb(resp.into_inner()))
+        info_from_pb("GetQueue", resp.into_inner().queue)
     }
 
     pub(crate) async fn list_queues(&self) -> Result<Vec<QueueInfo>> {
         let resp = self
             .client()
-            .list_queues(request(pb::ListQueuesRequest {}, CALL_TIMEOUT))
+            .list_queues(request(
+                pb::ListQueuesRequest {
+                    page_size: 0,
+                    page_token: String::new(),
+                },
+                CALL_TIMEOUT,
+            ))
             .await
             .map_err(|s| Error::from_status("", s))?;
-        Ok(resp
-            .into_inner()
+        resp.into_inner()
             .queues
             .into_iter()
-            .map(info_from_pb)
-            .collect())
+            .map(|q| info_from_pb("ListQueues", Some(q)))
+            .collect()
     }
 
     pub(crate) async fn delete_queue(&self, queue: &QueueName) -> Result<bool> {
         let req = pb::DeleteQueueRequest {
             name: queue.to_string(),
+            allow_missing: true,
         };
         let resp = self
             .client()
@@ -128,7 +131,7 @@ impl GrpcBackend {
             .purge_queue(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
-        Ok(resp.into_inner().purged)
+        Ok(count(resp.into_inner().purged))
     }
 
     pub(crate) async fn seal(&self, queue: &QueueName) -> Result<QueueInfo> {
@@ -140,7 +143,7 @@ impl GrpcBackend {
             .seal_queue(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
-        Ok(info_from_pb(resp.into_inner()))
+        info_from_pb("SealQueue", resp.into_inner().queue)
     }
 
     pub(crate) async fn enqueue(
@@ -158,10 +161,11 @@ impl GrpcBackend {
                     payload: i.payload.into(),
                     attributes: i.attributes.into_iter().collect(),
                     idempotency_key: i.idempotency_key.unwrap_or_default(),
-                    delay_ms: to_ms(i.delay),
+                    delay: i.delay.map(time::duration),
                 })
                 .collect(),
             create_queue: create,
+            request_id: String::new(),
         };
         let resp = self
             .client()
@@ -169,19 +173,18 @@ impl GrpcBackend {
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?
             .into_inner();
-        if resp.item_ids.len() != n {
+        if resp.items.len() != n {
             return Err(Error::Protocol(format!(
-                "Enqueue of {n} items answered {} ids",
-                resp.item_ids.len()
+                "Enqueue of {n} items answered {} items",
+                resp.items.len()
             )));
         }
-        let mut duplicate = resp.duplicate.into_iter();
         Ok(resp
-            .item_ids
+            .items
             .into_iter()
-            .map(|id| Pushed {
-                id: ItemId(id),
-                duplicate: duplicate.next().unwrap_or(false),
+            .map(|i| Pushed {
+                id: ItemId(i.id),
+                duplicate: i.duplicate,
             })
             .collect())
     }
@@ -195,10 +198,11 @@ impl GrpcBackend {
     ) -> Result<Leased> {
         let req = pb::LeaseRequest {
             queue: queue.to_string(),
-            max_items: opts.max_items.max(1),
-            lease_ms: to_ms(opts.lease),
-            wait_ms: to_ms(Some(opts.wait)),
+            max_items: i32::try_from(opts.max_items.max(1)).unwrap_or(i32::MAX),
+            lease: opts.lease.map(time::duration),
+            wait: Some(time::duration(opts.wait)),
             complete_tokens: token_strings(complete),
+            max_bytes: 0,
         };
         let resp = self
             .client()
@@ -212,6 +216,7 @@ impl GrpcBackend {
                 }
             })?
             .into_inner();
+        let state = state_from_pb(resp.queue_state);
         Ok(Leased {
             items: resp
                 .items
@@ -221,13 +226,13 @@ impl GrpcBackend {
                     token: LeaseToken(i.lease_token),
                     payload: i.payload.into(),
                     attributes: i.attributes.into_iter().collect(),
-                    attempt: i.attempt,
-                    lease_deadline: from_unix_ms(i.lease_deadline_unix_ms),
-                    enqueued_at: from_unix_ms(i.enqueued_at_unix_ms),
+                    attempt: u32::try_from(i.attempt).unwrap_or(0),
+                    lease_deadline: system_time(i.lease_expire_time.as_ref()),
+                    enqueued_at: system_time(i.enqueue_time.as_ref()),
                 })
                 .collect(),
-            drained: resp.drained,
-            empty: resp.empty,
+            drained: state.is_drained(),
+            empty: state.is_empty(),
         })
     }
 
@@ -240,7 +245,8 @@ impl GrpcBackend {
         let req = pb::RenewRequest {
             queue: queue.to_string(),
             lease_tokens: token_strings(tokens),
-            lease_ms: to_ms(lease),
+            lease: lease.map(time::duration),
+            per_token_results: false,
         };
         let resp = self
             .client()
@@ -249,9 +255,9 @@ impl GrpcBackend {
             .map_err(|s| Error::from_token_status(queue.as_str(), s))?
             .into_inner();
         Ok(resp
-            .lease_deadline_unix_ms
-            .into_iter()
-            .map(from_unix_ms)
+            .results
+            .iter()
+            .map(|r| system_time(r.lease_expire_time.as_ref()))
             .collect())
     }
 
@@ -259,6 +265,7 @@ impl GrpcBackend {
         let req = pb::CompleteRequest {
             queue: queue.to_string(),
             lease_tokens: token_strings(tokens),
+            per_token_results: false,
         };
         self.client()
             .complete(request(req, CALL_TIMEOUT))
@@ -276,22 +283,28 @@ impl GrpcBackend {
         let req = pb::FailRequest {
             queue: queue.to_string(),
             lease_tokens: token_strings(tokens),
-            fatal: failure.fatal,
+            mode: if failure.fatal {
+                pb::FailMode::Fatal
+            } else {
+                pb::FailMode::Retry
+            } as i32,
             reason: failure.reason.clone(),
-            retry_after_ms: to_ms(failure.retry_after),
+            retry_after: failure.retry_after.map(time::duration),
+            per_token_results: false,
         };
         let resp = self
             .client()
             .fail(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_token_status(queue.as_str(), s))?;
-        Ok(resp.into_inner().dead)
+        Ok(u32::try_from(resp.into_inner().dead).unwrap_or(0))
     }
 
     pub(crate) async fn release(&self, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
         let req = pb::ReleaseRequest {
             queue: queue.to_string(),
             lease_tokens: token_strings(tokens),
+            per_token_results: false,
         };
         self.client()
             .release(request(req, CALL_TIMEOUT))
@@ -318,7 +331,7 @@ impl GrpcBackend {
             .into_inner();
         Ok(stream
             .map(move |r| {
-                r.map(stats_from_pb)
+                r.map(|w| stats_from_pb(w.stats.unwrap_or_default()))
                     .map_err(|s| Error::from_status(&name, s))
             })
             .boxed())
@@ -327,7 +340,8 @@ impl GrpcBackend {
     pub(crate) async fn list_dead(&self, queue: &QueueName, limit: u32) -> Result<Vec<DeadItem>> {
         let req = pb::ListDeadRequest {
             queue: queue.to_string(),
-            limit,
+            page_size: i32::try_from(limit).unwrap_or(i32::MAX),
+            page_token: String::new(),
         };
         let resp = self
             .client()
@@ -342,9 +356,9 @@ impl GrpcBackend {
                 id: ItemId(d.id),
                 payload: d.payload.into(),
                 attributes: d.attributes.into_iter().collect(),
-                attempts: d.attempts,
+                attempts: u32::try_from(d.attempts).unwrap_or(0),
                 reason: d.reason,
-                died_at: from_unix_ms(d.died_at_unix_ms),
+                died_at: system_time(d.death_time.as_ref()),
             })
             .collect())
     }
@@ -353,13 +367,14 @@ impl GrpcBackend {
         let req = pb::RequeueDeadRequest {
             queue: queue.to_string(),
             item_ids: ids.iter().map(|i| i.0.clone()).collect(),
+            all: ids.is_empty(),
         };
         let resp = self
             .client()
             .requeue_dead(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
-        Ok(resp.into_inner().requeued)
+        Ok(count(resp.into_inner().requeued))
     }
 }
 
@@ -375,45 +390,73 @@ fn token_strings(tokens: &[LeaseToken]) -> Vec<String> {
 
 fn settings_to_pb(s: &QueueSettings) -> pb::QueueSettings {
     pb::QueueSettings {
-        default_lease_ms: to_ms(s.default_lease),
-        max_attempts: s.max_attempts.unwrap_or(0),
-        retry_backoff_ms: to_ms(s.retry_backoff),
-        retry_backoff_max_ms: to_ms(s.retry_backoff_max),
+        default_lease: s.default_lease.map(time::duration),
+        max_attempts: s.max_attempts.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+        retry_backoff: s.retry_backoff.map(time::duration),
+        retry_backoff_max: s.retry_backoff_max.map(time::duration),
     }
+}
+
+/// A wire duration the server sent; a malformed one reads as unset.
+fn opt_duration(d: Option<&prost_types::Duration>) -> Option<Duration> {
+    d.and_then(|d| time::from_duration("duration", d).ok())
+}
+
+/// A wire time the server sent (the epoch when unset).
+fn system_time(t: Option<&prost_types::Timestamp>) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(t.map_or(0, time::ms_of_timestamp))
+}
+
+/// A wire counter (never negative from a sound server).
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
 }
 
 fn settings_from_pb(s: pb::QueueSettings) -> QueueSettings {
     QueueSettings {
-        default_lease: from_ms(s.default_lease_ms),
-        max_attempts: (s.max_attempts > 0).then_some(s.max_attempts),
-        retry_backoff: from_ms(s.retry_backoff_ms),
-        retry_backoff_max: from_ms(s.retry_backoff_max_ms),
+        default_lease: opt_duration(s.default_lease.as_ref()),
+        max_attempts: s.max_attempts.and_then(|n| u32::try_from(n).ok()),
+        retry_backoff: opt_duration(s.retry_backoff.as_ref()),
+        retry_backoff_max: opt_duration(s.retry_backoff_max.as_ref()),
+    }
+}
+
+fn state_from_pb(state: i32) -> QueueState {
+    match pb::QueueState::try_from(state).unwrap_or(pb::QueueState::Unspecified) {
+        pb::QueueState::Empty => QueueState::Empty,
+        pb::QueueState::Sealed => QueueState::Sealed,
+        pb::QueueState::Drained => QueueState::Drained,
+        pb::QueueState::Active | pb::QueueState::Unspecified => QueueState::Active,
     }
 }
 
 fn stats_from_pb(s: pb::QueueStats) -> Stats {
+    let state = state_from_pb(s.state);
     Stats {
         queue: s.queue,
-        enqueued: s.enqueued,
-        pending: s.pending,
-        delayed: s.delayed,
-        leased: s.leased,
-        completed: s.completed,
-        dead: s.dead,
-        retried: s.retried,
-        sealed: s.sealed,
-        drained: s.drained,
+        enqueued: count(s.enqueued),
+        pending: count(s.pending),
+        delayed: count(s.delayed),
+        leased: count(s.leased),
+        completed: count(s.completed),
+        dead: count(s.dead),
+        retried: count(s.retried),
+        sealed: state.is_sealed(),
+        drained: state.is_drained(),
+        state,
     }
 }
 
-fn info_from_pb(i: pb::QueueInfo) -> QueueInfo {
-    let mut stats = i.stats.map(stats_from_pb).unwrap_or_default();
+/// The queue of a `call`'s answer, which must carry one.
+fn info_from_pb(call: &str, q: Option<pb::Queue>) -> Result<QueueInfo> {
+    let q = q.ok_or_else(|| Error::Protocol(format!("{call} answered without a queue")))?;
+    let mut stats = q.stats.map(stats_from_pb).unwrap_or_default();
     if stats.queue.is_empty() {
-        stats.queue = i.name.clone();
+        stats.queue = q.name.clone();
     }
-    QueueInfo {
-        name: i.name,
-        settings: i.settings.map(settings_from_pb).unwrap_or_default(),
+    Ok(QueueInfo {
+        name: q.name,
+        settings: q.settings.map(settings_from_pb).unwrap_or_default(),
         stats,
-    }
+    })
 }

@@ -354,6 +354,7 @@ impl AmqpBackend {
                 retried: 0,
                 sealed: false,
                 drained: false,
+                state: crate::types::QueueState::of(false, pending == 0 && leased == 0),
             },
         })
     }

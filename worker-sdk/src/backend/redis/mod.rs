@@ -265,6 +265,7 @@ impl RedisBackend {
             retried: retried.unwrap_or(0),
             sealed,
             drained: sealed && pending == 0 && leased == 0,
+            state: crate::types::QueueState::of(sealed, pending == 0 && leased == 0),
         };
         Ok(QueueInfo {
             name: queue.to_string(),
