@@ -135,8 +135,10 @@ async fn renew_forever(queue: Queue, item: LeasedItem, lease: Duration, lost: Ca
                 wait = every;
                 backoff.reset();
             }
-            Err(Error::LeaseLost { message, .. }) => {
-                tracing::warn!(queue = %queue.name(), item = %item.id, %message, "lease lost");
+            Err(Error::LeaseLost {
+                reason, message, ..
+            }) => {
+                tracing::warn!(queue = %queue.name(), item = %item.id, %reason, %message, "lease lost");
                 lost.cancel();
                 return;
             }

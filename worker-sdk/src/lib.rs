@@ -109,7 +109,7 @@ pub mod worker;
 pub use backend::{QueueUrl, Scheme};
 pub use client::{Client, Queue};
 pub use consume::{ConsumeOptions, ConsumeReport, consume};
-pub use error::{Error, Result};
+pub use error::{Error, LeaseLostReason, Result};
 pub use lease::LeaseHandle;
 pub use types::{
     DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,

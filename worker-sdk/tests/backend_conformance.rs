@@ -292,7 +292,7 @@ async fn seal_and_drain(b: Backend) {
         let s = q.seal().await.expect("seal");
         assert!(s.sealed && !s.drained, "{s:?}");
         let r = q.push(["late"]).await;
-        assert!(matches!(r, Err(Error::Refused { .. })), "{r:?}");
+        assert!(matches!(r, Err(Error::QueueSealed { .. })), "{r:?}");
         let summary = q
             .work(opts(), |_job: Job| async { Ok(()) })
             .await
