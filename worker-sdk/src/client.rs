@@ -236,6 +236,15 @@ impl Queue {
         self.backend.complete(&self.name, tokens).await
     }
 
+    /// Completes each of `tokens` on its own: one stale token does not refuse
+    /// the others. Answers one outcome per token, in order (a refused one is
+    /// [`Error::LeaseLost`] with its reason); `Err` when the call as a whole
+    /// failed. One call on the queue service; on Redis and RabbitMQ the batch,
+    /// then each token alone if one was refused.
+    pub async fn complete_each(&self, tokens: &[LeaseToken]) -> Result<Vec<Result<()>>> {
+        self.backend.complete_each(&self.name, tokens).await
+    }
+
     /// Fails leased items; answers how many went dead.
     pub async fn fail(&self, tokens: &[LeaseToken], failure: &Failure) -> Result<u32> {
         self.backend.fail(&self.name, tokens, failure).await

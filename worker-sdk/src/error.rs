@@ -266,6 +266,57 @@ impl Error {
         }
     }
 
+    /// A copy of this error for a second receiver (one failed call answering
+    /// many items): the same variant where it is plain data, else
+    /// [`Error::Server`] with this error's words.
+    pub(crate) fn replicate(&self) -> Error {
+        match self {
+            Error::QueueNotFound { queue } => Error::QueueNotFound {
+                queue: queue.clone(),
+            },
+            Error::QueueSealed { queue } => Error::QueueSealed {
+                queue: queue.clone(),
+            },
+            Error::LeaseLost {
+                queue,
+                reason,
+                item,
+                message,
+            } => Error::LeaseLost {
+                queue: queue.clone(),
+                reason: *reason,
+                item: item.clone(),
+                message: message.clone(),
+            },
+            Error::Refused {
+                queue,
+                code,
+                reason,
+                message,
+            } => Error::Refused {
+                queue: queue.clone(),
+                code: *code,
+                reason: *reason,
+                message: message.clone(),
+            },
+            Error::Unavailable {
+                code,
+                message,
+                retry_after,
+            } => Error::Unavailable {
+                code: *code,
+                message: message.clone(),
+                retry_after: *retry_after,
+            },
+            Error::Timeout(d) => Error::Timeout(*d),
+            Error::Protocol(m) => Error::Protocol(m.clone()),
+            other => Error::Server {
+                code: tonic::Code::Unknown,
+                message: other.to_string(),
+            },
+        }
+    }
+
     /// The lease-lost reason, when this is [`Error::LeaseLost`].
     pub fn lease_lost_reason(&self) -> Option<LeaseLostReason> {
         match self {

@@ -99,8 +99,8 @@ pub mod cli;
 pub mod client;
 pub mod consume;
 pub mod error;
+mod finish;
 pub mod lease;
-#[cfg(any(feature = "redis", feature = "amqp"))]
 mod random;
 pub mod retry;
 pub mod types;

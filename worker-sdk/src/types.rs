@@ -436,14 +436,14 @@ fn time_as_unix_ms<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, 
 }
 
 /// A duration as whole milliseconds (0 for `None`), saturating.
-#[cfg_attr(not(any(feature = "grpc", feature = "redis")), allow(dead_code))]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn to_ms(d: Option<Duration>) -> u64 {
     d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
 /// Milliseconds since the Unix epoch to a time.
-#[cfg_attr(not(any(feature = "grpc", feature = "redis")), allow(dead_code))]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }

@@ -11,10 +11,12 @@ use workq_proto::v1::queue_service_client::QueueServiceClient;
 
 use super::QueueUrl;
 use crate::error::{Error, Result};
+use crate::retry::{Backoff, retry};
 use crate::types::{
     DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,
     QueueInfo, QueueName, QueueSettings, QueueState, Stats,
 };
+use tokio::time::Instant;
 use workq_proto::time;
 
 /// Deadline of an ordinary call; a lease call gets its wait on top.
@@ -146,6 +148,10 @@ impl GrpcBackend {
         info_from_pb("SealQueue", resp.into_inner().queue)
     }
 
+    /// Adds `items`, all or nothing. The call carries a fresh `request_id`
+    /// and is retried with the same id on a transient error (a lost answer),
+    /// so that a retry never adds the items twice while the server runs;
+    /// across a server restart only idempotency keys protect.
     pub(crate) async fn enqueue(
         &self,
         queue: &QueueName,
@@ -165,14 +171,28 @@ impl GrpcBackend {
                 })
                 .collect(),
             create_queue: create,
-            request_id: String::new(),
+            request_id: crate::random::random_uuid(),
         };
-        let resp = self
-            .client()
-            .enqueue(request(req, CALL_TIMEOUT))
-            .await
-            .map_err(|s| Error::from_status(queue.as_str(), s))?
-            .into_inner();
+        let resp = retry(
+            Backoff::for_server(),
+            Instant::now() + CALL_TIMEOUT,
+            || {
+                let req = req.clone();
+                async move {
+                    self.client()
+                        .enqueue(request(req, CALL_TIMEOUT))
+                        .await
+                        .map_err(|s| Error::from_status(queue.as_str(), s))
+                }
+            },
+            Error::is_transient,
+            |e, delay| tracing::warn!(queue = %queue, error = %e, ?delay, "enqueue failed; retrying with the same request_id"),
+        )
+        .await?
+        .into_inner();
+        if resp.replayed {
+            tracing::debug!(queue = %queue, n, "enqueue answered by an earlier try of the same request_id");
+        }
         if resp.items.len() != n {
             return Err(Error::Protocol(format!(
                 "Enqueue of {n} items answered {} items",
@@ -272,6 +292,28 @@ impl GrpcBackend {
             .await
             .map_err(|s| Error::from_token_status(queue.as_str(), s))?;
         Ok(())
+    }
+
+    /// Completes each of `tokens` on its own (`per_token_results`): one
+    /// call, one outcome per token, in order. `Err` when the call as a whole
+    /// failed (nothing is known of any token).
+    pub(crate) async fn complete_each(
+        &self,
+        queue: &QueueName,
+        tokens: &[LeaseToken],
+    ) -> Result<Vec<Result<()>>> {
+        let req = pb::CompleteRequest {
+            queue: queue.to_string(),
+            lease_tokens: token_strings(tokens),
+            per_token_results: true,
+        };
+        let resp = self
+            .client()
+            .complete(request(req, CALL_TIMEOUT))
+            .await
+            .map_err(|s| Error::from_status(queue.as_str(), s))?
+            .into_inner();
+        token_results(queue, tokens.len(), resp.results)
     }
 
     pub(crate) async fn fail(
@@ -376,6 +418,39 @@ impl GrpcBackend {
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
         Ok(count(resp.into_inner().requeued))
     }
+}
+
+/// One outcome per token from a `per_token_results` answer of `n` tokens.
+fn token_results(
+    queue: &QueueName,
+    n: usize,
+    results: Vec<pb::TokenResult>,
+) -> Result<Vec<Result<()>>> {
+    if results.len() != n {
+        return Err(Error::Protocol(format!(
+            "a call with {n} tokens and per_token_results answered {} results",
+            results.len()
+        )));
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            match pb::TokenOutcome::try_from(r.outcome).unwrap_or(pb::TokenOutcome::Unspecified) {
+                pb::TokenOutcome::Done => Ok(()),
+                pb::TokenOutcome::AlreadyDone => {
+                    tracing::debug!(queue = %queue, token = %r.lease_token, "already done by an earlier try");
+                    Ok(())
+                }
+                pb::TokenOutcome::Refused | pb::TokenOutcome::Unspecified => {
+                    let status = r.problem.as_ref().map_or_else(
+                        || tonic::Status::unknown("token refused without a problem"),
+                        workq_proto::errors::problem_status,
+                    );
+                    Err(Error::from_token_status(queue.as_str(), status))
+                }
+            }
+        })
+        .collect())
 }
 
 fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {

@@ -177,6 +177,46 @@ impl Backend {
         each!(self, b => b.complete(queue, tokens).await)
     }
 
+    /// Completes each token on its own: one outcome per token, in order.
+    /// `Err` when the call as a whole failed. One call on workq
+    /// (`per_token_results`); on Redis and RabbitMQ, whose completions are
+    /// all or nothing, the batch and, if a token is refused, each token alone.
+    pub(crate) async fn complete_each(
+        &self,
+        queue: &QueueName,
+        tokens: &[LeaseToken],
+    ) -> Result<Vec<Result<()>>> {
+        match self {
+            #[cfg(feature = "grpc")]
+            Backend::Grpc(b) => b.complete_each(queue, tokens).await,
+            #[allow(unreachable_patterns)]
+            _ => self.complete_one_by_one(queue, tokens).await,
+        }
+    }
+
+    /// [`Backend::complete_each`] on a backend whose completions are all or
+    /// nothing: the batch, then each token alone if one was refused.
+    #[cfg_attr(not(any(feature = "redis", feature = "amqp")), allow(dead_code))]
+    async fn complete_one_by_one(
+        &self,
+        queue: &QueueName,
+        tokens: &[LeaseToken],
+    ) -> Result<Vec<Result<()>>> {
+        match self.complete(queue, tokens).await {
+            Ok(()) => Ok(tokens.iter().map(|_| Ok(())).collect()),
+            Err(e @ Error::LeaseLost { .. }) if tokens.len() > 1 => {
+                tracing::debug!(error = %e, n = tokens.len(), "batch completion refused; completing one by one");
+                let mut each = Vec::with_capacity(tokens.len());
+                for t in tokens {
+                    each.push(self.complete(queue, std::slice::from_ref(t)).await);
+                }
+                Ok(each)
+            }
+            Err(e @ Error::LeaseLost { .. }) => Ok(vec![Err(e)]),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(crate) async fn fail(
         &self,
         queue: &QueueName,
