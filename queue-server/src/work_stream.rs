@@ -18,15 +18,15 @@
 //!   only leases still live are released).
 //! - Open credit (granted, not yet used) is at most
 //!   [`Limits::max_work_credit`](crate::settings::Limits::max_work_credit).
-//!   A grant beyond it is clamped, and the answer says so: the `completed`
-//!   answer to that request's `ref` carries the note in its `message` (code
-//!   OK when there was nothing to complete; otherwise the completion's own
-//!   code).
+//!   A grant beyond it is clamped, and the answer says so: the answer to
+//!   that request's `sequence` carries the note in its problem's `message`
+//!   (code OK when there was nothing to complete; otherwise the
+//!   completion's own code).
 //! - Each push holds at most [`Limits::answer_budget`](crate::settings::Limits::answer_budget)
 //!   bytes of items.
 
 use crate::engine::{Engine, LeaseOutcome};
-use crate::grpc::{leased_pb, status};
+use crate::grpc::{leased_pb, rejection};
 use crate::names::{LeaseToken, QueueName};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashSet;
@@ -35,6 +35,7 @@ use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
+use workq_proto::errors::Rejection;
 use workq_proto::v1 as pb;
 
 /// What the server sends on a `Work` stream.
@@ -65,7 +66,7 @@ pub async fn serve(
 }
 
 /// The note an answer carries when a grant was clamped.
-fn clamped_note(granted: u32, open: u64, max: u64) -> String {
+fn clamped_note(granted: i32, open: u64, max: u64) -> String {
     format!(
         "credit clamped: a grant of {granted} would leave more than {max} open \
          (queue-server --max-work-credit); {open} open now, grant more as items arrive"
@@ -96,7 +97,7 @@ async fn run(
     // Sent last, after the answers to completions in flight.
     let mut last_word: Option<Status> = None;
     let take = |req: pb::WorkRequest, credit: &mut u64| {
-        let wanted = credit.saturating_add(u64::from(req.credit));
+        let wanted = credit.saturating_add(u64::try_from(req.credit).unwrap_or(0));
         *credit = wanted.min(max_credit);
         let note = (wanted > max_credit).then(|| clamped_note(req.credit, *credit, max_credit));
         (!req.complete_tokens.is_empty() || note.is_some())
@@ -131,7 +132,7 @@ async fn run(
                 for t in &done {
                     held.remove(t);
                 }
-                let msg = pb::WorkResponse { completed: Some(result), ..Default::default() };
+                let msg = pb::WorkResponse { answer: Some(result), ..Default::default() };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }
@@ -167,7 +168,7 @@ async fn run(
                         let msg = pb::WorkResponse {
                             items: out.items.into_iter().map(leased_pb).collect(),
                             drained: out.drained,
-                            completed: None,
+                            answer: None,
                         };
                         // The worker gone before it saw them: `serve` gives
                         // them back.
@@ -180,7 +181,7 @@ async fn run(
                     }
                 }
                 Err(e) => {
-                    last_word = Some(status(e));
+                    last_word = Some(rejection(&e).to_status());
                     ending = true;
                 }
             }},
@@ -197,51 +198,46 @@ async fn run(
 type LeaseResult = crate::error::Result<LeaseOutcome>;
 
 /// Completes the tokens of `req` (none: nothing to do), answering with its
-/// `ref` and `note` in the message; yields the tokens completed.
+/// `sequence` and `note` in the problem's message; yields the tokens
+/// completed.
 fn complete(
     engine: &Engine,
     name: &QueueName,
     req: pb::WorkRequest,
     note: Option<String>,
-) -> impl std::future::Future<Output = (Vec<LeaseToken>, pb::CompletionResult)> + use<> {
+) -> impl std::future::Future<Output = (Vec<LeaseToken>, pb::WorkAnswer)> + use<> {
     let (engine, name) = (engine.clone(), name.clone());
     async move {
-        let result = match req
-            .complete_tokens
-            .iter()
-            .map(|t| t.parse::<LeaseToken>())
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(tokens) if tokens.is_empty() => Ok(tokens),
-            Ok(tokens) => engine
-                .complete(&name, &tokens)
-                .await
-                .map(|()| tokens)
-                .map_err(status),
-            Err(e) => Err(Status::invalid_argument(e.0)),
+        let result: Result<Vec<LeaseToken>, Rejection> =
+            match crate::grpc::parse_tokens("complete_tokens", &req.complete_tokens) {
+                Ok(tokens) if tokens.is_empty() => Ok(tokens),
+                Ok(tokens) => engine
+                    .complete(&name, &tokens)
+                    .await
+                    .map(|()| tokens)
+                    .map_err(|e| rejection(&e)),
+                Err(r) => Err(*r),
+            };
+        let problem = match (result.as_ref().err(), note) {
+            (None, None) => None,
+            (None, Some(n)) => Some(pb::Problem {
+                code: tonic::Code::Ok as i32,
+                message: n,
+                ..Default::default()
+            }),
+            (Some(r), note) => {
+                let mut p = r.to_problem();
+                if let Some(n) = note {
+                    p.message = format!("{}; {n}", p.message);
+                }
+                Some(p)
+            }
         };
-        let join = |msg: &str| match (&note, msg.is_empty()) {
-            (None, _) => msg.to_owned(),
-            (Some(n), true) => n.clone(),
-            (Some(n), false) => format!("{msg}; {n}"),
+        let answer = pb::WorkAnswer {
+            sequence: req.sequence,
+            problem,
+            results: Vec::new(),
         };
-        match result {
-            Ok(tokens) => (
-                tokens,
-                pb::CompletionResult {
-                    r#ref: req.r#ref,
-                    code: 0,
-                    message: join(""),
-                },
-            ),
-            Err(s) => (
-                Vec::new(),
-                pb::CompletionResult {
-                    r#ref: req.r#ref,
-                    code: s.code() as i32,
-                    message: join(s.message()),
-                },
-            ),
-        }
+        (result.unwrap_or_default(), answer)
     }
 }
