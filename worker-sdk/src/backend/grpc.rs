@@ -307,12 +307,28 @@ impl GrpcBackend {
             lease_tokens: token_strings(tokens),
             per_token_results: true,
         };
-        let resp = self
-            .client()
-            .complete(request(req, CALL_TIMEOUT))
-            .await
-            .map_err(|s| Error::from_status(queue.as_str(), s))?
-            .into_inner();
+        let resp = match self.client().complete(request(req, CALL_TIMEOUT)).await {
+            Ok(resp) => resp.into_inner(),
+            // A server older than per-token results judged the batch as a
+            // whole: learn each token's fate alone. A server of the settled
+            // contract never refuses a per-token call for one token.
+            Err(s) if tokens.len() > 1 => match Error::from_token_status(queue.as_str(), s) {
+                e @ Error::LeaseLost { .. } => {
+                    tracing::debug!(error = %e, n = tokens.len(), "the server refused the batch as a whole (no per-token results); completing one by one");
+                    let mut each = Vec::with_capacity(tokens.len());
+                    for t in tokens {
+                        each.push(self.complete(queue, std::slice::from_ref(t)).await);
+                    }
+                    return Ok(each);
+                }
+                e => return Err(e),
+            },
+            Err(s) => return Err(Error::from_token_status(queue.as_str(), s)),
+        };
+        if resp.results.is_empty() && !tokens.is_empty() {
+            // An older server answered the batch as a whole: all done.
+            return Ok(tokens.iter().map(|_| Ok(())).collect());
+        }
         token_results(queue, tokens.len(), resp.results)
     }
 
