@@ -112,8 +112,8 @@ pub use consume::{ConsumeOptions, ConsumeReport, consume};
 pub use error::{Error, LeaseLostReason, Result};
 pub use lease::LeaseHandle;
 pub use types::{
-    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,
-    QueueInfo, QueueName, QueueSettings, QueueState, Stats,
+    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Page, Pushed,
+    QueueInfo, QueueName, QueueSettings, QueueState, RequeueDead, ServerInfo, Stats,
 };
 pub use worker::{Disposition, Job, StopReason, WorkError, WorkSummary, WorkerOptions};
 

@@ -365,6 +365,10 @@ pub struct LeaseOptions {
     pub lease: Option<Duration>,
     /// How long to wait for a first item; zero answers at once.
     pub wait: Duration,
+    /// At most this many bytes of items (payload, attributes, token and id)
+    /// in the answer; the first item comes however large. `None`: only the
+    /// server's own budget. The queue service only; other backends ignore it.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for LeaseOptions {
@@ -373,8 +377,60 @@ impl Default for LeaseOptions {
             max_items: 1,
             lease: None,
             wait: Duration::ZERO,
+            max_bytes: None,
         }
     }
+}
+
+/// One page of a listing (queues, dead items).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// This page's entries.
+    pub items: Vec<T>,
+    /// Pass to the next call for the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// Which dead items [`Queue::requeue_dead`](crate::Queue::requeue_dead) moves back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequeueDead {
+    /// Every dead item of the queue.
+    All,
+    /// These items; each must be dead (the server refuses the call
+    /// otherwise: `ITEM_NOT_DEAD`, `ITEM_NOT_FOUND`). An empty list moves none.
+    Ids(Vec<ItemId>),
+}
+
+/// What the queue service says of itself: its version and the limits a
+/// client sizes its calls by (`GetServerInfo`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServerInfo {
+    /// The server's version (semver).
+    pub version: String,
+    /// Largest gRPC message the server accepts or sends; the SDK's receive
+    /// limit is set to it.
+    pub max_message_bytes: u64,
+    /// Most items in one enqueue, lease, renew, complete, fail or release call.
+    pub max_batch_items: u32,
+    /// Largest item: payload, attribute keys and values and idempotency key.
+    pub max_item_bytes: u64,
+    /// Most attributes on one item.
+    pub max_attributes: u32,
+    /// Most credit a work stream may have open.
+    pub max_work_credit: u64,
+    /// Shortest lease.
+    pub min_lease: Option<Duration>,
+    /// Longest lease.
+    pub max_lease: Option<Duration>,
+    /// Longest wait of a lease call.
+    pub max_wait: Option<Duration>,
+    /// Longest enqueue delay.
+    pub max_delay: Option<Duration>,
+    /// How long idempotency keys, request ids and finished tokens are
+    /// remembered (while the server runs).
+    pub idempotency_window: Option<Duration>,
+    /// Largest page of a listing.
+    pub max_page_size: u32,
 }
 
 /// How a leased item failed.

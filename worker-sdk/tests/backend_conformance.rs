@@ -149,6 +149,7 @@ fn lease_all(wait: Duration) -> LeaseOptions {
         max_items: 10,
         lease: Some(workq_proto::defaults::LEASE),
         wait,
+        max_bytes: None,
     }
 }
 
@@ -267,10 +268,18 @@ async fn failures_retry_then_die_and_dead_items_come_back(b: Backend) {
         not_supported("list dead", q.dead(0).await);
         not_supported(
             "requeue dead by id",
-            q.requeue_dead(&[worker_sdk::ItemId::new("x")]).await,
+            q.requeue_dead(worker_sdk::RequeueDead::Ids(vec![worker_sdk::ItemId::new(
+                "x",
+            )]))
+            .await,
         );
     }
-    assert_eq!(q.requeue_dead(&[]).await.expect("requeue"), 1);
+    assert_eq!(
+        q.requeue_dead(worker_sdk::RequeueDead::All)
+            .await
+            .expect("requeue"),
+        1
+    );
     let back = q.lease(&lease_all(Duration::ZERO)).await.expect("lease");
     assert_eq!(payloads(&back.items), BTreeSet::from(["f".to_owned()]));
     assert_eq!(q.stats().await.expect("stats").dead, 0);

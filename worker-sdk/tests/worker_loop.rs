@@ -292,7 +292,7 @@ async fn fatal_errors_kill_items_retriable_ones_retry_and_dead_items_can_be_requ
     assert!(reasons["flaky"].contains("flaky failed"), "{reasons:?}");
 
     assert_eq!(
-        q.requeue_dead(&[dead[0].id.clone()])
+        q.requeue_dead(worker_sdk::RequeueDead::Ids(vec![dead[0].id.clone()]))
             .await
             .expect("requeue"),
         1
@@ -354,6 +354,7 @@ async fn stale_lease_tokens_are_refused_as_lease_lost() {
             max_items: 10,
             lease: Some(workq_proto::defaults::LEASE),
             wait: Duration::ZERO,
+            max_bytes: None,
         })
         .await
         .expect("lease");

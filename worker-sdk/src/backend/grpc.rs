@@ -13,9 +13,11 @@ use super::QueueUrl;
 use crate::error::{Error, Result};
 use crate::retry::{Backoff, retry};
 use crate::types::{
-    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,
-    QueueInfo, QueueName, QueueSettings, QueueState, Stats,
+    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Page, Pushed,
+    QueueInfo, QueueName, QueueSettings, QueueState, RequeueDead, ServerInfo, Stats,
 };
+use std::sync::Arc;
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use workq_proto::time;
 
@@ -26,6 +28,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub(crate) struct GrpcBackend {
     client: QueueServiceClient<Channel>,
+    /// What `GetServerInfo` answered, asked once per connection on the
+    /// first call; `None` from a server without it.
+    info: Arc<OnceCell<Option<ServerInfo>>>,
 }
 
 impl GrpcBackend {
@@ -50,16 +55,60 @@ impl GrpcBackend {
                 source: Box::new(source),
             })?;
         Ok(GrpcBackend {
-            // Answers up to the server's default message limit (tonic's own
-            // default, 4 MiB, is smaller than a full lease answer may be).
+            // Until the server said its limit: answers up to its default
+            // (tonic's own default, 4 MiB, is smaller than a full lease answer
+            // may be).
             client: QueueServiceClient::new(channel)
                 .max_decoding_message_size(workq_proto::defaults::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(workq_proto::defaults::MAX_MESSAGE_BYTES),
+            info: Arc::new(OnceCell::new()),
         })
     }
 
-    fn client(&self) -> QueueServiceClient<Channel> {
-        self.client.clone()
+    /// The client for a call, its message limits sized by the server's
+    /// `max_message_bytes` (asked once, on the first call; the contract's
+    /// default when the server has no GetServerInfo or the call failed).
+    async fn client(&self) -> QueueServiceClient<Channel> {
+        let limit = match self.info.get_or_try_init(|| self.fetch_info()).await {
+            Ok(Some(info)) => usize::try_from(info.max_message_bytes)
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or(workq_proto::defaults::MAX_MESSAGE_BYTES),
+            Ok(None) => workq_proto::defaults::MAX_MESSAGE_BYTES,
+            Err(e) => {
+                tracing::debug!(error = %e, "GetServerInfo failed; using the default message limit for now");
+                workq_proto::defaults::MAX_MESSAGE_BYTES
+            }
+        };
+        self.client
+            .clone()
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+
+    /// Asks the server about itself; `None` when it has no GetServerInfo.
+    async fn fetch_info(&self) -> Result<Option<ServerInfo>> {
+        match self
+            .client
+            .clone()
+            .get_server_info(request(pb::GetServerInfoRequest {}, CALL_TIMEOUT))
+            .await
+        {
+            Ok(resp) => Ok(Some(server_info_from_pb(resp.into_inner()))),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
+            Err(s) => Err(Error::from_status("", s)),
+        }
+    }
+
+    /// What the server says of itself (asked once per connection).
+    pub(crate) async fn server_info(&self) -> Result<ServerInfo> {
+        match self.info.get_or_try_init(|| self.fetch_info()).await? {
+            Some(info) => Ok(info.clone()),
+            None => Err(Error::NotSupported {
+                backend: "grpc",
+                what: "describe itself: this queue server has no GetServerInfo (it is older than the settled workq.v1)".into(),
+            }),
+        }
     }
 
     pub(crate) async fn create_queue(
@@ -73,6 +122,7 @@ impl GrpcBackend {
         };
         let resp = self
             .client()
+            .await
             .create_queue(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?
@@ -86,29 +136,80 @@ impl GrpcBackend {
         };
         let resp = self
             .client()
+            .await
             .get_queue(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
         info_from_pb("GetQueue", resp.into_inner().queue)
     }
 
-    pub(crate) async fn list_queues(&self) -> Result<Vec<QueueInfo>> {
+    /// One page of queues, in name order.
+    pub(crate) async fn list_queues_page(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<QueueInfo>> {
         let resp = self
             .client()
+            .await
             .list_queues(request(
                 pb::ListQueuesRequest {
-                    page_size: 0,
-                    page_token: String::new(),
+                    page_size: i32::try_from(page_size).unwrap_or(i32::MAX),
+                    page_token: page_token.to_owned(),
                 },
                 CALL_TIMEOUT,
             ))
             .await
-            .map_err(|s| Error::from_status("", s))?;
-        resp.into_inner()
-            .queues
-            .into_iter()
-            .map(|q| info_from_pb("ListQueues", Some(q)))
-            .collect()
+            .map_err(|s| Error::from_status("", s))?
+            .into_inner();
+        Ok(Page {
+            items: resp
+                .queues
+                .into_iter()
+                .map(|q| info_from_pb("ListQueues", Some(q)))
+                .collect::<Result<_>>()?,
+            next_page_token: next_token(resp.next_page_token),
+        })
+    }
+
+    /// Changes the settings that are set in `settings` (the others stay).
+    pub(crate) async fn update_queue(
+        &self,
+        queue: &QueueName,
+        settings: &QueueSettings,
+    ) -> Result<QueueInfo> {
+        let mut paths = Vec::new();
+        for (set, path) in [
+            (settings.default_lease.is_some(), "settings.default_lease"),
+            (settings.max_attempts.is_some(), "settings.max_attempts"),
+            (settings.retry_backoff.is_some(), "settings.retry_backoff"),
+            (
+                settings.retry_backoff_max.is_some(),
+                "settings.retry_backoff_max",
+            ),
+        ] {
+            if set {
+                paths.push(path.to_owned());
+            }
+        }
+        if paths.is_empty() {
+            return self.get_queue(queue).await;
+        }
+        let req = pb::UpdateQueueRequest {
+            queue: Some(pb::Queue {
+                name: queue.to_string(),
+                settings: Some(settings_to_pb(settings)),
+                stats: None,
+            }),
+            update_mask: Some(prost_types::FieldMask { paths }),
+        };
+        let resp = self
+            .client()
+            .await
+            .update_queue(request(req, CALL_TIMEOUT))
+            .await
+            .map_err(|s| Error::from_status(queue.as_str(), s))?;
+        info_from_pb("UpdateQueue", resp.into_inner().queue)
     }
 
     pub(crate) async fn delete_queue(&self, queue: &QueueName) -> Result<bool> {
@@ -118,6 +219,7 @@ impl GrpcBackend {
         };
         let resp = self
             .client()
+            .await
             .delete_queue(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
@@ -130,6 +232,7 @@ impl GrpcBackend {
         };
         let resp = self
             .client()
+            .await
             .purge_queue(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
@@ -142,6 +245,7 @@ impl GrpcBackend {
         };
         let resp = self
             .client()
+            .await
             .seal_queue(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
@@ -179,7 +283,7 @@ impl GrpcBackend {
             || {
                 let req = req.clone();
                 async move {
-                    self.client()
+                    self.client().await
                         .enqueue(request(req, CALL_TIMEOUT))
                         .await
                         .map_err(|s| Error::from_status(queue.as_str(), s))
@@ -222,10 +326,13 @@ impl GrpcBackend {
             lease: opts.lease.map(time::duration),
             wait: Some(time::duration(opts.wait)),
             complete_tokens: token_strings(complete),
-            max_bytes: 0,
+            max_bytes: opts
+                .max_bytes
+                .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
         };
         let resp = self
             .client()
+            .await
             .lease(request(req, CALL_TIMEOUT + opts.wait))
             .await
             .map_err(|s| {
@@ -270,6 +377,7 @@ impl GrpcBackend {
         };
         let resp = self
             .client()
+            .await
             .renew(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_token_status(queue.as_str(), s))?
@@ -288,6 +396,7 @@ impl GrpcBackend {
             per_token_results: false,
         };
         self.client()
+            .await
             .complete(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_token_status(queue.as_str(), s))?;
@@ -307,7 +416,12 @@ impl GrpcBackend {
             lease_tokens: token_strings(tokens),
             per_token_results: true,
         };
-        let resp = match self.client().complete(request(req, CALL_TIMEOUT)).await {
+        let resp = match self
+            .client()
+            .await
+            .complete(request(req, CALL_TIMEOUT))
+            .await
+        {
             Ok(resp) => resp.into_inner(),
             // A server older than per-token results judged the batch as a
             // whole: learn each token's fate alone. A server of the settled
@@ -352,6 +466,7 @@ impl GrpcBackend {
         };
         let resp = self
             .client()
+            .await
             .fail(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_token_status(queue.as_str(), s))?;
@@ -365,6 +480,7 @@ impl GrpcBackend {
             per_token_results: false,
         };
         self.client()
+            .await
             .release(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_token_status(queue.as_str(), s))?;
@@ -383,6 +499,7 @@ impl GrpcBackend {
         let name = queue.to_string();
         let stream = self
             .client()
+            .await
             .watch(req)
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?
@@ -395,44 +512,85 @@ impl GrpcBackend {
             .boxed())
     }
 
-    pub(crate) async fn list_dead(&self, queue: &QueueName, limit: u32) -> Result<Vec<DeadItem>> {
+    /// One page of dead items, in id order.
+    pub(crate) async fn list_dead_page(
+        &self,
+        queue: &QueueName,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<DeadItem>> {
         let req = pb::ListDeadRequest {
             queue: queue.to_string(),
-            page_size: i32::try_from(limit).unwrap_or(i32::MAX),
-            page_token: String::new(),
+            page_size: i32::try_from(page_size).unwrap_or(i32::MAX),
+            page_token: page_token.to_owned(),
         };
         let resp = self
             .client()
+            .await
             .list_dead(request(req, CALL_TIMEOUT))
             .await
-            .map_err(|s| Error::from_status(queue.as_str(), s))?;
-        Ok(resp
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|d| DeadItem {
-                id: ItemId(d.id),
-                payload: d.payload.into(),
-                attributes: d.attributes.into_iter().collect(),
-                attempts: u32::try_from(d.attempts).unwrap_or(0),
-                reason: d.reason,
-                died_at: system_time(d.death_time.as_ref()),
-            })
-            .collect())
+            .map_err(|s| Error::from_status(queue.as_str(), s))?
+            .into_inner();
+        Ok(Page {
+            items: resp
+                .items
+                .into_iter()
+                .map(|d| DeadItem {
+                    id: ItemId(d.id),
+                    payload: d.payload.into(),
+                    attributes: d.attributes.into_iter().collect(),
+                    attempts: u32::try_from(d.attempts).unwrap_or(0),
+                    reason: d.reason,
+                    died_at: system_time(d.death_time.as_ref()),
+                })
+                .collect(),
+            next_page_token: next_token(resp.next_page_token),
+        })
     }
 
-    pub(crate) async fn requeue_dead(&self, queue: &QueueName, ids: &[ItemId]) -> Result<u64> {
-        let req = pb::RequeueDeadRequest {
-            queue: queue.to_string(),
-            item_ids: ids.iter().map(|i| i.0.clone()).collect(),
-            all: ids.is_empty(),
+    pub(crate) async fn requeue_dead(&self, queue: &QueueName, which: &RequeueDead) -> Result<u64> {
+        let req = match which {
+            RequeueDead::All => pb::RequeueDeadRequest {
+                queue: queue.to_string(),
+                item_ids: Vec::new(),
+                all: true,
+            },
+            RequeueDead::Ids(ids) if ids.is_empty() => return Ok(0),
+            RequeueDead::Ids(ids) => pb::RequeueDeadRequest {
+                queue: queue.to_string(),
+                item_ids: ids.iter().map(|i| i.0.clone()).collect(),
+                all: false,
+            },
         };
         let resp = self
             .client()
+            .await
             .requeue_dead(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
         Ok(count(resp.into_inner().requeued))
+    }
+}
+
+/// A listing's next page token: `None` on the last page.
+fn next_token(token: String) -> Option<String> {
+    (!token.is_empty()).then_some(token)
+}
+
+fn server_info_from_pb(i: pb::GetServerInfoResponse) -> ServerInfo {
+    ServerInfo {
+        version: i.version,
+        max_message_bytes: count(i.max_message_bytes),
+        max_batch_items: u32::try_from(i.max_batch_items).unwrap_or(0),
+        max_item_bytes: count(i.max_item_bytes),
+        max_attributes: u32::try_from(i.max_attributes).unwrap_or(0),
+        max_work_credit: count(i.max_work_credit),
+        min_lease: opt_duration(i.min_lease.as_ref()),
+        max_lease: opt_duration(i.max_lease.as_ref()),
+        max_wait: opt_duration(i.max_wait.as_ref()),
+        max_delay: opt_duration(i.max_delay.as_ref()),
+        idempotency_window: opt_duration(i.idempotency_window.as_ref()),
+        max_page_size: u32::try_from(i.max_page_size).unwrap_or(0),
     }
 }
 

@@ -168,6 +168,7 @@ impl Queue {
                 max_items: u32::try_from(permits.len()).unwrap_or(u32::MAX),
                 lease: Some(opts.lease),
                 wait,
+                max_bytes: opts.max_batch_bytes,
             };
             let leased = match self.lease(&lease_opts).await {
                 Ok(l) => {
