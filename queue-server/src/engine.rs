@@ -27,8 +27,8 @@
 
 use crate::error::{Error, Result};
 use crate::names::{ItemId, LeaseToken, QueueName};
-use crate::queue::{DeadItem, Enqueued, Journal, NewItem, Queue};
-use crate::settings::{Limits, QueueSettings};
+use crate::queue::{Batch, DeadItem, Enqueued, Journal, NewItem, Queue, RecallBudget, TokenResult};
+use crate::settings::{Limits, QueueSettings, SettingsPatch};
 use crate::store::{Commit, FailureHook, Store, StoreError, StoreOp};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,6 +54,8 @@ struct Inner {
     durable: bool,
     limits: Limits,
     defaults: QueueSettings,
+    /// What every queue remembers for retries ([`crate::queue::recall`]).
+    recall: Arc<RecallBudget>,
     clock: Clock,
     next_id: AtomicU64,
     next_seq: AtomicU64,
@@ -111,7 +113,8 @@ impl Engine {
     pub fn open(store: Arc<dyn Store>, limits: Limits, defaults: QueueSettings) -> Result<Self> {
         limits
             .check()
-            .map_err(|e| Error::InvalidArgument(format!("queue-server limits: {e}")))?;
+            .map_err(|e| Error::invalid("limits", format!("queue-server limits: {e}")))?;
+        let recall = RecallBudget::new(limits.max_finished_tokens);
         let snapshot = store.load()?;
         let clock = Clock::new();
         let now = clock.now_ms();
@@ -133,6 +136,7 @@ impl Engine {
                 keys.remove(&name).unwrap_or_default(),
                 window,
                 now,
+                recall.clone(),
             );
             queues.insert(name, Arc::new(QueueCell::new(q)));
         }
@@ -149,6 +153,7 @@ impl Engine {
                 store,
                 limits,
                 defaults,
+                recall,
                 clock,
                 next_id: AtomicU64::new(snapshot.next_item_id.max(1)),
                 next_seq: AtomicU64::new(seed),
@@ -335,11 +340,20 @@ impl Engine {
         name: &QueueName,
         settings: QueueSettings,
     ) -> Result<(QueueInfo, bool)> {
+        self.create_queue_with(name, settings.into()).await
+    }
+
+    /// Creates a queue; unset settings take the defaults. Returns the queue
+    /// and whether it was created (false: it existed with the same settings).
+    pub async fn create_queue_with(
+        &self,
+        name: &QueueName,
+        settings: SettingsPatch,
+    ) -> Result<(QueueInfo, bool)> {
         let settings = self
             .inner
             .limits
-            .check_settings(settings, &self.inner.defaults)
-            .map_err(Error::InvalidArgument)?;
+            .check_settings(settings, &self.inner.defaults)?;
         self.check_alive()?;
         let (info, commit) = {
             let mut map = self.write_map();
@@ -352,17 +366,22 @@ impl Engine {
             }
             let max_queues = self.inner.limits.max_queues;
             if map.len() >= max_queues {
-                return Err(Error::Exhausted(format!(
-                    "cannot create queue {name}: the server holds {} queues, its limit of \
-                     {max_queues} (queue-server --max-queues); delete unused queues or raise \
-                     the limit",
-                    map.len()
-                )));
+                return Err(Error::Exhausted {
+                    limit: "max_queues",
+                    max: max_queues as u64,
+                    message: format!(
+                        "cannot create queue {name}: the server holds {} queues, its limit of \
+                         {max_queues} (queue-server --max-queues); delete unused queues or \
+                         raise the limit",
+                        map.len()
+                    ),
+                });
             }
-            let queue = Queue::new(
+            let queue = Queue::with_budget(
                 name.clone(),
                 settings,
                 millis(self.inner.limits.idempotency_window),
+                self.inner.recall.clone(),
             );
             let info = QueueInfo::of(&queue);
             let commit = self.submit(vec![StoreOp::PutQueue(queue.record())]);
@@ -394,13 +413,47 @@ impl Engine {
 
     /// Describes every queue, by name.
     pub fn list_queues(&self) -> Vec<QueueInfo> {
-        let cells: Vec<_> = self.read_map().values().cloned().collect();
-        let mut out: Vec<QueueInfo> = cells
+        self.list_queues_page(None, usize::MAX).0
+    }
+
+    /// Describes the queues named after `after` (all when `None`), in name
+    /// order, at most `limit`; and whether more follow.
+    pub fn list_queues_page(
+        &self,
+        after: Option<&QueueName>,
+        limit: usize,
+    ) -> (Vec<QueueInfo>, bool) {
+        let mut cells: Vec<(QueueName, Arc<QueueCell>)> = self
+            .read_map()
             .iter()
-            .map(|c| QueueInfo::of(&c.lock().queue))
+            .filter(|(n, _)| after.is_none_or(|a| *n > a))
+            .map(|(n, c)| (n.clone(), c.clone()))
             .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        cells.sort_by(|a, b| a.0.cmp(&b.0));
+        let more = cells.len() > limit;
+        let out = cells
+            .iter()
+            .take(limit)
+            .map(|(_, c)| QueueInfo::of(&c.lock().queue))
+            .collect();
+        (out, more)
+    }
+
+    /// Changes a queue's settings: those set in `patch`, checked as
+    /// CreateQueue checks them. Durable (the queue's record) when it answers.
+    pub async fn update_queue(&self, name: &QueueName, patch: SettingsPatch) -> Result<QueueInfo> {
+        let limits = self.inner.limits;
+        self.mutate(name, |q, _, j| {
+            let settings = limits.check_settings(patch, q.settings())?;
+            q.set_settings(settings, j);
+            Ok(QueueInfo::of(q))
+        })
+        .await
+    }
+
+    /// The server-wide count of finished leases and request ids remembered.
+    pub fn remembered(&self) -> u64 {
+        self.inner.recall.used()
     }
 
     /// Deletes a queue and all its items. Waiting lease calls answer
@@ -448,11 +501,24 @@ impl Engine {
         items: Vec<EnqueueItem>,
         create: bool,
     ) -> Result<Vec<Enqueued>> {
+        Ok(self.enqueue_request(name, items, create, None).await?.0)
+    }
+
+    /// [`Engine::enqueue`] of a call named by `request_id`: a retry of a call
+    /// remembered is answered with its items and `true` (replayed), adding
+    /// nothing.
+    pub async fn enqueue_request(
+        &self,
+        name: &QueueName,
+        items: Vec<EnqueueItem>,
+        create: bool,
+        request_id: Option<&str>,
+    ) -> Result<(Vec<Enqueued>, bool)> {
         self.check_items(&items)?;
         if create && self.cell(name).is_err() {
             self.create_queue(name, QueueSettings::UNSET).await?;
         }
-        let (out, commit) = self.enqueue_checked(name, items)?;
+        let (out, commit) = self.enqueue_checked(name, items, request_id)?;
         commit.wait().await?;
         Ok(out)
     }
@@ -466,14 +532,28 @@ impl Engine {
         items: Vec<EnqueueItem>,
     ) -> Result<(Vec<Enqueued>, Commit)> {
         self.check_items(&items)?;
-        self.enqueue_checked(name, items)
+        let ((out, _), commit) = self.enqueue_checked(name, items, None)?;
+        Ok((out, commit))
+    }
+
+    /// [`Engine::enqueue_now`] of a batch named by `request_id` (see
+    /// [`Engine::enqueue_request`]).
+    pub fn enqueue_request_now(
+        &self,
+        name: &QueueName,
+        items: Vec<EnqueueItem>,
+        request_id: Option<&str>,
+    ) -> Result<((Vec<Enqueued>, bool), Commit)> {
+        self.check_items(&items)?;
+        self.enqueue_checked(name, items, request_id)
     }
 
     fn enqueue_checked(
         &self,
         name: &QueueName,
         items: Vec<EnqueueItem>,
-    ) -> Result<(Vec<Enqueued>, Commit)> {
+        request_id: Option<&str>,
+    ) -> Result<((Vec<Enqueued>, bool), Commit)> {
         let new: Vec<NewItem> = items
             .into_iter()
             .map(|it| NewItem {
@@ -489,8 +569,9 @@ impl Engine {
         let n = new.len() as u64;
         let next_id = &self.inner.next_id;
         let out = self.mutate_now(name, |q, now, j| {
-            q.enqueue(
+            q.enqueue_request(
                 now,
+                request_id,
                 new,
                 || ItemId(next_id.fetch_add(1, Ordering::Relaxed)),
                 j,
@@ -520,26 +601,26 @@ impl Engine {
             .sum();
         let queued = self.queued_bytes();
         if queued.saturating_add(cost) > limits.max_queued_bytes {
-            return Err(Error::Exhausted(format!(
-                "the server holds {queued} bytes of items, and {cost} more would exceed its \
-                 limit of {} bytes (queue-server --max-queued-bytes); consume or purge items, \
-                 or retry later",
-                limits.max_queued_bytes
-            )));
+            return Err(Error::Exhausted {
+                limit: "max_queued_bytes",
+                max: limits.max_queued_bytes,
+                message: format!(
+                    "the server holds {queued} bytes of items, and {cost} more would exceed \
+                     its limit of {} bytes (queue-server --max-queued-bytes); consume or purge \
+                     items, or retry later",
+                    limits.max_queued_bytes
+                ),
+            });
         }
-        limits
-            .check_batch("enqueue", items.len())
-            .map_err(Error::InvalidArgument)?;
+        limits.check_batch("items", "enqueue", items.len())?;
         for (i, it) in items.iter().enumerate() {
-            limits
-                .check_item(
-                    i,
-                    it.payload.len(),
-                    &it.attributes,
-                    it.idempotency_key.as_deref(),
-                    it.delay,
-                )
-                .map_err(Error::InvalidArgument)?;
+            limits.check_item(
+                i,
+                it.payload.len(),
+                &it.attributes,
+                it.idempotency_key.as_deref(),
+                it.delay,
+            )?;
         }
         Ok(())
     }
@@ -554,7 +635,25 @@ impl Engine {
         lease: Option<Duration>,
         wait: Duration,
     ) -> Result<LeaseOutcome> {
-        self.complete_then_lease(name, &[], max, lease, wait).await
+        self.complete_then_lease(name, &[], max, 0, lease, wait)
+            .await
+    }
+
+    /// [`Engine::lease`] of at most `max_bytes` of items (0: no bound but
+    /// the answer's). The first item is given whatever its size only when
+    /// `first_free`; otherwise a lease that stops at an item too large
+    /// answers at once, saying so ([`LeaseOutcome::over_budget`]).
+    pub async fn lease_within(
+        &self,
+        name: &QueueName,
+        max: usize,
+        max_bytes: usize,
+        first_free: bool,
+        lease: Option<Duration>,
+        wait: Duration,
+    ) -> Result<LeaseOutcome> {
+        self.lease_inner(name, &[], max, (max_bytes, first_free), lease, wait)
+            .await
     }
 
     /// Completes `complete` (all or nothing, as [`Engine::complete`]), then
@@ -568,20 +667,36 @@ impl Engine {
         name: &QueueName,
         complete: &[LeaseToken],
         max: usize,
+        max_bytes: usize,
+        lease: Option<Duration>,
+        wait: Duration,
+    ) -> Result<LeaseOutcome> {
+        self.lease_inner(name, complete, max, (max_bytes, true), lease, wait)
+            .await
+    }
+
+    async fn lease_inner(
+        &self,
+        name: &QueueName,
+        complete: &[LeaseToken],
+        max: usize,
+        (max_bytes, first_free): (usize, bool),
         lease: Option<Duration>,
         wait: Duration,
     ) -> Result<LeaseOutcome> {
         let limits = &self.inner.limits;
-        limits
-            .check_batch("lease max_items", max)
-            .map_err(Error::InvalidArgument)?;
-        let wait = limits.check_wait(wait).map_err(Error::InvalidArgument)?;
+        limits.check_batch("max_items", "lease max_items", max)?;
+        let wait = limits.check_wait(wait)?;
+        let budget = match max_bytes {
+            0 => limits.answer_budget(),
+            n => n.min(limits.answer_budget()),
+        };
         let cell = self.cell(name)?;
         let lease = match lease {
             Some(d) => d,
             None => cell.lock().queue.settings().default_lease,
         };
-        let lease_ms = millis(limits.check_lease(lease).map_err(Error::InvalidArgument)?);
+        let lease_ms = millis(limits.check_lease("lease", lease)?);
         if !complete.is_empty() {
             self.complete(name, complete).await?;
         }
@@ -599,9 +714,9 @@ impl Engine {
                 self.check_alive()?;
                 let now = self.inner.clock.now_ms();
                 let next_seq = &self.inner.next_seq;
-                let items =
+                let (items, over_budget) =
                     slot.queue
-                        .lease_within(now, max, limits.answer_budget(), lease_ms, || {
+                        .lease_bounded(now, max, budget, first_free, lease_ms, || {
                             next_seq.fetch_add(1, Ordering::Relaxed)
                         });
                 let drained = slot.queue.drained();
@@ -610,6 +725,7 @@ impl Engine {
                     cell.changed(&slot);
                 }
                 (!items.is_empty()
+                    || over_budget
                     || drained
                     || last_try
                     || self.inner.stopping.load(Ordering::Relaxed))
@@ -617,6 +733,8 @@ impl Engine {
                     items,
                     drained,
                     empty,
+                    sealed: slot.queue.sealed(),
+                    over_budget,
                 })
             };
             if let Some(outcome) = outcome {
@@ -650,53 +768,112 @@ impl Engine {
     fn tokens_ok(&self, what: &str, tokens: &[LeaseToken]) -> Result<()> {
         self.inner
             .limits
-            .check_batch(what, tokens.len())
-            .map_err(Error::InvalidArgument)
+            .check_batch("lease_tokens", what, tokens.len())
     }
 
-    /// Extends leases by `lease` (the queue's default when `None`).
+    /// Extends leases by `lease` (the queue's default when `None`), all or
+    /// nothing; the results carry the new deadlines.
     pub async fn renew(
         &self,
         name: &QueueName,
         tokens: &[LeaseToken],
         lease: Option<Duration>,
-    ) -> Result<Vec<u64>> {
+    ) -> Result<Vec<TokenResult>> {
+        self.renew_as(name, tokens, lease, Batch::AllOrNothing)
+            .await
+    }
+
+    /// [`Engine::renew`], judging the batch as `batch` says.
+    pub async fn renew_as(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+        lease: Option<Duration>,
+        batch: Batch,
+    ) -> Result<Vec<TokenResult>> {
         self.tokens_ok("renew", tokens)?;
         let limits = self.inner.limits;
         self.mutate(name, |q, now, _| {
             let lease = lease.unwrap_or(q.settings().default_lease);
-            let lease_ms = millis(limits.check_lease(lease).map_err(Error::InvalidArgument)?);
-            q.renew(now, tokens, lease_ms)
+            let lease_ms = millis(limits.check_lease("lease", lease)?);
+            q.renew(now, tokens, lease_ms, batch)
         })
         .await
     }
 
-    /// Completes leased items.
-    pub async fn complete(&self, name: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
-        self.tokens_ok("complete", tokens)?;
-        self.mutate(name, |q, now, j| q.complete(now, tokens, j))
-            .await?;
-        metrics::counter!("workq_items_completed_total").increment(tokens.len() as u64);
-        Ok(())
+    /// Completes leased items, all or nothing; tokens that already completed
+    /// their item are answered "already done".
+    pub async fn complete(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+    ) -> Result<Vec<TokenResult>> {
+        self.complete_as(name, tokens, Batch::AllOrNothing).await
     }
 
-    /// Fails leased items; returns how many went dead.
+    /// [`Engine::complete`], judging the batch as `batch` says.
+    pub async fn complete_as(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+        batch: Batch,
+    ) -> Result<Vec<TokenResult>> {
+        self.tokens_ok("complete", tokens)?;
+        let out = self
+            .mutate(name, |q, now, j| q.complete(now, tokens, batch, j))
+            .await?;
+        let done = out.iter().filter(|r| r.done()).count();
+        metrics::counter!("workq_items_completed_total").increment(done as u64);
+        Ok(out)
+    }
+
+    /// Fails leased items, all or nothing (see [`Engine::fail_as`]).
     pub async fn fail(
         &self,
         name: &QueueName,
         tokens: &[LeaseToken],
         fatal: bool,
         reason: &str,
-        retry_after: Duration,
-    ) -> Result<usize> {
+        retry_after: Option<Duration>,
+    ) -> Result<Vec<TokenResult>> {
+        self.fail_as(
+            name,
+            tokens,
+            fatal,
+            reason,
+            retry_after,
+            Batch::AllOrNothing,
+        )
+        .await
+    }
+
+    /// Fails leased items: back to the queue after `retry_after` (the
+    /// queue's back-off when `None`) or dead; fatally: dead at once. The
+    /// results say which went dead.
+    pub async fn fail_as(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+        fatal: bool,
+        reason: &str,
+        retry_after: Option<Duration>,
+        batch: Batch,
+    ) -> Result<Vec<TokenResult>> {
         self.tokens_ok("fail", tokens)?;
         let limits = self.inner.limits;
-        if retry_after > limits.max_delay {
-            return Err(Error::InvalidArgument(format!(
-                "retry_after_ms: {} ms is longer than the limit of {} ms",
-                retry_after.as_millis(),
-                limits.max_delay.as_millis()
-            )));
+        if let Some(after) = retry_after
+            && after > limits.max_delay
+        {
+            return Err(Error::limit(
+                "retry_after",
+                "max_delay",
+                crate::settings::secs(limits.max_delay),
+                format!(
+                    "retry_after: {} ms is longer than the limit of {} ms",
+                    after.as_millis(),
+                    limits.max_delay.as_millis()
+                ),
+            ));
         }
         let reason = if reason.is_empty() {
             "no reason given"
@@ -709,19 +886,43 @@ impl Engine {
             cut -= 1;
         }
         let reason = &reason[..cut];
-        let dead = self
+        let out = self
             .mutate(name, |q, now, j| {
-                q.fail(now, tokens, fatal, reason, millis(retry_after), j)
+                q.fail(
+                    now,
+                    tokens,
+                    fatal,
+                    reason,
+                    retry_after.map(millis),
+                    batch,
+                    j,
+                )
             })
             .await?;
-        metrics::counter!("workq_items_failed_total").increment(tokens.len() as u64);
-        Ok(dead)
+        let done = out.iter().filter(|r| r.done()).count();
+        metrics::counter!("workq_items_failed_total").increment(done as u64);
+        Ok(out)
     }
 
-    /// Gives leased items back at once, no attempt counted.
-    pub async fn release(&self, name: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
+    /// Gives leased items back at once, no attempt counted, all or nothing.
+    pub async fn release(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+    ) -> Result<Vec<TokenResult>> {
+        self.release_as(name, tokens, Batch::AllOrNothing).await
+    }
+
+    /// [`Engine::release`], judging the batch as `batch` says.
+    pub async fn release_as(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+        batch: Batch,
+    ) -> Result<Vec<TokenResult>> {
         self.tokens_ok("release", tokens)?;
-        self.mutate(name, |q, now, _| q.release(now, tokens)).await
+        self.mutate(name, |q, now, _| q.release(now, tokens, batch))
+            .await
     }
 
     /// Keeps in `tokens` only the leases still live (none when the queue is
@@ -735,6 +936,21 @@ impl Engine {
         let now = self.inner.clock.now_ms();
         if self
             .read(name, |q| tokens.retain(|t| q.is_live(now, *t)))
+            .is_err()
+        {
+            tokens.clear();
+        }
+    }
+
+    /// [`Engine::retain_live`] of a map keyed by token.
+    pub fn retain_live_map<V>(
+        &self,
+        name: &QueueName,
+        tokens: &mut std::collections::HashMap<LeaseToken, V>,
+    ) {
+        let now = self.inner.clock.now_ms();
+        if self
+            .read(name, |q| tokens.retain(|t, _| q.is_live(now, *t)))
             .is_err()
         {
             tokens.clear();
@@ -767,8 +983,19 @@ impl Engine {
     /// Dead items, oldest first, at most `limit`, and no more than fit in
     /// one answer ([`Limits::answer_budget`]).
     pub fn list_dead(&self, name: &QueueName, limit: usize) -> Result<Vec<DeadItem>> {
+        Ok(self.list_dead_page(name, None, limit)?.0)
+    }
+
+    /// Dead items with ids after `after`, in id order, at most `limit` and
+    /// no more than fit in one answer; and whether more follow.
+    pub fn list_dead_page(
+        &self,
+        name: &QueueName,
+        after: Option<ItemId>,
+        limit: usize,
+    ) -> Result<(Vec<DeadItem>, bool)> {
         let budget = self.inner.limits.answer_budget();
-        self.read(name, |q| q.dead_items_within(limit, budget))
+        self.read(name, |q| q.dead_page(after, limit, budget))
     }
 
     /// Moves dead items (all when `ids` is empty) back to pending.

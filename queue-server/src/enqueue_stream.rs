@@ -36,8 +36,9 @@ pub async fn serve(
             Ok(items) => items,
             Err((field, e)) => return Err(refused(sequence, invalid_field_rejection(&field, e))),
         };
-        match engine.enqueue_now(&name, items) {
-            Ok((out, commit)) => Ok(durable(sequence, out, commit)),
+        let request_id = Some(req.request_id.as_str());
+        match engine.enqueue_request_now(&name, items, request_id) {
+            Ok(((out, replayed), commit)) => Ok(durable(sequence, out, replayed, commit)),
             Err(e) => Err(refused(sequence, rejection(&e))),
         }
     };
@@ -83,7 +84,7 @@ pub async fn serve(
                 }
             },
             () = &mut stopping, if open => {
-                last_word = Some(Status::unavailable("the server is stopping"));
+                last_word = Some(rejection(&crate::Error::ShuttingDown).to_status());
                 open = false;
             }
             () = tx.closed() => return,
@@ -95,6 +96,7 @@ pub async fn serve(
 async fn durable(
     sequence: i64,
     out: Vec<crate::queue::Enqueued>,
+    replayed: bool,
     commit: Commit,
 ) -> pb::EnqueueStreamResponse {
     match commit.wait().await {
@@ -102,7 +104,7 @@ async fn durable(
             sequence,
             problem: None,
             items: enqueued_pb(&out),
-            replayed: false,
+            replayed,
         },
         Err(e) => refused(sequence, rejection(&e.into())),
     }

@@ -2,6 +2,7 @@
 //! engine errors become `tonic::Status` in exactly one place, [`status`].
 
 mod convert;
+pub mod pages;
 
 pub use convert::{
     dead_pb, enqueue_items, enqueued_pb, leased_pb, opt_duration, queue_pb, settings_pb, state_pb,
@@ -9,11 +10,13 @@ pub use convert::{
 };
 
 use crate::engine::Engine;
-use crate::error::Error;
+use crate::error::{Error, StaleCause};
 use crate::names::{ItemId, LeaseToken, QueueName};
-use crate::settings::QueueSettings;
+use crate::queue::{Batch, Outcome, TokenResult};
+use crate::settings::{QueueSettings, SettingsPatch};
 use futures::Stream;
 use std::pin::Pin;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
@@ -22,13 +25,46 @@ use workq_proto::v1 as pb;
 use workq_proto::v1::ErrorReason;
 use workq_proto::v1::queue_service_server::QueueService;
 
+/// How long a client waits before retrying after a transient refusal
+/// (RetryInfo): a full server, a stopping one.
+const RETRY_SOON: Duration = Duration::from_secs(1);
+
+/// How long a client waits before retrying on a server whose store failed:
+/// it exits and restarts.
+const RETRY_AFTER_RESTART: Duration = Duration::from_secs(5);
+
 /// The refusal a client sees for an engine error: code, reason, metadata
 /// and details. The one place errors are mapped.
 pub fn rejection(err: &Error) -> Rejection {
     let msg = err.to_string();
+    let fp = Code::FailedPrecondition;
     match err {
-        Error::InvalidArgument(_) => {
-            Rejection::new(Code::InvalidArgument, ErrorReason::InvalidField, msg)
+        Error::InvalidField { field, .. } => {
+            Rejection::new(Code::InvalidArgument, ErrorReason::InvalidField, msg).field(field)
+        }
+        Error::LimitExceeded { bound, .. } => {
+            let value_key = if bound.limit.starts_with("min_") {
+                "min"
+            } else {
+                "max"
+            };
+            Rejection::new(Code::InvalidArgument, ErrorReason::LimitExceeded, msg)
+                .meta("limit", bound.limit)
+                .meta(value_key, &bound.value)
+                .field(&bound.field)
+        }
+        Error::DuplicateToken { item } => {
+            Rejection::new(Code::InvalidArgument, ErrorReason::DuplicateToken, msg)
+                .meta("item", item)
+        }
+        Error::RequestIdReused { request_id, .. } => {
+            Rejection::new(Code::InvalidArgument, ErrorReason::RequestIdReused, msg)
+                .meta("request_id", request_id)
+                .field("request_id")
+        }
+        Error::InvalidPageToken(_) => {
+            Rejection::new(Code::InvalidArgument, ErrorReason::InvalidPageToken, msg)
+                .field("page_token")
         }
         Error::QueueNotFound(q) => Rejection::new(Code::NotFound, ErrorReason::QueueNotFound, msg)
             .meta("queue", q)
@@ -36,21 +72,46 @@ pub fn rejection(err: &Error) -> Rejection {
         Error::QueueExists(q) => Rejection::new(Code::AlreadyExists, ErrorReason::QueueExists, msg)
             .meta("queue", q)
             .resource("Queue", q.as_str()),
-        Error::Sealed(q) => {
-            Rejection::new(Code::FailedPrecondition, ErrorReason::QueueSealed, msg).meta("queue", q)
-        }
-        Error::StaleLease { token, .. } => {
-            Rejection::new(Code::FailedPrecondition, ErrorReason::LeaseExpired, msg)
+        Error::Sealed(q) => Rejection::new(fp, ErrorReason::QueueSealed, msg).meta("queue", q),
+        Error::StaleLease {
+            queue,
+            token,
+            cause,
+        } => {
+            let reason = match cause {
+                StaleCause::Expired => ErrorReason::LeaseExpired,
+                StaleCause::Taken => ErrorReason::LeaseTaken,
+                StaleCause::Finished(_) => ErrorReason::LeaseFinished,
+                StaleCause::ItemCompleted => ErrorReason::ItemCompleted,
+                StaleCause::ItemDead => ErrorReason::ItemDead,
+            };
+            let r = Rejection::new(fp, reason, msg)
+                .meta("queue", queue)
                 .meta("item", token.item)
-                .meta("lease_token", token)
+                .meta("lease_token", token);
+            match cause {
+                StaleCause::Finished(how) => r.meta("finished", how.as_str()),
+                _ => r,
+            }
+        }
+        Error::ItemNotDead { queue, item } => Rejection::new(fp, ErrorReason::ItemNotDead, msg)
+            .meta("queue", queue)
+            .meta("item", item),
+        Error::ItemNotFound { queue, item } => {
+            Rejection::new(Code::NotFound, ErrorReason::ItemNotFound, msg)
+                .meta("queue", queue)
+                .meta("item", item)
+                .resource("Item", format!("{queue}/{item}"))
         }
         Error::Store(_) => Rejection::new(Code::Unavailable, ErrorReason::StoreFailed, msg)
-            .retry_after(std::time::Duration::from_secs(5)),
+            .retry_after(RETRY_AFTER_RESTART),
         Error::ShuttingDown => Rejection::new(Code::Unavailable, ErrorReason::ShuttingDown, msg)
-            .retry_after(std::time::Duration::from_secs(1)),
-        Error::Exhausted(_) => {
+            .retry_after(RETRY_SOON),
+        Error::Exhausted { limit, max, .. } => {
             Rejection::new(Code::ResourceExhausted, ErrorReason::ServerFull, msg)
-                .retry_after(std::time::Duration::from_secs(1))
+                .meta("limit", limit)
+                .meta("max", max)
+                .retry_after(RETRY_SOON)
         }
     }
 }
@@ -63,7 +124,7 @@ pub fn status(err: Error) -> Status {
 /// A malformed request field: INVALID_ARGUMENT, reason INVALID_FIELD, and a
 /// BadRequest naming `field`.
 pub fn invalid_field_rejection(field: &str, message: impl Into<String>) -> Rejection {
-    Rejection::new(Code::InvalidArgument, ErrorReason::InvalidField, message).field(field)
+    rejection(&Error::invalid(field, message))
 }
 
 /// [`invalid_field_rejection`] as a status.
@@ -115,26 +176,124 @@ async fn first_message<T>(inbound: &mut tonic::Streaming<T>, what: &str) -> Resu
     })
 }
 
-/// Settings as a CreateQueue call gives them: an unset field is zero, which
-/// takes the server's default.
-fn settings_of(s: Option<pb::QueueSettings>) -> Result<QueueSettings, Status> {
+/// Settings as a call gives them, each field set or not.
+fn settings_of(s: Option<pb::QueueSettings>) -> Result<SettingsPatch, Status> {
     let s = s.unwrap_or_default();
-    let mut out = QueueSettings::UNSET;
-    out.default_lease =
-        duration("settings.default_lease", s.default_lease.as_ref())?.unwrap_or_default();
-    out.retry_backoff =
-        duration("settings.retry_backoff", s.retry_backoff.as_ref())?.unwrap_or_default();
-    out.retry_backoff_max =
-        duration("settings.retry_backoff_max", s.retry_backoff_max.as_ref())?.unwrap_or_default();
-    if let Some(n) = s.max_attempts {
-        out.max_attempts = u32::try_from(n).map_err(|_| {
+    let max_attempts = match s.max_attempts {
+        None => None,
+        Some(n) => Some(u32::try_from(n).map_err(|_| {
             invalid_field(
                 "settings.max_attempts",
                 format!("max_attempts is {n}: use 1 to 1000"),
             )
-        })?;
+        })?),
+    };
+    Ok(SettingsPatch {
+        default_lease: duration("settings.default_lease", s.default_lease.as_ref())?,
+        max_attempts,
+        retry_backoff: duration("settings.retry_backoff", s.retry_backoff.as_ref())?,
+        retry_backoff_max: duration("settings.retry_backoff_max", s.retry_backoff_max.as_ref())?,
+    })
+}
+
+/// The settings an UpdateQueue changes: the paths of `mask` (each set to
+/// the value given, or the server's default when unset); every field set
+/// when the mask is empty.
+fn settings_update(
+    given: SettingsPatch,
+    mask: Option<prost_types::FieldMask>,
+    defaults: &QueueSettings,
+) -> Result<SettingsPatch, Status> {
+    let paths = mask.map(|m| m.paths).unwrap_or_default();
+    if paths.is_empty() {
+        return Ok(given);
+    }
+    let mut out = SettingsPatch::default();
+    for path in &paths {
+        match path.as_str() {
+            "settings" => {
+                out = SettingsPatch {
+                    default_lease: given.default_lease.or(Some(defaults.default_lease)),
+                    max_attempts: given.max_attempts.or(Some(defaults.max_attempts)),
+                    retry_backoff: given.retry_backoff.or(Some(defaults.retry_backoff)),
+                    retry_backoff_max: given.retry_backoff_max.or(Some(defaults.retry_backoff_max)),
+                }
+            }
+            "settings.default_lease" => {
+                out.default_lease = given.default_lease.or(Some(defaults.default_lease));
+            }
+            "settings.max_attempts" => {
+                out.max_attempts = given.max_attempts.or(Some(defaults.max_attempts));
+            }
+            "settings.retry_backoff" => {
+                out.retry_backoff = given.retry_backoff.or(Some(defaults.retry_backoff));
+            }
+            "settings.retry_backoff_max" => {
+                out.retry_backoff_max =
+                    given.retry_backoff_max.or(Some(defaults.retry_backoff_max));
+            }
+            other => {
+                return Err(invalid_field(
+                    "update_mask",
+                    format!(
+                        "update_mask path {} is not a queue setting: use \"settings\", \
+                         \"settings.default_lease\", \"settings.max_attempts\", \
+                         \"settings.retry_backoff\" or \"settings.retry_backoff_max\"",
+                        crate::names::quoted(other)
+                    ),
+                ));
+            }
+        }
     }
     Ok(out)
+}
+
+/// A queue's state as a lease saw it.
+pub fn lease_state(sealed: bool, empty: bool) -> pb::QueueState {
+    match (sealed, empty) {
+        (true, true) => pb::QueueState::Drained,
+        (true, false) => pb::QueueState::Sealed,
+        (false, true) => pb::QueueState::Empty,
+        (false, false) => pb::QueueState::Active,
+    }
+}
+
+/// How a call asks its batch to be judged.
+fn batch(per_token_results: bool) -> Batch {
+    if per_token_results {
+        Batch::EachToken
+    } else {
+        Batch::AllOrNothing
+    }
+}
+
+/// The wire form of one token's result; refusals carry their problem.
+pub fn token_result_pb(r: &TokenResult) -> pb::TokenResult {
+    let (outcome, problem) = match &r.outcome {
+        Outcome::Done => (pb::TokenOutcome::Done, None),
+        Outcome::AlreadyDone => (pb::TokenOutcome::AlreadyDone, None),
+        Outcome::Refused(e) => (pb::TokenOutcome::Refused, Some(rejection(e).to_problem())),
+    };
+    pb::TokenResult {
+        lease_token: r.token.to_string(),
+        outcome: outcome as i32,
+        problem,
+        lease_expire_time: r.deadline.map(workq_proto::time::timestamp_ms),
+        dead: r.dead,
+    }
+}
+
+/// The results of a batch for its answer: one per token when asked for.
+fn results_pb(results: &[TokenResult], per_token_results: bool) -> Vec<pb::TokenResult> {
+    if per_token_results {
+        results.iter().map(token_result_pb).collect()
+    } else {
+        Vec::new()
+    }
+}
+
+fn count(results: &[TokenResult], f: impl Fn(&TokenResult) -> bool) -> i32 {
+    int32(results.iter().filter(|r| f(r)).count())
 }
 
 /// The `workq.v1.QueueService` implementation over an [`Engine`].
@@ -193,7 +352,7 @@ impl QueueService for GrpcService {
             max_wait: Some(d(l.max_wait)),
             max_delay: Some(d(l.max_delay)),
             idempotency_window: Some(d(l.idempotency_window)),
-            max_page_size: 1000,
+            max_page_size: int32(l.max_page_size),
         }))
     }
 
@@ -206,7 +365,7 @@ impl QueueService for GrpcService {
         let settings = settings_of(req.settings)?;
         let (info, created) = self
             .engine
-            .create_queue(&name, settings)
+            .create_queue_with(&name, settings)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::CreateQueueResponse {
@@ -225,20 +384,42 @@ impl QueueService for GrpcService {
 
     async fn list_queues(
         &self,
-        _req: Request<pb::ListQueuesRequest>,
+        req: Request<pb::ListQueuesRequest>,
     ) -> Res<pb::ListQueuesResponse> {
-        let queues = self.engine.list_queues().iter().map(queue_pb).collect();
+        let req = req.into_inner();
+        let size = non_negative("page_size", req.page_size)?;
+        let size = self.engine.limits().check_page_size(size).map_err(status)?;
+        let after = pages::after_queue(&req.page_token).map_err(status)?;
+        let (queues, more) = self.engine.list_queues_page(after.as_ref(), size);
+        let next_page_token = match (more, queues.last()) {
+            (true, Some(last)) => pages::queue_token(&last.name),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListQueuesResponse {
-            queues,
-            next_page_token: String::new(),
+            queues: queues.iter().map(queue_pb).collect(),
+            next_page_token,
         }))
     }
 
     async fn update_queue(
         &self,
-        _req: Request<pb::UpdateQueueRequest>,
+        req: Request<pb::UpdateQueueRequest>,
     ) -> Res<pb::UpdateQueueResponse> {
-        Err(Status::unimplemented("UpdateQueue is not implemented yet"))
+        let req = req.into_inner();
+        let queue = req
+            .queue
+            .ok_or_else(|| invalid_field("queue", "queue is missing: name the queue to change"))?;
+        let name = queue_name("queue.name", &queue.name)?;
+        let given = settings_of(queue.settings)?;
+        let patch = settings_update(given, req.update_mask, self.engine.default_settings())?;
+        let info = self
+            .engine
+            .update_queue(&name, patch)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UpdateQueueResponse {
+            queue: Some(queue_pb(&info)),
+        }))
     }
 
     async fn delete_queue(
@@ -279,14 +460,19 @@ impl QueueService for GrpcService {
         let req = req.into_inner();
         let name = queue_name("queue", &req.queue)?;
         let items = enqueue_items(req.items).map_err(|(f, e)| invalid_field(&f, e))?;
-        let out = self
+        let (out, replayed) = self
             .engine
-            .enqueue(&name, items, req.create_queue)
+            .enqueue_request(
+                &name,
+                items,
+                req.create_queue,
+                Some(req.request_id.as_str()),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::EnqueueResponse {
             items: enqueued_pb(&out),
-            replayed: false,
+            replayed,
         }))
     }
 
@@ -294,6 +480,12 @@ impl QueueService for GrpcService {
         let req = req.into_inner();
         let name = queue_name("queue", &req.queue)?;
         let max = non_negative("max_items", req.max_items)?;
+        let max_bytes = usize::try_from(req.max_bytes).map_err(|_| {
+            invalid_field(
+                "max_bytes",
+                format!("max_bytes is {}: it must not be negative", req.max_bytes),
+            )
+        })?;
         let lease = duration("lease", req.lease.as_ref())?;
         let wait = duration("wait", req.wait.as_ref())?.unwrap_or_default();
         let out = self
@@ -302,20 +494,15 @@ impl QueueService for GrpcService {
                 &name,
                 &tokens("complete_tokens", &req.complete_tokens)?,
                 max,
+                max_bytes,
                 lease,
                 wait,
             )
             .await
             .map_err(status)?;
-        let state = match (out.drained, out.empty) {
-            (true, _) => pb::QueueState::Drained,
-            (false, true) => pb::QueueState::Empty,
-            // Sealed or not: the lease answer tells drained from not.
-            (false, false) => pb::QueueState::Active,
-        };
         Ok(Response::new(pb::LeaseResponse {
             items: out.items.into_iter().map(leased_pb).collect(),
-            queue_state: state as i32,
+            queue_state: lease_state(out.sealed, out.empty) as i32,
         }))
     }
 
@@ -351,8 +538,8 @@ impl QueueService for GrpcService {
         if let Some(d) = lease {
             self.engine
                 .limits()
-                .check_lease(d)
-                .map_err(|e| invalid_field("lease", e))?;
+                .check_lease("lease", d)
+                .map_err(status)?;
         }
         let engine = self.engine.clone();
         spawn_stream(|tx| crate::work_stream::serve(engine, name, lease, first, inbound, tx))
@@ -362,35 +549,34 @@ impl QueueService for GrpcService {
         let req = req.into_inner();
         let name = queue_name("queue", &req.queue)?;
         let lease = duration("lease", req.lease.as_ref())?;
-        let deadlines = self
+        let results = self
             .engine
-            .renew(&name, &tokens("lease_tokens", &req.lease_tokens)?, lease)
+            .renew_as(
+                &name,
+                &tokens("lease_tokens", &req.lease_tokens)?,
+                lease,
+                batch(req.per_token_results),
+            )
             .await
             .map_err(status)?;
-        let results = req
-            .lease_tokens
-            .into_iter()
-            .zip(deadlines)
-            .map(|(t, d)| pb::TokenResult {
-                lease_token: t,
-                outcome: pb::TokenOutcome::Done as i32,
-                problem: None,
-                lease_expire_time: Some(workq_proto::time::timestamp_ms(d)),
-                dead: false,
-            })
-            .collect();
-        Ok(Response::new(pb::RenewResponse { results }))
+        Ok(Response::new(pb::RenewResponse {
+            results: results_pb(&results, true),
+        }))
     }
 
     async fn complete(&self, req: Request<pb::CompleteRequest>) -> Res<pb::CompleteResponse> {
         let req = req.into_inner();
         let name = queue_name("queue", &req.queue)?;
         let tokens = tokens("lease_tokens", &req.lease_tokens)?;
-        self.engine.complete(&name, &tokens).await.map_err(status)?;
+        let results = self
+            .engine
+            .complete_as(&name, &tokens, batch(req.per_token_results))
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::CompleteResponse {
-            completed: int32(tokens.len()),
-            already_completed: 0,
-            results: Vec::new(),
+            completed: count(&results, TokenResult::done),
+            already_completed: count(&results, TokenResult::already_done),
+            results: results_pb(&results, req.per_token_results),
         }))
     }
 
@@ -407,22 +593,23 @@ impl QueueService for GrpcService {
                 ));
             }
         };
-        let retry_after = duration("retry_after", req.retry_after.as_ref())?.unwrap_or_default();
-        let dead = self
+        let retry_after = duration("retry_after", req.retry_after.as_ref())?;
+        let results = self
             .engine
-            .fail(
+            .fail_as(
                 &name,
                 &tokens("lease_tokens", &req.lease_tokens)?,
                 fatal,
                 &req.reason,
                 retry_after,
+                batch(req.per_token_results),
             )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::FailResponse {
-            dead: int32(dead),
-            already_failed: 0,
-            results: Vec::new(),
+            dead: count(&results, |r| r.done() && r.dead),
+            already_failed: count(&results, TokenResult::already_done),
+            results: results_pb(&results, req.per_token_results),
         }))
     }
 
@@ -430,11 +617,15 @@ impl QueueService for GrpcService {
         let req = req.into_inner();
         let name = queue_name("queue", &req.queue)?;
         let tokens = tokens("lease_tokens", &req.lease_tokens)?;
-        self.engine.release(&name, &tokens).await.map_err(status)?;
+        let results = self
+            .engine
+            .release_as(&name, &tokens, batch(req.per_token_results))
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ReleaseResponse {
-            released: int32(tokens.len()),
-            already_released: 0,
-            results: Vec::new(),
+            released: count(&results, TokenResult::done),
+            already_released: count(&results, TokenResult::already_done),
+            results: results_pb(&results, req.per_token_results),
         }))
     }
 
@@ -473,14 +664,20 @@ impl QueueService for GrpcService {
     async fn list_dead(&self, req: Request<pb::ListDeadRequest>) -> Res<pb::ListDeadResponse> {
         let req = req.into_inner();
         let name = queue_name("queue", &req.queue)?;
-        let limit = match non_negative("page_size", req.page_size)? {
-            0 => 1000,
-            n => n,
+        let size = non_negative("page_size", req.page_size)?;
+        let size = self.engine.limits().check_page_size(size).map_err(status)?;
+        let after = pages::after_item(&req.page_token).map_err(status)?;
+        let (items, more) = self
+            .engine
+            .list_dead_page(&name, after, size)
+            .map_err(status)?;
+        let next_page_token = match (more, items.last()) {
+            (true, Some(last)) => pages::dead_token(last.id),
+            _ => String::new(),
         };
-        let items = self.engine.list_dead(&name, limit).map_err(status)?;
         Ok(Response::new(pb::ListDeadResponse {
             items: items.into_iter().map(dead_pb).collect(),
-            next_page_token: String::new(),
+            next_page_token,
         }))
     }
 
@@ -490,6 +687,21 @@ impl QueueService for GrpcService {
     ) -> Res<pb::RequeueDeadResponse> {
         let req = req.into_inner();
         let name = queue_name("queue", &req.queue)?;
+        match (req.all, req.item_ids.is_empty()) {
+            (true, false) => {
+                return Err(invalid_field(
+                    "all",
+                    "both item_ids and all are given: name the dead items, or set all, not both",
+                ));
+            }
+            (false, true) => {
+                return Err(invalid_field(
+                    "item_ids",
+                    "no dead items named: give item_ids, or set all to requeue every dead item",
+                ));
+            }
+            _ => {}
+        }
         let ids = req
             .item_ids
             .iter()

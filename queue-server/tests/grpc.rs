@@ -320,8 +320,14 @@ async fn a_lease_call_hands_in_completions_and_a_refused_one_leases_nothing() {
     assert_eq!(next.into_inner().items.len(), 1);
     let s = stats(&mut c, &q).await;
     assert_eq!((s.completed, s.leased, s.pending), (1, 1, 1));
-    // The same token again: already completed, so the call fails with
+    // A token of an item completed under another lease: the call fails with
     // Complete's error and leases nothing.
+    let (item, seq) = token.split_once('.').expect("a token");
+    let other = format!(
+        "{item}.{:x}",
+        u64::from_str_radix(seq, 16).expect("hex") + 1
+    );
+    req.complete_tokens = vec![other];
     let e = c.lease(req).await.expect_err("stale completion");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     let s = stats(&mut c, &q).await;
@@ -585,12 +591,11 @@ async fn a_work_stream_pushes_items_up_to_its_credit_and_answers_completions() {
     assert_eq!(items.len(), 1);
     assert_eq!(stats(&mut c, &q).await.completed, 2);
 
-    // Handing in the same tokens again: refused as Complete refuses them.
+    // Handing in the same tokens again: already done, nothing counted twice.
     w.send(0, tokens, 8).await;
-    let stale = w.next().await.answer.expect("answer");
-    assert_eq!(stale.sequence, 8);
-    let problem = stale.problem.expect("refused");
-    assert_eq!(problem.code, Code::FailedPrecondition as i32, "{problem:?}");
+    let again = w.next().await.answer.expect("answer");
+    assert_eq!((again.sequence, again.problem), (8, None));
+    assert_eq!(stats(&mut c, &q).await.completed, 2);
 
     // Sealed: the last completion drains the queue and the stream ends.
     seal(&mut c, &q).await;
