@@ -122,6 +122,15 @@ async fn complete_retrying(queue: &Queue, tokens: &[LeaseToken]) -> Result<Vec<R
                     each.len()
                 )));
             }
+            // A server refusing the call as a whole for its one token.
+            Err(e)
+                if retried
+                    && tokens.len() == 1
+                    && FinishKind::Complete.done_anyway(&e).is_some() =>
+            {
+                tracing::debug!(queue = %queue.name(), error = %e, "a retried completion was refused: the item is completed (an earlier try did it)");
+                return Ok(vec![Ok(())]);
+            }
             Err(e) if e.is_transient() => {
                 let delay = retry_delay(&mut backoff, &e);
                 if Instant::now() + delay > deadline {

@@ -100,6 +100,15 @@ impl GrpcBackend {
         }
     }
 
+    /// `page_size` within the server's largest page, when it said.
+    async fn page_size(&self, page_size: u32) -> i32 {
+        let max = match self.info.get_or_try_init(|| self.fetch_info()).await {
+            Ok(Some(info)) if info.max_page_size > 0 => info.max_page_size,
+            _ => u32::MAX,
+        };
+        i32::try_from(page_size.min(max)).unwrap_or(i32::MAX)
+    }
+
     /// What the server says of itself (asked once per connection).
     pub(crate) async fn server_info(&self) -> Result<ServerInfo> {
         match self.info.get_or_try_init(|| self.fetch_info()).await? {
@@ -143,7 +152,8 @@ impl GrpcBackend {
         info_from_pb("GetQueue", resp.into_inner().queue)
     }
 
-    /// One page of queues, in name order.
+    /// One page of queues, in name order (`page_size` within the server's
+    /// largest page).
     pub(crate) async fn list_queues_page(
         &self,
         page_size: u32,
@@ -154,7 +164,7 @@ impl GrpcBackend {
             .await
             .list_queues(request(
                 pb::ListQueuesRequest {
-                    page_size: i32::try_from(page_size).unwrap_or(i32::MAX),
+                    page_size: self.page_size(page_size).await,
                     page_token: page_token.to_owned(),
                 },
                 CALL_TIMEOUT,
@@ -416,33 +426,13 @@ impl GrpcBackend {
             lease_tokens: token_strings(tokens),
             per_token_results: true,
         };
-        let resp = match self
+        let resp = self
             .client()
             .await
             .complete(request(req, CALL_TIMEOUT))
             .await
-        {
-            Ok(resp) => resp.into_inner(),
-            // A server older than per-token results judged the batch as a
-            // whole: learn each token's fate alone. A server of the settled
-            // contract never refuses a per-token call for one token.
-            Err(s) if tokens.len() > 1 => match Error::from_token_status(queue.as_str(), s) {
-                e @ Error::LeaseLost { .. } => {
-                    tracing::debug!(error = %e, n = tokens.len(), "the server refused the batch as a whole (no per-token results); completing one by one");
-                    let mut each = Vec::with_capacity(tokens.len());
-                    for t in tokens {
-                        each.push(self.complete(queue, std::slice::from_ref(t)).await);
-                    }
-                    return Ok(each);
-                }
-                e => return Err(e),
-            },
-            Err(s) => return Err(Error::from_token_status(queue.as_str(), s)),
-        };
-        if resp.results.is_empty() && !tokens.is_empty() {
-            // An older server answered the batch as a whole: all done.
-            return Ok(tokens.iter().map(|_| Ok(())).collect());
-        }
+            .map_err(|s| Error::from_token_status(queue.as_str(), s))?
+            .into_inner();
         token_results(queue, tokens.len(), resp.results)
     }
 
@@ -512,7 +502,8 @@ impl GrpcBackend {
             .boxed())
     }
 
-    /// One page of dead items, in id order.
+    /// One page of dead items, in id order (`page_size` within the server's
+    /// largest page).
     pub(crate) async fn list_dead_page(
         &self,
         queue: &QueueName,
@@ -521,7 +512,7 @@ impl GrpcBackend {
     ) -> Result<Page<DeadItem>> {
         let req = pb::ListDeadRequest {
             queue: queue.to_string(),
-            page_size: i32::try_from(page_size).unwrap_or(i32::MAX),
+            page_size: self.page_size(page_size).await,
             page_token: page_token.to_owned(),
         };
         let resp = self
