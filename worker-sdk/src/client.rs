@@ -156,6 +156,11 @@ impl Queue {
     /// durable (see [`Queue::push_detailed`] to learn which were duplicates). When
     /// a call fails, the calls before it stand: the error is
     /// [`Error::PushInterrupted`], which says how many items were added.
+    ///
+    /// On the queue service each call carries a fresh `request_id` and is
+    /// retried with it when its answer does not come, so a retry never adds
+    /// the items twice while the server runs; across a server restart only
+    /// idempotency keys ([`NewItem::idempotency_key`]) protect.
     pub async fn push<I>(&self, items: I) -> Result<Vec<ItemId>>
     where
         I: IntoIterator,

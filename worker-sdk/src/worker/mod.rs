@@ -176,7 +176,8 @@ impl Queue {
                     l
                 }
                 Err(e) if e.is_transient() => {
-                    let delay = backoff.next_delay();
+                    // Never sooner than the server asked (RetryInfo).
+                    let delay = crate::finish::retry_delay(&mut backoff, &e);
                     tracing::warn!(queue = %self.name(), error = %e, ?delay, "lease failed; retrying");
                     drop(permits);
                     tokio::select! {
