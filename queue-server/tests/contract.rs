@@ -124,6 +124,14 @@ async fn completing_twice_with_the_same_token_is_ok_and_counted_once() {
     let s = stats(&mut c, &q).await;
     assert_eq!((s.enqueued, s.completed, s.leased), (1, 1, 0));
     assert_eq!(s.state(), pb::QueueState::Empty);
+
+    // All or nothing, a batch of live and already-done tokens succeeds.
+    enqueue_n(&mut c, &q, 1).await;
+    let more = lease(&mut c, &q, 1, None).await;
+    let both = [tokens(&l), tokens(&more)].concat();
+    let out = complete(&mut c, &q, both, false).await.expect("mixed");
+    assert_eq!((out.completed, out.already_completed), (1, 1));
+    assert_eq!(stats(&mut c, &q).await.completed, 2);
 }
 
 #[tokio::test]
