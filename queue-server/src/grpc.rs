@@ -1,300 +1,40 @@
-//! The gRPC service: a thin adapter. Proto in, one engine call, proto out;
-//! engine errors become `tonic::Status` in exactly one place, [`status`].
+//! The gRPC service: a thin adapter. Proto in, one engine call, proto out.
+//!
+//! - `reject`: engine errors become a status (or an in-stream
+//!   `Problem`) with their `ErrorReason`, metadata and details in exactly one
+//!   place, [`rejection`];
+//! - `request`: fields parsed at the edge, refused naming the field;
+//! - `convert`: the wire's types to the engine's and back;
+//! - [`pages`]: the page tokens of ListQueues and ListDead.
 
 mod convert;
 pub mod pages;
+mod reject;
+mod request;
 
 pub use convert::{
     dead_pb, enqueue_items, enqueued_pb, leased_pb, opt_duration, queue_pb, settings_pb, state_pb,
     stats_pb,
 };
+pub use reject::{invalid_field, invalid_field_rejection, rejection, status};
+use request::{
+    batch, count, duration, first_message, int32, non_negative, queue_name, results_pb,
+    settings_of, settings_update, tokens,
+};
+pub use request::{lease_state, parse_tokens, token_result_pb};
 
 use crate::engine::Engine;
-use crate::error::{Error, StaleCause};
-use crate::names::{ItemId, LeaseToken, QueueName};
-use crate::queue::{Batch, Outcome, TokenResult};
-use crate::settings::{QueueSettings, SettingsPatch};
+use crate::error::Error;
+use crate::names::ItemId;
+use crate::queue::TokenResult;
+use crate::settings::QueueSettings;
 use futures::Stream;
 use std::pin::Pin;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
-use workq_proto::errors::Rejection;
+use tonic::{Request, Response, Status};
 use workq_proto::v1 as pb;
-use workq_proto::v1::ErrorReason;
 use workq_proto::v1::queue_service_server::QueueService;
-
-/// How long a client waits before retrying after a transient refusal
-/// (RetryInfo): a full server, a stopping one.
-const RETRY_SOON: Duration = Duration::from_secs(1);
-
-/// How long a client waits before retrying on a server whose store failed:
-/// it exits and restarts.
-const RETRY_AFTER_RESTART: Duration = Duration::from_secs(5);
-
-/// The refusal a client sees for an engine error: code, reason, metadata
-/// and details. The one place errors are mapped.
-pub fn rejection(err: &Error) -> Rejection {
-    let msg = err.to_string();
-    let fp = Code::FailedPrecondition;
-    match err {
-        Error::InvalidField { field, .. } => {
-            Rejection::new(Code::InvalidArgument, ErrorReason::InvalidField, msg).field(field)
-        }
-        Error::LimitExceeded { bound, .. } => {
-            let value_key = if bound.limit.starts_with("min_") {
-                "min"
-            } else {
-                "max"
-            };
-            Rejection::new(Code::InvalidArgument, ErrorReason::LimitExceeded, msg)
-                .meta("limit", bound.limit)
-                .meta(value_key, &bound.value)
-                .field(&bound.field)
-        }
-        Error::DuplicateToken { item } => {
-            Rejection::new(Code::InvalidArgument, ErrorReason::DuplicateToken, msg)
-                .meta("item", item)
-        }
-        Error::RequestIdReused { request_id, .. } => {
-            Rejection::new(Code::InvalidArgument, ErrorReason::RequestIdReused, msg)
-                .meta("request_id", request_id)
-                .field("request_id")
-        }
-        Error::InvalidPageToken(_) => {
-            Rejection::new(Code::InvalidArgument, ErrorReason::InvalidPageToken, msg)
-                .field("page_token")
-        }
-        Error::QueueNotFound(q) => Rejection::new(Code::NotFound, ErrorReason::QueueNotFound, msg)
-            .meta("queue", q)
-            .resource("Queue", q.as_str()),
-        Error::QueueExists(q) => Rejection::new(Code::AlreadyExists, ErrorReason::QueueExists, msg)
-            .meta("queue", q)
-            .resource("Queue", q.as_str()),
-        Error::Sealed(q) => Rejection::new(fp, ErrorReason::QueueSealed, msg).meta("queue", q),
-        Error::StaleLease {
-            queue,
-            token,
-            cause,
-        } => {
-            let reason = match cause {
-                StaleCause::Expired => ErrorReason::LeaseExpired,
-                StaleCause::Taken => ErrorReason::LeaseTaken,
-                StaleCause::Finished(_) => ErrorReason::LeaseFinished,
-                StaleCause::ItemCompleted => ErrorReason::ItemCompleted,
-                StaleCause::ItemDead => ErrorReason::ItemDead,
-            };
-            let r = Rejection::new(fp, reason, msg)
-                .meta("queue", queue)
-                .meta("item", token.item)
-                .meta("lease_token", token);
-            match cause {
-                StaleCause::Finished(how) => r.meta("finished", how.as_str()),
-                _ => r,
-            }
-        }
-        Error::ItemNotDead { queue, item } => Rejection::new(fp, ErrorReason::ItemNotDead, msg)
-            .meta("queue", queue)
-            .meta("item", item),
-        Error::ItemNotFound { queue, item } => {
-            Rejection::new(Code::NotFound, ErrorReason::ItemNotFound, msg)
-                .meta("queue", queue)
-                .meta("item", item)
-                .resource("Item", format!("{queue}/{item}"))
-        }
-        Error::Store(_) => Rejection::new(Code::Unavailable, ErrorReason::StoreFailed, msg)
-            .retry_after(RETRY_AFTER_RESTART),
-        Error::ShuttingDown => Rejection::new(Code::Unavailable, ErrorReason::ShuttingDown, msg)
-            .retry_after(RETRY_SOON),
-        Error::Exhausted { limit, max, .. } => {
-            Rejection::new(Code::ResourceExhausted, ErrorReason::ServerFull, msg)
-                .meta("limit", limit)
-                .meta("max", max)
-                .retry_after(RETRY_SOON)
-        }
-    }
-}
-
-/// Maps an engine error to the gRPC status a client sees.
-pub fn status(err: Error) -> Status {
-    rejection(&err).to_status()
-}
-
-/// A malformed request field: INVALID_ARGUMENT, reason INVALID_FIELD, and a
-/// BadRequest naming `field`.
-pub fn invalid_field_rejection(field: &str, message: impl Into<String>) -> Rejection {
-    rejection(&Error::invalid(field, message))
-}
-
-/// [`invalid_field_rejection`] as a status.
-pub fn invalid_field(field: &str, message: impl Into<String>) -> Status {
-    invalid_field_rejection(field, message).to_status()
-}
-
-fn queue_name(field: &str, s: &str) -> Result<QueueName, Status> {
-    s.parse()
-        .map_err(|e: crate::names::ParseError| invalid_field(field, e.0))
-}
-
-/// Lease tokens as sent in `field`; the first that does not parse is
-/// refused naming its index (`lease_tokens[3]`).
-pub fn parse_tokens(field: &str, raw: &[String]) -> Result<Vec<LeaseToken>, Box<Rejection>> {
-    raw.iter()
-        .enumerate()
-        .map(|(i, t)| {
-            t.parse().map_err(|e: crate::names::ParseError| {
-                Box::new(invalid_field_rejection(&format!("{field}[{i}]"), e.0))
-            })
-        })
-        .collect()
-}
-
-fn tokens(field: &str, raw: &[String]) -> Result<Vec<LeaseToken>, Status> {
-    parse_tokens(field, raw).map_err(|r| r.to_status())
-}
-
-fn duration(
-    field: &str,
-    d: Option<&prost_types::Duration>,
-) -> Result<Option<std::time::Duration>, Status> {
-    opt_duration(field, d).map_err(|e| invalid_field(field, e))
-}
-
-fn non_negative(field: &str, n: i32) -> Result<usize, Status> {
-    usize::try_from(n)
-        .map_err(|_| invalid_field(field, format!("{field} is {n}: it must not be negative")))
-}
-
-/// The first message of a client stream, which names the queue.
-async fn first_message<T>(inbound: &mut tonic::Streaming<T>, what: &str) -> Result<T, Status> {
-    inbound.message().await?.ok_or_else(|| {
-        invalid_field(
-            "queue",
-            format!("{what} starts with a message naming the queue; none came"),
-        )
-    })
-}
-
-/// Settings as a call gives them, each field set or not.
-fn settings_of(s: Option<pb::QueueSettings>) -> Result<SettingsPatch, Status> {
-    let s = s.unwrap_or_default();
-    let max_attempts = match s.max_attempts {
-        None => None,
-        Some(n) => Some(u32::try_from(n).map_err(|_| {
-            invalid_field(
-                "settings.max_attempts",
-                format!("max_attempts is {n}: use 1 to 1000"),
-            )
-        })?),
-    };
-    Ok(SettingsPatch {
-        default_lease: duration("settings.default_lease", s.default_lease.as_ref())?,
-        max_attempts,
-        retry_backoff: duration("settings.retry_backoff", s.retry_backoff.as_ref())?,
-        retry_backoff_max: duration("settings.retry_backoff_max", s.retry_backoff_max.as_ref())?,
-    })
-}
-
-/// The settings an UpdateQueue changes: the paths of `mask` (each set to
-/// the value given, or the server's default when unset); every field set
-/// when the mask is empty.
-fn settings_update(
-    given: SettingsPatch,
-    mask: Option<prost_types::FieldMask>,
-    defaults: &QueueSettings,
-) -> Result<SettingsPatch, Status> {
-    let paths = mask.map(|m| m.paths).unwrap_or_default();
-    if paths.is_empty() {
-        return Ok(given);
-    }
-    let mut out = SettingsPatch::default();
-    for path in &paths {
-        match path.as_str() {
-            "settings" => {
-                out = SettingsPatch {
-                    default_lease: given.default_lease.or(Some(defaults.default_lease)),
-                    max_attempts: given.max_attempts.or(Some(defaults.max_attempts)),
-                    retry_backoff: given.retry_backoff.or(Some(defaults.retry_backoff)),
-                    retry_backoff_max: given.retry_backoff_max.or(Some(defaults.retry_backoff_max)),
-                }
-            }
-            "settings.default_lease" => {
-                out.default_lease = given.default_lease.or(Some(defaults.default_lease));
-            }
-            "settings.max_attempts" => {
-                out.max_attempts = given.max_attempts.or(Some(defaults.max_attempts));
-            }
-            "settings.retry_backoff" => {
-                out.retry_backoff = given.retry_backoff.or(Some(defaults.retry_backoff));
-            }
-            "settings.retry_backoff_max" => {
-                out.retry_backoff_max =
-                    given.retry_backoff_max.or(Some(defaults.retry_backoff_max));
-            }
-            other => {
-                return Err(invalid_field(
-                    "update_mask",
-                    format!(
-                        "update_mask path {} is not a queue setting: use \"settings\", \
-                         \"settings.default_lease\", \"settings.max_attempts\", \
-                         \"settings.retry_backoff\" or \"settings.retry_backoff_max\"",
-                        crate::names::quoted(other)
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A queue's state as a lease saw it.
-pub fn lease_state(sealed: bool, empty: bool) -> pb::QueueState {
-    match (sealed, empty) {
-        (true, true) => pb::QueueState::Drained,
-        (true, false) => pb::QueueState::Sealed,
-        (false, true) => pb::QueueState::Empty,
-        (false, false) => pb::QueueState::Active,
-    }
-}
-
-/// How a call asks its batch to be judged.
-fn batch(per_token_results: bool) -> Batch {
-    if per_token_results {
-        Batch::EachToken
-    } else {
-        Batch::AllOrNothing
-    }
-}
-
-/// The wire form of one token's result; refusals carry their problem.
-pub fn token_result_pb(r: &TokenResult) -> pb::TokenResult {
-    let (outcome, problem) = match &r.outcome {
-        Outcome::Done => (pb::TokenOutcome::Done, None),
-        Outcome::AlreadyDone => (pb::TokenOutcome::AlreadyDone, None),
-        Outcome::Refused(e) => (pb::TokenOutcome::Refused, Some(rejection(e).to_problem())),
-    };
-    pb::TokenResult {
-        lease_token: r.token.to_string(),
-        outcome: outcome as i32,
-        problem,
-        lease_expire_time: r.deadline.map(workq_proto::time::timestamp_ms),
-        dead: r.dead,
-    }
-}
-
-/// The results of a batch for its answer: one per token when asked for.
-fn results_pb(results: &[TokenResult], per_token_results: bool) -> Vec<pb::TokenResult> {
-    if per_token_results {
-        results.iter().map(token_result_pb).collect()
-    } else {
-        Vec::new()
-    }
-}
-
-fn count(results: &[TokenResult], f: impl Fn(&TokenResult) -> bool) -> i32 {
-    int32(results.iter().filter(|r| f(r)).count())
-}
 
 /// The `workq.v1.QueueService` implementation over an [`Engine`].
 #[derive(Debug, Clone)]
@@ -326,10 +66,6 @@ where
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(serve(tx));
     Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-}
-
-fn int32(n: usize) -> i32 {
-    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 #[tonic::async_trait]

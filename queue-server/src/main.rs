@@ -83,9 +83,9 @@ struct Args {
     #[arg(long, env = "WQ_MAX_QUEUES", default_value_t = Limits::default().max_queues)]
     max_queues: usize,
     /// Most finished leases and enqueue request ids remembered for
-    /// idempotent retries, all queues together (about 80 bytes each, plus
-    /// 16 per item of a remembered enqueue); the oldest of a queue is
-    /// forgotten first.
+    /// idempotent retries, all queues together (about 80 bytes each; a
+    /// remembered enqueue counts 1 plus 1 per item); the oldest of a queue
+    /// is forgotten first.
     #[arg(long, env = "WQ_MAX_FINISHED_TOKENS", default_value_t = Limits::default().max_finished_tokens)]
     max_finished_tokens: u64,
     /// Largest page of ListQueues and ListDead.

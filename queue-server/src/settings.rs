@@ -84,8 +84,8 @@ pub struct Limits {
     pub max_queues: usize,
     /// Most finished leases and enqueue request ids remembered, all queues
     /// together, for idempotent retries (`--max-finished-tokens`); the
-    /// oldest of a queue is forgotten first. See [`crate::queue`] for what
-    /// an entry costs.
+    /// oldest of a queue is forgotten first. See [`crate::queue::recall`]
+    /// for what an entry costs (about 80 bytes).
     pub max_finished_tokens: u64,
     /// Largest page of ListQueues and ListDead.
     pub max_page_size: usize,

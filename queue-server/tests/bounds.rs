@@ -146,6 +146,30 @@ async fn list_dead_pages_down_to_what_fits() {
         "the reason is cut in bytes: {} bytes",
         reason.len()
     );
+    // The page is short of page_size (0: the largest), and its token goes on
+    // from there.
+    assert!(!listed.next_page_token.is_empty());
+    let rest = c
+        .list_dead(pb::ListDeadRequest {
+            queue: "dead".into(),
+            page_token: listed.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("next page")
+        .into_inner();
+    assert_eq!(rest.items.len(), 2);
+    assert!(rest.next_page_token.is_empty(), "the last page");
+    let ids: Vec<u64> = listed
+        .items
+        .iter()
+        .chain(&rest.items)
+        .map(|i| i.id.parse().expect("id"))
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "in id order, each once: {ids:?}"
+    );
     server.shutdown().await.expect("shutdown");
 }
 

@@ -10,12 +10,13 @@
 //! became of the item, LEASE_EXPIRED, ITEM_COMPLETED, ...).
 //!
 //! # Memory
-//! A finished lease costs about 80 bytes: its map entry (item id, sequence,
-//! deadline and how, 32 bytes, with the hash table's control byte and load
-//! factor about 48) and its place in the expiry order (24 bytes). A
-//! remembered enqueue counts as 1 entry plus 1 per item (16 bytes each, plus
-//! its request id). At the default of 1,000,000 entries that is at most
-//! about 80 MB.
+//! A finished lease costs its map entry (item id, then sequence, deadline,
+//! how and whether it died: 32 bytes, plus the hash table's control byte
+//! and spare capacity, 37 to 73 bytes) and its place in the expiry order
+//! (24 bytes, up to 48 with the ring buffer's spare capacity): about 80
+//! bytes on average, 60 to 120. A remembered enqueue counts as 1 entry plus
+//! 1 per item (each item's answer is 16 bytes, plus the request id). At the
+//! default of 1,000,000 entries that is about 80 MB at most.
 //!
 //! # Not persisted
 //! Nothing here survives a restart: after one, a retried finish is refused
@@ -238,5 +239,48 @@ impl Recall {
         let f = self.finished_order.front().map(|e| e.0);
         let r = self.request_order.front().map(|e| e.0);
         f.into_iter().chain(r).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_bounds_every_queue_and_the_oldest_is_forgotten_first() {
+        let budget = RecallBudget::new(3);
+        let mut a = Recall::new(budget.clone(), 1000);
+        let mut b = Recall::new(budget.clone(), 1000);
+        for i in 1..=3 {
+            a.finish(i, ItemId(i), i, Finish::Completed, false);
+        }
+        assert_eq!(budget.used(), 3);
+        // Full: b has nothing of its own to forget, so it remembers nothing.
+        b.finish(4, ItemId(10), 1, Finish::Released, false);
+        assert_eq!((b.finished(ItemId(10)), budget.used()), (None, 3));
+        // a forgets its oldest.
+        a.finish(5, ItemId(4), 4, Finish::Failed, true);
+        assert!(a.finished(ItemId(1)).is_none());
+        assert_eq!(
+            a.finished(ItemId(4)).map(|f| (f.how, f.dead)),
+            Some((Finish::Failed, true))
+        );
+        // A new finish of the same item replaces its entry, costing nothing.
+        a.finish(6, ItemId(4), 5, Finish::Completed, false);
+        assert_eq!(budget.used(), 3);
+        // The window passes; a request's answer costs 1 + its items.
+        a.expire(1006);
+        assert_eq!(budget.used(), 0);
+        let items = [Enqueued {
+            id: ItemId(7),
+            duplicate: false,
+        }];
+        a.remember_request(1006, "r", &items);
+        assert_eq!(
+            (a.request("r").map(<[_]>::len), budget.used()),
+            (Some(1), 2)
+        );
+        drop(a);
+        assert_eq!(budget.used(), 0, "a dropped queue gives its entries back");
     }
 }
