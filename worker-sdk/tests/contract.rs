@@ -24,6 +24,7 @@ use worker_sdk::{
     Client, Error, Failure, LeaseLostReason, LeaseOptions, LeaseToken, Queue, QueueSettings,
     QueueState, RequeueDead, WorkError, WorkerOptions,
 };
+use workq_proto::errors::Rejection;
 use workq_proto::v1 as pb;
 use workq_proto::v1::queue_service_server::{QueueService, QueueServiceServer};
 
@@ -34,6 +35,13 @@ struct Faults {
     lose_complete: Arc<AtomicUsize>,
     /// Enqueue calls to run and then answer UNAVAILABLE.
     lose_enqueue: Arc<AtomicUsize>,
+    /// Complete calls to answer as a restarted server that forgot the
+    /// tokens it finished would: refused, `ITEM_COMPLETED` (per token when
+    /// asked per token), without calling the real service.
+    forget_complete: Arc<AtomicUsize>,
+    /// After losing a Complete answer, forget the next Complete as a server
+    /// restarted since would.
+    restart_after_loss: Arc<std::sync::atomic::AtomicBool>,
     /// Complete calls seen.
     complete_calls: Arc<AtomicUsize>,
     /// Enqueue calls seen, and their request ids.
@@ -49,6 +57,38 @@ fn take_one(n: &AtomicUsize) -> bool {
 
 fn answer_lost() -> Status {
     Status::unavailable("test: the answer was lost after the call committed")
+}
+
+/// What a server that restarted since the tokens were completed answers.
+fn forgotten(req: &pb::CompleteRequest) -> Res<pb::CompleteResponse> {
+    let refusal = |token: &str| {
+        Rejection::new(
+            tonic::Code::FailedPrecondition,
+            pb::ErrorReason::ItemCompleted,
+            format!("lease {token}: the item is no longer in the queue (completed)"),
+        )
+        .meta("queue", &req.queue)
+        .meta("lease_token", token)
+    };
+    if !req.per_token_results {
+        let token = req.lease_tokens.first().cloned().unwrap_or_default();
+        return Err(refusal(&token).to_status());
+    }
+    Ok(Response::new(pb::CompleteResponse {
+        completed: 0,
+        already_completed: 0,
+        results: req
+            .lease_tokens
+            .iter()
+            .map(|t| pb::TokenResult {
+                lease_token: t.clone(),
+                outcome: pb::TokenOutcome::Refused as i32,
+                problem: Some(refusal(t).to_problem()),
+                lease_expire_time: None,
+                dead: false,
+            })
+            .collect(),
+    }))
 }
 
 /// The real service, with answers lost on demand.
@@ -129,8 +169,14 @@ impl QueueService for Lossy {
     }
     async fn complete(&self, r: Request<pb::CompleteRequest>) -> Res<pb::CompleteResponse> {
         self.faults.complete_calls.fetch_add(1, Ordering::SeqCst);
+        if take_one(&self.faults.forget_complete) {
+            return forgotten(r.get_ref());
+        }
         let answer = self.inner.complete(r).await;
         if answer.is_ok() && take_one(&self.faults.lose_complete) {
+            if self.faults.restart_after_loss.load(Ordering::SeqCst) {
+                self.faults.forget_complete.store(1, Ordering::SeqCst);
+            }
             return Err(answer_lost());
         }
         answer
@@ -521,4 +567,80 @@ async fn limits_budgets_and_the_lifecycle() {
     assert_eq!(s.state, QueueState::Drained);
     assert!(e.delete().await.expect("delete"));
     assert!(!e.delete().await.expect("delete a missing queue"));
+}
+
+/// The SDK's receive limit follows the server's `max_message_bytes`: a lease
+/// answer of 24 MB, above the contract's default of 16 MiB, arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_up_to_the_servers_message_limit_are_received() {
+    let h = Harness::start(Limits {
+        max_message_bytes: 32 * 1024 * 1024,
+        ..Limits::default()
+    })
+    .await;
+    let q = h.queue("big").await;
+    let item = vec![b'x'; 1_000_000];
+    q.push((0..24).map(|_| item.clone())).await.expect("push");
+    let got = q.lease(&lease(24)).await.expect("a 24 MB answer");
+    assert_eq!(got.items.len(), 24);
+    assert!(got.items.iter().all(|i| i.payload.len() == 1_000_000));
+}
+
+/// The first Complete commits and its answer is lost; the server restarts
+/// and no longer remembers the token, so the retry is refused with
+/// ITEM_COMPLETED: on a retry that reason means the first try did it, and
+/// the item is reported completed (the worker loop, one item at a time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_completion_refused_as_item_completed_is_a_completion() {
+    let h = Harness::start(Limits::default()).await;
+    let q = h.queue("forgot").await;
+    q.push(["x"]).await.expect("push");
+    h.faults.lose_complete.store(1, Ordering::SeqCst);
+    h.faults.restart_after_loss.store(true, Ordering::SeqCst);
+    let summary = q
+        .work(
+            WorkerOptions::default()
+                .handle_signals(false)
+                .until_empty(true),
+            |_job| async { Ok::<(), WorkError>(()) },
+        )
+        .await
+        .expect("work");
+    assert_eq!((summary.completed, summary.lost), (1, 0), "{summary:?}");
+    assert_eq!(h.faults.complete_calls.load(Ordering::SeqCst), 2);
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.completed, s.leased, s.pending), (1, 0, 0), "{s:?}");
+
+    // The first try's refusal is what it says, though.
+    q.push(["y"]).await.expect("push");
+    let leased = q.lease(&lease(1)).await.expect("lease");
+    h.faults.forget_complete.store(1, Ordering::SeqCst);
+    let e = q
+        .complete(&tokens(&leased.items))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.lease_lost_reason(), Some(LeaseLostReason::ItemCompleted));
+}
+
+/// The same through the completer: per-token refusals of a retried batch
+/// with ITEM_COMPLETED are completions.
+#[tokio::test(flavor = "current_thread")]
+async fn a_retried_batch_refused_per_token_as_item_completed_is_completed() {
+    let h = Harness::start(Limits::default()).await;
+    let q = h.queue("forgot-batch").await;
+    q.push(["a", "b", "c"]).await.expect("push");
+    let leased = q.lease(&lease(3)).await.expect("lease");
+    h.faults.lose_complete.store(1, Ordering::SeqCst);
+    h.faults.restart_after_loss.store(true, Ordering::SeqCst);
+    let acker = Acker::start(q.clone());
+    let results = futures::future::join_all(
+        tokens(&leased.items)
+            .into_iter()
+            .map(|t| acker.complete(&q, t)),
+    )
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(h.faults.complete_calls.load(Ordering::SeqCst), 2);
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.completed, s.leased), (3, 0), "{s:?}");
 }

@@ -24,6 +24,10 @@ use workq_proto::time;
 /// Deadline of an ordinary call; a lease call gets its wait on top.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Deadline of the GetServerInfo call made before a connection's first call
+/// (again before later ones while it fails).
+const INFO_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A connection to a workq queue service.
 #[derive(Clone)]
 pub(crate) struct GrpcBackend {
@@ -91,7 +95,7 @@ impl GrpcBackend {
         match self
             .client
             .clone()
-            .get_server_info(request(pb::GetServerInfoRequest {}, CALL_TIMEOUT))
+            .get_server_info(request(pb::GetServerInfoRequest {}, INFO_TIMEOUT))
             .await
         {
             Ok(resp) => Ok(Some(server_info_from_pb(resp.into_inner()))),
