@@ -269,6 +269,15 @@ impl QueueService for GrpcService {
         let first = first_message(&mut inbound, "a Work stream").await?;
         let name = queue_name("queue", &first.queue)?;
         let lease = duration("lease", first.lease.as_ref())?;
+        if first.max_outstanding_bytes < 0 {
+            return Err(invalid_field(
+                "max_outstanding_bytes",
+                format!(
+                    "max_outstanding_bytes is {}: it must not be negative (0: no limit)",
+                    first.max_outstanding_bytes
+                ),
+            ));
+        }
         // Refuse at once what every lease would refuse.
         self.engine.get_queue(&name).map_err(status)?;
         if let Some(d) = lease {

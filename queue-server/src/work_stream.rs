@@ -211,7 +211,9 @@ async fn run(
             } => { leasing = None; match out {
                 Ok(out) => {
                     credit -= out.items.len() as u64;
-                    blocked = out.over_budget;
+                    // Held back only when nothing fitted the room left (a
+                    // push cut short by the message budget is not).
+                    blocked = out.over_budget && out.items.is_empty();
                     for i in &out.items {
                         let bytes = if max_outstanding == 0 { 0 } else { i.answer_bytes() };
                         held.insert(i.token, bytes);

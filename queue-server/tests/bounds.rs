@@ -111,6 +111,32 @@ async fn a_lease_returns_what_fits_and_leaves_the_rest_pending() {
 }
 
 #[tokio::test]
+async fn a_work_stream_cut_short_by_the_message_budget_pushes_the_rest_next() {
+    let (server, mut c) = server(small_messages()).await;
+    for i in 0..5u8 {
+        enqueue(&mut c, "big-work", vec![i; 300 * KIB]).await;
+    }
+    let (tx, mut answers) = work(&mut c, "big-work", 5).await;
+    let mut pushes = Vec::new();
+    // A guard against a hang, not a timed assertion: the rest is pushed at once.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while pushes.iter().sum::<usize>() < 5 {
+            let msg = answers.message().await.expect("answer").expect("items");
+            pushes.push(msg.items.len());
+        }
+    })
+    .await
+    .expect("the rest never came");
+    assert_eq!(
+        pushes,
+        vec![3, 2],
+        "three fit in 1 MiB, the rest follow at once"
+    );
+    drop(tx);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
 async fn list_dead_pages_down_to_what_fits() {
     let (server, mut c) = server(small_messages()).await;
     for i in 0..5u8 {

@@ -124,6 +124,10 @@ async fn completing_twice_with_the_same_token_is_ok_and_counted_once() {
     let s = stats(&mut c, &q).await;
     assert_eq!((s.enqueued, s.completed, s.leased), (1, 1, 0));
     assert_eq!(s.state(), pb::QueueState::Empty);
+    assert!(
+        server.metrics().contains("workq_remembered_finishes 1\n"),
+        "the finish is remembered once"
+    );
 
     // All or nothing, a batch of live and already-done tokens succeeds.
     enqueue_n(&mut c, &q, 1).await;
