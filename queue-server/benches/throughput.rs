@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use workq_proto::v1 as pb;
 use workq_proto::v1::queue_service_client::QueueServiceClient;
@@ -123,6 +123,7 @@ async fn produce(server: &Server, queue: &str, items: u64, batch: u64, tasks: u6
                     queue: queue.clone(),
                     items: (start..end).map(payload).collect(),
                     create_queue: true,
+                    ..Default::default()
                 };
                 c.enqueue(req).await.expect("enqueue");
             }
@@ -141,10 +142,10 @@ async fn consume(server: &Server, queue: &str, items: u64, batch: u32, tasks: u6
             while done.load(Ordering::Relaxed) < items {
                 let req = pb::LeaseRequest {
                     queue: queue.clone(),
-                    max_items: batch,
-                    lease_ms: 60_000,
-                    wait_ms,
-                    complete_tokens: Vec::new(),
+                    max_items: batch as i32,
+                    lease: Some(workq_proto::time::duration(Duration::from_secs(60))),
+                    wait: Some(workq_proto::time::duration(Duration::from_millis(wait_ms))),
+                    ..Default::default()
                 };
                 let l = match c.lease(req).await {
                     Ok(l) => l.into_inner(),
@@ -158,6 +159,7 @@ async fn consume(server: &Server, queue: &str, items: u64, batch: u32, tasks: u6
                 let req = pb::CompleteRequest {
                     queue: queue.clone(),
                     lease_tokens: l.items.into_iter().map(|i| i.lease_token).collect(),
+                    ..Default::default()
                 };
                 c.complete(req).await.expect("complete");
                 done.fetch_add(n, Ordering::Relaxed);

@@ -27,9 +27,9 @@
 
 use crate::error::{Error, Result};
 use crate::names::{ItemId, LeaseToken, QueueName};
-use crate::queue::{DeadItem, Enqueued, Journal, NewItem, Queue};
+use crate::queue::{Enqueued, Journal, NewItem, Queue, RecallBudget};
 use crate::settings::{Limits, QueueSettings};
-use crate::store::{Commit, FailureHook, Store, StoreError, StoreOp};
+use crate::store::{Commit, FailureHook, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -38,7 +38,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 mod cell;
+mod dead;
+mod finish;
 mod outcomes;
+mod queues;
 
 pub use crate::clock::Clock;
 use cell::{Parked, QueueCell};
@@ -54,6 +57,8 @@ struct Inner {
     durable: bool,
     limits: Limits,
     defaults: QueueSettings,
+    /// What every queue remembers for retries ([`crate::queue::recall`]).
+    recall: Arc<RecallBudget>,
     clock: Clock,
     next_id: AtomicU64,
     next_seq: AtomicU64,
@@ -111,7 +116,8 @@ impl Engine {
     pub fn open(store: Arc<dyn Store>, limits: Limits, defaults: QueueSettings) -> Result<Self> {
         limits
             .check()
-            .map_err(|e| Error::InvalidArgument(format!("queue-server limits: {e}")))?;
+            .map_err(|e| Error::invalid("limits", format!("queue-server limits: {e}")))?;
+        let recall = RecallBudget::new(limits.max_finished_tokens);
         let snapshot = store.load()?;
         let clock = Clock::new();
         let now = clock.now_ms();
@@ -133,6 +139,7 @@ impl Engine {
                 keys.remove(&name).unwrap_or_default(),
                 window,
                 now,
+                recall.clone(),
             );
             queues.insert(name, Arc::new(QueueCell::new(q)));
         }
@@ -149,6 +156,7 @@ impl Engine {
                 store,
                 limits,
                 defaults,
+                recall,
                 clock,
                 next_id: AtomicU64::new(snapshot.next_item_id.max(1)),
                 next_seq: AtomicU64::new(seed),
@@ -328,118 +336,6 @@ impl Engine {
         Ok(f(&slot.queue))
     }
 
-    /// Creates a queue; zero settings take the defaults. Returns the queue and
-    /// whether it was created (false: it existed with the same settings).
-    pub async fn create_queue(
-        &self,
-        name: &QueueName,
-        settings: QueueSettings,
-    ) -> Result<(QueueInfo, bool)> {
-        let settings = self
-            .inner
-            .limits
-            .check_settings(settings, &self.inner.defaults)
-            .map_err(Error::InvalidArgument)?;
-        self.check_alive()?;
-        let (info, commit) = {
-            let mut map = self.write_map();
-            if let Some(cell) = map.get(name) {
-                let slot = cell.lock();
-                if *slot.queue.settings() != settings {
-                    return Err(Error::QueueExists(name.clone()));
-                }
-                return Ok((QueueInfo::of(&slot.queue), false));
-            }
-            let max_queues = self.inner.limits.max_queues;
-            if map.len() >= max_queues {
-                return Err(Error::Exhausted(format!(
-                    "cannot create queue {name}: the server holds {} queues, its limit of \
-                     {max_queues} (queue-server --max-queues); delete unused queues or raise \
-                     the limit",
-                    map.len()
-                )));
-            }
-            let queue = Queue::new(
-                name.clone(),
-                settings,
-                millis(self.inner.limits.idempotency_window),
-            );
-            let info = QueueInfo::of(&queue);
-            let commit = self.submit(vec![StoreOp::PutQueue(queue.record())]);
-            let cell = Arc::new(QueueCell::new(queue));
-            self.spawn_reaper(cell.clone());
-            map.insert(name.clone(), cell);
-            (info, commit)
-        };
-        commit.wait().await?;
-        metrics::counter!("workq_queues_created_total").increment(1);
-        Ok((info, true))
-    }
-
-    fn submit(&self, ops: Vec<StoreOp>) -> Commit {
-        if self.inner.durable {
-            self.inner
-                .store
-                .submit(ops)
-                .on_failure(self.inner.on_failure.clone())
-        } else {
-            Commit::done()
-        }
-    }
-
-    /// Describes one queue.
-    pub fn get_queue(&self, name: &QueueName) -> Result<QueueInfo> {
-        self.read(name, QueueInfo::of)
-    }
-
-    /// Describes every queue, by name.
-    pub fn list_queues(&self) -> Vec<QueueInfo> {
-        let cells: Vec<_> = self.read_map().values().cloned().collect();
-        let mut out: Vec<QueueInfo> = cells
-            .iter()
-            .map(|c| QueueInfo::of(&c.lock().queue))
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
-    }
-
-    /// Deletes a queue and all its items. Waiting lease calls answer
-    /// `NOT_FOUND`; watchers see the end.
-    pub async fn delete_queue(&self, name: &QueueName) -> Result<()> {
-        self.check_alive()?;
-        let commit = {
-            let mut map = self.write_map();
-            let cell = map
-                .remove(name)
-                .ok_or_else(|| Error::QueueNotFound(name.clone()))?;
-            let mut slot = cell.lock();
-            slot.deleted = true;
-            self.inner
-                .queued_bytes
-                .fetch_sub(slot.queue.queued_bytes(), Ordering::Relaxed);
-            cell.available.notify_waiters();
-            cell.timer.notify_one();
-            cell.info.send_replace(None);
-            self.submit(vec![StoreOp::DeleteQueue(name.clone())])
-        };
-        commit.wait().await?;
-        Ok(())
-    }
-
-    /// Removes every pending and delayed item; returns how many.
-    pub async fn purge(&self, name: &QueueName) -> Result<u64> {
-        self.mutate(name, |q, _, j| Ok(q.purge(j))).await
-    }
-
-    /// Seals a queue.
-    pub async fn seal(&self, name: &QueueName) -> Result<QueueInfo> {
-        self.mutate(name, |q, _, j| {
-            q.seal(j);
-            Ok(QueueInfo::of(q))
-        })
-        .await
-    }
-
     /// Adds a batch of items, all or nothing, creating the queue with default
     /// settings when `create` is set and it does not exist.
     pub async fn enqueue(
@@ -448,11 +344,24 @@ impl Engine {
         items: Vec<EnqueueItem>,
         create: bool,
     ) -> Result<Vec<Enqueued>> {
+        Ok(self.enqueue_request(name, items, create, None).await?.0)
+    }
+
+    /// [`Engine::enqueue`] of a call named by `request_id`: a retry of a call
+    /// remembered is answered with its items and `true` (replayed), adding
+    /// nothing.
+    pub async fn enqueue_request(
+        &self,
+        name: &QueueName,
+        items: Vec<EnqueueItem>,
+        create: bool,
+        request_id: Option<&str>,
+    ) -> Result<(Vec<Enqueued>, bool)> {
         self.check_items(&items)?;
         if create && self.cell(name).is_err() {
             self.create_queue(name, QueueSettings::UNSET).await?;
         }
-        let (out, commit) = self.enqueue_checked(name, items)?;
+        let (out, commit) = self.enqueue_checked(name, items, request_id)?;
         commit.wait().await?;
         Ok(out)
     }
@@ -466,14 +375,28 @@ impl Engine {
         items: Vec<EnqueueItem>,
     ) -> Result<(Vec<Enqueued>, Commit)> {
         self.check_items(&items)?;
-        self.enqueue_checked(name, items)
+        let ((out, _), commit) = self.enqueue_checked(name, items, None)?;
+        Ok((out, commit))
+    }
+
+    /// [`Engine::enqueue_now`] of a batch named by `request_id` (see
+    /// [`Engine::enqueue_request`]).
+    pub fn enqueue_request_now(
+        &self,
+        name: &QueueName,
+        items: Vec<EnqueueItem>,
+        request_id: Option<&str>,
+    ) -> Result<((Vec<Enqueued>, bool), Commit)> {
+        self.check_items(&items)?;
+        self.enqueue_checked(name, items, request_id)
     }
 
     fn enqueue_checked(
         &self,
         name: &QueueName,
         items: Vec<EnqueueItem>,
-    ) -> Result<(Vec<Enqueued>, Commit)> {
+        request_id: Option<&str>,
+    ) -> Result<((Vec<Enqueued>, bool), Commit)> {
         let new: Vec<NewItem> = items
             .into_iter()
             .map(|it| NewItem {
@@ -489,8 +412,9 @@ impl Engine {
         let n = new.len() as u64;
         let next_id = &self.inner.next_id;
         let out = self.mutate_now(name, |q, now, j| {
-            q.enqueue(
+            q.enqueue_request(
                 now,
+                request_id,
                 new,
                 || ItemId(next_id.fetch_add(1, Ordering::Relaxed)),
                 j,
@@ -520,26 +444,26 @@ impl Engine {
             .sum();
         let queued = self.queued_bytes();
         if queued.saturating_add(cost) > limits.max_queued_bytes {
-            return Err(Error::Exhausted(format!(
-                "the server holds {queued} bytes of items, and {cost} more would exceed its \
-                 limit of {} bytes (queue-server --max-queued-bytes); consume or purge items, \
-                 or retry later",
-                limits.max_queued_bytes
-            )));
+            return Err(Error::Exhausted {
+                limit: "max_queued_bytes",
+                max: limits.max_queued_bytes,
+                message: format!(
+                    "the server holds {queued} bytes of items, and {cost} more would exceed \
+                     its limit of {} bytes (queue-server --max-queued-bytes); consume or purge \
+                     items, or retry later",
+                    limits.max_queued_bytes
+                ),
+            });
         }
-        limits
-            .check_batch("enqueue", items.len())
-            .map_err(Error::InvalidArgument)?;
+        limits.check_batch("items", "enqueue", items.len())?;
         for (i, it) in items.iter().enumerate() {
-            limits
-                .check_item(
-                    i,
-                    it.payload.len(),
-                    &it.attributes,
-                    it.idempotency_key.as_deref(),
-                    it.delay,
-                )
-                .map_err(Error::InvalidArgument)?;
+            limits.check_item(
+                i,
+                it.payload.len(),
+                &it.attributes,
+                it.idempotency_key.as_deref(),
+                it.delay,
+            )?;
         }
         Ok(())
     }
@@ -554,7 +478,25 @@ impl Engine {
         lease: Option<Duration>,
         wait: Duration,
     ) -> Result<LeaseOutcome> {
-        self.complete_then_lease(name, &[], max, lease, wait).await
+        self.complete_then_lease(name, &[], max, 0, lease, wait)
+            .await
+    }
+
+    /// [`Engine::lease`] of at most `max_bytes` of items (0: no bound but
+    /// the answer's). The first item is given whatever its size only when
+    /// `first_free`; otherwise a lease that stops at an item too large
+    /// answers at once, saying so ([`LeaseOutcome::over_budget`]).
+    pub async fn lease_within(
+        &self,
+        name: &QueueName,
+        max: usize,
+        max_bytes: usize,
+        first_free: bool,
+        lease: Option<Duration>,
+        wait: Duration,
+    ) -> Result<LeaseOutcome> {
+        self.lease_inner(name, &[], max, (max_bytes, first_free), lease, wait)
+            .await
     }
 
     /// Completes `complete` (all or nothing, as [`Engine::complete`]), then
@@ -568,20 +510,36 @@ impl Engine {
         name: &QueueName,
         complete: &[LeaseToken],
         max: usize,
+        max_bytes: usize,
+        lease: Option<Duration>,
+        wait: Duration,
+    ) -> Result<LeaseOutcome> {
+        self.lease_inner(name, complete, max, (max_bytes, true), lease, wait)
+            .await
+    }
+
+    async fn lease_inner(
+        &self,
+        name: &QueueName,
+        complete: &[LeaseToken],
+        max: usize,
+        (max_bytes, first_free): (usize, bool),
         lease: Option<Duration>,
         wait: Duration,
     ) -> Result<LeaseOutcome> {
         let limits = &self.inner.limits;
-        limits
-            .check_batch("lease max_items", max)
-            .map_err(Error::InvalidArgument)?;
-        let wait = limits.check_wait(wait).map_err(Error::InvalidArgument)?;
+        limits.check_batch("max_items", "lease max_items", max)?;
+        let wait = limits.check_wait(wait)?;
+        let budget = match max_bytes {
+            0 => limits.answer_budget(),
+            n => n.min(limits.answer_budget()),
+        };
         let cell = self.cell(name)?;
         let lease = match lease {
             Some(d) => d,
             None => cell.lock().queue.settings().default_lease,
         };
-        let lease_ms = millis(limits.check_lease(lease).map_err(Error::InvalidArgument)?);
+        let lease_ms = millis(limits.check_lease("lease", lease)?);
         if !complete.is_empty() {
             self.complete(name, complete).await?;
         }
@@ -599,9 +557,9 @@ impl Engine {
                 self.check_alive()?;
                 let now = self.inner.clock.now_ms();
                 let next_seq = &self.inner.next_seq;
-                let items =
+                let (items, over_budget) =
                     slot.queue
-                        .lease_within(now, max, limits.answer_budget(), lease_ms, || {
+                        .lease_bounded(now, max, budget, first_free, lease_ms, || {
                             next_seq.fetch_add(1, Ordering::Relaxed)
                         });
                 let drained = slot.queue.drained();
@@ -610,6 +568,7 @@ impl Engine {
                     cell.changed(&slot);
                 }
                 (!items.is_empty()
+                    || over_budget
                     || drained
                     || last_try
                     || self.inner.stopping.load(Ordering::Relaxed))
@@ -617,6 +576,8 @@ impl Engine {
                     items,
                     drained,
                     empty,
+                    sealed: slot.queue.sealed(),
+                    over_budget,
                 })
             };
             if let Some(outcome) = outcome {
@@ -647,133 +608,10 @@ impl Engine {
         Ok(self.cell(name)?.waiting.load(Ordering::Relaxed))
     }
 
-    fn tokens_ok(&self, what: &str, tokens: &[LeaseToken]) -> Result<()> {
-        self.inner
-            .limits
-            .check_batch(what, tokens.len())
-            .map_err(Error::InvalidArgument)
-    }
-
-    /// Extends leases by `lease` (the queue's default when `None`).
-    pub async fn renew(
-        &self,
-        name: &QueueName,
-        tokens: &[LeaseToken],
-        lease: Option<Duration>,
-    ) -> Result<Vec<u64>> {
-        self.tokens_ok("renew", tokens)?;
-        let limits = self.inner.limits;
-        self.mutate(name, |q, now, _| {
-            let lease = lease.unwrap_or(q.settings().default_lease);
-            let lease_ms = millis(limits.check_lease(lease).map_err(Error::InvalidArgument)?);
-            q.renew(now, tokens, lease_ms)
-        })
-        .await
-    }
-
-    /// Completes leased items.
-    pub async fn complete(&self, name: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
-        self.tokens_ok("complete", tokens)?;
-        self.mutate(name, |q, now, j| q.complete(now, tokens, j))
-            .await?;
-        metrics::counter!("workq_items_completed_total").increment(tokens.len() as u64);
-        Ok(())
-    }
-
-    /// Fails leased items; returns how many went dead.
-    pub async fn fail(
-        &self,
-        name: &QueueName,
-        tokens: &[LeaseToken],
-        fatal: bool,
-        reason: &str,
-        retry_after: Duration,
-    ) -> Result<usize> {
-        self.tokens_ok("fail", tokens)?;
-        let limits = self.inner.limits;
-        if retry_after > limits.max_delay {
-            return Err(Error::InvalidArgument(format!(
-                "retry_after_ms: {} ms is longer than the limit of {} ms",
-                retry_after.as_millis(),
-                limits.max_delay.as_millis()
-            )));
-        }
-        let reason = if reason.is_empty() {
-            "no reason given"
-        } else {
-            reason
-        };
-        // Cut to the byte limit, on a character boundary.
-        let mut cut = reason.len().min(limits.max_attribute_bytes);
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let reason = &reason[..cut];
-        let dead = self
-            .mutate(name, |q, now, j| {
-                q.fail(now, tokens, fatal, reason, millis(retry_after), j)
-            })
-            .await?;
-        metrics::counter!("workq_items_failed_total").increment(tokens.len() as u64);
-        Ok(dead)
-    }
-
-    /// Gives leased items back at once, no attempt counted.
-    pub async fn release(&self, name: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
-        self.tokens_ok("release", tokens)?;
-        self.mutate(name, |q, now, _| q.release(now, tokens)).await
-    }
-
-    /// Keeps in `tokens` only the leases still live (none when the queue is
-    /// gone): for a `Work` stream to forget items completed or failed over
-    /// unary calls.
-    pub fn retain_live(
-        &self,
-        name: &QueueName,
-        tokens: &mut std::collections::HashSet<LeaseToken>,
-    ) {
-        let now = self.inner.clock.now_ms();
-        if self
-            .read(name, |q| tokens.retain(|t| q.is_live(now, *t)))
-            .is_err()
-        {
-            tokens.clear();
-        }
-    }
-
-    /// Gives back, at once and counting no attempt, those of `tokens` that
-    /// are still live leases; the others (completed, failed, expired, or the
-    /// queue gone) are skipped. Returns how many were released. For a `Work`
-    /// stream that ended with items in hand; any number of tokens.
-    pub async fn release_held(&self, name: &QueueName, tokens: &[LeaseToken]) -> Result<usize> {
-        if tokens.is_empty() {
-            return Ok(0);
-        }
-        let n = self
-            .mutate(name, |q, now, _| Ok(q.release_live(now, tokens)))
-            .await?;
-        if n > 0 {
-            metrics::counter!("workq_items_released_total").increment(n as u64);
-        }
-        Ok(n)
-    }
-
     /// Follows a queue's description: the current one, then every change.
     /// The value becomes `None` when the queue is deleted.
     pub fn watch(&self, name: &QueueName) -> Result<watch::Receiver<Option<QueueInfo>>> {
         Ok(self.cell(name)?.info.subscribe())
-    }
-
-    /// Dead items, oldest first, at most `limit`, and no more than fit in
-    /// one answer ([`Limits::answer_budget`]).
-    pub fn list_dead(&self, name: &QueueName, limit: usize) -> Result<Vec<DeadItem>> {
-        let budget = self.inner.limits.answer_budget();
-        self.read(name, |q| q.dead_items_within(limit, budget))
-    }
-
-    /// Moves dead items (all when `ids` is empty) back to pending.
-    pub async fn requeue_dead(&self, name: &QueueName, ids: &[ItemId]) -> Result<u64> {
-        self.mutate(name, |q, _, j| q.requeue_dead(ids, j)).await
     }
 
     /// Makes waiting lease calls answer at once, now and from now on.

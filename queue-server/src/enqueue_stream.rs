@@ -7,12 +7,13 @@
 //! once and share it.
 
 use crate::engine::{Engine, EnqueueItem};
-use crate::grpc::{enqueue_items, status};
+use crate::grpc::{enqueue_items, enqueued_pb, invalid_field_rejection, rejection};
 use crate::names::QueueName;
 use crate::store::Commit;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
+use workq_proto::errors::Rejection;
 use workq_proto::v1 as pb;
 
 /// What the server sends on an `EnqueueStream`.
@@ -30,11 +31,15 @@ pub async fn serve(
     let mut waiting = FuturesUnordered::new();
     let mut open = true;
     let add = |req: pb::EnqueueStreamRequest| {
-        let r#ref = req.r#ref;
-        let items: Vec<EnqueueItem> = enqueue_items(req.items);
-        match engine.enqueue_now(&name, items) {
-            Ok((out, commit)) => Ok(durable(r#ref, out, commit)),
-            Err(e) => Err(refused(r#ref, status(e))),
+        let sequence = req.sequence;
+        let items: Vec<EnqueueItem> = match enqueue_items(req.items) {
+            Ok(items) => items,
+            Err((field, e)) => return Err(refused(sequence, invalid_field_rejection(&field, e))),
+        };
+        let request_id = Some(req.request_id.as_str());
+        match engine.enqueue_request_now(&name, items, request_id) {
+            Ok(((out, replayed), commit)) => Ok(durable(sequence, out, replayed, commit)),
+            Err(e) => Err(refused(sequence, rejection(&e))),
         }
     };
     let mut answer_now = None;
@@ -79,7 +84,7 @@ pub async fn serve(
                 }
             },
             () = &mut stopping, if open => {
-                last_word = Some(Status::unavailable("the server is stopping"));
+                last_word = Some(rejection(&crate::Error::ShuttingDown).to_status());
                 open = false;
             }
             () = tx.closed() => return,
@@ -87,29 +92,28 @@ pub async fn serve(
     }
 }
 
-/// The answer to batch `ref`, once its commit is durable.
+/// The answer to batch `sequence`, once its commit is durable.
 async fn durable(
-    r#ref: u64,
+    sequence: i64,
     out: Vec<crate::queue::Enqueued>,
+    replayed: bool,
     commit: Commit,
 ) -> pb::EnqueueStreamResponse {
     match commit.wait().await {
         Ok(()) => pb::EnqueueStreamResponse {
-            r#ref,
-            code: 0,
-            message: String::new(),
-            item_ids: out.iter().map(|e| e.id.to_string()).collect(),
-            duplicate: out.iter().map(|e| e.duplicate).collect(),
+            sequence,
+            problem: None,
+            items: enqueued_pb(&out),
+            replayed,
         },
-        Err(e) => refused(r#ref, status(e.into())),
+        Err(e) => refused(sequence, rejection(&e.into())),
     }
 }
 
-fn refused(r#ref: u64, s: Status) -> pb::EnqueueStreamResponse {
+fn refused(sequence: i64, r: Rejection) -> pb::EnqueueStreamResponse {
     pb::EnqueueStreamResponse {
-        r#ref,
-        code: s.code() as i32,
-        message: s.message().to_owned(),
+        sequence,
+        problem: Some(r.to_problem()),
         ..Default::default()
     }
 }

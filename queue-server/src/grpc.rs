@@ -1,140 +1,40 @@
-//! The gRPC service: a thin adapter. Proto in, one engine call, proto out;
-//! engine errors become `tonic::Status` in exactly one place, [`status`].
+//! The gRPC service: a thin adapter. Proto in, one engine call, proto out.
+//!
+//! - `reject`: engine errors become a status (or an in-stream
+//!   `Problem`) with their `ErrorReason`, metadata and details in exactly one
+//!   place, [`rejection`];
+//! - `request`: fields parsed at the edge, refused naming the field;
+//! - `convert`: the wire's types to the engine's and back;
+//! - [`pages`]: the page tokens of ListQueues and ListDead.
 
-use crate::engine::{Engine, EnqueueItem, QueueInfo};
+mod convert;
+pub mod pages;
+mod reject;
+mod request;
+
+pub use convert::{
+    dead_pb, enqueue_items, enqueued_pb, leased_pb, opt_duration, queue_pb, settings_pb, state_pb,
+    stats_pb,
+};
+pub use reject::{invalid_field, invalid_field_rejection, rejection, status};
+use request::{
+    batch, count, duration, first_message, int32, non_negative, queue_name, results_pb,
+    settings_of, settings_update, tokens,
+};
+pub use request::{lease_state, parse_tokens, token_result_pb};
+
+use crate::engine::Engine;
 use crate::error::Error;
-use crate::names::{ItemId, LeaseToken, QueueName};
-use crate::queue::{DeadItem, Leased};
+use crate::names::ItemId;
+use crate::queue::TokenResult;
 use crate::settings::QueueSettings;
 use futures::Stream;
 use std::pin::Pin;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use workq_proto::v1 as pb;
 use workq_proto::v1::queue_service_server::QueueService;
-
-/// Maps an engine error to the gRPC status a client sees.
-pub fn status(err: Error) -> Status {
-    let msg = err.to_string();
-    match err {
-        Error::InvalidArgument(_) => Status::invalid_argument(msg),
-        Error::QueueNotFound(_) => Status::not_found(msg),
-        Error::QueueExists(_) => Status::already_exists(msg),
-        Error::Sealed(_) | Error::StaleLease { .. } => Status::failed_precondition(msg),
-        Error::Store(_) | Error::ShuttingDown => Status::unavailable(msg),
-        Error::Exhausted(_) => Status::resource_exhausted(msg),
-    }
-}
-
-fn queue_name(s: &str) -> Result<QueueName, Status> {
-    s.parse()
-        .map_err(|e: crate::names::ParseError| Status::invalid_argument(e.0))
-}
-
-fn tokens(raw: &[String]) -> Result<Vec<LeaseToken>, Status> {
-    raw.iter()
-        .map(|t| {
-            t.parse()
-                .map_err(|e: crate::names::ParseError| Status::invalid_argument(e.0))
-        })
-        .collect()
-}
-
-fn opt_ms(ms: u64) -> Option<Duration> {
-    (ms > 0).then(|| Duration::from_millis(ms))
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn settings_pb(s: &QueueSettings) -> pb::QueueSettings {
-    pb::QueueSettings {
-        default_lease_ms: ms(s.default_lease),
-        max_attempts: s.max_attempts,
-        retry_backoff_ms: ms(s.retry_backoff),
-        retry_backoff_max_ms: ms(s.retry_backoff_max),
-    }
-}
-
-/// The proto form of a queue's counters.
-pub fn stats_pb(info: &QueueInfo) -> pb::QueueStats {
-    let c = &info.counters;
-    pb::QueueStats {
-        queue: info.name.to_string(),
-        enqueued: c.enqueued,
-        pending: c.pending,
-        delayed: c.delayed,
-        leased: c.leased,
-        completed: c.completed,
-        dead: c.dead,
-        retried: c.retried,
-        sealed: info.sealed,
-        drained: info.drained,
-    }
-}
-
-fn info_pb(info: &QueueInfo) -> pb::QueueInfo {
-    pb::QueueInfo {
-        name: info.name.to_string(),
-        settings: Some(settings_pb(&info.settings)),
-        stats: Some(stats_pb(info)),
-    }
-}
-
-fn attributes_pb(a: &crate::item::Attributes) -> std::collections::HashMap<String, String> {
-    a.iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-/// The first message of a client stream, which names the queue.
-async fn first_message<T>(inbound: &mut tonic::Streaming<T>, what: &str) -> Result<T, Status> {
-    inbound.message().await?.ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "{what} starts with a message naming the queue; none came"
-        ))
-    })
-}
-
-/// Items to enqueue, from their proto form.
-pub fn enqueue_items(items: Vec<pb::NewItem>) -> Vec<EnqueueItem> {
-    items
-        .into_iter()
-        .map(|i| EnqueueItem {
-            payload: i.payload,
-            attributes: i.attributes.into_iter().collect(),
-            idempotency_key: (!i.idempotency_key.is_empty()).then_some(i.idempotency_key),
-            delay: Duration::from_millis(i.delay_ms),
-        })
-        .collect()
-}
-
-/// The proto form of a leased item.
-pub fn leased_pb(l: Leased) -> pb::LeasedItem {
-    pb::LeasedItem {
-        id: l.id.to_string(),
-        lease_token: l.token.to_string(),
-        attributes: attributes_pb(&l.attributes),
-        payload: l.payload,
-        attempt: l.attempt,
-        lease_deadline_unix_ms: l.deadline,
-        enqueued_at_unix_ms: l.enqueued_at,
-    }
-}
-
-fn dead_pb(d: DeadItem) -> pb::DeadItem {
-    pb::DeadItem {
-        id: d.id.to_string(),
-        attributes: attributes_pb(&d.attributes),
-        payload: d.payload,
-        attempts: d.attempts,
-        reason: d.reason,
-        died_at_unix_ms: d.died_at,
-    }
-}
 
 /// The `workq.v1.QueueService` implementation over an [`Engine`].
 #[derive(Debug, Clone)]
@@ -170,102 +70,175 @@ where
 
 #[tonic::async_trait]
 impl QueueService for GrpcService {
+    async fn get_server_info(
+        &self,
+        _req: Request<pb::GetServerInfoRequest>,
+    ) -> Res<pb::GetServerInfoResponse> {
+        let l = self.engine.limits();
+        let d = workq_proto::time::duration;
+        Ok(Response::new(pb::GetServerInfoResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            max_message_bytes: i64::try_from(l.max_message_bytes).unwrap_or(i64::MAX),
+            max_batch_items: int32(l.max_batch),
+            max_item_bytes: i64::try_from(l.max_payload_bytes).unwrap_or(i64::MAX),
+            max_attributes: int32(l.max_attributes),
+            max_work_credit: i64::try_from(l.max_work_credit).unwrap_or(i64::MAX),
+            min_lease: Some(d(l.min_lease)),
+            max_lease: Some(d(l.max_lease)),
+            max_wait: Some(d(l.max_wait)),
+            max_delay: Some(d(l.max_delay)),
+            idempotency_window: Some(d(l.idempotency_window)),
+            max_page_size: int32(l.max_page_size),
+        }))
+    }
+
     async fn create_queue(
         &self,
         req: Request<pb::CreateQueueRequest>,
     ) -> Res<pb::CreateQueueResponse> {
         let req = req.into_inner();
-        let name = queue_name(&req.name)?;
-        let s = req.settings.unwrap_or_default();
-        let settings = QueueSettings {
-            default_lease: Duration::from_millis(s.default_lease_ms),
-            max_attempts: s.max_attempts,
-            retry_backoff: Duration::from_millis(s.retry_backoff_ms),
-            retry_backoff_max: Duration::from_millis(s.retry_backoff_max_ms),
-        };
+        let name = queue_name("name", &req.name)?;
+        let settings = settings_of(req.settings)?;
         let (info, created) = self
             .engine
-            .create_queue(&name, settings)
+            .create_queue_with(&name, settings)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::CreateQueueResponse {
-            queue: Some(info_pb(&info)),
+            queue: Some(queue_pb(&info)),
             created,
         }))
     }
 
-    async fn get_queue(&self, req: Request<pb::GetQueueRequest>) -> Res<pb::QueueInfo> {
-        let name = queue_name(&req.into_inner().name)?;
+    async fn get_queue(&self, req: Request<pb::GetQueueRequest>) -> Res<pb::GetQueueResponse> {
+        let name = queue_name("name", &req.into_inner().name)?;
         let info = self.engine.get_queue(&name).map_err(status)?;
-        Ok(Response::new(info_pb(&info)))
+        Ok(Response::new(pb::GetQueueResponse {
+            queue: Some(queue_pb(&info)),
+        }))
     }
 
     async fn list_queues(
         &self,
-        _req: Request<pb::ListQueuesRequest>,
+        req: Request<pb::ListQueuesRequest>,
     ) -> Res<pb::ListQueuesResponse> {
-        let queues = self.engine.list_queues().iter().map(info_pb).collect();
-        Ok(Response::new(pb::ListQueuesResponse { queues }))
+        let req = req.into_inner();
+        let size = non_negative("page_size", req.page_size)?;
+        let size = self.engine.limits().check_page_size(size).map_err(status)?;
+        let after = pages::after_queue(&req.page_token).map_err(status)?;
+        let (queues, more) = self.engine.list_queues_page(after.as_ref(), size);
+        let next_page_token = match (more, queues.last()) {
+            (true, Some(last)) => pages::queue_token(&last.name),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListQueuesResponse {
+            queues: queues.iter().map(queue_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_queue(
+        &self,
+        req: Request<pb::UpdateQueueRequest>,
+    ) -> Res<pb::UpdateQueueResponse> {
+        let req = req.into_inner();
+        let queue = req
+            .queue
+            .ok_or_else(|| invalid_field("queue", "queue is missing: name the queue to change"))?;
+        let name = queue_name("queue.name", &queue.name)?;
+        let given = settings_of(queue.settings)?;
+        let patch = settings_update(given, req.update_mask, self.engine.default_settings())?;
+        let info = self
+            .engine
+            .update_queue(&name, patch)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UpdateQueueResponse {
+            queue: Some(queue_pb(&info)),
+        }))
     }
 
     async fn delete_queue(
         &self,
         req: Request<pb::DeleteQueueRequest>,
     ) -> Res<pb::DeleteQueueResponse> {
-        let name = queue_name(&req.into_inner().name)?;
-        self.engine.delete_queue(&name).await.map_err(status)?;
-        Ok(Response::new(pb::DeleteQueueResponse { deleted: true }))
+        let req = req.into_inner();
+        let name = queue_name("name", &req.name)?;
+        match self.engine.delete_queue(&name).await {
+            Ok(()) => Ok(Response::new(pb::DeleteQueueResponse { deleted: true })),
+            Err(Error::QueueNotFound(_)) if req.allow_missing => {
+                Ok(Response::new(pb::DeleteQueueResponse { deleted: false }))
+            }
+            Err(e) => Err(status(e)),
+        }
     }
 
     async fn purge_queue(
         &self,
         req: Request<pb::PurgeQueueRequest>,
     ) -> Res<pb::PurgeQueueResponse> {
-        let name = queue_name(&req.into_inner().name)?;
+        let name = queue_name("name", &req.into_inner().name)?;
         let purged = self.engine.purge(&name).await.map_err(status)?;
-        Ok(Response::new(pb::PurgeQueueResponse { purged }))
+        Ok(Response::new(pb::PurgeQueueResponse {
+            purged: i64::try_from(purged).unwrap_or(i64::MAX),
+        }))
     }
 
-    async fn seal_queue(&self, req: Request<pb::SealQueueRequest>) -> Res<pb::QueueInfo> {
-        let name = queue_name(&req.into_inner().name)?;
+    async fn seal_queue(&self, req: Request<pb::SealQueueRequest>) -> Res<pb::SealQueueResponse> {
+        let name = queue_name("name", &req.into_inner().name)?;
         let info = self.engine.seal(&name).await.map_err(status)?;
-        Ok(Response::new(info_pb(&info)))
+        Ok(Response::new(pb::SealQueueResponse {
+            queue: Some(queue_pb(&info)),
+        }))
     }
 
     async fn enqueue(&self, req: Request<pb::EnqueueRequest>) -> Res<pb::EnqueueResponse> {
         let req = req.into_inner();
-        let name = queue_name(&req.queue)?;
-        let items = enqueue_items(req.items);
-        let out = self
+        let name = queue_name("queue", &req.queue)?;
+        let items = enqueue_items(req.items).map_err(|(f, e)| invalid_field(&f, e))?;
+        let (out, replayed) = self
             .engine
-            .enqueue(&name, items, req.create_queue)
+            .enqueue_request(
+                &name,
+                items,
+                req.create_queue,
+                Some(req.request_id.as_str()),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::EnqueueResponse {
-            item_ids: out.iter().map(|e| e.id.to_string()).collect(),
-            duplicate: out.iter().map(|e| e.duplicate).collect(),
+            items: enqueued_pb(&out),
+            replayed,
         }))
     }
 
     async fn lease(&self, req: Request<pb::LeaseRequest>) -> Res<pb::LeaseResponse> {
         let req = req.into_inner();
-        let name = queue_name(&req.queue)?;
-        let max = usize::try_from(req.max_items).unwrap_or(usize::MAX);
+        let name = queue_name("queue", &req.queue)?;
+        let max = non_negative("max_items", req.max_items)?;
+        let max_bytes = usize::try_from(req.max_bytes).map_err(|_| {
+            invalid_field(
+                "max_bytes",
+                format!("max_bytes is {}: it must not be negative", req.max_bytes),
+            )
+        })?;
+        let lease = duration("lease", req.lease.as_ref())?;
+        let wait = duration("wait", req.wait.as_ref())?.unwrap_or_default();
         let out = self
             .engine
             .complete_then_lease(
                 &name,
-                &tokens(&req.complete_tokens)?,
+                &tokens("complete_tokens", &req.complete_tokens)?,
                 max,
-                opt_ms(req.lease_ms),
-                Duration::from_millis(req.wait_ms),
+                max_bytes,
+                lease,
+                wait,
             )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::LeaseResponse {
             items: out.items.into_iter().map(leased_pb).collect(),
-            drained: out.drained,
-            empty: out.empty,
+            queue_state: lease_state(out.sealed, out.empty) as i32,
         }))
     }
 
@@ -277,7 +250,7 @@ impl QueueService for GrpcService {
     ) -> Res<Self::EnqueueStreamStream> {
         let mut inbound = req.into_inner();
         let first = first_message(&mut inbound, "an EnqueueStream").await?;
-        let name = queue_name(&first.queue)?;
+        let name = queue_name("queue", &first.queue)?;
         if first.create_queue && self.engine.get_queue(&name).is_err() {
             self.engine
                 .create_queue(&name, QueueSettings::UNSET)
@@ -294,15 +267,24 @@ impl QueueService for GrpcService {
     async fn work(&self, req: Request<tonic::Streaming<pb::WorkRequest>>) -> Res<Self::WorkStream> {
         let mut inbound = req.into_inner();
         let first = first_message(&mut inbound, "a Work stream").await?;
-        let name = queue_name(&first.queue)?;
-        let lease = opt_ms(first.lease_ms);
+        let name = queue_name("queue", &first.queue)?;
+        let lease = duration("lease", first.lease.as_ref())?;
+        if first.max_outstanding_bytes < 0 {
+            return Err(invalid_field(
+                "max_outstanding_bytes",
+                format!(
+                    "max_outstanding_bytes is {}: it must not be negative (0: no limit)",
+                    first.max_outstanding_bytes
+                ),
+            ));
+        }
         // Refuse at once what every lease would refuse.
         self.engine.get_queue(&name).map_err(status)?;
         if let Some(d) = lease {
             self.engine
                 .limits()
-                .check_lease(d)
-                .map_err(Status::invalid_argument)?;
+                .check_lease("lease", d)
+                .map_err(status)?;
         }
         let engine = self.engine.clone();
         spawn_stream(|tx| crate::work_stream::serve(engine, name, lease, first, inbound, tx))
@@ -310,61 +292,93 @@ impl QueueService for GrpcService {
 
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Res<pb::RenewResponse> {
         let req = req.into_inner();
-        let name = queue_name(&req.queue)?;
-        let deadlines = self
+        let name = queue_name("queue", &req.queue)?;
+        let lease = duration("lease", req.lease.as_ref())?;
+        let results = self
             .engine
-            .renew(&name, &tokens(&req.lease_tokens)?, opt_ms(req.lease_ms))
+            .renew_as(
+                &name,
+                &tokens("lease_tokens", &req.lease_tokens)?,
+                lease,
+                batch(req.per_token_results),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RenewResponse {
-            lease_deadline_unix_ms: deadlines,
+            results: results_pb(&results, true),
         }))
     }
 
     async fn complete(&self, req: Request<pb::CompleteRequest>) -> Res<pb::CompleteResponse> {
         let req = req.into_inner();
-        let name = queue_name(&req.queue)?;
-        self.engine
-            .complete(&name, &tokens(&req.lease_tokens)?)
+        let name = queue_name("queue", &req.queue)?;
+        let tokens = tokens("lease_tokens", &req.lease_tokens)?;
+        let results = self
+            .engine
+            .complete_as(&name, &tokens, batch(req.per_token_results))
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::CompleteResponse {}))
+        Ok(Response::new(pb::CompleteResponse {
+            completed: count(&results, TokenResult::done),
+            already_completed: count(&results, TokenResult::already_done),
+            results: results_pb(&results, req.per_token_results),
+        }))
     }
 
     async fn fail(&self, req: Request<pb::FailRequest>) -> Res<pb::FailResponse> {
         let req = req.into_inner();
-        let name = queue_name(&req.queue)?;
-        let dead = self
+        let name = queue_name("queue", &req.queue)?;
+        let fatal = match pb::FailMode::try_from(req.mode) {
+            Ok(pb::FailMode::Unspecified | pb::FailMode::Retry) => false,
+            Ok(pb::FailMode::Fatal) => true,
+            Err(_) => {
+                return Err(invalid_field(
+                    "mode",
+                    format!("unknown fail mode {}: use RETRY or FATAL", req.mode),
+                ));
+            }
+        };
+        let retry_after = duration("retry_after", req.retry_after.as_ref())?;
+        let results = self
             .engine
-            .fail(
+            .fail_as(
                 &name,
-                &tokens(&req.lease_tokens)?,
-                req.fatal,
+                &tokens("lease_tokens", &req.lease_tokens)?,
+                fatal,
                 &req.reason,
-                Duration::from_millis(req.retry_after_ms),
+                retry_after,
+                batch(req.per_token_results),
             )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::FailResponse {
-            dead: u32::try_from(dead).unwrap_or(u32::MAX),
+            dead: count(&results, |r| r.done() && r.dead),
+            already_failed: count(&results, TokenResult::already_done),
+            results: results_pb(&results, req.per_token_results),
         }))
     }
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Res<pb::ReleaseResponse> {
         let req = req.into_inner();
-        let name = queue_name(&req.queue)?;
-        self.engine
-            .release(&name, &tokens(&req.lease_tokens)?)
+        let name = queue_name("queue", &req.queue)?;
+        let tokens = tokens("lease_tokens", &req.lease_tokens)?;
+        let results = self
+            .engine
+            .release_as(&name, &tokens, batch(req.per_token_results))
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::ReleaseResponse {}))
+        Ok(Response::new(pb::ReleaseResponse {
+            released: count(&results, TokenResult::done),
+            already_released: count(&results, TokenResult::already_done),
+            results: results_pb(&results, req.per_token_results),
+        }))
     }
 
-    type WatchStream = Outgoing<pb::QueueStats>;
+    type WatchStream = Outgoing<pb::WatchResponse>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Res<Self::WatchStream> {
         let req = req.into_inner();
-        let name = queue_name(&req.queue)?;
+        let name = queue_name("queue", &req.queue)?;
         let rx = self.engine.watch(&name).map_err(status)?;
         let engine = self.engine.clone();
         let until_drained = req.until_drained;
@@ -383,7 +397,10 @@ impl QueueService for GrpcService {
                 }
                 let info = rx.borrow_and_update().clone()?;
                 let done = until_drained && info.drained;
-                Some((Ok(stats_pb(&info)), (rx, true, done)))
+                let msg = pb::WatchResponse {
+                    stats: Some(stats_pb(&info)),
+                };
+                Some((Ok(msg), (rx, true, done)))
             }
         });
         Ok(Response::new(Box::pin(stream)))
@@ -391,14 +408,21 @@ impl QueueService for GrpcService {
 
     async fn list_dead(&self, req: Request<pb::ListDeadRequest>) -> Res<pb::ListDeadResponse> {
         let req = req.into_inner();
-        let name = queue_name(&req.queue)?;
-        let limit = match req.limit {
-            0 => 1000,
-            n => usize::try_from(n).unwrap_or(usize::MAX),
+        let name = queue_name("queue", &req.queue)?;
+        let size = non_negative("page_size", req.page_size)?;
+        let size = self.engine.limits().check_page_size(size).map_err(status)?;
+        let after = pages::after_item(&req.page_token).map_err(status)?;
+        let (items, more) = self
+            .engine
+            .list_dead_page(&name, after, size)
+            .map_err(status)?;
+        let next_page_token = match (more, items.last()) {
+            (true, Some(last)) => pages::dead_token(last.id),
+            _ => String::new(),
         };
-        let items = self.engine.list_dead(&name, limit).map_err(status)?;
         Ok(Response::new(pb::ListDeadResponse {
             items: items.into_iter().map(dead_pb).collect(),
+            next_page_token,
         }))
     }
 
@@ -407,13 +431,29 @@ impl QueueService for GrpcService {
         req: Request<pb::RequeueDeadRequest>,
     ) -> Res<pb::RequeueDeadResponse> {
         let req = req.into_inner();
-        let name = queue_name(&req.queue)?;
+        let name = queue_name("queue", &req.queue)?;
+        match (req.all, req.item_ids.is_empty()) {
+            (true, false) => {
+                return Err(invalid_field(
+                    "all",
+                    "both item_ids and all are given: name the dead items, or set all, not both",
+                ));
+            }
+            (false, true) => {
+                return Err(invalid_field(
+                    "item_ids",
+                    "no dead items named: give item_ids, or set all to requeue every dead item",
+                ));
+            }
+            _ => {}
+        }
         let ids = req
             .item_ids
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 s.parse::<ItemId>()
-                    .map_err(|e| Status::invalid_argument(e.0))
+                    .map_err(|e| invalid_field(&format!("item_ids[{i}]"), e.0))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let requeued = self
@@ -421,6 +461,8 @@ impl QueueService for GrpcService {
             .requeue_dead(&name, &ids)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::RequeueDeadResponse { requeued }))
+        Ok(Response::new(pb::RequeueDeadResponse {
+            requeued: i64::try_from(requeued).unwrap_or(i64::MAX),
+        }))
     }
 }

@@ -9,8 +9,20 @@
 //! - [`engine`]: every queue, their locks, waiters and timers, and the store;
 //!   [`clock`]: the time it reads, which tests pause.
 //! - [`store`]: persistence (`memory`, and the durable `embedded` default).
-//! - [`grpc`]: the thin gRPC adapter; [`server`]: ports, health, metrics,
-//!   shutdown.
+//! - [`grpc`]: the thin gRPC adapter (errors become reasons in one place,
+//!   `grpc::rejection`); [`work_stream`], [`enqueue_stream`]: the two
+//!   bidirectional streams; [`server`]: ports, health, metrics, shutdown.
+//!
+//! # Idempotent retries
+//! Each queue remembers, in memory for the idempotency window and within
+//! `--max-finished-tokens` server-wide, how each item's last lease finished
+//! and the answers to enqueues that named a `request_id`
+//! ([`queue::recall`]): a finish retried with the token that did it answers
+//! "already done" and counts nothing twice; a retried enqueue answers the
+//! first call's items. This memory is not persisted: after a restart a
+//! retried finish is refused with the reason that says what became of the
+//! item (ITEM_COMPLETED, ITEM_DEAD, LEASE_EXPIRED), and only idempotency
+//! keys deduplicate a retried enqueue.
 //!
 //! # Starting a server in-process
 //! ```no_run

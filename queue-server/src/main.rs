@@ -82,6 +82,15 @@ struct Args {
     /// Most queues at once; creating one more is refused (RESOURCE_EXHAUSTED).
     #[arg(long, env = "WQ_MAX_QUEUES", default_value_t = Limits::default().max_queues)]
     max_queues: usize,
+    /// Most finished leases and enqueue request ids remembered for
+    /// idempotent retries, all queues together (about 80 bytes each; a
+    /// remembered enqueue counts 1 plus 1 per item); the oldest of a queue
+    /// is forgotten first.
+    #[arg(long, env = "WQ_MAX_FINISHED_TOKENS", default_value_t = Limits::default().max_finished_tokens)]
+    max_finished_tokens: u64,
+    /// Largest page of ListQueues and ListDead.
+    #[arg(long, env = "WQ_MAX_PAGE_SIZE", default_value_t = Limits::default().max_page_size)]
+    max_page_size: usize,
     /// The embedded database's page cache in bytes (items are in memory
     /// anyway; the cache only speeds up start-up and compaction).
     #[arg(long, env = "WQ_EMBEDDED_CACHE_BYTES", default_value_t = queue_server::store::DEFAULT_CACHE_BYTES)]
@@ -140,6 +149,8 @@ fn main() -> anyhow::Result<()> {
             max_message_bytes: args.max_message_bytes,
             max_work_credit: args.max_work_credit,
             max_queues: args.max_queues,
+            max_finished_tokens: args.max_finished_tokens,
+            max_page_size: args.max_page_size.max(1),
             max_queued_bytes: match args.max_queued_bytes {
                 0 => queue_server::settings::derived_queued_bytes().unwrap_or(u64::MAX),
                 n => n,

@@ -26,6 +26,12 @@
 //!   scan of all items.
 //! - [`Counters`] are exact after every call.
 //! - Every durable change is appended to the caller's [`Journal`] in order.
+//! - Finishing is idempotent while the queue remembers the lease
+//!   ([`recall`]): a finish repeated with the token that did it is answered
+//!   "already done" and changes nothing; so is an enqueue repeated with its
+//!   `request_id`. That memory is not persisted: after a restart a retried
+//!   finish is refused with the reason that says what became of the item
+//!   (ITEM_COMPLETED, ITEM_DEAD, LEASE_EXPIRED).
 
 use crate::counters::Counters;
 use crate::error::{Error, Result};
@@ -34,11 +40,15 @@ use crate::item_table::ItemTable;
 use crate::names::{ItemId, LeaseToken, QueueName};
 use crate::settings::QueueSettings;
 use crate::store::{QueueRecord, StoreOp, StoredKey};
+use recall::Recall;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 pub use crate::journal::Journal;
+pub use leases::{Batch, Outcome, TokenResult};
 pub use outcomes::{DeadItem, Enqueued, Leased, NewItem, Reaped};
+pub use recall::{Finished, RecallBudget};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 struct KeyEntry {
@@ -70,11 +80,26 @@ pub struct Queue {
     idempotency_window_ms: u64,
     /// What the items held cost in memory ([`Item::queued_bytes`] summed).
     bytes: u64,
+    /// Finished leases and enqueue request ids, for retries.
+    recall: Recall,
 }
 
 impl Queue {
-    /// An empty queue.
+    /// An empty queue, remembering finished leases within a budget of its
+    /// own (the default `--max-finished-tokens`).
     pub fn new(name: QueueName, settings: QueueSettings, idempotency_window_ms: u64) -> Self {
+        let budget = RecallBudget::new(crate::settings::Limits::default().max_finished_tokens);
+        Queue::with_budget(name, settings, idempotency_window_ms, budget)
+    }
+
+    /// An empty queue, remembering finished leases within the server-wide
+    /// `budget`.
+    pub fn with_budget(
+        name: QueueName,
+        settings: QueueSettings,
+        idempotency_window_ms: u64,
+        budget: Arc<RecallBudget>,
+    ) -> Self {
         Queue {
             name,
             settings,
@@ -88,6 +113,7 @@ impl Queue {
             counters: Counters::default(),
             idempotency_window_ms,
             bytes: 0,
+            recall: Recall::new(budget, idempotency_window_ms),
         }
     }
 
@@ -99,8 +125,9 @@ impl Queue {
         keys: impl IntoIterator<Item = StoredKey>,
         idempotency_window_ms: u64,
         now: u64,
+        budget: Arc<RecallBudget>,
     ) -> Self {
-        let mut q = Queue::new(record.name, record.settings, idempotency_window_ms);
+        let mut q = Queue::with_budget(record.name, record.settings, idempotency_window_ms, budget);
         q.sealed = record.sealed;
         q.counters.completed = record.completed;
         q.counters.retried = record.retried;
@@ -156,6 +183,13 @@ impl Queue {
         &self.settings
     }
 
+    /// Changes the queue's settings: leases and delays already running keep
+    /// their deadlines; every later lease, failure and expiry uses these.
+    pub fn set_settings(&mut self, settings: QueueSettings, journal: &mut Journal) {
+        self.settings = settings;
+        journal.push(|| StoreOp::PutQueue(self.record()));
+    }
+
     /// Whether the queue is sealed.
     pub fn sealed(&self) -> bool {
         self.sealed
@@ -200,10 +234,41 @@ impl Queue {
             self.delayed.peek().map(|Reverse((t, _))| *t),
             self.leases.peek().map(|Reverse((t, _, _))| *t),
             self.key_expiry.front().map(|(t, _)| *t),
+            self.recall.next_deadline(),
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// [`Queue::enqueue`] of a call named by `request_id`: a call with the
+    /// id of one remembered is answered with that call's items (and `true`:
+    /// replayed), adding nothing; the same id with another number of items
+    /// is refused.
+    pub fn enqueue_request(
+        &mut self,
+        now: u64,
+        request_id: Option<&str>,
+        items: Vec<NewItem>,
+        next_id: impl FnMut() -> ItemId,
+        journal: &mut Journal,
+    ) -> Result<(Vec<Enqueued>, bool)> {
+        let Some(id) = request_id.filter(|r| !r.is_empty()) else {
+            return Ok((self.enqueue(now, items, next_id, journal)?, false));
+        };
+        if let Some(earlier) = self.recall.request(id) {
+            if earlier.len() != items.len() {
+                return Err(Error::RequestIdReused {
+                    request_id: crate::names::quoted(id),
+                    earlier: earlier.len(),
+                    now: items.len(),
+                });
+            }
+            return Ok((earlier.to_vec(), true));
+        }
+        let out = self.enqueue(now, items, next_id, journal)?;
+        self.recall.remember_request(now, id, &out);
+        Ok((out, false))
     }
 
     /// Adds items, all or nothing. Items whose idempotency key names a live
@@ -302,9 +367,26 @@ impl Queue {
         max: usize,
         max_bytes: usize,
         lease_ms: u64,
-        mut next_seq: impl FnMut() -> u64,
+        next_seq: impl FnMut() -> u64,
     ) -> Vec<Leased> {
+        self.lease_bounded(now, max, max_bytes, true, lease_ms, next_seq)
+            .0
+    }
+
+    /// [`Queue::lease_within`], where the first item is taken whatever its
+    /// size only when `first_free`; also says whether it stopped at an item
+    /// that did not fit (rather than for want of items or of `max`).
+    pub fn lease_bounded(
+        &mut self,
+        now: u64,
+        max: usize,
+        max_bytes: usize,
+        first_free: bool,
+        lease_ms: u64,
+        mut next_seq: impl FnMut() -> u64,
+    ) -> (Vec<Leased>, bool) {
         self.promote_delayed(now);
+        let mut over = false;
         let deadline = now.saturating_add(lease_ms);
         let mut out = Vec::with_capacity(max.min(self.pending.len()));
         let mut bytes = 0usize;
@@ -317,10 +399,12 @@ impl Queue {
                 continue;
             };
             let size = item.answer_bytes();
-            if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+            if (first_free && out.is_empty()) || bytes.saturating_add(size) <= max_bytes {
+                self.pending.pop_front();
+            } else {
+                over = true;
                 break;
             }
-            self.pending.pop_front();
             bytes = bytes.saturating_add(size);
             let seq = next_seq();
             item.state = ItemState::Leased { seq, deadline };
@@ -338,7 +422,7 @@ impl Queue {
         self.counters.pending -= out.len() as u64;
         self.counters.leased += out.len() as u64;
         self.compact_leases();
-        out
+        (out, over)
     }
 
     fn promote_delayed(&mut self, now: u64) -> usize {
@@ -393,6 +477,7 @@ impl Queue {
         if expired {
             journal.push(|| StoreOp::PutQueue(self.record()));
         }
+        self.recall.expire(now);
         while let Some((expires, _)) = self.key_expiry.front() {
             if *expires > now {
                 break;
@@ -459,19 +544,25 @@ impl Queue {
         self.dead_items_within(limit, usize::MAX)
     }
 
-    /// [`Queue::dead_items`] into an answer of at most `max_bytes`
-    /// ([`crate::item::Item::answer_bytes`] summed; the first is always
-    /// listed). The caller pages on by requeueing or purging what it saw.
-    pub fn dead_items_within(&self, limit: usize, max_bytes: usize) -> Vec<DeadItem> {
+    /// Dead items with ids after `after` (all when `None`), in id order, at
+    /// most `limit` and `max_bytes` ([`crate::item::Item::answer_bytes`]
+    /// summed; the first is always listed); and whether more follow.
+    pub fn dead_page(
+        &self,
+        after: Option<ItemId>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> (Vec<DeadItem>, bool) {
         let mut dead: Vec<&Item> = self
             .items
             .values()
             .filter(|i| matches!(i.state, ItemState::Dead { .. }))
+            .filter(|i| after.is_none_or(|a| i.id > a))
             .collect();
         dead.sort_by_key(|i| i.id);
         let mut bytes = 0usize;
         let mut out = Vec::new();
-        for i in dead.into_iter().take(limit) {
+        for i in dead.iter().take(limit) {
             let size = i.answer_bytes();
             if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
                 break;
@@ -488,7 +579,15 @@ impl Queue {
                 });
             }
         }
-        out
+        let more = out.len() < dead.len();
+        (out, more)
+    }
+
+    /// [`Queue::dead_items`] into an answer of at most `max_bytes`
+    /// ([`crate::item::Item::answer_bytes`] summed; the first is always
+    /// listed). The caller pages on by requeueing or purging what it saw.
+    pub fn dead_items_within(&self, limit: usize, max_bytes: usize) -> Vec<DeadItem> {
+        self.dead_page(None, limit, max_bytes).0
     }
 
     /// Moves dead items (all when `ids` is empty) back to pending with their
@@ -505,14 +604,20 @@ impl Queue {
             all
         } else {
             for id in ids {
-                if !matches!(
-                    self.items.get(id).map(|i| &i.state),
-                    Some(ItemState::Dead { .. })
-                ) {
-                    return Err(Error::InvalidArgument(format!(
-                        "item {id} is not a dead item of queue {}; list them with ListDead",
-                        self.name
-                    )));
+                match self.items.get(id).map(|i| &i.state) {
+                    Some(ItemState::Dead { .. }) => {}
+                    Some(_) => {
+                        return Err(Error::ItemNotDead {
+                            queue: self.name.clone(),
+                            item: *id,
+                        });
+                    }
+                    None => {
+                        return Err(Error::ItemNotFound {
+                            queue: self.name.clone(),
+                            item: *id,
+                        });
+                    }
                 }
             }
             let mut ids = ids.to_vec();
@@ -543,12 +648,13 @@ enum Failure<'a> {
     Fatal(&'a str),
     Retriable {
         reason: &'a str,
-        retry_after_ms: u64,
+        retry_after_ms: Option<u64>,
     },
     Expired(&'a str),
 }
 
 mod leases;
 mod outcomes;
+pub mod recall;
 #[cfg(test)]
 mod tests;

@@ -545,7 +545,8 @@ fn http_router(engine: Engine) -> axum::Router {
 }
 
 /// Prometheus text: the process's counters, every queue's depth by state,
-/// and its lease calls parked waiting for an item. The per-queue series are
+/// its lease calls parked waiting for an item, and what is remembered for
+/// retries. The per-queue series are
 /// written from the queues that exist at each scrape, not kept in the
 /// recorder: a deleted queue's series leave with it.
 fn render_metrics(engine: &Engine) -> String {
@@ -582,6 +583,13 @@ fn render_metrics(engine: &Engine) -> String {
             let _ = writeln!(out, "workq_lease_calls_waiting{{queue=\"{}\"}} {n}", q.name);
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP workq_remembered_finishes Finished leases and enqueue request ids remembered \
+         for retries, all queues (bounded by --max-finished-tokens).\n\
+         # TYPE workq_remembered_finishes gauge\nworkq_remembered_finishes {}",
+        engine.remembered()
+    );
     out
 }
 

@@ -1,9 +1,11 @@
 //! Per-queue settings and the server's limits on what a call may ask.
 
+use crate::error::Error;
 use std::time::Duration;
 use workq_proto::defaults;
 
-/// Per-queue settings, fixed when the queue is created. The default is the
+/// Per-queue settings, given when the queue is created and changed by
+/// UpdateQueue. The default is the
 /// contract's ([`workq_proto::defaults`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueSettings {
@@ -80,6 +82,13 @@ pub struct Limits {
     /// Most queues at once (each costs about 2.5 KiB and a few metrics
     /// series); creating one more is refused with `RESOURCE_EXHAUSTED`.
     pub max_queues: usize,
+    /// Most finished leases and enqueue request ids remembered, all queues
+    /// together, for idempotent retries (`--max-finished-tokens`); the
+    /// oldest of a queue is forgotten first. See [`crate::queue::recall`]
+    /// for what an entry costs (about 80 bytes).
+    pub max_finished_tokens: u64,
+    /// Largest page of ListQueues and ListDead.
+    pub max_page_size: usize,
     /// Most bytes of items held in memory, all queues together (payload,
     /// attributes and key, plus [`crate::item::ITEM_MEMORY_OVERHEAD`] an
     /// item); an enqueue beyond it is refused with `RESOURCE_EXHAUSTED`.
@@ -123,6 +132,8 @@ impl Default for Limits {
             max_attribute_bytes: 4096,
             idempotency_window: Duration::from_secs(3600),
             max_queues: 10_000,
+            max_finished_tokens: 1_000_000,
+            max_page_size: 1000,
             max_queued_bytes: u64::MAX,
         }
     }
@@ -167,10 +178,10 @@ impl Limits {
     /// Whether these limits fit together: the largest item must fit in one
     /// answer, so that every item can be delivered.
     pub fn check(&self) -> Result<(), String> {
-        if self.max_batch == 0 || self.max_work_credit == 0 {
+        if self.max_batch == 0 || self.max_work_credit == 0 || self.max_page_size == 0 {
             return Err(
-                "the batch limit and the Work credit limit must be at least 1 \
-                 (queue-server --max-batch, --max-work-credit)"
+                "the batch limit, the Work credit limit and the page size limit must be at \
+                 least 1 (queue-server --max-batch, --max-work-credit, --max-page-size)"
                     .to_string(),
             );
         }
@@ -190,46 +201,95 @@ impl Limits {
         Ok(())
     }
 
-    /// A lease duration within bounds, or the error naming them.
-    pub fn check_lease(&self, d: Duration) -> Result<Duration, String> {
-        if d < self.min_lease || d > self.max_lease {
-            return Err(format!(
-                "lease duration {} is out of bounds: use {} to {}",
+    /// A lease duration (of request field `field`) within bounds, or the
+    /// error naming them.
+    pub fn check_lease(&self, field: &str, d: Duration) -> Result<Duration, Error> {
+        let msg = || {
+            format!(
+                "{field}: lease duration {} is out of bounds: use {} to {}",
                 human(d),
                 human(self.min_lease),
                 human(self.max_lease)
+            )
+        };
+        if d < self.min_lease {
+            return Err(Error::limit(
+                field,
+                "min_lease",
+                secs(self.min_lease),
+                msg(),
+            ));
+        }
+        if d > self.max_lease {
+            return Err(Error::limit(
+                field,
+                "max_lease",
+                secs(self.max_lease),
+                msg(),
             ));
         }
         Ok(d)
     }
 
     /// A long-poll wait within bounds.
-    pub fn check_wait(&self, d: Duration) -> Result<Duration, String> {
+    pub fn check_wait(&self, d: Duration) -> Result<Duration, Error> {
         if d > self.max_wait {
-            return Err(format!(
-                "wait of {} is too long: use at most {} and call again",
-                human(d),
-                human(self.max_wait)
+            return Err(Error::limit(
+                "wait",
+                "max_wait",
+                secs(self.max_wait),
+                format!(
+                    "wait of {} is too long: use at most {} and call again",
+                    human(d),
+                    human(self.max_wait)
+                ),
             ));
         }
         Ok(d)
     }
 
-    /// A batch size within bounds (at least one).
-    pub fn check_batch(&self, what: &str, n: usize) -> Result<(), String> {
+    /// A batch size of request field `field` (for `what`) within bounds (at
+    /// least one).
+    pub fn check_batch(&self, field: &str, what: &str, n: usize) -> Result<(), Error> {
         if n == 0 {
-            return Err(format!("{what}: the batch is empty; pass at least one"));
+            return Err(Error::invalid(
+                field,
+                format!("{what}: the batch is empty; pass at least one"),
+            ));
         }
         if n > self.max_batch {
-            return Err(format!(
-                "{what}: a batch of {n} is too large; the limit is {} per call, split it",
-                self.max_batch
+            return Err(Error::limit(
+                field,
+                "max_batch_items",
+                self.max_batch,
+                format!(
+                    "{what}: a batch of {n} is too large; the limit is {} per call, split it",
+                    self.max_batch
+                ),
             ));
         }
         Ok(())
     }
 
-    /// Checks one new item's payload, attributes, key and delay.
+    /// A page size within bounds (0: the largest page).
+    pub fn check_page_size(&self, n: usize) -> Result<usize, Error> {
+        match n {
+            0 => Ok(self.max_page_size),
+            n if n > self.max_page_size => Err(Error::limit(
+                "page_size",
+                "max_page_size",
+                self.max_page_size,
+                format!(
+                    "page_size {n} is too large: use at most {} (or 0 for the largest page)",
+                    self.max_page_size
+                ),
+            )),
+            n => Ok(n),
+        }
+    }
+
+    /// Checks one new item's payload, attributes, key and delay (item
+    /// `index` of the request's `items`).
     pub fn check_item(
         &self,
         index: usize,
@@ -237,7 +297,7 @@ impl Limits {
         attributes: &[(String, String)],
         key: Option<&str>,
         delay: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let extra: usize = attributes
             .iter()
             .map(|(k, v)| k.len() + v.len())
@@ -245,85 +305,175 @@ impl Limits {
             + key.map_or(0, str::len);
         let size = payload_len.saturating_add(extra);
         if size > self.max_payload_bytes {
-            return Err(format!(
-                "item {index}: {size} bytes (payload {payload_len}, attributes and key {extra}) \
-                 exceed the limit of {} bytes per item (queue-server --max-payload-bytes); \
-                 store large data elsewhere and enqueue a reference",
-                self.max_payload_bytes
+            return Err(Error::limit(
+                format!("items[{index}].payload"),
+                "max_item_bytes",
+                self.max_payload_bytes,
+                format!(
+                    "item {index}: {size} bytes (payload {payload_len}, attributes and key \
+                     {extra}) exceed the limit of {} bytes per item (queue-server \
+                     --max-payload-bytes); store large data elsewhere and enqueue a reference",
+                    self.max_payload_bytes
+                ),
             ));
         }
         if attributes.len() > self.max_attributes {
-            return Err(format!(
-                "item {index}: {} attributes exceed the limit of {}",
-                attributes.len(),
-                self.max_attributes
+            return Err(Error::limit(
+                format!("items[{index}].attributes"),
+                "max_attributes",
+                self.max_attributes,
+                format!(
+                    "item {index}: {} attributes exceed the limit of {}",
+                    attributes.len(),
+                    self.max_attributes
+                ),
             ));
         }
         for (k, v) in attributes {
-            if k.is_empty()
-                || k.len() > self.max_attribute_bytes
-                || v.len() > self.max_attribute_bytes
-            {
-                return Err(format!(
+            let msg = || {
+                format!(
                     "item {index}: attribute {} must have a non-empty key, and key and value \
                      of at most {} bytes",
                     crate::names::quoted(k),
                     self.max_attribute_bytes
+                )
+            };
+            let field = || format!("items[{index}].attributes");
+            if k.is_empty() {
+                return Err(Error::invalid(field(), msg()));
+            }
+            if k.len() > self.max_attribute_bytes || v.len() > self.max_attribute_bytes {
+                return Err(Error::limit(
+                    field(),
+                    "max_attribute_bytes",
+                    self.max_attribute_bytes,
+                    msg(),
                 ));
             }
         }
         if let Some(key) = key
             && key.len() > self.max_attribute_bytes
         {
-            return Err(format!(
-                "item {index}: idempotency key of {} bytes exceeds the limit of {} bytes",
-                key.len(),
-                self.max_attribute_bytes
+            return Err(Error::limit(
+                format!("items[{index}].idempotency_key"),
+                "max_attribute_bytes",
+                self.max_attribute_bytes,
+                format!(
+                    "item {index}: idempotency key of {} bytes exceeds the limit of {} bytes",
+                    key.len(),
+                    self.max_attribute_bytes
+                ),
             ));
         }
         if delay > self.max_delay {
-            return Err(format!(
-                "item {index}: delay of {} exceeds the limit of {}",
-                human(delay),
-                human(self.max_delay)
+            return Err(Error::limit(
+                format!("items[{index}].delay"),
+                "max_delay",
+                secs(self.max_delay),
+                format!(
+                    "item {index}: delay of {} exceeds the limit of {}",
+                    human(delay),
+                    human(self.max_delay)
+                ),
             ));
         }
         Ok(())
     }
 
-    /// Queue settings with zero fields filled from `defaults`, within bounds.
+    /// Queue settings from `given`: each field set in it, the others from
+    /// `base` — within bounds. Fields are named as in a request
+    /// (`settings.default_lease`).
     pub fn check_settings(
         &self,
-        given: QueueSettings,
-        defaults: &QueueSettings,
-    ) -> Result<QueueSettings, String> {
-        let pick = |d: Duration, def: Duration| if d.is_zero() { def } else { d };
-        let s = QueueSettings {
-            default_lease: pick(given.default_lease, defaults.default_lease),
-            max_attempts: if given.max_attempts == 0 {
-                defaults.max_attempts
-            } else {
-                given.max_attempts
-            },
-            retry_backoff: pick(given.retry_backoff, defaults.retry_backoff),
-            retry_backoff_max: pick(given.retry_backoff_max, defaults.retry_backoff_max),
-        };
-        self.check_lease(s.default_lease)
-            .map_err(|e| format!("default_lease_ms: {e}"))?;
-        if s.max_attempts > 1000 {
-            return Err(format!(
-                "max_attempts {} is too large: use 1 to 1000",
-                s.max_attempts
+        given: SettingsPatch,
+        base: &QueueSettings,
+    ) -> Result<QueueSettings, Error> {
+        let s = given.over(base);
+        self.check_lease("settings.default_lease", s.default_lease)?;
+        if s.max_attempts == 0 {
+            return Err(Error::invalid(
+                "settings.max_attempts",
+                "max_attempts is 0: use 1 to 1000",
             ));
         }
-        if s.retry_backoff > self.max_delay || s.retry_backoff_max > self.max_delay {
-            return Err(format!(
-                "retry back-off is too long: use at most {}",
-                human(self.max_delay)
+        if s.max_attempts > MAX_ATTEMPTS {
+            return Err(Error::limit(
+                "settings.max_attempts",
+                "max_attempts",
+                MAX_ATTEMPTS,
+                format!(
+                    "max_attempts {} is too large: use 1 to 1000",
+                    s.max_attempts
+                ),
             ));
+        }
+        for (field, d) in [
+            ("settings.retry_backoff", s.retry_backoff),
+            ("settings.retry_backoff_max", s.retry_backoff_max),
+        ] {
+            if d > self.max_delay {
+                return Err(Error::limit(
+                    field,
+                    "max_delay",
+                    secs(self.max_delay),
+                    format!(
+                        "{field}: retry back-off is too long: use at most {}",
+                        human(self.max_delay)
+                    ),
+                ));
+            }
         }
         Ok(s)
     }
+}
+
+/// The most attempts a queue may allow.
+pub const MAX_ATTEMPTS: u32 = 1000;
+
+/// Settings as a call gives them: each field set or not. Unset fields take
+/// the server's defaults when a queue is created, and are left as they are
+/// when it is updated (unless the update names them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SettingsPatch {
+    /// Lease duration used when a lease call names none.
+    pub default_lease: Option<Duration>,
+    /// Attempts before an item goes dead.
+    pub max_attempts: Option<u32>,
+    /// Back-off after the first retriable failure (zero: retry at once).
+    pub retry_backoff: Option<Duration>,
+    /// Upper bound of the back-off.
+    pub retry_backoff_max: Option<Duration>,
+}
+
+impl SettingsPatch {
+    /// `base` with the fields set here replaced.
+    pub fn over(&self, base: &QueueSettings) -> QueueSettings {
+        QueueSettings {
+            default_lease: self.default_lease.unwrap_or(base.default_lease),
+            max_attempts: self.max_attempts.unwrap_or(base.max_attempts),
+            retry_backoff: self.retry_backoff.unwrap_or(base.retry_backoff),
+            retry_backoff_max: self.retry_backoff_max.unwrap_or(base.retry_backoff_max),
+        }
+    }
+}
+
+impl From<QueueSettings> for SettingsPatch {
+    /// Zero fields unset ([`QueueSettings::UNSET`]: every field unset).
+    fn from(s: QueueSettings) -> Self {
+        let d = |d: Duration| (!d.is_zero()).then_some(d);
+        SettingsPatch {
+            default_lease: d(s.default_lease),
+            max_attempts: (s.max_attempts != 0).then_some(s.max_attempts),
+            retry_backoff: d(s.retry_backoff),
+            retry_backoff_max: d(s.retry_backoff_max),
+        }
+    }
+}
+
+/// A duration as limits' metadata gives it: seconds, as in the JSON form of
+/// `google.protobuf.Duration` (`1s`, `0.5s`).
+pub fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! The streaming form of lease and complete (`Work`): one long-lived stream
 //! per worker instead of a call per batch.
 //!
-//! The worker grants credit and hands in completions; the server leases up to
-//! the open credit as items become available and pushes them, and answers
-//! each completion once it is durable. Completions run beside the lease, so
-//! a worker waiting for a sync still gets new items.
+//! The worker grants credit and hands in completions and renewals; the
+//! server leases up to the open credit (and the byte budget) as items become
+//! available and pushes them, and answers each request's completions and
+//! renewals once durable, in a [`pb::WorkAnswer`] with its `sequence`.
+//! Completions run beside the lease, so a worker waiting for a sync still
+//! gets new items.
 //!
 //! Leasing is the engine's long-polling lease, dropped and made again whenever
 //! a message comes in: it is cancel-safe, as it takes items only in the poll
@@ -18,27 +20,46 @@
 //!   only leases still live are released).
 //! - Open credit (granted, not yet used) is at most
 //!   [`Limits::max_work_credit`](crate::settings::Limits::max_work_credit).
-//!   A grant beyond it is clamped, and the answer says so: the `completed`
-//!   answer to that request's `ref` carries the note in its `message` (code
-//!   OK when there was nothing to complete; otherwise the completion's own
-//!   code).
+//!   A grant beyond it is clamped, and the answer says so: the answer to
+//!   that request's `sequence` carries the note in its problem's `message`
+//!   (code OK when there was nothing to complete; otherwise the
+//!   completion's own code).
 //! - Each push holds at most [`Limits::answer_budget`](crate::settings::Limits::answer_budget)
 //!   bytes of items.
+//! - With `max_outstanding_bytes`, the bytes of the items pushed and not yet
+//!   finished ([`crate::queue::Leased::answer_bytes`] summed) stay within it,
+//!   but for the first item when nothing is outstanding. Items finished over
+//!   unary calls or expired are noticed within [`RECHECK`] while the budget
+//!   holds the stream back.
+//! - Completions and renewals of one request: all or nothing each (the
+//!   renewals are not tried when the completions are refused), or token by
+//!   token with `per_token_results`. The answer's `results` hold, with
+//!   `per_token_results`, one per completed token then one per renewed
+//!   token; without it, one per renewed token (their new deadlines).
 
 use crate::engine::{Engine, LeaseOutcome};
-use crate::grpc::{leased_pb, status};
+use crate::grpc::{leased_pb, parse_tokens, rejection, token_result_pb};
 use crate::names::{LeaseToken, QueueName};
+use crate::queue::{Batch, TokenResult};
 use futures::stream::{FuturesUnordered, StreamExt};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
+use workq_proto::errors::Rejection;
 use workq_proto::v1 as pb;
+
+/// How often a stream held back by its byte budget looks for items of its
+/// finished over unary calls or expired.
+pub const RECHECK: Duration = Duration::from_millis(500);
 
 /// What the server sends on a `Work` stream.
 pub type Outbound = mpsc::Sender<Result<pb::WorkResponse, Status>>;
+
+/// What a stream holds: each item pushed and not finished, with its bytes.
+type Held = HashMap<LeaseToken, usize>;
 
 /// Serves one `Work` stream until the queue is drained or deleted, the server
 /// stops, or the worker goes away; then releases what the worker still held.
@@ -50,9 +71,9 @@ pub async fn serve(
     inbound: Streaming<pb::WorkRequest>,
     tx: Outbound,
 ) {
-    let mut held = HashSet::new();
+    let mut held = Held::new();
     run(&engine, &name, lease, first, inbound, tx, &mut held).await;
-    let held: Vec<LeaseToken> = held.into_iter().collect();
+    let held: Vec<LeaseToken> = held.into_keys().collect();
     for chunk in held.chunks(engine.limits().max_batch.max(1)) {
         match engine.release_held(&name, chunk).await {
             Ok(_) | Err(crate::Error::QueueNotFound(_)) => {}
@@ -65,13 +86,25 @@ pub async fn serve(
 }
 
 /// The note an answer carries when a grant was clamped.
-fn clamped_note(granted: u32, open: u64, max: u64) -> String {
+fn clamped_note(granted: i32, open: u64, max: u64) -> String {
     format!(
         "credit clamped: a grant of {granted} would leave more than {max} open \
          (queue-server --max-work-credit); {open} open now, grant more as items arrive"
     )
 }
 
+/// The byte budget of the next lease: (bytes, whether the first item is
+/// free); `None` when the stream holds its budget's worth.
+fn room(max_outstanding: usize, outstanding: usize) -> Option<(usize, bool)> {
+    match (max_outstanding, outstanding) {
+        (0, _) => Some((0, true)),
+        (m, 0) => Some((m, true)),
+        (m, o) if o < m => Some((m - o, false)),
+        _ => None,
+    }
+}
+
+#[allow(clippy::too_many_lines)]
 async fn run(
     engine: &Engine,
     name: &QueueName,
@@ -79,67 +112,87 @@ async fn run(
     first: pb::WorkRequest,
     mut inbound: Streaming<pb::WorkRequest>,
     tx: Outbound,
-    held: &mut HashSet<LeaseToken>,
+    held: &mut Held,
 ) {
     let max_batch = engine.limits().max_batch as u64;
     let max_credit = engine.limits().max_work_credit.max(1);
     // A floor: a zero limit would make every lease answer at once and spin.
     let max_wait = engine.limits().max_wait.max(Duration::from_secs(1));
+    let max_outstanding = usize::try_from(first.max_outstanding_bytes.max(0)).unwrap_or(usize::MAX);
     let mut credit: u64 = 0;
+    let mut outstanding: usize = 0;
+    // Set when a lease stopped at an item that did not fit the room left;
+    // cleared when room is made.
+    let mut blocked = false;
     // When `held` outgrows this, leases ended over unary calls are dropped
     // from it, so that it stays about as large as what the worker holds.
     let mut prune_at = 2 * max_credit as usize + 1024;
-    let mut completions = FuturesUnordered::new();
+    let mut answers = FuturesUnordered::new();
     // Set once the worker half-closed, the queue drained or the server is
-    // stopping: nothing more is read or leased; answered completions end it.
+    // stopping: nothing more is read or leased; answered requests end it.
     let mut ending = false;
-    // Sent last, after the answers to completions in flight.
+    // Sent last, after the answers to requests in flight.
     let mut last_word: Option<Status> = None;
     let take = |req: pb::WorkRequest, credit: &mut u64| {
-        let wanted = credit.saturating_add(u64::from(req.credit));
+        let wanted = credit.saturating_add(u64::try_from(req.credit).unwrap_or(0));
         *credit = wanted.min(max_credit);
         let note = (wanted > max_credit).then(|| clamped_note(req.credit, *credit, max_credit));
-        (!req.complete_tokens.is_empty() || note.is_some())
-            .then(|| complete(engine, name, req, note))
+        (!req.complete_tokens.is_empty() || !req.renew_tokens.is_empty() || note.is_some())
+            .then(|| answer(engine, name, lease, req, note))
     };
-    if let Some(c) = take(first, &mut credit) {
-        completions.push(c);
+    if let Some(a) = take(first, &mut credit) {
+        answers.push(a);
     }
     let stopping = engine.stopping();
     tokio::pin!(stopping);
+    let recheck = tokio::time::sleep(RECHECK);
+    tokio::pin!(recheck);
     // The lease in progress, kept across turns of the loop: on a durable
     // store a lease waits for the store after taking its items, so dropping
     // it when another branch is ready would strand them until they expire.
     let mut leasing: Option<Pin<Box<dyn Future<Output = LeaseResult> + Send>>> = None;
     loop {
-        if ending && completions.is_empty() {
+        if ending && answers.is_empty() {
             if let Some(s) = last_word {
                 let _ = tx.send(Err(s)).await;
             }
             return;
         }
         let want = usize::try_from(credit.min(max_batch)).unwrap_or(1);
-        if leasing.is_none() && want > 0 && !ending {
+        let room_left = room(max_outstanding, outstanding);
+        if leasing.is_none()
+            && want > 0
+            && !ending
+            && !blocked
+            && let Some((bytes, first_free)) = room_left
+        {
             let (engine, name) = (engine.clone(), name.clone());
             leasing = Some(Box::pin(async move {
-                engine.lease(&name, want, lease, max_wait).await
+                engine
+                    .lease_within(&name, want, bytes, first_free, lease, max_wait)
+                    .await
             }));
         }
+        // Held back by the budget: look for items finished elsewhere.
+        let held_back = leasing.is_none() && want > 0 && (blocked || room_left.is_none());
         tokio::select! {
             biased;
-            Some((done, result)) = completions.next(), if !completions.is_empty() => {
+            Some((done, result)) = answers.next(), if !answers.is_empty() => {
                 for t in &done {
-                    held.remove(t);
+                    if let Some(bytes) = held.remove(t) {
+                        outstanding -= bytes;
+                        blocked = false;
+                    }
                 }
-                let msg = pb::WorkResponse { completed: Some(result), ..Default::default() };
+                let msg = pb::WorkResponse { answer: Some(result), ..Default::default() };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }
             }
             msg = inbound.message(), if !ending => match msg {
                 Ok(Some(req)) => {
-                    if let Some(c) = take(req, &mut credit) {
-                        completions.push(c);
+                    if let Some(a) = take(req, &mut credit) {
+                        answers.push(a);
                     }
                 }
                 Ok(None) => ending = true,
@@ -158,16 +211,23 @@ async fn run(
             } => { leasing = None; match out {
                 Ok(out) => {
                     credit -= out.items.len() as u64;
-                    held.extend(out.items.iter().map(|i| i.token));
+                    // Held back only when nothing fitted the room left (a
+                    // push cut short by the message budget is not).
+                    blocked = out.over_budget && out.items.is_empty();
+                    for i in &out.items {
+                        let bytes = if max_outstanding == 0 { 0 } else { i.answer_bytes() };
+                        held.insert(i.token, bytes);
+                        outstanding += bytes;
+                    }
                     if held.len() > prune_at {
-                        engine.retain_live(name, held);
+                        forget_ended(engine, name, held, &mut outstanding);
                         prune_at = 2 * held.len() + 2 * max_credit as usize + 1024;
                     }
                     if !out.items.is_empty() || out.drained {
                         let msg = pb::WorkResponse {
                             items: out.items.into_iter().map(leased_pb).collect(),
                             drained: out.drained,
-                            completed: None,
+                            answer: None,
                         };
                         // The worker gone before it saw them: `serve` gives
                         // them back.
@@ -180,68 +240,114 @@ async fn run(
                     }
                 }
                 Err(e) => {
-                    last_word = Some(status(e));
+                    last_word = Some(rejection(&e).to_status());
                     ending = true;
                 }
             }},
+            () = &mut recheck, if held_back => {
+                let before = outstanding;
+                forget_ended(engine, name, held, &mut outstanding);
+                if outstanding < before {
+                    blocked = false;
+                }
+                recheck.as_mut().reset(tokio::time::Instant::now() + RECHECK);
+            }
             () = &mut stopping, if !ending => {
-                last_word = Some(Status::unavailable("the server is stopping"));
+                last_word = Some(crate::grpc::rejection(&crate::Error::ShuttingDown).to_status());
                 ending = true;
             }
             () = tx.closed() => return,
         }
+        if !held_back {
+            recheck
+                .as_mut()
+                .reset(tokio::time::Instant::now() + RECHECK);
+        }
     }
+}
+
+/// Drops from `held` the leases that ended over unary calls or expired.
+fn forget_ended(engine: &Engine, name: &QueueName, held: &mut Held, outstanding: &mut usize) {
+    engine.retain_live_map(name, held);
+    *outstanding = held.values().sum();
 }
 
 /// What a lease in progress yields.
 type LeaseResult = crate::error::Result<LeaseOutcome>;
 
-/// Completes the tokens of `req` (none: nothing to do), answering with its
-/// `ref` and `note` in the message; yields the tokens completed.
-fn complete(
+/// Completes, then renews, the tokens of `req`, answering with its
+/// `sequence` and `note` (a clamped grant) in the problem's message; yields
+/// the tokens that completed (now or before).
+fn answer(
     engine: &Engine,
     name: &QueueName,
+    lease: Option<Duration>,
     req: pb::WorkRequest,
     note: Option<String>,
-) -> impl std::future::Future<Output = (Vec<LeaseToken>, pb::CompletionResult)> + use<> {
+) -> impl Future<Output = (Vec<LeaseToken>, pb::WorkAnswer)> + use<> {
     let (engine, name) = (engine.clone(), name.clone());
     async move {
-        let result = match req
-            .complete_tokens
-            .iter()
-            .map(|t| t.parse::<LeaseToken>())
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(tokens) if tokens.is_empty() => Ok(tokens),
-            Ok(tokens) => engine
-                .complete(&name, &tokens)
-                .await
-                .map(|()| tokens)
-                .map_err(status),
-            Err(e) => Err(Status::invalid_argument(e.0)),
+        let per_token = req.per_token_results;
+        let batch = if per_token {
+            Batch::EachToken
+        } else {
+            Batch::AllOrNothing
         };
-        let join = |msg: &str| match (&note, msg.is_empty()) {
-            (None, _) => msg.to_owned(),
-            (Some(n), true) => n.clone(),
-            (Some(n), false) => format!("{msg}; {n}"),
-        };
-        match result {
-            Ok(tokens) => (
-                tokens,
-                pb::CompletionResult {
-                    r#ref: req.r#ref,
-                    code: 0,
-                    message: join(""),
-                },
-            ),
-            Err(s) => (
-                Vec::new(),
-                pb::CompletionResult {
-                    r#ref: req.r#ref,
-                    code: s.code() as i32,
-                    message: join(s.message()),
-                },
-            ),
+        let mut refused: Option<Rejection> = None;
+        let mut completed: Vec<TokenResult> = Vec::new();
+        let mut renewed: Vec<TokenResult> = Vec::new();
+        match parse_tokens("complete_tokens", &req.complete_tokens) {
+            Ok(tokens) if tokens.is_empty() => {}
+            Ok(tokens) => match engine.complete_as(&name, &tokens, batch).await {
+                Ok(r) => completed = r,
+                Err(e) => refused = Some(rejection(&e)),
+            },
+            Err(r) => refused = Some(*r),
         }
+        if refused.is_none() {
+            match parse_tokens("renew_tokens", &req.renew_tokens) {
+                Ok(tokens) if tokens.is_empty() => {}
+                Ok(tokens) => match engine.renew_as(&name, &tokens, lease, batch).await {
+                    Ok(r) => renewed = r,
+                    Err(e) => refused = Some(rejection(&e)),
+                },
+                Err(r) => refused = Some(*r),
+            }
+        }
+        let problem = match (refused, note) {
+            (None, None) => None,
+            (None, Some(n)) => Some(pb::Problem {
+                code: tonic::Code::Ok as i32,
+                message: n,
+                ..Default::default()
+            }),
+            (Some(r), note) => {
+                let mut p = r.to_problem();
+                if let Some(n) = note {
+                    p.message = format!("{}; {n}", p.message);
+                }
+                Some(p)
+            }
+        };
+        let finished = completed
+            .iter()
+            .filter(|r| r.done() || r.already_done())
+            .map(|r| r.token)
+            .collect();
+        let results = if per_token {
+            completed
+                .iter()
+                .chain(&renewed)
+                .map(token_result_pb)
+                .collect()
+        } else {
+            renewed.iter().map(token_result_pb).collect()
+        };
+        let answer = pb::WorkAnswer {
+            sequence: req.sequence,
+            problem,
+            results,
+        };
+        (finished, answer)
     }
 }

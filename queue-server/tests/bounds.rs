@@ -46,12 +46,13 @@ async fn enqueue(c: &mut Client, q: &str, payload: Vec<u8>) {
             ..Default::default()
         }],
         create_queue: true,
+        request_id: String::new(),
     })
     .await
     .expect("enqueue");
 }
 
-async fn lease(c: &mut Client, q: &str, max: u32) -> pb::LeaseResponse {
+async fn lease(c: &mut Client, q: &str, max: i32) -> pb::LeaseResponse {
     c.lease(pb::LeaseRequest {
         queue: q.into(),
         max_items: max,
@@ -64,7 +65,8 @@ async fn lease(c: &mut Client, q: &str, max: u32) -> pb::LeaseResponse {
 
 async fn stats(c: &mut Client, q: &str) -> pb::QueueStats {
     let info = c.get_queue(pb::GetQueueRequest { name: q.into() }).await;
-    info.expect("get").into_inner().stats.expect("stats")
+    let queue = info.expect("get").into_inner().queue;
+    queue.and_then(|q| q.stats).expect("stats")
 }
 
 /// Waits, by following `Watch`, until `q`'s counters satisfy `done`.
@@ -77,7 +79,7 @@ async fn until(c: &mut Client, q: &str, done: impl Fn(&pb::QueueStats) -> bool) 
     // A guard against a hang, not a timed assertion: the change is immediate.
     tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(s) = watch.next().await {
-            let s = s.expect("watch");
+            let s = s.expect("watch").stats.expect("stats");
             if done(&s) {
                 return s;
             }
@@ -109,6 +111,32 @@ async fn a_lease_returns_what_fits_and_leaves_the_rest_pending() {
 }
 
 #[tokio::test]
+async fn a_work_stream_cut_short_by_the_message_budget_pushes_the_rest_next() {
+    let (server, mut c) = server(small_messages()).await;
+    for i in 0..5u8 {
+        enqueue(&mut c, "big-work", vec![i; 300 * KIB]).await;
+    }
+    let (tx, mut answers) = work(&mut c, "big-work", 5).await;
+    let mut pushes = Vec::new();
+    // A guard against a hang, not a timed assertion: the rest is pushed at once.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while pushes.iter().sum::<usize>() < 5 {
+            let msg = answers.message().await.expect("answer").expect("items");
+            pushes.push(msg.items.len());
+        }
+    })
+    .await
+    .expect("the rest never came");
+    assert_eq!(
+        pushes,
+        vec![3, 2],
+        "three fit in 1 MiB, the rest follow at once"
+    );
+    drop(tx);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
 async fn list_dead_pages_down_to_what_fits() {
     let (server, mut c) = server(small_messages()).await;
     for i in 0..5u8 {
@@ -122,9 +150,9 @@ async fn list_dead_pages_down_to_what_fits() {
     c.fail(pb::FailRequest {
         queue: "dead".into(),
         lease_tokens: tokens,
-        fatal: true,
+        mode: pb::FailMode::Fatal as i32,
         reason: "é".repeat(10_000),
-        retry_after_ms: 0,
+        ..Default::default()
     })
     .await
     .expect("fail");
@@ -132,7 +160,7 @@ async fn list_dead_pages_down_to_what_fits() {
     let listed = c
         .list_dead(pb::ListDeadRequest {
             queue: "dead".into(),
-            limit: 0,
+            ..Default::default()
         })
         .await
         .expect("list dead")
@@ -143,6 +171,30 @@ async fn list_dead_pages_down_to_what_fits() {
         reason.len() <= Limits::default().max_attribute_bytes + 64,
         "the reason is cut in bytes: {} bytes",
         reason.len()
+    );
+    // The page is short of page_size (0: the largest), and its token goes on
+    // from there.
+    assert!(!listed.next_page_token.is_empty());
+    let rest = c
+        .list_dead(pb::ListDeadRequest {
+            queue: "dead".into(),
+            page_token: listed.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("next page")
+        .into_inner();
+    assert_eq!(rest.items.len(), 2);
+    assert!(rest.next_page_token.is_empty(), "the last page");
+    let ids: Vec<u64> = listed
+        .items
+        .iter()
+        .chain(&rest.items)
+        .map(|i| i.id.parse().expect("id"))
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "in id order, each once: {ids:?}"
     );
     server.shutdown().await.expect("shutdown");
 }
@@ -179,6 +231,7 @@ async fn attributes_count_toward_the_item_limit() {
             queue: "attrs".into(),
             items: vec![item],
             create_queue: true,
+            request_id: String::new(),
         })
         .await
         .expect_err("payload and attributes exceed the item limit");
@@ -207,7 +260,7 @@ async fn a_huge_bad_name_is_answered_with_a_short_message() {
 async fn work(
     c: &mut Client,
     q: &str,
-    credit: u32,
+    credit: i32,
 ) -> (
     tokio::sync::mpsc::Sender<pb::WorkRequest>,
     tonic::Streaming<pb::WorkResponse>,
@@ -215,7 +268,7 @@ async fn work(
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     tx.send(pb::WorkRequest {
         queue: q.into(),
-        lease_ms: 3_600_000,
+        lease: Some(workq_proto::time::duration(Duration::from_secs(3600))),
         credit,
         ..Default::default()
     })
@@ -244,29 +297,29 @@ async fn a_dropped_work_stream_releases_its_items_at_once_without_an_attempt() {
     // Complete one; the worker vanishes with the rest in hand.
     tx.send(pb::WorkRequest {
         complete_tokens: vec![got[0].lease_token.clone()],
-        r#ref: 7,
+        sequence: 7,
         ..Default::default()
     })
     .await
     .expect("complete");
     loop {
         let msg = answers.message().await.expect("answer").expect("answer");
-        if let Some(done) = msg.completed {
-            assert_eq!((done.r#ref, done.code), (7, 0));
+        if let Some(done) = msg.answer {
+            assert_eq!((done.sequence, done.problem), (7, None));
             break;
         }
         got.extend(msg.items);
     }
-    let held = got.len() as u64 - 1;
+    let held = got.len() as i64 - 1;
     drop((tx, answers));
     let s = until(&mut c, "held", |s| s.leased == 0).await;
     assert_eq!(
         (s.pending, s.completed, s.retried, s.dead),
-        (held + 5 - got.len() as u64, 1, 0, 0),
+        (held + 5 - got.len() as i64, 1, 0, 0),
         "released, not retried"
     );
     let again = lease(&mut c, "held", 10).await;
-    assert_eq!(again.items.len() as u64, 4);
+    assert_eq!(again.items.len(), 4);
     assert!(
         again.items.iter().all(|i| i.attempt == 1),
         "no attempt counted"
@@ -284,14 +337,15 @@ async fn a_grant_beyond_the_credit_limit_is_clamped_and_the_answer_says_so() {
     for i in 0..10u8 {
         enqueue(&mut c, "credit", vec![i]).await;
     }
-    let (tx, mut answers) = work(&mut c, "credit", u32::MAX).await;
+    let (tx, mut answers) = work(&mut c, "credit", i32::MAX).await;
     let mut note = None;
     let mut items = Vec::new();
     while note.is_none() || items.is_empty() {
         let msg = answers.message().await.expect("answer").expect("answer");
-        if let Some(done) = msg.completed {
-            assert_eq!(done.code, 0);
-            note = Some(done.message);
+        if let Some(done) = msg.answer {
+            let p = done.problem.expect("a note");
+            assert_eq!(p.code, 0);
+            note = Some(p.message);
         }
         if !msg.items.is_empty() {
             assert!(items.is_empty(), "one push for the open credit");
@@ -342,6 +396,7 @@ async fn the_queue_limit_refuses_with_resource_exhausted_and_the_server_stays_he
             queue: "three".into(),
             items: vec![pb::NewItem::default()],
             create_queue: true,
+            request_id: String::new(),
         })
         .await
         .expect_err("an enqueue creating a queue is refused too");
@@ -365,9 +420,12 @@ async fn the_queue_limit_refuses_with_resource_exhausted_and_the_server_stays_he
         1,
         "still serving"
     );
-    c.delete_queue(pb::DeleteQueueRequest { name: "two".into() })
-        .await
-        .expect("delete");
+    c.delete_queue(pb::DeleteQueueRequest {
+        name: "two".into(),
+        allow_missing: false,
+    })
+    .await
+    .expect("delete");
     enqueue(&mut c, "three", vec![3]).await;
     server.shutdown().await.expect("shutdown");
 }
@@ -381,6 +439,7 @@ async fn a_deleted_queue_leaves_metrics() {
     assert!(page.contains("queue=\"gone-soon\""), "{page}");
     c.delete_queue(pb::DeleteQueueRequest {
         name: "gone-soon".into(),
+        allow_missing: false,
     })
     .await
     .expect("delete");
@@ -412,6 +471,7 @@ async fn the_queued_bytes_limit_refuses_with_resource_exhausted_until_items_leav
                 ..Default::default()
             }],
             create_queue: true,
+            request_id: String::new(),
         })
         .await
         .expect_err("over the byte budget");
@@ -426,6 +486,7 @@ async fn the_queued_bytes_limit_refuses_with_resource_exhausted_until_items_leav
     c.complete(pb::CompleteRequest {
         queue: "full".into(),
         lease_tokens: vec![got.items[0].lease_token.clone()],
+        per_token_results: false,
     })
     .await
     .expect("complete");
@@ -433,6 +494,7 @@ async fn the_queued_bytes_limit_refuses_with_resource_exhausted_until_items_leav
     // Deleting the queue frees all of it.
     c.delete_queue(pb::DeleteQueueRequest {
         name: "full".into(),
+        allow_missing: false,
     })
     .await
     .expect("delete");
@@ -458,6 +520,7 @@ async fn a_stream_forgets_leases_ended_over_unary_calls() {
     c.complete(pb::CompleteRequest {
         queue: "forget".into(),
         lease_tokens: vec![got.items[0].lease_token.clone()],
+        per_token_results: false,
     })
     .await
     .expect("complete");

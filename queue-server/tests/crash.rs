@@ -18,13 +18,17 @@ fn random_below(n: u64) -> u64 {
 }
 
 /// A lease of up to `max` items of the queue for 60 s, waiting up to `wait_ms`.
-fn lease_req(max: u32, wait_ms: u64) -> pb::LeaseRequest {
+fn lease_req(max: i32, wait_ms: u64) -> pb::LeaseRequest {
     pb::LeaseRequest {
         queue: QUEUE.into(),
         max_items: max,
-        lease_ms: 60_000,
-        wait_ms,
-        complete_tokens: Vec::new(),
+        lease: Some(workq_proto::time::duration(std::time::Duration::from_secs(
+            60,
+        ))),
+        wait: Some(workq_proto::time::duration(
+            std::time::Duration::from_millis(wait_ms),
+        )),
+        ..Default::default()
     }
 }
 
@@ -63,6 +67,7 @@ async fn kill_9_loses_no_acknowledged_item_and_redelivers_no_completed_one() {
                             })
                             .collect(),
                         create_queue: true,
+                        request_id: String::new(),
                     };
                     if c.enqueue(req).await.is_err() {
                         return;
@@ -86,6 +91,7 @@ async fn kill_9_loses_no_acknowledged_item_and_redelivers_no_completed_one() {
                     let req = pb::CompleteRequest {
                         queue: QUEUE.into(),
                         lease_tokens: l.items.iter().map(|i| i.lease_token.clone()).collect(),
+                        per_token_results: false,
                     };
                     let payloads: Vec<String> = l
                         .items
@@ -138,6 +144,7 @@ async fn kill_9_loses_no_acknowledged_item_and_redelivers_no_completed_one() {
             let req = pb::CompleteRequest {
                 queue: QUEUE.into(),
                 lease_tokens: l.items.iter().map(|i| i.lease_token.clone()).collect(),
+                per_token_results: false,
             };
             c.complete(req).await.expect("complete after restart");
         }
@@ -164,7 +171,8 @@ async fn kill_9_loses_no_acknowledged_item_and_redelivers_no_completed_one() {
             .await
             .expect("stats")
             .into_inner()
-            .stats
+            .queue
+            .and_then(|q| q.stats)
             .expect("stats");
         assert_eq!(
             stats.enqueued,

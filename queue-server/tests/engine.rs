@@ -203,7 +203,7 @@ async fn complete_then_lease_hands_in_a_batch_and_takes_the_next_in_one_call() {
         let first = lease(&e, "ctl", 2, Duration::ZERO).await;
         let done: Vec<_> = first.items.iter().map(|l| l.token).collect();
         let next = e
-            .complete_then_lease(&q("ctl"), &done, 2, None, Duration::ZERO)
+            .complete_then_lease(&q("ctl"), &done, 2, 0, None, Duration::ZERO)
             .await
             .expect("complete then lease");
         assert_eq!(next.items.len(), 2);
@@ -212,9 +212,14 @@ async fn complete_then_lease_hands_in_a_batch_and_takes_the_next_in_one_call() {
 
         // The completion is all or nothing, and a refused one leases nothing.
         enqueue(&e, "ctl", &["e"], false).await;
-        let mixed = [next.items[0].token, done[0]];
+        // A token of an item completed under another lease.
+        let stale = queue_server::names::LeaseToken {
+            item: done[0].item,
+            seq: done[0].seq.wrapping_add(1),
+        };
+        let mixed = [next.items[0].token, stale];
         let refused = e
-            .complete_then_lease(&q("ctl"), &mixed, 1, None, Duration::ZERO)
+            .complete_then_lease(&q("ctl"), &mixed, 1, 0, None, Duration::ZERO)
             .await;
         assert!(
             matches!(refused, Err(Error::StaleLease { .. })),
@@ -225,16 +230,23 @@ async fn complete_then_lease_hands_in_a_batch_and_takes_the_next_in_one_call() {
 
         // Bad lease arguments are refused before anything is completed.
         let bad = e
-            .complete_then_lease(&q("ctl"), &[next.items[0].token], 0, None, Duration::ZERO)
+            .complete_then_lease(
+                &q("ctl"),
+                &[next.items[0].token],
+                0,
+                0,
+                None,
+                Duration::ZERO,
+            )
             .await;
-        assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
+        assert!(matches!(bad, Err(Error::InvalidField { .. })), "{bad:?}");
         assert_eq!(e.get_queue(&q("ctl")).expect("info").counters.completed, 2);
 
         // The last completion with a waiting lease: completed at once, then
         // the call waits for new work.
         let rest: Vec<_> = next.items.iter().map(|l| l.token).collect();
         let last = e
-            .complete_then_lease(&q("ctl"), &rest, 10, None, Duration::from_secs(1))
+            .complete_then_lease(&q("ctl"), &rest, 10, 0, None, Duration::from_secs(1))
             .await
             .expect("complete the rest");
         assert_eq!(last.items.len(), 1, "the pending item");
@@ -267,7 +279,7 @@ async fn retriable_failures_back_off_and_the_waiter_gets_the_item_when_due() {
     each_store(|e| async move {
         enqueue(&e, "retry", &["x"], true).await;
         let l = lease(&e, "retry", 1, Duration::ZERO).await.items.remove(0);
-        e.fail(&q("retry"), &[l.token], false, "flaky", Duration::ZERO)
+        e.fail(&q("retry"), &[l.token], false, "flaky", None)
             .await
             .expect("fail");
         let t0 = Instant::now();
@@ -352,7 +364,7 @@ async fn the_embedded_store_restores_queues_items_and_counts() {
         .expect("delayed");
         let l = lease(&e, "r", 3, Duration::ZERO).await.items;
         e.complete(&q("r"), &[l[0].token]).await.expect("complete");
-        e.fail(&q("r"), &[l[1].token], true, "bad", Duration::ZERO)
+        e.fail(&q("r"), &[l[1].token], true, "bad", None)
             .await
             .expect("fail");
         leased_id = l[2].id;

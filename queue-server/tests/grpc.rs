@@ -19,16 +19,22 @@ fn enqueue_req(queue: &str, payloads: &[&str]) -> pb::EnqueueRequest {
         queue: queue.into(),
         items: payloads.iter().map(|p| item(p)).collect(),
         create_queue: true,
+        request_id: String::new(),
     }
 }
 
-fn lease_req(queue: &str, max: u32, wait_ms: u64) -> pb::LeaseRequest {
+fn ms(ms: u64) -> Option<prost_types::Duration> {
+    Some(workq_proto::time::duration(
+        std::time::Duration::from_millis(ms),
+    ))
+}
+
+fn lease_req(queue: &str, max: i32, wait_ms: u64) -> pb::LeaseRequest {
     pb::LeaseRequest {
         queue: queue.into(),
         max_items: max,
-        lease_ms: 0,
-        wait_ms,
-        complete_tokens: Vec::new(),
+        wait: ms(wait_ms),
+        ..Default::default()
     }
 }
 
@@ -50,7 +56,7 @@ async fn enqueue(c: &mut Client, q: &str, payloads: &[&str]) -> pb::EnqueueRespo
 }
 
 /// Leases up to `max` items of `q`, not waiting.
-async fn lease(c: &mut Client, q: &str, max: u32) -> pb::LeaseResponse {
+async fn lease(c: &mut Client, q: &str, max: i32) -> pb::LeaseResponse {
     let resp = c.lease(lease_req(q, max, 0)).await;
     resp.expect("lease").into_inner()
 }
@@ -71,6 +77,7 @@ async fn complete(c: &mut Client, q: &str, tokens: Vec<String>) {
     let req = pb::CompleteRequest {
         queue: q.into(),
         lease_tokens: tokens,
+        per_token_results: false,
     };
     c.complete(req).await.expect("complete");
 }
@@ -91,7 +98,8 @@ async fn stats(c: &mut Client, q: &str) -> pb::QueueStats {
         .await
         .expect("get_queue")
         .into_inner()
-        .stats
+        .queue
+        .and_then(|q| q.stats)
         .expect("stats")
 }
 
@@ -101,7 +109,7 @@ async fn enqueue_lease_complete_over_the_network() {
     let mut c = server.client().await;
     let q = unique_queue("basic");
     let ids = enqueue(&mut c, &q, &["a", "b", "c"]).await;
-    assert_eq!(ids.item_ids.len(), 3);
+    assert_eq!(ids.items.len(), 3);
     let leased = lease(&mut c, &q, 2).await;
     assert_eq!(leased.items.len(), 2);
     assert_eq!(&leased.items[0].payload[..], b"a");
@@ -109,7 +117,7 @@ async fn enqueue_lease_complete_over_the_network() {
     complete(&mut c, &q, tokens(&leased)).await;
     let s = stats(&mut c, &q).await;
     assert_eq!((s.enqueued, s.pending, s.leased, s.completed), (3, 1, 0, 2));
-    assert!(!s.drained);
+    assert_eq!(s.state(), pb::QueueState::Active);
 }
 
 #[tokio::test]
@@ -147,11 +155,11 @@ async fn refusals_carry_the_right_code_and_a_message_naming_the_problem() {
 
     enqueue(&mut c, &q, &["ok"]).await;
     let mut lease = lease_req(&q, 1, 0);
-    lease.lease_ms = 10;
+    lease.lease = ms(10);
     let e = c.lease(lease.clone()).await.expect_err("tiny lease");
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("out of bounds"), "{}", e.message());
-    lease.lease_ms = 365 * 24 * 3600 * 1000;
+    lease.lease = ms(365 * 24 * 3600 * 1000);
     assert_eq!(
         c.lease(lease).await.expect_err("huge lease").code(),
         Code::InvalidArgument
@@ -175,6 +183,7 @@ async fn refusals_carry_the_right_code_and_a_message_naming_the_problem() {
         .complete(pb::CompleteRequest {
             queue: q.clone(),
             lease_tokens: vec!["nonsense".into()],
+            per_token_results: false,
         })
         .await
         .expect_err("garbage token");
@@ -189,6 +198,7 @@ async fn refusals_carry_the_right_code_and_a_message_naming_the_problem() {
     c.release(pb::ReleaseRequest {
         queue: q.clone(),
         lease_tokens: vec![token.clone()],
+        per_token_results: false,
     })
     .await
     .expect("release");
@@ -196,6 +206,7 @@ async fn refusals_carry_the_right_code_and_a_message_naming_the_problem() {
         .complete(pb::CompleteRequest {
             queue: q.clone(),
             lease_tokens: vec![token],
+            per_token_results: false,
         })
         .await
         .expect_err("stale");
@@ -226,8 +237,8 @@ async fn create_queue_is_idempotent_with_equal_settings_only() {
     let req = |lease: u64| pb::CreateQueueRequest {
         name: q.clone(),
         settings: Some(pb::QueueSettings {
-            default_lease_ms: lease,
-            max_attempts: 2,
+            default_lease: ms(lease),
+            max_attempts: Some(2),
             ..Default::default()
         }),
     };
@@ -239,8 +250,8 @@ async fn create_queue_is_idempotent_with_equal_settings_only() {
     assert!(first.created);
     let settings = first.queue.and_then(|q| q.settings).expect("settings");
     assert_eq!(
-        (settings.default_lease_ms, settings.max_attempts),
-        (5000, 2)
+        (settings.default_lease, settings.max_attempts),
+        (ms(5000), Some(2))
     );
     assert!(
         !c.create_queue(req(5000))
@@ -254,14 +265,17 @@ async fn create_queue_is_idempotent_with_equal_settings_only() {
         Code::AlreadyExists
     );
     let list = c
-        .list_queues(pb::ListQueuesRequest {})
+        .list_queues(pb::ListQueuesRequest::default())
         .await
         .expect("list")
         .into_inner();
     assert!(list.queues.iter().any(|i| i.name == q));
-    c.delete_queue(pb::DeleteQueueRequest { name: q.clone() })
-        .await
-        .expect("delete");
+    c.delete_queue(pb::DeleteQueueRequest {
+        name: q.clone(),
+        allow_missing: false,
+    })
+    .await
+    .expect("delete");
     assert_eq!(
         c.get_queue(pb::GetQueueRequest { name: q })
             .await
@@ -289,7 +303,7 @@ async fn a_waiting_lease_gets_an_item_enqueued_later_and_drained_ends_it() {
     let waiting = spawn_lease(&c, &q, 60_000);
     complete(&mut c, &q, vec![got.items[0].lease_token.clone()]).await;
     let end = waiting.await.expect("join").expect("lease").into_inner();
-    assert!(end.items.is_empty() && end.drained && end.empty);
+    assert!(end.items.is_empty() && end.queue_state() == pb::QueueState::Drained);
 }
 
 #[tokio::test]
@@ -306,8 +320,14 @@ async fn a_lease_call_hands_in_completions_and_a_refused_one_leases_nothing() {
     assert_eq!(next.into_inner().items.len(), 1);
     let s = stats(&mut c, &q).await;
     assert_eq!((s.completed, s.leased, s.pending), (1, 1, 1));
-    // The same token again: already completed, so the call fails with
+    // A token of an item completed under another lease: the call fails with
     // Complete's error and leases nothing.
+    let (item, seq) = token.split_once('.').expect("a token");
+    let other = format!(
+        "{item}.{:x}",
+        u64::from_str_radix(seq, 16).expect("hex") + 1
+    );
+    req.complete_tokens = vec![other];
     let e = c.lease(req).await.expect_err("stale completion");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     let s = stats(&mut c, &q).await;
@@ -325,9 +345,9 @@ async fn fail_dead_list_and_requeue() {
         .fail(pb::FailRequest {
             queue: q.clone(),
             lease_tokens: vec![l.items[0].lease_token.clone()],
-            fatal: true,
+            mode: pb::FailMode::Fatal as i32,
             reason: "exit code 42".into(),
-            retry_after_ms: 0,
+            ..Default::default()
         })
         .await
         .expect("fail")
@@ -336,7 +356,7 @@ async fn fail_dead_list_and_requeue() {
     let dead = c
         .list_dead(pb::ListDeadRequest {
             queue: q.clone(),
-            limit: 0,
+            ..Default::default()
         })
         .await
         .expect("dead")
@@ -348,6 +368,7 @@ async fn fail_dead_list_and_requeue() {
         .requeue_dead(pb::RequeueDeadRequest {
             queue: q.clone(),
             item_ids: vec![],
+            all: true,
         })
         .await
         .expect("requeue")
@@ -372,16 +393,25 @@ async fn watch_streams_counters_until_drained() {
         .await
         .expect("watch")
         .into_inner();
-    let first = stream.message().await.expect("first").expect("some");
+    let first = stream
+        .message()
+        .await
+        .expect("first")
+        .and_then(|w| w.stats)
+        .expect("some");
     assert_eq!(first.pending, 2);
     let l = lease(&mut c, &q, 2).await;
     complete(&mut c, &q, tokens(&l)).await;
     let mut last = first;
     while let Some(s) = stream.message().await.expect("message") {
+        let s = s.stats.expect("stats");
         assert!(s.enqueued == s.pending + s.delayed + s.leased + s.completed + s.dead);
         last = s;
     }
-    assert!(last.drained && last.completed == 2, "{last:?}");
+    assert!(
+        last.state() == pb::QueueState::Drained && last.completed == 2,
+        "{last:?}"
+    );
 }
 
 #[tokio::test]
@@ -501,7 +531,7 @@ struct WorkStream {
 }
 
 impl WorkStream {
-    async fn open(c: &mut Client, queue: &str, credit: u32) -> Result<WorkStream, tonic::Status> {
+    async fn open(c: &mut Client, queue: &str, credit: i32) -> Result<WorkStream, tonic::Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tx.send(pb::WorkRequest {
             queue: queue.into(),
@@ -517,12 +547,12 @@ impl WorkStream {
         Ok(WorkStream { tx, rx })
     }
 
-    async fn send(&self, credit: u32, tokens: Vec<String>, r#ref: u64) {
+    async fn send(&self, credit: i32, tokens: Vec<String>, sequence: i64) {
         self.tx
             .send(pb::WorkRequest {
                 credit,
                 complete_tokens: tokens,
-                r#ref,
+                sequence,
                 ..Default::default()
             })
             .await
@@ -553,26 +583,28 @@ async fn a_work_stream_pushes_items_up_to_its_credit_and_answers_completions() {
     let (mut completed, mut items) = (None, Vec::new());
     while completed.is_none() || items.is_empty() {
         let m = w.next().await;
-        completed = completed.or(m.completed);
+        completed = completed.or(m.answer);
         items.extend(m.items);
     }
     let done = completed.expect("answer");
-    assert_eq!((done.r#ref, done.code), (7, 0), "{done:?}");
+    assert_eq!((done.sequence, &done.problem), (7, &None), "{done:?}");
     assert_eq!(items.len(), 1);
     assert_eq!(stats(&mut c, &q).await.completed, 2);
 
-    // Handing in the same tokens again: refused as Complete refuses them.
+    // Handing in the same tokens again: already done, nothing counted twice.
     w.send(0, tokens, 8).await;
-    let stale = w.next().await.completed.expect("answer");
-    assert_eq!(stale.r#ref, 8);
-    assert_eq!(stale.code, Code::FailedPrecondition as i32, "{stale:?}");
+    let again = w.next().await.answer.expect("answer");
+    assert_eq!((again.sequence, again.problem), (8, None));
+    assert_eq!(stats(&mut c, &q).await.completed, 2);
 
     // Sealed: the last completion drains the queue and the stream ends.
     seal(&mut c, &q).await;
     w.send(1, vec![items[0].lease_token.clone()], 9).await;
     let (mut completed, mut drained) = (false, false);
     while let Some(m) = w.rx.message().await.expect("no error") {
-        completed |= m.completed.is_some_and(|d| d.r#ref == 9 && d.code == 0);
+        completed |= m
+            .answer
+            .is_some_and(|d| d.sequence == 9 && d.problem.is_none());
         drained |= m.drained;
     }
     assert!(
@@ -580,7 +612,7 @@ async fn a_work_stream_pushes_items_up_to_its_credit_and_answers_completions() {
         "completed {completed}, drained {drained}"
     );
     let s = stats(&mut c, &q).await;
-    assert_eq!((s.completed, s.drained), (3, true));
+    assert_eq!((s.completed, s.state()), (3, pb::QueueState::Drained));
 }
 
 #[tokio::test]
@@ -614,11 +646,12 @@ async fn an_enqueue_stream_adds_batches_in_order_and_answers_each_when_durable()
     let mut c = server.client().await;
     let q = unique_queue("push-stream");
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let batch = |queue: &str, payloads: &[&str], r#ref: u64| pb::EnqueueStreamRequest {
+    let batch = |queue: &str, payloads: &[&str], sequence: i64| pb::EnqueueStreamRequest {
         queue: queue.into(),
         create_queue: true,
         items: payloads.iter().map(|p| item(p)).collect(),
-        r#ref,
+        sequence,
+        ..Default::default()
     };
     tx.send(batch(&q, &["1"], 1)).await.expect("send");
     let mut answers = c
@@ -633,7 +666,7 @@ async fn an_enqueue_stream_adds_batches_in_order_and_answers_each_when_durable()
     drop(tx);
     let mut by_ref = std::collections::BTreeMap::new();
     while let Some(a) = answers.message().await.expect("no error") {
-        by_ref.insert(a.r#ref, a);
+        by_ref.insert(a.sequence, a);
     }
     assert_eq!(
         by_ref.len(),
@@ -641,10 +674,10 @@ async fn an_enqueue_stream_adds_batches_in_order_and_answers_each_when_durable()
         "every batch answered before the stream ended"
     );
     for r in [1, 2, 4] {
-        assert_eq!(by_ref[&r].code, 0, "{:?}", by_ref[&r]);
+        assert_eq!(by_ref[&r].problem, None, "{:?}", by_ref[&r]);
     }
-    assert_eq!(by_ref[&2].item_ids.len(), 2);
-    let refused = &by_ref[&3];
+    assert_eq!(by_ref[&2].items.len(), 2);
+    let refused = by_ref[&3].problem.as_ref().expect("refused");
     assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
     assert!(refused.message.contains("payload"), "{}", refused.message);
     // In the order sent, and nothing of the refused batch.
@@ -667,7 +700,7 @@ async fn open_streams_do_not_hold_up_a_sigterm() {
     tx.send(pb::EnqueueStreamRequest {
         queue: q.clone(),
         items: vec![item("b")],
-        r#ref: 1,
+        sequence: 1,
         ..Default::default()
     })
     .await
@@ -678,7 +711,7 @@ async fn open_streams_do_not_hold_up_a_sigterm() {
         .expect("open enqueue stream")
         .into_inner();
     let first = answers.message().await.expect("answer").expect("answer");
-    assert_eq!((first.r#ref, first.code), (1, 0));
+    assert_eq!((first.sequence, first.problem), (1, None));
 
     let status = tokio::task::block_in_place(|| {
         server.signal_and_wait_for(Signal::SIGTERM, std::time::Duration::from_secs(20))

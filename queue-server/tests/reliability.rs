@@ -31,6 +31,7 @@ fn enqueue_req(queue: &str, payload: &str) -> pb::EnqueueRequest {
             ..Default::default()
         }],
         create_queue: true,
+        request_id: String::new(),
     }
 }
 
@@ -38,9 +39,10 @@ fn lease_req(queue: &str, wait_ms: u64) -> pb::LeaseRequest {
     pb::LeaseRequest {
         queue: queue.into(),
         max_items: 10,
-        lease_ms: 0,
-        wait_ms,
-        complete_tokens: Vec::new(),
+        wait: Some(workq_proto::time::duration(
+            std::time::Duration::from_millis(wait_ms),
+        )),
+        ..Default::default()
     }
 }
 

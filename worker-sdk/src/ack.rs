@@ -5,9 +5,13 @@
 //! flight — group commit on the client side, so a busy worker sends one call
 //! for many items and an idle one answers each item at once.
 //!
-//! Complete is all-or-nothing: one stale token refuses the whole call. A refused
-//! or failed batch is therefore retried one token at a time, so that each item
-//! learns its own fate and one lost lease does not fail its neighbours.
+//! Each call asks for per-token results ([`Queue::complete_each`]), so one
+//! stale token does not refuse its neighbours and each item learns its own
+//! fate from the one call. A call whose answer was lost (a transient error) is
+//! sent again as a whole: completing is idempotent, so the tokens it had
+//! completed answer "already done", and on such a retry a token refused
+//! because its item is completed (`ITEM_COMPLETED`, after a server restart) is
+//! reported completed, not lost.
 
 use std::time::Duration;
 
@@ -17,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::client::Queue;
 use crate::error::{Error, Result};
-use crate::retry::{Backoff, retry};
+use crate::finish::{FinishKind, retry_delay};
+use crate::retry::Backoff;
 use crate::types::LeaseToken;
 
 /// Most tokens in one Complete call (the queue service's batch limit).
@@ -52,11 +57,11 @@ impl Acker {
         let (reply, answer) = oneshot::channel();
         if self.tx.send((token.clone(), reply)).is_err() {
             // The task is gone (the runtime is stopping): complete directly.
-            return complete_retrying(queue, std::slice::from_ref(&token)).await;
+            return complete_one(queue, token).await;
         }
         match answer.await {
             Ok(result) => result,
-            Err(_) => complete_retrying(queue, std::slice::from_ref(&token)).await,
+            Err(_) => complete_one(queue, token).await,
         }
     }
 }
@@ -72,37 +77,80 @@ async fn run(queue: Queue, mut rx: mpsc::UnboundedReceiver<Request>) {
         }
         let tokens: Vec<LeaseToken> = batch.iter().map(|(t, _)| t.clone()).collect();
         match complete_retrying(&queue, &tokens).await {
-            Ok(()) => {
-                for (_, reply) in batch {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-            Err(e) if batch.len() == 1 => {
-                if let Some((_, reply)) = batch.pop() {
-                    let _ = reply.send(Err(e));
+            Ok(each) => {
+                for ((_, reply), result) in batch.into_iter().zip(each) {
+                    let _ = reply.send(result);
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, n = batch.len(), "batch completion refused; completing one by one");
-                for (token, reply) in batch {
-                    let result = complete_retrying(&queue, std::slice::from_ref(&token)).await;
-                    let _ = reply.send(result);
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(e.replicate()));
                 }
             }
         }
     }
 }
 
-/// One Complete call, retrying transient errors with back-off for a while.
-async fn complete_retrying(queue: &Queue, tokens: &[LeaseToken]) -> Result<()> {
-    retry(
-        Backoff::for_server(),
-        Instant::now() + GIVE_UP_AFTER,
-        || queue.complete(tokens),
-        Error::is_transient,
-        |e, _| tracing::warn!(queue = %queue.name(), error = %e, "completion failed; retrying"),
-    )
-    .await
+/// One per-token Complete call, sent again as a whole on a transient error
+/// for a while. On a retry, a token refused because its item is completed
+/// counts as completed (see the module docs).
+async fn complete_retrying(queue: &Queue, tokens: &[LeaseToken]) -> Result<Vec<Result<()>>> {
+    let deadline = Instant::now() + GIVE_UP_AFTER;
+    let mut backoff = Backoff::for_server();
+    let mut retried = false;
+    loop {
+        match queue.complete_each(tokens).await {
+            Ok(each) if each.len() == tokens.len() => {
+                if !retried {
+                    return Ok(each);
+                }
+                return Ok(each
+                    .into_iter()
+                    .map(|r| match r {
+                        Err(e) if FinishKind::Complete.done_anyway(&e).is_some() => {
+                            tracing::debug!(queue = %queue.name(), error = %e, "a retried completion was refused: the item is completed (an earlier try did it)");
+                            Ok(())
+                        }
+                        r => r,
+                    })
+                    .collect());
+            }
+            Ok(each) => {
+                return Err(Error::Protocol(format!(
+                    "completing {} tokens answered {} results",
+                    tokens.len(),
+                    each.len()
+                )));
+            }
+            // A server refusing the call as a whole for its one token.
+            Err(e)
+                if retried
+                    && tokens.len() == 1
+                    && FinishKind::Complete.done_anyway(&e).is_some() =>
+            {
+                tracing::debug!(queue = %queue.name(), error = %e, "a retried completion was refused: the item is completed (an earlier try did it)");
+                return Ok(vec![Ok(())]);
+            }
+            Err(e) if e.is_transient() => {
+                let delay = retry_delay(&mut backoff, &e);
+                if Instant::now() + delay > deadline {
+                    return Err(e);
+                }
+                tracing::warn!(queue = %queue.name(), error = %e, ?delay, "completion failed; retrying");
+                tokio::time::sleep(delay).await;
+                retried = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// [`complete_retrying`] of one token.
+async fn complete_one(queue: &Queue, token: LeaseToken) -> Result<()> {
+    complete_retrying(queue, std::slice::from_ref(&token))
+        .await?
+        .pop()
+        .unwrap_or_else(|| Err(Error::Protocol("completion answered no result".into())))
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::lease::LeaseHandle;
 use crate::retry::{Backoff, retry};
 use crate::types::{
-    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,
-    QueueInfo, QueueName, QueueSettings, Stats,
+    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Page, Pushed,
+    QueueInfo, QueueName, QueueSettings, RequeueDead, ServerInfo, Stats,
 };
 
 /// How long [`Client::connect`] waits for the server to accept a connection.
@@ -84,9 +84,30 @@ impl Client {
         })
     }
 
-    /// Every queue with its settings and counters.
+    /// Every queue with its settings and counters, in name order (following
+    /// the server's pages).
     pub async fn list_queues(&self) -> Result<Vec<QueueInfo>> {
         self.backend.list_queues().await
+    }
+
+    /// One page of queues, in name order: at most `page_size` (0: the
+    /// server's largest page), from `page_token` (empty for the first page;
+    /// then the previous page's [`Page::next_page_token`]). A queue created or
+    /// deleted meanwhile may or may not show; every other shows exactly once.
+    pub async fn list_queues_page(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<QueueInfo>> {
+        self.backend.list_queues_page(page_size, page_token).await
+    }
+
+    /// What the queue server says of itself: version and limits (asked once
+    /// per connection, on the first call; the SDK sizes its receive limit by
+    /// it). [`Error::NotSupported`] on Redis and RabbitMQ, and from a server
+    /// without `GetServerInfo`.
+    pub async fn server_info(&self) -> Result<ServerInfo> {
+        self.backend.server_info().await
     }
 }
 
@@ -135,6 +156,11 @@ impl Queue {
     /// durable (see [`Queue::push_detailed`] to learn which were duplicates). When
     /// a call fails, the calls before it stand: the error is
     /// [`Error::PushInterrupted`], which says how many items were added.
+    ///
+    /// On the queue service each call carries a fresh `request_id` and is
+    /// retried with it when its answer does not come, so a retry never adds
+    /// the items twice while the server runs; across a server restart only
+    /// idempotency keys ([`NewItem::idempotency_key`]) protect.
     pub async fn push<I>(&self, items: I) -> Result<Vec<ItemId>>
     where
         I: IntoIterator,
@@ -183,6 +209,14 @@ impl Queue {
             }
         }
         Ok(pushed)
+    }
+
+    /// Changes the queue's settings: those set in `settings` (`Some`) take
+    /// the new value, the others stay. Items already leased or delayed keep
+    /// their deadlines. Answers the queue as it is now. The queue service
+    /// only ([`Error::NotSupported`] elsewhere).
+    pub async fn update(&self, settings: &QueueSettings) -> Result<QueueInfo> {
+        self.backend.update_queue(&self.name, settings).await
     }
 
     /// Deletes the queue and every item in it; `Ok(false)` when there was none.
@@ -236,6 +270,15 @@ impl Queue {
         self.backend.complete(&self.name, tokens).await
     }
 
+    /// Completes each of `tokens` on its own: one stale token does not refuse
+    /// the others. Answers one outcome per token, in order (a refused one is
+    /// [`Error::LeaseLost`] with its reason); `Err` when the call as a whole
+    /// failed. One call on the queue service; on Redis and RabbitMQ the batch,
+    /// then each token alone if one was refused.
+    pub async fn complete_each(&self, tokens: &[LeaseToken]) -> Result<Vec<Result<()>>> {
+        self.backend.complete_each(&self.name, tokens).await
+    }
+
     /// Fails leased items; answers how many went dead.
     pub async fn fail(&self, tokens: &[LeaseToken], failure: &Failure) -> Result<u32> {
         self.backend.fail(&self.name, tokens, failure).await
@@ -252,16 +295,45 @@ impl Queue {
         self.backend.watch(&self.name, until_drained).await
     }
 
-    /// Dead items with the reason each died (at most `limit`; 0 means the server's
-    /// default of 1000).
+    /// Dead items with the reason each died, in id order: at most `limit`
+    /// (0: all of them), following the server's pages.
     pub async fn dead(&self, limit: u32) -> Result<Vec<DeadItem>> {
-        self.backend.list_dead(&self.name, limit).await
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let left = match limit {
+                0 => 0,
+                n => n.saturating_sub(u32::try_from(all.len()).unwrap_or(u32::MAX)),
+            };
+            let page = self
+                .backend
+                .list_dead_page(&self.name, left, &token)
+                .await?;
+            all.extend(page.items);
+            if limit > 0 && all.len() >= limit as usize {
+                all.truncate(limit as usize);
+                return Ok(all);
+            }
+            match page.next_page_token {
+                Some(next) if next != token => token = next,
+                _ => return Ok(all),
+            }
+        }
     }
 
-    /// Moves dead items back to pending with their attempts reset (all of them when
-    /// `ids` is empty); answers how many moved.
-    pub async fn requeue_dead(&self, ids: &[ItemId]) -> Result<u64> {
-        self.backend.requeue_dead(&self.name, ids).await
+    /// One page of dead items, in id order: at most `page_size` (0: the
+    /// server's largest page), from `page_token` (empty for the first page;
+    /// then the previous page's [`Page::next_page_token`]).
+    pub async fn dead_page(&self, page_size: u32, page_token: &str) -> Result<Page<DeadItem>> {
+        self.backend
+            .list_dead_page(&self.name, page_size, page_token)
+            .await
+    }
+
+    /// Moves dead items back to pending with their attempts reset: every
+    /// one ([`RequeueDead::All`]) or those named; answers how many moved.
+    pub async fn requeue_dead(&self, which: RequeueDead) -> Result<u64> {
+        self.backend.requeue_dead(&self.name, &which).await
     }
 
     /// Whether this queue's backend can seal it (an AMQP queue cannot, so it is

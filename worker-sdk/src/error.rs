@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use workq_proto::v1::ErrorReason;
+
 /// What went wrong talking to a queue.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -85,24 +87,40 @@ pub enum Error {
         queue: String,
     },
 
-    /// A lease token was refused: the lease expired or the item was leased again
-    /// by someone else. The item is no longer this worker's to finish.
-    #[error("lease lost on queue {queue:?}: {message}")]
+    /// A lease token was refused: the lease is no longer this worker's to
+    /// renew or finish. `reason` says what became of it (expired, taken by
+    /// another worker, finished already, the item completed or dead).
+    #[error("lease lost on queue {queue:?} ({reason}): {message}")]
     LeaseLost {
         /// The queue's name.
         queue: String,
+        /// What became of the lease.
+        reason: LeaseLostReason,
+        /// The item's id, when the server named it.
+        item: Option<String>,
         /// The server's words.
         message: String,
     },
 
-    /// The server refused the request as it stands (for example: pushing to a
-    /// sealed queue, or creating a queue that exists with other settings).
+    /// The queue is sealed and takes no more items (reason `QUEUE_SEALED`).
+    /// Do not retry; use a new queue.
+    #[error("queue {queue:?} is sealed: it takes no more items")]
+    QueueSealed {
+        /// The queue's name.
+        queue: String,
+    },
+
+    /// The server refused the request as it stands (for example: creating a
+    /// queue that exists with other settings, a field out of bounds).
     #[error("the queue server refused: {message}")]
     Refused {
         /// The queue's name (empty for calls about no queue).
         queue: String,
         /// The gRPC status code.
         code: tonic::Code,
+        /// The server's reason (`ErrorInfo.reason`, e.g. `QUEUE_EXISTS`,
+        /// `LIMIT_EXCEEDED`), when it gave one this SDK knows.
+        reason: Option<&'static str>,
         /// The server's words.
         message: String,
     },
@@ -114,6 +132,9 @@ pub enum Error {
         code: tonic::Code,
         /// The server's or transport's words.
         message: String,
+        /// How long the server asked to wait before trying again
+        /// (`google.rpc.RetryInfo`), when it said.
+        retry_after: Option<Duration>,
     },
 
     /// A call did not finish in time.
@@ -157,6 +178,70 @@ pub enum Error {
     },
 }
 
+/// What became of a lease the server refused a token of (the `ErrorReason`
+/// of the refusal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LeaseLostReason {
+    /// The lease's deadline passed (`LEASE_EXPIRED`); the item went back to
+    /// the queue (or dead, attempts exhausted). Another worker will get it.
+    Expired,
+    /// The lease ended and another worker holds the item now (`LEASE_TAKEN`).
+    Taken,
+    /// This lease was already finished in another way (`LEASE_FINISHED`):
+    /// completed, failed or released.
+    Finished,
+    /// The item was completed under another lease, or its queue was purged
+    /// or recreated (`ITEM_COMPLETED`): nothing is lost.
+    ItemCompleted,
+    /// The item is dead (`ITEM_DEAD`): see the queue's dead items.
+    ItemDead,
+    /// The backend did not say (a Redis or RabbitMQ queue, or a server that
+    /// sends no reason).
+    Unknown,
+}
+
+impl LeaseLostReason {
+    /// The reason's name as the server spells it (`LEASE_EXPIRED`), or
+    /// `UNKNOWN`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseLostReason::Expired => "LEASE_EXPIRED",
+            LeaseLostReason::Taken => "LEASE_TAKEN",
+            LeaseLostReason::Finished => "LEASE_FINISHED",
+            LeaseLostReason::ItemCompleted => "ITEM_COMPLETED",
+            LeaseLostReason::ItemDead => "ITEM_DEAD",
+            LeaseLostReason::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// The lease-lost reason of a server's `ErrorReason`, if it is one.
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+    pub(crate) fn of(reason: ErrorReason) -> Option<Self> {
+        Some(match reason {
+            ErrorReason::LeaseExpired => LeaseLostReason::Expired,
+            ErrorReason::LeaseTaken => LeaseLostReason::Taken,
+            ErrorReason::LeaseFinished => LeaseLostReason::Finished,
+            ErrorReason::ItemCompleted => LeaseLostReason::ItemCompleted,
+            ErrorReason::ItemDead => LeaseLostReason::ItemDead,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for LeaseLostReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LeaseLostReason::Expired => "lease expired",
+            LeaseLostReason::Taken => "taken by another worker",
+            LeaseLostReason::Finished => "lease already finished",
+            LeaseLostReason::ItemCompleted => "item completed elsewhere",
+            LeaseLostReason::ItemDead => "item dead",
+            LeaseLostReason::Unknown => "no reason given",
+        })
+    }
+}
+
 impl Error {
     /// Whether trying again later may succeed: lost connections, an unavailable or
     /// overloaded server, timeouts.
@@ -172,14 +257,86 @@ impl Error {
         )
     }
 
-    /// Maps a gRPC status to an error, in the context of `queue` (may be empty).
+    /// How long to wait before trying again, when the server said
+    /// (`google.rpc.RetryInfo` on an unavailable or exhausted server).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A copy of this error for a second receiver (one failed call answering
+    /// many items): the same variant where it is plain data, else
+    /// [`Error::Server`] with this error's words.
+    pub(crate) fn replicate(&self) -> Error {
+        match self {
+            Error::QueueNotFound { queue } => Error::QueueNotFound {
+                queue: queue.clone(),
+            },
+            Error::QueueSealed { queue } => Error::QueueSealed {
+                queue: queue.clone(),
+            },
+            Error::LeaseLost {
+                queue,
+                reason,
+                item,
+                message,
+            } => Error::LeaseLost {
+                queue: queue.clone(),
+                reason: *reason,
+                item: item.clone(),
+                message: message.clone(),
+            },
+            Error::Refused {
+                queue,
+                code,
+                reason,
+                message,
+            } => Error::Refused {
+                queue: queue.clone(),
+                code: *code,
+                reason: *reason,
+                message: message.clone(),
+            },
+            Error::Unavailable {
+                code,
+                message,
+                retry_after,
+            } => Error::Unavailable {
+                code: *code,
+                message: message.clone(),
+                retry_after: *retry_after,
+            },
+            Error::Timeout(d) => Error::Timeout(*d),
+            Error::Protocol(m) => Error::Protocol(m.clone()),
+            other => Error::Server {
+                code: tonic::Code::Unknown,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// The lease-lost reason, when this is [`Error::LeaseLost`].
+    pub fn lease_lost_reason(&self) -> Option<LeaseLostReason> {
+        match self {
+            Error::LeaseLost { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    /// Maps a gRPC status to an error, in the context of `queue` (may be
+    /// empty): by the reason its `google.rpc.ErrorInfo` carries, and by its
+    /// code when it carries none this SDK knows.
     #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     pub(crate) fn from_status(queue: &str, status: tonic::Status) -> Error {
         Self::map_status(queue, status, false)
     }
 
-    /// Like [`Error::from_status`], for calls that carry lease tokens: there
-    /// FAILED_PRECONDITION means a stale token.
+    /// Like [`Error::from_status`], for calls that carry lease tokens: a
+    /// FAILED_PRECONDITION *without* a reason (a server older than the
+    /// settled contract) is then taken as a stale token. With a reason, the
+    /// reason decides, whatever the call.
     #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     pub(crate) fn from_token_status(queue: &str, status: tonic::Status) -> Error {
         Self::map_status(queue, status, true)
@@ -188,26 +345,73 @@ impl Error {
     #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     fn map_status(queue: &str, status: tonic::Status, tokens: bool) -> Error {
         use tonic::Code;
+        use tonic_types::StatusExt;
         let message = status.message().to_owned();
+        let retry_after = status
+            .get_details_retry_info()
+            .and_then(|info| info.retry_delay);
+        let reason = workq_proto::errors::reason(&status);
+        if let Some((reason, metadata)) = &reason {
+            if let Some(lost) = LeaseLostReason::of(*reason) {
+                return Error::LeaseLost {
+                    queue: metadata
+                        .get("queue")
+                        .cloned()
+                        .unwrap_or_else(|| queue.to_owned()),
+                    reason: lost,
+                    item: metadata.get("item").cloned(),
+                    message,
+                };
+            }
+            match reason {
+                ErrorReason::QueueSealed => {
+                    return Error::QueueSealed {
+                        queue: queue.to_owned(),
+                    };
+                }
+                ErrorReason::QueueNotFound => {
+                    return Error::QueueNotFound {
+                        queue: metadata
+                            .get("queue")
+                            .cloned()
+                            .unwrap_or_else(|| queue.to_owned()),
+                    };
+                }
+                ErrorReason::ServerFull | ErrorReason::ShuttingDown | ErrorReason::StoreFailed => {
+                    return Error::Unavailable {
+                        code: status.code(),
+                        message: describe_transport(&status),
+                        retry_after,
+                    };
+                }
+                _ => {}
+            }
+        }
+        let label = reason.map(|(r, _)| r.label());
         match status.code() {
-            Code::NotFound => Error::QueueNotFound {
+            Code::NotFound if label.is_none() => Error::QueueNotFound {
                 queue: queue.to_owned(),
             },
-            Code::FailedPrecondition if tokens => Error::LeaseLost {
+            Code::FailedPrecondition if tokens && label.is_none() => Error::LeaseLost {
                 queue: queue.to_owned(),
+                reason: LeaseLostReason::Unknown,
+                item: None,
                 message,
             },
             Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::Cancelled => {
                 Error::Unavailable {
                     code: status.code(),
                     message: describe_transport(&status),
+                    retry_after,
                 }
             }
             Code::DeadlineExceeded => Error::Unavailable {
                 code: status.code(),
                 message,
+                retry_after,
             },
             code @ (Code::InvalidArgument
+            | Code::NotFound
             | Code::FailedPrecondition
             | Code::AlreadyExists
             | Code::OutOfRange
@@ -215,6 +419,7 @@ impl Error {
             | Code::Unauthenticated) => Error::Refused {
                 queue: queue.to_owned(),
                 code,
+                reason: label,
                 message,
             },
             code => Error::Server { code, message },
@@ -260,26 +465,41 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 mod tests {
     use super::*;
     use tonic::{Code, Status};
+    use workq_proto::errors::Rejection;
+
+    fn refusal(code: Code, reason: ErrorReason) -> Status {
+        Rejection::new(code, reason, "words")
+            .meta("queue", "q")
+            .meta("item", "7")
+            .to_status()
+    }
 
     #[test]
     fn statuses_map_to_what_failed() {
         let e = Error::from_status("q", Status::not_found("queue q not found"));
         assert!(matches!(e, Error::QueueNotFound { ref queue } if queue == "q"));
+        // A server that sends no reason: on a token call, a stale token.
         let e = Error::from_token_status(
             "q",
             Status::failed_precondition("lease 1.2 is no longer held"),
         );
-        assert!(matches!(e, Error::LeaseLost { .. }));
-        // Outside token calls, FAILED_PRECONDITION is a refusal (e.g. a sealed queue).
+        assert!(matches!(
+            e,
+            Error::LeaseLost {
+                reason: LeaseLostReason::Unknown,
+                ..
+            }
+        ));
+        // Outside token calls, a reasonless FAILED_PRECONDITION is a refusal.
         let e = Error::from_status("q", Status::failed_precondition("queue q is sealed"));
         assert!(matches!(
             e,
             Error::Refused {
                 code: Code::FailedPrecondition,
+                reason: None,
                 ..
             }
         ));
-        assert!(e.to_string().contains("sealed"));
         for code in [
             Code::Unavailable,
             Code::DeadlineExceeded,
@@ -290,5 +510,73 @@ mod tests {
         }
         let e = Error::from_status("q", Status::internal("disk full"));
         assert!(matches!(e, Error::Server { .. }) && !e.is_transient());
+    }
+
+    #[test]
+    fn reasons_decide_not_the_call() {
+        for (reason, lost) in [
+            (ErrorReason::LeaseExpired, LeaseLostReason::Expired),
+            (ErrorReason::LeaseTaken, LeaseLostReason::Taken),
+            (ErrorReason::LeaseFinished, LeaseLostReason::Finished),
+            (ErrorReason::ItemCompleted, LeaseLostReason::ItemCompleted),
+            (ErrorReason::ItemDead, LeaseLostReason::ItemDead),
+        ] {
+            // Whether or not the call carried tokens.
+            let e = Error::from_status("q", refusal(Code::FailedPrecondition, reason));
+            assert_eq!(e.lease_lost_reason(), Some(lost), "{reason:?}");
+            assert!(matches!(e, Error::LeaseLost { item: Some(ref i), .. } if i == "7"));
+        }
+        // A sealed queue on a token call (Lease with complete_tokens) is not a lost lease.
+        let e = Error::from_token_status(
+            "q",
+            refusal(Code::FailedPrecondition, ErrorReason::QueueSealed),
+        );
+        assert!(
+            matches!(e, Error::QueueSealed { ref queue } if queue == "q"),
+            "{e:?}"
+        );
+        let e = Error::from_token_status("q", refusal(Code::NotFound, ErrorReason::QueueNotFound));
+        assert!(matches!(e, Error::QueueNotFound { .. }), "{e:?}");
+        // An item not found is not a missing queue.
+        let e = Error::from_status("q", refusal(Code::NotFound, ErrorReason::ItemNotFound));
+        assert!(
+            matches!(
+                e,
+                Error::Refused {
+                    reason: Some("ITEM_NOT_FOUND"),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = Error::from_status(
+            "q",
+            refusal(Code::InvalidArgument, ErrorReason::LimitExceeded),
+        );
+        assert!(
+            matches!(
+                e,
+                Error::Refused {
+                    reason: Some("LIMIT_EXCEEDED"),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        for reason in [
+            ErrorReason::ServerFull,
+            ErrorReason::ShuttingDown,
+            ErrorReason::StoreFailed,
+        ] {
+            let st = Rejection::new(Code::Unavailable, reason, "later")
+                .retry_after(Duration::from_secs(3))
+                .to_status();
+            let e = Error::from_status("q", st);
+            assert!(e.is_transient(), "{reason:?}");
+            assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        }
+        // A reason from another domain, or one this SDK does not know: by code.
+        let e = Error::from_status("q", Status::failed_precondition("x"));
+        assert!(matches!(e, Error::Refused { .. }));
     }
 }

@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::Queue;
 use crate::error::{Error, Result};
-use crate::retry::{Backoff, retry};
+use crate::finish::{FinishKind, Finished, finish_retrying};
+use crate::retry::Backoff;
 use crate::types::{Failure, LeaseToken, LeasedItem};
 
 /// Shortest renewal period, whatever the lease.
@@ -71,45 +72,64 @@ impl LeaseHandle {
     }
 
     /// Completes the item.
+    ///
+    /// A completion whose answer was lost is retried; if the retry is refused
+    /// because the item is completed (the first try did it, and the server
+    /// restarted since), that is a success. Likewise a retried fail refused
+    /// because the item is dead or back in the queue, and a retried release
+    /// refused because the item is back in the queue.
     pub async fn complete(self) -> Result<()> {
-        self.finish(|q, tokens| async move { q.complete(&tokens).await })
-            .await
+        self.finish(FinishKind::Complete, |q, tokens| async move {
+            q.complete(&tokens).await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Fails the item; answers whether it went dead (fatal, or attempts exhausted).
     pub async fn fail(self, failure: Failure) -> Result<bool> {
-        let dead = self
-            .finish(|q, tokens| {
+        let kind = if failure.fatal {
+            FinishKind::FailFatal
+        } else {
+            FinishKind::FailRetry
+        };
+        let done = self
+            .finish(kind, |q, tokens| {
                 let failure = failure.clone();
                 async move { q.fail(&tokens, &failure).await }
             })
             .await?;
-        Ok(dead > 0)
+        Ok(match done {
+            Finished::Answered(dead) => dead > 0,
+            Finished::Anyway { dead } => dead,
+        })
     }
 
     /// Gives the item back at once, counting no attempt.
     pub async fn release(self) -> Result<()> {
-        self.finish(|q, tokens| async move { q.release(&tokens).await })
-            .await
+        self.finish(FinishKind::Release, |q, tokens| async move {
+            q.release(&tokens).await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Runs a finishing call (given the queue and the item's token), retrying
     /// transient errors with back-off for up to the lease duration (at least
-    /// the default lease, 30 s) while renewal goes on.
-    async fn finish<T, F, Fut>(self, call: F) -> Result<T>
+    /// the default lease, 30 s) while renewal goes on. Finishing is idempotent,
+    /// so a retry is safe; a retry's refusal that shows an earlier try did it
+    /// is a success ([`FinishKind::done_anyway`]).
+    async fn finish<T, F, Fut>(self, kind: FinishKind, call: F) -> Result<Finished<T>>
     where
         F: Fn(Queue, [LeaseToken; 1]) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         let give_up = Instant::now() + self.lease.max(workq_proto::defaults::LEASE);
         let queue = &self.queue;
-        let result = retry(
-            Backoff::for_server(),
-            give_up,
-            || call(queue.clone(), [self.item.token.clone()]),
-            Error::is_transient,
-            |e, _| tracing::warn!(item = %self.item.id, error = %e, "retrying"),
-        )
+        let what = format!("item {}", self.item.id);
+        let result = finish_retrying(kind, &what, give_up, || {
+            call(queue.clone(), [self.item.token.clone()])
+        })
         .await;
         self.renewal.abort();
         result
@@ -135,8 +155,10 @@ async fn renew_forever(queue: Queue, item: LeasedItem, lease: Duration, lost: Ca
                 wait = every;
                 backoff.reset();
             }
-            Err(Error::LeaseLost { message, .. }) => {
-                tracing::warn!(queue = %queue.name(), item = %item.id, %message, "lease lost");
+            Err(Error::LeaseLost {
+                reason, message, ..
+            }) => {
+                tracing::warn!(queue = %queue.name(), item = %item.id, %reason, %message, "lease lost");
                 lost.cancel();
                 return;
             }

@@ -9,7 +9,8 @@
 //! - **low level**: [`Queue::push`], [`Queue::lease`], [`Queue::renew`],
 //!   [`Queue::complete`], [`Queue::fail`], [`Queue::release`], [`Queue::stats`],
 //!   [`Queue::watch`], [`Queue::seal`], [`Queue::dead`], [`Queue::requeue_dead`],
-//!   [`Queue::create`], [`Queue::purge`], [`Queue::delete`], [`Client::list_queues`];
+//!   [`Queue::create`], [`Queue::update`], [`Queue::purge`], [`Queue::delete`],
+//!   [`Client::list_queues`], [`Client::server_info`];
 //!   [`Queue::hold`] wraps a leased item in a [`LeaseHandle`] that renews it;
 //! - **high level**: [`Queue::work`], a worker loop that runs up to N items at once,
 //!   renews their leases, completes or fails each by what the handler answers,
@@ -67,15 +68,23 @@
 //!   succeeded and the completion was acknowledged; a worker that dies mid-item
 //!   loses it only until its lease expires.
 //! - **Fenced.** A lease that expired or moved on is refused
-//!   ([`Error::LeaseLost`]): a paused worker cannot complete an item that someone
-//!   else now holds.
+//!   ([`Error::LeaseLost`], whose [`LeaseLostReason`] says what became of it): a
+//!   paused worker cannot complete an item that someone else now holds.
+//! - **No committed finish reported lost, no retried push added twice.**
+//!   Complete, fail and release are retried when their answer did not come (they
+//!   are idempotent on the queue service), and a retry's refusal that shows the
+//!   first try did it is a success; each Enqueue call carries a `request_id`, so
+//!   its retry adds nothing (while the server runs; across a restart only
+//!   idempotency keys protect). `docs/worker-sdk.md`, "Errors and what to do",
+//!   has the rules.
 //! - **Graceful stop.** On SIGTERM/SIGINT nothing new is taken, and what is not
 //!   finished within the grace period is released (back at once, no attempt
 //!   counted).
 //!
 //! # Errors
-//! Every call returns [`Result`], whose [`Error`] names what failed;
-//! [`Error::is_transient`] tells whether trying again may help. The worker loop
+//! Every call returns [`Result`], whose [`Error`] names what failed, decided by
+//! the reason the server gave (its `google.rpc.ErrorInfo`), not by which call
+//! failed; [`Error::is_transient`] tells whether trying again may help. The worker loop
 //! and [`LeaseHandle`] retry transient errors with back-off by themselves.
 //!
 //! # Layout
@@ -99,8 +108,8 @@ pub mod cli;
 pub mod client;
 pub mod consume;
 pub mod error;
+mod finish;
 pub mod lease;
-#[cfg(any(feature = "redis", feature = "amqp"))]
 mod random;
 pub mod retry;
 pub mod types;
@@ -109,11 +118,11 @@ pub mod worker;
 pub use backend::{QueueUrl, Scheme};
 pub use client::{Client, Queue};
 pub use consume::{ConsumeOptions, ConsumeReport, consume};
-pub use error::{Error, Result};
+pub use error::{Error, LeaseLostReason, Result};
 pub use lease::LeaseHandle;
 pub use types::{
-    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,
-    QueueInfo, QueueName, QueueSettings, Stats,
+    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Page, Pushed,
+    QueueInfo, QueueName, QueueSettings, QueueState, RequeueDead, ServerInfo, Stats,
 };
 pub use worker::{Disposition, Job, StopReason, WorkError, WorkSummary, WorkerOptions};
 

@@ -1,5 +1,6 @@
-//! Random ids the Redis and AMQP backends give sessions, consumers and
-//! messages, from a random-number generator (`fastrand`).
+//! Random ids: the `request_id` of each Enqueue call, and what the Redis and
+//! AMQP backends give sessions, consumers and messages, from a random-number
+//! generator (`fastrand`).
 
 /// Random lower-case hex digits: `bytes` random bytes, for session ids,
 /// consumer tags and message ids.

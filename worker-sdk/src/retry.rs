@@ -76,7 +76,8 @@ impl Backoff {
 }
 
 /// Runs `call` until it succeeds, fails with an error `retriable` refuses, or
-/// the next wait would pass `deadline` (then its last error is returned).
+/// the next wait would pass `deadline` (then its last error is returned). A
+/// wait is never shorter than the server asked for ([`Error::retry_after`]).
 /// `on_retry` is told of each error that is retried and the wait before the
 /// next try.
 pub async fn retry<T, F, Fut>(
@@ -93,7 +94,10 @@ where
     loop {
         match call().await {
             Err(e) if retriable(&e) => {
-                let delay = backoff.next_delay();
+                // The server's RetryInfo, when it gave one, is the least wait.
+                let delay = backoff
+                    .next_delay()
+                    .max(e.retry_after().unwrap_or_default());
                 if Instant::now() + delay > deadline {
                     return Err(e);
                 }

@@ -159,6 +159,72 @@ pub struct Stats {
     pub sealed: bool,
     /// Sealed, and nothing pending, delayed or leased: the work is over.
     pub drained: bool,
+    /// Where the queue is in its life (the same facts as `sealed`, `drained`
+    /// and [`Stats::is_empty`], as one value).
+    pub state: QueueState,
+}
+
+/// Where a queue is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum QueueState {
+    /// Open for items, and some are pending, delayed or leased.
+    #[default]
+    Active,
+    /// Open for items, and nothing is pending, delayed or leased right now:
+    /// more may come.
+    Empty,
+    /// Sealed (no more items will come); some are still pending, delayed or
+    /// leased.
+    Sealed,
+    /// Sealed, and nothing is pending, delayed or leased: no item will ever
+    /// come.
+    Drained,
+}
+
+impl QueueState {
+    /// The state of a queue that is `sealed` or not and `empty` (nothing
+    /// pending, delayed or leased) or not.
+    pub fn of(sealed: bool, empty: bool) -> Self {
+        match (sealed, empty) {
+            (false, false) => QueueState::Active,
+            (false, true) => QueueState::Empty,
+            (true, false) => QueueState::Sealed,
+            (true, true) => QueueState::Drained,
+        }
+    }
+
+    /// No more items will come.
+    pub fn is_sealed(self) -> bool {
+        matches!(self, QueueState::Sealed | QueueState::Drained)
+    }
+
+    /// Sealed and nothing left: no item will ever come.
+    pub fn is_drained(self) -> bool {
+        self == QueueState::Drained
+    }
+
+    /// Nothing pending, delayed or leased now.
+    pub fn is_empty(self) -> bool {
+        matches!(self, QueueState::Empty | QueueState::Drained)
+    }
+
+    /// The state's name, as `wq` prints it (`active`, `empty`, `sealed`, `drained`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueState::Active => "active",
+            QueueState::Empty => "empty",
+            QueueState::Sealed => "sealed",
+            QueueState::Drained => "drained",
+        }
+    }
+}
+
+impl fmt::Display for QueueState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Stats {
@@ -299,6 +365,10 @@ pub struct LeaseOptions {
     pub lease: Option<Duration>,
     /// How long to wait for a first item; zero answers at once.
     pub wait: Duration,
+    /// At most this many bytes of items (payload, attributes, token and id)
+    /// in the answer; the first item comes however large. `None`: only the
+    /// server's own budget. The queue service only; other backends ignore it.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for LeaseOptions {
@@ -307,8 +377,60 @@ impl Default for LeaseOptions {
             max_items: 1,
             lease: None,
             wait: Duration::ZERO,
+            max_bytes: None,
         }
     }
+}
+
+/// One page of a listing (queues, dead items).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// This page's entries.
+    pub items: Vec<T>,
+    /// Pass to the next call for the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// Which dead items [`Queue::requeue_dead`](crate::Queue::requeue_dead) moves back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequeueDead {
+    /// Every dead item of the queue.
+    All,
+    /// These items; each must be dead (the server refuses the call
+    /// otherwise: `ITEM_NOT_DEAD`, `ITEM_NOT_FOUND`). An empty list moves none.
+    Ids(Vec<ItemId>),
+}
+
+/// What the queue service says of itself: its version and the limits a
+/// client sizes its calls by (`GetServerInfo`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServerInfo {
+    /// The server's version (semver).
+    pub version: String,
+    /// Largest gRPC message the server accepts or sends; the SDK's receive
+    /// limit is set to it.
+    pub max_message_bytes: u64,
+    /// Most items in one enqueue, lease, renew, complete, fail or release call.
+    pub max_batch_items: u32,
+    /// Largest item: payload, attribute keys and values and idempotency key.
+    pub max_item_bytes: u64,
+    /// Most attributes on one item.
+    pub max_attributes: u32,
+    /// Most credit a work stream may have open.
+    pub max_work_credit: u64,
+    /// Shortest lease.
+    pub min_lease: Option<Duration>,
+    /// Longest lease.
+    pub max_lease: Option<Duration>,
+    /// Longest wait of a lease call.
+    pub max_wait: Option<Duration>,
+    /// Longest enqueue delay.
+    pub max_delay: Option<Duration>,
+    /// How long idempotency keys, request ids and finished tokens are
+    /// remembered (while the server runs).
+    pub idempotency_window: Option<Duration>,
+    /// Largest page of a listing.
+    pub max_page_size: u32,
 }
 
 /// How a leased item failed.
@@ -370,20 +492,14 @@ fn time_as_unix_ms<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, 
 }
 
 /// A duration as whole milliseconds (0 for `None`), saturating.
-#[cfg_attr(not(any(feature = "grpc", feature = "redis")), allow(dead_code))]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn to_ms(d: Option<Duration>) -> u64 {
     d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
-/// Milliseconds to a duration, `None` for 0.
-#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
-pub(crate) fn from_ms(ms: u64) -> Option<Duration> {
-    (ms > 0).then(|| Duration::from_millis(ms))
-}
-
 /// Milliseconds since the Unix epoch to a time.
-#[cfg_attr(not(any(feature = "grpc", feature = "redis")), allow(dead_code))]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
@@ -419,7 +535,6 @@ mod tests {
     fn millis() {
         assert_eq!(to_ms(None), 0);
         assert_eq!(to_ms(Some(Duration::from_millis(1500))), 1500);
-        assert_eq!(from_ms(0), None);
         assert_eq!(to_unix_ms(from_unix_ms(12345)), 12345);
     }
 }

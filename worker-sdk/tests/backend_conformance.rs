@@ -18,7 +18,8 @@ use std::time::Duration;
 use common::{AMQP_URL, Cleanup, REDIS_URL, TestServer, unique};
 use futures::StreamExt;
 use worker_sdk::{
-    Error, Failure, Job, LeaseOptions, NewItem, Queue, QueueSettings, StopReason, WorkerOptions,
+    Error, Failure, Job, LeaseLostReason, LeaseOptions, NewItem, Queue, QueueSettings, StopReason,
+    WorkerOptions,
 };
 
 /// The backends under test.
@@ -50,6 +51,12 @@ struct Expect {
     /// Leasing from a queue that does not exist is an error (Redis has no
     /// notion of a missing list: it is empty).
     missing_queue_is_an_error: bool,
+    /// Finishing again with the token that did it answers OK (the queue
+    /// service); elsewhere it is a lost lease.
+    idempotent_finish: bool,
+    /// A lost lease says what became of it ([`LeaseLostReason`]); elsewhere
+    /// the reason is `Unknown`.
+    lease_lost_reasons: bool,
 }
 
 impl Kind {
@@ -64,6 +71,8 @@ impl Kind {
                 retry_backoff_setting: true,
                 counts_completed: true,
                 missing_queue_is_an_error: true,
+                idempotent_finish: true,
+                lease_lost_reasons: true,
             },
             Kind::Redis => Expect {
                 seal: true,
@@ -74,6 +83,8 @@ impl Kind {
                 retry_backoff_setting: false,
                 counts_completed: true,
                 missing_queue_is_an_error: false,
+                idempotent_finish: false,
+                lease_lost_reasons: false,
             },
             Kind::Amqp => Expect {
                 seal: false,
@@ -84,6 +95,8 @@ impl Kind {
                 retry_backoff_setting: false,
                 counts_completed: false,
                 missing_queue_is_an_error: true,
+                idempotent_finish: false,
+                lease_lost_reasons: false,
             },
         }
     }
@@ -149,6 +162,7 @@ fn lease_all(wait: Duration) -> LeaseOptions {
         max_items: 10,
         lease: Some(workq_proto::defaults::LEASE),
         wait,
+        max_bytes: None,
     }
 }
 
@@ -209,13 +223,24 @@ async fn stale_tokens_are_fenced_off(b: Backend) {
     let tokens = [leased.items[0].token.clone()];
     q.release(&tokens).await.expect("release");
 
-    let lost = |r: &worker_sdk::Result<()>| matches!(r, Err(Error::LeaseLost { .. }));
+    // The queue service says the lease was finished (released); the others
+    // cannot say.
+    let why = if b.expect().lease_lost_reasons {
+        LeaseLostReason::Finished
+    } else {
+        LeaseLostReason::Unknown
+    };
+    let lost = |r: &worker_sdk::Result<()>| matches!(r, Err(Error::LeaseLost { reason, .. }) if *reason == why);
     let r = q.complete(&tokens).await;
     assert!(lost(&r), "complete: {r:?}");
     let r = q.fail(&tokens, &Failure::fatal("x")).await.map(|_| ());
     assert!(lost(&r), "fail: {r:?}");
     let r = q.release(&tokens).await;
-    assert!(lost(&r), "release: {r:?}");
+    if b.expect().idempotent_finish {
+        assert!(r.is_ok(), "releasing again is idempotent: {r:?}");
+    } else {
+        assert!(lost(&r), "release: {r:?}");
+    }
     let r = q.renew(&tokens, None).await.map(|_| ());
     assert!(lost(&r), "renew: {r:?}");
 
@@ -267,10 +292,18 @@ async fn failures_retry_then_die_and_dead_items_come_back(b: Backend) {
         not_supported("list dead", q.dead(0).await);
         not_supported(
             "requeue dead by id",
-            q.requeue_dead(&[worker_sdk::ItemId::new("x")]).await,
+            q.requeue_dead(worker_sdk::RequeueDead::Ids(vec![worker_sdk::ItemId::new(
+                "x",
+            )]))
+            .await,
         );
     }
-    assert_eq!(q.requeue_dead(&[]).await.expect("requeue"), 1);
+    assert_eq!(
+        q.requeue_dead(worker_sdk::RequeueDead::All)
+            .await
+            .expect("requeue"),
+        1
+    );
     let back = q.lease(&lease_all(Duration::ZERO)).await.expect("lease");
     assert_eq!(payloads(&back.items), BTreeSet::from(["f".to_owned()]));
     assert_eq!(q.stats().await.expect("stats").dead, 0);
@@ -292,7 +325,7 @@ async fn seal_and_drain(b: Backend) {
         let s = q.seal().await.expect("seal");
         assert!(s.sealed && !s.drained, "{s:?}");
         let r = q.push(["late"]).await;
-        assert!(matches!(r, Err(Error::Refused { .. })), "{r:?}");
+        assert!(matches!(r, Err(Error::QueueSealed { .. })), "{r:?}");
         let summary = q
             .work(opts(), |_job: Job| async { Ok(()) })
             .await

@@ -68,6 +68,7 @@ async fn lease_one(wq: &Queue) -> Leased {
         max_items: 1,
         lease: Some(Duration::from_secs(60)),
         wait: Duration::ZERO,
+        max_bytes: None,
     };
     wq.lease(&opts).await.expect("lease")
 }

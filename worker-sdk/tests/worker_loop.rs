@@ -292,7 +292,7 @@ async fn fatal_errors_kill_items_retriable_ones_retry_and_dead_items_can_be_requ
     assert!(reasons["flaky"].contains("flaky failed"), "{reasons:?}");
 
     assert_eq!(
-        q.requeue_dead(&[dead[0].id.clone()])
+        q.requeue_dead(worker_sdk::RequeueDead::Ids(vec![dead[0].id.clone()]))
             .await
             .expect("requeue"),
         1
@@ -354,6 +354,7 @@ async fn stale_lease_tokens_are_refused_as_lease_lost() {
             max_items: 10,
             lease: Some(workq_proto::defaults::LEASE),
             wait: Duration::ZERO,
+            max_bytes: None,
         })
         .await
         .expect("lease");
@@ -381,6 +382,10 @@ async fn stale_lease_tokens_are_refused_as_lease_lost() {
     assert_eq!((s.completed, s.retried), (1, 0));
 }
 
+fn tokens_of(l: &worker_sdk::Leased) -> Vec<worker_sdk::LeaseToken> {
+    l.items.iter().map(|i| i.token.clone()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_then_lease_takes_the_next_items_in_the_same_call() {
     let t = TestServer::start().await;
@@ -400,13 +405,23 @@ async fn complete_then_lease_takes_the_next_items_in_the_same_call() {
     assert_eq!(next.items.len(), 1);
     let s = q.stats().await.expect("stats");
     assert_eq!((s.completed, s.leased), (2, 1));
-    // Handing the same tokens in again: lost, and nothing more is leased.
-    let err = q
+    // Handing the same tokens in again (a retry): already done, counted
+    // once; nothing is left to lease.
+    let again = q
         .complete_then_lease(&tokens, &batch)
+        .await
+        .expect("completing again is idempotent");
+    assert!(again.items.is_empty(), "{again:?}");
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.completed, s.leased), (2, 1));
+    // Tokens of another lease's finished item are lost, and nothing more is leased.
+    q.release(&tokens_of(&next)).await.expect("release");
+    let err = q
+        .complete_then_lease(&tokens_of(&next), &batch)
         .await
         .expect_err("stale");
     assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
-    assert_eq!(q.stats().await.expect("stats").leased, 1);
+    assert_eq!(q.stats().await.expect("stats").leased, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -487,3 +487,27 @@ async fn watch_ends_when_the_queue_is_drained() {
     assert_eq!(last["completed"], 20);
     assert_eq!(last["drained"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_changes_only_the_settings_given_and_stats_show_the_state() {
+    let (_t, w) = filled(
+        "wq-update",
+        &["create", "--max-attempts", "3", "--lease", "45s"],
+    )
+    .await;
+    let out = w.run(&["update", "--max-attempts", "7"]).await;
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.contains("max attempts 7"), "{out:?}");
+    let info = w.queue().await.info().await.expect("info");
+    assert_eq!(info.settings.max_attempts, Some(7));
+    assert_eq!(
+        info.settings.default_lease,
+        Some(std::time::Duration::from_secs(45)),
+        "the lease stays"
+    );
+    let out = w.run(&["stats", "--json"]).await;
+    let stats: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+    assert_eq!(stats["state"], "empty", "{stats}");
+    let out = w.run(&["stats"]).await;
+    assert!(out.stdout.contains("state      empty"), "{out:?}");
+}

@@ -31,7 +31,7 @@ pub enum AckMode {
 pub struct PushStream {
     tx: tokio::sync::mpsc::Sender<workq_proto::v1::EnqueueStreamRequest>,
     rx: tonic::Streaming<workq_proto::v1::EnqueueStreamResponse>,
-    next_ref: u64,
+    next_sequence: i64,
 }
 
 impl PushStream {
@@ -41,12 +41,13 @@ impl PushStream {
         queue: &str,
         items: Vec<workq_proto::v1::NewItem>,
     ) -> Result<()> {
-        let r#ref = stream.as_ref().map_or(1, |p| p.next_ref);
+        let sequence = stream.as_ref().map_or(1, |p| p.next_sequence);
         let req = workq_proto::v1::EnqueueStreamRequest {
             queue: queue.into(),
             create_queue: false,
             items,
-            r#ref,
+            sequence,
+            request_id: String::new(),
         };
         let p = match stream {
             Some(p) => {
@@ -67,17 +68,28 @@ impl PushStream {
                 stream.insert(PushStream {
                     tx,
                     rx,
-                    next_ref: 1,
+                    next_sequence: 1,
                 })
             }
         };
-        p.next_ref += 1;
+        p.next_sequence += 1;
         let answer =
             p.rx.message()
                 .await?
                 .ok_or_else(|| anyhow!("enqueue stream ended"))?;
-        if answer.code != 0 || answer.r#ref != r#ref {
-            anyhow::bail!("enqueue refused: {} (ref {})", answer.message, answer.r#ref);
+        if let Some(problem) = answer.problem {
+            anyhow::bail!(
+                "enqueue refused: {} ({:?}, sequence {})",
+                problem.message,
+                workq_proto::errors::problem_reason(&problem),
+                answer.sequence
+            );
+        }
+        if answer.sequence != sequence {
+            anyhow::bail!(
+                "enqueue answered sequence {} for {sequence}",
+                answer.sequence
+            );
         }
         Ok(())
     }
@@ -90,9 +102,9 @@ pub struct WorkStream {
     rx: tonic::Streaming<workq_proto::v1::WorkResponse>,
     /// Items granted and not yet received.
     open_credit: usize,
-    /// Completions sent and not yet answered, by `ref`.
-    unanswered: std::collections::HashSet<u64>,
-    next_ref: u64,
+    /// Completions sent and not yet answered, by `sequence`.
+    unanswered: std::collections::HashSet<i64>,
+    next_sequence: i64,
     drained: bool,
 }
 
@@ -101,7 +113,7 @@ impl WorkStream {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tx.send(workq_proto::v1::WorkRequest {
             queue: queue.into(),
-            lease_ms: 60_000,
+            lease: Some(workq_proto::time::duration(Duration::from_secs(60))),
             ..Default::default()
         })
         .await
@@ -115,7 +127,7 @@ impl WorkStream {
             rx,
             open_credit: 0,
             unanswered: Default::default(),
-            next_ref: 0,
+            next_sequence: 0,
             drained: false,
         })
     }
@@ -126,18 +138,18 @@ impl WorkStream {
         if credit == 0 && complete.is_empty() {
             return Ok(());
         }
-        self.next_ref += 1;
+        self.next_sequence += 1;
         if !complete.is_empty() {
-            self.unanswered.insert(self.next_ref);
+            self.unanswered.insert(self.next_sequence);
         }
         self.open_credit += credit;
         self.tx
             .as_ref()
             .ok_or_else(|| anyhow!("work stream closed"))?
             .send(workq_proto::v1::WorkRequest {
-                credit: u32::try_from(credit).unwrap_or(u32::MAX),
+                credit: i32::try_from(credit).unwrap_or(i32::MAX),
                 complete_tokens: complete,
-                r#ref: self.next_ref,
+                sequence: self.next_sequence,
                 ..Default::default()
             })
             .await
@@ -145,12 +157,17 @@ impl WorkStream {
     }
 
     /// Takes in the answer to a completion, if the message carries one.
-    fn answered(&mut self, done: Option<workq_proto::v1::CompletionResult>) -> Result<()> {
+    fn answered(&mut self, done: Option<workq_proto::v1::WorkAnswer>) -> Result<()> {
         if let Some(done) = done {
-            if done.code != 0 {
-                anyhow::bail!("completion refused: {}", done.message);
+            // A problem with code OK is a note (a clamped credit grant).
+            if let Some(p) = done.problem.as_ref().filter(|p| p.code != 0) {
+                anyhow::bail!(
+                    "completion refused: {} ({:?})",
+                    p.message,
+                    workq_proto::errors::problem_reason(p)
+                );
             }
-            self.unanswered.remove(&done.r#ref);
+            self.unanswered.remove(&done.sequence);
         }
         Ok(())
     }
@@ -168,7 +185,7 @@ impl WorkStream {
                 self.drained = true;
                 return Ok(Vec::new());
             };
-            self.answered(m.completed)?;
+            self.answered(m.answer)?;
             self.drained |= m.drained;
             if !m.items.is_empty() {
                 self.open_credit = self.open_credit.saturating_sub(m.items.len());
@@ -300,6 +317,7 @@ impl Conn {
             .client
             .delete_queue(workq_proto::v1::DeleteQueueRequest {
                 name: self.queue.clone(),
+                allow_missing: true,
             })
             .await;
         Ok(())
@@ -322,6 +340,7 @@ impl Conn {
                     queue: self.queue.clone(),
                     items,
                     create_queue: false,
+                    request_id: String::new(),
                 })
                 .await?;
         }
@@ -345,6 +364,7 @@ impl Conn {
                 .complete(workq_proto::v1::CompleteRequest {
                     queue: self.queue.clone(),
                     lease_tokens: std::mem::take(&mut self.held),
+                    per_token_results: false,
                 })
                 .await?;
         }
@@ -360,7 +380,7 @@ impl Conn {
                 let Some(m) = w.rx.message().await? else {
                     anyhow::bail!("work stream ended with completions unanswered");
                 };
-                w.answered(m.completed)?;
+                w.answered(m.answer)?;
             }
         }
         Ok(())
@@ -390,16 +410,16 @@ impl Conn {
         if self.mode == AckMode::Stream {
             return self.take_streamed(max, wait, leased_at).await;
         }
-        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         let l = self
             .client
             .lease(workq_proto::v1::LeaseRequest {
                 queue: self.queue.clone(),
-                max_items: u32::try_from(max).unwrap_or(u32::MAX),
-                lease_ms: 60_000,
-                wait_ms,
+                max_items: i32::try_from(max).unwrap_or(i32::MAX),
+                lease: Some(workq_proto::time::duration(Duration::from_secs(60))),
+                wait: Some(workq_proto::time::duration(wait)),
                 // WithLease: the previous batch's completion rides on this call.
                 complete_tokens: std::mem::take(&mut self.held),
+                max_bytes: 0,
             })
             .await?
             .into_inner();
@@ -413,6 +433,7 @@ impl Conn {
                         .complete(workq_proto::v1::CompleteRequest {
                             queue: self.queue.clone(),
                             lease_tokens: tokens,
+                            per_token_results: false,
                         })
                         .await?;
                 }

@@ -19,6 +19,11 @@ fn stats(pending: u64, leased: u64, drained: bool) -> worker_sdk::Stats {
         retried: 0,
         sealed: true,
         drained,
+        state: if drained {
+            worker_sdk::QueueState::Drained
+        } else {
+            worker_sdk::QueueState::Sealed
+        },
     }
 }
 

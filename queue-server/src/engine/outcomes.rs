@@ -42,6 +42,10 @@ pub struct LeaseOutcome {
     pub drained: bool,
     /// The queue has nothing pending, delayed or leased right now.
     pub empty: bool,
+    /// The queue is sealed.
+    pub sealed: bool,
+    /// The lease stopped at an item that did not fit its byte budget.
+    pub over_budget: bool,
 }
 
 /// An item to enqueue, as a caller gives it (checked by the engine).

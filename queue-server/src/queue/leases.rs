@@ -1,13 +1,80 @@
 //! The transitions out of LEASED: renew, complete, fail, release, and the
 //! end of an attempt that an expiry shares with a failure; and the fencing
-//! check every one of them makes first.
+//! check every one of them makes first ([`Queue::judge`]).
+//!
+//! A finish (complete, fail, release) with the token that already did it is
+//! answered [`Outcome::AlreadyDone`] and changes nothing, while the queue
+//! remembers that lease ([`super::recall`]). Batches are all-or-nothing
+//! (`*_all`: one refused token refuses the call) or judged token by token
+//! (`*_each`).
 
 use super::{Failure, Journal, KeyEntry, Queue};
-use crate::error::{Error, Result};
+use crate::error::{Error, Finish, Result, StaleCause};
 use crate::item::ItemState;
 use crate::names::{ItemId, LeaseToken};
 use crate::store::StoreOp;
 use std::cmp::Reverse;
+
+/// What one token of a batch came to.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Done by this call.
+    Done,
+    /// Already done by an earlier call with this token; nothing changed.
+    AlreadyDone,
+    /// Refused; nothing changed for this token.
+    Refused(Error),
+}
+
+/// One token's result.
+#[derive(Debug, Clone)]
+pub struct TokenResult {
+    /// The token.
+    pub token: LeaseToken,
+    /// What it came to.
+    pub outcome: Outcome,
+    /// Renew: the lease's new deadline (ms since the Unix epoch).
+    pub deadline: Option<u64>,
+    /// Fail: the item went dead.
+    pub dead: bool,
+}
+
+impl TokenResult {
+    fn new(token: LeaseToken, outcome: Outcome) -> Self {
+        TokenResult {
+            token,
+            outcome,
+            deadline: None,
+            dead: false,
+        }
+    }
+
+    /// Whether this call did it.
+    pub fn done(&self) -> bool {
+        matches!(self.outcome, Outcome::Done)
+    }
+
+    /// Whether an earlier call did it.
+    pub fn already_done(&self) -> bool {
+        matches!(self.outcome, Outcome::AlreadyDone)
+    }
+}
+
+/// How a batch is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// One refused token refuses the call; nothing changes then.
+    AllOrNothing,
+    /// Each token on its own.
+    EachToken,
+}
+
+/// What a token is, against what a call wants to do with it.
+enum Verdict {
+    Live,
+    AlreadyDone(bool),
+    Refused(Error),
+}
 
 impl Queue {
     /// Drops the deadline entries of leases that ended (completed, failed,
@@ -29,61 +96,121 @@ impl Queue {
         });
     }
 
-    /// Why `token` is not a live lease at `now`, if it is not.
-    fn check(&self, now: u64, token: LeaseToken) -> Result<()> {
-        let why = match self.items.get(&token.item).map(|i| &i.state) {
-            None => "the item is no longer in the queue (completed, or purged)",
+    fn stale(&self, token: LeaseToken, cause: StaleCause) -> Error {
+        Error::StaleLease {
+            queue: self.name.clone(),
+            token,
+            cause,
+        }
+    }
+
+    /// What `token` is at `now` for a call that would finish it `op` (a
+    /// renewal: `None`).
+    fn judge(&self, now: u64, token: LeaseToken, op: Option<Finish>) -> Verdict {
+        if let Some(f) = self.recall.finished(token.item)
+            && f.seq == token.seq
+        {
+            return if Some(f.how) == op {
+                Verdict::AlreadyDone(f.dead)
+            } else {
+                Verdict::Refused(self.stale(token, StaleCause::Finished(f.how)))
+            };
+        }
+        let cause = match self.items.get(&token.item).map(|i| &i.state) {
+            None => StaleCause::ItemCompleted,
             Some(ItemState::Leased { seq, deadline }) if *seq == token.seq => {
                 if *deadline > now {
-                    return Ok(());
+                    return Verdict::Live;
                 }
-                "the lease expired and the item goes back to the queue"
+                StaleCause::Expired
             }
-            Some(ItemState::Leased { .. }) => {
-                "the lease expired or was released, and another worker now holds the item"
-            }
-            Some(ItemState::Pending | ItemState::Delayed { .. }) => {
-                "the lease expired or was released, and the item is back in the queue"
-            }
-            Some(ItemState::Dead { .. }) => "the item is dead",
+            Some(ItemState::Leased { .. }) => StaleCause::Taken,
+            Some(ItemState::Pending | ItemState::Delayed { .. }) => StaleCause::Expired,
+            Some(ItemState::Dead { .. }) => StaleCause::ItemDead,
         };
-        Err(Error::StaleLease { token, why })
+        Verdict::Refused(self.stale(token, cause))
     }
 
     /// Whether `token` is a live lease at `now`.
     pub fn is_live(&self, now: u64, token: LeaseToken) -> bool {
-        self.check(now, token).is_ok()
+        matches!(self.judge(now, token, None), Verdict::Live)
     }
 
-    fn check_all(&self, now: u64, tokens: &[LeaseToken]) -> Result<()> {
+    /// Every token judged (a second token of the same item is refused as a
+    /// duplicate); all-or-nothing: the first refusal, if any.
+    fn judge_all(
+        &self,
+        now: u64,
+        tokens: &[LeaseToken],
+        op: Option<Finish>,
+        batch: Batch,
+    ) -> Result<Vec<Verdict>> {
         let mut seen = rustc_hash::FxHashSet::default();
         seen.reserve(tokens.len());
+        let mut out = Vec::with_capacity(tokens.len());
         for t in tokens {
-            if !seen.insert(t.item) {
-                return Err(Error::InvalidArgument(format!(
-                    "item {} is named twice in one call; pass each lease token once",
-                    t.item
-                )));
+            let v = if seen.insert(t.item) {
+                self.judge(now, *t, op)
+            } else {
+                Verdict::Refused(Error::DuplicateToken { item: t.item })
+            };
+            if let (Batch::AllOrNothing, Verdict::Refused(e)) = (batch, &v) {
+                return Err(e.clone());
             }
-            self.check(now, *t)?;
+            out.push(v);
         }
-        Ok(())
+        Ok(out)
     }
 
-    /// Extends live leases to `now + lease_ms`; returns the new deadlines.
-    pub fn renew(&mut self, now: u64, tokens: &[LeaseToken], lease_ms: u64) -> Result<Vec<u64>> {
-        self.check_all(now, tokens)?;
+    /// Judges `tokens`, then applies `apply` to each live one (in order):
+    /// the results, one per token.
+    fn finish_with(
+        &mut self,
+        now: u64,
+        tokens: &[LeaseToken],
+        op: Option<Finish>,
+        batch: Batch,
+        mut apply: impl FnMut(&mut Self, LeaseToken, &mut TokenResult),
+    ) -> Result<Vec<TokenResult>> {
+        let verdicts = self.judge_all(now, tokens, op, batch)?;
+        let mut out = Vec::with_capacity(tokens.len());
+        for (t, v) in tokens.iter().zip(verdicts) {
+            let mut r = match v {
+                Verdict::Live => TokenResult::new(*t, Outcome::Done),
+                Verdict::AlreadyDone(dead) => TokenResult {
+                    dead,
+                    ..TokenResult::new(*t, Outcome::AlreadyDone)
+                },
+                Verdict::Refused(e) => TokenResult::new(*t, Outcome::Refused(e)),
+            };
+            if r.done() {
+                apply(self, *t, &mut r);
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Extends live leases to `now + lease_ms`; the results carry the new
+    /// deadlines.
+    pub fn renew(
+        &mut self,
+        now: u64,
+        tokens: &[LeaseToken],
+        lease_ms: u64,
+        batch: Batch,
+    ) -> Result<Vec<TokenResult>> {
         let deadline = now.saturating_add(lease_ms);
-        for t in tokens {
-            if let Some(item) = self.items.get_mut(&t.item) {
+        self.finish_with(now, tokens, None, batch, |q, t, r| {
+            if let Some(item) = q.items.get_mut(&t.item) {
                 item.state = ItemState::Leased {
                     seq: t.seq,
                     deadline,
                 };
-                self.leases.push(Reverse((deadline, t.item, t.seq)));
+                q.leases.push(Reverse((deadline, t.item, t.seq)));
+                r.deadline = Some(deadline);
             }
-        }
-        Ok(vec![deadline; tokens.len()])
+        })
     }
 
     /// Completes leased items: they leave the queue, their count stays.
@@ -91,26 +218,30 @@ impl Queue {
         &mut self,
         now: u64,
         tokens: &[LeaseToken],
+        batch: Batch,
         journal: &mut Journal,
-    ) -> Result<()> {
-        self.check_all(now, tokens)?;
-        for t in tokens {
-            let Some(item) = self.items.remove(&t.item) else {
-                continue;
+    ) -> Result<Vec<TokenResult>> {
+        let out = self.finish_with(now, tokens, Some(Finish::Completed), batch, |q, t, _| {
+            let Some(item) = q.items.remove(&t.item) else {
+                return;
             };
-            self.bytes -= item.queued_bytes();
-            self.counters.leased -= 1;
-            self.counters.completed += 1;
+            q.bytes -= item.queued_bytes();
+            q.counters.leased -= 1;
+            q.counters.completed += 1;
+            q.recall
+                .finish(now, t.item, t.seq, Finish::Completed, false);
             journal.push(|| StoreOp::DeleteItem {
-                queue: self.name.clone(),
+                queue: q.name.clone(),
                 id: item.id,
             });
             if let Some(key) = item.idempotency_key {
-                self.remember_completed_key(now, key.into_boxed_str(), item.id, journal);
+                q.remember_completed_key(now, key.into_boxed_str(), item.id, journal);
             }
+        })?;
+        if out.iter().any(TokenResult::done) {
+            journal.push(|| StoreOp::PutQueue(self.record()));
         }
-        journal.push(|| StoreOp::PutQueue(self.record()));
-        Ok(())
+        Ok(out)
     }
 
     fn remember_completed_key(
@@ -143,21 +274,21 @@ impl Queue {
 
     /// Fails leased items. Fatal: dead at once. Retriable: the attempt is
     /// counted, and the item goes dead when attempts are exhausted, else back
-    /// to the queue after `retry_after_ms` (or the queue's back-off when 0).
-    /// Returns how many went dead.
+    /// to the queue after `retry_after_ms` (the queue's back-off when
+    /// `None`; zero: at once). The results say which went dead.
+    #[allow(clippy::too_many_arguments)]
     pub fn fail(
         &mut self,
         now: u64,
         tokens: &[LeaseToken],
         fatal: bool,
         reason: &str,
-        retry_after_ms: u64,
+        retry_after_ms: Option<u64>,
+        batch: Batch,
         journal: &mut Journal,
-    ) -> Result<usize> {
-        self.check_all(now, tokens)?;
-        let mut dead = 0;
-        for t in tokens {
-            self.counters.leased -= 1;
+    ) -> Result<Vec<TokenResult>> {
+        let out = self.finish_with(now, tokens, Some(Finish::Failed), batch, |q, t, r| {
+            q.counters.leased -= 1;
             let outcome = if fatal {
                 Failure::Fatal(reason)
             } else {
@@ -166,12 +297,13 @@ impl Queue {
                     retry_after_ms,
                 }
             };
-            if self.end_attempt(now, t.item, outcome, journal) {
-                dead += 1;
-            }
+            r.dead = q.end_attempt(now, t.item, outcome, journal);
+            q.recall.finish(now, t.item, t.seq, Finish::Failed, r.dead);
+        })?;
+        if out.iter().any(TokenResult::done) {
+            journal.push(|| StoreOp::PutQueue(self.record()));
         }
-        journal.push(|| StoreOp::PutQueue(self.record()));
-        Ok(dead)
+        Ok(out)
     }
 
     /// Ends a leased (or just expired) item's attempt; the caller has taken it
@@ -205,7 +337,10 @@ impl Queue {
         } else {
             self.counters.retried += 1;
             let delay = match outcome {
-                Failure::Retriable { retry_after_ms, .. } if retry_after_ms > 0 => retry_after_ms,
+                Failure::Retriable {
+                    retry_after_ms: Some(ms),
+                    ..
+                } => ms,
                 Failure::Retriable { .. } => {
                     u64::try_from(self.settings.backoff(item.attempts).as_millis())
                         .unwrap_or(u64::MAX)
@@ -232,38 +367,42 @@ impl Queue {
     }
 
     /// Gives leased items back at once, first in line, no attempt counted.
-    pub fn release(&mut self, now: u64, tokens: &[LeaseToken]) -> Result<()> {
-        self.check_all(now, tokens)?;
-        for t in tokens.iter().rev() {
+    pub fn release(
+        &mut self,
+        now: u64,
+        tokens: &[LeaseToken],
+        batch: Batch,
+    ) -> Result<Vec<TokenResult>> {
+        let verdicts = self.judge_all(now, tokens, Some(Finish::Released), batch)?;
+        let mut out: Vec<TokenResult> = tokens
+            .iter()
+            .zip(verdicts)
+            .map(|(t, v)| match v {
+                Verdict::Live => TokenResult::new(*t, Outcome::Done),
+                Verdict::AlreadyDone(_) => TokenResult::new(*t, Outcome::AlreadyDone),
+                Verdict::Refused(e) => TokenResult::new(*t, Outcome::Refused(e)),
+            })
+            .collect();
+        // In reverse, so that they go back first in line in the order given.
+        for r in out.iter_mut().rev().filter(|r| r.done()) {
+            let t = r.token;
             if let Some(item) = self.items.get_mut(&t.item) {
                 item.state = ItemState::Pending;
                 self.pending.push_front(t.item);
+                self.counters.leased -= 1;
+                self.counters.pending += 1;
+                self.recall
+                    .finish(now, t.item, t.seq, Finish::Released, false);
             }
         }
-        self.counters.leased -= tokens.len() as u64;
-        self.counters.pending += tokens.len() as u64;
-        Ok(())
+        Ok(out)
     }
 
     /// Gives back, first in line and counting no attempt, those of `tokens`
     /// that are live leases at `now`; skips the rest. Returns how many.
     pub fn release_live(&mut self, now: u64, tokens: &[LeaseToken]) -> usize {
-        let live: Vec<LeaseToken> = {
-            let mut seen = rustc_hash::FxHashSet::default();
-            tokens
-                .iter()
-                .filter(|t| seen.insert(t.item) && self.check(now, **t).is_ok())
-                .copied()
-                .collect()
-        };
-        for t in live.iter().rev() {
-            if let Some(item) = self.items.get_mut(&t.item) {
-                item.state = ItemState::Pending;
-                self.pending.push_front(t.item);
-            }
-        }
-        self.counters.leased -= live.len() as u64;
-        self.counters.pending += live.len() as u64;
-        live.len()
+        self.release(now, tokens, Batch::EachToken)
+            .map(|r| r.iter().filter(|r| r.done()).count())
+            .unwrap_or(0)
     }
 }

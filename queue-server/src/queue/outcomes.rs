@@ -45,6 +45,14 @@ pub struct Leased {
     pub enqueued_at: u64,
 }
 
+impl Leased {
+    /// The most it adds to an answer: payload, attributes and
+    /// [`crate::settings::ITEM_OVERHEAD`] (as [`crate::item::Item::answer_bytes`]).
+    pub fn answer_bytes(&self) -> usize {
+        self.payload.len() + self.attributes.answer_bytes() + crate::settings::ITEM_OVERHEAD
+    }
+}
+
 /// A dead item, as listed for an operator.
 #[derive(Debug, Clone)]
 pub struct DeadItem {

@@ -2,6 +2,7 @@
 //! over random operation sequences.
 
 use super::*;
+use crate::error::{Finish, StaleCause};
 use crate::store::StoreOp;
 use prost::bytes::Bytes;
 use std::time::Duration;
@@ -85,9 +86,11 @@ impl Fixture {
     }
 }
 
-fn stale(r: Result<impl std::fmt::Debug>) -> &'static str {
+const A: Batch = Batch::AllOrNothing;
+
+fn stale(r: Result<impl std::fmt::Debug>) -> StaleCause {
     match r {
-        Err(Error::StaleLease { why, .. }) => why,
+        Err(Error::StaleLease { cause, .. }) => cause,
         other => panic!("expected a stale lease, got {other:?}"),
     }
 }
@@ -154,7 +157,7 @@ fn sealed_queue_refuses_enqueue_and_drains() {
     assert!(!f.q.drained());
     let l = f.lease_one(0);
     assert!(!f.q.drained(), "a leased item keeps it open");
-    f.q.complete(1, &[l.token], &mut f.journal)
+    f.q.complete(1, &[l.token], A, &mut f.journal)
         .expect("complete");
     assert!(f.q.drained());
 }
@@ -185,7 +188,7 @@ fn idempotency_keys_deduplicate_while_live_and_within_the_window() {
     );
     assert_eq!(f.counters().enqueued, 1);
     let l = f.lease_one(0);
-    f.q.complete(5, &[l.token], &mut f.journal)
+    f.q.complete(5, &[l.token], A, &mut f.journal)
         .expect("complete");
     let again = f.enqueue_items(10, vec![keyed("k")]).expect("enqueue");
     assert!(again[0].duplicate, "completed within the window");
@@ -217,7 +220,7 @@ fn complete_removes_the_item_and_keeps_its_count() {
     f.enqueue(0, &["a"]);
     let l = f.lease_one(0);
     f.ops();
-    f.q.complete(1, &[l.token], &mut f.journal)
+    f.q.complete(1, &[l.token], A, &mut f.journal)
         .expect("complete");
     let c = f.counters();
     assert_eq!((c.leased, c.completed), (0, 1));
@@ -228,14 +231,82 @@ fn complete_removes_the_item_and_keeps_its_count() {
 }
 
 #[test]
-fn complete_refuses_stale_tokens_with_the_reason() {
+fn finishing_twice_with_the_same_token_is_already_done_and_counted_once() {
     let mut f = Fixture::new();
+    f.enqueue(0, &["a", "b", "c"]);
+    let l = f.lease(0, 3);
+    let first =
+        f.q.complete(1, &[l[0].token], A, &mut f.journal)
+            .expect("complete");
+    assert!(first[0].done());
+    let again =
+        f.q.complete(2, &[l[0].token], A, &mut f.journal)
+            .expect("again");
+    assert!(again[0].already_done());
+    assert_eq!(f.counters().completed, 1, "counted once");
+    assert_eq!(
+        stale(f.q.release(2, &[l[0].token], A)),
+        StaleCause::Finished(Finish::Completed)
+    );
+    f.q.release(2, &[l[1].token], A).expect("release");
+    assert!(f.q.release(3, &[l[1].token], A).expect("again")[0].already_done());
+    assert_eq!(
+        stale(f.q.complete(3, &[l[1].token], A, &mut f.journal)),
+        StaleCause::Finished(Finish::Released)
+    );
+    let failed =
+        f.q.fail(3, &[l[2].token], true, "x", None, A, &mut f.journal)
+            .expect("fail");
+    let again =
+        f.q.fail(4, &[l[2].token], true, "x", None, A, &mut f.journal)
+            .expect("again");
+    assert!(failed[0].done() && failed[0].dead);
+    assert!(again[0].already_done() && again[0].dead);
+    let c = f.counters();
+    assert_eq!((c.completed, c.dead, c.pending, c.leased), (1, 1, 1, 0));
+}
+
+#[test]
+fn a_forgotten_finish_still_says_what_became_of_the_item() {
+    // No memory (a zero window, as after a restart): the item's state tells.
+    let mut f = Fixture::new();
+    f.q = Queue::new("q".parse().expect("name"), QueueSettings::default(), 0);
     f.enqueue(0, &["a"]);
     let l = f.lease_one(0);
-    // Twice: the second time the item is gone.
-    f.q.complete(1, &[l.token], &mut f.journal)
+    f.q.complete(1, &[l.token], A, &mut f.journal)
         .expect("complete");
-    assert!(stale(f.q.complete(2, &[l.token], &mut f.journal)).contains("no longer in the queue"));
+    assert_eq!(
+        stale(f.q.complete(2, &[l.token], A, &mut f.journal)),
+        StaleCause::ItemCompleted
+    );
+}
+
+#[test]
+fn per_token_batches_apply_the_live_tokens_and_report_the_rest() {
+    let mut f = Fixture::new();
+    f.enqueue(0, &["a", "b", "c"]);
+    let l = f.lease(0, 3);
+    let bogus = LeaseToken {
+        item: ItemId(99),
+        seq: 1,
+    };
+    let tokens = [l[0].token, bogus, l[1].token, l[1].token];
+    let out =
+        f.q.complete(1, &tokens, Batch::EachToken, &mut f.journal)
+            .expect("per token");
+    assert!(out[0].done() && out[2].done());
+    assert!(matches!(
+        &out[1].outcome,
+        Outcome::Refused(Error::StaleLease {
+            cause: StaleCause::ItemCompleted,
+            ..
+        })
+    ));
+    assert!(matches!(
+        &out[3].outcome,
+        Outcome::Refused(Error::DuplicateToken { .. })
+    ));
+    assert_eq!(f.counters().completed, 2);
 }
 
 #[test]
@@ -243,7 +314,10 @@ fn an_expired_lease_cannot_complete_even_before_the_reaper_runs() {
     let mut f = Fixture::new();
     f.enqueue(0, &["a"]);
     let l = f.lease_one(0);
-    assert!(stale(f.q.complete(LEASE, &[l.token], &mut f.journal)).contains("expired"));
+    assert_eq!(
+        stale(f.q.complete(LEASE, &[l.token], A, &mut f.journal)),
+        StaleCause::Expired
+    );
     assert_eq!(f.counters().leased, 1, "nothing changed");
 }
 
@@ -256,10 +330,11 @@ fn a_zombie_cannot_complete_an_item_someone_else_now_holds() {
     let fresh = f.lease_one(LEASE);
     assert_eq!(fresh.id, zombie.id);
     assert_eq!(fresh.attempt, 2, "the expiry counted an attempt");
-    assert!(
-        stale(f.q.complete(LEASE + 1, &[zombie.token], &mut f.journal)).contains("another worker")
+    assert_eq!(
+        stale(f.q.complete(LEASE + 1, &[zombie.token], A, &mut f.journal)),
+        StaleCause::Taken
     );
-    f.q.complete(LEASE + 1, &[fresh.token], &mut f.journal)
+    f.q.complete(LEASE + 1, &[fresh.token], A, &mut f.journal)
         .expect("the owner completes");
     assert_eq!(f.counters().completed, 1);
 }
@@ -274,15 +349,15 @@ fn batches_are_all_or_nothing() {
         seq: 1,
     };
     assert!(
-        f.q.complete(1, &[l[0].token, bogus], &mut f.journal)
+        f.q.complete(1, &[l[0].token, bogus], A, &mut f.journal)
             .is_err()
     );
     assert_eq!(f.counters().leased, 2, "the good token was not applied");
     assert!(matches!(
-        f.q.complete(1, &[l[0].token, l[0].token], &mut f.journal),
-        Err(Error::InvalidArgument(m)) if m.contains("twice")
+        f.q.complete(1, &[l[0].token, l[0].token], A, &mut f.journal),
+        Err(Error::DuplicateToken { item }) if item == l[0].id
     ));
-    f.q.complete(1, &[l[0].token, l[1].token], &mut f.journal)
+    f.q.complete(1, &[l[0].token, l[1].token], A, &mut f.journal)
         .expect("complete both");
     assert_eq!(f.counters().completed, 2);
 }
@@ -292,13 +367,16 @@ fn renew_extends_the_deadline_and_old_deadlines_do_not_expire_it() {
     let mut f = Fixture::new();
     f.enqueue(0, &["a"]);
     let l = f.lease_one(0);
-    let d = f.q.renew(LEASE - 1, &[l.token], LEASE).expect("renew");
-    assert_eq!(d, vec![2 * LEASE - 1]);
+    let d = f.q.renew(LEASE - 1, &[l.token], LEASE, A).expect("renew");
+    assert_eq!(d[0].deadline, Some(2 * LEASE - 1));
     let r = f.q.reap(LEASE, &mut f.journal);
     assert_eq!(r.expired, 0, "the stale heap entry is skipped");
     assert_eq!(f.counters().leased, 1);
     assert_eq!(f.q.reap(2 * LEASE - 1, &mut f.journal).expired, 1);
-    assert!(stale(f.q.renew(2 * LEASE, &[l.token], LEASE)).contains("back in the queue"));
+    assert_eq!(
+        stale(f.q.renew(2 * LEASE, &[l.token], LEASE, A)),
+        StaleCause::Expired
+    );
 }
 
 #[test]
@@ -307,8 +385,11 @@ fn retriable_failure_backs_off_then_retries_then_dies() {
     f.enqueue(0, &["a"]);
     let l = f.lease_one(0);
     assert_eq!(
-        f.q.fail(0, &[l.token], false, "boom", 0, &mut f.journal)
-            .expect("fail"),
+        f.q.fail(0, &[l.token], false, "boom", None, A, &mut f.journal)
+            .expect("fail")
+            .iter()
+            .filter(|r| r.dead)
+            .count(),
         0
     );
     let c = f.counters();
@@ -316,14 +397,17 @@ fn retriable_failure_backs_off_then_retries_then_dies() {
     assert!(f.lease(99, 1).is_empty(), "backing off");
     let l = f.lease_one(100);
     assert_eq!(l.attempt, 2);
-    f.q.fail(100, &[l.token], false, "boom", 0, &mut f.journal)
+    f.q.fail(100, &[l.token], false, "boom", None, A, &mut f.journal)
         .expect("fail");
     assert!(f.lease(299, 1).is_empty(), "back-off doubled to 200 ms");
     let l = f.lease_one(300);
     assert_eq!(l.attempt, 3);
     assert_eq!(
-        f.q.fail(300, &[l.token], false, "boom", 0, &mut f.journal)
-            .expect("fail"),
+        f.q.fail(300, &[l.token], false, "boom", None, A, &mut f.journal)
+            .expect("fail")
+            .iter()
+            .filter(|r| r.dead)
+            .count(),
         1
     );
     let c = f.counters();
@@ -337,7 +421,7 @@ fn retry_after_overrides_the_backoff() {
     let mut f = Fixture::new();
     f.enqueue(0, &["a"]);
     let l = f.lease_one(0);
-    f.q.fail(0, &[l.token], false, "later", 5000, &mut f.journal)
+    f.q.fail(0, &[l.token], false, "later", Some(5000), A, &mut f.journal)
         .expect("fail");
     assert!(f.lease(4999, 1).is_empty());
     assert_eq!(f.lease(5000, 1).len(), 1);
@@ -349,15 +433,21 @@ fn fatal_failure_is_dead_at_once_with_its_reason() {
     f.enqueue(0, &["a"]);
     let l = f.lease_one(0);
     assert_eq!(
-        f.q.fail(0, &[l.token], true, "exit code 42", 0, &mut f.journal)
-            .expect("fail"),
+        f.q.fail(0, &[l.token], true, "exit code 42", None, A, &mut f.journal)
+            .expect("fail")
+            .iter()
+            .filter(|r| r.dead)
+            .count(),
         1
     );
     assert_eq!(f.counters().dead, 1);
     let dead = f.q.dead_items(10);
     assert_eq!(dead[0].reason, "failed fatally on attempt 1: exit code 42");
     assert_eq!(dead[0].attempts, 1);
-    assert!(stale(f.q.complete(1, &[l.token], &mut f.journal)).contains("dead"));
+    assert_eq!(
+        stale(f.q.complete(1, &[l.token], A, &mut f.journal)),
+        StaleCause::Finished(Finish::Failed)
+    );
 }
 
 #[test]
@@ -365,12 +455,16 @@ fn release_puts_the_item_first_in_line_without_counting_an_attempt() {
     let mut f = Fixture::new();
     f.enqueue(0, &["a", "b"]);
     let a = f.lease_one(0);
-    f.q.release(1, &[a.token]).expect("release");
+    f.q.release(1, &[a.token], A).expect("release");
     let c = f.counters();
     assert_eq!((c.pending, c.leased, c.retried), (2, 0, 0));
     let again = f.lease_one(1);
     assert_eq!((again.id, again.attempt), (a.id, 1));
-    assert!(stale(f.q.release(1, &[a.token])).contains("another worker"));
+    assert!(f.q.release(1, &[a.token], A).expect("again")[0].already_done());
+    assert_eq!(
+        stale(f.q.complete(1, &[a.token], A, &mut f.journal)),
+        StaleCause::Finished(Finish::Released)
+    );
 }
 
 #[test]
@@ -394,11 +488,15 @@ fn requeue_dead_resets_attempts_and_refuses_live_items() {
     let mut f = Fixture::new();
     f.enqueue(0, &["a", "b"]);
     let l = f.lease_one(0);
-    f.q.fail(0, &[l.token], true, "x", 0, &mut f.journal)
+    f.q.fail(0, &[l.token], true, "x", None, A, &mut f.journal)
         .expect("fail");
     assert!(matches!(
         f.q.requeue_dead(&[ItemId(2)], &mut f.journal),
-        Err(Error::InvalidArgument(_))
+        Err(Error::ItemNotDead { .. })
+    ));
+    assert!(matches!(
+        f.q.requeue_dead(&[ItemId(99)], &mut f.journal),
+        Err(Error::ItemNotFound { .. })
     ));
     assert_eq!(
         f.q.requeue_dead(&[l.id, l.id], &mut f.journal)
@@ -439,7 +537,7 @@ fn purge_drops_pending_and_delayed_but_not_leased() {
         )
         .expect("enqueue");
     assert!(!again[0].duplicate, "purged keys are forgotten");
-    f.q.complete(1, &[l.token], &mut f.journal)
+    f.q.complete(1, &[l.token], A, &mut f.journal)
         .expect("the leased one survives");
 }
 
@@ -448,11 +546,11 @@ fn restore_brings_leased_items_back_pending_and_keeps_counts() {
     let mut f = Fixture::new();
     f.enqueue(0, &["a", "b", "c"]);
     let a = f.lease_one(0);
-    f.q.complete(0, &[a.token], &mut f.journal)
+    f.q.complete(0, &[a.token], A, &mut f.journal)
         .expect("complete");
     f.lease_one(0); // b stays leased
     let items: Vec<Item> = f.q.items().cloned().collect();
-    let q = Queue::restore(f.q.record(), items, [], 60_000, 1);
+    let q = Queue::restore(f.q.record(), items, [], 60_000, 1, RecallBudget::new(100));
     let c = q.counters();
     assert!(c.balanced());
     assert_eq!((c.enqueued, c.pending, c.leased, c.completed), (3, 2, 0, 1));
@@ -531,21 +629,21 @@ mod properties {
                     Op::Lease(n) => held.extend(f.lease(now, n as usize)),
                     Op::Complete(i) if !held.is_empty() => {
                         let l = held.remove(i % held.len());
-                        if f.q.complete(now, &[l.token], &mut f.journal).is_ok() {
+                        if f.q.complete(now, &[l.token], A, &mut f.journal).is_ok() {
                             prop_assert!(completed.insert(l.id), "item {} completed twice", l.id);
                         }
                     }
                     Op::Fail(i, fatal) if !held.is_empty() => {
                         let l = held.remove(i % held.len());
-                        let _ = f.q.fail(now, &[l.token], fatal, "x", 0, &mut f.journal);
+                        let _ = f.q.fail(now, &[l.token], fatal, "x", None, A, &mut f.journal);
                     }
                     Op::Release(i) if !held.is_empty() => {
                         let l = held.remove(i % held.len());
-                        let _ = f.q.release(now, &[l.token]);
+                        let _ = f.q.release(now, &[l.token], A);
                     }
                     Op::Renew(i) if !held.is_empty() => {
                         let l = &held[i % held.len()];
-                        let _ = f.q.renew(now, &[l.token], LEASE);
+                        let _ = f.q.renew(now, &[l.token], LEASE, A);
                     }
                     Op::Advance(ms) => {
                         now += u64::from(ms);
@@ -597,7 +695,7 @@ fn ended_leases_do_not_pile_up_in_the_deadline_heap() {
     for i in 0..20_000u64 {
         f.enqueue(i, &["x"]);
         let l = f.lease_one(i);
-        f.q.complete(i, &[l.token], &mut f.journal)
+        f.q.complete(i, &[l.token], A, &mut f.journal)
             .expect("complete");
     }
     // One lease still live: its entry must survive the compaction.

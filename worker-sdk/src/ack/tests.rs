@@ -18,6 +18,7 @@ async fn a_stale_token_fails_only_its_own_completion() {
             max_items: 3,
             lease: Some(workq_proto::defaults::LEASE),
             wait: Duration::ZERO,
+            max_bytes: None,
         })
         .await
         .expect("lease");

@@ -1,7 +1,7 @@
 //! The `grpc://` backend: the workq queue service, through the client generated
 //! from `proto/workq/v1/queue.proto`. Proto structs live here and nowhere else.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -11,18 +11,30 @@ use workq_proto::v1::queue_service_client::QueueServiceClient;
 
 use super::QueueUrl;
 use crate::error::{Error, Result};
+use crate::retry::{Backoff, retry};
 use crate::types::{
-    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Pushed,
-    QueueInfo, QueueName, QueueSettings, Stats, from_ms, from_unix_ms, to_ms,
+    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Page, Pushed,
+    QueueInfo, QueueName, QueueSettings, QueueState, RequeueDead, ServerInfo, Stats,
 };
+use std::sync::Arc;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+use workq_proto::time;
 
 /// Deadline of an ordinary call; a lease call gets its wait on top.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Deadline of the GetServerInfo call made before a connection's first call
+/// (again before later ones while it fails).
+const INFO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection to a workq queue service.
 #[derive(Clone)]
 pub(crate) struct GrpcBackend {
     client: QueueServiceClient<Channel>,
+    /// What `GetServerInfo` answered, asked once per connection on the
+    /// first call; `None` from a server without it.
+    info: Arc<OnceCell<Option<ServerInfo>>>,
 }
 
 impl GrpcBackend {
@@ -47,16 +59,69 @@ impl GrpcBackend {
                 source: Box::new(source),
             })?;
         Ok(GrpcBackend {
-            // Answers up to the server's default message limit (tonic's own
-            // default, 4 MiB, is smaller than a full lease answer may be).
+            // Until the server said its limit: answers up to its default
+            // (tonic's own default, 4 MiB, is smaller than a full lease answer
+            // may be).
             client: QueueServiceClient::new(channel)
                 .max_decoding_message_size(workq_proto::defaults::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(workq_proto::defaults::MAX_MESSAGE_BYTES),
+            info: Arc::new(OnceCell::new()),
         })
     }
 
-    fn client(&self) -> QueueServiceClient<Channel> {
-        self.client.clone()
+    /// The client for a call, its message limits sized by the server's
+    /// `max_message_bytes` (asked once, on the first call; the contract's
+    /// default when the server has no GetServerInfo or the call failed).
+    async fn client(&self) -> QueueServiceClient<Channel> {
+        let limit = match self.info.get_or_try_init(|| self.fetch_info()).await {
+            Ok(Some(info)) => usize::try_from(info.max_message_bytes)
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or(workq_proto::defaults::MAX_MESSAGE_BYTES),
+            Ok(None) => workq_proto::defaults::MAX_MESSAGE_BYTES,
+            Err(e) => {
+                tracing::debug!(error = %e, "GetServerInfo failed; using the default message limit for now");
+                workq_proto::defaults::MAX_MESSAGE_BYTES
+            }
+        };
+        self.client
+            .clone()
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+
+    /// Asks the server about itself; `None` when it has no GetServerInfo.
+    async fn fetch_info(&self) -> Result<Option<ServerInfo>> {
+        match self
+            .client
+            .clone()
+            .get_server_info(request(pb::GetServerInfoRequest {}, INFO_TIMEOUT))
+            .await
+        {
+            Ok(resp) => Ok(Some(server_info_from_pb(resp.into_inner()))),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
+            Err(s) => Err(Error::from_status("", s)),
+        }
+    }
+
+    /// `page_size` within the server's largest page, when it said.
+    async fn page_size(&self, page_size: u32) -> i32 {
+        let max = match self.info.get_or_try_init(|| self.fetch_info()).await {
+            Ok(Some(info)) if info.max_page_size > 0 => info.max_page_size,
+            _ => u32::MAX,
+        };
+        i32::try_from(page_size.min(max)).unwrap_or(i32::MAX)
+    }
+
+    /// What the server says of itself (asked once per connection).
+    pub(crate) async fn server_info(&self) -> Result<ServerInfo> {
+        match self.info.get_or_try_init(|| self.fetch_info()).await? {
+            Some(info) => Ok(info.clone()),
+            None => Err(Error::NotSupported {
+                backend: "grpc",
+                what: "describe itself: this queue server has no GetServerInfo (it is older than the settled workq.v1)".into(),
+            }),
+        }
     }
 
     pub(crate) async fn create_queue(
@@ -70,15 +135,12 @@ impl GrpcBackend {
         };
         let resp = self
             .client()
+            .await
             .create_queue(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?
             .into_inner();
-        let info = resp
-            .queue
-            .map(info_from_pb)
-            .ok_or_else(|| Error::Protocol("CreateQueue answered without a queue".into()))?;
-        Ok((info, resp.created))
+        Ok((info_from_pb("CreateQueue", resp.queue)?, resp.created))
     }
 
     pub(crate) async fn get_queue(&self, queue: &QueueName) -> Result<QueueInfo> {
@@ -87,32 +149,91 @@ impl GrpcBackend {
         };
         let resp = self
             .client()
+            .await
             .get_queue(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
-        Ok(info_from_pb(resp.into_inner()))
+        info_from_pb("GetQueue", resp.into_inner().queue)
     }
 
-    pub(crate) async fn list_queues(&self) -> Result<Vec<QueueInfo>> {
+    /// One page of queues, in name order (`page_size` within the server's
+    /// largest page).
+    pub(crate) async fn list_queues_page(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<QueueInfo>> {
         let resp = self
             .client()
-            .list_queues(request(pb::ListQueuesRequest {}, CALL_TIMEOUT))
             .await
-            .map_err(|s| Error::from_status("", s))?;
-        Ok(resp
-            .into_inner()
-            .queues
-            .into_iter()
-            .map(info_from_pb)
-            .collect())
+            .list_queues(request(
+                pb::ListQueuesRequest {
+                    page_size: self.page_size(page_size).await,
+                    page_token: page_token.to_owned(),
+                },
+                CALL_TIMEOUT,
+            ))
+            .await
+            .map_err(|s| Error::from_status("", s))?
+            .into_inner();
+        Ok(Page {
+            items: resp
+                .queues
+                .into_iter()
+                .map(|q| info_from_pb("ListQueues", Some(q)))
+                .collect::<Result<_>>()?,
+            next_page_token: next_token(resp.next_page_token),
+        })
+    }
+
+    /// Changes the settings that are set in `settings` (the others stay).
+    pub(crate) async fn update_queue(
+        &self,
+        queue: &QueueName,
+        settings: &QueueSettings,
+    ) -> Result<QueueInfo> {
+        let mut paths = Vec::new();
+        for (set, path) in [
+            (settings.default_lease.is_some(), "settings.default_lease"),
+            (settings.max_attempts.is_some(), "settings.max_attempts"),
+            (settings.retry_backoff.is_some(), "settings.retry_backoff"),
+            (
+                settings.retry_backoff_max.is_some(),
+                "settings.retry_backoff_max",
+            ),
+        ] {
+            if set {
+                paths.push(path.to_owned());
+            }
+        }
+        if paths.is_empty() {
+            return self.get_queue(queue).await;
+        }
+        let req = pb::UpdateQueueRequest {
+            queue: Some(pb::Queue {
+                name: queue.to_string(),
+                settings: Some(settings_to_pb(settings)),
+                stats: None,
+            }),
+            update_mask: Some(prost_types::FieldMask { paths }),
+        };
+        let resp = self
+            .client()
+            .await
+            .update_queue(request(req, CALL_TIMEOUT))
+            .await
+            .map_err(|s| Error::from_status(queue.as_str(), s))?;
+        info_from_pb("UpdateQueue", resp.into_inner().queue)
     }
 
     pub(crate) async fn delete_queue(&self, queue: &QueueName) -> Result<bool> {
         let req = pb::DeleteQueueRequest {
             name: queue.to_string(),
+            allow_missing: true,
         };
         let resp = self
             .client()
+            .await
             .delete_queue(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
@@ -125,10 +246,11 @@ impl GrpcBackend {
         };
         let resp = self
             .client()
+            .await
             .purge_queue(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
-        Ok(resp.into_inner().purged)
+        Ok(count(resp.into_inner().purged))
     }
 
     pub(crate) async fn seal(&self, queue: &QueueName) -> Result<QueueInfo> {
@@ -137,12 +259,17 @@ impl GrpcBackend {
         };
         let resp = self
             .client()
+            .await
             .seal_queue(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
-        Ok(info_from_pb(resp.into_inner()))
+        info_from_pb("SealQueue", resp.into_inner().queue)
     }
 
+    /// Adds `items`, all or nothing. The call carries a fresh `request_id`
+    /// and is retried with the same id on a transient error (a lost answer),
+    /// so that a retry never adds the items twice while the server runs;
+    /// across a server restart only idempotency keys protect.
     pub(crate) async fn enqueue(
         &self,
         queue: &QueueName,
@@ -158,30 +285,44 @@ impl GrpcBackend {
                     payload: i.payload.into(),
                     attributes: i.attributes.into_iter().collect(),
                     idempotency_key: i.idempotency_key.unwrap_or_default(),
-                    delay_ms: to_ms(i.delay),
+                    delay: i.delay.map(time::duration),
                 })
                 .collect(),
             create_queue: create,
+            request_id: crate::random::random_uuid(),
         };
-        let resp = self
-            .client()
-            .enqueue(request(req, CALL_TIMEOUT))
-            .await
-            .map_err(|s| Error::from_status(queue.as_str(), s))?
-            .into_inner();
-        if resp.item_ids.len() != n {
+        let resp = retry(
+            Backoff::for_server(),
+            Instant::now() + CALL_TIMEOUT,
+            || {
+                let req = req.clone();
+                async move {
+                    self.client().await
+                        .enqueue(request(req, CALL_TIMEOUT))
+                        .await
+                        .map_err(|s| Error::from_status(queue.as_str(), s))
+                }
+            },
+            Error::is_transient,
+            |e, delay| tracing::warn!(queue = %queue, error = %e, ?delay, "enqueue failed; retrying with the same request_id"),
+        )
+        .await?
+        .into_inner();
+        if resp.replayed {
+            tracing::debug!(queue = %queue, n, "enqueue answered by an earlier try of the same request_id");
+        }
+        if resp.items.len() != n {
             return Err(Error::Protocol(format!(
-                "Enqueue of {n} items answered {} ids",
-                resp.item_ids.len()
+                "Enqueue of {n} items answered {} items",
+                resp.items.len()
             )));
         }
-        let mut duplicate = resp.duplicate.into_iter();
         Ok(resp
-            .item_ids
+            .items
             .into_iter()
-            .map(|id| Pushed {
-                id: ItemId(id),
-                duplicate: duplicate.next().unwrap_or(false),
+            .map(|i| Pushed {
+                id: ItemId(i.id),
+                duplicate: i.duplicate,
             })
             .collect())
     }
@@ -195,13 +336,17 @@ impl GrpcBackend {
     ) -> Result<Leased> {
         let req = pb::LeaseRequest {
             queue: queue.to_string(),
-            max_items: opts.max_items.max(1),
-            lease_ms: to_ms(opts.lease),
-            wait_ms: to_ms(Some(opts.wait)),
+            max_items: i32::try_from(opts.max_items.max(1)).unwrap_or(i32::MAX),
+            lease: opts.lease.map(time::duration),
+            wait: Some(time::duration(opts.wait)),
             complete_tokens: token_strings(complete),
+            max_bytes: opts
+                .max_bytes
+                .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
         };
         let resp = self
             .client()
+            .await
             .lease(request(req, CALL_TIMEOUT + opts.wait))
             .await
             .map_err(|s| {
@@ -212,6 +357,7 @@ impl GrpcBackend {
                 }
             })?
             .into_inner();
+        let state = state_from_pb(resp.queue_state);
         Ok(Leased {
             items: resp
                 .items
@@ -221,13 +367,13 @@ impl GrpcBackend {
                     token: LeaseToken(i.lease_token),
                     payload: i.payload.into(),
                     attributes: i.attributes.into_iter().collect(),
-                    attempt: i.attempt,
-                    lease_deadline: from_unix_ms(i.lease_deadline_unix_ms),
-                    enqueued_at: from_unix_ms(i.enqueued_at_unix_ms),
+                    attempt: u32::try_from(i.attempt).unwrap_or(0),
+                    lease_deadline: system_time(i.lease_expire_time.as_ref()),
+                    enqueued_at: system_time(i.enqueue_time.as_ref()),
                 })
                 .collect(),
-            drained: resp.drained,
-            empty: resp.empty,
+            drained: state.is_drained(),
+            empty: state.is_empty(),
         })
     }
 
@@ -240,18 +386,20 @@ impl GrpcBackend {
         let req = pb::RenewRequest {
             queue: queue.to_string(),
             lease_tokens: token_strings(tokens),
-            lease_ms: to_ms(lease),
+            lease: lease.map(time::duration),
+            per_token_results: false,
         };
         let resp = self
             .client()
+            .await
             .renew(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_token_status(queue.as_str(), s))?
             .into_inner();
         Ok(resp
-            .lease_deadline_unix_ms
-            .into_iter()
-            .map(from_unix_ms)
+            .results
+            .iter()
+            .map(|r| system_time(r.lease_expire_time.as_ref()))
             .collect())
     }
 
@@ -259,12 +407,37 @@ impl GrpcBackend {
         let req = pb::CompleteRequest {
             queue: queue.to_string(),
             lease_tokens: token_strings(tokens),
+            per_token_results: false,
         };
         self.client()
+            .await
             .complete(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_token_status(queue.as_str(), s))?;
         Ok(())
+    }
+
+    /// Completes each of `tokens` on its own (`per_token_results`): one
+    /// call, one outcome per token, in order. `Err` when the call as a whole
+    /// failed (nothing is known of any token).
+    pub(crate) async fn complete_each(
+        &self,
+        queue: &QueueName,
+        tokens: &[LeaseToken],
+    ) -> Result<Vec<Result<()>>> {
+        let req = pb::CompleteRequest {
+            queue: queue.to_string(),
+            lease_tokens: token_strings(tokens),
+            per_token_results: true,
+        };
+        let resp = self
+            .client()
+            .await
+            .complete(request(req, CALL_TIMEOUT))
+            .await
+            .map_err(|s| Error::from_token_status(queue.as_str(), s))?
+            .into_inner();
+        token_results(queue, tokens.len(), resp.results)
     }
 
     pub(crate) async fn fail(
@@ -276,24 +449,32 @@ impl GrpcBackend {
         let req = pb::FailRequest {
             queue: queue.to_string(),
             lease_tokens: token_strings(tokens),
-            fatal: failure.fatal,
+            mode: if failure.fatal {
+                pb::FailMode::Fatal
+            } else {
+                pb::FailMode::Retry
+            } as i32,
             reason: failure.reason.clone(),
-            retry_after_ms: to_ms(failure.retry_after),
+            retry_after: failure.retry_after.map(time::duration),
+            per_token_results: false,
         };
         let resp = self
             .client()
+            .await
             .fail(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_token_status(queue.as_str(), s))?;
-        Ok(resp.into_inner().dead)
+        Ok(u32::try_from(resp.into_inner().dead).unwrap_or(0))
     }
 
     pub(crate) async fn release(&self, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
         let req = pb::ReleaseRequest {
             queue: queue.to_string(),
             lease_tokens: token_strings(tokens),
+            per_token_results: false,
         };
         self.client()
+            .await
             .release(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_token_status(queue.as_str(), s))?;
@@ -312,55 +493,133 @@ impl GrpcBackend {
         let name = queue.to_string();
         let stream = self
             .client()
+            .await
             .watch(req)
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?
             .into_inner();
         Ok(stream
             .map(move |r| {
-                r.map(stats_from_pb)
+                r.map(|w| stats_from_pb(w.stats.unwrap_or_default()))
                     .map_err(|s| Error::from_status(&name, s))
             })
             .boxed())
     }
 
-    pub(crate) async fn list_dead(&self, queue: &QueueName, limit: u32) -> Result<Vec<DeadItem>> {
+    /// One page of dead items, in id order (`page_size` within the server's
+    /// largest page).
+    pub(crate) async fn list_dead_page(
+        &self,
+        queue: &QueueName,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<DeadItem>> {
         let req = pb::ListDeadRequest {
             queue: queue.to_string(),
-            limit,
+            page_size: self.page_size(page_size).await,
+            page_token: page_token.to_owned(),
         };
         let resp = self
             .client()
+            .await
             .list_dead(request(req, CALL_TIMEOUT))
             .await
-            .map_err(|s| Error::from_status(queue.as_str(), s))?;
-        Ok(resp
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|d| DeadItem {
-                id: ItemId(d.id),
-                payload: d.payload.into(),
-                attributes: d.attributes.into_iter().collect(),
-                attempts: d.attempts,
-                reason: d.reason,
-                died_at: from_unix_ms(d.died_at_unix_ms),
-            })
-            .collect())
+            .map_err(|s| Error::from_status(queue.as_str(), s))?
+            .into_inner();
+        Ok(Page {
+            items: resp
+                .items
+                .into_iter()
+                .map(|d| DeadItem {
+                    id: ItemId(d.id),
+                    payload: d.payload.into(),
+                    attributes: d.attributes.into_iter().collect(),
+                    attempts: u32::try_from(d.attempts).unwrap_or(0),
+                    reason: d.reason,
+                    died_at: system_time(d.death_time.as_ref()),
+                })
+                .collect(),
+            next_page_token: next_token(resp.next_page_token),
+        })
     }
 
-    pub(crate) async fn requeue_dead(&self, queue: &QueueName, ids: &[ItemId]) -> Result<u64> {
-        let req = pb::RequeueDeadRequest {
-            queue: queue.to_string(),
-            item_ids: ids.iter().map(|i| i.0.clone()).collect(),
+    pub(crate) async fn requeue_dead(&self, queue: &QueueName, which: &RequeueDead) -> Result<u64> {
+        let req = match which {
+            RequeueDead::All => pb::RequeueDeadRequest {
+                queue: queue.to_string(),
+                item_ids: Vec::new(),
+                all: true,
+            },
+            RequeueDead::Ids(ids) if ids.is_empty() => return Ok(0),
+            RequeueDead::Ids(ids) => pb::RequeueDeadRequest {
+                queue: queue.to_string(),
+                item_ids: ids.iter().map(|i| i.0.clone()).collect(),
+                all: false,
+            },
         };
         let resp = self
             .client()
+            .await
             .requeue_dead(request(req, CALL_TIMEOUT))
             .await
             .map_err(|s| Error::from_status(queue.as_str(), s))?;
-        Ok(resp.into_inner().requeued)
+        Ok(count(resp.into_inner().requeued))
     }
+}
+
+/// A listing's next page token: `None` on the last page.
+fn next_token(token: String) -> Option<String> {
+    (!token.is_empty()).then_some(token)
+}
+
+fn server_info_from_pb(i: pb::GetServerInfoResponse) -> ServerInfo {
+    ServerInfo {
+        version: i.version,
+        max_message_bytes: count(i.max_message_bytes),
+        max_batch_items: u32::try_from(i.max_batch_items).unwrap_or(0),
+        max_item_bytes: count(i.max_item_bytes),
+        max_attributes: u32::try_from(i.max_attributes).unwrap_or(0),
+        max_work_credit: count(i.max_work_credit),
+        min_lease: opt_duration(i.min_lease.as_ref()),
+        max_lease: opt_duration(i.max_lease.as_ref()),
+        max_wait: opt_duration(i.max_wait.as_ref()),
+        max_delay: opt_duration(i.max_delay.as_ref()),
+        idempotency_window: opt_duration(i.idempotency_window.as_ref()),
+        max_page_size: u32::try_from(i.max_page_size).unwrap_or(0),
+    }
+}
+
+/// One outcome per token from a `per_token_results` answer of `n` tokens.
+fn token_results(
+    queue: &QueueName,
+    n: usize,
+    results: Vec<pb::TokenResult>,
+) -> Result<Vec<Result<()>>> {
+    if results.len() != n {
+        return Err(Error::Protocol(format!(
+            "a call with {n} tokens and per_token_results answered {} results",
+            results.len()
+        )));
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            match pb::TokenOutcome::try_from(r.outcome).unwrap_or(pb::TokenOutcome::Unspecified) {
+                pb::TokenOutcome::Done => Ok(()),
+                pb::TokenOutcome::AlreadyDone => {
+                    tracing::debug!(queue = %queue, token = %r.lease_token, "already done by an earlier try");
+                    Ok(())
+                }
+                pb::TokenOutcome::Refused | pb::TokenOutcome::Unspecified => {
+                    let status = r.problem.as_ref().map_or_else(
+                        || tonic::Status::unknown("token refused without a problem"),
+                        workq_proto::errors::problem_status,
+                    );
+                    Err(Error::from_token_status(queue.as_str(), status))
+                }
+            }
+        })
+        .collect())
 }
 
 fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
@@ -375,45 +634,73 @@ fn token_strings(tokens: &[LeaseToken]) -> Vec<String> {
 
 fn settings_to_pb(s: &QueueSettings) -> pb::QueueSettings {
     pb::QueueSettings {
-        default_lease_ms: to_ms(s.default_lease),
-        max_attempts: s.max_attempts.unwrap_or(0),
-        retry_backoff_ms: to_ms(s.retry_backoff),
-        retry_backoff_max_ms: to_ms(s.retry_backoff_max),
+        default_lease: s.default_lease.map(time::duration),
+        max_attempts: s.max_attempts.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+        retry_backoff: s.retry_backoff.map(time::duration),
+        retry_backoff_max: s.retry_backoff_max.map(time::duration),
     }
+}
+
+/// A wire duration the server sent; a malformed one reads as unset.
+fn opt_duration(d: Option<&prost_types::Duration>) -> Option<Duration> {
+    d.and_then(|d| time::from_duration("duration", d).ok())
+}
+
+/// A wire time the server sent (the epoch when unset).
+fn system_time(t: Option<&prost_types::Timestamp>) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(t.map_or(0, time::ms_of_timestamp))
+}
+
+/// A wire counter (never negative from a sound server).
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
 }
 
 fn settings_from_pb(s: pb::QueueSettings) -> QueueSettings {
     QueueSettings {
-        default_lease: from_ms(s.default_lease_ms),
-        max_attempts: (s.max_attempts > 0).then_some(s.max_attempts),
-        retry_backoff: from_ms(s.retry_backoff_ms),
-        retry_backoff_max: from_ms(s.retry_backoff_max_ms),
+        default_lease: opt_duration(s.default_lease.as_ref()),
+        max_attempts: s.max_attempts.and_then(|n| u32::try_from(n).ok()),
+        retry_backoff: opt_duration(s.retry_backoff.as_ref()),
+        retry_backoff_max: opt_duration(s.retry_backoff_max.as_ref()),
+    }
+}
+
+fn state_from_pb(state: i32) -> QueueState {
+    match pb::QueueState::try_from(state).unwrap_or(pb::QueueState::Unspecified) {
+        pb::QueueState::Empty => QueueState::Empty,
+        pb::QueueState::Sealed => QueueState::Sealed,
+        pb::QueueState::Drained => QueueState::Drained,
+        pb::QueueState::Active | pb::QueueState::Unspecified => QueueState::Active,
     }
 }
 
 fn stats_from_pb(s: pb::QueueStats) -> Stats {
+    let state = state_from_pb(s.state);
     Stats {
         queue: s.queue,
-        enqueued: s.enqueued,
-        pending: s.pending,
-        delayed: s.delayed,
-        leased: s.leased,
-        completed: s.completed,
-        dead: s.dead,
-        retried: s.retried,
-        sealed: s.sealed,
-        drained: s.drained,
+        enqueued: count(s.enqueued),
+        pending: count(s.pending),
+        delayed: count(s.delayed),
+        leased: count(s.leased),
+        completed: count(s.completed),
+        dead: count(s.dead),
+        retried: count(s.retried),
+        sealed: state.is_sealed(),
+        drained: state.is_drained(),
+        state,
     }
 }
 
-fn info_from_pb(i: pb::QueueInfo) -> QueueInfo {
-    let mut stats = i.stats.map(stats_from_pb).unwrap_or_default();
+/// The queue of a `call`'s answer, which must carry one.
+fn info_from_pb(call: &str, q: Option<pb::Queue>) -> Result<QueueInfo> {
+    let q = q.ok_or_else(|| Error::Protocol(format!("{call} answered without a queue")))?;
+    let mut stats = q.stats.map(stats_from_pb).unwrap_or_default();
     if stats.queue.is_empty() {
-        stats.queue = i.name.clone();
+        stats.queue = q.name.clone();
     }
-    QueueInfo {
-        name: i.name,
-        settings: i.settings.map(settings_from_pb).unwrap_or_default(),
+    Ok(QueueInfo {
+        name: q.name,
+        settings: q.settings.map(settings_from_pb).unwrap_or_default(),
         stats,
-    }
+    })
 }

@@ -33,8 +33,8 @@ pub use url::{QueueUrl, Scheme};
 
 use crate::error::{Error, Result};
 use crate::types::{
-    DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, NewItem, Pushed, QueueInfo,
-    QueueName, QueueSettings, Stats,
+    DeadItem, Failure, LeaseOptions, LeaseToken, Leased, NewItem, Page, Pushed, QueueInfo,
+    QueueName, QueueSettings, RequeueDead, ServerInfo, Stats,
 };
 
 /// How often a watch reads the counters of a backend that cannot push them.
@@ -113,8 +113,78 @@ impl Backend {
         each!(self, b => b.get_queue(queue).await)
     }
 
+    /// One page of queues. Redis answers every queue on one page; RabbitMQ
+    /// cannot list queues.
+    pub(crate) async fn list_queues_page(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<QueueInfo>> {
+        match self {
+            #[cfg(feature = "grpc")]
+            Backend::Grpc(b) => b.list_queues_page(page_size, page_token).await,
+            #[cfg(feature = "redis")]
+            Backend::Redis(b) => one_page(b.list_queues().await),
+            #[cfg(feature = "amqp")]
+            Backend::Amqp(b) => one_page(b.list_queues().await),
+        }
+    }
+
+    /// Every queue, page after page.
     pub(crate) async fn list_queues(&self) -> Result<Vec<QueueInfo>> {
-        each!(self, b => b.list_queues().await)
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self.list_queues_page(0, &token).await?;
+            all.extend(page.items);
+            match page.next_page_token {
+                Some(next) if next != token => token = next,
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// Changes the settings set in `settings`; the queue service only.
+    pub(crate) async fn update_queue(
+        &self,
+        queue: &QueueName,
+        settings: &QueueSettings,
+    ) -> Result<QueueInfo> {
+        match self {
+            #[cfg(feature = "grpc")]
+            Backend::Grpc(b) => b.update_queue(queue, settings).await,
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::NotSupported {
+                backend: self.scheme(),
+                what: "change a queue's settings (delete and create it again)".into(),
+            }),
+        }
+    }
+
+    /// What the server says of itself; the queue service only.
+    pub(crate) async fn server_info(&self) -> Result<ServerInfo> {
+        match self {
+            #[cfg(feature = "grpc")]
+            Backend::Grpc(b) => b.server_info().await,
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::NotSupported {
+                backend: self.scheme(),
+                what: "describe a server (GetServerInfo is the queue service's)".into(),
+            }),
+        }
+    }
+
+    /// The scheme of this backend, without `://`.
+    #[cfg_attr(not(any(feature = "redis", feature = "amqp")), allow(dead_code))]
+    fn scheme(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "grpc")]
+            Backend::Grpc(_) => "grpc",
+            #[cfg(feature = "redis")]
+            Backend::Redis(_) => "redis",
+            #[cfg(feature = "amqp")]
+            Backend::Amqp(_) => "amqp",
+        }
     }
 
     pub(crate) async fn delete_queue(&self, queue: &QueueName) -> Result<bool> {
@@ -175,6 +245,46 @@ impl Backend {
 
     pub(crate) async fn complete(&self, queue: &QueueName, tokens: &[LeaseToken]) -> Result<()> {
         each!(self, b => b.complete(queue, tokens).await)
+    }
+
+    /// Completes each token on its own: one outcome per token, in order.
+    /// `Err` when the call as a whole failed. One call on workq
+    /// (`per_token_results`); on Redis and RabbitMQ, whose completions are
+    /// all or nothing, the batch and, if a token is refused, each token alone.
+    pub(crate) async fn complete_each(
+        &self,
+        queue: &QueueName,
+        tokens: &[LeaseToken],
+    ) -> Result<Vec<Result<()>>> {
+        match self {
+            #[cfg(feature = "grpc")]
+            Backend::Grpc(b) => b.complete_each(queue, tokens).await,
+            #[allow(unreachable_patterns)]
+            _ => self.complete_one_by_one(queue, tokens).await,
+        }
+    }
+
+    /// [`Backend::complete_each`] on a backend whose completions are all or
+    /// nothing: the batch, then each token alone if one was refused.
+    #[cfg_attr(not(any(feature = "redis", feature = "amqp")), allow(dead_code))]
+    async fn complete_one_by_one(
+        &self,
+        queue: &QueueName,
+        tokens: &[LeaseToken],
+    ) -> Result<Vec<Result<()>>> {
+        match self.complete(queue, tokens).await {
+            Ok(()) => Ok(tokens.iter().map(|_| Ok(())).collect()),
+            Err(e @ Error::LeaseLost { .. }) if tokens.len() > 1 => {
+                tracing::debug!(error = %e, n = tokens.len(), "batch completion refused; completing one by one");
+                let mut each = Vec::with_capacity(tokens.len());
+                for t in tokens {
+                    each.push(self.complete(queue, std::slice::from_ref(t)).await);
+                }
+                Ok(each)
+            }
+            Err(e @ Error::LeaseLost { .. }) => Ok(vec![Err(e)]),
+            Err(e) => Err(e),
+        }
     }
 
     pub(crate) async fn fail(
@@ -248,13 +358,50 @@ impl Backend {
         Ok(stream.boxed())
     }
 
-    pub(crate) async fn list_dead(&self, queue: &QueueName, limit: u32) -> Result<Vec<DeadItem>> {
-        each!(self, b => b.list_dead(queue, limit).await)
+    /// One page of dead items. Redis and RabbitMQ answer at most
+    /// `page_size` on one page (0: their default).
+    pub(crate) async fn list_dead_page(
+        &self,
+        queue: &QueueName,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<DeadItem>> {
+        match self {
+            #[cfg(feature = "grpc")]
+            Backend::Grpc(b) => b.list_dead_page(queue, page_size, page_token).await,
+            #[cfg(feature = "redis")]
+            Backend::Redis(b) => one_page(b.list_dead(queue, page_size).await),
+            #[cfg(feature = "amqp")]
+            Backend::Amqp(b) => one_page(b.list_dead(queue, page_size).await),
+        }
     }
 
-    pub(crate) async fn requeue_dead(&self, queue: &QueueName, ids: &[ItemId]) -> Result<u64> {
-        each!(self, b => b.requeue_dead(queue, ids).await)
+    pub(crate) async fn requeue_dead(&self, queue: &QueueName, which: &RequeueDead) -> Result<u64> {
+        // Redis and RabbitMQ take "all" as an empty list.
+        #[cfg(any(feature = "redis", feature = "amqp"))]
+        let ids: &[crate::types::ItemId] = match which {
+            RequeueDead::All => &[],
+            RequeueDead::Ids(ids) if ids.is_empty() => return Ok(0),
+            RequeueDead::Ids(ids) => ids,
+        };
+        match self {
+            #[cfg(feature = "grpc")]
+            Backend::Grpc(b) => b.requeue_dead(queue, which).await,
+            #[cfg(feature = "redis")]
+            Backend::Redis(b) => b.requeue_dead(queue, ids).await,
+            #[cfg(feature = "amqp")]
+            Backend::Amqp(b) => b.requeue_dead(queue, ids).await,
+        }
     }
+}
+
+/// A whole listing as one page.
+#[cfg(any(feature = "redis", feature = "amqp"))]
+fn one_page<T>(items: Result<Vec<T>>) -> Result<Page<T>> {
+    Ok(Page {
+        items: items?,
+        next_page_token: None,
+    })
 }
 
 /// Complete-then-lease on a backend without such a call: `complete_call`

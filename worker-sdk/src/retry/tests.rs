@@ -6,6 +6,7 @@ fn transient() -> Error {
     Error::Unavailable {
         code: tonic::Code::Unavailable,
         message: "down".into(),
+        retry_after: None,
     }
 }
 

@@ -168,6 +168,7 @@ impl Queue {
                 max_items: u32::try_from(permits.len()).unwrap_or(u32::MAX),
                 lease: Some(opts.lease),
                 wait,
+                max_bytes: opts.max_batch_bytes,
             };
             let leased = match self.lease(&lease_opts).await {
                 Ok(l) => {
@@ -175,7 +176,8 @@ impl Queue {
                     l
                 }
                 Err(e) if e.is_transient() => {
-                    let delay = backoff.next_delay();
+                    // Never sooner than the server asked (RetryInfo).
+                    let delay = crate::finish::retry_delay(&mut backoff, &e);
                     tracing::warn!(queue = %self.name(), error = %e, ?delay, "lease failed; retrying");
                     drop(permits);
                     tokio::select! {

@@ -15,6 +15,7 @@ pub struct WorkerOptions {
     pub(super) grace: Duration,
     pub(super) handle_signals: bool,
     pub(super) shutdown: CancellationToken,
+    pub(super) max_batch_bytes: Option<u64>,
 }
 
 impl Default for WorkerOptions {
@@ -30,6 +31,7 @@ impl Default for WorkerOptions {
             grace: Duration::from_secs(20),
             handle_signals: true,
             shutdown: CancellationToken::new(),
+            max_batch_bytes: None,
         }
     }
 }
@@ -82,6 +84,14 @@ impl WorkerOptions {
     /// this off and cancel [`WorkerOptions::shutdown_token`] itself.
     pub fn handle_signals(mut self, yes: bool) -> Self {
         self.handle_signals = yes;
+        self
+    }
+
+    /// At most this many bytes of items in one lease call's answer (the
+    /// first item comes however large); default: only the server's own
+    /// budget. The queue service only; other backends ignore it.
+    pub fn max_batch_bytes(mut self, bytes: u64) -> Self {
+        self.max_batch_bytes = Some(bytes);
         self
     }
 

@@ -137,6 +137,8 @@ fn unsupported(what: impl Into<String>) -> Error {
 fn lost(queue: &QueueName, message: impl Into<String>) -> Error {
     Error::LeaseLost {
         queue: queue.to_string(),
+        reason: crate::error::LeaseLostReason::Unknown,
+        item: None,
         message: message.into(),
     }
 }
@@ -354,6 +356,7 @@ impl AmqpBackend {
                 retried: 0,
                 sealed: false,
                 drained: false,
+                state: crate::types::QueueState::of(false, pending == 0 && leased == 0),
             },
         })
     }

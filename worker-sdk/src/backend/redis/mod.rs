@@ -128,6 +128,8 @@ fn redis_error(what: impl Into<String>) -> impl FnOnce(RedisError) -> Error {
 fn lost(queue: &QueueName, message: impl Into<String>) -> Error {
     Error::LeaseLost {
         queue: queue.to_string(),
+        reason: crate::error::LeaseLostReason::Unknown,
+        item: None,
         message: message.into(),
     }
 }
@@ -221,6 +223,7 @@ impl RedisBackend {
             return Err(Error::Refused {
                 queue: queue.to_string(),
                 code: tonic::Code::AlreadyExists,
+                reason: Some("QUEUE_EXISTS"),
                 message: format!("queue {queue} exists with other settings"),
             });
         }
@@ -265,6 +268,7 @@ impl RedisBackend {
             retried: retried.unwrap_or(0),
             sealed,
             drained: sealed && pending == 0 && leased == 0,
+            state: crate::types::QueueState::of(sealed, pending == 0 && leased == 0),
         };
         Ok(QueueInfo {
             name: queue.to_string(),
@@ -379,10 +383,8 @@ impl RedisBackend {
             .invoke(&call, format!("pushing to queue {queue}"))
             .await?;
         if answer < 0 {
-            return Err(Error::Refused {
+            return Err(Error::QueueSealed {
                 queue: queue.to_string(),
-                code: tonic::Code::FailedPrecondition,
-                message: format!("queue {queue} is sealed"),
             });
         }
         Ok(items

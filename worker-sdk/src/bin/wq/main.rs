@@ -82,6 +82,9 @@ enum Command {
     Seal,
     /// Create a queue with settings (push creates one with defaults).
     Create(CreateArgs),
+    /// Change a queue's settings: those given change, the others stay (the
+    /// queue service only).
+    Update(CreateArgs),
     /// Show a live progress bar (done / total, rate, ETA) until the queue is drained.
     Watch(WatchArgs),
     /// List dead items with the reason each died; --requeue sends them back.
@@ -204,6 +207,7 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Create(args) => show::create(&q, args).await,
+        Command::Update(args) => show::update(&q, args).await,
         Command::Watch(args) => watch::watch(&q, args).await,
         Command::Dead(args) => show::dead(&q, args).await,
         Command::Consume(args) => Ok(worker_sdk::cli::consume(&q, &args).await?),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use worker_sdk::{Queue, QueueSettings, Stats};
+use worker_sdk::{Queue, QueueSettings, RequeueDead, Stats};
 
 #[derive(Debug, Args)]
 pub(crate) struct StatsArgs {
@@ -40,7 +40,7 @@ pub(crate) struct DeadArgs {
     /// With --requeue: only this item (repeatable).
     #[arg(long = "id", value_name = "ITEM_ID", requires = "requeue")]
     ids: Vec<String>,
-    /// List at most this many.
+    /// List at most this many (0: all; the server's pages are followed).
     #[arg(long, default_value_t = 1000)]
     limit: u32,
     /// Print a JSON array instead of a table.
@@ -60,7 +60,7 @@ pub(crate) async fn stats(q: &Queue, args: StatsArgs) -> Result<i32> {
 
 fn print_stats_table(s: &Stats) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    let rows: [(&str, String); 10] = [
+    let rows: [(&str, String); 11] = [
         ("queue", s.queue.clone()),
         ("enqueued", s.enqueued.to_string()),
         ("pending", s.pending.to_string()),
@@ -71,6 +71,7 @@ fn print_stats_table(s: &Stats) -> Result<()> {
         ("retried", s.retried.to_string()),
         ("sealed", yes_no(s.sealed).into()),
         ("drained", yes_no(s.drained).into()),
+        ("state", s.state.to_string()),
     ];
     for (k, v) in rows {
         writeln!(out, "{k:<10} {v}")?;
@@ -98,10 +99,36 @@ pub(crate) async fn create(q: &Queue, args: CreateArgs) -> Result<i32> {
     Ok(0)
 }
 
+pub(crate) async fn update(q: &Queue, args: CreateArgs) -> Result<i32> {
+    let settings = QueueSettings {
+        default_lease: args.lease,
+        max_attempts: args.max_attempts,
+        retry_backoff: args.retry_backoff,
+        retry_backoff_max: args.retry_backoff_max,
+    };
+    let info = q.update(&settings).await?;
+    let s = &info.settings;
+    let show = |d: Option<Duration>| d.map_or_else(|| "default".to_owned(), |d| format!("{d:?}"));
+    println!(
+        "updated queue {}: lease {}, max attempts {}, retry back-off {} up to {}",
+        q.name(),
+        show(s.default_lease),
+        s.max_attempts
+            .map_or_else(|| "default".to_owned(), |n| n.to_string()),
+        show(s.retry_backoff),
+        show(s.retry_backoff_max)
+    );
+    Ok(0)
+}
+
 pub(crate) async fn dead(q: &Queue, args: DeadArgs) -> Result<i32> {
     if args.requeue {
-        let ids: Vec<_> = args.ids.iter().map(worker_sdk::ItemId::new).collect();
-        let n = q.requeue_dead(&ids).await?;
+        let which = if args.ids.is_empty() {
+            RequeueDead::All
+        } else {
+            RequeueDead::Ids(args.ids.iter().map(worker_sdk::ItemId::new).collect())
+        };
+        let n = q.requeue_dead(which).await?;
         println!("requeued {n} dead items of queue {}", q.name());
         return Ok(0);
     }
