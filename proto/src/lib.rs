@@ -62,7 +62,10 @@ pub mod time {
                 d.seconds, d.nanos
             ));
         }
-        Ok(Duration::new(d.seconds.unsigned_abs(), d.nanos.unsigned_abs()))
+        Ok(Duration::new(
+            d.seconds.unsigned_abs(),
+            d.nanos.unsigned_abs(),
+        ))
     }
 
     /// An optional wire duration: `None` when unset.
@@ -299,11 +302,18 @@ mod time_tests {
     fn durations_and_times_round_trip() {
         let d = Duration::from_millis(1_500);
         assert_eq!(from_duration("lease", &duration(d)), Ok(d));
-        assert_eq!(ms_of_timestamp(&timestamp_ms(1_700_000_000_123)), 1_700_000_000_123);
+        assert_eq!(
+            ms_of_timestamp(&timestamp_ms(1_700_000_000_123)),
+            1_700_000_000_123
+        );
         let neg = prost_types::Duration {
             seconds: -1,
             nanos: 0,
         };
-        assert!(from_duration("lease", &neg).unwrap_err().contains("lease"));
+        assert!(
+            from_duration("lease", &neg)
+                .expect_err("negative")
+                .contains("lease")
+        );
     }
 }

@@ -89,6 +89,9 @@ impl QueueService for GrpcService {
             max_delay: Some(d(l.max_delay)),
             idempotency_window: Some(d(l.idempotency_window)),
             max_page_size: int32(l.max_page_size),
+            max_attribute_bytes: i64::try_from(l.max_attribute_bytes).unwrap_or(i64::MAX),
+            max_queues: int32(l.max_queues),
+            max_queued_bytes: i64::try_from(l.max_queued_bytes).unwrap_or(i64::MAX),
         }))
     }
 

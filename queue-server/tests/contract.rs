@@ -889,7 +889,16 @@ async fn delete_queue_allow_missing_and_requeue_dead_all_or_named() {
 
 #[tokio::test]
 async fn get_server_info_advertises_the_version_and_every_limit() {
-    let server = ServerProcess::start(&["--store", "memory", "--max-batch", "500"]);
+    let server = ServerProcess::start(&[
+        "--store",
+        "memory",
+        "--max-batch",
+        "500",
+        "--max-queues",
+        "77",
+        "--max-queued-bytes",
+        "123456789",
+    ]);
     let mut c = server.client().await;
     let info = c
         .get_server_info(pb::GetServerInfoRequest {})
@@ -899,6 +908,9 @@ async fn get_server_info_advertises_the_version_and_every_limit() {
     assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
     assert_eq!(info.max_batch_items, 500);
     assert_eq!(info.max_page_size, 1000);
+    assert_eq!(info.max_queues, 77);
+    assert_eq!(info.max_queued_bytes, 123_456_789);
+    assert_eq!(info.max_attribute_bytes, 4096);
     assert_eq!(
         info.max_message_bytes,
         workq_proto::defaults::MAX_MESSAGE_BYTES as i64
