@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod clock;
 pub mod counters;
 pub mod engine;

@@ -100,6 +100,8 @@ pub struct ServerConfig {
     pub fail_exit_grace: Duration,
     /// Limits on gRPC connections.
     pub connections: Connections,
+    /// Authentication and per-queue authorization (off by default).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Limits on gRPC connections.
@@ -144,6 +146,7 @@ impl ServerConfig {
             defaults: QueueSettings::default(),
             fail_exit_grace: DEFAULT_FAIL_EXIT_GRACE,
             connections: Connections::default(),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 
@@ -175,6 +178,9 @@ pub enum ServerError {
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] crate::error::Error),
+    /// The authentication files could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -254,6 +260,10 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, ServerError> {
     prometheus();
+    let auth = crate::auth::Auth::open(config.auth.clone())?;
+    if let Some(auth) = &auth {
+        auth.watch();
+    }
     let engine = Engine::open(store, config.limits, config.defaults)?;
 
     let listener = bind(config.listen).await?;
@@ -293,13 +303,22 @@ pub async fn start_with_store(
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let refuser = engine.clone();
-    let service = tonic::service::interceptor::InterceptedService::new(service, move |req| {
-        // A failed store answers every new call at once.
-        match refuser.failure() {
-            Some(err) => Err(crate::grpc::status(crate::Error::Store(err))),
-            None => Ok(req),
-        }
-    });
+    let authenticator = auth.clone();
+    let service = tonic::service::interceptor::InterceptedService::new(
+        service,
+        move |mut req: tonic::Request<()>| {
+            // A failed store answers every new call at once.
+            if let Some(err) = refuser.failure() {
+                return Err(crate::grpc::status(crate::Error::Store(err)));
+            }
+            // Who calls; each method checks the verb it needs on its queue.
+            if let Some(auth) = &authenticator {
+                let caller = auth.authenticate_request(&req)?;
+                req.extensions_mut().insert(caller);
+            }
+            Ok(req)
+        },
+    );
     let conns = config.connections;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let grpc = tokio::spawn(
@@ -322,7 +341,7 @@ pub async fn start_with_store(
             let http_addr = listener
                 .local_addr()
                 .map_err(|source| ServerError::Bind { addr, source })?;
-            let router = http_router(engine.clone());
+            let router = http_router(engine.clone(), auth.clone());
             let engine = engine.clone();
             let task = tokio::spawn(async move {
                 let served = axum::serve(listener, router)
@@ -513,7 +532,7 @@ impl AsyncWrite for Conn {
     }
 }
 
-fn http_router(engine: Engine) -> axum::Router {
+fn http_router(engine: Engine, auth: Option<Arc<crate::auth::Auth>>) -> axum::Router {
     use axum::routing::get;
     let health_engine = engine.clone();
     axum::Router::new()
@@ -537,9 +556,23 @@ fn http_router(engine: Engine) -> axum::Router {
         )
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let engine = engine.clone();
-                async move { render_metrics(&engine) }
+                let auth = auth.clone();
+                async move {
+                    // With --metrics-auth, any authenticated caller may scrape.
+                    if let Some(auth) = auth.filter(|a| a.metrics_auth())
+                        && let Err(refused) = auth.authenticate(
+                            headers
+                                .get(axum::http::header::AUTHORIZATION)
+                                .map(|v| v.as_bytes()),
+                            None,
+                        )
+                    {
+                        return (StatusCode::UNAUTHORIZED, format!("{}\n", refused.message()));
+                    }
+                    (StatusCode::OK, render_metrics(&engine))
+                }
             }),
         )
 }
