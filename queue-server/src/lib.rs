@@ -48,6 +48,7 @@ pub mod queue;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod tls;
 pub mod work_stream;
 
 pub use engine::Engine;

@@ -137,6 +137,17 @@ struct Args {
     /// /metrics requires a credential too (any authenticated caller).
     #[arg(long, env = "WQ_METRICS_AUTH")]
     metrics_auth: bool,
+    /// Turns TLS on for the gRPC port: the certificate chain (PEM), re-read
+    /// when it changes. Needs --tls-key.
+    #[arg(long, env = "WQ_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM), re-read when it changes.
+    #[arg(long, env = "WQ_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: every client must present a certificate signed by one of
+    /// these CAs (PEM); its subject CN is the identity `cert:<CN>` in grants.
+    #[arg(long, env = "WQ_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -196,6 +207,14 @@ fn main() -> anyhow::Result<()> {
             audience: args.auth_audience,
             metrics_auth: args.metrics_auth,
             ..queue_server::auth::AuthConfig::default()
+        },
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(queue_server::tls::TlsConfig {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            }),
+            _ => None,
         },
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

@@ -102,6 +102,8 @@ pub struct ServerConfig {
     pub connections: Connections,
     /// Authentication and per-queue authorization (off by default).
     pub auth: crate::auth::AuthConfig,
+    /// TLS on the gRPC port; `None`: plaintext.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// Limits on gRPC connections.
@@ -147,6 +149,7 @@ impl ServerConfig {
             fail_exit_grace: DEFAULT_FAIL_EXIT_GRACE,
             connections: Connections::default(),
             auth: crate::auth::AuthConfig::default(),
+            tls: None,
         }
     }
 
@@ -181,6 +184,9 @@ pub enum ServerError {
     /// The authentication files could not be loaded.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -260,7 +266,9 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, ServerError> {
     prometheus();
-    let auth = crate::auth::Auth::open(config.auth.clone())?;
+    let mut auth_config = config.auth.clone();
+    auth_config.client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let auth = crate::auth::Auth::open(auth_config)?;
     if let Some(auth) = &auth {
         auth.watch();
     }
@@ -271,7 +279,21 @@ pub async fn start_with_store(
         addr: config.listen,
         source,
     })?;
-    let incoming = incoming(listener, config.connections.handshake_timeout);
+    let tls = match &config.tls {
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+            t,
+            &[b"h2"],
+        )?)),
+        None => None,
+    };
+    let incoming: Incoming = match tls {
+        None => Box::pin(incoming(listener, config.connections.handshake_timeout)),
+        Some(acceptor) => Box::pin(incoming_tls(
+            listener,
+            acceptor,
+            config.connections.handshake_timeout,
+        )),
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<QueueServiceServer<GrpcService>>()
@@ -437,6 +459,44 @@ fn incoming(
     )
 }
 
+/// The accepted connections tonic serves.
+type Incoming = Pin<Box<dyn futures::Stream<Item = Result<Conn, std::io::Error>> + Send>>;
+
+/// [`incoming`] over TLS: each connection's handshake runs on a task of its
+/// own (a slow client holds up no other), within the handshake timeout;
+/// a failed handshake is logged at debug and dropped.
+fn incoming_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handshake_timeout: Duration,
+) -> impl futures::Stream<Item = Result<Conn, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Conn, std::io::Error>>(64);
+    let accepted = incoming(listener, handshake_timeout);
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        let mut accepted = std::pin::pin!(accepted);
+        while let Some(conn) = accepted.next().await {
+            let Ok(conn) = conn else { continue };
+            let Io::Plain(tcp) = conn.io else { continue };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let remote = tcp.connect_info();
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let peer = crate::tls::peer_identity(stream.get_ref().1);
+                        let mut conn = Conn::with_io(Io::Tls(Box::new(stream)), handshake_timeout);
+                        conn.info = ConnInfo { remote, peer };
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// An error of one connection (reset before it was accepted), not of the
 /// listener: the next accept may succeed at once.
 fn is_peer_error(e: &std::io::Error) -> bool {
@@ -451,16 +511,48 @@ fn is_peer_error(e: &std::io::Error) -> bool {
 /// HTTP/2 preface has not arrived within the handshake timeout.
 #[derive(Debug)]
 pub struct Conn {
-    io: TcpStream,
+    io: Io,
+    info: ConnInfo,
     /// Until the preface has been read.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     read: usize,
 }
 
+/// A connection's transport.
+#[derive(Debug)]
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// What a call learns of its connection (in its request's extensions): the
+/// peer's address and, over mutual TLS, its certificate's identity.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The TCP addresses.
+    pub remote: TcpConnectInfo,
+    /// The verified client certificate's subject CN, if any.
+    pub peer: crate::auth::PeerCertificate,
+}
+
 impl Conn {
     fn new(io: TcpStream, handshake_timeout: Duration) -> Self {
+        let remote = io.connect_info();
+        let mut conn = Self::with_io(Io::Plain(io), handshake_timeout);
+        conn.info.remote = remote;
+        conn
+    }
+
+    fn with_io(io: Io, handshake_timeout: Duration) -> Self {
         Conn {
             io,
+            info: ConnInfo {
+                remote: TcpConnectInfo {
+                    local_addr: None,
+                    remote_addr: None,
+                },
+                peer: crate::auth::PeerCertificate(None),
+            },
             deadline: Some(Box::pin(tokio::time::sleep(handshake_timeout))),
             read: 0,
         }
@@ -468,11 +560,21 @@ impl Conn {
 }
 
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        self.info.clone()
     }
+}
+
+/// Calls `$f` on the transport, whichever it is.
+macro_rules! io {
+    ($self:expr, $io:ident => $e:expr) => {
+        match &mut $self.io {
+            Io::Plain($io) => $e,
+            Io::Tls($io) => $e,
+        }
+    };
 }
 
 impl AsyncRead for Conn {
@@ -491,7 +593,7 @@ impl AsyncRead for Conn {
             )));
         }
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        let polled = io!(this, io => Pin::new(io).poll_read(cx, buf));
         if this.deadline.is_some() {
             this.read += buf.filled().len() - before;
             if this.read >= PREFACE_LEN {
@@ -508,15 +610,15 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        io!(self, io => Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        io!(self, io => Pin::new(io).poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        io!(self, io => Pin::new(io).poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -524,11 +626,14 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        io!(self, io => Pin::new(io).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
     }
 }
 

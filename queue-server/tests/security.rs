@@ -742,3 +742,239 @@ async fn guessing_neighbouring_lease_tokens_completes_nothing() {
         .into_inner();
     assert_eq!(r.completed, 5);
 }
+
+// ---- TLS ----
+
+struct Ca {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+fn ca(name: &str) -> Ca {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::CrlSign,
+    ];
+    let pem = p.self_signed(&key).expect("ca").pem();
+    Ca {
+        pem,
+        issuer: rcgen::Issuer::new(p, key),
+    }
+}
+
+/// A certificate and key (PEM) signed by `ca`, for a server on localhost or
+/// a client named `cn`.
+fn leaf(ca: &Ca, cn: &str, client: bool) -> (String, String) {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let key = KeyPair::generate().expect("key");
+    let sans = if client {
+        vec![]
+    } else {
+        vec!["localhost".to_string(), "127.0.0.1".to_string()]
+    };
+    let mut p = CertificateParams::new(sans).expect("params");
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.extended_key_usages = vec![if client {
+        ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    let cert = p.signed_by(&key, &ca.issuer).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+async fn tls_server(dir: &Path, server_ca: &Ca, client_ca: Option<&Ca>) -> RunningServer {
+    let (cert, key) = leaf(server_ca, "workq-server", false);
+    std::fs::write(dir.join("tls.crt"), cert).expect("write");
+    std::fs::write(dir.join("tls.key"), key).expect("write");
+    let client_ca = client_ca.map(|ca| {
+        let p = dir.join("client-ca.crt");
+        std::fs::write(&p, &ca.pem).expect("write");
+        p
+    });
+    let auth = if client_ca.is_some() {
+        let p = dir.join("grants.yaml");
+        std::fs::write(
+            &p,
+            "- name: ops\n  certificates: [\"ops-*\"]\n  grants: [{verbs: [read], queues: [\"*\"]}]\n",
+        )
+        .expect("write");
+        AuthConfig {
+            tokens_file: Some(p),
+            reload_interval: RELOAD,
+            ..AuthConfig::default()
+        }
+    } else {
+        AuthConfig::default()
+    };
+    queue_server::start(ServerConfig {
+        tls: Some(queue_server::tls::TlsConfig {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            client_ca,
+        }),
+        auth,
+        ..ServerConfig::memory()
+    })
+    .await
+    .expect("start")
+}
+
+/// A client over TLS trusting `ca_pem`, presenting `cert` if given.
+async fn tls_client(
+    server: &RunningServer,
+    ca_pem: &str,
+    cert: Option<&(String, String)>,
+) -> Result<QueueServiceClient<Channel>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("chain");
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client cert")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let addr = server.grpc_addr();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = ServerName::try_from("localhost").expect("name");
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(QueueServiceClient::new(channel))
+}
+
+async fn info_over_tls(
+    server: &RunningServer,
+    ca_pem: &str,
+    cert: Option<&(String, String)>,
+) -> Result<(), String> {
+    let mut c = tls_client(server, ca_pem, cert).await?;
+    c.get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .map(drop)
+        .map_err(|s| format!("{s:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_right_ca_works_and_the_wrong_ca_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (right, wrong) = (ca("right"), ca("wrong"));
+    let server = tls_server(dir.path(), &right, None).await;
+    info_over_tls(&server, &right.pem, None)
+        .await
+        .expect("the right CA");
+    let err = info_over_tls(&server, &wrong.pem, None)
+        .await
+        .expect_err("the wrong CA");
+    assert!(
+        err.contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
+    // Plaintext to a TLS port fails too.
+    let plain = Channel::from_shared(format!("http://{}", server.grpc_addr()))
+        .expect("url")
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        QueueServiceClient::new(ch)
+            .get_server_info(pb::GetServerInfoRequest {})
+            .await
+            .expect_err("plaintext");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_needs_a_client_certificate_and_names_its_cn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server_ca, client_ca, other_ca) = (ca("server"), ca("clients"), ca("other"));
+    let server = tls_server(dir.path(), &server_ca, Some(&client_ca)).await;
+    info_over_tls(&server, &server_ca.pem, None)
+        .await
+        .expect_err("no client certificate");
+    let stranger = leaf(&other_ca, "ops-1", true);
+    info_over_tls(&server, &server_ca.pem, Some(&stranger))
+        .await
+        .expect_err("a certificate of another CA");
+    let ops = leaf(&client_ca, "ops-1", true);
+    let mut c = tls_client(&server, &server_ca.pem, Some(&ops))
+        .await
+        .expect("connect");
+    c.list_queues(pb::ListQueuesRequest::default())
+        .await
+        .expect("ops may read");
+    let s = c
+        .purge_queue(pb::PurgeQueueRequest {
+            name: "job-1".into(),
+        })
+        .await
+        .expect_err("ops may not purge");
+    let (_, meta) = reason(&s).expect("reason");
+    assert_eq!(meta.get("identity").map(String::as_str), Some("cert:ops-1"));
+    let dev = leaf(&client_ca, "dev-1", true);
+    let mut c = tls_client(&server, &server_ca.pem, Some(&dev))
+        .await
+        .expect("connect");
+    let s = c
+        .list_queues(pb::ListQueuesRequest::default())
+        .await
+        .map(|r| r.into_inner().queues.len());
+    assert_eq!(s.expect("authenticated, sees nothing"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_certificate_is_served_to_new_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (ca("old"), ca("new"));
+    let server = tls_server(dir.path(), &old, None).await;
+    info_over_tls(&server, &old.pem, None).await.expect("old");
+    let (cert, key) = leaf(&new, "workq-server", false);
+    // As a rotation does: the new files appear whole.
+    std::fs::write(dir.path().join("tls.key.new"), key).expect("write");
+    std::fs::write(dir.path().join("tls.crt.new"), cert).expect("write");
+    std::fs::rename(dir.path().join("tls.key.new"), dir.path().join("tls.key")).expect("mv");
+    std::fs::rename(dir.path().join("tls.crt.new"), dir.path().join("tls.crt")).expect("mv");
+    let s = &server;
+    let new_pem = new.pem.clone();
+    eventually(
+        || {
+            let new_pem = new_pem.clone();
+            async move { info_over_tls(s, &new_pem, None).await.is_ok() }
+        },
+        "the new certificate is served",
+    )
+    .await;
+    info_over_tls(&server, &old.pem, None)
+        .await
+        .expect_err("the old CA no longer verifies it");
+}

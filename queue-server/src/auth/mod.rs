@@ -116,7 +116,8 @@ struct Loaded {
 }
 
 /// The identity of a verified client certificate (mutual TLS): its subject
-/// CN. Put in a request's extensions by the accept loop.
+/// CN. The accept loop puts it in each request's
+/// [`crate::server::ConnInfo`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerCertificate(pub Option<String>);
 
@@ -388,7 +389,9 @@ impl Auth {
     pub fn authenticate_request<T>(&self, req: &tonic::Request<T>) -> Result<Caller, Status> {
         self.authenticate(
             req.metadata().get("authorization").map(|v| v.as_bytes()),
-            req.extensions().get::<PeerCertificate>(),
+            req.extensions()
+                .get::<crate::server::ConnInfo>()
+                .map(|c| &c.peer),
         )
     }
 }
