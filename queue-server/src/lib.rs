@@ -40,6 +40,7 @@ pub mod engine;
 pub mod enqueue_stream;
 pub mod error;
 pub mod grpc;
+pub mod idle;
 pub mod item;
 pub mod item_table;
 pub mod journal;

@@ -117,6 +117,9 @@ struct Args {
     /// Most concurrent calls on one connection (more wait in the client).
     #[arg(long, env = "WQ_MAX_STREAMS_PER_CONNECTION", default_value_t = Connections::default().max_concurrent_streams)]
     max_streams_per_connection: u32,
+    /// A connection with no open call for this long is closed (0: never).
+    #[arg(long, env = "WQ_IDLE_TIMEOUT", default_value_t = Connections::default().idle_timeout.into())]
+    idle_timeout: humantime::Duration,
     /// Turns authentication on: the grants file (YAML; docs/SECURITY.md):
     /// bearer tokens (kept as SHA-256 hashes) and the grants of
     /// ServiceAccounts and client certificates. Re-read when it changes.
@@ -199,6 +202,7 @@ fn main() -> anyhow::Result<()> {
             keepalive_interval: args.keepalive_interval.into(),
             keepalive_timeout: args.keepalive_timeout.into(),
             max_concurrent_streams: args.max_streams_per_connection.max(1),
+            idle_timeout: args.idle_timeout.into(),
         },
         auth: queue_server::auth::AuthConfig {
             tokens_file: args.auth_tokens_file,

@@ -119,6 +119,8 @@ pub struct Connections {
     /// Most concurrent calls (streams) on one connection; a client sees it
     /// in the server's SETTINGS and queues calls beyond it.
     pub max_concurrent_streams: u32,
+    /// A connection with no open call for this long is closed (zero: never).
+    pub idle_timeout: Duration,
 }
 
 impl Default for Connections {
@@ -128,6 +130,7 @@ impl Default for Connections {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_concurrent_streams: 1024,
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -287,12 +290,8 @@ pub async fn start_with_store(
         None => None,
     };
     let incoming: Incoming = match tls {
-        None => Box::pin(incoming(listener, config.connections.handshake_timeout)),
-        Some(acceptor) => Box::pin(incoming_tls(
-            listener,
-            acceptor,
-            config.connections.handshake_timeout,
-        )),
+        None => Box::pin(incoming(listener, config.connections)),
+        Some(acceptor) => Box::pin(incoming_tls(listener, acceptor, config.connections)),
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -348,6 +347,7 @@ pub async fn start_with_store(
             .http2_keepalive_interval(Some(conns.keepalive_interval))
             .http2_keepalive_timeout(Some(conns.keepalive_timeout))
             .max_concurrent_streams(conns.max_concurrent_streams)
+            .layer(crate::idle::CountCalls)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(service)
@@ -430,7 +430,7 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration
 /// connections closed.
 fn incoming(
     listener: TcpListener,
-    handshake_timeout: Duration,
+    conns: Connections,
 ) -> impl futures::Stream<Item = Result<Conn, std::io::Error>> {
     futures::stream::unfold(
         (listener, ACCEPT_BACKOFF.0),
@@ -441,7 +441,7 @@ fn incoming(
                         // Nagle off: with it on, small replies waited ~40 ms
                         // (p99 42–45 ms, 100-item calls fell to ~730/s).
                         let _ = stream.set_nodelay(true);
-                        let conn = Conn::new(stream, handshake_timeout);
+                        let conn = Conn::new(stream, conns);
                         return Some((Ok(conn), (listener, ACCEPT_BACKOFF.0)));
                     }
                     Err(e) if is_peer_error(&e) => continue,
@@ -468,10 +468,11 @@ type Incoming = Pin<Box<dyn futures::Stream<Item = Result<Conn, std::io::Error>>
 fn incoming_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
-    handshake_timeout: Duration,
+    conns: Connections,
 ) -> impl futures::Stream<Item = Result<Conn, std::io::Error>> {
+    let handshake_timeout = conns.handshake_timeout;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Conn, std::io::Error>>(64);
-    let accepted = incoming(listener, handshake_timeout);
+    let accepted = incoming(listener, conns);
     tokio::spawn(async move {
         use futures::StreamExt;
         let mut accepted = std::pin::pin!(accepted);
@@ -484,8 +485,9 @@ fn incoming_tls(
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let peer = crate::tls::peer_identity(stream.get_ref().1);
-                        let mut conn = Conn::with_io(Io::Tls(Box::new(stream)), handshake_timeout);
-                        conn.info = ConnInfo { remote, peer };
+                        let mut conn = Conn::with_io(Io::Tls(Box::new(stream)), conns);
+                        conn.info.remote = remote;
+                        conn.info.peer = peer;
                         let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
@@ -513,6 +515,8 @@ fn is_peer_error(e: &std::io::Error) -> bool {
 pub struct Conn {
     io: Io,
     info: ConnInfo,
+    /// Closes it after the idle timeout without an open call.
+    idle: Option<crate::idle::Idle>,
     /// Until the preface has been read.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     read: usize,
@@ -533,27 +537,33 @@ pub struct ConnInfo {
     pub remote: TcpConnectInfo,
     /// The verified client certificate's subject CN, if any.
     pub peer: crate::auth::PeerCertificate,
+    /// Its open calls, for the idle timeout.
+    pub activity: Arc<crate::idle::Activity>,
 }
 
 impl Conn {
-    fn new(io: TcpStream, handshake_timeout: Duration) -> Self {
+    fn new(io: TcpStream, conns: Connections) -> Self {
         let remote = io.connect_info();
-        let mut conn = Self::with_io(Io::Plain(io), handshake_timeout);
+        let mut conn = Self::with_io(Io::Plain(io), conns);
         conn.info.remote = remote;
         conn
     }
 
-    fn with_io(io: Io, handshake_timeout: Duration) -> Self {
+    fn with_io(io: Io, conns: Connections) -> Self {
+        let activity = crate::idle::Activity::new();
         Conn {
             io,
+            idle: (!conns.idle_timeout.is_zero())
+                .then(|| crate::idle::Idle::new(conns.idle_timeout, activity.clone())),
             info: ConnInfo {
                 remote: TcpConnectInfo {
                     local_addr: None,
                     remote_addr: None,
                 },
                 peer: crate::auth::PeerCertificate(None),
+                activity,
             },
-            deadline: Some(Box::pin(tokio::time::sleep(handshake_timeout))),
+            deadline: Some(Box::pin(tokio::time::sleep(conns.handshake_timeout))),
             read: 0,
         }
     }
@@ -590,6 +600,14 @@ impl AsyncRead for Conn {
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "no HTTP/2 preface within the handshake timeout",
+            )));
+        }
+        if let Some(idle) = &mut this.idle
+            && idle.poll_expired(cx).is_ready()
+        {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no open call within the idle timeout",
             )));
         }
         let before = buf.filled().len();
