@@ -218,10 +218,14 @@ async fn stream_producer(s: Arc<Shared>, batch: usize) {
                     let Some(i) = unacked.iter().position(|(n, _)| *n == a.sequence) else {
                         continue;
                     };
-                    if a.problem.is_none() {
-                        let (_, keys) = unacked.remove(i);
-                        s.book().acked_enqueues.extend(keys);
+                    if a.problem.is_some() {
+                        // Refused (the server stopping, a limit): sent
+                        // again, same keys, on a new stream.
+                        pause().await;
+                        break;
                     }
+                    let (_, keys) = unacked.remove(i);
+                    s.book().acked_enqueues.extend(keys);
                 }
                 _ => {
                     pause().await;
