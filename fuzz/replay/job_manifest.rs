@@ -20,15 +20,13 @@ pub fn run(data: &[u8]) {
     let text = String::from_utf8_lossy(parts.next().unwrap_or_default());
     let mut opts = job_runner::template::TemplateOptions::default();
     for part in parts.take(6) {
-        let part = String::from_utf8_lossy(part);
-        match part.strip_prefix('=') {
-            Some(var) => {
-                if let Ok((k, v)) = job_runner::template::parse_var(var) {
-                    opts.vars.insert(k, v);
-                }
+        let part = String::from_utf8_lossy(part).into_owned();
+        if let Some(var) = part.strip_prefix('=') {
+            if let Ok((k, v)) = job_runner::template::parse_var(var) {
+                opts.vars.insert(k, v);
             }
-            None if opts.items.len() < 4 => opts.items.push(part.into_owned()),
-            None => {}
+        } else if opts.items.len() < 4 {
+            opts.items.push(part);
         }
     }
     let name = if flags & 1 == 1 {
