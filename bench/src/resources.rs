@@ -11,7 +11,7 @@
 
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use workq_proto::v1 as pb;
@@ -144,7 +144,7 @@ async fn settle() {
 }
 
 /// Runs both measurements and prints them.
-pub async fn resources(args: &ResourcesArgs, bin: &PathBuf) -> Result<()> {
+pub async fn resources(args: &ResourcesArgs, bin: &Path) -> Result<()> {
     if !bin.exists() {
         bail!("{} not found: pass --server", bin.display());
     }

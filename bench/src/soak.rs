@@ -22,7 +22,6 @@
 use anyhow::{Context, Result, bail};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -407,7 +406,7 @@ fn tokio_util_token(s: &Arc<Shared>) -> tokio_util::sync::CancellationToken {
 
 /// Starts the server; waits for its address line unless `kill_within` is
 /// set, in which case it is killed after that long, ready or not.
-fn start(bin: &PathBuf, dir: &std::path::Path, port: u16) -> Result<Child> {
+fn start(bin: &std::path::Path, dir: &std::path::Path, port: u16) -> Result<Child> {
     Command::new(bin)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--http-listen", "127.0.0.1:0", "--store", "embedded"])
@@ -440,7 +439,7 @@ fn free_port() -> Result<u16> {
 
 /// Runs the soak; prints its counts and fails if any item was lost or
 /// duplicated.
-pub async fn soak(args: &SoakArgs, bin: &PathBuf) -> Result<()> {
+pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
     if !bin.exists() {
         bail!(
             "{} not found: build it first (cargo build --release -p queue-server) or pass --server",

@@ -18,10 +18,12 @@ use queue_server::store::{Commit, EmbeddedStore, Snapshot, Store, StoreError, St
 use queue_server::{Engine, ServerConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 use workq_proto::v1 as pb;
+
+/// A barrier held at the gate: its answer, and the inner store's barrier.
+type Held = (oneshot::Sender<Result<(), StoreError>>, Commit);
 
 /// A store whose barriers wait, while the gate is shut, until the test opens
 /// it (then for the inner store's barrier too). Everything else is the
@@ -29,7 +31,7 @@ use workq_proto::v1 as pb;
 struct Gated<S> {
     inner: S,
     shut: AtomicBool,
-    held: Mutex<Vec<(oneshot::Sender<Result<(), StoreError>>, Commit)>>,
+    held: Mutex<Vec<Held>>,
     /// Signalled each time a barrier is held at the gate.
     asked: Notify,
 }
