@@ -7,6 +7,8 @@
 //! `docs/BENCHMARKS.md`'s comparison section from the JSON this prints).
 
 mod report;
+mod resources;
+mod soak;
 mod systems;
 
 /// mimalloc for the client too: glibc's malloc was a tenth of the bench
@@ -31,6 +33,9 @@ use systems::{System, SystemName};
 #[derive(Debug, Parser)]
 #[command(name = "workq-bench", version)]
 struct Args {
+    /// A tool instead of the comparison (none: the comparison).
+    #[command(subcommand)]
+    command: Option<Tool>,
     /// Systems to run, comma separated.
     #[arg(
         long,
@@ -66,8 +71,9 @@ struct Args {
     /// Consumer counts for the end-to-end sweep (empty: skip).
     #[arg(long, default_value = "1,4,16,64", value_delimiter = ',')]
     sweep: Vec<usize>,
-    /// The queue-server binary (default: next to this one).
-    #[arg(long)]
+    /// The queue-server binary (default: next to this one; for `soak`, the
+    /// target directory's release build first).
+    #[arg(long, global = true)]
     server: Option<PathBuf>,
     /// Redis URL.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
@@ -100,6 +106,19 @@ struct Args {
     /// Also write the chart of end-to-end items/s against consumers (SVG) here.
     #[arg(long)]
     svg: Option<PathBuf>,
+}
+
+/// Tools other than the comparison.
+#[derive(Debug, clap::Subcommand)]
+enum Tool {
+    /// kill -9 the server at random moments under load, restart it on the
+    /// same directory, and count lost and duplicated items (see
+    /// docs/RELIABILITY.md). Uses `--server` (default: next to this binary).
+    Soak(soak::SoakArgs),
+    /// Resident memory with payload queued (memory and embedded stores) and
+    /// the server's CPU with its descriptor limit reached (see
+    /// docs/RELIABILITY.md).
+    Resources(resources::ResourcesArgs),
 }
 
 /// A queue-server process for the workq systems.
@@ -735,6 +754,20 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        if let Some(Tool::Soak(soak)) = &args.command {
+            let release = server_bin
+                .parent()
+                .and_then(|d| d.parent())
+                .map(|t| t.join("release").join("queue-server"));
+            let bin = match release {
+                Some(r) if args.server.is_none() && r.exists() => r,
+                _ => server_bin,
+            };
+            return soak::soak(soak, &bin).await;
+        }
+        if let Some(Tool::Resources(r)) = &args.command {
+            return resources::resources(r, &server_bin).await;
+        }
         let mut targets = Vec::new();
         for which in &args.systems {
             targets.push(target(&args, *which, &server_bin).await?);

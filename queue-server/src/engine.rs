@@ -583,13 +583,18 @@ impl Engine {
             if let Some(outcome) = outcome {
                 if !outcome.items.is_empty() && self.inner.durable {
                     // Not before their enqueue is durable: a failed commit's
-                    // items are never handed out.
+                    // items are never handed out. Should the caller go away
+                    // meanwhile (this future dropped), the guard gives the
+                    // items back at once, counting no attempt.
+                    let tokens = outcome.items.iter().map(|i| i.token).collect();
+                    let unanswered = finish::Unanswered::new(self, name, tokens);
                     self.inner
                         .store
                         .barrier()
                         .on_failure(self.inner.on_failure.clone())
                         .wait()
                         .await?;
+                    unanswered.answer();
                 }
                 metrics::counter!("workq_items_leased_total").increment(outcome.items.len() as u64);
                 return Ok(outcome);

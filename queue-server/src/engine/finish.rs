@@ -218,3 +218,49 @@ impl Engine {
         Ok(n)
     }
 }
+
+/// The items a lease took and has not answered yet: if the lease's future is
+/// dropped before it answers — its caller gone while it waits on the store
+/// barrier — they are released at once, counting no attempt, instead of
+/// staying leased to nobody until they expire. [`Unanswered::answer`]
+/// disarms it.
+pub(super) struct Unanswered<'a> {
+    engine: &'a Engine,
+    name: &'a QueueName,
+    tokens: Vec<LeaseToken>,
+}
+
+impl<'a> Unanswered<'a> {
+    /// Guards `tokens`, just leased from `name`.
+    pub(super) fn new(engine: &'a Engine, name: &'a QueueName, tokens: Vec<LeaseToken>) -> Self {
+        Unanswered {
+            engine,
+            name,
+            tokens,
+        }
+    }
+
+    /// The lease answers: its items are the caller's.
+    pub(super) fn answer(mut self) {
+        self.tokens.clear();
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.tokens.is_empty() {
+            return;
+        }
+        // Released in memory now; the commit (releases journal nothing
+        // durable a restart would need: leases are not stored) goes to the
+        // store unawaited — there is no one left to tell.
+        let tokens = std::mem::take(&mut self.tokens);
+        if let Ok((n, _commit)) = self
+            .engine
+            .mutate_now(self.name, |q, now, _| Ok(q.release_live(now, &tokens)))
+            && n > 0
+        {
+            metrics::counter!("workq_items_released_total").increment(n as u64);
+        }
+    }
+}
