@@ -244,6 +244,15 @@ fn deploy_is_locked_down() {
         .filter_map(|v| v["secret"]["secretName"].as_str())
         .collect();
     assert_eq!(secrets, ["workq-tls", "workq-auth"]);
+    assert!(
+        args.contains(&"--auth-jwks-file=/jwks/jwks.json"),
+        "{args:?}"
+    );
+    assert_eq!(pod["serviceAccountName"], "workq");
+    assert_eq!(
+        object(&objs, "ServiceAccount", "workq", "workq")["automountServiceAccountToken"],
+        false
+    );
     object(&objs, "Secret", "workq", "workq-auth");
     let limits = &pod["containers"][0]["resources"]["limits"];
     assert!(limits["cpu"].is_string() && limits["ephemeral-storage"].is_string());
