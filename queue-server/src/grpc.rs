@@ -23,6 +23,7 @@ use request::{
 };
 pub use request::{lease_state, parse_tokens, token_result_pb};
 
+use crate::auth::{Verb, allow};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::names::ItemId;
@@ -50,6 +51,23 @@ impl GrpcService {
 }
 
 type Res<T> = Result<Response<T>, Status>;
+
+impl GrpcService {
+    /// Enqueue needs `produce`; with `create_queue` on a queue that does not
+    /// exist yet, `admin` too.
+    fn allow_enqueue(
+        &self,
+        caller: &crate::auth::Grantee,
+        name: &crate::names::QueueName,
+        create: bool,
+    ) -> Result<(), Status> {
+        caller.check(Verb::Produce, name.as_str())?;
+        if create && self.engine.get_queue(name).is_err() {
+            caller.check(Verb::Admin, name.as_str())?;
+        }
+        Ok(())
+    }
+}
 
 /// What a server-streaming call answers.
 type Outgoing<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -96,8 +114,9 @@ impl QueueService for GrpcService {
         &self,
         req: Request<pb::CreateQueueRequest>,
     ) -> Res<pb::CreateQueueResponse> {
+        let name = queue_name("name", &req.get_ref().name)?;
+        allow(&req, Verb::Admin, name.as_str())?;
         let req = req.into_inner();
-        let name = queue_name("name", &req.name)?;
         let settings = settings_of(req.settings)?;
         let (info, created) = self
             .engine
@@ -111,7 +130,8 @@ impl QueueService for GrpcService {
     }
 
     async fn get_queue(&self, req: Request<pb::GetQueueRequest>) -> Res<pb::GetQueueResponse> {
-        let name = queue_name("name", &req.into_inner().name)?;
+        let name = queue_name("name", &req.get_ref().name)?;
+        allow(&req, Verb::Read, name.as_str())?;
         let info = self.engine.get_queue(&name).map_err(status)?;
         Ok(Response::new(pb::GetQueueResponse {
             queue: Some(queue_pb(&info)),
@@ -122,6 +142,7 @@ impl QueueService for GrpcService {
         &self,
         req: Request<pb::ListQueuesRequest>,
     ) -> Res<pb::ListQueuesResponse> {
+        let caller = crate::auth::Grantee::of(&req);
         let req = req.into_inner();
         let size = non_negative("page_size", req.page_size)?;
         let size = self.engine.limits().check_page_size(size).map_err(status)?;
@@ -132,7 +153,12 @@ impl QueueService for GrpcService {
             _ => String::new(),
         };
         Ok(Response::new(pb::ListQueuesResponse {
-            queues: queues.iter().map(queue_pb).collect(),
+            // Only the queues the caller may read (a page may show fewer).
+            queues: queues
+                .iter()
+                .filter(|q| caller.may(Verb::Read, q.name.as_str()))
+                .map(queue_pb)
+                .collect(),
             next_page_token,
         }))
     }
@@ -141,11 +167,15 @@ impl QueueService for GrpcService {
         &self,
         req: Request<pb::UpdateQueueRequest>,
     ) -> Res<pb::UpdateQueueResponse> {
+        let name = req.get_ref().queue.as_ref().map(|q| q.name.clone());
+        let name = name
+            .ok_or_else(|| invalid_field("queue", "queue is missing: name the queue to change"))?;
+        let name = queue_name("queue.name", &name)?;
+        allow(&req, Verb::Admin, name.as_str())?;
         let req = req.into_inner();
         let queue = req
             .queue
             .ok_or_else(|| invalid_field("queue", "queue is missing: name the queue to change"))?;
-        let name = queue_name("queue.name", &queue.name)?;
         let given = settings_of(queue.settings)?;
         let patch = settings_update(given, req.update_mask, self.engine.default_settings())?;
         let info = self
@@ -162,8 +192,9 @@ impl QueueService for GrpcService {
         &self,
         req: Request<pb::DeleteQueueRequest>,
     ) -> Res<pb::DeleteQueueResponse> {
+        let name = queue_name("name", &req.get_ref().name)?;
+        allow(&req, Verb::Admin, name.as_str())?;
         let req = req.into_inner();
-        let name = queue_name("name", &req.name)?;
         match self.engine.delete_queue(&name).await {
             Ok(()) => Ok(Response::new(pb::DeleteQueueResponse { deleted: true })),
             Err(Error::QueueNotFound(_)) if req.allow_missing => {
@@ -177,7 +208,8 @@ impl QueueService for GrpcService {
         &self,
         req: Request<pb::PurgeQueueRequest>,
     ) -> Res<pb::PurgeQueueResponse> {
-        let name = queue_name("name", &req.into_inner().name)?;
+        let name = queue_name("name", &req.get_ref().name)?;
+        allow(&req, Verb::Admin, name.as_str())?;
         let purged = self.engine.purge(&name).await.map_err(status)?;
         Ok(Response::new(pb::PurgeQueueResponse {
             purged: i64::try_from(purged).unwrap_or(i64::MAX),
@@ -185,7 +217,8 @@ impl QueueService for GrpcService {
     }
 
     async fn seal_queue(&self, req: Request<pb::SealQueueRequest>) -> Res<pb::SealQueueResponse> {
-        let name = queue_name("name", &req.into_inner().name)?;
+        let name = queue_name("name", &req.get_ref().name)?;
+        allow(&req, Verb::Produce, name.as_str())?;
         let info = self.engine.seal(&name).await.map_err(status)?;
         Ok(Response::new(pb::SealQueueResponse {
             queue: Some(queue_pb(&info)),
@@ -193,8 +226,13 @@ impl QueueService for GrpcService {
     }
 
     async fn enqueue(&self, req: Request<pb::EnqueueRequest>) -> Res<pb::EnqueueResponse> {
+        let name = queue_name("queue", &req.get_ref().queue)?;
+        self.allow_enqueue(
+            &crate::auth::Grantee::of(&req),
+            &name,
+            req.get_ref().create_queue,
+        )?;
         let req = req.into_inner();
-        let name = queue_name("queue", &req.queue)?;
         let items = enqueue_items(req.items).map_err(|(f, e)| invalid_field(&f, e))?;
         let (out, replayed) = self
             .engine
@@ -213,8 +251,9 @@ impl QueueService for GrpcService {
     }
 
     async fn lease(&self, req: Request<pb::LeaseRequest>) -> Res<pb::LeaseResponse> {
+        let name = queue_name("queue", &req.get_ref().queue)?;
+        allow(&req, Verb::Consume, name.as_str())?;
         let req = req.into_inner();
-        let name = queue_name("queue", &req.queue)?;
         let max = non_negative("max_items", req.max_items)?;
         let max_bytes = usize::try_from(req.max_bytes).map_err(|_| {
             invalid_field(
@@ -248,9 +287,11 @@ impl QueueService for GrpcService {
         &self,
         req: Request<tonic::Streaming<pb::EnqueueStreamRequest>>,
     ) -> Res<Self::EnqueueStreamStream> {
+        let caller = crate::auth::Grantee::of(&req);
         let mut inbound = req.into_inner();
         let first = first_message(&mut inbound, "an EnqueueStream").await?;
         let name = queue_name("queue", &first.queue)?;
+        self.allow_enqueue(&caller, &name, first.create_queue)?;
         if first.create_queue && self.engine.get_queue(&name).is_err() {
             self.engine
                 .create_queue(&name, QueueSettings::UNSET)
@@ -265,9 +306,11 @@ impl QueueService for GrpcService {
     type WorkStream = Outgoing<pb::WorkResponse>;
 
     async fn work(&self, req: Request<tonic::Streaming<pb::WorkRequest>>) -> Res<Self::WorkStream> {
+        let caller = crate::auth::Grantee::of(&req);
         let mut inbound = req.into_inner();
         let first = first_message(&mut inbound, "a Work stream").await?;
         let name = queue_name("queue", &first.queue)?;
+        caller.check(Verb::Consume, name.as_str())?;
         let lease = duration("lease", first.lease.as_ref())?;
         if first.max_outstanding_bytes < 0 {
             return Err(invalid_field(
@@ -291,8 +334,9 @@ impl QueueService for GrpcService {
     }
 
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Res<pb::RenewResponse> {
+        let name = queue_name("queue", &req.get_ref().queue)?;
+        allow(&req, Verb::Consume, name.as_str())?;
         let req = req.into_inner();
-        let name = queue_name("queue", &req.queue)?;
         let lease = duration("lease", req.lease.as_ref())?;
         let results = self
             .engine
@@ -310,8 +354,9 @@ impl QueueService for GrpcService {
     }
 
     async fn complete(&self, req: Request<pb::CompleteRequest>) -> Res<pb::CompleteResponse> {
+        let name = queue_name("queue", &req.get_ref().queue)?;
+        allow(&req, Verb::Consume, name.as_str())?;
         let req = req.into_inner();
-        let name = queue_name("queue", &req.queue)?;
         let tokens = tokens("lease_tokens", &req.lease_tokens)?;
         let results = self
             .engine
@@ -326,8 +371,9 @@ impl QueueService for GrpcService {
     }
 
     async fn fail(&self, req: Request<pb::FailRequest>) -> Res<pb::FailResponse> {
+        let name = queue_name("queue", &req.get_ref().queue)?;
+        allow(&req, Verb::Consume, name.as_str())?;
         let req = req.into_inner();
-        let name = queue_name("queue", &req.queue)?;
         let fatal = match pb::FailMode::try_from(req.mode) {
             Ok(pb::FailMode::Unspecified | pb::FailMode::Retry) => false,
             Ok(pb::FailMode::Fatal) => true,
@@ -359,8 +405,9 @@ impl QueueService for GrpcService {
     }
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Res<pb::ReleaseResponse> {
+        let name = queue_name("queue", &req.get_ref().queue)?;
+        allow(&req, Verb::Consume, name.as_str())?;
         let req = req.into_inner();
-        let name = queue_name("queue", &req.queue)?;
         let tokens = tokens("lease_tokens", &req.lease_tokens)?;
         let results = self
             .engine
@@ -377,8 +424,9 @@ impl QueueService for GrpcService {
     type WatchStream = Outgoing<pb::WatchResponse>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Res<Self::WatchStream> {
+        let name = queue_name("queue", &req.get_ref().queue)?;
+        allow(&req, Verb::Read, name.as_str())?;
         let req = req.into_inner();
-        let name = queue_name("queue", &req.queue)?;
         let rx = self.engine.watch(&name).map_err(status)?;
         let engine = self.engine.clone();
         let until_drained = req.until_drained;
@@ -407,8 +455,9 @@ impl QueueService for GrpcService {
     }
 
     async fn list_dead(&self, req: Request<pb::ListDeadRequest>) -> Res<pb::ListDeadResponse> {
+        let name = queue_name("queue", &req.get_ref().queue)?;
+        allow(&req, Verb::Read, name.as_str())?;
         let req = req.into_inner();
-        let name = queue_name("queue", &req.queue)?;
         let size = non_negative("page_size", req.page_size)?;
         let size = self.engine.limits().check_page_size(size).map_err(status)?;
         let after = pages::after_item(&req.page_token).map_err(status)?;
@@ -430,8 +479,9 @@ impl QueueService for GrpcService {
         &self,
         req: Request<pb::RequeueDeadRequest>,
     ) -> Res<pb::RequeueDeadResponse> {
+        let name = queue_name("queue", &req.get_ref().queue)?;
+        allow(&req, Verb::Admin, name.as_str())?;
         let req = req.into_inner();
-        let name = queue_name("queue", &req.queue)?;
         match (req.all, req.item_ids.is_empty()) {
             (true, false) => {
                 return Err(invalid_field(

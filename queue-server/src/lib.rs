@@ -33,12 +33,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod clock;
 pub mod counters;
 pub mod engine;
 pub mod enqueue_stream;
 pub mod error;
 pub mod grpc;
+pub mod idle;
 pub mod item;
 pub mod item_table;
 pub mod journal;
@@ -47,6 +49,7 @@ pub mod queue;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod tls;
 pub mod work_stream;
 
 pub use engine::Engine;

@@ -117,6 +117,40 @@ struct Args {
     /// Most concurrent calls on one connection (more wait in the client).
     #[arg(long, env = "WQ_MAX_STREAMS_PER_CONNECTION", default_value_t = Connections::default().max_concurrent_streams)]
     max_streams_per_connection: u32,
+    /// A connection with no open call for this long is closed (0: never).
+    #[arg(long, env = "WQ_IDLE_TIMEOUT", default_value_t = Connections::default().idle_timeout.into())]
+    idle_timeout: humantime::Duration,
+    /// Turns authentication on: the grants file (YAML; docs/SECURITY.md):
+    /// bearer tokens (kept as SHA-256 hashes) and the grants of
+    /// ServiceAccounts and client certificates. Re-read when it changes.
+    #[arg(long, env = "WQ_AUTH_TOKENS_FILE")]
+    auth_tokens_file: Option<PathBuf>,
+    /// Turns Kubernetes ServiceAccount tokens on: the cluster's signing keys
+    /// as a JWKS document (the API server's /openid/v1/jwks). Re-read when it
+    /// changes.
+    #[arg(long, env = "WQ_AUTH_JWKS_FILE")]
+    auth_jwks_file: Option<PathBuf>,
+    /// The issuer ServiceAccount tokens must name (the cluster's
+    /// --service-account-issuer); unset: any issuer.
+    #[arg(long, env = "WQ_AUTH_ISSUER")]
+    auth_issuer: Option<String>,
+    /// The audience ServiceAccount tokens must carry.
+    #[arg(long, env = "WQ_AUTH_AUDIENCE", default_value = queue_server::auth::DEFAULT_AUDIENCE)]
+    auth_audience: String,
+    /// /metrics requires a credential too (any authenticated caller).
+    #[arg(long, env = "WQ_METRICS_AUTH")]
+    metrics_auth: bool,
+    /// Turns TLS on for the gRPC port: the certificate chain (PEM), re-read
+    /// when it changes. Needs --tls-key.
+    #[arg(long, env = "WQ_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM), re-read when it changes.
+    #[arg(long, env = "WQ_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: every client must present a certificate signed by one of
+    /// these CAs (PEM); its subject CN is the identity `cert:<CN>` in grants.
+    #[arg(long, env = "WQ_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -168,6 +202,23 @@ fn main() -> anyhow::Result<()> {
             keepalive_interval: args.keepalive_interval.into(),
             keepalive_timeout: args.keepalive_timeout.into(),
             max_concurrent_streams: args.max_streams_per_connection.max(1),
+            idle_timeout: args.idle_timeout.into(),
+        },
+        auth: queue_server::auth::AuthConfig {
+            tokens_file: args.auth_tokens_file,
+            jwks_file: args.auth_jwks_file,
+            issuer: args.auth_issuer,
+            audience: args.auth_audience,
+            metrics_auth: args.metrics_auth,
+            ..queue_server::auth::AuthConfig::default()
+        },
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(queue_server::tls::TlsConfig {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            }),
+            _ => None,
         },
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

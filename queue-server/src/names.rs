@@ -107,40 +107,119 @@ impl fmt::Display for ItemId {
     }
 }
 
-/// The fencing token of one lease: the item and the lease's sequence number.
+/// The fencing token of one lease: the item, the lease's sequence number,
+/// and 128 bits no one can guess.
 ///
 /// Sequence numbers are unique for the life of a server process and start at
 /// a random point, so a token from before a restart never matches a new lease.
-/// Shown as `<item>.<sequence in hex>`.
+/// Ids and sequence numbers count up, so they are easy to guess; the
+/// `secret` is not: it is HMAC-SHA-256 of item and sequence under a 256-bit
+/// key drawn from the operating system's CSPRNG once per process
+/// ([`LeaseToken::mint`]), cut to 128 bits. A token whose secret does not
+/// match is refused exactly as a stale token ([`LeaseToken::is_authentic`],
+/// compared in constant time). Nothing is stored per lease for it, and a
+/// retried finish presenting the same full token is recognized as before.
+///
+/// Shown as `<item>.<sequence in hex>.<secret, 32 hex digits>`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct LeaseToken {
     /// The leased item.
     pub item: ItemId,
     /// The lease's sequence number.
     pub seq: u64,
+    /// The unguessable part (see the type's documentation).
+    pub secret: [u8; SECRET_BYTES],
+}
+
+/// Bytes of a lease token's secret: 128 bits.
+pub const SECRET_BYTES: usize = 16;
+
+/// The process's key for lease-token secrets, drawn once from the OS.
+fn token_key() -> &'static ring::hmac::Key {
+    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        // A system without a working CSPRNG cannot hand out safe tokens.
+        #[allow(clippy::expect_used)]
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+            .expect("the operating system's random number generator failed")
+    })
+}
+
+fn secret_of(item: ItemId, seq: u64) -> [u8; SECRET_BYTES] {
+    let mut msg = [0u8; 16];
+    msg[..8].copy_from_slice(&item.0.to_be_bytes());
+    msg[8..].copy_from_slice(&seq.to_be_bytes());
+    let tag = ring::hmac::sign(token_key(), &msg);
+    let mut out = [0u8; SECRET_BYTES];
+    out.copy_from_slice(&tag.as_ref()[..SECRET_BYTES]);
+    out
+}
+
+impl LeaseToken {
+    /// The token of lease `seq` of `item`, with its secret.
+    pub fn mint(item: ItemId, seq: u64) -> Self {
+        LeaseToken {
+            item,
+            seq,
+            secret: secret_of(item, seq),
+        }
+    }
+
+    /// Whether this process minted this token (its secret matches its item
+    /// and sequence), compared in constant time.
+    pub fn is_authentic(&self) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(secret_of(self.item, self.seq).ct_eq(&self.secret))
+    }
 }
 
 impl FromStr for LeaseToken {
     type Err = ParseError;
 
     fn from_str(s: &str) -> Result<Self, ParseError> {
-        let bad = || {
+        let bad = |why: &str| {
             ParseError(format!(
-                "invalid lease token {}: pass the lease_token a Lease call returned",
+                "invalid lease token {}: {why}; pass the lease_token a Lease call returned \
+                 (<item>.<sequence>.<32 hex digits>)",
                 quoted(s)
             ))
         };
-        let (item, seq) = s.split_once('.').ok_or_else(bad)?;
+        let mut parts = s.split('.');
+        let (Some(item), Some(seq), Some(secret), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("it does not have three parts separated by '.'"));
+        };
+        let item = ItemId(
+            item.parse()
+                .map_err(|_| bad("the item id is not a decimal number"))?,
+        );
+        let seq = u64::from_str_radix(seq, 16)
+            .map_err(|_| bad("the sequence number is not a hex number"))?;
+        if secret.len() != SECRET_BYTES * 2 {
+            return Err(bad("the secret is not 32 hex digits"));
+        }
+        let mut out = [0u8; SECRET_BYTES];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&secret[2 * i..2 * i + 2], 16)
+                .map_err(|_| bad("the secret is not 32 hex digits"))?;
+        }
         Ok(LeaseToken {
-            item: ItemId(item.parse().map_err(|_| bad())?),
-            seq: u64::from_str_radix(seq, 16).map_err(|_| bad())?,
+            item,
+            seq,
+            secret: out,
         })
     }
 }
 
 impl fmt::Display for LeaseToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:x}", self.item, self.seq)
+        write!(f, "{}.{:x}.", self.item, self.seq)?;
+        for b in self.secret {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -186,14 +265,43 @@ mod tests {
 
     #[test]
     fn lease_tokens_round_trip_and_reject_garbage() {
-        let t = LeaseToken {
-            item: ItemId(42),
-            seq: 0xdead_beef,
-        };
-        assert_eq!(t.to_string(), "42.deadbeef");
-        assert_eq!(t.to_string().parse::<LeaseToken>(), Ok(t));
-        for bad in ["", "42", "x.1", "42.zz", "42.1.2"] {
+        let t = LeaseToken::mint(ItemId(42), 0xdead_beef);
+        let shown = t.to_string();
+        assert!(shown.starts_with("42.deadbeef."), "{shown}");
+        assert_eq!(shown.len(), "42.deadbeef.".len() + 32);
+        assert_eq!(shown.parse::<LeaseToken>(), Ok(t));
+        assert!(t.is_authentic());
+        let zero = "0".repeat(32);
+        for bad in [
+            "",
+            "42",
+            "x.1",
+            "42.zz",
+            "42.1",
+            "42.1.2",
+            &format!("42.1.{zero}.1"),
+            &format!("42.1.{}", "g".repeat(32)),
+            &format!("42.1.{}", "é".repeat(16)),
+        ] {
             assert!(bad.parse::<LeaseToken>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_secret_that_does_not_match_is_not_authentic() {
+        let t = LeaseToken::mint(ItemId(7), 9);
+        for forged in [
+            LeaseToken { seq: 10, ..t },
+            LeaseToken {
+                item: ItemId(8),
+                ..t
+            },
+            LeaseToken {
+                secret: [0; SECRET_BYTES],
+                ..t
+            },
+        ] {
+            assert!(!forged.is_authentic(), "{forged}");
         }
     }
 }

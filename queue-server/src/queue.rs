@@ -411,7 +411,7 @@ impl Queue {
             self.leases.push(Reverse((deadline, id, seq)));
             out.push(Leased {
                 id,
-                token: LeaseToken { item: id, seq },
+                token: LeaseToken::mint(id, seq),
                 payload: item.payload.clone(),
                 attributes: item.attributes.clone(),
                 attempt: item.attempts + 1,

@@ -529,3 +529,79 @@ async fn a_stream_forgets_leases_ended_over_unary_calls() {
     assert_eq!(held.len(), 2, "the completed lease is forgotten");
     server.shutdown().await.expect("shutdown");
 }
+
+/// Issue 12 item 5: 200 HTTP/2 connections that open no call are closed
+/// after the idle timeout; a connection with a call open (a Watch) is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_busy_ones_kept() {
+    use queue_server::server::Connections;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = queue_server::start(ServerConfig {
+        connections: Connections {
+            idle_timeout: std::time::Duration::from_millis(300),
+            ..Connections::default()
+        },
+        ..ServerConfig::memory()
+    })
+    .await
+    .expect("start");
+    let addr = server.grpc_addr();
+    // A busy connection: a Watch stays open throughout.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut busy = workq_proto::v1::queue_service_client::QueueServiceClient::new(channel);
+    busy.create_queue(workq_proto::v1::CreateQueueRequest {
+        name: "watched".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("create");
+    let mut watch = busy
+        .watch(workq_proto::v1::WatchRequest {
+            queue: "watched".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    watch.message().await.expect("first").expect("stats");
+    // 200 idle connections: the preface and SETTINGS, then nothing.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .expect("preface");
+        idle.push(tokio::spawn(async move {
+            // Reads until the server closes it (a GOAWAY may come first).
+            let mut sink = Vec::new();
+            s.read_to_end(&mut sink).await.is_ok() || sink.is_empty()
+        }));
+    }
+    for (i, conn) in idle.into_iter().enumerate() {
+        // Only a guard against a hang: they close a timeout after they open.
+        tokio::time::timeout(std::time::Duration::from_secs(60), conn)
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} was never closed"))
+            .expect("task");
+    }
+    // The busy connection outlived them all and still answers.
+    busy.enqueue(workq_proto::v1::EnqueueRequest {
+        queue: "watched".into(),
+        items: vec![workq_proto::v1::NewItem {
+            payload: b"x".to_vec().into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await
+    .expect("the busy connection is open");
+    watch
+        .message()
+        .await
+        .expect("the watch goes on")
+        .expect("stats");
+}

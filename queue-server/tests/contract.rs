@@ -712,8 +712,16 @@ async fn renewals_and_per_token_results_inside_a_work_stream() {
     assert!(ms(&r.lease_expire_time) >= ms(&items[0].lease_expire_time));
 
     // One live token and one of an item that is no longer in the queue.
-    let (id, seq) = items[1].lease_token.split_once('.').expect("token");
-    let stale = format!("{id}.{:x}", u64::from_str_radix(seq, 16).expect("hex") + 1);
+    let mut parts = items[1].lease_token.split('.');
+    let (id, seq, secret) = (
+        parts.next().expect("id"),
+        parts.next().expect("seq"),
+        parts.next().expect("secret"),
+    );
+    let stale = format!(
+        "{id}.{:x}.{secret}",
+        u64::from_str_radix(seq, 16).expect("hex") + 1
+    );
     w.send(pb::WorkRequest {
         complete_tokens: vec![items[0].lease_token.clone(), stale.clone()],
         renew_tokens: vec![items[1].lease_token.clone()],

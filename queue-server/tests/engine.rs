@@ -213,10 +213,8 @@ async fn complete_then_lease_hands_in_a_batch_and_takes_the_next_in_one_call() {
         // The completion is all or nothing, and a refused one leases nothing.
         enqueue(&e, "ctl", &["e"], false).await;
         // A token of an item completed under another lease.
-        let stale = queue_server::names::LeaseToken {
-            item: done[0].item,
-            seq: done[0].seq.wrapping_add(1),
-        };
+        let stale =
+            queue_server::names::LeaseToken::mint(done[0].item, done[0].seq.wrapping_add(1));
         let mixed = [next.items[0].token, stale];
         let refused = e
             .complete_then_lease(&q("ctl"), &mixed, 1, 0, None, Duration::ZERO)

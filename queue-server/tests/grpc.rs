@@ -322,9 +322,14 @@ async fn a_lease_call_hands_in_completions_and_a_refused_one_leases_nothing() {
     assert_eq!((s.completed, s.leased, s.pending), (1, 1, 1));
     // A token of an item completed under another lease: the call fails with
     // Complete's error and leases nothing.
-    let (item, seq) = token.split_once('.').expect("a token");
+    let mut parts = token.split('.');
+    let (item, seq, secret) = (
+        parts.next().expect("item"),
+        parts.next().expect("seq"),
+        parts.next().expect("secret"),
+    );
     let other = format!(
-        "{item}.{:x}",
+        "{item}.{:x}.{secret}",
         u64::from_str_radix(seq, 16).expect("hex") + 1
     );
     req.complete_tokens = vec![other];

@@ -431,3 +431,71 @@ async fn an_unreadable_token_file_or_a_key_without_a_certificate_is_refused_befo
     .expect_err("refused");
     assert!(err.to_string().contains("grpcs://"), "{err}");
 }
+
+/// End to end against the real queue service with TLS and a grants file on
+/// (sec-server's `--tls-cert`/`--tls-key`/`--auth-tokens-file`): the right CA
+/// and a granted token work; the wrong CA is a certificate error; no token
+/// is UNAUTHENTICATED; a token without the grant is PERMISSION_DENIED naming
+/// verb and queue.
+#[tokio::test]
+async fn end_to_end_against_the_real_server_with_tls_and_grants() {
+    let Some(pki) = Pki::make() else { return };
+    let grants = pki.path("grants.yaml");
+    std::fs::write(
+        &grants,
+        format!(
+            "- name: ci\n  token: {GOOD_TOKEN}\n  grants:\n    - verbs: [\"*\"]\n      queues: [\"*\"]\n- name: reader\n  token: {UNGRANTED_TOKEN}\n  grants:\n    - verbs: [read]\n      queues: [\"*\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut config = queue_server::ServerConfig::memory();
+    config.tls = Some(queue_server::tls::TlsConfig {
+        cert: pki.path("server.pem"),
+        key: pki.path("server.key"),
+        client_ca: None,
+    });
+    config.auth.tokens_file = Some(grants);
+    let server = queue_server::start(config).await.expect("server starts");
+    let url = format!("grpcs://localhost:{}", server.grpc_addr().port());
+    let good = write_token(pki.dir.path(), "good", GOOD_TOKEN);
+    let ca = pki.path("ca.pem");
+    let args = |token: &Path, ca: &Path, rest: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            "--ca-file".to_owned(),
+            ca.display().to_string(),
+            "--token-file".to_owned(),
+            token.display().to_string(),
+        ];
+        v.extend(rest.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |v: Vec<String>| {
+        let url = url.clone();
+        async move {
+            let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+            wq(&url, &refs).await
+        }
+    };
+    let out = run(args(&good, &ca, &["push", "a"])).await;
+    assert_eq!(out.code(), 0, "{out:?}");
+    let out = run(args(&good, &pki.path("other-ca.pem"), &["stats"])).await;
+    assert!(out.stderr.contains("certificate"), "{out:?}");
+    let out = common::wq_at(&url, "jobs")
+        .args(["--ca-file", ca.to_str().unwrap(), "stats"])
+        .output()
+        .await
+        .unwrap();
+    let out: Output = out.into();
+    assert!(
+        out.stderr.contains("UNAUTHENTICATED") && out.stderr.contains("token"),
+        "{out:?}"
+    );
+    let reader = write_token(pki.dir.path(), "reader", UNGRANTED_TOKEN);
+    let out = run(args(&reader, &ca, &["push", "b"])).await;
+    assert!(
+        out.stderr.contains("permission denied")
+            && out.stderr.contains("produce")
+            && out.stderr.contains("jobs"),
+        "{out:?}"
+    );
+}

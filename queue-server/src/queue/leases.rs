@@ -106,9 +106,15 @@ impl Queue {
 
     /// What `token` is at `now` for a call that would finish it `op` (a
     /// renewal: `None`).
+    ///
+    /// A token whose secret does not match its item and sequence is judged
+    /// as a token of another lease of the item: the same refusal a stale
+    /// token gets, so a guess learns nothing.
     fn judge(&self, now: u64, token: LeaseToken, op: Option<Finish>) -> Verdict {
+        let authentic = token.is_authentic();
         if let Some(f) = self.recall.finished(token.item)
             && f.seq == token.seq
+            && authentic
         {
             return if Some(f.how) == op {
                 Verdict::AlreadyDone(f.dead)
@@ -118,7 +124,7 @@ impl Queue {
         }
         let cause = match self.items.get(&token.item).map(|i| &i.state) {
             None => StaleCause::ItemCompleted,
-            Some(ItemState::Leased { seq, deadline }) if *seq == token.seq => {
+            Some(ItemState::Leased { seq, deadline }) if *seq == token.seq && authentic => {
                 if *deadline > now {
                     return Verdict::Live;
                 }

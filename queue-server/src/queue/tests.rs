@@ -286,10 +286,7 @@ fn per_token_batches_apply_the_live_tokens_and_report_the_rest() {
     let mut f = Fixture::new();
     f.enqueue(0, &["a", "b", "c"]);
     let l = f.lease(0, 3);
-    let bogus = LeaseToken {
-        item: ItemId(99),
-        seq: 1,
-    };
+    let bogus = LeaseToken::mint(ItemId(99), 1);
     let tokens = [l[0].token, bogus, l[1].token, l[1].token];
     let out =
         f.q.complete(1, &tokens, Batch::EachToken, &mut f.journal)
@@ -344,10 +341,7 @@ fn batches_are_all_or_nothing() {
     let mut f = Fixture::new();
     f.enqueue(0, &["a", "b"]);
     let l = f.lease(0, 2);
-    let bogus = LeaseToken {
-        item: ItemId(99),
-        seq: 1,
-    };
+    let bogus = LeaseToken::mint(ItemId(99), 1);
     assert!(
         f.q.complete(1, &[l[0].token, bogus], A, &mut f.journal)
             .is_err()
@@ -705,4 +699,80 @@ fn ended_leases_do_not_pile_up_in_the_deadline_heap() {
     // The live lease's entry survived: it still expires.
     f.q.reap(20_000 + LEASE, &mut f.journal);
     assert_eq!(f.counters().leased, 0, "the live lease expired: {live:?}");
+}
+
+/// Issue 13: holding one token, guesses at neighbouring ids and sequence
+/// numbers — with the held token's secret or a made-up one — complete
+/// nothing, and each is refused exactly as a stale token of that item.
+#[test]
+fn guessed_neighbour_tokens_complete_nothing() {
+    let mut f = Fixture::new();
+    f.enqueue(0, &["a", "b", "c", "d", "e"]);
+    let leased = f.lease(0, 5);
+    let held = leased[2].token;
+    let mut tries = 0;
+    for d_item in -2i64..=2 {
+        for d_seq in -7i64..=7 {
+            let item = ItemId(held.item.0.wrapping_add_signed(d_item));
+            let seq = held.seq.wrapping_add_signed(d_seq);
+            for secret in [held.secret, [0x5a; crate::names::SECRET_BYTES]] {
+                let guess = LeaseToken { item, seq, secret };
+                if guess == held {
+                    continue;
+                }
+                tries += 1;
+                let out =
+                    f.q.complete(1, &[guess], Batch::EachToken, &mut f.journal)
+                        .expect("per token");
+                assert!(
+                    matches!(
+                        &out[0].outcome,
+                        Outcome::Refused(Error::StaleLease { cause, .. })
+                            if matches!(cause, StaleCause::Taken | StaleCause::Expired
+                                | StaleCause::ItemCompleted)
+                    ),
+                    "{guess}: {:?}",
+                    out[0].outcome
+                );
+            }
+        }
+    }
+    assert!(tries >= 76, "{tries} guesses");
+    let c = f.counters();
+    assert_eq!((c.leased, c.completed), (5, 0), "nothing completed");
+    // A live lease's item with a wrong secret gets what a token of an
+    // earlier lease of it gets.
+    let victim = leased[1].token;
+    let forged = LeaseToken {
+        secret: [0; crate::names::SECRET_BYTES],
+        ..victim
+    };
+    let older = LeaseToken::mint(victim.item, victim.seq - 100);
+    let mut reason = |t| match f.q.complete(1, &[t], A, &mut Journal::new(true)) {
+        Err(Error::StaleLease { cause, .. }) => cause,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(reason(forged), reason(older));
+    // The real tokens still work, and a retry with the full token is
+    // "already done".
+    for l in &leased {
+        f.q.complete(2, &[l.token], A, &mut f.journal)
+            .expect("the holder completes");
+    }
+    let again =
+        f.q.complete(3, &[held], Batch::EachToken, &mut f.journal)
+            .expect("retry");
+    assert!(again[0].already_done());
+    let forged_retry = LeaseToken {
+        secret: [1; crate::names::SECRET_BYTES],
+        ..held
+    };
+    let out =
+        f.q.complete(3, &[forged_retry], Batch::EachToken, &mut f.journal)
+            .expect("per token");
+    assert!(
+        matches!(out[0].outcome, Outcome::Refused(_)),
+        "{:?}",
+        out[0].outcome
+    );
 }

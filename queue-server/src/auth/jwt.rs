@@ -1,0 +1,160 @@
+//! Kubernetes ServiceAccount tokens, verified offline as JWTs against the
+//! cluster's signing keys (a JWKS document, e.g. the API server's
+//! `/openid/v1/jwks` saved to a file or mounted from a ConfigMap).
+//!
+//! Checked: the signature (RS256 or ES256, by a key of the set, chosen by
+//! `kid`), the issuer, the audience (`workq` by default, so a token minted
+//! for another audience — the API server's own — is refused), and the
+//! expiry. The identity is `system:serviceaccount:<namespace>:<name>`, from
+//! the `kubernetes.io` claim or, failing that, `sub`.
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// Why a JWKS file was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("JWKS file: {0}")]
+pub struct JwksError(pub String);
+
+/// Signing keys from a JWKS document.
+pub struct Jwks {
+    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+}
+
+impl std::fmt::Debug for Jwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwks")
+            .field("kids", &self.keys.iter().map(|k| &k.0).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A verified ServiceAccount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccount {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default, rename = "kubernetes.io")]
+    kubernetes: Option<KubernetesClaim>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KubernetesClaim {
+    namespace: String,
+    serviceaccount: NameClaim,
+}
+
+#[derive(Debug, Deserialize)]
+struct NameClaim {
+    name: String,
+}
+
+impl Jwks {
+    /// Parses a JWKS document; RSA and EC P-256 keys are kept, others are
+    /// skipped.
+    pub fn parse(text: &str) -> Result<Self, JwksError> {
+        let set: JwkSet = serde_json::from_str(text).map_err(|e| JwksError(e.to_string()))?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let alg = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                _ => continue,
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                JwksError(format!(
+                    "key {:?}: {e}",
+                    jwk.common.key_id.as_deref().unwrap_or("")
+                ))
+            })?;
+            keys.push((jwk.common.key_id.clone(), alg, key));
+        }
+        if keys.is_empty() {
+            return Err(JwksError("no RSA or EC P-256 key in it".into()));
+        }
+        Ok(Jwks { keys })
+    }
+
+    /// Verifies `token` and says whose it is, or why it was refused.
+    pub fn verify(
+        &self,
+        token: &str,
+        issuer: Option<&str>,
+        audience: &str,
+    ) -> Result<ServiceAccount, String> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| format!("not a valid JWT: {e}"))?;
+        let (_, alg, key) = self
+            .keys
+            .iter()
+            .find(|(kid, alg, _)| {
+                *alg == header.alg && (header.kid.is_none() || *kid == header.kid)
+            })
+            .ok_or_else(|| {
+                format!(
+                    "signed by a key ({:?}, kid {:?}) not in the server's JWKS",
+                    header.alg,
+                    header.kid.as_deref().unwrap_or("none")
+                )
+            })?;
+        let mut v = Validation::new(*alg);
+        v.set_audience(&[audience]);
+        v.set_required_spec_claims(&["exp", "aud", "iss"]);
+        v.leeway = 30;
+        if let Some(iss) = issuer {
+            v.set_issuer(&[iss]);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => "the token has expired".to_string(),
+                ErrorKind::InvalidAudience => {
+                    format!("the token's audience is not {audience:?}")
+                }
+                ErrorKind::InvalidIssuer => {
+                    format!("the token's issuer is not {:?}", issuer.unwrap_or_default())
+                }
+                ErrorKind::InvalidSignature => "the token's signature does not verify".to_string(),
+                _ => format!("the token was refused: {e}"),
+            }
+        })?;
+        let c = data.claims;
+        if let Some(k) = c.kubernetes {
+            return Ok(ServiceAccount {
+                namespace: k.namespace,
+                name: k.serviceaccount.name,
+            });
+        }
+        let sub = c.sub.unwrap_or_default();
+        let mut parts = sub.split(':');
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (Some("system"), Some("serviceaccount"), Some(ns), Some(name), None)
+                if !ns.is_empty() && !name.is_empty() =>
+            {
+                Ok(ServiceAccount {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                })
+            }
+            _ => Err(format!(
+                "the token's subject {sub:?} is not a ServiceAccount \
+                 (system:serviceaccount:<namespace>:<name>)"
+            )),
+        }
+    }
+}
