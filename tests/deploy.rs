@@ -10,8 +10,12 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
 }
 
-/// Every `.yaml` under `deploy/` that is a Kubernetes object (not the
-/// kustomization itself).
+/// The directory of examples that are custom resources (cert-manager's
+/// Certificate and Issuer), checked apart from the built-in kinds.
+const CRD_EXAMPLES: &str = "cert-manager";
+
+/// Every `.yaml` under `deploy/` that is a built-in Kubernetes object (not
+/// the kustomization itself, nor the custom resources' examples).
 fn manifests() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -20,6 +24,10 @@ fn manifests() -> Vec<PathBuf> {
             .collect();
         entries.sort();
         for p in entries {
+            // Custom resources (cert-manager's): not in the built-in schema.
+            if p.is_dir() && p.file_name().is_some_and(|n| n == CRD_EXAMPLES) {
+                continue;
+            }
             if p.is_dir() {
                 walk(&p, out);
             } else if p.extension().is_some_and(|e| e == "yaml")
@@ -91,7 +99,8 @@ fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
 #[test]
 fn every_manifest_deserializes_into_k8s_types_with_no_unknown_field() {
     use k8s_openapi::api::{
-        apps::v1 as apps, batch::v1 as batch, core::v1 as core, rbac::v1 as rbac,
+        apps::v1 as apps, batch::v1 as batch, core::v1 as core, networking::v1 as net,
+        rbac::v1 as rbac,
     };
     let mut checked = 0;
     for file in manifests() {
@@ -104,6 +113,8 @@ fn every_manifest_deserializes_into_k8s_types_with_no_unknown_field() {
                 "Namespace" => round_trip::<core::Namespace>(&doc),
                 "Service" => round_trip::<core::Service>(&doc),
                 "ServiceAccount" => round_trip::<core::ServiceAccount>(&doc),
+                "Secret" => round_trip::<core::Secret>(&doc),
+                "NetworkPolicy" => round_trip::<net::NetworkPolicy>(&doc),
                 "StatefulSet" => round_trip::<apps::StatefulSet>(&doc),
                 "Role" => round_trip::<rbac::Role>(&doc),
                 "RoleBinding" => round_trip::<rbac::RoleBinding>(&doc),
@@ -162,4 +173,124 @@ fn the_round_trip_check_catches_a_misspelt_field() {
     let mut missing = Vec::new();
     dropped(&doc, &back, "", &mut missing);
     assert_eq!(missing, vec![".spec.template.spec.containers[0].comand"]);
+}
+
+/// Every object of `deploy/queue-server/` and `deploy/job-runner/`, parsed.
+fn deploy_objects() -> Vec<Value> {
+    manifests()
+        .into_iter()
+        .filter(|f| {
+            !f.strip_prefix(deploy_dir())
+                .is_ok_and(|r| r.starts_with("examples"))
+        })
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(&f).expect("read");
+            serde_saphyr::from_multiple::<Value>(&text).expect("yaml")
+        })
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn object<'a>(objs: &'a [Value], kind: &str, ns: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| {
+            o["kind"] == kind && o["metadata"]["namespace"] == ns && o["metadata"]["name"] == name
+        })
+        .unwrap_or_else(|| panic!("no {kind} {ns}/{name} in deploy/"))
+}
+
+#[test]
+fn deploy_is_locked_down() {
+    let objs = deploy_objects();
+    // Only workers and job-runner reach gRPC; only `monitoring` reaches /metrics.
+    let grpc = object(&objs, "NetworkPolicy", "workq", "workq-grpc");
+    let from = &grpc["spec"]["ingress"][0]["from"];
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["workq.dev/worker"],
+        "true"
+    );
+    assert_eq!(
+        from[1]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "job-runner"
+    );
+    assert_eq!(grpc["spec"]["ingress"][0]["ports"][0]["port"], 50051);
+    let metrics = object(&objs, "NetworkPolicy", "workq", "workq-metrics");
+    assert_eq!(
+        metrics["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    assert_eq!(metrics["spec"]["ingress"][0]["ports"][0]["port"], 9464);
+    // TLS, authentication and grants turned on, from Secrets.
+    let sts = object(&objs, "StatefulSet", "workq", "workq");
+    let pod = &sts["spec"]["template"]["spec"];
+    let args: Vec<&str> = pod["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in [
+        "--tls-cert=/tls/tls.crt",
+        "--tls-key=/tls/tls.key",
+        "--auth-tokens-file=/auth/tokens.yaml",
+        "--auth-audience=workq",
+    ] {
+        assert!(args.contains(&want), "{want} missing from {args:?}");
+    }
+    let secrets: Vec<&str> = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v["secret"]["secretName"].as_str())
+        .collect();
+    assert_eq!(secrets, ["workq-tls", "workq-auth"]);
+    assert!(
+        args.contains(&"--auth-jwks-file=/jwks/jwks.json"),
+        "{args:?}"
+    );
+    assert_eq!(pod["serviceAccountName"], "workq");
+    assert_eq!(
+        object(&objs, "ServiceAccount", "workq", "workq")["automountServiceAccountToken"],
+        false
+    );
+    object(&objs, "Secret", "workq", "workq-auth");
+    let limits = &pod["containers"][0]["resources"]["limits"];
+    assert!(limits["cpu"].is_string() && limits["ephemeral-storage"].is_string());
+    // No API token where none is needed.
+    assert_eq!(
+        object(&objs, "ServiceAccount", "workq", "default")["automountServiceAccountToken"],
+        false
+    );
+    // job-runner's Role is in the Jobs' namespace, not the queue service's.
+    let role = object(&objs, "Role", "workq-jobs", "job-runner");
+    assert!(role["rules"].as_array().is_some_and(|r| !r.is_empty()));
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["kind"] == "Role" && o["metadata"]["namespace"] == "workq"),
+        "no Role in the queue service's namespace"
+    );
+}
+
+#[test]
+fn the_cert_manager_example_makes_the_tls_secret_the_statefulset_mounts() {
+    let text = std::fs::read_to_string(
+        deploy_dir()
+            .join("examples")
+            .join(CRD_EXAMPLES)
+            .join("certificate.yaml"),
+    )
+    .expect("read");
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("yaml");
+    let cert = docs
+        .iter()
+        .find(|d| d["kind"] == "Certificate" && d["metadata"]["name"] == "workq")
+        .expect("the service's Certificate");
+    assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(cert["spec"]["secretName"], "workq-tls");
+    assert!(
+        cert["spec"]["dnsNames"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n == "workq.workq.svc"))
+    );
 }

@@ -288,11 +288,13 @@ pub fn delete(target: &ClusterTarget, selector: &str) -> i32 {
 }
 
 /// The embedded `wq consume` (the runner called as `wq`): works queue `queue`
-/// of the service at `url` with `wq consume`'s flags `args`. Errors are prefixed `wq: error:`; 2
+/// of the service at `url` (with the CA, token and client certificate of
+/// `security`) with `wq consume`'s flags `args`. Errors are prefixed `wq: error:`; 2
 /// when the queue or service is not given or the queue name is invalid.
 pub fn consume(
     url: Option<String>,
     queue: Option<String>,
+    security: &worker_sdk::ConnectOptions,
     args: &worker_sdk::cli::ConsumeArgs,
 ) -> i32 {
     let (Some(url), Some(queue)) = (url, queue) else {
@@ -309,7 +311,13 @@ pub fn consume(
         }
     };
     runtime.block_on(async move {
-        let client = match worker_sdk::connect(&url).await {
+        let client = match worker_sdk::Client::connect_with(
+            &url,
+            worker_sdk::client::DEFAULT_CONNECT_TIMEOUT,
+            security,
+        )
+        .await
+        {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("wq: error: {e}");

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use job_runner::cluster::render::CaBundle;
 use job_runner::cluster::{ClusterRunOptions, RenderOptions};
 use job_runner::commands::{self, ClusterTarget, View};
 use job_runner::local::RunOptions;
@@ -23,6 +24,10 @@ Exit codes: 0 every Job completed; 1 a Job failed (or the run was stopped); 2 ba
 #[derive(Debug, Parser)]
 #[command(name = "job-runner", version, after_help = AFTER_HELP)]
 struct Cli {
+    /// Let a manifest's workq.dev/items-file name a file outside the
+    /// manifest's directory (an absolute path, or one through ..).
+    #[arg(long, global = true, env = "JOB_RUNNER_ALLOW_ITEMS_OUTSIDE")]
+    allow_items_outside: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,6 +103,26 @@ struct InjectArgs {
     /// `wq` or an SDK worker; WQ_URL/WQ_QUEUE are then not set either).
     #[arg(long, env = "JOB_RUNNER_NO_INJECT")]
     no_inject: bool,
+    /// Mount a projected ServiceAccount token (for the queue service's
+    /// authentication) into work-queue pods even for a grpc:// URL; a
+    /// grpcs:// URL always gets one.
+    #[arg(long, env = "JOB_RUNNER_POD_TOKEN")]
+    pod_token: bool,
+    /// Audience of the projected token: the queue service's --auth-audience.
+    #[arg(long, value_name = "AUDIENCE", default_value = job_runner::cluster::render::DEFAULT_TOKEN_AUDIENCE, env = "JOB_RUNNER_POD_TOKEN_AUDIENCE")]
+    pod_token_audience: String,
+    /// ConfigMap (in the Jobs' namespace) whose key ca.crt is the CA of the
+    /// queue service's certificate; mounted into work-queue pods as WQ_CA_FILE.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "JOB_RUNNER_POD_CA_CONFIGMAP",
+        conflicts_with = "pod_ca_secret"
+    )]
+    pod_ca_configmap: Option<String>,
+    /// Like --pod-ca-configmap, from a Secret.
+    #[arg(long, value_name = "NAME", env = "JOB_RUNNER_POD_CA_SECRET")]
+    pod_ca_secret: Option<String>,
 }
 
 impl ClusterArgs {
@@ -116,6 +141,13 @@ impl InjectArgs {
             wrapper_image: self.wrapper_image.clone(),
             pod_queue_url: self.pod_queue_url.clone(),
             inject: !self.no_inject,
+            pod_token: self.pod_token,
+            token_audience: self.pod_token_audience.clone(),
+            ca_bundle: match (&self.pod_ca_configmap, &self.pod_ca_secret) {
+                (Some(name), _) => Some(CaBundle::ConfigMap(name.clone())),
+                (None, Some(name)) => Some(CaBundle::Secret(name.clone())),
+                (None, None) => None,
+            },
         }
     }
 }
@@ -342,7 +374,9 @@ fn main() -> ExitCode {
     let code = if called_as_wq {
         wq::main()
     } else {
-        match Cli::parse().command {
+        let cli = Cli::parse();
+        job_runner::queue::allow_items_outside(cli.allow_items_outside);
+        match cli.command {
             Command::Run(args) if args.local => commands::run_local(
                 &args.files,
                 &args.template.options(),
@@ -396,12 +430,14 @@ mod wq {
     #[derive(Debug, Parser)]
     #[command(name = "wq")]
     struct WqCli {
-        /// Queue service URL (grpc://host:port).
+        /// Queue service URL (grpc://host:port, or grpcs://host:port over TLS).
         #[arg(long, env = "WQ_URL", global = true)]
         url: Option<String>,
         /// Queue name.
         #[arg(short, long, env = "WQ_QUEUE", global = true)]
         queue: Option<String>,
+        #[command(flatten)]
+        security: worker_sdk::cli::ConnectArgs,
         #[command(subcommand)]
         command: WqCommand,
     }
@@ -416,6 +452,6 @@ mod wq {
     pub(super) fn main() -> i32 {
         let cli = WqCli::parse();
         let WqCommand::Consume(args) = cli.command;
-        job_runner::commands::consume(cli.url, cli.queue, &args)
+        job_runner::commands::consume(cli.url, cli.queue, &cli.security.options(), &args)
     }
 }

@@ -81,6 +81,44 @@ pub fn annotation<'a>(job: &'a Job, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+/// Whether `workq.dev/items-file` may name a file outside the manifest's
+/// directory (`--allow-items-outside`); off unless the binary turns it on.
+static ITEMS_OUTSIDE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets `workq.dev/items-file` name any file the runner can read (an
+/// absolute path, `..`), as `--allow-items-outside` asks. By default only
+/// files inside the manifest's directory are read, so a manifest from
+/// elsewhere cannot push the runner's own files into a queue.
+pub fn allow_items_outside(allow: bool) {
+    ITEMS_OUTSIDE.store(allow, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The file `workq.dev/items-file` names, resolved against the manifest's
+/// directory `dir`: refused when it is absolute, has a `..` element or
+/// (through a symbolic link) leads outside `dir`, unless allowed.
+fn items_file_path(dir: &Path, file: &str) -> std::result::Result<std::path::PathBuf, String> {
+    let path = dir.join(file);
+    if ITEMS_OUTSIDE.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(path);
+    }
+    let rel = Path::new(file);
+    if rel.is_absolute() {
+        return Err("must be a path relative to the manifest's directory (an absolute path is read only with --allow-items-outside)".into());
+    }
+    if rel
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err("must not contain '..' (a file outside the manifest's directory is read only with --allow-items-outside)".into());
+    }
+    if let (Ok(real), Ok(base)) = (path.canonicalize(), dir.canonicalize())
+        && !real.starts_with(&base)
+    {
+        return Err("leads outside the manifest's directory through a symbolic link (allowed only with --allow-items-outside)".into());
+    }
+    Ok(path)
+}
+
 /// Reads a Job's work-queue annotations: `Ok(None)` for a Job without a
 /// queue; the items to push otherwise (`None`: none given).
 pub fn items(job: &Job, dir: &Path) -> Result<Option<(String, Option<Vec<String>>)>> {
@@ -119,7 +157,11 @@ pub fn items(job: &Job, dir: &Path) -> Result<Option<(String, Option<Vec<String>
         }
         (Some(inline), None) => Some(inline.split_whitespace().map(String::from).collect()),
         (None, Some(file)) => {
-            let path = dir.join(file);
+            let path = items_file_path(dir, file).map_err(|why| {
+                invalid(format!(
+                    "metadata.annotations[{ITEMS_FILE}]: Invalid value: {file:?}: {why}"
+                ))
+            })?;
             let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
                 path: path.clone(),
                 source,

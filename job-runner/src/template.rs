@@ -3,9 +3,14 @@
 //!
 //! Two kinds of template are understood:
 //!
-//! - **`$ITEM` templates** (the tutorial's `sed "s/\$ITEM/$i/"`): every
-//!   `$ITEM` (or `${ITEM}`) is replaced by an item, once per `--item`; the
-//!   copies are joined as YAML documents.
+//! - **`$ITEM` templates** (the tutorial's `sed "s/\$ITEM/$i/"`): the
+//!   template is parsed as YAML first, then every `$ITEM` (or `${ITEM}`) in
+//!   its string values (and keys) is replaced by an item, once per `--item`;
+//!   the copies are written out as YAML documents. Unlike `sed`, which
+//!   splices the item into the text, an item holding a newline, a quote or
+//!   `: ` stays inside the one string it was put in: it cannot add a field
+//!   (`x\n  privileged: true` is a name, not a security setting). A
+//!   `$ITEM` where YAML expects a number stays a string.
 //! - **Jinja templates** (files ending in `.jinja2`, `.jinja` or `.j2`),
 //!   rendered with [`minijinja`]. With `--item`, the template is rendered once
 //!   per item with `item` set; without, once. `items` (the list of all items)
@@ -64,12 +69,41 @@ pub fn expand(source_name: &str, text: &str, opts: &TemplateOptions) -> Result<S
             message: "this template uses $ITEM but no item was given; pass --item VALUE once per item (for example --item apple --item banana)".into(),
         });
     }
-    let copies: Vec<String> = opts
-        .items
-        .iter()
-        .map(|item| text.replace("${ITEM}", item).replace("$ITEM", item))
-        .collect();
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| Error::Template {
+            source_name: source_name.to_string(),
+            message: format!("the $ITEM template is not YAML: {e}"),
+        })?;
+    let mut copies = Vec::new();
+    for item in &opts.items {
+        for doc in docs.iter().filter(|d| !d.is_null()) {
+            let mut doc = doc.clone();
+            substitute(&mut doc, item);
+            copies.push(serde_saphyr::to_string(&doc).map_err(|e| Error::Template {
+                source_name: source_name.to_string(),
+                message: format!("cannot write the expanded manifest: {e}"),
+            })?);
+        }
+    }
     Ok(join_documents(&copies))
+}
+
+/// Replaces `$ITEM` and `${ITEM}` by `item` in every string of `v` (keys
+/// too), leaving its structure as it is.
+fn substitute(v: &mut serde_json::Value, item: &str) {
+    let replace = |s: &str| s.replace("${ITEM}", item).replace("$ITEM", item);
+    match v {
+        serde_json::Value::String(s) if uses_item(s) => *s = replace(s),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| substitute(x, item)),
+        serde_json::Value::Object(m) => {
+            let old = std::mem::take(m);
+            for (k, mut x) in old {
+                substitute(&mut x, item);
+                m.insert(if uses_item(&k) { replace(&k) } else { k }, x);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn join_documents(docs: &[String]) -> String {

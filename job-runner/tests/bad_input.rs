@@ -211,3 +211,113 @@ fn bad_cron_schedule_is_named() {
         &["spec.schedule: Invalid value: \"* * * *\"", "CronJob/hello"],
     );
 }
+
+/// A Job with one `downwardAPI` volume `name` holding an item at `path`.
+fn downward_job(name: &str, path: &str) -> String {
+    format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: dw\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: main\n        image: busybox\n        command: [\"true\"]\n      volumes:\n      - name: {name:?}\n        downwardAPI:\n          items:\n          - path: {path:?}\n            fieldRef: {{fieldPath: metadata.name}}\n"
+    )
+}
+
+#[test]
+fn downward_api_paths_outside_the_volume_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (path, why) in [
+        ("../escape", "must not contain '..'"),
+        ("a/../../escape", "must not contain '..'"),
+        ("/etc/passwd", "must be a relative path"),
+    ] {
+        let f = write(dir.path(), "j.yaml", &downward_job("info", path));
+        bad(
+            &["run", "-f", &f, "--local"],
+            &[
+                "spec.template.spec.volumes[0].downwardAPI.items[0].path",
+                &format!("Invalid value: {path:?}"),
+                why,
+            ],
+        );
+        bad(
+            &["render", "-f", &f],
+            &["spec.template.spec.volumes[0].downwardAPI.items[0].path"],
+        );
+    }
+}
+
+#[test]
+fn a_volume_name_that_is_not_a_dns_label_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["../up", "Info", "a/b", ""] {
+        let f = write(dir.path(), "j.yaml", &downward_job(name, "name"));
+        bad(
+            &["run", "-f", &f, "--local"],
+            &["spec.template.spec.volumes[0].name", "RFC 1123 label"],
+        );
+    }
+}
+
+fn items_file_job(file: &str) -> String {
+    format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: q\n  annotations:\n    workq.dev/queue: q\n    workq.dev/items-file: {file:?}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: main\n        image: busybox\n        command: [\"wq\", \"consume\", \"--\", \"cat\"]\n"
+    )
+}
+
+#[test]
+fn an_items_file_outside_the_manifest_directory_is_refused_unless_allowed() {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let secret = write(outer.path(), "secret.txt", "hunter2\n");
+    let dir = outer.path().join("manifests");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for (file, why) in [
+        ("../secret.txt", "must not contain '..'"),
+        (secret.as_str(), "must be a path relative"),
+    ] {
+        let f = write(&dir, "j.yaml", &items_file_job(file));
+        bad(
+            &["render", "-f", &f],
+            &[
+                "metadata.annotations[workq.dev/items-file]",
+                &format!("Invalid value: {file:?}"),
+                why,
+                "--allow-items-outside",
+            ],
+        );
+        let r = run(&["render", "-f", &f, "--allow-items-outside"]);
+        assert_eq!(r.code, 0, "allowed with the flag: {}", r.stderr);
+    }
+    // A symbolic link out of the directory is outside too.
+    std::os::unix::fs::symlink(&secret, dir.join("link.txt")).expect("symlink");
+    let f = write(&dir, "j.yaml", &items_file_job("link.txt"));
+    bad(
+        &["render", "-f", &f],
+        &[
+            "metadata.annotations[workq.dev/items-file]",
+            "symbolic link",
+        ],
+    );
+    // Inside the directory: read.
+    write(&dir, "items.txt", "a\nb\n");
+    let f = write(&dir, "j.yaml", &items_file_job("items.txt"));
+    let r = run(&["render", "-f", &f]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn an_item_cannot_add_fields_to_an_item_template() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = write(
+        dir.path(),
+        "t.yaml",
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: process-item\n  labels:\n    item: \"$ITEM\"\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: c\n        image: busybox\n        command: [\"echo\", \"$ITEM\"]\n        securityContext:\n          runAsNonRoot: true\n",
+    );
+    let evil = "x\n  privileged: true";
+    let r = run(&["expand", &f, "--item", evil]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&r.stdout).expect("YAML");
+    let c = &docs[0]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["command"][1], evil, "{}", r.stdout);
+    assert_eq!(
+        c["securityContext"],
+        serde_json::json!({"runAsNonRoot": true})
+    );
+    assert_eq!(docs[0]["metadata"]["labels"]["item"], evil);
+}

@@ -293,3 +293,130 @@ fn kubeconfig_context_and_unreachable_cluster_are_named() {
     assert!(r.stderr.contains("kubectl cluster-info"), "{}", r.stderr);
     assert_eq!(r.stderr.lines().count(), 1, "one clear error: {}", r.stderr);
 }
+
+#[test]
+fn render_for_a_secured_queue_service_mounts_the_projected_token_and_the_ca() {
+    let r = run_env(
+        &[
+            "render",
+            "-f",
+            &example("fine-queue.yaml"),
+            "--run-id",
+            "r1",
+            "--pod-queue-url",
+            "grpcs://workq.workq.svc:50051",
+            "--pod-ca-configmap",
+            "workq-ca",
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    let job = v["items"]
+        .as_array()
+        .and_then(|i| i.iter().find(|o| o["kind"] == "Job"))
+        .unwrap_or(&v);
+    let tmpl = &job["spec"]["template"];
+    assert_eq!(tmpl["metadata"]["labels"]["workq.dev/worker"], "true");
+    let volumes = tmpl["spec"]["volumes"].as_array().expect("volumes");
+    let token = volumes
+        .iter()
+        .find(|v| v["name"] == "workq-token")
+        .expect("the projected token volume");
+    let sat = &token["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(sat["audience"], "workq");
+    assert_eq!(sat["path"], "token");
+    let ca = volumes
+        .iter()
+        .find(|v| v["name"] == "workq-ca")
+        .expect("the CA volume");
+    assert_eq!(ca["configMap"]["name"], "workq-ca");
+    let c = &tmpl["spec"]["containers"][0];
+    let env: Vec<(String, String)> = c["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or_default().to_owned(),
+                e["value"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("WQ_URL", "grpcs://workq.workq.svc:50051"),
+        ("WQ_TOKEN_FILE", "/var/run/secrets/workq/token"),
+        ("WQ_CA_FILE", "/var/run/secrets/workq-ca/ca.crt"),
+    ] {
+        assert!(
+            env.contains(&(want.0.to_owned(), want.1.to_owned())),
+            "{want:?} in {env:?}"
+        );
+    }
+    let mounts = c["volumeMounts"].as_array().expect("mounts");
+    assert!(mounts.iter().any(|m| m["name"] == "workq-token"
+        && m["mountPath"] == "/var/run/secrets/workq"
+        && m["readOnly"] == true));
+
+    // A plain grpc:// URL gets no token unless asked (--pod-token).
+    let plain = run_env(
+        &[
+            "render",
+            "-f",
+            &example("fine-queue.yaml"),
+            "--run-id",
+            "r1",
+        ],
+        &[],
+    );
+    assert!(!plain.stdout.contains("workq-token"), "{}", plain.stdout);
+    let asked = run_env(
+        &[
+            "render",
+            "-f",
+            &example("fine-queue.yaml"),
+            "--run-id",
+            "r1",
+            "--pod-token",
+        ],
+        &[],
+    );
+    assert!(asked.stdout.contains("workq-token"), "{}", asked.stdout);
+
+    // And the YAML validates against the official schema.
+    if !workq_testkit::kubernetes_validate() {
+        return;
+    }
+    let yaml = run_env(
+        &[
+            "render",
+            "-f",
+            &example("fine-queue.yaml"),
+            "--run-id",
+            "r1",
+            "--pod-queue-url",
+            "grpcs://workq.workq.svc:50051",
+            "--pod-ca-secret",
+            "workq-ca",
+        ],
+        &[],
+    );
+    assert_eq!(yaml.code, 0, "{}", yaml.stderr);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("secured.yaml");
+    std::fs::write(&path, &yaml.stdout).expect("write");
+    let out = Command::new("kubernetes-validate")
+        .args(["-k", "1.35", "--strict", "--quiet"])
+        .arg(&path)
+        .output()
+        .expect("kubernetes-validate runs");
+    assert!(
+        out.status.success(),
+        "schema validation failed:\n{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        yaml.stdout
+    );
+}

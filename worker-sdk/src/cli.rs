@@ -36,6 +36,67 @@ use crate::client::Queue;
 use crate::consume::{ConsumeOptions, exit};
 use crate::error::Result;
 
+/// How a client reaches a secured queue service: `--ca-file`, `--token-file`,
+/// `--client-cert`, `--client-key` (or `WQ_CA_FILE`, `WQ_TOKEN_FILE`,
+/// `WQ_CLIENT_CERT`, `WQ_CLIENT_KEY`). Flatten it next to the URL; none of
+/// them is needed for a plain `grpc://` server without authentication.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConnectArgs {
+    /// PEM file of the CA that signs the server's certificate (grpcs://);
+    /// without it, the system's trusted roots.
+    #[arg(
+        long,
+        env = "WQ_CA_FILE",
+        value_name = "PEM",
+        global = true,
+        help_heading = "Connection security"
+    )]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// File holding the bearer token sent on every call (re-read when it
+    /// changes). For grpcs:// it defaults to /var/run/secrets/workq/token when
+    /// that exists (the projected ServiceAccount token job-runner mounts).
+    #[arg(
+        long,
+        env = "WQ_TOKEN_FILE",
+        value_name = "FILE",
+        global = true,
+        help_heading = "Connection security"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for mutual TLS (with --client-key).
+    #[arg(
+        long,
+        env = "WQ_CLIENT_CERT",
+        value_name = "PEM",
+        global = true,
+        requires = "client_key",
+        help_heading = "Connection security"
+    )]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "WQ_CLIENT_KEY",
+        value_name = "PEM",
+        global = true,
+        requires = "client_cert",
+        help_heading = "Connection security"
+    )]
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+impl ConnectArgs {
+    /// The connection options these flags say.
+    pub fn options(&self) -> crate::credentials::ConnectOptions {
+        crate::credentials::ConnectOptions {
+            ca_file: self.ca_file.clone(),
+            token_file: self.token_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
+}
+
 /// The flags of `wq consume`, each also an environment variable (as
 /// Kubernetes users configure by environment).
 #[derive(Debug, Clone, clap::Args)]

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use futures::stream::BoxStream;
 
 use crate::backend::{Backend, QueueUrl};
+use crate::credentials::ConnectOptions;
 use crate::error::{Error, Result};
 use crate::lease::LeaseHandle;
 use crate::retry::{Backoff, retry};
@@ -43,10 +44,11 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to `url` (`grpc://host:port`, `redis://host:port`,
-    /// `amqp://user:pass@host:port/vhost`), failing at once with
-    /// [`Error::Unreachable`] when nothing answers within
-    /// [`DEFAULT_CONNECT_TIMEOUT`].
+    /// Connects to `url` (`grpc://host:port`, `grpcs://host:port` over TLS,
+    /// `redis://host:port`, `amqp://user:pass@host:port/vhost`), failing at
+    /// once with [`Error::Unreachable`] when nothing answers within
+    /// [`DEFAULT_CONNECT_TIMEOUT`]. The CA, token and client certificate come
+    /// from the environment ([`ConnectOptions::from_env`]).
     pub async fn connect(url: &str) -> Result<Client> {
         Self::connect_with_timeout(url, DEFAULT_CONNECT_TIMEOUT).await
     }
@@ -55,6 +57,18 @@ impl Client {
     /// connections are retried with back-off until then (a worker may start before
     /// its server does).
     pub async fn connect_with_timeout(url: &str, timeout: Duration) -> Result<Client> {
+        Self::connect_with(url, timeout, &ConnectOptions::from_env()).await
+    }
+
+    /// Like [`Client::connect_with_timeout`], with the CA, token and client
+    /// certificate given here (the environment is not read). A TLS handshake
+    /// that fails is [`Error::Tls`] at once (not retried); a credential file
+    /// that cannot be read is [`Error::Credentials`].
+    pub async fn connect_with(
+        url: &str,
+        timeout: Duration,
+        options: &ConnectOptions,
+    ) -> Result<Client> {
         let url = QueueUrl::parse(url)?;
         let give_up = Instant::now() + timeout;
         let backend = retry(
@@ -62,7 +76,7 @@ impl Client {
             give_up,
             || {
                 let left = give_up.saturating_duration_since(Instant::now());
-                Backend::connect(&url, left.max(Duration::from_millis(100)))
+                Backend::connect(&url, left.max(Duration::from_millis(100)), options)
             },
             |e| matches!(e, Error::Unreachable { .. }),
             |e, _| tracing::debug!(error = %e, "server not there yet; retrying"),

@@ -54,6 +54,63 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The TLS handshake with a `grpcs://` server failed: its certificate is
+    /// not signed by a trusted CA (give the CA with `--ca-file` /
+    /// `WQ_CA_FILE`), does not name the host of the URL, has expired, or the
+    /// server wanted a client certificate. Not retried.
+    #[error("TLS handshake with {url} failed, a certificate problem: {reason}")]
+    Tls {
+        /// The URL that was tried.
+        url: String,
+        /// What was wrong with the certificate, in words.
+        reason: String,
+        /// The transport's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A credential file (CA bundle, token, client certificate or key) could
+    /// not be read or parsed.
+    #[error("cannot use the {what} file {path}: {reason}")]
+    Credentials {
+        /// Which file: `CA`, `token`, `client certificate`, `client key`.
+        what: &'static str,
+        /// Its path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// The server refused the call's credential: none was sent, or the token
+    /// is unknown, expired or for another audience (UNAUTHENTICATED).
+    #[error(
+        "the queue server refused the token (UNAUTHENTICATED): {message}{}",
+        expected.as_deref().map(|e| format!(" (the server expects: {e}; give a token with --token-file or WQ_TOKEN_FILE)")).unwrap_or_else(|| " (give a token with --token-file or WQ_TOKEN_FILE)".to_owned())
+    )]
+    Unauthenticated {
+        /// The server's message.
+        message: String,
+        /// The kinds of credential the server accepts, when it said.
+        expected: Option<String>,
+    },
+
+    /// The caller is known but holds no grant of `verb` on `queue`
+    /// (PERMISSION_DENIED).
+    #[error(
+        "permission denied: {} may not {verb} queue {queue:?} (no grant of {verb:?} on it): {message}",
+        identity.as_deref().unwrap_or("this caller")
+    )]
+    PermissionDenied {
+        /// The verb refused: `produce`, `consume`, `read` or `admin`.
+        verb: String,
+        /// The queue.
+        queue: String,
+        /// Who the server took the caller to be, when it said.
+        identity: Option<String>,
+        /// The server's message.
+        message: String,
+    },
+
     /// The backend cannot do this at all (for example: seal an AMQP queue). Says
     /// what to do instead where there is something.
     #[error("the {backend}:// backend cannot {what}")]
@@ -308,6 +365,21 @@ impl Error {
                 message: message.clone(),
                 retry_after: *retry_after,
             },
+            Error::Unauthenticated { message, expected } => Error::Unauthenticated {
+                message: message.clone(),
+                expected: expected.clone(),
+            },
+            Error::PermissionDenied {
+                verb,
+                queue,
+                identity,
+                message,
+            } => Error::PermissionDenied {
+                verb: verb.clone(),
+                queue: queue.clone(),
+                identity: identity.clone(),
+                message: message.clone(),
+            },
             Error::Timeout(d) => Error::Timeout(*d),
             Error::Protocol(m) => Error::Protocol(m.clone()),
             other => Error::Server {
@@ -377,6 +449,26 @@ impl Error {
                             .unwrap_or_else(|| queue.to_owned()),
                     };
                 }
+                ErrorReason::Unauthenticated => {
+                    return Error::Unauthenticated {
+                        message,
+                        expected: metadata.get("expected").cloned(),
+                    };
+                }
+                ErrorReason::PermissionDenied => {
+                    return Error::PermissionDenied {
+                        verb: metadata
+                            .get("verb")
+                            .cloned()
+                            .unwrap_or_else(|| "?".to_owned()),
+                        queue: metadata
+                            .get("queue")
+                            .cloned()
+                            .unwrap_or_else(|| queue.to_owned()),
+                        identity: metadata.get("identity").cloned(),
+                        message,
+                    };
+                }
                 ErrorReason::ServerFull | ErrorReason::ShuttingDown | ErrorReason::StoreFailed => {
                     return Error::Unavailable {
                         code: status.code(),
@@ -410,13 +502,16 @@ impl Error {
                 message,
                 retry_after,
             },
+            Code::Unauthenticated => Error::Unauthenticated {
+                message,
+                expected: None,
+            },
             code @ (Code::InvalidArgument
             | Code::NotFound
             | Code::FailedPrecondition
             | Code::AlreadyExists
             | Code::OutOfRange
-            | Code::PermissionDenied
-            | Code::Unauthenticated) => Error::Refused {
+            | Code::PermissionDenied) => Error::Refused {
                 queue: queue.to_owned(),
                 code,
                 reason: label,
@@ -434,6 +529,42 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+/// When a connection failed in its TLS handshake, what was wrong, in words
+/// that name the certificate; `None` for any other failure.
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+pub(crate) fn tls_problem(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+            return Some(format!(
+                "the server's certificate is not signed by a CA this client trusts ({text}); give its CA with --ca-file or WQ_CA_FILE"
+            ));
+        }
+        if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+            return Some(format!(
+                "the server's certificate does not name the host of the URL ({text})"
+            ));
+        }
+        if lower.contains("expired") && lower.contains("certificate") {
+            return Some(format!("the server's certificate has expired ({text})"));
+        }
+        if lower.contains("certificate") || lower.contains("handshake") || lower.contains("tls") {
+            return Some(format!(
+                "{text} (a certificate problem: check --ca-file, --client-cert and --client-key)"
+            ));
+        }
+        if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+            return Some(format!(
+                "the server did not answer TLS ({text}); is it serving plain grpc://?"
+            ));
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// The status message, plus the transport error under it when there is one.

@@ -107,6 +107,7 @@ pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod consume;
+pub mod credentials;
 pub mod error;
 mod finish;
 pub mod lease;
@@ -118,6 +119,7 @@ pub mod worker;
 pub use backend::{QueueUrl, Scheme};
 pub use client::{Client, Queue};
 pub use consume::{ConsumeOptions, ConsumeReport, consume};
+pub use credentials::ConnectOptions;
 pub use error::{Error, LeaseLostReason, Result};
 pub use lease::LeaseHandle;
 pub use types::{

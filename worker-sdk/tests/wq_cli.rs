@@ -399,7 +399,7 @@ async fn errors_are_one_line_and_exit_non_zero() {
     assert_eq!(out.code(), 1);
     assert!(
         out.stderr
-            .contains("unknown scheme \"nats\" (known: grpc, redis, amqp)"),
+            .contains("unknown scheme \"nats\" (known: grpc, grpcs, redis, amqp)"),
         "{out:?}"
     );
 

@@ -18,7 +18,17 @@
 //!   coarse`. A command that already runs `wq consume` only gets the path
 //!   of the injected binary;
 //! - `WQ_URL` (annotation `workq.dev/queue-url`, else `--pod-queue-url`) and
-//!   `WQ_QUEUE` in its environment.
+//!   `WQ_QUEUE` in its environment, and the label `workq.dev/worker: "true"`
+//!   on its pods (what `deploy/`'s NetworkPolicy admits);
+//! - for a secured queue service (a `grpcs://` URL, or `--pod-token`): a
+//!   projected ServiceAccount token volume `workq-token` (audience
+//!   `--pod-token-audience`, default `workq`; one hour, rotated by the kubelet)
+//!   mounted read-only at `/var/run/secrets/workq/` and `WQ_TOKEN_FILE`
+//!   pointing at it; with `--pod-ca-configmap NAME` (or `--pod-ca-secret`), the
+//!   CA bundle's `ca.crt` as volume `workq-ca` at `/var/run/secrets/workq-ca/`
+//!   and `WQ_CA_FILE`. The queue service checks the token against the
+//!   cluster's keys and grants by the pod's ServiceAccount
+//!   (`system:serviceaccount:<namespace>:<name>`).
 //!
 //! A coarse Job with `completions` unset gets the number of its items; a
 //! run sets it to the number of items in the sealed queue, which is the same
@@ -64,7 +74,45 @@ pub struct RenderOptions {
     pub pod_queue_url: String,
     /// Inject the wrapper into work-queue Jobs (`--no-inject` turns it off).
     pub inject: bool,
+    /// Mount a projected ServiceAccount token into work-queue pods even when
+    /// their URL is plain `grpc://` (`--pod-token`; a `grpcs://` URL always
+    /// gets one).
+    pub pod_token: bool,
+    /// The audience of the projected token (`--pod-token-audience`): what the
+    /// queue service's `--auth-audience` expects.
+    pub token_audience: String,
+    /// The CA bundle work-queue pods trust (`--pod-ca-configmap`,
+    /// `--pod-ca-secret`): its key `ca.crt` is mounted and named by `WQ_CA_FILE`.
+    pub ca_bundle: Option<CaBundle>,
 }
+
+/// Where the CA bundle of the queue service's certificate lives in the Jobs'
+/// namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaBundle {
+    /// A ConfigMap (e.g. one trust-manager writes), key `ca.crt`.
+    ConfigMap(String),
+    /// A Secret (e.g. cert-manager's, copied), key `ca.crt`.
+    Secret(String),
+}
+
+/// The label on the pods of injected work-queue Jobs (value `"true"`): the
+/// pods `deploy/`'s NetworkPolicy lets reach the queue service.
+pub const WORKER_LABEL: &str = "workq.dev/worker";
+
+/// The name of the injected projected-token volume.
+pub const TOKEN_VOLUME: &str = "workq-token";
+/// Where the projected token is mounted (the SDK's default token file is
+/// `token` in it).
+pub const TOKEN_DIR: &str = "/var/run/secrets/workq";
+/// The name of the injected CA volume.
+pub const CA_VOLUME: &str = "workq-ca";
+/// Where the CA bundle is mounted.
+pub const CA_DIR: &str = "/var/run/secrets/workq-ca";
+/// The projected token's audience by default.
+pub const DEFAULT_TOKEN_AUDIENCE: &str = "workq";
+/// How long a projected token lives (the kubelet rotates it at 80%).
+pub const TOKEN_SECONDS: i64 = 3600;
 
 impl RenderOptions {
     /// The defaults, with this run id.
@@ -74,6 +122,9 @@ impl RenderOptions {
             wrapper_image: DEFAULT_WRAPPER_IMAGE.into(),
             pod_queue_url: DEFAULT_POD_QUEUE_URL.into(),
             inject: true,
+            pod_token: false,
+            token_audience: DEFAULT_TOKEN_AUDIENCE.into(),
+            ca_bundle: None,
         }
     }
 }
@@ -221,6 +272,9 @@ fn plan_job(job: &Job, dir: &Path, opts: &RenderOptions) -> Result<(Job, Option<
     }
     if opts.inject {
         inject(&mut job, &name, &pod_url, coarse, &opts.wrapper_image)?;
+        let token = (opts.pod_token || pod_url.starts_with("grpcs://"))
+            .then_some(opts.token_audience.as_str());
+        inject_credentials(&mut job, token, opts.ca_bundle.as_ref())?;
     }
     Ok((
         job,
@@ -252,6 +306,15 @@ pub fn inject(job: &mut Job, queue: &str, pod_url: &str, coarse: bool, image: &s
         origin: format!("Job/{job_name}"),
         problems: vec![msg],
     };
+    if let Some(spec) = job.spec.as_mut() {
+        // What deploy/'s NetworkPolicy lets reach the queue service.
+        spec.template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(WORKER_LABEL.into(), "true".into());
+    }
     let pod = job
         .spec
         .as_mut()
@@ -318,6 +381,110 @@ pub fn inject(job: &mut Job, queue: &str, pod_url: &str, coarse: bool, image: &s
             ..Default::default()
         },
     );
+    Ok(())
+}
+
+/// Gives a work-queue Job's pods their credentials for a secured queue
+/// service: a projected ServiceAccount token of `audience` (when given) and
+/// the CA bundle (when given), mounted read-only into the first container,
+/// with `WQ_TOKEN_FILE` and `WQ_CA_FILE` naming them.
+pub fn inject_credentials(
+    job: &mut Job,
+    audience: Option<&str>,
+    ca: Option<&CaBundle>,
+) -> Result<()> {
+    use k8s_openapi::api::core::v1::{
+        ConfigMapVolumeSource, KeyToPath, ProjectedVolumeSource, SecretVolumeSource,
+        ServiceAccountTokenProjection, VolumeProjection,
+    };
+    if audience.is_none() && ca.is_none() {
+        return Ok(());
+    }
+    let job_name = name_of(&job.metadata).to_string();
+    let invalid = |msg: String| Error::Invalid {
+        origin: format!("Job/{job_name}"),
+        problems: vec![msg],
+    };
+    let Some(pod) = job.spec.as_mut().and_then(|s| s.template.spec.as_mut()) else {
+        return Err(invalid("spec.template.spec: Required value".into()));
+    };
+    let volumes = pod.volumes.get_or_insert_with(Vec::new);
+    for taken in [TOKEN_VOLUME, CA_VOLUME] {
+        if volumes.iter().any(|v| v.name == taken) {
+            return Err(invalid(format!(
+                "spec.template.spec.volumes: the name {taken:?} is taken by the injected credentials; rename the volume, or pass --no-inject"
+            )));
+        }
+    }
+    let mut mounts = Vec::new();
+    let mut env = Vec::new();
+    if let Some(audience) = audience {
+        volumes.push(Volume {
+            name: TOKEN_VOLUME.into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(audience.into()),
+                        expiration_seconds: Some(TOKEN_SECONDS),
+                        path: "token".into(),
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: TOKEN_VOLUME.into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        env.push(("WQ_TOKEN_FILE", format!("{TOKEN_DIR}/token")));
+    }
+    if let Some(ca) = ca {
+        let items = Some(vec![KeyToPath {
+            key: "ca.crt".into(),
+            path: "ca.crt".into(),
+            ..Default::default()
+        }]);
+        volumes.push(Volume {
+            name: CA_VOLUME.into(),
+            config_map: match ca {
+                CaBundle::ConfigMap(name) => Some(ConfigMapVolumeSource {
+                    name: name.clone(),
+                    items: items.clone(),
+                    ..Default::default()
+                }),
+                CaBundle::Secret(_) => None,
+            },
+            secret: match ca {
+                CaBundle::Secret(name) => Some(SecretVolumeSource {
+                    secret_name: Some(name.clone()),
+                    items,
+                    ..Default::default()
+                }),
+                CaBundle::ConfigMap(_) => None,
+            },
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: CA_VOLUME.into(),
+            mount_path: CA_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        env.push(("WQ_CA_FILE", format!("{CA_DIR}/ca.crt")));
+    }
+    let Some(c) = pod.containers.first_mut() else {
+        return Err(invalid(
+            "spec.template.spec.containers: Required value: one container works the queue".into(),
+        ));
+    };
+    for (name, value) in env {
+        set_env(c, name, &value);
+    }
+    c.volume_mounts.get_or_insert_with(Vec::new).extend(mounts);
     Ok(())
 }
 

@@ -22,6 +22,30 @@ fn item_template_makes_one_document_per_item() {
 }
 
 #[test]
+fn an_item_with_a_newline_stays_one_string_value() {
+    let t = "spec:\n  containers:\n  - name: c\n    args: [\"$ITEM\"]\n    securityContext:\n      runAsNonRoot: true\n";
+    let evil = "x\n  privileged: true";
+    let out = expand("t.yaml", t, &items(&[evil, "y\" , privileged: true"])).expect("expands");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).expect("YAML");
+    assert_eq!(docs.len(), 2);
+    let c = &docs[0]["spec"]["containers"][0];
+    assert_eq!(
+        c["args"][0],
+        serde_json::Value::String(evil.into()),
+        "{out}"
+    );
+    assert_eq!(
+        c["securityContext"],
+        serde_json::json!({"runAsNonRoot": true}),
+        "{out}"
+    );
+    assert!(c.get("privileged").is_none(), "{out}");
+    let c = &docs[1]["spec"]["containers"][0];
+    assert_eq!(c["args"][0], "y\" , privileged: true", "{out}");
+    assert_eq!(c.as_object().map(|o| o.len()), Some(3), "{out}");
+}
+
+#[test]
 fn item_template_without_items_says_to_pass_item() {
     let err = expand("t.yaml", "name: a-$ITEM", &items(&[])).expect_err("needs items");
     assert!(err.to_string().contains("--item"), "{err}");

@@ -24,6 +24,43 @@ fn containers<'a>(c: &'a Ctx<'a>) -> impl Iterator<Item = (String, &'a Container
 /// The pod template's `ValidatePodSpec` rules the runner checks.
 pub const POD_SPEC_RULES: &[Rule] = &[
     Rule {
+        id: "volumes.names-and-paths",
+        source: "ValidatePodSpec (validateVolumes, validateLocalNonReservedPath)",
+        check: |c| {
+            let tp = c.at("template.spec");
+            let mut out = Vec::new();
+            for (i, v) in pod(c)
+                .iter()
+                .flat_map(|p| p.volumes.iter().flatten())
+                .enumerate()
+            {
+                let vp = format!("{tp}.volumes[{i}]");
+                if let Err(why) = dns1123_label(&v.name) {
+                    out.push(Problem::Invalid(
+                        format!("{vp}.name"),
+                        Some(format!("{:?}", v.name)),
+                        why,
+                    ));
+                }
+                for (j, item) in v
+                    .downward_api
+                    .iter()
+                    .flat_map(|d| d.items.iter().flatten())
+                    .enumerate()
+                {
+                    if let Err(why) = local_path(&item.path) {
+                        out.push(Problem::Invalid(
+                            format!("{vp}.downwardAPI.items[{j}].path"),
+                            Some(format!("{:?}", item.path)),
+                            why,
+                        ));
+                    }
+                }
+            }
+            out
+        },
+    },
+    Rule {
         id: "template.spec.required",
         source: "ValidatePodTemplateSpec",
         check: |c| match pod(c) {
@@ -193,3 +230,38 @@ pub const LOCAL_RULES: &[Rule] = &[
         },
     },
 ];
+
+/// Kubernetes' `IsDNS1123Label`: at most 63 characters, lowercase
+/// alphanumerics and '-', starting and ending alphanumeric.
+pub(crate) fn dns1123_label(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ends_ok = name
+        .bytes()
+        .next()
+        .zip(name.bytes().last())
+        .is_some_and(|(a, z)| a != b'-' && z != b'-');
+    if name.is_empty() || name.len() > 63 || !ok_chars || !ends_ok {
+        return Err("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (at most 63 characters)".into());
+    }
+    Ok(())
+}
+
+/// Kubernetes' `validateLocalNonReservedPath`: a relative path with no
+/// `..` element that does not start with `..`.
+pub(crate) fn local_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if path.starts_with('/') {
+        return Err("must be a relative path".into());
+    }
+    if path.split(['/', '\\']).any(|seg| seg == "..") {
+        return Err("must not contain '..'".into());
+    }
+    if path.starts_with("..") {
+        return Err("must not start with '..'".into());
+    }
+    Ok(())
+}

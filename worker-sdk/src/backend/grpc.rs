@@ -5,11 +5,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use workq_proto::v1 as pb;
 use workq_proto::v1::queue_service_client::QueueServiceClient;
 
 use super::QueueUrl;
+use crate::credentials::{Bearer, ConnectOptions, TokenFile, read_file};
 use crate::error::{Error, Result};
 use crate::retry::{Backoff, retry};
 use crate::types::{
@@ -28,19 +30,76 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// (again before later ones while it fails).
 const INFO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The channel every call goes through: the connection, with the bearer
+/// token (if any) put on each call.
+type Svc = InterceptedService<Channel, Bearer>;
+
 /// A connection to a workq queue service.
 #[derive(Clone)]
 pub(crate) struct GrpcBackend {
-    client: QueueServiceClient<Channel>,
+    client: QueueServiceClient<Svc>,
     /// What `GetServerInfo` answered, asked once per connection on the
     /// first call; `None` from a server without it.
     info: Arc<OnceCell<Option<ServerInfo>>>,
 }
 
+/// The TLS settings of a `grpcs://` connection: the CA bundle (or the
+/// system's roots), the URL's host as the name to verify, the client
+/// certificate for mutual TLS.
+fn tls_config(url: &QueueUrl, options: &ConnectOptions) -> Result<ClientTlsConfig> {
+    let mut tls = ClientTlsConfig::new().domain_name(url.host());
+    match &options.ca_file {
+        Some(path) => {
+            let pem = read_file("CA", path)?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(Error::Credentials {
+                    what: "CA",
+                    path: path.display().to_string(),
+                    reason: "no PEM certificate in it".into(),
+                });
+            }
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        None => tls = tls.with_native_roots(),
+    }
+    match (&options.client_cert, &options.client_key) {
+        (Some(cert), Some(key)) => {
+            let cert = read_file("client certificate", cert)?;
+            let key = read_file("client key", key)?;
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        (None, None) => {}
+        (Some(cert), None) | (None, Some(cert)) => {
+            return Err(Error::Credentials {
+                what: if options.client_key.is_none() {
+                    "client certificate"
+                } else {
+                    "client key"
+                },
+                path: cert.display().to_string(),
+                reason: "a client certificate and its key go together: give both".into(),
+            });
+        }
+    }
+    Ok(tls)
+}
+
 impl GrpcBackend {
     /// Connects at once, so that an unreachable server is reported by `connect`.
-    pub(crate) async fn connect(url: &QueueUrl, connect_timeout: Duration) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", url.authority))
+    /// `grpcs://` connects over TLS (trusting `options.ca_file`, else the
+    /// system's roots, and presenting the client certificate if given); a
+    /// token file puts its token on every call.
+    pub(crate) async fn connect(
+        url: &QueueUrl,
+        connect_timeout: Duration,
+        options: &ConnectOptions,
+    ) -> Result<Self> {
+        let token = match options.effective_token_file(url.tls) {
+            Some(path) => Some(TokenFile::open(&path)?),
+            None => None,
+        };
+        let scheme = if url.tls { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", url.authority))
             .map_err(|e| Error::InvalidUrl {
                 url: url.redacted(),
                 reason: e.to_string(),
@@ -50,19 +109,39 @@ impl GrpcBackend {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| Error::Unreachable {
+        if url.tls {
+            endpoint = endpoint
+                .tls_config(tls_config(url, options)?)
+                .map_err(|e| Error::InvalidUrl {
+                    url: url.redacted(),
+                    reason: e.to_string(),
+                })?;
+        } else if options.client_cert.is_some() {
+            return Err(Error::InvalidUrl {
                 url: url.redacted(),
-                reason: crate::error::root_cause(&source),
-                source: Box::new(source),
-            })?;
+                reason: "a client certificate needs TLS: use grpcs://".into(),
+            });
+        }
+        let channel = endpoint.connect().await.map_err(|source| {
+            let reason = crate::error::root_cause(&source);
+            match crate::error::tls_problem(&source) {
+                Some(problem) => Error::Tls {
+                    url: url.redacted(),
+                    reason: problem,
+                    source: Box::new(source),
+                },
+                None => Error::Unreachable {
+                    url: url.redacted(),
+                    reason,
+                    source: Box::new(source),
+                },
+            }
+        })?;
         Ok(GrpcBackend {
             // Until the server said its limit: answers up to its default
             // (tonic's own default, 4 MiB, is smaller than a full lease answer
             // may be).
-            client: QueueServiceClient::new(channel)
+            client: QueueServiceClient::with_interceptor(channel, Bearer(token))
                 .max_decoding_message_size(workq_proto::defaults::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(workq_proto::defaults::MAX_MESSAGE_BYTES),
             info: Arc::new(OnceCell::new()),
@@ -72,7 +151,7 @@ impl GrpcBackend {
     /// The client for a call, its message limits sized by the server's
     /// `max_message_bytes` (asked once, on the first call; the contract's
     /// default when the server has no GetServerInfo or the call failed).
-    async fn client(&self) -> QueueServiceClient<Channel> {
+    async fn client(&self) -> QueueServiceClient<Svc> {
         let limit = match self.info.get_or_try_init(|| self.fetch_info()).await {
             Ok(Some(info)) => usize::try_from(info.max_message_bytes)
                 .ok()

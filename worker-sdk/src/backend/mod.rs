@@ -70,11 +70,15 @@ macro_rules! each {
 
 impl Backend {
     /// Connects to the backend `url` names.
-    pub(crate) async fn connect(url: &QueueUrl, connect_timeout: Duration) -> Result<Backend> {
+    pub(crate) async fn connect(
+        url: &QueueUrl,
+        connect_timeout: Duration,
+        options: &crate::credentials::ConnectOptions,
+    ) -> Result<Backend> {
         match url.scheme {
             #[cfg(feature = "grpc")]
             Scheme::Grpc => Ok(Backend::Grpc(
-                grpc::GrpcBackend::connect(url, connect_timeout).await?,
+                grpc::GrpcBackend::connect(url, connect_timeout, options).await?,
             )),
             #[cfg(feature = "redis")]
             Scheme::Redis => Ok(Backend::Redis(

@@ -9,7 +9,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Scheme {
-    /// `grpc://`: the workq queue service.
+    /// `grpc://` (plain) or `grpcs://` (TLS, [`QueueUrl::tls`]): the workq
+    /// queue service.
     Grpc,
     /// `redis://`: a `rediswq`-style Redis queue.
     Redis,
@@ -36,6 +37,8 @@ pub struct QueueUrl {
     pub scheme: Scheme,
     /// What follows `scheme://` (for `grpc`, `host:port`).
     pub authority: String,
+    /// Whether the connection uses TLS (`grpcs://`).
+    pub tls: bool,
 }
 
 impl QueueUrl {
@@ -48,13 +51,15 @@ impl QueueUrl {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| invalid("expected scheme://host:port, e.g. grpc://127.0.0.1:50051"))?;
-        let scheme = match scheme.to_ascii_lowercase().as_str() {
-            "grpc" => Scheme::Grpc,
+        let lower = scheme.to_ascii_lowercase();
+        let tls = lower == "grpcs";
+        let scheme = match lower.as_str() {
+            "grpc" | "grpcs" => Scheme::Grpc,
             "redis" => Scheme::Redis,
             "amqp" => Scheme::Amqp,
             other => {
                 return Err(invalid(&format!(
-                    "unknown scheme {other:?} (known: grpc, redis, amqp)"
+                    "unknown scheme {other:?} (known: grpc, grpcs, redis, amqp)"
                 )));
             }
         };
@@ -64,7 +69,9 @@ impl QueueUrl {
         }
         if scheme == Scheme::Grpc {
             if authority.contains('/') {
-                return Err(invalid("a grpc:// URL has no path: grpc://host:port"));
+                return Err(invalid(
+                    "a grpc:// or grpcs:// URL has no path: grpc://host:port",
+                ));
             }
             let port_ok = authority
                 .rsplit_once(':')
@@ -77,11 +84,23 @@ impl QueueUrl {
             url: url.to_owned(),
             scheme,
             authority,
+            tls,
         })
     }
 }
 
 impl QueueUrl {
+    /// The host part of `authority` (for `grpcs://`, the name the server's
+    /// certificate must carry), without brackets around an IPv6 address.
+    pub fn host(&self) -> &str {
+        let host = self
+            .authority
+            .rsplit_once('@')
+            .map_or(self.authority.as_str(), |(_, h)| h);
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
     /// The URL with its password, if it has one, replaced by `***`: what errors
     /// and logs show.
     pub fn redacted(&self) -> String {

@@ -35,7 +35,8 @@ Logs go to stderr; WQ_LOG sets their level (default warn; info shows each run's 
 #[derive(Debug, Parser)]
 #[command(name = "wq", version, after_help = AFTER_HELP)]
 struct Cli {
-    /// Queue URL: grpc://host:port (the workq queue service), redis://host:port (a
+    /// Queue URL: grpc://host:port (the workq queue service; grpcs://host:port over
+    /// TLS), redis://host:port (a
     /// rediswq.py-style Redis queue), or amqp://user:pass@host:port/vhost (RabbitMQ).
     #[arg(
         long,
@@ -62,6 +63,9 @@ struct Cli {
     #[arg(long, env = "WQ_CONNECT_TIMEOUT", default_value = "5s", value_name = "DURATION",
           value_parser = humantime::parse_duration, global = true, help_heading = "Global options")]
     connect_timeout: Duration,
+
+    #[command(flatten)]
+    security: worker_sdk::cli::ConnectArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -191,7 +195,8 @@ async fn run(cli: Cli) -> Result<i32> {
     };
     // Check what can be checked before connecting.
     let name = queue()?;
-    let client = Client::connect_with_timeout(&cli.url, cli.connect_timeout).await?;
+    let client =
+        Client::connect_with(&cli.url, cli.connect_timeout, &cli.security.options()).await?;
     let q = client.queue(&name)?;
     match cli.command {
         Command::Push(args) => push::push(&q, args).await,
