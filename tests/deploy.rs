@@ -1,6 +1,7 @@
 //! `deploy/`: every manifest is valid against the official Kubernetes 1.35
 //! OpenAPI schema (strict: unknown fields rejected) and deserializes into the
-//! `k8s-openapi` types with no field dropped; the kustomization lists them all.
+//! `k8s-openapi` types with no field dropped; the kustomizations list them all,
+//! and `deploy/` and `deploy/ha/` render with `kubectl kustomize`.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -10,9 +11,10 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
 }
 
-/// The directory of examples that are custom resources (cert-manager's
-/// Certificate and Issuer), checked apart from the built-in kinds.
-const CRD_EXAMPLES: &str = "cert-manager";
+/// The directories of examples that are custom resources (cert-manager's
+/// Certificate and Issuer, CloudNativePG's Cluster), checked apart from the
+/// built-in kinds.
+const CRD_EXAMPLES: &[&str] = &["cert-manager", "cloudnative-pg"];
 
 /// Every `.yaml` under `deploy/` that is a built-in Kubernetes object (not
 /// the kustomization itself, nor the custom resources' examples).
@@ -25,7 +27,12 @@ fn manifests() -> Vec<PathBuf> {
         entries.sort();
         for p in entries {
             // Custom resources (cert-manager's): not in the built-in schema.
-            if p.is_dir() && p.file_name().is_some_and(|n| n == CRD_EXAMPLES) {
+            if p.is_dir()
+                && p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| CRD_EXAMPLES.contains(&n))
+            {
                 continue;
             }
             if p.is_dir() {
@@ -116,6 +123,10 @@ fn every_manifest_deserializes_into_k8s_types_with_no_unknown_field() {
                 "Secret" => round_trip::<core::Secret>(&doc),
                 "NetworkPolicy" => round_trip::<net::NetworkPolicy>(&doc),
                 "StatefulSet" => round_trip::<apps::StatefulSet>(&doc),
+                "Deployment" => round_trip::<apps::Deployment>(&doc),
+                "PodDisruptionBudget" => {
+                    round_trip::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(&doc)
+                }
                 "Role" => round_trip::<rbac::Role>(&doc),
                 "RoleBinding" => round_trip::<rbac::RoleBinding>(&doc),
                 "Job" => round_trip::<batch::Job>(&doc),
@@ -139,27 +150,192 @@ fn every_manifest_deserializes_into_k8s_types_with_no_unknown_field() {
     println!("{checked} objects checked");
 }
 
-#[test]
-fn the_kustomization_lists_every_deploy_manifest() {
-    let text = std::fs::read_to_string(deploy_dir().join("kustomization.yaml")).expect("read");
+/// The `resources` a kustomization.yaml lists.
+fn kustomization_resources(dir: &Path) -> Vec<String> {
+    let path = dir.join("kustomization.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let k: Value = serde_saphyr::from_str(&text).expect("yaml");
-    let listed: Vec<&str> = k["resources"]
+    k["resources"]
         .as_array()
         .expect("resources")
         .iter()
         .filter_map(Value::as_str)
-        .collect();
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_kustomizations_list_every_deploy_manifest() {
     for f in manifests() {
         let rel = f.strip_prefix(deploy_dir()).expect("under deploy");
         if rel.starts_with("examples") {
             continue;
         }
-        let rel = rel.to_str().expect("utf-8");
+        let dir = f.parent().expect("in a directory");
+        let name = f.file_name().and_then(|n| n.to_str()).expect("utf-8");
         assert!(
-            listed.contains(&rel),
-            "kustomization.yaml does not list {rel}"
+            kustomization_resources(dir).iter().any(|r| r == name),
+            "{}/kustomization.yaml does not list {name}",
+            dir.display()
         );
     }
+    // deploy/ takes the queue service and job-runner whole.
+    let root = kustomization_resources(&deploy_dir());
+    for part in ["queue-server", "job-runner"] {
+        assert!(root.iter().any(|r| r == part), "deploy/ does not list {part}");
+    }
+}
+
+/// `kubectl kustomize DIR`, parsed.
+fn kustomize(dir: &Path) -> Option<Vec<Value>> {
+    if !workq_testkit::command("kubectl", "apt-get install kubernetes-client") {
+        return None;
+    }
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    Some(
+        serde_saphyr::from_multiple::<Value>(&text)
+            .expect("yaml")
+            .into_iter()
+            .filter(|d| !d.is_null())
+            .collect(),
+    )
+}
+
+#[test]
+fn deploy_renders_one_statefulset_on_the_embedded_store() {
+    let Some(objs) = kustomize(&deploy_dir()) else {
+        return;
+    };
+    let kinds = |k: &str| objs.iter().filter(|o| o["kind"] == k).count();
+    assert_eq!(kinds("StatefulSet"), 1);
+    assert_eq!(kinds("Deployment"), 0);
+    let sts = object(&objs, "StatefulSet", "workq", "workq");
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "workq/queue-server:0.1.0"
+    );
+}
+
+#[test]
+fn deploy_ha_renders_three_replicas_on_postgres_and_validates() {
+    let ha = deploy_dir().join("ha");
+    let Some(objs) = kustomize(&ha) else {
+        return;
+    };
+    // The StatefulSet and its claim are gone; the rest of deploy/ stays.
+    assert!(!objs.iter().any(|o| o["kind"] == "StatefulSet"));
+    for (kind, name) in [
+        ("NetworkPolicy", "workq-grpc"),
+        ("Secret", "workq-auth"),
+        ("Service", "workq"),
+        ("Service", "workq-headless"),
+        ("NetworkPolicy", "workq-db"),
+    ] {
+        object(&objs, kind, "workq", name);
+    }
+    let dep = object(&objs, "Deployment", "workq", "workq");
+    assert_eq!(dep["spec"]["replicas"], 3);
+    let pod = &dep["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], "workq/queue-server:0.1.0");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in ["--store=postgres", "--tls-cert=/tls/tls.crt", "--auth-audience=workq"] {
+        assert!(args.contains(&want), "{want} missing from {args:?}");
+    }
+    assert!(
+        !args.iter().any(|a| a.contains("postgres://")),
+        "the database URL (with its password) is not on the command line: {args:?}"
+    );
+    let url = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "WQ_DATABASE_URL")
+        .expect("WQ_DATABASE_URL");
+    assert_eq!(url["valueFrom"]["secretKeyRef"]["name"], "workq-db-app");
+    // Ready from health (which turns when the database is lost); spread over
+    // nodes; at most one replica taken by a drain.
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");
+    assert!(
+        pod["topologySpreadConstraints"]
+            .as_array()
+            .expect("spread")
+            .iter()
+            .any(|c| c["topologyKey"] == "kubernetes.io/hostname"
+                && c["whenUnsatisfiable"] == "DoNotSchedule")
+    );
+    let pdb = object(&objs, "PodDisruptionBudget", "workq", "workq");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        dep["spec"]["selector"]["matchLabels"]
+    );
+    assert!(pod["volumes"].as_array().is_some_and(|v| !v
+        .iter()
+        .any(|v| v.get("persistentVolumeClaim").is_some())));
+
+    // The rendered whole is valid against the official schema.
+    if !workq_testkit::kubernetes_validate() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rendered = dir.path().join("ha.yaml");
+    let text: Vec<String> = objs
+        .iter()
+        .map(|o| serde_json::to_string(o).expect("json"))
+        .collect();
+    // JSON is YAML: one document per object.
+    std::fs::write(&rendered, text.join("\n---\n")).expect("write");
+    let out = Command::new("kubernetes-validate")
+        .args(["-k", "1.35", "--strict", "--quiet"])
+        .arg(&rendered)
+        .output()
+        .expect("kubernetes-validate runs");
+    assert!(
+        out.status.success(),
+        "deploy/ha/ does not validate:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_cloudnative_pg_example_makes_the_secret_deploy_ha_reads() {
+    let text = std::fs::read_to_string(
+        deploy_dir()
+            .join("examples")
+            .join("cloudnative-pg")
+            .join("cluster.yaml"),
+    )
+    .expect("read");
+    let cluster: Value = serde_saphyr::from_str(&text).expect("yaml");
+    assert_eq!(cluster["apiVersion"], "postgresql.cnpg.io/v1");
+    assert_eq!(cluster["kind"], "Cluster");
+    // CloudNativePG names the application user's Secret <cluster>-app.
+    assert_eq!(cluster["metadata"]["name"], "workq-db");
+    assert_eq!(cluster["metadata"]["namespace"], "workq");
+    let sync = &cluster["spec"]["postgresql"]["synchronous"];
+    assert_eq!(sync["method"], "any");
+    assert_eq!(sync["number"], 1);
+    assert_eq!(sync["dataDurability"], "required");
+    assert_eq!(cluster["spec"]["instances"], 3);
 }
 
 #[test]
@@ -181,7 +357,7 @@ fn deploy_objects() -> Vec<Value> {
         .into_iter()
         .filter(|f| {
             !f.strip_prefix(deploy_dir())
-                .is_ok_and(|r| r.starts_with("examples"))
+                .is_ok_and(|r| r.starts_with("examples") || r.starts_with("ha"))
         })
         .flat_map(|f| {
             let text = std::fs::read_to_string(&f).expect("read");
@@ -277,7 +453,7 @@ fn the_cert_manager_example_makes_the_tls_secret_the_statefulset_mounts() {
     let text = std::fs::read_to_string(
         deploy_dir()
             .join("examples")
-            .join(CRD_EXAMPLES)
+            .join("cert-manager")
             .join("certificate.yaml"),
     )
     .expect("read");
