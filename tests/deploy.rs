@@ -28,8 +28,7 @@ fn manifests() -> Vec<PathBuf> {
         for p in entries {
             // Custom resources (cert-manager's): not in the built-in schema.
             if p.is_dir()
-                && p
-                    .file_name()
+                && p.file_name()
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| CRD_EXAMPLES.contains(&n))
             {
@@ -153,8 +152,7 @@ fn every_manifest_deserializes_into_k8s_types_with_no_unknown_field() {
 /// The `resources` a kustomization.yaml lists.
 fn kustomization_resources(dir: &Path) -> Vec<String> {
     let path = dir.join("kustomization.yaml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let k: Value = serde_saphyr::from_str(&text).expect("yaml");
     k["resources"]
         .as_array()
@@ -183,7 +181,10 @@ fn the_kustomizations_list_every_deploy_manifest() {
     // deploy/ takes the queue service and job-runner whole.
     let root = kustomization_resources(&deploy_dir());
     for part in ["queue-server", "job-runner"] {
-        assert!(root.iter().any(|r| r == part), "deploy/ does not list {part}");
+        assert!(
+            root.iter().any(|r| r == part),
+            "deploy/ does not list {part}"
+        );
     }
 }
 
@@ -256,7 +257,11 @@ fn deploy_ha_renders_three_replicas_on_postgres_and_validates() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    for want in ["--store=postgres", "--tls-cert=/tls/tls.crt", "--auth-audience=workq"] {
+    for want in [
+        "--store=postgres",
+        "--tls-cert=/tls/tls.crt",
+        "--auth-audience=workq",
+    ] {
         assert!(args.contains(&want), "{want} missing from {args:?}");
     }
     assert!(
@@ -287,9 +292,11 @@ fn deploy_ha_renders_three_replicas_on_postgres_and_validates() {
         pdb["spec"]["selector"]["matchLabels"],
         dep["spec"]["selector"]["matchLabels"]
     );
-    assert!(pod["volumes"].as_array().is_some_and(|v| !v
-        .iter()
-        .any(|v| v.get("persistentVolumeClaim").is_some())));
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .is_some_and(|v| !v.iter().any(|v| v.get("persistentVolumeClaim").is_some()))
+    );
 
     // The rendered whole is valid against the official schema.
     if !workq_testkit::kubernetes_validate() {

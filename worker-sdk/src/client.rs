@@ -45,6 +45,7 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to `url` (`grpc://host:port`, `grpcs://host:port` over TLS,
+    /// `grpc://a:50051,b:50051` for replicas on a shared store,
     /// `redis://host:port`, `amqp://user:pass@host:port/vhost`), failing at
     /// once with [`Error::Unreachable`] when nothing answers within
     /// [`DEFAULT_CONNECT_TIMEOUT`]. The CA, token and client certificate come

@@ -6,11 +6,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use workq_proto::v1 as pb;
 use workq_proto::v1::queue_service_client::QueueServiceClient;
 
 use super::QueueUrl;
+use super::url::host_of;
 use crate::credentials::{Bearer, ConnectOptions, TokenFile, read_file};
 use crate::error::{Error, Result};
 use crate::retry::{Backoff, retry};
@@ -30,9 +31,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// (again before later ones while it fails).
 const INFO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The channel every call goes through: the connection, with the bearer
-/// token (if any) put on each call.
-type Svc = InterceptedService<Channel, Bearer>;
+mod failover;
+
+use failover::Failover;
+
+/// The channel every call goes through: the connection (to one of the URL's
+/// endpoints), with the bearer token (if any) put on each call.
+type Svc = InterceptedService<Failover, Bearer>;
 
 /// A connection to a workq queue service.
 #[derive(Clone)]
@@ -44,10 +49,10 @@ pub(crate) struct GrpcBackend {
 }
 
 /// The TLS settings of a `grpcs://` connection: the CA bundle (or the
-/// system's roots), the URL's host as the name to verify, the client
+/// system's roots), the endpoint's host as the name to verify, the client
 /// certificate for mutual TLS.
-fn tls_config(url: &QueueUrl, options: &ConnectOptions) -> Result<ClientTlsConfig> {
-    let mut tls = ClientTlsConfig::new().domain_name(url.host());
+fn tls_config(host: &str, options: &ConnectOptions) -> Result<ClientTlsConfig> {
+    let mut tls = ClientTlsConfig::new().domain_name(host);
     match &options.ca_file {
         Some(path) => {
             let pem = read_file("CA", path)?;
@@ -84,8 +89,38 @@ fn tls_config(url: &QueueUrl, options: &ConnectOptions) -> Result<ClientTlsConfi
     Ok(tls)
 }
 
+/// The endpoint `authority` (one of `url`'s) with the connection settings
+/// every endpoint shares.
+fn endpoint(
+    url: &QueueUrl,
+    authority: &str,
+    connect_timeout: Duration,
+    options: &ConnectOptions,
+) -> Result<Endpoint> {
+    let scheme = if url.tls { "https" } else { "http" };
+    let invalid = |e: &dyn std::fmt::Display| Error::InvalidUrl {
+        url: url.redacted(),
+        reason: e.to_string(),
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
+        .map_err(|e| invalid(&e))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    if url.tls {
+        endpoint = endpoint
+            .tls_config(tls_config(host_of(authority), options)?)
+            .map_err(|e| invalid(&e))?;
+    }
+    Ok(endpoint)
+}
+
 impl GrpcBackend {
     /// Connects at once, so that an unreachable server is reported by `connect`.
+    /// A URL with several endpoints (`grpc://a:50051,b:50051`) connects to the
+    /// first that answers, and calls move to the next when it goes away.
     /// `grpcs://` connects over TLS (trusting `options.ca_file`, else the
     /// system's roots, and presenting the client certificate if given); a
     /// token file puts its token on every call.
@@ -98,33 +133,47 @@ impl GrpcBackend {
             Some(path) => Some(TokenFile::open(&path)?),
             None => None,
         };
-        let scheme = if url.tls { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", url.authority))
-            .map_err(|e| Error::InvalidUrl {
-                url: url.redacted(),
-                reason: e.to_string(),
-            })?
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
-        if url.tls {
-            endpoint = endpoint
-                .tls_config(tls_config(url, options)?)
-                .map_err(|e| Error::InvalidUrl {
-                    url: url.redacted(),
-                    reason: e.to_string(),
-                })?;
-        } else if options.client_cert.is_some() {
+        if !url.tls && options.client_cert.is_some() {
             return Err(Error::InvalidUrl {
                 url: url.redacted(),
                 reason: "a client certificate needs TLS: use grpcs://".into(),
             });
         }
-        let channel = endpoint.connect().await.map_err(|source| {
+        let endpoints = url
+            .endpoints()
+            .map(|authority| endpoint(url, authority, connect_timeout, options))
+            .collect::<Result<Vec<_>>>()?;
+        // The first endpoint that answers is where calls go; the others are
+        // connected when calls move to them. With none answering, the first
+        // one's error says why.
+        let mut first_error = None;
+        let mut channels = Vec::with_capacity(endpoints.len());
+        let mut current = None;
+        for endpoint in &endpoints {
+            if current.is_some() {
+                channels.push(endpoint.connect_lazy());
+                continue;
+            }
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    current = Some(channels.len());
+                    channels.push(channel);
+                }
+                Err(source) => {
+                    first_error.get_or_insert(source);
+                    channels.push(endpoint.connect_lazy());
+                }
+            }
+        }
+        let Some(current) = current else {
+            let Some(source) = first_error else {
+                return Err(Error::InvalidUrl {
+                    url: url.redacted(),
+                    reason: "no endpoint in it".into(),
+                });
+            };
             let reason = crate::error::root_cause(&source);
-            match crate::error::tls_problem(&source) {
+            return Err(match crate::error::tls_problem(&source) {
                 Some(problem) => Error::Tls {
                     url: url.redacted(),
                     reason: problem,
@@ -135,8 +184,9 @@ impl GrpcBackend {
                     reason,
                     source: Box::new(source),
                 },
-            }
-        })?;
+            });
+        };
+        let channel = Failover::new(channels, current);
         Ok(GrpcBackend {
             // Until the server said its limit: answers up to its default
             // (tonic's own default, 4 MiB, is smaller than a full lease answer

@@ -35,7 +35,8 @@ pub struct QueueUrl {
     pub url: String,
     /// Its scheme.
     pub scheme: Scheme,
-    /// What follows `scheme://` (for `grpc`, `host:port`).
+    /// What follows `scheme://` (for `grpc`, `host:port`, or several
+    /// `host:port` separated by commas: [`QueueUrl::endpoints`]).
     pub authority: String,
     /// Whether the connection uses TLS (`grpcs://`).
     pub tls: bool,
@@ -73,11 +74,16 @@ impl QueueUrl {
                     "a grpc:// or grpcs:// URL has no path: grpc://host:port",
                 ));
             }
-            let port_ok = authority
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !port_ok {
-                return Err(invalid("expected grpc://host:port with a numeric port"));
+            for endpoint in authority.split(',') {
+                let port_ok = endpoint
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !port_ok {
+                    return Err(invalid(
+                        "expected grpc://host:port with a numeric port \
+                         (several replicas: grpc://a:50051,b:50051)",
+                    ));
+                }
             }
         }
         Ok(QueueUrl {
@@ -90,15 +96,17 @@ impl QueueUrl {
 }
 
 impl QueueUrl {
-    /// The host part of `authority` (for `grpcs://`, the name the server's
-    /// certificate must carry), without brackets around an IPv6 address.
+    /// The host part of `authority` (of its first endpoint, if it lists
+    /// several; for `grpcs://`, the name the server's certificate must
+    /// carry), without brackets around an IPv6 address.
     pub fn host(&self) -> &str {
-        let host = self
-            .authority
-            .rsplit_once('@')
-            .map_or(self.authority.as_str(), |(_, h)| h);
-        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        host.trim_start_matches('[').trim_end_matches(']')
+        host_of(self.endpoints().next().unwrap_or_default())
+    }
+
+    /// The `host:port` endpoints of a `grpc://` URL: one, or the replicas
+    /// of `grpc://a:50051,b:50051`, in the order given.
+    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
+        self.authority.split(',')
     }
 
     /// The URL with its password, if it has one, replaced by `***`: what errors
@@ -106,6 +114,13 @@ impl QueueUrl {
     pub fn redacted(&self) -> String {
         redact(&self.url)
     }
+}
+
+/// The host of one `host:port` (user info and IPv6 brackets removed).
+pub(crate) fn host_of(authority: &str) -> &str {
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// `url` with the password of its user info replaced by `***`.

@@ -10,6 +10,23 @@ fn parses_grpc() {
 }
 
 #[test]
+fn parses_several_grpc_endpoints() {
+    let u = QueueUrl::parse("grpcs://a.example:50051,b.example:50052").expect("valid");
+    assert_eq!(
+        u.endpoints().collect::<Vec<_>>(),
+        ["a.example:50051", "b.example:50052"]
+    );
+    assert_eq!(u.host(), "a.example");
+    assert!(u.tls);
+    for bad in ["grpc://a:1,", "grpc://a:1,b", "grpc://,a:1"] {
+        assert!(
+            matches!(QueueUrl::parse(bad), Err(Error::InvalidUrl { .. })),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn rejects_bad_urls() {
     for bad in [
         "127.0.0.1:50051",

@@ -36,7 +36,8 @@ Logs go to stderr; WQ_LOG sets their level (default warn; info shows each run's 
 #[command(name = "wq", version, after_help = AFTER_HELP)]
 struct Cli {
     /// Queue URL: grpc://host:port (the workq queue service; grpcs://host:port over
-    /// TLS), redis://host:port (a
+    /// TLS; replicas on a shared store: grpc://a:50051,b:50051, calls move to
+    /// the next when one goes), redis://host:port (a
     /// rediswq.py-style Redis queue), or amqp://user:pass@host:port/vhost (RabbitMQ).
     #[arg(
         long,
