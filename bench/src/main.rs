@@ -6,6 +6,7 @@
 //! Run `bench/compare.sh` (it builds in release and writes
 //! `docs/BENCHMARKS.md`'s comparison section from the JSON this prints).
 
+mod postgres;
 mod report;
 mod resources;
 mod soak;
@@ -119,6 +120,10 @@ enum Tool {
     /// the server's CPU with its descriptor limit reached (see
     /// docs/RELIABILITY.md).
     Resources(resources::ResourcesArgs),
+    /// workq's PostgreSQL store beside graphile-worker, pg-boss and a raw
+    /// SQL ceiling on the same database server, as ratios (see
+    /// docs/BENCHMARKS.md). Needs Node.js for the peers.
+    Postgres(postgres::PostgresArgs),
 }
 
 /// A queue-server process for the workq systems.
@@ -131,6 +136,15 @@ struct Server {
 impl Server {
     fn start(bin: &PathBuf, store: &str) -> Result<Server> {
         let dir = tempfile::tempdir()?;
+        let data = dir.path().to_str().context("utf-8 temp dir")?;
+        let mut server = Server::spawn(bin, &["--store", store, "--data-dir", data])?;
+        server._dir = dir;
+        Ok(server)
+    }
+
+    /// Starts `bin` on ephemeral ports with `args` added.
+    fn spawn(bin: &std::path::Path, args: &[&str]) -> Result<Server> {
+        let dir = tempfile::tempdir()?;
         let mut child = Command::new(bin)
             .args([
                 "--listen",
@@ -138,11 +152,8 @@ impl Server {
                 // As deployed: metrics recorded and served.
                 "--http-listen",
                 "127.0.0.1:0",
-                "--store",
-                store,
             ])
-            .arg("--data-dir")
-            .arg(dir.path())
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -767,6 +778,9 @@ fn main() -> Result<()> {
         }
         if let Some(Tool::Resources(r)) = &args.command {
             return resources::resources(r, &server_bin).await;
+        }
+        if let Some(Tool::Postgres(p)) = &args.command {
+            return postgres::postgres(p, &server_bin).await;
         }
         let mut targets = Vec::new();
         for which in &args.systems {
