@@ -17,12 +17,21 @@
 //! redelivered. Items whose enqueue was never acknowledged may or may not
 //! exist; they are counted apart ("unacknowledged delivered").
 //!
+//! With `--store postgres` it runs `--replicas` queue-servers (2 by
+//! default) on one PostgreSQL database, clients spread over them (the SDK
+//! worker is given every replica and moves between them), and each round
+//! kills one replica at random — or, with `--kill postgres`, crashes the
+//! PostgreSQL server itself (a server of the soak's own, on a temporary data
+//! directory) and starts it again while the replicas stay up.
+//!
 //! It builds nothing: it runs the binary given by `--server`.
+
+mod fleet;
+
+use fleet::{Fleet, OwnPostgres, Store};
 
 use anyhow::{Context, Result, bail};
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,6 +62,20 @@ pub struct SoakArgs {
     /// Random seed (0: from the clock).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The replicas' store: `embedded` (one replica) or `postgres`.
+    #[arg(long, default_value = "embedded", value_parser = ["embedded", "postgres"])]
+    store: String,
+    /// Replicas on the shared store (`--store postgres`).
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// What each round kills: a `server` replica, or `postgres` (the
+    /// soak's own PostgreSQL server, crashed and restarted).
+    #[arg(long, default_value = "server", value_parser = ["server", "postgres"])]
+    kill: String,
+    /// With `--store postgres`: this (empty) database instead of a
+    /// PostgreSQL server of the soak's own.
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 /// What every client saw, by idempotency key.
@@ -85,7 +108,10 @@ impl Book {
 }
 
 struct Shared {
-    url: String,
+    /// One URL per replica (`http://…`); a client `i` dials `urls[i % n]`.
+    urls: Vec<String>,
+    /// Every replica, for the SDK worker (`grpc://a,b`).
+    sdk_url: String,
     book: Mutex<Book>,
     /// Producers stop making new batches (they still finish the one in hand).
     stop_producing: AtomicBool,
@@ -120,12 +146,15 @@ fn key_of(payload: &[u8]) -> String {
     String::from_utf8_lossy(payload).into_owned()
 }
 
-async fn connect(s: &Shared) -> Option<Client> {
+/// A connection to replica `which` (modulo their number), retried until
+/// the soak stops.
+async fn connect(s: &Shared, which: usize) -> Option<Client> {
+    let url = s.urls[which % s.urls.len()].clone();
     loop {
         if s.stop.load(Ordering::Relaxed) {
             return None;
         }
-        match Client::connect(s.url.clone()).await {
+        match Client::connect(url.clone()).await {
             Ok(c) => return Some(c.max_decoding_message_size(64 << 20)),
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
@@ -137,9 +166,10 @@ async fn pause() {
 }
 
 async fn unary_producer(s: Arc<Shared>, batch: usize) {
+    const REPLICA: usize = 0;
     let mut in_hand: Option<Vec<String>> = None;
     while !s.stop.load(Ordering::Relaxed) {
-        let Some(mut c) = connect(&s).await else {
+        let Some(mut c) = connect(&s, REPLICA).await else {
             return;
         };
         loop {
@@ -167,6 +197,7 @@ async fn unary_producer(s: Arc<Shared>, batch: usize) {
 }
 
 async fn stream_producer(s: Arc<Shared>, batch: usize) {
+    const REPLICA: usize = 1;
     // Batches sent and not acknowledged, by sequence: sent again on the
     // next stream.
     let mut unacked: Vec<(i64, Vec<String>)> = Vec::new();
@@ -175,7 +206,7 @@ async fn stream_producer(s: Arc<Shared>, batch: usize) {
         if s.stop_producing.load(Ordering::Relaxed) && unacked.is_empty() {
             return;
         }
-        let Some(mut c) = connect(&s).await else {
+        let Some(mut c) = connect(&s, REPLICA).await else {
             return;
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -236,8 +267,9 @@ async fn stream_producer(s: Arc<Shared>, batch: usize) {
 }
 
 async fn unary_worker(s: Arc<Shared>) {
+    const REPLICA: usize = 1;
     while !s.stop.load(Ordering::Relaxed) {
-        let Some(mut c) = connect(&s).await else {
+        let Some(mut c) = connect(&s, REPLICA).await else {
             return;
         };
         while !s.stop.load(Ordering::Relaxed) {
@@ -287,8 +319,9 @@ async fn unary_worker(s: Arc<Shared>) {
 }
 
 async fn stream_worker(s: Arc<Shared>) {
+    const REPLICA: usize = 0;
     while !s.stop.load(Ordering::Relaxed) {
-        let Some(mut c) = connect(&s).await else {
+        let Some(mut c) = connect(&s, REPLICA).await else {
             return;
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -358,7 +391,7 @@ async fn stream_worker(s: Arc<Shared>) {
 
 async fn sdk_worker(s: Arc<Shared>) {
     while !s.stop.load(Ordering::Relaxed) {
-        let queue = match worker_sdk::Client::connect(&s.url).await {
+        let queue = match worker_sdk::Client::connect(&s.sdk_url).await {
             Ok(c) => match c.queue(QUEUE) {
                 Ok(q) => q,
                 Err(_) => return,
@@ -404,39 +437,6 @@ fn tokio_util_token(s: &Arc<Shared>) -> tokio_util::sync::CancellationToken {
     token
 }
 
-/// Starts the server; waits for its address line unless `kill_within` is
-/// set, in which case it is killed after that long, ready or not.
-fn start(bin: &std::path::Path, dir: &std::path::Path, port: u16) -> Result<Child> {
-    Command::new(bin)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--http-listen", "127.0.0.1:0", "--store", "embedded"])
-        .args(["--max-attempts", "1000"])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("start {}", bin.display()))
-}
-
-/// Waits until the server printed its address (it is serving).
-fn ready(child: &mut Child) -> Result<()> {
-    let out = child.stdout.take().context("stdout")?;
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line)?;
-    if !line.contains("grpc=") {
-        bail!("the server did not start: {line:?}");
-    }
-    Ok(())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Runs the soak; prints its counts and fails if any item was lost or
 /// duplicated.
 pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
@@ -451,20 +451,51 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
         n => n,
     };
     let mut rng = fastrand::Rng::with_seed(seed);
-    let dir = tempfile::tempdir()?;
-    let port = free_port()?;
+    let postgres = args.store == "postgres";
+    if args.kill == "postgres" && (!postgres || args.database_url.is_some()) {
+        bail!(
+            "--kill postgres needs --store postgres and no --database-url (the soak crashes a PostgreSQL server of its own)"
+        );
+    }
+    // The soak's own PostgreSQL, unless it was given a database.
+    let own_pg = match (postgres, &args.database_url) {
+        (true, None) => Some(OwnPostgres::start()?),
+        _ => None,
+    };
+    let store = match (&own_pg, &args.database_url) {
+        (_, Some(url)) if postgres => Store::Postgres(url.clone()),
+        (Some(pg), _) => Store::Postgres(pg.url()),
+        _ => Store::Embedded(tempfile::tempdir()?),
+    };
+    let replicas = if postgres { args.replicas } else { 1 };
+    let mut fleet = Fleet::new(bin, store, replicas)?;
+    let urls = fleet.urls();
     let shared = Arc::new(Shared {
-        url: format!("http://127.0.0.1:{port}"),
+        sdk_url: format!(
+            "grpc://{}",
+            urls.iter()
+                .map(|u| u.trim_start_matches("http://"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        urls,
         book: Mutex::default(),
         stop_producing: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         next_key: AtomicU64::new(0),
     });
     eprintln!(
-        "soak: {} rounds, seed {seed}, data in {}",
-        args.rounds,
-        dir.path().display()
+        "soak: {} rounds, seed {seed}, {} store, {replicas} replica(s), killing the {}",
+        args.rounds, args.store, args.kill
     );
+    // On a shared store the replicas run from the start; a round kills one
+    // (or the database) and brings it back.
+    if postgres {
+        for i in 0..fleet.len() {
+            fleet.start(i)?;
+            fleet.ready(i).await?;
+        }
+    }
     let producers = [
         tokio::spawn(unary_producer(shared.clone(), args.batch)),
         tokio::spawn(stream_producer(shared.clone(), args.batch)),
@@ -477,21 +508,39 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
     let started = Instant::now();
     let mut startup_kills = 0;
     for round in 0..args.rounds {
-        let mut child = start(bin, dir.path(), port)?;
-        if rng.f64() < args.startup_kills {
-            // Killed while it opens the store and replays it.
-            let ms = rng.u64(0..80);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            startup_kills += 1;
-        } else {
-            child = tokio::task::spawn_blocking(move || ready(&mut child).map(|()| child))
-                .await
-                .context("join")??;
-            let ms = rng.u64(50..args.max_round_ms.max(51));
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+        let victim = rng.usize(0..fleet.len());
+        match (&own_pg, args.kill.as_str()) {
+            (Some(pg), "postgres") => {
+                let ms = rng.u64(50..args.max_round_ms.max(51));
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                pg.crash()?;
+                // Down a moment: calls meanwhile answer UNAVAILABLE.
+                tokio::time::sleep(Duration::from_millis(rng.u64(0..300))).await;
+                pg.up()?;
+            }
+            _ => {
+                if !postgres {
+                    fleet.start(victim)?;
+                }
+                if rng.f64() < args.startup_kills {
+                    // Killed while it opens the store and replays it.
+                    let ms = rng.u64(0..80);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    startup_kills += 1;
+                } else {
+                    if !postgres {
+                        fleet.ready(victim).await?;
+                    }
+                    let ms = rng.u64(50..args.max_round_ms.max(51));
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                fleet.kill(victim)?;
+                if postgres {
+                    fleet.start(victim)?;
+                    fleet.ready(victim).await?;
+                }
+            }
         }
-        child.kill().context("kill -9")?;
-        child.wait()?;
         if (round + 1) % 10 == 0 {
             let b = shared.book();
             eprintln!(
@@ -505,11 +554,11 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
     }
     // The last start: producers finish what they hold, workers drain.
     shared.stop_producing.store(true, Ordering::Relaxed);
-    let mut child = start(bin, dir.path(), port)?;
-    let mut child = tokio::task::spawn_blocking(move || ready(&mut child).map(|()| child))
-        .await
-        .context("join")??;
-    let mut c = connect(&shared).await.context("connect")?;
+    if !postgres {
+        fleet.start(0)?;
+        fleet.ready(0).await?;
+    }
+    let mut c = connect(&shared, 0).await.context("connect")?;
     let drain_started = Instant::now();
     let last = loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -534,8 +583,7 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
     for w in workers.into_iter().chain(producers) {
         let _ = w.await;
     }
-    let _ = nix_term(&child);
-    child.wait()?;
+    fleet.stop()?;
 
     let b = shared.book();
     let lost = b
@@ -552,9 +600,12 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
         .count();
     let acked_completions: u64 = b.completed.values().map(|&n| u64::from(n)).sum();
     println!(
-        "rounds: {} ({startup_kills} killed during start-up), seed {seed}, {:.0} s",
+        "rounds: {} ({startup_kills} killed during start-up), seed {seed}, {:.0} s, \
+         {} store, {replicas} replica(s), killing the {}",
         args.rounds,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        args.store,
+        args.kill
     );
     println!("acknowledged enqueues: {}", b.acked_enqueues.len());
     println!(
@@ -582,15 +633,4 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
         bail!("items were lost, duplicated or redelivered");
     }
     Ok(())
-}
-
-fn nix_term(child: &Child) -> std::io::Result<()> {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other("kill -TERM failed"))
-    }
 }
