@@ -134,7 +134,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(bin: &PathBuf, store: &str) -> Result<Server> {
+    fn start(bin: &std::path::Path, store: &str) -> Result<Server> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().to_str().context("utf-8 temp dir")?;
         let mut server = Server::spawn(bin, &["--store", store, "--data-dir", data])?;
