@@ -440,7 +440,7 @@ struct Target {
     _server: Option<Server>,
 }
 
-async fn target(args: &Args, which: SystemName, server_bin: &PathBuf) -> Result<Target> {
+async fn target(args: &Args, which: SystemName, server_bin: &std::path::Path) -> Result<Target> {
     let name = which.as_str().to_string();
     Ok(match which {
         SystemName::WorkqMemory | SystemName::WorkqEmbedded => {
