@@ -6,6 +6,8 @@
 //!   [`item_table`]: where a queue keeps its items.
 //! - [`queue`]: one queue's item state machine — the only code that changes
 //!   item state; [`journal`]: the changes it made, for the store.
+//! - [`backend`]: what the gRPC layer talks to: the local [`engine`] or
+//!   the shared PostgreSQL one;
 //! - [`engine`]: every queue, their locks, waiters and timers, and the store;
 //!   [`clock`]: the time it reads, which tests pause.
 //! - [`store`]: persistence (`memory`, and the durable `embedded` default).
@@ -34,6 +36,7 @@
 //! ```
 
 pub mod auth;
+pub mod backend;
 pub mod clock;
 pub mod counters;
 pub mod engine;
@@ -52,6 +55,7 @@ pub mod store;
 pub mod tls;
 pub mod work_stream;
 
+pub use backend::Backend;
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use server::{RunningServer, ServerConfig, ServerError, StoreKind, start, start_with_store};

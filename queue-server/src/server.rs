@@ -19,6 +19,7 @@ mod connection;
 pub use connection::{Conn, ConnInfo};
 use connection::{Incoming, incoming, incoming_tls};
 
+use crate::backend::Backend;
 use crate::engine::Engine;
 use crate::grpc::GrpcService;
 use crate::settings::{Limits, QueueSettings};
@@ -211,7 +212,7 @@ pub enum ServerError {
 pub struct RunningServer {
     grpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
-    engine: Engine,
+    engine: Backend,
     stop: Option<oneshot::Sender<()>>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     http: Option<JoinHandle<()>>,
@@ -276,8 +277,16 @@ pub async fn start_with_store(
     if let Some(auth) = &auth {
         auth.watch();
     }
-    let engine = Engine::open(store, config.limits, config.defaults)?;
+    let engine = Backend::from(Engine::open(store, config.limits, config.defaults)?);
+    serve(config, engine, auth).await
+}
 
+/// Serves `engine` on the ports of `config`.
+async fn serve(
+    config: ServerConfig,
+    engine: Backend,
+    auth: Option<Arc<crate::auth::Auth>>,
+) -> Result<RunningServer, ServerError> {
     let listener = bind(config.listen).await?;
     let grpc_addr = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: config.listen,
@@ -299,19 +308,28 @@ pub async fn start_with_store(
         .set_serving::<QueueServiceServer<GrpcService>>()
         .await;
     {
-        // NOT_SERVING, overall and for the service, once stopping or failed.
+        // NOT_SERVING, overall and for the service, while stopping, failed
+        // or (PostgreSQL) the database is unreachable; SERVING again when
+        // it is back.
         let (health, engine) = (health.clone(), engine.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                _ = engine.failed() => {}
-                () = engine.stopping() => {}
+            loop {
+                let status = match engine.health() {
+                    Ok(()) => ServingStatus::Serving,
+                    Err(why) => {
+                        tracing::warn!("health: NOT_SERVING ({why})");
+                        ServingStatus::NotServing
+                    }
+                };
+                health
+                    .set_service_status(
+                        <QueueServiceServer<GrpcService> as tonic::server::NamedService>::NAME,
+                        status,
+                    )
+                    .await;
+                health.set_service_status("", status).await;
+                engine.health_changed().await;
             }
-            health
-                .set_not_serving::<QueueServiceServer<GrpcService>>()
-                .await;
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
         });
     }
     let reflection = tonic_reflection::server::Builder::configure()
@@ -418,7 +436,7 @@ async fn open_embedded(dir: PathBuf, cache: usize) -> Result<Arc<dyn Store>, Ser
     Ok(Arc::new(store))
 }
 
-fn http_router(engine: Engine, auth: Option<Arc<crate::auth::Auth>>) -> axum::Router {
+fn http_router(engine: Backend, auth: Option<Arc<crate::auth::Auth>>) -> axum::Router {
     use axum::routing::get;
     let health_engine = engine.clone();
     axum::Router::new()
@@ -427,15 +445,9 @@ fn http_router(engine: Engine, auth: Option<Arc<crate::auth::Auth>>) -> axum::Ro
             get(move || {
                 let engine = health_engine.clone();
                 async move {
-                    if let Some(err) = engine.failure() {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("store failed: {err}\n"),
-                        )
-                    } else if engine.is_stopping() {
-                        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_string())
-                    } else {
-                        (StatusCode::OK, "ok\n".to_string())
+                    match engine.health() {
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
                     }
                 }
             }),
@@ -457,7 +469,7 @@ fn http_router(engine: Engine, auth: Option<Arc<crate::auth::Auth>>) -> axum::Ro
                     {
                         return (StatusCode::UNAUTHORIZED, format!("{}\n", refused.message()));
                     }
-                    (StatusCode::OK, render_metrics(&engine))
+                    (StatusCode::OK, render_metrics(&engine).await)
                 }
             }),
         )
@@ -468,10 +480,16 @@ fn http_router(engine: Engine, auth: Option<Arc<crate::auth::Auth>>) -> axum::Ro
 /// retries. The per-queue series are
 /// written from the queues that exist at each scrape, not kept in the
 /// recorder: a deleted queue's series leave with it.
-fn render_metrics(engine: &Engine) -> String {
+async fn render_metrics(engine: &Backend) -> String {
     use std::fmt::Write;
     let mut out = prometheus().map(|h| h.render()).unwrap_or_default();
-    let queues = engine.list_queues();
+    let queues = match engine.list_queues().await {
+        Ok(q) => q,
+        Err(e) => {
+            let _ = writeln!(out, "# the queues could not be read: {e}");
+            Vec::new()
+        }
+    };
     let _ = writeln!(
         out,
         "# HELP workq_queue_items Items of a queue by state.\n# TYPE workq_queue_items gauge"
@@ -523,8 +541,9 @@ impl RunningServer {
         self.http_addr
     }
 
-    /// The engine behind it (for in-process use).
-    pub fn engine(&self) -> &Engine {
+    /// The engine behind it (for in-process use); [`Backend::local`] is
+    /// the local engine, when it is that.
+    pub fn engine(&self) -> &Backend {
         &self.engine
     }
 
