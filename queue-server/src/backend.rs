@@ -19,6 +19,7 @@
 use crate::engine::{Engine, EnqueueItem, LeaseOutcome, QueueInfo};
 use crate::error::Result;
 use crate::names::{ItemId, LeaseToken, QueueName};
+use crate::postgres::PgEngine;
 use crate::queue::{Batch, DeadItem, Enqueued, TokenResult};
 use crate::settings::{Limits, QueueSettings, SettingsPatch};
 use crate::store::{Commit, StoreError};
@@ -33,6 +34,8 @@ use tokio::sync::watch;
 pub enum Backend {
     /// Items in this process's memory, persisted by a local store.
     Local(Engine),
+    /// Items in a PostgreSQL database shared by every replica.
+    Postgres(PgEngine),
 }
 
 impl From<Engine> for Backend {
@@ -41,11 +44,18 @@ impl From<Engine> for Backend {
     }
 }
 
+impl From<PgEngine> for Backend {
+    fn from(e: PgEngine) -> Self {
+        Backend::Postgres(e)
+    }
+}
+
 /// Calls `$m` with the same arguments on whichever engine it is.
 macro_rules! each {
     ($self:ident, $e:ident => $body:expr) => {
         match $self {
             Backend::Local($e) => $body,
+            Backend::Postgres($e) => $body,
         }
     };
 }
@@ -87,6 +97,7 @@ impl Backend {
     pub fn local(&self) -> Option<&Engine> {
         match self {
             Backend::Local(e) => Some(e),
+            Backend::Postgres(_) => None,
         }
     }
 
@@ -123,6 +134,7 @@ impl Backend {
     pub async fn get_queue(&self, name: &QueueName) -> Result<QueueInfo> {
         match self {
             Backend::Local(e) => e.get_queue(name),
+            Backend::Postgres(e) => e.get_queue(name).await,
         }
     }
 
@@ -140,6 +152,7 @@ impl Backend {
     ) -> Result<(Vec<QueueInfo>, bool)> {
         match self {
             Backend::Local(e) => Ok(e.list_queues_page(after, limit)),
+            Backend::Postgres(e) => e.list_queues_page(after, limit).await,
         }
     }
 
@@ -200,6 +213,24 @@ impl Backend {
             Backend::Local(e) => {
                 let (out, commit) = e.enqueue_request_now(name, items, request_id)?;
                 Ok(Pending(PendingKind::Commit(out, commit)))
+            }
+            Backend::Postgres(e) => {
+                let (e, name) = (e.clone(), name.clone());
+                let request_id = request_id.map(str::to_owned);
+                let previous = order.previous.take();
+                let (done, next) = tokio::sync::oneshot::channel();
+                order.previous = Some(next);
+                Ok(Pending(PendingKind::Call(Box::pin(async move {
+                    if let Some(p) = previous {
+                        // Dropped or sent: the previous batch has ended.
+                        let _ = p.await;
+                    }
+                    let out = e
+                        .enqueue_request(&name, items, false, request_id.as_deref())
+                        .await;
+                    let _ = done.send(());
+                    out
+                }))))
             }
         }
     }
@@ -344,6 +375,7 @@ impl Backend {
     pub async fn retain_live(&self, name: &QueueName, tokens: &mut HashSet<LeaseToken>) {
         match self {
             Backend::Local(e) => e.retain_live(name, tokens),
+            Backend::Postgres(e) => e.retain_live(name, tokens).await,
         }
     }
 
@@ -351,6 +383,7 @@ impl Backend {
     pub async fn retain_live_map<V>(&self, name: &QueueName, tokens: &mut HashMap<LeaseToken, V>) {
         match self {
             Backend::Local(e) => e.retain_live_map(name, tokens),
+            Backend::Postgres(e) => e.retain_live_map(name, tokens).await,
         }
     }
 
@@ -368,6 +401,7 @@ impl Backend {
     ) -> Result<(Vec<DeadItem>, bool)> {
         match self {
             Backend::Local(e) => e.list_dead_page(name, after, limit),
+            Backend::Postgres(e) => e.list_dead_page(name, after, limit).await,
         }
     }
 
@@ -381,6 +415,7 @@ impl Backend {
     pub async fn watch(&self, name: &QueueName) -> Result<watch::Receiver<Option<QueueInfo>>> {
         match self {
             Backend::Local(e) => e.watch(name),
+            Backend::Postgres(e) => e.watch(name).await,
         }
     }
 
@@ -395,9 +430,13 @@ impl Backend {
         each!(self, e => e.queued_bytes())
     }
 
-    /// Finished leases and request ids remembered in memory for retries.
-    pub fn remembered(&self) -> u64 {
-        each!(self, e => e.remembered())
+    /// Finished leases and request ids remembered for retries (in memory,
+    /// or in the database: then of every replica).
+    pub async fn remembered(&self) -> u64 {
+        match self {
+            Backend::Local(e) => e.remembered(),
+            Backend::Postgres(e) => e.remembered().await,
+        }
     }
 
     /// Makes waiting lease calls answer at once, now and from now on.
@@ -421,6 +460,7 @@ impl Backend {
     pub fn failure(&self) -> Option<StoreError> {
         match self {
             Backend::Local(e) => e.failure(),
+            Backend::Postgres(_) => None,
         }
     }
 
@@ -428,6 +468,7 @@ impl Backend {
     pub async fn failed(&self) -> StoreError {
         match self {
             Backend::Local(e) => e.failed().await,
+            Backend::Postgres(_) => std::future::pending().await,
         }
     }
 
@@ -442,6 +483,7 @@ impl Backend {
         }
         match self {
             Backend::Local(_) => Ok(()),
+            Backend::Postgres(e) => e.health(),
         }
     }
 
@@ -458,6 +500,7 @@ impl Backend {
                     () = e.stopping() => {}
                 }
             }
+            Backend::Postgres(e) => e.health_changed().await,
         }
     }
 

@@ -11,6 +11,8 @@
 //! - [`engine`]: every queue, their locks, waiters and timers, and the store;
 //!   [`clock`]: the time it reads, which tests pause.
 //! - [`store`]: persistence (`memory`, and the durable `embedded` default).
+//! - [`postgres`]: the shared engine of `--store postgres`: the database is
+//!   the state, any number of replicas serve it.
 //! - [`grpc`]: the thin gRPC adapter (errors become reasons in one place,
 //!   `grpc::rejection`); [`work_stream`], [`enqueue_stream`]: the two
 //!   bidirectional streams; [`server`]: ports, health, metrics, shutdown.
@@ -48,6 +50,7 @@ pub mod item;
 pub mod item_table;
 pub mod journal;
 pub mod names;
+pub mod postgres;
 pub mod queue;
 pub mod server;
 pub mod settings;

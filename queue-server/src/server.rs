@@ -43,17 +43,21 @@ pub enum StoreKind {
     Embedded,
     /// In memory only; everything is lost on exit.
     Memory,
+    /// In a PostgreSQL database, shared by any number of replicas
+    /// ([`ServerConfig::postgres`]).
+    Postgres,
 }
 
 impl StoreKind {
     /// Every store, by the name `--store` takes.
-    pub const NAMES: [&'static str; 2] = ["embedded", "memory"];
+    pub const NAMES: [&'static str; 3] = ["embedded", "memory", "postgres"];
 
     /// The name `--store` takes.
     pub fn name(self) -> &'static str {
         match self {
             StoreKind::Embedded => "embedded",
             StoreKind::Memory => "memory",
+            StoreKind::Postgres => "postgres",
         }
     }
 }
@@ -71,6 +75,7 @@ impl std::str::FromStr for StoreKind {
         match s {
             "embedded" => Ok(StoreKind::Embedded),
             "memory" => Ok(StoreKind::Memory),
+            "postgres" => Ok(StoreKind::Postgres),
             _ => Err(format!(
                 "unknown store {s:?}: use one of {}",
                 StoreKind::NAMES.join(", ")
@@ -92,6 +97,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The embedded database's page cache, in bytes.
     pub embedded_cache_bytes: usize,
+    /// Where the postgres store's database is.
+    pub postgres: crate::postgres::PgConfig,
     /// Bounds on calls.
     pub limits: Limits,
     /// Settings of queues created without their own.
@@ -149,6 +156,7 @@ impl ServerConfig {
             store: StoreKind::Memory,
             data_dir: PathBuf::from("workq-data"),
             embedded_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            postgres: crate::postgres::PgConfig::default(),
             limits: Limits::default(),
             defaults: QueueSettings::default(),
             fail_exit_grace: DEFAULT_FAIL_EXIT_GRACE,
@@ -163,6 +171,18 @@ impl ServerConfig {
         ServerConfig {
             store: StoreKind::Embedded,
             data_dir: data_dir.into(),
+            ..ServerConfig::memory()
+        }
+    }
+
+    /// A postgres-store server on the database at `url` on `127.0.0.1:0`.
+    pub fn postgres(url: impl Into<String>) -> Self {
+        ServerConfig {
+            store: StoreKind::Postgres,
+            postgres: crate::postgres::PgConfig {
+                url: url.into(),
+                ..crate::postgres::PgConfig::default()
+            },
             ..ServerConfig::memory()
         }
     }
@@ -183,6 +203,9 @@ pub enum ServerError {
     /// The store could not be opened or closed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The postgres store could not start.
+    #[error(transparent)]
+    Postgres(#[from] crate::postgres::PgError),
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] crate::error::Error),
@@ -260,6 +283,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         StoreKind::Embedded => {
             open_embedded(config.data_dir.clone(), config.embedded_cache_bytes).await?
         }
+        StoreKind::Postgres => {
+            let auth = open_auth(&config)?;
+            let engine =
+                crate::postgres::PgEngine::open(&config.postgres, config.limits, config.defaults)
+                    .await?;
+            return serve(config, Backend::from(engine), auth).await;
+        }
     };
     start_with_store(config, store).await
 }
@@ -271,14 +301,20 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, ServerError> {
     prometheus();
+    let auth = open_auth(&config)?;
+    let engine = Backend::from(Engine::open(store, config.limits, config.defaults)?);
+    serve(config, engine, auth).await
+}
+
+/// Loads the authentication files and follows their changes.
+fn open_auth(config: &ServerConfig) -> Result<Option<Arc<crate::auth::Auth>>, ServerError> {
     let mut auth_config = config.auth.clone();
     auth_config.client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let auth = crate::auth::Auth::open(auth_config)?;
     if let Some(auth) = &auth {
         auth.watch();
     }
-    let engine = Backend::from(Engine::open(store, config.limits, config.defaults)?);
-    serve(config, engine, auth).await
+    Ok(auth)
 }
 
 /// Serves `engine` on the ports of `config`.
@@ -525,7 +561,7 @@ async fn render_metrics(engine: &Backend) -> String {
         "# HELP workq_remembered_finishes Finished leases and enqueue request ids remembered \
          for retries, all queues (bounded by --max-finished-tokens).\n\
          # TYPE workq_remembered_finishes gauge\nworkq_remembered_finishes {}",
-        engine.remembered()
+        engine.remembered().await
     );
     out
 }
