@@ -658,7 +658,17 @@ async fn a_work_stream_on_a_missing_queue_is_refused(store: Store) {
 #[tokio::test]
 async fn an_enqueue_stream_adds_batches_in_order_and_answers_each_when_durable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = ServerProcess::embedded(dir.path());
+    enqueue_stream_order(ServerProcess::embedded(dir.path())).await;
+}
+
+#[tokio::test]
+async fn an_enqueue_stream_on_postgres_adds_batches_in_order() {
+    if let Some(server) = ServerProcess::postgres() {
+        enqueue_stream_order(server).await;
+    }
+}
+
+async fn enqueue_stream_order(server: ServerProcess) {
     let mut c = server.client().await;
     let q = unique_queue("push-stream");
     let (tx, rx) = tokio::sync::mpsc::channel(16);
