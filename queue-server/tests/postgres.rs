@@ -274,3 +274,182 @@ async fn an_unreachable_database_at_start_is_one_clear_error() {
     assert!(!out.status.success());
     assert!(stderr.contains("--database-url"), "{stderr}");
 }
+
+/// A PostgreSQL server of one test's own, on a temporary data directory and
+/// a free port (kinder to other tests than restarting the machine's), run
+/// as the `postgres` user; stopped when dropped.
+struct OwnPostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl OwnPostgres {
+    fn start() -> Option<Self> {
+        let ready = if !std::path::Path::new(&format!("{PG_BIN}/initdb")).exists() {
+            Err(format!(
+                "{PG_BIN}/initdb is missing: apt-get install postgresql-15"
+            ))
+        } else if workq_testkit::which("runuser").is_none() {
+            Err("runuser is missing: apt-get install util-linux".to_string())
+        } else {
+            Ok(())
+        };
+        if !workq_testkit::gate(ready) {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        let chown = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        assert!(chown.success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let init = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", &format!("{PG_BIN}/initdb")])
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .expect("initdb");
+        assert!(init.status.success(), "initdb: {init:?}");
+        let pg = OwnPostgres { dir, port };
+        pg.ctl("start");
+        Some(pg)
+    }
+
+    fn ctl(&self, what: &str) {
+        let data = self.dir.path().join("data");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = std::process::Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{PG_BIN}/pg_ctl"),
+                "-w",
+                "-m",
+                "fast",
+            ])
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &opts, "-l"])
+            .arg(self.dir.path().join("log"))
+            .arg(what)
+            .output()
+            .expect("pg_ctl");
+        assert!(out.status.success(), "pg_ctl {what}: {out:?}");
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = std::process::Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{PG_BIN}/pg_ctl"),
+                "-m",
+                "immediate",
+            ])
+            .arg("-D")
+            .arg(&data)
+            .arg("stop")
+            .output();
+    }
+}
+
+/// Polls `/healthz` until its status line holds `want` (a readiness wait,
+/// up to 30 s, not a timed assertion).
+async fn healthz_until(server: &ServerProcess, want: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = server.http_get("/healthz");
+        if page.lines().next().is_some_and(|l| l.contains(want)) {
+            return;
+        }
+        assert!(Instant::now() < until, "no {want} within 30 s: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_down_calls_are_unavailable_and_everything_resumes() {
+    let Some(pg) = OwnPostgres::start() else {
+        return;
+    };
+    let server = ServerProcess::start(&["--store", "postgres", "--database-url", &pg.url()]);
+    let mut c = server.client().await;
+    let q = unique_queue("outage");
+    enqueue(&mut c, &q, &["1", "2", "3"]).await;
+    let held = lease(&mut c, &q, 1, Duration::from_secs(60), Duration::ZERO).await;
+    assert_eq!(held.len(), 1);
+
+    pg.ctl("stop");
+    healthz_until(&server, "503").await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(server.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    let refused = c
+        .enqueue(pb::EnqueueRequest {
+            queue: q.clone(),
+            items: vec![item("lost?")],
+            ..Default::default()
+        })
+        .await
+        .expect_err("no database, no enqueue");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    pg.ctl("start");
+    healthz_until(&server, "200").await;
+    // Nothing acknowledged was lost, the refused enqueue added nothing, and
+    // the lease taken before the outage still completes.
+    let done = c
+        .complete(pb::CompleteRequest {
+            queue: q.clone(),
+            lease_tokens: vec![held[0].lease_token.clone()],
+            ..Default::default()
+        })
+        .await
+        .expect("complete after the outage")
+        .into_inner();
+    assert_eq!(done.completed, 1);
+    let rest = lease(&mut c, &q, 10, Duration::from_secs(60), Duration::ZERO).await;
+    let mut payloads: Vec<Vec<u8>> = rest.iter().map(|i| i.payload.to_vec()).collect();
+    payloads.sort();
+    assert_eq!(payloads, vec![b"2".to_vec(), b"3".to_vec()]);
+    let s = stats(&mut c, &q).await;
+    assert_eq!((s.enqueued, s.completed, s.leased), (3, 1, 2));
+}
