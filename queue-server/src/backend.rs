@@ -64,11 +64,14 @@ macro_rules! each {
 /// ([`Backend::enqueue_in_order`]).
 pub struct Pending(PendingKind);
 
+/// A database call that enqueues: its items and whether it was a replay.
+type EnqueueCall = Pin<Box<dyn Future<Output = Result<(Vec<Enqueued>, bool)>> + Send>>;
+
 enum PendingKind {
     /// Made in memory; durable once the commit is.
     Commit((Vec<Enqueued>, bool), Commit),
     /// A database call, run after the stream's previous batch.
-    Call(Pin<Box<dyn Future<Output = Result<(Vec<Enqueued>, bool)>> + Send>>),
+    Call(EnqueueCall),
 }
 
 impl Pending {

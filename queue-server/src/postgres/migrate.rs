@@ -9,7 +9,7 @@ use super::PgError;
 use tokio_postgres::Client;
 
 /// The advisory lock key migrations hold ("workq" in ASCII).
-const LOCK_KEY: i64 = 0x776f_726b_71;
+const LOCK_KEY: i64 = 0x0077_6f72_6b71;
 
 /// Every migration, in order; the schema's version is how many ran.
 const MIGRATIONS: &[&str] = &[
