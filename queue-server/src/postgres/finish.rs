@@ -301,7 +301,7 @@ t AS (SELECT * FROM unnest($2::int8[], $3::int8[], $4::bytea[]) AS t(id, seq, se
 live AS (SELECT i.id, i.idem_key, t.seq, t.secret FROM workq_items i \
     JOIN t ON i.id = t.id JOIN q ON i.queue_id = q.id \
     WHERE i.state = 'l' AND i.seq = t.seq AND i.secret = t.secret AND i.due_at > workq_ms() \
-    FOR UPDATE OF i), \
+    ORDER BY i.id FOR UPDATE OF i), \
 ok AS (SELECT count(*) = $5 AS all_live FROM live), \
 del AS (DELETE FROM workq_items i USING live, q, ok \
     WHERE ok.all_live AND i.queue_id = q.id AND i.id = live.id RETURNING i.id), \
