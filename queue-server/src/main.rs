@@ -128,8 +128,28 @@ struct Args {
     /// Turns Kubernetes ServiceAccount tokens on: the cluster's signing keys
     /// as a JWKS document (the API server's /openid/v1/jwks). Re-read when it
     /// changes.
-    #[arg(long, env = "WQ_AUTH_JWKS_FILE")]
+    #[arg(long, env = "WQ_AUTH_JWKS_FILE", conflicts_with = "auth_jwks_url")]
     auth_jwks_file: Option<PathBuf>,
+    /// Turns Kubernetes ServiceAccount tokens on, their signing keys fetched
+    /// from this JWKS URL (https://; http:// only to a loopback address) at
+    /// start, every --auth-jwks-refresh and when a token names a key not yet
+    /// fetched (the cluster rotated its keys). "in-cluster": the API
+    /// server's https://kubernetes.default.svc/openid/v1/jwks with the pod's
+    /// ServiceAccount token and CA (/var/run/secrets/kubernetes.io/
+    /// serviceaccount/); the pod needs its token mounted.
+    #[arg(long, env = "WQ_AUTH_JWKS_URL")]
+    auth_jwks_url: Option<String>,
+    /// CA certificates (PEM) for --auth-jwks-url (default: the system's, or
+    /// the pod's CA for "in-cluster").
+    #[arg(long, env = "WQ_AUTH_JWKS_CA", requires = "auth_jwks_url")]
+    auth_jwks_ca: Option<PathBuf>,
+    /// A bearer token sent to --auth-jwks-url, read at each fetch (default:
+    /// none, or the pod's ServiceAccount token for "in-cluster").
+    #[arg(long, env = "WQ_AUTH_JWKS_TOKEN_FILE", requires = "auth_jwks_url")]
+    auth_jwks_token_file: Option<PathBuf>,
+    /// How often the keys of --auth-jwks-url are fetched again.
+    #[arg(long, env = "WQ_AUTH_JWKS_REFRESH", default_value_t = queue_server::auth::jwks_fetch::DEFAULT_REFRESH.into())]
+    auth_jwks_refresh: humantime::Duration,
     /// The issuer ServiceAccount tokens must name (the cluster's
     /// --service-account-issuer); unset: any issuer.
     #[arg(long, env = "WQ_AUTH_ISSUER")]
@@ -207,6 +227,13 @@ fn main() -> anyhow::Result<()> {
         auth: queue_server::auth::AuthConfig {
             tokens_file: args.auth_tokens_file,
             jwks_file: args.auth_jwks_file,
+            jwks_url: args.auth_jwks_url.map(|url| {
+                let mut source = queue_server::auth::jwks_fetch::JwksSource::from_flag(&url);
+                source.ca_file = args.auth_jwks_ca.or(source.ca_file);
+                source.token_file = args.auth_jwks_token_file.or(source.token_file);
+                source.refresh = args.auth_jwks_refresh.into();
+                source
+            }),
             issuer: args.auth_issuer,
             audience: args.auth_audience,
             metrics_auth: args.metrics_auth,

@@ -275,6 +275,7 @@ pub async fn start_with_store(
     let auth = crate::auth::Auth::open(auth_config)?;
     if let Some(auth) = &auth {
         auth.watch();
+        auth.fetch_jwks().await;
     }
     let engine = Engine::open(store, config.limits, config.defaults)?;
 
