@@ -15,6 +15,7 @@
 //! retried after a back-off instead of at once.
 
 mod connection;
+mod http;
 
 pub use connection::{Conn, ConnInfo};
 use connection::{Incoming, incoming, incoming_tls};
@@ -23,7 +24,6 @@ use crate::engine::Engine;
 use crate::grpc::GrpcService;
 use crate::settings::{Limits, QueueSettings};
 use crate::store::{EmbeddedStore, MemoryStore, Store, StoreError};
-use axum::http::StatusCode;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,7 +103,8 @@ pub struct ServerConfig {
     pub connections: Connections,
     /// Authentication and per-queue authorization (off by default).
     pub auth: crate::auth::AuthConfig,
-    /// TLS on the gRPC port; `None`: plaintext.
+    /// TLS on the gRPC port, and on the HTTP port with the same certificate
+    /// (without client certificates); `None`: plaintext.
     pub tls: Option<crate::tls::TlsConfig>,
 }
 
@@ -365,16 +366,25 @@ pub async fn start_with_store(
             let http_addr = listener
                 .local_addr()
                 .map_err(|source| ServerError::Bind { addr, source })?;
-            let router = http_router(engine.clone(), auth.clone());
-            let engine = engine.clone();
-            let task = tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { engine.stopping().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!("HTTP server failed: {e}");
-                }
-            });
+            // The gRPC port's certificate, without client certificates:
+            // kubelet probes and Prometheus present none.
+            let tls = match &config.tls {
+                Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                    &crate::tls::TlsConfig {
+                        client_ca: None,
+                        ..t.clone()
+                    },
+                    &[b"http/1.1"],
+                )?)),
+                None => None,
+            };
+            let task = http::serve(
+                listener,
+                tls,
+                conns.handshake_timeout,
+                engine.clone(),
+                auth.clone(),
+            );
             (Some(task), Some(http_addr))
         }
     };
@@ -417,100 +427,6 @@ async fn open_embedded(dir: PathBuf, cache: usize) -> Result<Arc<dyn Store>, Ser
         .await
         .map_err(|e| ServerError::Task(e.to_string()))??;
     Ok(Arc::new(store))
-}
-
-fn http_router(engine: Engine, auth: Option<Arc<crate::auth::Auth>>) -> axum::Router {
-    use axum::routing::get;
-    let health_engine = engine.clone();
-    axum::Router::new()
-        .route(
-            "/healthz",
-            get(move || {
-                let engine = health_engine.clone();
-                async move {
-                    if let Some(err) = engine.failure() {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("store failed: {err}\n"),
-                        )
-                    } else if engine.is_stopping() {
-                        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_string())
-                    } else {
-                        (StatusCode::OK, "ok\n".to_string())
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move |headers: axum::http::HeaderMap| {
-                let engine = engine.clone();
-                let auth = auth.clone();
-                async move {
-                    // With --metrics-auth, any authenticated caller may scrape.
-                    if let Some(auth) = auth.filter(|a| a.metrics_auth())
-                        && let Err(refused) = auth.authenticate(
-                            headers
-                                .get(axum::http::header::AUTHORIZATION)
-                                .map(|v| v.as_bytes()),
-                            None,
-                        )
-                    {
-                        return (StatusCode::UNAUTHORIZED, format!("{}\n", refused.message()));
-                    }
-                    (StatusCode::OK, render_metrics(&engine))
-                }
-            }),
-        )
-}
-
-/// Prometheus text: the process's counters, every queue's depth by state,
-/// its lease calls parked waiting for an item, and what is remembered for
-/// retries. The per-queue series are
-/// written from the queues that exist at each scrape, not kept in the
-/// recorder: a deleted queue's series leave with it.
-fn render_metrics(engine: &Engine) -> String {
-    use std::fmt::Write;
-    let mut out = prometheus().map(|h| h.render()).unwrap_or_default();
-    let queues = engine.list_queues();
-    let _ = writeln!(
-        out,
-        "# HELP workq_queue_items Items of a queue by state.\n# TYPE workq_queue_items gauge"
-    );
-    for q in &queues {
-        let c = q.counters;
-        for (state, n) in [
-            ("pending", c.pending),
-            ("delayed", c.delayed),
-            ("leased", c.leased),
-            ("completed", c.completed),
-            ("dead", c.dead),
-        ] {
-            let _ = writeln!(
-                out,
-                "workq_queue_items{{queue=\"{}\",state=\"{state}\"}} {n}",
-                q.name
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP workq_lease_calls_waiting Lease calls parked waiting for an item.\n\
-         # TYPE workq_lease_calls_waiting gauge"
-    );
-    for q in &queues {
-        if let Ok(n) = engine.waiting_leases(&q.name) {
-            let _ = writeln!(out, "workq_lease_calls_waiting{{queue=\"{}\"}} {n}", q.name);
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP workq_remembered_finishes Finished leases and enqueue request ids remembered \
-         for retries, all queues (bounded by --max-finished-tokens).\n\
-         # TYPE workq_remembered_finishes gauge\nworkq_remembered_finishes {}",
-        engine.remembered()
-    );
-    out
 }
 
 impl RunningServer {

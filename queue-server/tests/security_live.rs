@@ -265,3 +265,95 @@ async fn keys_are_fetched_again_periodically_and_a_failed_fetch_is_said() {
         "{msg}"
     );
 }
+
+// ---- TLS on the HTTP port ----
+
+/// GET `path` over TLS trusting `ca_pem`: the status line, or the error.
+async fn https_get(addr: std::net::SocketAddr, ca_pem: &str, path: &str) -> Result<String, String> {
+    let connector = tokio_rustls::TlsConnector::from(pki::client_config(ca_pem, &[b"http/1.1"]));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut s = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(answer.lines().next().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_port_serves_https_with_the_grpc_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server_ca, client_ca, wrong) = (ca("server"), ca("clients"), ca("wrong"));
+    let mut tls = server_cert(dir.path(), &server_ca, "tls");
+    // Mutual TLS on gRPC: the HTTP port still takes probes and scrapes that
+    // present no client certificate.
+    std::fs::write(dir.path().join("client-ca.crt"), &client_ca.pem).expect("write");
+    tls.client_ca = Some(dir.path().join("client-ca.crt"));
+    let server = queue_server::start(ServerConfig {
+        tls: Some(tls),
+        ..ServerConfig::memory()
+    })
+    .await
+    .expect("start");
+    let http = server.http_addr().expect("http");
+    assert_eq!(
+        https_get(http, &server_ca.pem, "/healthz")
+            .await
+            .expect("healthz"),
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(
+        https_get(http, &server_ca.pem, "/metrics")
+            .await
+            .expect("metrics"),
+        "HTTP/1.1 200 OK"
+    );
+    let err = https_get(http, &wrong.pem, "/healthz")
+        .await
+        .expect_err("another CA");
+    assert!(
+        err.contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
+    // Plaintext gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(http).await.expect("connect");
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "plaintext answered");
+    // A silent client holds up no probe.
+    let _silent = tokio::net::TcpStream::connect(http).await.expect("connect");
+    assert_eq!(
+        https_get(http, &server_ca.pem, "/healthz")
+            .await
+            .expect("healthz"),
+        "HTTP/1.1 200 OK"
+    );
+    // The certificate rotates on the HTTP port too.
+    let new_ca = ca("new");
+    let (cert, key) = leaf(&new_ca, "server", false);
+    std::fs::write(dir.path().join("new.key"), key).expect("write");
+    std::fs::write(dir.path().join("new.crt"), cert).expect("write");
+    std::fs::rename(dir.path().join("new.key"), dir.path().join("tls.key")).expect("mv");
+    std::fs::rename(dir.path().join("new.crt"), dir.path().join("tls.crt")).expect("mv");
+    let pem = &new_ca.pem;
+    eventually(
+        || async move { https_get(http, pem, "/healthz").await.is_ok() },
+        "the new certificate on the HTTP port",
+    )
+    .await;
+}
