@@ -339,6 +339,8 @@ pub async fn start_with_store(
             if let Some(auth) = &authenticator {
                 let caller = auth.authenticate_request(&req)?;
                 req.extensions_mut().insert(caller);
+                // Long-lived calls follow their grants ([`crate::auth::Recheck`]).
+                req.extensions_mut().insert(auth.clone());
             }
             Ok(req)
         },

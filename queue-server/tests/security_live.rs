@@ -357,3 +357,172 @@ async fn the_http_port_serves_https_with_the_grpc_certificate() {
     )
     .await;
 }
+
+// ---- A Work stream whose grant is withdrawn ----
+
+fn grants(revoked_may_consume: bool) -> String {
+    let verbs = if revoked_may_consume {
+        "[consume, read]"
+    } else {
+        "[read]"
+    };
+    format!(
+        "- name: root\n  token: root-token\n  grants: [{{verbs: [\"*\"], queues: [\"*\"]}}]\n\
+         - name: revoked\n  token: revoked-token\n  grants: [{{verbs: {verbs}, queues: [\"job-*\"]}}]\n\
+         - name: kept\n  token: kept-token\n  grants: [{{verbs: [consume], queues: [\"job-*\"]}}]\n"
+    )
+}
+
+type Root = QueueServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        fn(Request<()>) -> Result<Request<()>, tonic::Status>,
+    >,
+>;
+
+fn root_token(mut req: Request<()>) -> Result<Request<()>, tonic::Status> {
+    req.metadata_mut().insert(
+        "authorization",
+        MetadataValue::from_static("Bearer root-token"),
+    );
+    Ok(req)
+}
+
+type WorkTx = tokio::sync::mpsc::Sender<pb::WorkRequest>;
+
+/// Opens a Work stream on `queue` with `token` and `credit`.
+async fn work(
+    server: &RunningServer,
+    token: &str,
+    queue: &str,
+    credit: i32,
+) -> (WorkTx, tonic::Streaming<pb::WorkResponse>) {
+    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr()))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(pb::WorkRequest {
+        queue: queue.into(),
+        credit,
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let mut req = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let v: MetadataValue<_> = format!("Bearer {token}").parse().expect("header");
+    req.metadata_mut().insert("authorization", v);
+    let stream = QueueServiceClient::new(channel)
+        .work(req)
+        .await
+        .expect("work")
+        .into_inner();
+    (tx, stream)
+}
+
+/// Reads pushes until `n` items arrived.
+async fn items(stream: &mut tonic::Streaming<pb::WorkResponse>, n: usize) -> Vec<pb::LeasedItem> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("an item within 10 s")
+            .expect("a message")
+            .expect("not ended");
+        got.extend(msg.items);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_consume_grant_ends_the_work_stream_and_releases_its_items() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("grants.yaml");
+    std::fs::write(&file, grants(true)).expect("write");
+    let server = queue_server::start(ServerConfig {
+        auth: AuthConfig {
+            tokens_file: Some(file.clone()),
+            reload_interval: RELOAD,
+            ..AuthConfig::default()
+        },
+        ..ServerConfig::memory()
+    })
+    .await
+    .expect("start");
+    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr()))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut root: Root = QueueServiceClient::with_interceptor(channel, root_token);
+    root.enqueue(pb::EnqueueRequest {
+        queue: "job-1".into(),
+        items: (0..6)
+            .map(|i| pb::NewItem {
+                payload: vec![i].into(),
+                ..Default::default()
+            })
+            .collect(),
+        create_queue: true,
+        ..Default::default()
+    })
+    .await
+    .expect("enqueue");
+    let (_revoked_tx, mut revoked) = work(&server, "revoked-token", "job-1", 3).await;
+    assert_eq!(items(&mut revoked, 3).await.len(), 3);
+    let (kept_tx, mut kept) = work(&server, "kept-token", "job-1", 1).await;
+    assert_eq!(items(&mut kept, 1).await.len(), 1);
+
+    // The grants file changes: `revoked` may only read now.
+    std::fs::write(&file, grants(false)).expect("write");
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), revoked.message())
+            .await
+            .expect("the stream ends within 10 s")
+        {
+            Ok(Some(m)) => assert!(m.items.is_empty(), "no item after the change"),
+            Ok(None) => panic!("ended without a status"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(end.code(), Code::PermissionDenied, "{end:?}");
+    assert!(
+        end.message().contains("consume") && end.message().contains("job-1"),
+        "{}",
+        end.message()
+    );
+    // Its three items are pending again (released when the stream ended,
+    // not at their lease's expiry: the default lease is far longer than the
+    // wait here), no attempt counted.
+    let stats = |mut root: Root| async move {
+        let s = root
+            .get_queue(pb::GetQueueRequest {
+                name: "job-1".into(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .queue
+            .and_then(|q| q.stats)
+            .expect("stats");
+        (s.pending, s.leased)
+    };
+    let r = &root;
+    eventually(
+        || async move { stats(r.clone()).await == (5, 1) },
+        "three items released",
+    )
+    .await;
+    // The stream that keeps its grant goes on: more credit, more items,
+    // each on its first attempt.
+    kept_tx
+        .send(pb::WorkRequest {
+            credit: 5,
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    let more = items(&mut kept, 5).await;
+    assert!(more.iter().all(|i| i.attempt == 1), "{more:?}");
+}

@@ -21,11 +21,13 @@
 pub mod grants;
 pub mod jwks_fetch;
 pub mod jwt;
+mod recheck;
 pub mod tokens;
 
 pub use grants::{Grant, Pattern, Verb};
 use jwks_fetch::JwksSource;
 use jwt::Jwks;
+pub use recheck::Recheck;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -141,6 +143,20 @@ pub struct Caller {
     /// `cert:<CN>`.
     pub identity: String,
     principals: Vec<Arc<Principal>>,
+    /// What it proved, to find its grants again after a reload.
+    credential: Credential,
+}
+
+/// The credential a caller proved, kept to look its grants up again when
+/// the grants file changes ([`Recheck`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Credential {
+    /// A bearer token of the grants file, by its SHA-256.
+    Token([u8; 32]),
+    /// A verified ServiceAccount token.
+    ServiceAccount { namespace: String, name: String },
+    /// A verified client certificate, by its subject CN.
+    Certificate(String),
 }
 
 impl Caller {
@@ -220,6 +236,8 @@ pub struct Auth {
     config: AuthConfig,
     loaded: RwLock<Arc<Loaded>>,
     fetched: RwLock<Fetched>,
+    /// Counts reloads of the files, for streams that re-check their grants.
+    reloads: tokio::sync::watch::Sender<u64>,
     /// Asks the fetching task for the JWKS again (a token's key is unknown).
     refetch: Arc<tokio::sync::Notify>,
 }
@@ -243,6 +261,7 @@ impl Auth {
             config,
             loaded: RwLock::new(Arc::new(loaded)),
             fetched: RwLock::new(Fetched::default()),
+            reloads: tokio::sync::watch::Sender::new(0),
             refetch: Arc::new(tokio::sync::Notify::new()),
         })))
     }
@@ -294,6 +313,7 @@ impl Auth {
                         if let Ok(mut l) = auth.loaded.write() {
                             *l = Arc::new(loaded);
                         }
+                        auth.reloads.send_modify(|n| *n += 1);
                     }
                     Err(e) => tracing::error!(
                         "authentication files changed but do not load, keeping the previous \
@@ -444,6 +464,7 @@ impl Auth {
                 return Ok(Caller {
                     identity: format!("token:{}", p.name),
                     principals: vec![p],
+                    credential: Credential::Token(tokens::token_hash(token)),
                 });
             }
             if self.config.serviceaccounts() && token.split('.').count() == 3 {
@@ -473,6 +494,10 @@ impl Auth {
                 return Ok(Caller {
                     identity: format!("system:serviceaccount:{}:{}", sa.namespace, sa.name),
                     principals: loaded.grants.serviceaccount(&sa.namespace, &sa.name),
+                    credential: Credential::ServiceAccount {
+                        namespace: sa.namespace,
+                        name: sa.name,
+                    },
                 });
             }
             return Err(self.unauthenticated("the bearer token is not one this server knows"));
@@ -483,6 +508,7 @@ impl Auth {
             return Ok(Caller {
                 identity: format!("cert:{cn}"),
                 principals: loaded.grants.certificate(cn),
+                credential: Credential::Certificate(cn.clone()),
             });
         }
         Err(self.unauthenticated("the call carries no credential"))
