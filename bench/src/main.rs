@@ -8,6 +8,7 @@
 
 mod report;
 mod resources;
+mod secure;
 mod soak;
 mod systems;
 
@@ -119,6 +120,9 @@ enum Tool {
     /// the server's CPU with its descriptor limit reached (see
     /// docs/RELIABILITY.md).
     Resources(resources::ResourcesArgs),
+    /// Throughput with TLS and/or a bearer token against plaintext (see
+    /// docs/BENCHMARKS.md, "TLS and authentication").
+    Secure(secure::SecureArgs),
 }
 
 /// A queue-server process for the workq systems.
@@ -764,6 +768,9 @@ fn main() -> Result<()> {
                 _ => server_bin,
             };
             return soak::soak(soak, &bin).await;
+        }
+        if let Some(Tool::Secure(s)) = &args.command {
+            return secure::secure(s, &server_bin).await;
         }
         if let Some(Tool::Resources(r)) = &args.command {
             return resources::resources(r, &server_bin).await;
