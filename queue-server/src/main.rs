@@ -92,8 +92,10 @@ struct Args {
     #[arg(long, env = "WQ_MAX_PAGE_SIZE", default_value_t = Limits::default().max_page_size)]
     max_page_size: usize,
     /// The embedded database's page cache in bytes (items are in memory
-    /// anyway; the cache only speeds up start-up and compaction).
-    #[arg(long, env = "WQ_EMBEDDED_CACHE_BYTES", default_value_t = queue_server::store::DEFAULT_CACHE_BYTES)]
+    /// anyway; the cache only speeds up start-up and compaction). 0: 1/32 of
+    /// the container's memory limit (cgroup), within 8 MiB and 256 MiB, or
+    /// 16 MiB without a limit.
+    #[arg(long, env = "WQ_EMBEDDED_CACHE_BYTES", default_value_t = 0)]
     embedded_cache_bytes: usize,
     /// Most bytes of items held, all queues together (payload, attributes,
     /// key, plus 200 bytes an item); an enqueue beyond it is refused
@@ -195,7 +197,12 @@ fn main() -> anyhow::Result<()> {
         http_listen,
         store: args.store,
         data_dir: args.data_dir,
-        embedded_cache_bytes: args.embedded_cache_bytes,
+        embedded_cache_bytes: match args.embedded_cache_bytes {
+            0 => {
+                queue_server::settings::derived_cache_bytes(queue_server::settings::memory_limit())
+            }
+            n => n,
+        },
         limits: Limits {
             max_payload_bytes: args.max_payload_bytes,
             max_batch: args.max_batch.max(1),
