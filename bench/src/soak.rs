@@ -1,6 +1,8 @@
 //! `workq-bench soak`: the real `queue-server` binary on the embedded store,
-//! killed with SIGKILL at random moments (some during start-up) and restarted
-//! on the same directory and port, under concurrent producers and workers:
+//! killed with SIGKILL at random moments (some during start-up, some aimed
+//! at the embedded store's compaction at start-up: `--compaction-kills`) and
+//! restarted on the same directory and port, under concurrent producers and
+//! workers:
 //!
 //! - a unary producer (Enqueue, every item with an idempotency key; a batch
 //!   not acknowledged is sent again, same keys, until it is);
@@ -47,6 +49,11 @@ pub struct SoakArgs {
     /// Share of rounds killed during start-up, before the server answers.
     #[arg(long, default_value_t = 0.15)]
     startup_kills: f64,
+    /// Share of rounds killed as the embedded store compacts at start-up
+    /// (right after the server logs "compacting the store"; a kill that
+    /// lands before "store compacted" is counted as landed).
+    #[arg(long, default_value_t = 0.1)]
+    compaction_kills: f64,
     /// Items per enqueue batch.
     #[arg(long, default_value_t = 20)]
     batch: usize,
@@ -407,17 +414,44 @@ fn tokio_util_token(s: &Arc<Shared>) -> tokio_util::sync::CancellationToken {
 /// Starts the server; waits for its address line unless `kill_within` is
 /// set, in which case it is killed after that long, ready or not.
 fn start(bin: &std::path::Path, dir: &std::path::Path, port: u16) -> Result<Child> {
+    start_logging(bin, dir, port, false)
+}
+
+/// [`start`], with the server's info log on a pipe when `log` is set.
+fn start_logging(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+    log: bool,
+) -> Result<Child> {
     Command::new(bin)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--http-listen", "127.0.0.1:0", "--store", "embedded"])
         .args(["--max-attempts", "1000"])
         .arg("--data-dir")
         .arg(dir)
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", if log { "info" } else { "error" })
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(if log { Stdio::piped() } else { Stdio::null() })
         .spawn()
         .with_context(|| format!("start {}", bin.display()))
+}
+
+/// Kills `child` as soon as its log says it is compacting the store;
+/// whether the kill landed before it logged the end of the compaction.
+fn kill_in_compaction(mut child: Child) -> Result<bool> {
+    let err = child.stderr.take().context("stderr")?;
+    let mut lines = BufReader::new(err).lines();
+    let seen = lines
+        .by_ref()
+        .map_while(std::result::Result::ok)
+        .any(|l| l.contains("compacting the store"));
+    child.kill().context("kill -9")?;
+    child.wait()?;
+    let finished = lines
+        .map_while(std::result::Result::ok)
+        .any(|l| l.contains("store compacted"));
+    Ok(seen && !finished)
 }
 
 /// Waits until the server printed its address (it is serving).
@@ -476,9 +510,22 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
     ];
     let started = Instant::now();
     let mut startup_kills = 0;
+    let (mut compaction_kills, mut compaction_landed) = (0, 0);
     for round in 0..args.rounds {
+        let draw = rng.f64();
+        if draw >= args.startup_kills && draw < args.startup_kills + args.compaction_kills {
+            let child = start_logging(bin, dir.path(), port, true)?;
+            compaction_kills += 1;
+            if tokio::task::spawn_blocking(move || kill_in_compaction(child))
+                .await
+                .context("join")??
+            {
+                compaction_landed += 1;
+            }
+            continue;
+        }
         let mut child = start(bin, dir.path(), port)?;
-        if rng.f64() < args.startup_kills {
+        if draw < args.startup_kills {
             // Killed while it opens the store and replays it.
             let ms = rng.u64(0..80);
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -552,7 +599,8 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
         .count();
     let acked_completions: u64 = b.completed.values().map(|&n| u64::from(n)).sum();
     println!(
-        "rounds: {} ({startup_kills} killed during start-up), seed {seed}, {:.0} s",
+        "rounds: {} ({startup_kills} killed during start-up, {compaction_kills} as the store \
+         compacts of which {compaction_landed} before it finished), seed {seed}, {:.0} s",
         args.rounds,
         started.elapsed().as_secs_f64()
     );
