@@ -9,6 +9,7 @@
 mod postgres;
 mod report;
 mod resources;
+mod secure;
 mod soak;
 mod systems;
 
@@ -124,6 +125,9 @@ enum Tool {
     /// SQL ceiling on the same database server, as ratios (see
     /// docs/BENCHMARKS.md). Needs Node.js for the peers.
     Postgres(postgres::PostgresArgs),
+    /// Throughput with TLS and/or a bearer token against plaintext (see
+    /// docs/BENCHMARKS.md, "TLS and authentication").
+    Secure(secure::SecureArgs),
 }
 
 /// A queue-server process for the workq systems.
@@ -775,6 +779,9 @@ fn main() -> Result<()> {
                 _ => server_bin,
             };
             return soak::soak(soak, &bin).await;
+        }
+        if let Some(Tool::Secure(s)) = &args.command {
+            return secure::secure(s, &server_bin).await;
         }
         if let Some(Tool::Resources(r)) = &args.command {
             return resources::resources(r, &server_bin).await;

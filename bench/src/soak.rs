@@ -1,6 +1,8 @@
 //! `workq-bench soak`: the real `queue-server` binary on the embedded store,
-//! killed with SIGKILL at random moments (some during start-up) and restarted
-//! on the same directory and port, under concurrent producers and workers:
+//! killed with SIGKILL at random moments (some during start-up, some aimed
+//! at the embedded store's compaction at start-up: `--compaction-kills`) and
+//! restarted on the same directory and port, under concurrent producers and
+//! workers:
 //!
 //! - a unary producer (Enqueue, every item with an idempotency key; a batch
 //!   not acknowledged is sent again, same keys, until it is);
@@ -56,6 +58,11 @@ pub struct SoakArgs {
     /// Share of rounds killed during start-up, before the server answers.
     #[arg(long, default_value_t = 0.15)]
     startup_kills: f64,
+    /// Share of rounds killed as the embedded store compacts at start-up
+    /// (right after the server logs "compacting the store"; a kill that
+    /// lands before "store compacted" is counted as landed).
+    #[arg(long, default_value_t = 0.1)]
+    compaction_kills: f64,
     /// Items per enqueue batch.
     #[arg(long, default_value_t = 20)]
     batch: usize,
@@ -507,8 +514,22 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
     ];
     let started = Instant::now();
     let mut startup_kills = 0;
+    let (mut compaction_kills, mut compaction_landed) = (0, 0);
     for round in 0..args.rounds {
         let victim = rng.usize(0..fleet.len());
+        let draw = rng.f64();
+        if !postgres
+            && draw >= args.startup_kills
+            && draw < args.startup_kills + args.compaction_kills
+        {
+            // Killed as the embedded store compacts at start-up.
+            fleet.start_logging(victim, true)?;
+            compaction_kills += 1;
+            if fleet.kill_in_compaction(victim).await? {
+                compaction_landed += 1;
+            }
+            continue;
+        }
         match (&own_pg, args.kill.as_str()) {
             (Some(pg), "postgres") => {
                 let ms = rng.u64(50..args.max_round_ms.max(51));
@@ -522,7 +543,7 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
                 if !postgres {
                     fleet.start(victim)?;
                 }
-                if rng.f64() < args.startup_kills {
+                if draw < args.startup_kills {
                     // Killed while it opens the store and replays it.
                     let ms = rng.u64(0..80);
                     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -600,7 +621,8 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
         .count();
     let acked_completions: u64 = b.completed.values().map(|&n| u64::from(n)).sum();
     println!(
-        "rounds: {} ({startup_kills} killed during start-up), seed {seed}, {:.0} s, \
+        "rounds: {} ({startup_kills} killed during start-up, {compaction_kills} as the store \
+         compacts of which {compaction_landed} before it finished), seed {seed}, {:.0} s, \
          {} store, {replicas} replica(s), killing the {}",
         args.rounds,
         started.elapsed().as_secs_f64(),

@@ -319,6 +319,7 @@ impl QueueService for GrpcService {
 
     async fn work(&self, req: Request<tonic::Streaming<pb::WorkRequest>>) -> Res<Self::WorkStream> {
         let caller = crate::auth::Grantee::of(&req);
+        let recheck = crate::auth::Recheck::of(&req);
         let mut inbound = req.into_inner();
         let first = first_message(&mut inbound, "a Work stream").await?;
         let name = queue_name("queue", &first.queue)?;
@@ -342,7 +343,9 @@ impl QueueService for GrpcService {
                 .map_err(status)?;
         }
         let engine = self.engine.clone();
-        spawn_stream(|tx| crate::work_stream::serve(engine, name, lease, first, inbound, tx))
+        spawn_stream(|tx| {
+            crate::work_stream::serve(engine, name, lease, first, inbound, tx, recheck)
+        })
     }
 
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Res<pb::RenewResponse> {

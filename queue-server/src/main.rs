@@ -105,8 +105,10 @@ struct Args {
     #[arg(long, env = "WQ_MAX_PAGE_SIZE", default_value_t = Limits::default().max_page_size)]
     max_page_size: usize,
     /// The embedded database's page cache in bytes (items are in memory
-    /// anyway; the cache only speeds up start-up and compaction).
-    #[arg(long, env = "WQ_EMBEDDED_CACHE_BYTES", default_value_t = queue_server::store::DEFAULT_CACHE_BYTES)]
+    /// anyway; the cache only speeds up start-up and compaction). 0: 1/32 of
+    /// the container's memory limit (cgroup), within 8 MiB and 256 MiB, or
+    /// 16 MiB without a limit.
+    #[arg(long, env = "WQ_EMBEDDED_CACHE_BYTES", default_value_t = 0)]
     embedded_cache_bytes: usize,
     /// Most bytes of items held, all queues together (payload, attributes,
     /// key, plus 200 bytes an item); an enqueue beyond it is refused
@@ -141,8 +143,28 @@ struct Args {
     /// Turns Kubernetes ServiceAccount tokens on: the cluster's signing keys
     /// as a JWKS document (the API server's /openid/v1/jwks). Re-read when it
     /// changes.
-    #[arg(long, env = "WQ_AUTH_JWKS_FILE")]
+    #[arg(long, env = "WQ_AUTH_JWKS_FILE", conflicts_with = "auth_jwks_url")]
     auth_jwks_file: Option<PathBuf>,
+    /// Turns Kubernetes ServiceAccount tokens on, their signing keys fetched
+    /// from this JWKS URL (https://; http:// only to a loopback address) at
+    /// start, every --auth-jwks-refresh and when a token names a key not yet
+    /// fetched (the cluster rotated its keys). "in-cluster": the API
+    /// server's https://kubernetes.default.svc/openid/v1/jwks with the pod's
+    /// ServiceAccount token and CA (/var/run/secrets/kubernetes.io/
+    /// serviceaccount/); the pod needs its token mounted.
+    #[arg(long, env = "WQ_AUTH_JWKS_URL")]
+    auth_jwks_url: Option<String>,
+    /// CA certificates (PEM) for --auth-jwks-url (default: the system's, or
+    /// the pod's CA for "in-cluster").
+    #[arg(long, env = "WQ_AUTH_JWKS_CA", requires = "auth_jwks_url")]
+    auth_jwks_ca: Option<PathBuf>,
+    /// A bearer token sent to --auth-jwks-url, read at each fetch (default:
+    /// none, or the pod's ServiceAccount token for "in-cluster").
+    #[arg(long, env = "WQ_AUTH_JWKS_TOKEN_FILE", requires = "auth_jwks_url")]
+    auth_jwks_token_file: Option<PathBuf>,
+    /// How often the keys of --auth-jwks-url are fetched again.
+    #[arg(long, env = "WQ_AUTH_JWKS_REFRESH", default_value_t = queue_server::auth::jwks_fetch::DEFAULT_REFRESH.into())]
+    auth_jwks_refresh: humantime::Duration,
     /// The issuer ServiceAccount tokens must name (the cluster's
     /// --service-account-issuer); unset: any issuer.
     #[arg(long, env = "WQ_AUTH_ISSUER")]
@@ -188,7 +210,12 @@ fn main() -> anyhow::Result<()> {
         http_listen,
         store: args.store,
         data_dir: args.data_dir,
-        embedded_cache_bytes: args.embedded_cache_bytes,
+        embedded_cache_bytes: match args.embedded_cache_bytes {
+            0 => {
+                queue_server::settings::derived_cache_bytes(queue_server::settings::memory_limit())
+            }
+            n => n,
+        },
         postgres: queue_server::postgres::PgConfig {
             url: args.database_url.unwrap_or_default(),
             password_file: args.database_password_file,
@@ -225,6 +252,13 @@ fn main() -> anyhow::Result<()> {
         auth: queue_server::auth::AuthConfig {
             tokens_file: args.auth_tokens_file,
             jwks_file: args.auth_jwks_file,
+            jwks_url: args.auth_jwks_url.map(|url| {
+                let mut source = queue_server::auth::jwks_fetch::JwksSource::from_flag(&url);
+                source.ca_file = args.auth_jwks_ca.or(source.ca_file);
+                source.token_file = args.auth_jwks_token_file.or(source.token_file);
+                source.refresh = args.auth_jwks_refresh.into();
+                source
+            }),
             issuer: args.auth_issuer,
             audience: args.auth_audience,
             metrics_auth: args.metrics_auth,

@@ -15,6 +15,7 @@
 //! retried after a back-off instead of at once.
 
 mod connection;
+mod http;
 
 pub use connection::{Conn, ConnInfo};
 use connection::{Incoming, incoming, incoming_tls};
@@ -24,7 +25,6 @@ use crate::engine::Engine;
 use crate::grpc::GrpcService;
 use crate::settings::{Limits, QueueSettings};
 use crate::store::{EmbeddedStore, MemoryStore, Store, StoreError};
-use axum::http::StatusCode;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -111,7 +111,8 @@ pub struct ServerConfig {
     pub connections: Connections,
     /// Authentication and per-queue authorization (off by default).
     pub auth: crate::auth::AuthConfig,
-    /// TLS on the gRPC port; `None`: plaintext.
+    /// TLS on the gRPC port, and on the HTTP port with the same certificate
+    /// (without client certificates); `None`: plaintext.
     pub tls: Option<crate::tls::TlsConfig>,
 }
 
@@ -284,7 +285,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             open_embedded(config.data_dir.clone(), config.embedded_cache_bytes).await?
         }
         StoreKind::Postgres => {
-            let auth = open_auth(&config)?;
+            let auth = open_auth(&config).await?;
             let engine =
                 crate::postgres::PgEngine::open(&config.postgres, config.limits, config.defaults)
                     .await?;
@@ -301,18 +302,19 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, ServerError> {
     prometheus();
-    let auth = open_auth(&config)?;
+    let auth = open_auth(&config).await?;
     let engine = Backend::from(Engine::open(store, config.limits, config.defaults)?);
     serve(config, engine, auth).await
 }
 
 /// Loads the authentication files and follows their changes.
-fn open_auth(config: &ServerConfig) -> Result<Option<Arc<crate::auth::Auth>>, ServerError> {
+async fn open_auth(config: &ServerConfig) -> Result<Option<Arc<crate::auth::Auth>>, ServerError> {
     let mut auth_config = config.auth.clone();
     auth_config.client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let auth = crate::auth::Auth::open(auth_config)?;
     if let Some(auth) = &auth {
         auth.watch();
+        auth.fetch_jwks().await;
     }
     Ok(auth)
 }
@@ -391,6 +393,8 @@ async fn serve(
             if let Some(auth) = &authenticator {
                 let caller = auth.authenticate_request(&req)?;
                 req.extensions_mut().insert(caller);
+                // Long-lived calls follow their grants ([`crate::auth::Recheck`]).
+                req.extensions_mut().insert(auth.clone());
             }
             Ok(req)
         },
@@ -418,16 +422,25 @@ async fn serve(
             let http_addr = listener
                 .local_addr()
                 .map_err(|source| ServerError::Bind { addr, source })?;
-            let router = http_router(engine.clone(), auth.clone());
-            let engine = engine.clone();
-            let task = tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { engine.stopping().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!("HTTP server failed: {e}");
-                }
-            });
+            // The gRPC port's certificate, without client certificates:
+            // kubelet probes and Prometheus present none.
+            let tls = match &config.tls {
+                Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                    &crate::tls::TlsConfig {
+                        client_ca: None,
+                        ..t.clone()
+                    },
+                    &[b"http/1.1"],
+                )?)),
+                None => None,
+            };
+            let task = http::serve(
+                listener,
+                tls,
+                conns.handshake_timeout,
+                engine.clone(),
+                auth.clone(),
+            );
             (Some(task), Some(http_addr))
         }
     };
@@ -470,100 +483,6 @@ async fn open_embedded(dir: PathBuf, cache: usize) -> Result<Arc<dyn Store>, Ser
         .await
         .map_err(|e| ServerError::Task(e.to_string()))??;
     Ok(Arc::new(store))
-}
-
-fn http_router(engine: Backend, auth: Option<Arc<crate::auth::Auth>>) -> axum::Router {
-    use axum::routing::get;
-    let health_engine = engine.clone();
-    axum::Router::new()
-        .route(
-            "/healthz",
-            get(move || {
-                let engine = health_engine.clone();
-                async move {
-                    match engine.health() {
-                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
-                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move |headers: axum::http::HeaderMap| {
-                let engine = engine.clone();
-                let auth = auth.clone();
-                async move {
-                    // With --metrics-auth, any authenticated caller may scrape.
-                    if let Some(auth) = auth.filter(|a| a.metrics_auth())
-                        && let Err(refused) = auth.authenticate(
-                            headers
-                                .get(axum::http::header::AUTHORIZATION)
-                                .map(|v| v.as_bytes()),
-                            None,
-                        )
-                    {
-                        return (StatusCode::UNAUTHORIZED, format!("{}\n", refused.message()));
-                    }
-                    (StatusCode::OK, render_metrics(&engine).await)
-                }
-            }),
-        )
-}
-
-/// Prometheus text: the process's counters, every queue's depth by state,
-/// its lease calls parked waiting for an item, and what is remembered for
-/// retries. The per-queue series are
-/// written from the queues that exist at each scrape, not kept in the
-/// recorder: a deleted queue's series leave with it.
-async fn render_metrics(engine: &Backend) -> String {
-    use std::fmt::Write;
-    let mut out = prometheus().map(|h| h.render()).unwrap_or_default();
-    let queues = match engine.list_queues().await {
-        Ok(q) => q,
-        Err(e) => {
-            let _ = writeln!(out, "# the queues could not be read: {e}");
-            Vec::new()
-        }
-    };
-    let _ = writeln!(
-        out,
-        "# HELP workq_queue_items Items of a queue by state.\n# TYPE workq_queue_items gauge"
-    );
-    for q in &queues {
-        let c = q.counters;
-        for (state, n) in [
-            ("pending", c.pending),
-            ("delayed", c.delayed),
-            ("leased", c.leased),
-            ("completed", c.completed),
-            ("dead", c.dead),
-        ] {
-            let _ = writeln!(
-                out,
-                "workq_queue_items{{queue=\"{}\",state=\"{state}\"}} {n}",
-                q.name
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP workq_lease_calls_waiting Lease calls parked waiting for an item.\n\
-         # TYPE workq_lease_calls_waiting gauge"
-    );
-    for q in &queues {
-        if let Ok(n) = engine.waiting_leases(&q.name) {
-            let _ = writeln!(out, "workq_lease_calls_waiting{{queue=\"{}\"}} {n}", q.name);
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP workq_remembered_finishes Finished leases and enqueue request ids remembered \
-         for retries, all queues (bounded by --max-finished-tokens).\n\
-         # TYPE workq_remembered_finishes gauge\nworkq_remembered_finishes {}",
-        engine.remembered().await
-    );
-    out
 }
 
 impl RunningServer {

@@ -101,20 +101,50 @@ pub struct Limits {
 /// `memory.limit_in_bytes`), when there is one: the rest is for the
 /// embedded database's cache, buffers and connections.
 pub fn derived_queued_bytes() -> Option<u64> {
+    memory_limit().map(|l| l / 2)
+}
+
+/// The container's memory limit (cgroup v2 `memory.max`, or v1
+/// `memory.limit_in_bytes`), when there is one.
+pub fn memory_limit() -> Option<u64> {
     [
         "/sys/fs/cgroup/memory.max",
         "/sys/fs/cgroup/memory/memory.limit_in_bytes",
     ]
     .iter()
     .find_map(|p| std::fs::read_to_string(p).ok())
-    .and_then(|s| half_of_limit(&s))
+    .and_then(|s| parse_limit(&s))
+}
+
+/// The embedded database's page cache when it is not configured, from the
+/// container's memory limit: 1/32 of it, within 8 MiB and 256 MiB (32 MiB
+/// under `deploy/`'s 1 GiB); without a limit,
+/// [`DEFAULT_CACHE_BYTES`](crate::store::DEFAULT_CACHE_BYTES). The engine
+/// keeps every queued item in memory, so the cache serves only start-up,
+/// compaction and the pages a commit touches; half the limit is for items
+/// ([`derived_queued_bytes`]), and what the cache takes comes out of the
+/// rest.
+pub fn derived_cache_bytes(memory_limit: Option<u64>) -> usize {
+    const MIN: u64 = 8 << 20;
+    const MAX: u64 = 256 << 20;
+    match memory_limit {
+        Some(l) => usize::try_from((l / 32).clamp(MIN, MAX)).unwrap_or(usize::MAX),
+        None => crate::store::DEFAULT_CACHE_BYTES,
+    }
 }
 
 /// Half of a cgroup memory limit as the file holds it; `None` for `max` or
 /// v1's "no limit" (a number near `i64::MAX`).
+#[cfg(test)]
 fn half_of_limit(s: &str) -> Option<u64> {
+    parse_limit(s).map(|l| l / 2)
+}
+
+/// A cgroup memory limit as the file holds it; `None` for `max` or v1's
+/// "no limit" (a number near `i64::MAX`).
+fn parse_limit(s: &str) -> Option<u64> {
     let limit: u64 = s.trim().parse().ok()?;
-    (limit < 1 << 60).then_some(limit / 2)
+    (limit < 1 << 60).then_some(limit)
 }
 
 impl Default for Limits {
@@ -485,5 +515,13 @@ mod tests {
         assert_eq!(half_of_limit("1073741824\n"), Some(512 << 20));
         assert_eq!(half_of_limit("max\n"), None);
         assert_eq!(half_of_limit("9223372036854771712"), None);
+    }
+
+    #[test]
+    fn the_cache_default_is_a_thirty_second_of_the_limit_within_bounds() {
+        assert_eq!(derived_cache_bytes(Some(1 << 30)), 32 << 20);
+        assert_eq!(derived_cache_bytes(Some(64 << 20)), 8 << 20);
+        assert_eq!(derived_cache_bytes(Some(64 << 30)), 256 << 20);
+        assert_eq!(derived_cache_bytes(None), crate::store::DEFAULT_CACHE_BYTES);
     }
 }

@@ -36,6 +36,10 @@
 //!   token with `per_token_results`. The answer's `results` hold, with
 //!   `per_token_results`, one per completed token then one per renewed
 //!   token; without it, one per renewed token (their new deadlines).
+//! - With authentication on, the caller's `consume` grant on the queue is
+//!   looked up again whenever the grants file is reloaded; once withdrawn,
+//!   the stream leases nothing more and ends with PERMISSION_DENIED (after
+//!   the answers in flight), releasing what it held.
 
 use crate::backend::Backend as Engine;
 use crate::engine::LeaseOutcome;
@@ -71,9 +75,10 @@ pub async fn serve(
     first: pb::WorkRequest,
     inbound: Streaming<pb::WorkRequest>,
     tx: Outbound,
+    grant: Option<crate::auth::Recheck>,
 ) {
     let mut held = Held::new();
-    run(&engine, &name, lease, first, inbound, tx, &mut held).await;
+    run(&engine, &name, lease, first, inbound, tx, &mut held, grant).await;
     let held: Vec<LeaseToken> = held.into_keys().collect();
     for chunk in held.chunks(engine.limits().max_batch.max(1)) {
         match engine.release_held(&name, chunk).await {
@@ -105,7 +110,7 @@ fn room(max_outstanding: usize, outstanding: usize) -> Option<(usize, bool)> {
     }
 }
 
-#[allow(clippy::too_many_lines)]
+#[allow(clippy::too_many_lines, clippy::too_many_arguments)]
 async fn run(
     engine: &Engine,
     name: &QueueName,
@@ -114,6 +119,7 @@ async fn run(
     mut inbound: Streaming<pb::WorkRequest>,
     tx: Outbound,
     held: &mut Held,
+    mut grant: Option<crate::auth::Recheck>,
 ) {
     let max_batch = engine.limits().max_batch as u64;
     let max_credit = engine.limits().max_work_credit.max(1);
@@ -255,6 +261,18 @@ async fn run(
             }
             () = &mut stopping, if !ending => {
                 last_word = Some(crate::grpc::rejection(&crate::Error::ShuttingDown).to_status());
+                ending = true;
+            }
+            refused = async {
+                match grant.as_mut() {
+                    Some(r) => r.withdrawn(crate::auth::Verb::Consume, name.as_str()).await,
+                    None => std::future::pending().await,
+                }
+            }, if !ending => {
+                // The grant is gone: no lease more (one waiting on the
+                // store gives its items back when dropped).
+                leasing = None;
+                last_word = Some(refused);
                 ending = true;
             }
             () = tx.closed() => return,

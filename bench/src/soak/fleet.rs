@@ -59,6 +59,12 @@ impl Fleet {
 
     /// Starts replica `i` (not waiting for it).
     pub fn start(&mut self, i: usize) -> Result<()> {
+        self.start_logging(i, false)
+    }
+
+    /// [`Fleet::start`], with the replica's info log on a pipe when `log`
+    /// is set (for [`Fleet::kill_in_compaction`]).
+    pub fn start_logging(&mut self, i: usize, log: bool) -> Result<()> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["--listen", &format!("127.0.0.1:{}", self.ports[i])])
             .args(["--http-listen", "127.0.0.1:0"])
@@ -75,9 +81,9 @@ impl Fleet {
             }
         }
         let child = cmd
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", if log { "info" } else { "error" })
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(if log { Stdio::piped() } else { Stdio::null() })
             .spawn()
             .with_context(|| format!("start {}", self.bin.display()))?;
         self.children[i] = Some(child);
@@ -100,6 +106,29 @@ impl Fleet {
             bail!("replica {i} did not start: {line:?}");
         }
         Ok(())
+    }
+
+    /// Kills replica `i` (started with its log on a pipe) as soon as its log
+    /// says it is compacting the store; answers whether the kill landed
+    /// before it logged the end of the compaction.
+    pub async fn kill_in_compaction(&mut self, i: usize) -> Result<bool> {
+        let mut child = self.children[i].take().context("replica not started")?;
+        tokio::task::spawn_blocking(move || {
+            let err = child.stderr.take().context("stderr")?;
+            let mut lines = BufReader::new(err).lines();
+            let seen = lines
+                .by_ref()
+                .map_while(std::result::Result::ok)
+                .any(|l| l.contains("compacting the store"));
+            child.kill().context("kill -9")?;
+            child.wait()?;
+            let finished = lines
+                .map_while(std::result::Result::ok)
+                .any(|l| l.contains("store compacted"));
+            Ok(seen && !finished)
+        })
+        .await
+        .context("join")?
     }
 
     /// `kill -9` replica `i`.

@@ -84,6 +84,21 @@ impl Jwks {
         Ok(Jwks { keys })
     }
 
+    /// Whether it holds the key `token`'s header names (by algorithm and
+    /// `kid`); false for a token whose header does not decode.
+    pub fn knows(&self, token: &str) -> bool {
+        jsonwebtoken::decode_header(token).is_ok_and(|h| self.key(&h).is_some())
+    }
+
+    fn key(
+        &self,
+        header: &jsonwebtoken::Header,
+    ) -> Option<&(Option<String>, Algorithm, DecodingKey)> {
+        self.keys.iter().find(|(kid, alg, _)| {
+            *alg == header.alg && (header.kid.is_none() || *kid == header.kid)
+        })
+    }
+
     /// Verifies `token` and says whose it is, or why it was refused.
     pub fn verify(
         &self,
@@ -93,19 +108,13 @@ impl Jwks {
     ) -> Result<ServiceAccount, String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("not a valid JWT: {e}"))?;
-        let (_, alg, key) = self
-            .keys
-            .iter()
-            .find(|(kid, alg, _)| {
-                *alg == header.alg && (header.kid.is_none() || *kid == header.kid)
-            })
-            .ok_or_else(|| {
-                format!(
-                    "signed by a key ({:?}, kid {:?}) not in the server's JWKS",
-                    header.alg,
-                    header.kid.as_deref().unwrap_or("none")
-                )
-            })?;
+        let (_, alg, key) = self.key(&header).ok_or_else(|| {
+            format!(
+                "signed by a key ({:?}, kid {:?}) not in the server's JWKS",
+                header.alg,
+                header.kid.as_deref().unwrap_or("none")
+            )
+        })?;
         let mut v = Validation::new(*alg);
         v.set_audience(&[audience]);
         v.set_required_spec_claims(&["exp", "aud", "iss"]);

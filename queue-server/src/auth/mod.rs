@@ -5,6 +5,7 @@
 //! - [`tokens`]: the grants file (bearer tokens kept as SHA-256 hashes,
 //!   ServiceAccounts, client certificates, each with grants);
 //! - [`jwt`]: Kubernetes ServiceAccount tokens verified offline (JWKS);
+//! - [`jwks_fetch`]: that JWKS fetched from the API server and refreshed;
 //! - [`grants`]: verbs and queue name patterns.
 //!
 //! Applied in one place: the service's interceptor ([`crate::server`])
@@ -18,11 +19,15 @@
 //! logged.
 
 pub mod grants;
+pub mod jwks_fetch;
 pub mod jwt;
+mod recheck;
 pub mod tokens;
 
 pub use grants::{Grant, Pattern, Verb};
+use jwks_fetch::JwksSource;
 use jwt::Jwks;
+pub use recheck::Recheck;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -42,6 +47,10 @@ pub struct AuthConfig {
     pub tokens_file: Option<PathBuf>,
     /// The cluster's ServiceAccount signing keys (a JWKS document).
     pub jwks_file: Option<PathBuf>,
+    /// The cluster's ServiceAccount signing keys fetched from a URL (the API
+    /// server's `/openid/v1/jwks`) and refreshed; used when there is no
+    /// [`AuthConfig::jwks_file`].
+    pub jwks_url: Option<JwksSource>,
     /// The issuer ServiceAccount tokens must name (`iss`); `None`: any.
     pub issuer: Option<String>,
     /// The audience ServiceAccount tokens must carry (`aud`).
@@ -60,6 +69,7 @@ impl Default for AuthConfig {
         AuthConfig {
             tokens_file: None,
             jwks_file: None,
+            jwks_url: None,
             issuer: None,
             audience: DEFAULT_AUDIENCE.to_string(),
             metrics_auth: false,
@@ -72,7 +82,12 @@ impl Default for AuthConfig {
 impl AuthConfig {
     /// Whether any credential is configured, i.e. authentication is on.
     pub fn enabled(&self) -> bool {
-        self.tokens_file.is_some() || self.jwks_file.is_some() || self.client_certificates
+        self.tokens_file.is_some() || self.serviceaccounts() || self.client_certificates
+    }
+
+    /// Whether ServiceAccount tokens are accepted (a JWKS file or URL).
+    pub fn serviceaccounts(&self) -> bool {
+        self.jwks_file.is_some() || self.jwks_url.is_some()
     }
 }
 
@@ -128,6 +143,20 @@ pub struct Caller {
     /// `cert:<CN>`.
     pub identity: String,
     principals: Vec<Arc<Principal>>,
+    /// What it proved, to find its grants again after a reload.
+    credential: Credential,
+}
+
+/// The credential a caller proved, kept to look its grants up again when
+/// the grants file changes ([`Recheck`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Credential {
+    /// A bearer token of the grants file, by its SHA-256.
+    Token([u8; 32]),
+    /// A verified ServiceAccount token.
+    ServiceAccount { namespace: String, name: String },
+    /// A verified client certificate, by its subject CN.
+    Certificate(String),
 }
 
 impl Caller {
@@ -194,11 +223,23 @@ impl Grantee {
     }
 }
 
+/// The JWKS fetched from [`AuthConfig::jwks_url`], or why there is none.
+#[derive(Debug, Default)]
+struct Fetched {
+    jwks: Option<Arc<Jwks>>,
+    error: Option<String>,
+}
+
 /// Authentication and authorization as configured; cheap to share.
 #[derive(Debug)]
 pub struct Auth {
     config: AuthConfig,
     loaded: RwLock<Arc<Loaded>>,
+    fetched: RwLock<Fetched>,
+    /// Counts reloads of the files, for streams that re-check their grants.
+    reloads: tokio::sync::watch::Sender<u64>,
+    /// Asks the fetching task for the JWKS again (a token's key is unknown).
+    refetch: Arc<tokio::sync::Notify>,
 }
 
 fn read(path: &PathBuf) -> Result<String, AuthError> {
@@ -219,6 +260,9 @@ impl Auth {
         Ok(Some(Arc::new(Auth {
             config,
             loaded: RwLock::new(Arc::new(loaded)),
+            fetched: RwLock::new(Fetched::default()),
+            reloads: tokio::sync::watch::Sender::new(0),
+            refetch: Arc::new(tokio::sync::Notify::new()),
         })))
     }
 
@@ -269,6 +313,7 @@ impl Auth {
                         if let Ok(mut l) = auth.loaded.write() {
                             *l = Arc::new(loaded);
                         }
+                        auth.reloads.send_modify(|n| *n += 1);
                     }
                     Err(e) => tracing::error!(
                         "authentication files changed but do not load, keeping the previous \
@@ -277,6 +322,68 @@ impl Auth {
                 }
             }
         });
+    }
+
+    /// With [`AuthConfig::jwks_url`]: fetches the JWKS once (a failure is
+    /// logged, and refusals say it), then keeps it fresh in a task while
+    /// `self` lives: every [`JwksSource::refresh`], and when a token names a
+    /// key it does not hold (at most every [`JwksSource::min_refetch`]).
+    pub async fn fetch_jwks(self: &Arc<Self>) {
+        let Some(source) = self.config.jwks_url.clone() else {
+            return;
+        };
+        self.fetch_once(&source).await;
+        let weak = Arc::downgrade(self);
+        let refetch = self.refetch.clone();
+        tokio::spawn(async move {
+            let mut last = tokio::time::Instant::now();
+            loop {
+                let wait = match weak.upgrade() {
+                    Some(auth) if auth.fetched_jwks().is_some() => source.refresh,
+                    Some(_) => source.min_refetch,
+                    None => return,
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = refetch.notified() => {
+                        tokio::time::sleep_until(last + source.min_refetch).await;
+                    }
+                }
+                last = tokio::time::Instant::now();
+                let Some(auth) = weak.upgrade() else { return };
+                auth.fetch_once(&source).await;
+            }
+        });
+    }
+
+    async fn fetch_once(&self, source: &JwksSource) {
+        let got = source.fetch().await;
+        let Ok(mut f) = self.fetched.write() else {
+            return;
+        };
+        match got {
+            Ok(jwks) => {
+                tracing::debug!(url = %source.url, ?jwks, "JWKS fetched");
+                f.jwks = Some(Arc::new(jwks));
+                f.error = None;
+            }
+            Err(e) => {
+                tracing::error!("{e}; keeping the keys fetched before, if any");
+                f.error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn fetched_jwks(&self) -> Option<Arc<Jwks>> {
+        self.fetched.read().ok().and_then(|f| f.jwks.clone())
+    }
+
+    fn fetch_error(&self) -> String {
+        self.fetched
+            .read()
+            .ok()
+            .and_then(|f| f.error.clone())
+            .unwrap_or_else(|| "not fetched yet".into())
     }
 
     fn current(&self) -> Arc<Loaded> {
@@ -297,7 +404,7 @@ impl Auth {
         if self.config.tokens_file.is_some() {
             kinds.push("bearer token");
         }
-        if self.config.jwks_file.is_some() {
+        if self.config.serviceaccounts() {
             kinds.push("kubernetes serviceaccount token");
         }
         if self.config.client_certificates {
@@ -312,7 +419,7 @@ impl Auth {
         if self.config.tokens_file.is_some() {
             how.push("a bearer token from the grants file".to_string());
         }
-        if self.config.jwks_file.is_some() {
+        if self.config.serviceaccounts() {
             how.push(format!(
                 "a Kubernetes ServiceAccount token with audience {:?}",
                 self.config.audience
@@ -357,11 +464,28 @@ impl Auth {
                 return Ok(Caller {
                     identity: format!("token:{}", p.name),
                     principals: vec![p],
+                    credential: Credential::Token(tokens::token_hash(token)),
                 });
             }
-            if let Some(jwks) = &loaded.jwks
-                && token.split('.').count() == 3
-            {
+            if self.config.serviceaccounts() && token.split('.').count() == 3 {
+                // The file's keys, else the fetched ones.
+                let fetched;
+                let jwks = match &loaded.jwks {
+                    Some(file) => file,
+                    None => {
+                        fetched = self.fetched_jwks().ok_or_else(|| {
+                            self.unauthenticated(&format!(
+                                "the ServiceAccount signing keys are not available: {}",
+                                self.fetch_error()
+                            ))
+                        })?;
+                        if !fetched.knows(token) {
+                            // Rotated keys: fetched again soon; a retry passes.
+                            self.refetch.notify_one();
+                        }
+                        &*fetched
+                    }
+                };
                 let sa = jwks
                     .verify(token, self.config.issuer.as_deref(), &self.config.audience)
                     .map_err(|why| {
@@ -370,6 +494,10 @@ impl Auth {
                 return Ok(Caller {
                     identity: format!("system:serviceaccount:{}:{}", sa.namespace, sa.name),
                     principals: loaded.grants.serviceaccount(&sa.namespace, &sa.name),
+                    credential: Credential::ServiceAccount {
+                        namespace: sa.namespace,
+                        name: sa.name,
+                    },
                 });
             }
             return Err(self.unauthenticated("the bearer token is not one this server knows"));
@@ -380,6 +508,7 @@ impl Auth {
             return Ok(Caller {
                 identity: format!("cert:{cn}"),
                 principals: loaded.grants.certificate(cn),
+                credential: Credential::Certificate(cn.clone()),
             });
         }
         Err(self.unauthenticated("the call carries no credential"))

@@ -149,6 +149,11 @@ impl GrantsFile {
         self.tokens.get(&token_hash(token)).cloned()
     }
 
+    /// The entry of a bearer token, by the token's SHA-256.
+    pub fn token_by_hash(&self, hash: &[u8; 32]) -> Option<Arc<Principal>> {
+        self.tokens.get(hash).cloned()
+    }
+
     /// Every entry that names ServiceAccount `namespace`/`name`.
     pub fn serviceaccount(&self, namespace: &str, name: &str) -> Vec<Arc<Principal>> {
         self.serviceaccounts

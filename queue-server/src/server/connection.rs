@@ -15,7 +15,8 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 const PREFACE_LEN: usize = 24;
 
 /// The first back-off after a failed `accept`, and the longest.
-const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+pub(super) const ACCEPT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(5), Duration::from_secs(1));
 
 /// Accepted connections, each with Nagle off and a handshake deadline. A
 /// failed `accept` (EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or

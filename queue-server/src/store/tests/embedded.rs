@@ -191,6 +191,10 @@ fn the_page_cache_is_bounded_by_its_setting() {
     assert!(small.evictions_at_open() > 0, "256 KiB cannot hold 8 MiB");
     small.close().expect("close");
     let default = EmbeddedStore::open(dir.path()).expect("reopen");
-    assert_eq!(default.evictions_at_open(), 0, "64 MiB holds 8 MiB");
+    assert_eq!(
+        default.evictions_at_open(),
+        0,
+        "the 16 MiB default holds 8 MiB"
+    );
     default.close().expect("close");
 }

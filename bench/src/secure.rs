@@ -1,0 +1,340 @@
+//! `workq-bench secure`: what TLS and authentication cost in throughput.
+//!
+//! The same unary workload against four queue-servers started side by side
+//! (memory store unless `--store`): plaintext without authentication, TLS
+//! (`--tls-cert`, a certificate made here with rcgen), a bearer token
+//! (`--auth-tokens-file`, the token on every call), and both. Each round
+//! runs every configuration in turn; medians are reported, with each
+//! configuration's cost against plaintext. Unary calls are the worst case
+//! for authentication (it runs per call; a stream authenticates once).
+
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use workq_proto::v1 as pb;
+
+/// `workq-bench secure`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct SecureArgs {
+    /// Configurations to compare, comma separated: plain, tls, token,
+    /// tls+token.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "plain,tls,token,tls+token"
+    )]
+    configs: Vec<String>,
+    /// Items per measurement.
+    #[arg(long, default_value_t = 200_000)]
+    items: u64,
+    /// Items per Enqueue and per Lease.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Payload bytes per item.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Concurrent producers, and consumers.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Rounds (medians reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// The server's store.
+    #[arg(long, default_value = "memory")]
+    store: String,
+}
+
+/// One configuration: whether it uses TLS and a token.
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    tls: bool,
+    token: bool,
+}
+
+impl Config {
+    fn parse(s: &str) -> Result<Config> {
+        Ok(match s {
+            "plain" => Config {
+                tls: false,
+                token: false,
+            },
+            "tls" => Config {
+                tls: true,
+                token: false,
+            },
+            "token" => Config {
+                tls: false,
+                token: true,
+            },
+            "tls+token" => Config {
+                tls: true,
+                token: true,
+            },
+            _ => bail!("unknown configuration {s:?}: use plain, tls, token or tls+token"),
+        })
+    }
+}
+
+const TOKEN: &str = "bench-token";
+
+/// Adds the bearer token when there is one.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = pb::queue_service_client::QueueServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A queue-server in one configuration.
+struct Server {
+    child: Child,
+    name: String,
+    addr: String,
+    config: Config,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The certificate (for localhost) and key, and the CA that signed it, PEM.
+struct Pki {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn pki() -> Result<Pki> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key)?.pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&key, &issuer)?;
+    Ok(Pki {
+        ca: ca_pem,
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+fn start(bin: &Path, name: &str, config: Config, store: &str, pki: &Pki) -> Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--store", store])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"));
+    if config.tls {
+        std::fs::write(dir.path().join("tls.crt"), &pki.cert)?;
+        std::fs::write(dir.path().join("tls.key"), &pki.key)?;
+        cmd.arg("--tls-cert")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key")
+            .arg(dir.path().join("tls.key"));
+    }
+    if config.token {
+        let grants = dir.path().join("grants.yaml");
+        std::fs::write(
+            &grants,
+            format!(
+                "- name: bench\n  token: {TOKEN}\n  grants: [{{verbs: [\"*\"], queues: [\"*\"]}}]\n"
+            ),
+        )?;
+        cmd.arg("--auth-tokens-file").arg(grants);
+    }
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc="))
+        .with_context(|| format!("no grpc address in {line:?}"))?
+        .to_string();
+    Ok(Server {
+        child,
+        name: name.to_string(),
+        addr,
+        config,
+        _dir: dir,
+    })
+}
+
+async fn client(s: &Server, ca: &str) -> Result<Client> {
+    let port = s.addr.rsplit(':').next().unwrap_or_default();
+    let channel = if s.config.tls {
+        Endpoint::from_shared(format!("https://localhost:{port}"))?
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .domain_name("localhost"),
+            )?
+            .tcp_nodelay(true)
+            .connect()
+            .await?
+    } else {
+        Endpoint::from_shared(format!("http://{}", s.addr))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?
+    };
+    let bearer = if s.config.token {
+        Some(format!("Bearer {TOKEN}").parse()?)
+    } else {
+        None
+    };
+    Ok(
+        pb::queue_service_client::QueueServiceClient::with_interceptor(channel, Bearer(bearer))
+            .max_decoding_message_size(64 << 20),
+    )
+}
+
+/// Enqueue then lease+complete `items` on a new queue: items/s of each.
+async fn measure(a: &SecureArgs, s: &Server, ca: &str, round: usize) -> Result<(f64, f64)> {
+    let queue = format!("secure-{round}");
+    let mut clients = Vec::new();
+    for _ in 0..a.clients.max(1) {
+        clients.push(client(s, ca).await?);
+    }
+    clients[0]
+        .create_queue(pb::CreateQueueRequest {
+            name: queue.clone(),
+            settings: None,
+        })
+        .await?;
+    let calls = a.items.div_ceil(a.batch as u64);
+    let per = calls.div_ceil(clients.len() as u64);
+    let payload = vec![7u8; a.payload];
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut c in clients.clone() {
+        let (queue, payload, batch) = (queue.clone(), payload.clone(), a.batch);
+        tasks.spawn(async move {
+            for _ in 0..per {
+                let items = (0..batch)
+                    .map(|_| pb::NewItem {
+                        payload: payload.clone().into(),
+                        ..Default::default()
+                    })
+                    .collect();
+                c.enqueue(pb::EnqueueRequest {
+                    queue: queue.clone(),
+                    items,
+                    ..Default::default()
+                })
+                .await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let enqueued = per * clients.len() as u64 * a.batch as u64;
+    let enqueue = enqueued as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut c in clients {
+        let (queue, batch) = (queue.clone(), a.batch);
+        tasks.spawn(async move {
+            let mut held = Vec::new();
+            let mut taken = 0u64;
+            loop {
+                let l = c
+                    .lease(pb::LeaseRequest {
+                        queue: queue.clone(),
+                        max_items: i32::try_from(batch).unwrap_or(i32::MAX),
+                        lease: Some(workq_proto::time::duration(Duration::from_secs(60))),
+                        wait: None,
+                        complete_tokens: std::mem::take(&mut held),
+                        max_bytes: 0,
+                    })
+                    .await?
+                    .into_inner();
+                if l.items.is_empty() {
+                    return anyhow::Ok(taken);
+                }
+                taken += l.items.len() as u64;
+                held = l.items.into_iter().map(|i| i.lease_token).collect();
+            }
+        });
+    }
+    let mut taken = 0;
+    while let Some(r) = tasks.join_next().await {
+        taken += r??;
+    }
+    if taken != enqueued {
+        bail!("{}: leased {taken} of {enqueued}", s.name);
+    }
+    let consume = taken as f64 / t.elapsed().as_secs_f64();
+    Ok((enqueue, consume))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs `workq-bench secure` against `bin`.
+pub async fn secure(a: &SecureArgs, bin: &Path) -> Result<()> {
+    let pki = pki()?;
+    let mut servers = Vec::new();
+    for name in &a.configs {
+        servers.push(start(bin, name, Config::parse(name)?, &a.store, &pki)?);
+    }
+    let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); servers.len()];
+    for round in 0..a.rounds {
+        eprintln!("round {}/{}", round + 1, a.rounds);
+        for (s, r) in servers.iter().zip(results.iter_mut()) {
+            let (e, c) = measure(a, s, &pki.ca, round)
+                .await
+                .with_context(|| format!("{} round {round}", s.name))?;
+            eprintln!(
+                "  {:<10} enqueue {e:>10.0} items/s   lease+complete {c:>10.0} items/s",
+                s.name
+            );
+            r.0.push(e);
+            r.1.push(c);
+        }
+    }
+    println!(
+        "{} items of {} B, batch {}, {} producers then {} consumers, {} store, {} rounds (medians)\n",
+        a.items, a.payload, a.batch, a.clients, a.clients, a.store, a.rounds
+    );
+    println!("| configuration | enqueue items/s | cost | lease+complete items/s | cost |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut base: Option<(f64, f64)> = None;
+    for (s, (e, c)) in servers.iter().zip(results.iter_mut()) {
+        let (e, c) = (median(e), median(c));
+        let (be, bc) = *base.get_or_insert((e, c));
+        println!(
+            "| {} | {e:.0} | {:+.1}% | {c:.0} | {:+.1}% |",
+            s.name,
+            (be - e) / be * 100.0,
+            (bc - c) / bc * 100.0
+        );
+    }
+    Ok(())
+}
