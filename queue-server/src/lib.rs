@@ -11,7 +11,9 @@
 //! - [`store`]: persistence (`memory`, and the durable `embedded` default).
 //! - [`grpc`]: the thin gRPC adapter (errors become reasons in one place,
 //!   `grpc::rejection`); [`work_stream`], [`enqueue_stream`]: the two
-//!   bidirectional streams; [`server`]: ports, health, metrics, shutdown.
+//!   bidirectional streams; [`server`]: ports, health, metrics, shutdown;
+//!   [`reflection`]: gRPC server reflection, v1 and v1alpha; [`keda`]: KEDA's
+//!   external scaler.
 //!
 //! # Idempotent retries
 //! Each queue remembers, in memory for the idempotency window and within
@@ -44,8 +46,10 @@ pub mod idle;
 pub mod item;
 pub mod item_table;
 pub mod journal;
+pub mod keda;
 pub mod names;
 pub mod queue;
+pub mod reflection;
 pub mod server;
 pub mod settings;
 pub mod store;
