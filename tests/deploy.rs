@@ -10,9 +10,10 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
 }
 
-/// The directory of examples that are custom resources (cert-manager's
-/// Certificate and Issuer), checked apart from the built-in kinds.
-const CRD_EXAMPLES: &str = "cert-manager";
+/// The directories of examples that hold custom resources (cert-manager's
+/// Certificate and Issuer; KEDA's, checked by `tests/keda.rs`), checked
+/// apart from the built-in kinds.
+const CRD_EXAMPLES: [&str; 2] = ["cert-manager", "keda"];
 
 /// Every `.yaml` under `deploy/` that is a built-in Kubernetes object (not
 /// the kustomization itself, nor the custom resources' examples).
@@ -25,7 +26,10 @@ fn manifests() -> Vec<PathBuf> {
         entries.sort();
         for p in entries {
             // Custom resources (cert-manager's): not in the built-in schema.
-            if p.is_dir() && p.file_name().is_some_and(|n| n == CRD_EXAMPLES) {
+            if p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| CRD_EXAMPLES.iter().any(|c| n == *c))
+            {
                 continue;
             }
             if p.is_dir() {
@@ -277,7 +281,7 @@ fn the_cert_manager_example_makes_the_tls_secret_the_statefulset_mounts() {
     let text = std::fs::read_to_string(
         deploy_dir()
             .join("examples")
-            .join(CRD_EXAMPLES)
+            .join(CRD_EXAMPLES[0])
             .join("certificate.yaml"),
     )
     .expect("read");

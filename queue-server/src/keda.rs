@@ -4,8 +4,11 @@
 //!
 //! A trigger's metadata names the queue and what to count:
 //! - `queue` (required): the queue's name;
-//! - `count`: `pending` (the default: items ready for a worker) or
-//!   `pending+leased` (also the items workers hold);
+//! - `count`: `pending+leased` (the default: items ready for a worker and
+//!   items workers hold) or `pending` (ready items only); which to pick
+//!   depends on what KEDA subtracts (docs/keda.md): `pending+leased` for a
+//!   ScaledObject and ScaledJob's `default` strategy, `pending` for
+//!   ScaledJob's `accurate` strategy;
 //! - `target`: items per pod (default 1).
 //!
 //! `IsActive` answers whether the count is above zero; `StreamIsActive`
@@ -38,12 +41,14 @@ pub const DEFAULT_TARGET: i64 = 1;
 /// What a trigger counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
-    /// Items ready for a worker (`pending`): for a ScaledObject, whose
-    /// running pods already hold the leased ones, and for ScaledJob's
-    /// `default` strategy.
+    /// Items ready for a worker (`pending`): for ScaledJob's `accurate`
+    /// strategy, which expects a count without the items in flight and
+    /// subtracts only the Jobs not yet running.
     Pending,
-    /// Items ready or held by a worker (`pending+leased`): for ScaledJob's
-    /// `accurate` strategy, which subtracts the running Jobs itself.
+    /// Items ready or held by a worker (`pending+leased`, the default): for
+    /// a ScaledObject (the HPA sizes the whole Deployment, busy pods
+    /// included) and ScaledJob's `default` strategy (which subtracts every
+    /// running Job).
     PendingLeased,
 }
 
@@ -105,13 +110,13 @@ impl Trigger {
             })?,
         };
         let count = match meta.get("count").map(|s| s.trim()) {
-            None | Some("") => Count::Pending,
+            None | Some("") => Count::PendingLeased,
             Some(c) => Count::parse(c).ok_or_else(|| {
                 invalid_field(
                     &field("count"),
                     format!(
-                        "metadata `count` is {c:?}: use `pending` (ScaledObject, ScaledJob's \
-                         default strategy) or `pending+leased` (ScaledJob's accurate strategy)"
+                        "metadata `count` is {c:?}: use `pending+leased` (ScaledObject, \
+                         ScaledJob's default strategy) or `pending` (ScaledJob's accurate strategy)"
                     ),
                 )
             })?,
@@ -311,16 +316,17 @@ mod tests {
     #[test]
     fn metadata_parses_with_defaults() {
         let t = Trigger::parse(&meta(&[("queue", "jobs")])).expect("parses");
-        assert_eq!(t.count, Count::Pending);
+        assert_eq!(t.count, Count::PendingLeased);
         assert_eq!(t.target, 1);
+        assert_eq!(t.metric_name(), "workq-jobs-pending-leased");
         let t = Trigger::parse(&meta(&[
             ("queue", "jobs"),
-            ("count", "pending+leased"),
+            ("count", "pending"),
             ("target", "5"),
         ]))
         .expect("parses");
-        assert_eq!((t.count, t.target), (Count::PendingLeased, 5));
-        assert_eq!(t.metric_name(), "workq-jobs-pending-leased");
+        assert_eq!((t.count, t.target), (Count::Pending, 5));
+        assert_eq!(t.metric_name(), "workq-jobs-pending");
     }
 
     #[test]
