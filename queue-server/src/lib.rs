@@ -13,7 +13,7 @@
 //!   `grpc::rejection`); [`work_stream`], [`enqueue_stream`]: the two
 //!   bidirectional streams; [`server`]: ports, health, metrics, shutdown;
 //!   [`reflection`]: gRPC server reflection, v1 and v1alpha; [`keda`]: KEDA's
-//!   external scaler.
+//!   external scaler; [`dashboard`]: the web dashboard on the HTTP port.
 //!
 //! # Idempotent retries
 //! Each queue remembers, in memory for the idempotency window and within
@@ -38,6 +38,7 @@
 pub mod auth;
 pub mod clock;
 pub mod counters;
+pub mod dashboard;
 pub mod engine;
 pub mod enqueue_stream;
 pub mod error;

@@ -32,7 +32,8 @@ struct Args {
     /// gRPC address to listen on (port 0: any free port).
     #[arg(long, env = "WQ_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// HTTP address for /healthz and /metrics (Prometheus); "off" for none.
+    /// HTTP address for /healthz, /metrics (Prometheus) and the dashboard (/,
+    /// /api/); "off" for none.
     #[arg(long, env = "WQ_HTTP_LISTEN", default_value = "127.0.0.1:9464")]
     http_listen: String,
     /// Where queues are kept: embedded (durable, in --data-dir) or memory.

@@ -1,5 +1,6 @@
 //! Starting and stopping a server: gRPC (with health checking, reflection
-//! v1 and v1alpha, and KEDA's external scaler) on one port, HTTP `/healthz` and `/metrics` on another.
+//! v1 and v1alpha, and KEDA's external scaler) on one port; HTTP `/healthz`,
+//! `/metrics` and the dashboard (`/`, `/api/`) on another.
 //!
 //! # Health
 //! gRPC health (overall and `workq.v1.QueueService`) and `/healthz` follow
@@ -83,7 +84,8 @@ impl std::str::FromStr for StoreKind {
 pub struct ServerConfig {
     /// gRPC address (port 0: any free port).
     pub listen: SocketAddr,
-    /// HTTP address for `/healthz` and `/metrics`; `None`: no HTTP.
+    /// HTTP address for `/healthz`, `/metrics` and the dashboard; `None`: no
+    /// HTTP.
     pub http_listen: Option<SocketAddr>,
     /// Which store.
     pub store: StoreKind,
@@ -419,6 +421,7 @@ async fn open_embedded(dir: PathBuf, cache: usize) -> Result<Arc<dyn Store>, Ser
 fn http_router(engine: Engine, auth: Option<Arc<crate::auth::Auth>>) -> axum::Router {
     use axum::routing::get;
     let health_engine = engine.clone();
+    let dashboard = crate::dashboard::router(engine.clone(), auth.clone());
     axum::Router::new()
         .route(
             "/healthz",
@@ -459,6 +462,7 @@ fn http_router(engine: Engine, auth: Option<Arc<crate::auth::Auth>>) -> axum::Ro
                 }
             }),
         )
+        .merge(dashboard)
 }
 
 /// Prometheus text: the process's counters, every queue's depth by state,
