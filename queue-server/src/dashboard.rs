@@ -17,7 +17,7 @@
 pub mod api;
 
 use crate::auth::Auth;
-use crate::engine::Engine;
+use crate::backend::Backend;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -40,7 +40,7 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 }
 
 /// The page and its API, to merge into the HTTP router.
-pub fn router(engine: Engine, auth: Option<Arc<Auth>>) -> axum::Router {
+pub fn router(engine: Backend, auth: Option<Arc<Auth>>) -> axum::Router {
     axum::Router::new()
         .route(
             "/",

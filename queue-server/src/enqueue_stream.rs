@@ -6,10 +6,10 @@
 //! once the batch is durable. Several batches may wait for their sync at
 //! once and share it.
 
-use crate::engine::{Engine, EnqueueItem};
+use crate::backend::{Backend as Engine, EnqueueOrder, Pending};
+use crate::engine::EnqueueItem;
 use crate::grpc::{enqueue_items, enqueued_pb, invalid_field_rejection, rejection};
 use crate::names::QueueName;
-use crate::store::Commit;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -30,15 +30,16 @@ pub async fn serve(
 ) {
     let mut waiting = FuturesUnordered::new();
     let mut open = true;
-    let add = |req: pb::EnqueueStreamRequest| {
+    let mut order = EnqueueOrder::default();
+    let mut add = |req: pb::EnqueueStreamRequest| {
         let sequence = req.sequence;
         let items: Vec<EnqueueItem> = match enqueue_items(req.items) {
             Ok(items) => items,
             Err((field, e)) => return Err(refused(sequence, invalid_field_rejection(&field, e))),
         };
         let request_id = Some(req.request_id.as_str());
-        match engine.enqueue_request_now(&name, items, request_id) {
-            Ok(((out, replayed), commit)) => Ok(durable(sequence, out, replayed, commit)),
+        match engine.enqueue_in_order(&name, items, request_id, &mut order) {
+            Ok(pending) => Ok(durable(sequence, pending)),
             Err(e) => Err(refused(sequence, rejection(&e))),
         }
     };
@@ -93,20 +94,15 @@ pub async fn serve(
 }
 
 /// The answer to batch `sequence`, once its commit is durable.
-async fn durable(
-    sequence: i64,
-    out: Vec<crate::queue::Enqueued>,
-    replayed: bool,
-    commit: Commit,
-) -> pb::EnqueueStreamResponse {
-    match commit.wait().await {
-        Ok(()) => pb::EnqueueStreamResponse {
+async fn durable(sequence: i64, pending: Pending) -> pb::EnqueueStreamResponse {
+    match pending.wait().await {
+        Ok((out, replayed)) => pb::EnqueueStreamResponse {
             sequence,
             problem: None,
             items: enqueued_pb(&out),
             replayed,
         },
-        Err(e) => refused(sequence, rejection(&e.into())),
+        Err(e) => refused(sequence, rejection(&e)),
     }
 }
 

@@ -187,6 +187,15 @@ pub enum Error {
         /// What to do.
         message: String,
     },
+    /// The shared database (the postgres store) could not be reached or
+    /// answered with an error; the call may or may not have taken effect
+    /// only if the connection broke during its COMMIT (a retry is answered
+    /// as the first call's effect: completions are remembered).
+    #[error(
+        "the database is unavailable ({0}): retry shortly, on this replica or another \
+         (queue-server --database-url)"
+    )]
+    Unavailable(String),
     /// The server is stopping and takes no new calls.
     #[error("the server is shutting down: retry on another replica or after the restart")]
     ShuttingDown,

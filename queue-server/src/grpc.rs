@@ -24,7 +24,7 @@ use request::{
 pub use request::{lease_state, parse_tokens, token_result_pb};
 
 use crate::auth::{Verb, allow};
-use crate::engine::Engine;
+use crate::backend::Backend;
 use crate::error::Error;
 use crate::names::ItemId;
 use crate::queue::TokenResult;
@@ -37,16 +37,19 @@ use tonic::{Request, Response, Status};
 use workq_proto::v1 as pb;
 use workq_proto::v1::queue_service_server::QueueService;
 
-/// The `workq.v1.QueueService` implementation over an [`Engine`].
+/// The `workq.v1.QueueService` implementation over a [`Backend`].
 #[derive(Debug, Clone)]
 pub struct GrpcService {
-    engine: Engine,
+    engine: Backend,
 }
 
 impl GrpcService {
-    /// A service answering from `engine`.
-    pub fn new(engine: Engine) -> Self {
-        GrpcService { engine }
+    /// A service answering from `engine` (an [`crate::Engine`] or a
+    /// [`Backend`]).
+    pub fn new(engine: impl Into<Backend>) -> Self {
+        GrpcService {
+            engine: engine.into(),
+        }
     }
 }
 
@@ -55,14 +58,14 @@ type Res<T> = Result<Response<T>, Status>;
 impl GrpcService {
     /// Enqueue needs `produce`; with `create_queue` on a queue that does not
     /// exist yet, `admin` too.
-    fn allow_enqueue(
+    async fn allow_enqueue(
         &self,
         caller: &crate::auth::Grantee,
         name: &crate::names::QueueName,
         create: bool,
     ) -> Result<(), Status> {
         caller.check(Verb::Produce, name.as_str())?;
-        if create && self.engine.get_queue(name).is_err() {
+        if create && self.engine.get_queue(name).await.is_err() {
             caller.check(Verb::Admin, name.as_str())?;
         }
         Ok(())
@@ -135,7 +138,7 @@ impl QueueService for GrpcService {
     async fn get_queue(&self, req: Request<pb::GetQueueRequest>) -> Res<pb::GetQueueResponse> {
         let name = queue_name("name", &req.get_ref().name)?;
         allow(&req, Verb::Read, name.as_str())?;
-        let info = self.engine.get_queue(&name).map_err(status)?;
+        let info = self.engine.get_queue(&name).await.map_err(status)?;
         Ok(Response::new(pb::GetQueueResponse {
             queue: Some(queue_pb(&info)),
         }))
@@ -150,7 +153,11 @@ impl QueueService for GrpcService {
         let size = non_negative("page_size", req.page_size)?;
         let size = self.engine.limits().check_page_size(size).map_err(status)?;
         let after = pages::after_queue(&req.page_token).map_err(status)?;
-        let (queues, more) = self.engine.list_queues_page(after.as_ref(), size);
+        let (queues, more) = self
+            .engine
+            .list_queues_page(after.as_ref(), size)
+            .await
+            .map_err(status)?;
         let next_page_token = match (more, queues.last()) {
             (true, Some(last)) => pages::queue_token(&last.name),
             _ => String::new(),
@@ -234,7 +241,8 @@ impl QueueService for GrpcService {
             &crate::auth::Grantee::of(&req),
             &name,
             req.get_ref().create_queue,
-        )?;
+        )
+        .await?;
         let req = req.into_inner();
         let items = enqueue_items(req.items).map_err(|(f, e)| invalid_field(&f, e))?;
         let (out, replayed) = self
@@ -294,14 +302,15 @@ impl QueueService for GrpcService {
         let mut inbound = req.into_inner();
         let first = first_message(&mut inbound, "an EnqueueStream").await?;
         let name = queue_name("queue", &first.queue)?;
-        self.allow_enqueue(&caller, &name, first.create_queue)?;
-        if first.create_queue && self.engine.get_queue(&name).is_err() {
+        self.allow_enqueue(&caller, &name, first.create_queue)
+            .await?;
+        if first.create_queue && self.engine.get_queue(&name).await.is_err() {
             self.engine
                 .create_queue(&name, QueueSettings::UNSET)
                 .await
                 .map_err(status)?;
         }
-        self.engine.get_queue(&name).map_err(status)?;
+        self.engine.get_queue(&name).await.map_err(status)?;
         let engine = self.engine.clone();
         spawn_stream(|tx| crate::enqueue_stream::serve(engine, name, first, inbound, tx))
     }
@@ -325,7 +334,7 @@ impl QueueService for GrpcService {
             ));
         }
         // Refuse at once what every lease would refuse.
-        self.engine.get_queue(&name).map_err(status)?;
+        self.engine.get_queue(&name).await.map_err(status)?;
         if let Some(d) = lease {
             self.engine
                 .limits()
@@ -430,7 +439,7 @@ impl QueueService for GrpcService {
         let name = queue_name("queue", &req.get_ref().queue)?;
         allow(&req, Verb::Read, name.as_str())?;
         let req = req.into_inner();
-        let rx = self.engine.watch(&name).map_err(status)?;
+        let rx = self.engine.watch(&name).await.map_err(status)?;
         let engine = self.engine.clone();
         let until_drained = req.until_drained;
         // State: the receiver, whether the current value was sent, whether to stop.
@@ -467,6 +476,7 @@ impl QueueService for GrpcService {
         let (items, more) = self
             .engine
             .list_dead_page(&name, after, size)
+            .await
             .map_err(status)?;
         let next_page_token = match (more, items.last()) {
             (true, Some(last)) => pages::dead_token(last.id),

@@ -23,7 +23,8 @@
 //! [`TOKEN_KEY`].
 
 use crate::auth::{Auth, Caller, Verb};
-use crate::engine::{Engine, QueueInfo};
+use crate::backend::Backend;
+use crate::engine::QueueInfo;
 use crate::grpc::{invalid_field, status};
 use crate::names::QueueName;
 use std::collections::HashMap;
@@ -146,21 +147,27 @@ impl Trigger {
     }
 }
 
-/// The external scaler over an [`Engine`].
+/// The external scaler over the server's [`Backend`].
 #[derive(Debug, Clone)]
 pub struct KedaScaler {
-    engine: Engine,
+    engine: Backend,
     auth: Option<Arc<Auth>>,
 }
 
 /// The service to add to the gRPC server.
-pub fn service(engine: Engine, auth: Option<Arc<Auth>>) -> ExternalScalerServer<KedaScaler> {
-    ExternalScalerServer::new(KedaScaler { engine, auth })
+pub fn service(
+    engine: impl Into<Backend>,
+    auth: Option<Arc<Auth>>,
+) -> ExternalScalerServer<KedaScaler> {
+    ExternalScalerServer::new(KedaScaler {
+        engine: engine.into(),
+        auth,
+    })
 }
 
 /// The queue's description now (the one engine read this module makes).
-fn queue_info(engine: &Engine, name: &QueueName) -> Result<QueueInfo, Status> {
-    engine.get_queue(name).map_err(status)
+async fn queue_info(engine: &Backend, name: &QueueName) -> Result<QueueInfo, Status> {
+    engine.get_queue(name).await.map_err(status)
 }
 
 impl KedaScaler {
@@ -216,7 +223,7 @@ impl ExternalScaler for KedaScaler {
         req: Request<pb::ScaledObjectRef>,
     ) -> Result<Response<pb::IsActiveResponse>, Status> {
         let t = self.admit(&req, &req.get_ref().scaler_metadata)?;
-        let info = queue_info(&self.engine, &t.queue)?;
+        let info = queue_info(&self.engine, &t.queue).await?;
         Ok(Response::new(pb::IsActiveResponse {
             result: t.count.of(&info) > 0,
         }))
@@ -229,7 +236,7 @@ impl ExternalScaler for KedaScaler {
         req: Request<pb::ScaledObjectRef>,
     ) -> Result<Response<Stream>, Status> {
         let t = self.admit(&req, &req.get_ref().scaler_metadata)?;
-        let rx = self.engine.watch(&t.queue).map_err(status)?;
+        let rx = self.engine.watch(&t.queue).await.map_err(status)?;
         let engine = self.engine.clone();
         // State: the receiver and the answer last sent (`None`: none yet).
         let stream = futures::stream::unfold((rx, None::<bool>), move |(mut rx, last)| {
@@ -260,7 +267,7 @@ impl ExternalScaler for KedaScaler {
     ) -> Result<Response<pb::GetMetricSpecResponse>, Status> {
         let t = self.admit(&req, &req.get_ref().scaler_metadata)?;
         // The queue must exist: a misspelt name is found when KEDA starts.
-        queue_info(&self.engine, &t.queue)?;
+        queue_info(&self.engine, &t.queue).await?;
         Ok(Response::new(pb::GetMetricSpecResponse {
             metric_specs: vec![pb::MetricSpec {
                 metric_name: t.metric_name(),
@@ -286,7 +293,7 @@ impl ExternalScaler for KedaScaler {
                 )
             })?;
         let t = self.admit(&req, &meta)?;
-        let info = queue_info(&self.engine, &t.queue)?;
+        let info = queue_info(&self.engine, &t.queue).await?;
         let n = t.count.of(&info);
         let metric_name = match req.get_ref().metric_name.as_str() {
             "" => t.metric_name(),

@@ -6,9 +6,13 @@
 //!   [`item_table`]: where a queue keeps its items.
 //! - [`queue`]: one queue's item state machine — the only code that changes
 //!   item state; [`journal`]: the changes it made, for the store.
+//! - [`backend`]: what the gRPC layer talks to: the local [`engine`] or
+//!   the shared PostgreSQL one;
 //! - [`engine`]: every queue, their locks, waiters and timers, and the store;
 //!   [`clock`]: the time it reads, which tests pause.
 //! - [`store`]: persistence (`memory`, and the durable `embedded` default).
+//! - [`postgres`]: the shared engine of `--store postgres`: the database is
+//!   the state, any number of replicas serve it.
 //! - [`grpc`]: the thin gRPC adapter (errors become reasons in one place,
 //!   `grpc::rejection`); [`work_stream`], [`enqueue_stream`]: the two
 //!   bidirectional streams; [`server`]: ports, health, metrics, shutdown;
@@ -36,6 +40,7 @@
 //! ```
 
 pub mod auth;
+pub mod backend;
 pub mod clock;
 pub mod counters;
 pub mod dashboard;
@@ -49,6 +54,7 @@ pub mod item_table;
 pub mod journal;
 pub mod keda;
 pub mod names;
+pub mod postgres;
 pub mod queue;
 pub mod reflection;
 pub mod server;
@@ -57,6 +63,7 @@ pub mod store;
 pub mod tls;
 pub mod work_stream;
 
+pub use backend::Backend;
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use server::{RunningServer, ServerConfig, ServerError, StoreKind, start, start_with_store};

@@ -36,7 +36,9 @@ struct Args {
     /// /api/); "off" for none.
     #[arg(long, env = "WQ_HTTP_LISTEN", default_value = "127.0.0.1:9464")]
     http_listen: String,
-    /// Where queues are kept: embedded (durable, in --data-dir) or memory.
+    /// Where queues are kept: embedded (durable, in --data-dir), memory, or
+    /// postgres (a PostgreSQL database that any number of replicas share;
+    /// --database-url).
     #[arg(
         long,
         env = "WQ_STORE",
@@ -47,6 +49,17 @@ struct Args {
     /// Directory of the embedded store (created if missing; one server at a time).
     #[arg(long, env = "WQ_DATA_DIR", default_value = "./workq-data")]
     data_dir: PathBuf,
+    /// The postgres store's database: postgres://USER@HOST:PORT/DATABASE
+    /// (keep the password out of it: --database-password-file or PGPASSWORD).
+    /// The schema is created and migrated at start.
+    #[arg(long, env = "WQ_DATABASE_URL", required_if_eq("store", "postgres"))]
+    database_url: Option<String>,
+    /// A file holding the database password (e.g. a mounted Secret).
+    #[arg(long, env = "WQ_DATABASE_PASSWORD_FILE")]
+    database_password_file: Option<PathBuf>,
+    /// Most connections the postgres store opens (plus one for LISTEN).
+    #[arg(long, env = "WQ_DATABASE_POOL", default_value_t = queue_server::postgres::PgConfig::default().pool)]
+    database_pool: usize,
     /// Largest item in bytes: payload, attribute keys and values and
     /// idempotency key together.
     #[arg(long, env = "WQ_MAX_PAYLOAD_BYTES", default_value_t = Limits::default().max_payload_bytes)]
@@ -177,6 +190,11 @@ fn main() -> anyhow::Result<()> {
         store: args.store,
         data_dir: args.data_dir,
         embedded_cache_bytes: args.embedded_cache_bytes,
+        postgres: queue_server::postgres::PgConfig {
+            url: args.database_url.unwrap_or_default(),
+            password_file: args.database_password_file,
+            pool: args.database_pool.max(1),
+        },
         limits: Limits {
             max_payload_bytes: args.max_payload_bytes,
             max_batch: args.max_batch.max(1),

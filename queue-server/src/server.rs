@@ -20,6 +20,7 @@ mod connection;
 pub use connection::{Conn, ConnInfo};
 use connection::{Incoming, incoming, incoming_tls};
 
+use crate::backend::Backend;
 use crate::engine::Engine;
 use crate::grpc::GrpcService;
 use crate::settings::{Limits, QueueSettings};
@@ -43,17 +44,21 @@ pub enum StoreKind {
     Embedded,
     /// In memory only; everything is lost on exit.
     Memory,
+    /// In a PostgreSQL database, shared by any number of replicas
+    /// ([`ServerConfig::postgres`]).
+    Postgres,
 }
 
 impl StoreKind {
     /// Every store, by the name `--store` takes.
-    pub const NAMES: [&'static str; 2] = ["embedded", "memory"];
+    pub const NAMES: [&'static str; 3] = ["embedded", "memory", "postgres"];
 
     /// The name `--store` takes.
     pub fn name(self) -> &'static str {
         match self {
             StoreKind::Embedded => "embedded",
             StoreKind::Memory => "memory",
+            StoreKind::Postgres => "postgres",
         }
     }
 }
@@ -71,6 +76,7 @@ impl std::str::FromStr for StoreKind {
         match s {
             "embedded" => Ok(StoreKind::Embedded),
             "memory" => Ok(StoreKind::Memory),
+            "postgres" => Ok(StoreKind::Postgres),
             _ => Err(format!(
                 "unknown store {s:?}: use one of {}",
                 StoreKind::NAMES.join(", ")
@@ -93,6 +99,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The embedded database's page cache, in bytes.
     pub embedded_cache_bytes: usize,
+    /// Where the postgres store's database is.
+    pub postgres: crate::postgres::PgConfig,
     /// Bounds on calls.
     pub limits: Limits,
     /// Settings of queues created without their own.
@@ -150,6 +158,7 @@ impl ServerConfig {
             store: StoreKind::Memory,
             data_dir: PathBuf::from("workq-data"),
             embedded_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            postgres: crate::postgres::PgConfig::default(),
             limits: Limits::default(),
             defaults: QueueSettings::default(),
             fail_exit_grace: DEFAULT_FAIL_EXIT_GRACE,
@@ -164,6 +173,18 @@ impl ServerConfig {
         ServerConfig {
             store: StoreKind::Embedded,
             data_dir: data_dir.into(),
+            ..ServerConfig::memory()
+        }
+    }
+
+    /// A postgres-store server on the database at `url` on `127.0.0.1:0`.
+    pub fn postgres(url: impl Into<String>) -> Self {
+        ServerConfig {
+            store: StoreKind::Postgres,
+            postgres: crate::postgres::PgConfig {
+                url: url.into(),
+                ..crate::postgres::PgConfig::default()
+            },
             ..ServerConfig::memory()
         }
     }
@@ -184,6 +205,9 @@ pub enum ServerError {
     /// The store could not be opened or closed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The postgres store could not start.
+    #[error(transparent)]
+    Postgres(#[from] crate::postgres::PgError),
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] crate::error::Error),
@@ -213,7 +237,7 @@ pub enum ServerError {
 pub struct RunningServer {
     grpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
-    engine: Engine,
+    engine: Backend,
     stop: Option<oneshot::Sender<()>>,
     grpc: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     http: Option<JoinHandle<()>>,
@@ -261,6 +285,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         StoreKind::Embedded => {
             open_embedded(config.data_dir.clone(), config.embedded_cache_bytes).await?
         }
+        StoreKind::Postgres => {
+            let auth = open_auth(&config)?;
+            let engine =
+                crate::postgres::PgEngine::open(&config.postgres, config.limits, config.defaults)
+                    .await?;
+            return serve(config, Backend::from(engine), auth).await;
+        }
     };
     start_with_store(config, store).await
 }
@@ -272,14 +303,28 @@ pub async fn start_with_store(
     store: Arc<dyn Store>,
 ) -> Result<RunningServer, ServerError> {
     prometheus();
+    let auth = open_auth(&config)?;
+    let engine = Backend::from(Engine::open(store, config.limits, config.defaults)?);
+    serve(config, engine, auth).await
+}
+
+/// Loads the authentication files and follows their changes.
+fn open_auth(config: &ServerConfig) -> Result<Option<Arc<crate::auth::Auth>>, ServerError> {
     let mut auth_config = config.auth.clone();
     auth_config.client_certificates = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let auth = crate::auth::Auth::open(auth_config)?;
     if let Some(auth) = &auth {
         auth.watch();
     }
-    let engine = Engine::open(store, config.limits, config.defaults)?;
+    Ok(auth)
+}
 
+/// Serves `engine` on the ports of `config`.
+async fn serve(
+    config: ServerConfig,
+    engine: Backend,
+    auth: Option<Arc<crate::auth::Auth>>,
+) -> Result<RunningServer, ServerError> {
     let listener = bind(config.listen).await?;
     let grpc_addr = listener.local_addr().map_err(|source| ServerError::Bind {
         addr: config.listen,
@@ -301,19 +346,28 @@ pub async fn start_with_store(
         .set_serving::<QueueServiceServer<GrpcService>>()
         .await;
     {
-        // NOT_SERVING, overall and for the service, once stopping or failed.
+        // NOT_SERVING, overall and for the service, while stopping, failed
+        // or (PostgreSQL) the database is unreachable; SERVING again when
+        // it is back.
         let (health, engine) = (health.clone(), engine.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                _ = engine.failed() => {}
-                () = engine.stopping() => {}
+            loop {
+                let status = match engine.health() {
+                    Ok(()) => ServingStatus::Serving,
+                    Err(why) => {
+                        tracing::warn!("health: NOT_SERVING ({why})");
+                        ServingStatus::NotServing
+                    }
+                };
+                health
+                    .set_service_status(
+                        <QueueServiceServer<GrpcService> as tonic::server::NamedService>::NAME,
+                        status,
+                    )
+                    .await;
+                health.set_service_status("", status).await;
+                engine.health_changed().await;
             }
-            health
-                .set_not_serving::<QueueServiceServer<GrpcService>>()
-                .await;
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
         });
     }
     let (reflection, reflection_v1alpha) = crate::reflection::services()?;
@@ -418,7 +472,7 @@ async fn open_embedded(dir: PathBuf, cache: usize) -> Result<Arc<dyn Store>, Ser
     Ok(Arc::new(store))
 }
 
-fn http_router(engine: Engine, auth: Option<Arc<crate::auth::Auth>>) -> axum::Router {
+fn http_router(engine: Backend, auth: Option<Arc<crate::auth::Auth>>) -> axum::Router {
     use axum::routing::get;
     let health_engine = engine.clone();
     let dashboard = crate::dashboard::router(engine.clone(), auth.clone());
@@ -428,15 +482,9 @@ fn http_router(engine: Engine, auth: Option<Arc<crate::auth::Auth>>) -> axum::Ro
             get(move || {
                 let engine = health_engine.clone();
                 async move {
-                    if let Some(err) = engine.failure() {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("store failed: {err}\n"),
-                        )
-                    } else if engine.is_stopping() {
-                        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_string())
-                    } else {
-                        (StatusCode::OK, "ok\n".to_string())
+                    match engine.health() {
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
                     }
                 }
             }),
@@ -458,7 +506,7 @@ fn http_router(engine: Engine, auth: Option<Arc<crate::auth::Auth>>) -> axum::Ro
                     {
                         return (StatusCode::UNAUTHORIZED, format!("{}\n", refused.message()));
                     }
-                    (StatusCode::OK, render_metrics(&engine))
+                    (StatusCode::OK, render_metrics(&engine).await)
                 }
             }),
         )
@@ -470,10 +518,16 @@ fn http_router(engine: Engine, auth: Option<Arc<crate::auth::Auth>>) -> axum::Ro
 /// retries. The per-queue series are
 /// written from the queues that exist at each scrape, not kept in the
 /// recorder: a deleted queue's series leave with it.
-fn render_metrics(engine: &Engine) -> String {
+async fn render_metrics(engine: &Backend) -> String {
     use std::fmt::Write;
     let mut out = prometheus().map(|h| h.render()).unwrap_or_default();
-    let queues = engine.list_queues();
+    let queues = match engine.list_queues().await {
+        Ok(q) => q,
+        Err(e) => {
+            let _ = writeln!(out, "# the queues could not be read: {e}");
+            Vec::new()
+        }
+    };
     let _ = writeln!(
         out,
         "# HELP workq_queue_items Items of a queue by state.\n# TYPE workq_queue_items gauge"
@@ -509,7 +563,7 @@ fn render_metrics(engine: &Engine) -> String {
         "# HELP workq_remembered_finishes Finished leases and enqueue request ids remembered \
          for retries, all queues (bounded by --max-finished-tokens).\n\
          # TYPE workq_remembered_finishes gauge\nworkq_remembered_finishes {}",
-        engine.remembered()
+        engine.remembered().await
     );
     out
 }
@@ -525,8 +579,9 @@ impl RunningServer {
         self.http_addr
     }
 
-    /// The engine behind it (for in-process use).
-    pub fn engine(&self) -> &Engine {
+    /// The engine behind it (for in-process use); [`Backend::local`] is
+    /// the local engine, when it is that.
+    pub fn engine(&self) -> &Backend {
         &self.engine
     }
 

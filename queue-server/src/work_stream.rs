@@ -37,7 +37,8 @@
 //!   `per_token_results`, one per completed token then one per renewed
 //!   token; without it, one per renewed token (their new deadlines).
 
-use crate::engine::{Engine, LeaseOutcome};
+use crate::backend::Backend as Engine;
+use crate::engine::LeaseOutcome;
 use crate::grpc::{leased_pb, parse_tokens, rejection, token_result_pb};
 use crate::names::{LeaseToken, QueueName};
 use crate::queue::{Batch, TokenResult};
@@ -220,7 +221,7 @@ async fn run(
                         outstanding += bytes;
                     }
                     if held.len() > prune_at {
-                        forget_ended(engine, name, held, &mut outstanding);
+                        forget_ended(engine, name, held, &mut outstanding).await;
                         prune_at = 2 * held.len() + 2 * max_credit as usize + 1024;
                     }
                     if !out.items.is_empty() || out.drained {
@@ -246,7 +247,7 @@ async fn run(
             }},
             () = &mut recheck, if held_back => {
                 let before = outstanding;
-                forget_ended(engine, name, held, &mut outstanding);
+                forget_ended(engine, name, held, &mut outstanding).await;
                 if outstanding < before {
                     blocked = false;
                 }
@@ -267,8 +268,8 @@ async fn run(
 }
 
 /// Drops from `held` the leases that ended over unary calls or expired.
-fn forget_ended(engine: &Engine, name: &QueueName, held: &mut Held, outstanding: &mut usize) {
-    engine.retain_live_map(name, held);
+async fn forget_ended(engine: &Engine, name: &QueueName, held: &mut Held, outstanding: &mut usize) {
+    engine.retain_live_map(name, held).await;
     *outstanding = held.values().sum();
 }
 

@@ -525,7 +525,7 @@ async fn a_stream_forgets_leases_ended_over_unary_calls() {
     .await
     .expect("complete");
     let name = "forget".parse().expect("name");
-    server.engine().retain_live(&name, &mut held);
+    server.engine().retain_live(&name, &mut held).await;
     assert_eq!(held.len(), 2, "the completed lease is forgotten");
     server.shutdown().await.expect("shutdown");
 }

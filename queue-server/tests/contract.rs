@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ServerProcess, unique_queue};
+use common::{ServerProcess, Store, unique_queue};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -105,9 +105,10 @@ fn bad_field(s: &Status) -> String {
     bad.field_violations[0].field.clone()
 }
 
-#[tokio::test]
-async fn completing_twice_with_the_same_token_is_ok_and_counted_once() {
-    let server = ServerProcess::memory();
+async fn completing_twice_with_the_same_token_is_ok_and_counted_once(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("twice");
     enqueue_n(&mut c, &q, 1).await;
@@ -138,9 +139,10 @@ async fn completing_twice_with_the_same_token_is_ok_and_counted_once() {
     assert_eq!(stats(&mut c, &q).await.completed, 2);
 }
 
-#[tokio::test]
-async fn failing_and_releasing_twice_count_once_and_another_finish_is_lease_finished() {
-    let server = ServerProcess::memory();
+async fn failing_and_releasing_twice_count_once_and_another_finish_is_lease_finished(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("finish");
     enqueue_n(&mut c, &q, 2).await;
@@ -194,9 +196,12 @@ async fn failing_and_releasing_twice_count_once_and_another_finish_is_lease_fini
     assert_eq!(meta["queue"], q);
 }
 
-#[tokio::test]
-async fn a_retried_enqueue_with_its_request_id_answers_the_same_items_and_adds_nothing() {
-    let server = ServerProcess::memory();
+async fn a_retried_enqueue_with_its_request_id_answers_the_same_items_and_adds_nothing(
+    store: Store,
+) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("request-id");
     let req = |n: usize| pb::EnqueueRequest {
@@ -241,9 +246,10 @@ async fn a_retried_enqueue_with_its_request_id_answers_the_same_items_and_adds_n
     assert_eq!(stats(&mut c, &q).await.enqueued, 4);
 }
 
-#[tokio::test]
-async fn stale_leases_are_refused_with_the_reason_and_the_item() {
-    let server = ServerProcess::memory();
+async fn stale_leases_are_refused_with_the_reason_and_the_item(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("stale");
     enqueue_n(&mut c, &q, 1).await;
@@ -288,9 +294,10 @@ async fn stale_leases_are_refused_with_the_reason_and_the_item() {
     assert_eq!(reason_of(&e).0, ErrorReason::ItemCompleted);
 }
 
-#[tokio::test]
-async fn sealed_unknown_and_out_of_bounds_carry_their_reason_and_details() {
-    let server = ServerProcess::start(&["--store", "memory", "--max-payload-bytes", "10"]);
+async fn sealed_unknown_and_out_of_bounds_carry_their_reason_and_details(store: Store) {
+    let Some(server) = ServerProcess::on(store, &["--max-payload-bytes", "10"]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("details");
     enqueue_n(&mut c, &q, 1).await;
@@ -378,9 +385,10 @@ async fn sealed_unknown_and_out_of_bounds_carry_their_reason_and_details() {
     assert_eq!(bad_field(&e), "lease_tokens[0]");
 }
 
-#[tokio::test]
-async fn a_batch_with_one_stale_token_completes_the_rest_only_when_judged_per_token() {
-    let server = ServerProcess::memory();
+async fn a_batch_with_one_stale_token_completes_the_rest_only_when_judged_per_token(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("per-token");
     enqueue_n(&mut c, &q, 10).await;
@@ -416,9 +424,10 @@ async fn a_batch_with_one_stale_token_completes_the_rest_only_when_judged_per_to
     assert_eq!(stats(&mut c, &q).await.completed, 9);
 }
 
-#[tokio::test]
-async fn list_queues_pages_through_2500_queues_each_once() {
-    let server = ServerProcess::memory();
+async fn list_queues_pages_through_2500_queues_each_once(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let c = server.client().await;
     let mut tasks = Vec::new();
     for t in 0..25 {
@@ -489,9 +498,10 @@ async fn list_queues_pages_through_2500_queues_each_once() {
     assert_eq!(reason_of(&e).0, ErrorReason::InvalidPageToken);
 }
 
-#[tokio::test]
-async fn list_dead_reads_all_of_3000_dead_items_over_pages() {
-    let server = ServerProcess::memory();
+async fn list_dead_reads_all_of_3000_dead_items_over_pages(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("dead-pages");
     let mut ids = BTreeSet::new();
@@ -533,9 +543,10 @@ async fn list_dead_reads_all_of_3000_dead_items_over_pages() {
     assert_eq!(seen_set, ids, "every dead item once");
 }
 
-#[tokio::test]
-async fn a_lease_with_max_bytes_answers_and_leases_only_what_fits() {
-    let server = ServerProcess::memory();
+async fn a_lease_with_max_bytes_answers_and_leases_only_what_fits(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await.max_decoding_message_size(64 << 20);
     let q = unique_queue("max-bytes");
     for i in 0..10u8 {
@@ -626,9 +637,10 @@ impl Work {
     }
 }
 
-#[tokio::test]
-async fn a_work_stream_keeps_within_max_outstanding_bytes() {
-    let server = ServerProcess::memory();
+async fn a_work_stream_keeps_within_max_outstanding_bytes(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await.max_decoding_message_size(64 << 20);
     let q = unique_queue("outstanding");
     for i in 0..6u8 {
@@ -675,9 +687,10 @@ async fn a_work_stream_keeps_within_max_outstanding_bytes() {
     assert_eq!(stats(&mut c, &q).await.leased, 2);
 }
 
-#[tokio::test]
-async fn renewals_and_per_token_results_inside_a_work_stream() {
-    let server = ServerProcess::memory();
+async fn renewals_and_per_token_results_inside_a_work_stream(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("work-renew");
     enqueue_n(&mut c, &q, 2).await;
@@ -830,9 +843,10 @@ async fn update_queue_changes_max_attempts_and_survives_a_restart() {
     assert_eq!(f.dead, 1, "dead after the new max_attempts of 1");
 }
 
-#[tokio::test]
-async fn delete_queue_allow_missing_and_requeue_dead_all_or_named() {
-    let server = ServerProcess::memory();
+async fn delete_queue_allow_missing_and_requeue_dead_all_or_named(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("lifecycle");
     let ids = enqueue_n(&mut c, &q, 2).await;
@@ -925,4 +939,153 @@ async fn get_server_info_advertises_the_version_and_every_limit() {
     );
     assert_eq!(info.min_lease, dur(Duration::from_secs(1)));
     assert!(info.idempotency_window.is_some() && info.max_wait.is_some());
+}
+
+/// The tests above on the memory store.
+mod memory {
+    use super::*;
+
+    #[tokio::test]
+    async fn completing_twice_with_the_same_token_is_ok_and_counted_once() {
+        super::completing_twice_with_the_same_token_is_ok_and_counted_once(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn failing_and_releasing_twice_count_once_and_another_finish_is_lease_finished() {
+        super::failing_and_releasing_twice_count_once_and_another_finish_is_lease_finished(
+            Store::Memory,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_retried_enqueue_with_its_request_id_answers_the_same_items_and_adds_nothing() {
+        super::a_retried_enqueue_with_its_request_id_answers_the_same_items_and_adds_nothing(
+            Store::Memory,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn stale_leases_are_refused_with_the_reason_and_the_item() {
+        super::stale_leases_are_refused_with_the_reason_and_the_item(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn sealed_unknown_and_out_of_bounds_carry_their_reason_and_details() {
+        super::sealed_unknown_and_out_of_bounds_carry_their_reason_and_details(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_one_stale_token_completes_the_rest_only_when_judged_per_token() {
+        super::a_batch_with_one_stale_token_completes_the_rest_only_when_judged_per_token(
+            Store::Memory,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn list_queues_pages_through_2500_queues_each_once() {
+        super::list_queues_pages_through_2500_queues_each_once(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn list_dead_reads_all_of_3000_dead_items_over_pages() {
+        super::list_dead_reads_all_of_3000_dead_items_over_pages(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_with_max_bytes_answers_and_leases_only_what_fits() {
+        super::a_lease_with_max_bytes_answers_and_leases_only_what_fits(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn a_work_stream_keeps_within_max_outstanding_bytes() {
+        super::a_work_stream_keeps_within_max_outstanding_bytes(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn renewals_and_per_token_results_inside_a_work_stream() {
+        super::renewals_and_per_token_results_inside_a_work_stream(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn delete_queue_allow_missing_and_requeue_dead_all_or_named() {
+        super::delete_queue_allow_missing_and_requeue_dead_all_or_named(Store::Memory).await;
+    }
+}
+
+/// The tests above on the postgres store.
+mod postgres {
+    use super::*;
+
+    #[tokio::test]
+    async fn completing_twice_with_the_same_token_is_ok_and_counted_once() {
+        super::completing_twice_with_the_same_token_is_ok_and_counted_once(Store::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn failing_and_releasing_twice_count_once_and_another_finish_is_lease_finished() {
+        super::failing_and_releasing_twice_count_once_and_another_finish_is_lease_finished(
+            Store::Postgres,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_retried_enqueue_with_its_request_id_answers_the_same_items_and_adds_nothing() {
+        super::a_retried_enqueue_with_its_request_id_answers_the_same_items_and_adds_nothing(
+            Store::Postgres,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn stale_leases_are_refused_with_the_reason_and_the_item() {
+        super::stale_leases_are_refused_with_the_reason_and_the_item(Store::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn sealed_unknown_and_out_of_bounds_carry_their_reason_and_details() {
+        super::sealed_unknown_and_out_of_bounds_carry_their_reason_and_details(Store::Postgres)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_one_stale_token_completes_the_rest_only_when_judged_per_token() {
+        super::a_batch_with_one_stale_token_completes_the_rest_only_when_judged_per_token(
+            Store::Postgres,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn list_queues_pages_through_2500_queues_each_once() {
+        super::list_queues_pages_through_2500_queues_each_once(Store::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn list_dead_reads_all_of_3000_dead_items_over_pages() {
+        super::list_dead_reads_all_of_3000_dead_items_over_pages(Store::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_with_max_bytes_answers_and_leases_only_what_fits() {
+        super::a_lease_with_max_bytes_answers_and_leases_only_what_fits(Store::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn a_work_stream_keeps_within_max_outstanding_bytes() {
+        super::a_work_stream_keeps_within_max_outstanding_bytes(Store::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn renewals_and_per_token_results_inside_a_work_stream() {
+        super::renewals_and_per_token_results_inside_a_work_stream(Store::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn delete_queue_allow_missing_and_requeue_dead_all_or_named() {
+        super::delete_queue_allow_missing_and_requeue_dead_all_or_named(Store::Postgres).await;
+    }
 }

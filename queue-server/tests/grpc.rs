@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ServerProcess, unique_queue};
+use common::{ServerProcess, Store, unique_queue};
 use nix::sys::signal::Signal;
 use tonic::Code;
 use workq_proto::v1 as pb;
@@ -103,9 +103,10 @@ async fn stats(c: &mut Client, q: &str) -> pb::QueueStats {
         .expect("stats")
 }
 
-#[tokio::test]
-async fn enqueue_lease_complete_over_the_network() {
-    let server = ServerProcess::memory();
+async fn enqueue_lease_complete_over_the_network(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("basic");
     let ids = enqueue(&mut c, &q, &["a", "b", "c"]).await;
@@ -120,9 +121,10 @@ async fn enqueue_lease_complete_over_the_network() {
     assert_eq!(s.state(), pb::QueueState::Active);
 }
 
-#[tokio::test]
-async fn refusals_carry_the_right_code_and_a_message_naming_the_problem() {
-    let server = ServerProcess::start(&["--store", "memory", "--max-payload-bytes", "10"]);
+async fn refusals_carry_the_right_code_and_a_message_naming_the_problem(store: Store) {
+    let Some(server) = ServerProcess::on(store, &["--max-payload-bytes", "10"]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("refuse");
 
@@ -229,9 +231,10 @@ async fn refusals_carry_the_right_code_and_a_message_naming_the_problem() {
     );
 }
 
-#[tokio::test]
-async fn create_queue_is_idempotent_with_equal_settings_only() {
-    let server = ServerProcess::memory();
+async fn create_queue_is_idempotent_with_equal_settings_only(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("create");
     let req = |lease: u64| pb::CreateQueueRequest {
@@ -285,9 +288,10 @@ async fn create_queue_is_idempotent_with_equal_settings_only() {
     );
 }
 
-#[tokio::test]
-async fn a_waiting_lease_gets_an_item_enqueued_later_and_drained_ends_it() {
-    let server = ServerProcess::memory();
+async fn a_waiting_lease_gets_an_item_enqueued_later_and_drained_ends_it(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("wait");
     create(&mut c, &q).await;
@@ -306,9 +310,10 @@ async fn a_waiting_lease_gets_an_item_enqueued_later_and_drained_ends_it() {
     assert!(end.items.is_empty() && end.queue_state() == pb::QueueState::Drained);
 }
 
-#[tokio::test]
-async fn a_lease_call_hands_in_completions_and_a_refused_one_leases_nothing() {
-    let server = ServerProcess::memory();
+async fn a_lease_call_hands_in_completions_and_a_refused_one_leases_nothing(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("piggyback");
     enqueue(&mut c, &q, &["a", "b", "c"]).await;
@@ -339,9 +344,10 @@ async fn a_lease_call_hands_in_completions_and_a_refused_one_leases_nothing() {
     assert_eq!((s.completed, s.leased, s.pending), (1, 1, 1));
 }
 
-#[tokio::test]
-async fn fail_dead_list_and_requeue() {
-    let server = ServerProcess::memory();
+async fn fail_dead_list_and_requeue(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("dead");
     enqueue(&mut c, &q, &["poison"]).await;
@@ -383,9 +389,10 @@ async fn fail_dead_list_and_requeue() {
     assert_eq!((s.pending, s.dead), (1, 0));
 }
 
-#[tokio::test]
-async fn watch_streams_counters_until_drained() {
-    let server = ServerProcess::memory();
+async fn watch_streams_counters_until_drained(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("watch");
     enqueue(&mut c, &q, &["a", "b"]).await;
@@ -419,9 +426,10 @@ async fn watch_streams_counters_until_drained() {
     );
 }
 
-#[tokio::test]
-async fn health_reflection_healthz_and_metrics_are_served() {
-    let server = ServerProcess::memory();
+async fn health_reflection_healthz_and_metrics_are_served(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let channel = tonic::transport::Endpoint::from_shared(server.url())
         .expect("endpoint")
         .connect()
@@ -573,9 +581,10 @@ impl WorkStream {
     }
 }
 
-#[tokio::test]
-async fn a_work_stream_pushes_items_up_to_its_credit_and_answers_completions() {
-    let server = ServerProcess::memory();
+async fn a_work_stream_pushes_items_up_to_its_credit_and_answers_completions(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("work");
     enqueue(&mut c, &q, &["a", "b", "c"]).await;
@@ -620,9 +629,10 @@ async fn a_work_stream_pushes_items_up_to_its_credit_and_answers_completions() {
     assert_eq!((s.completed, s.state()), (3, pb::QueueState::Drained));
 }
 
-#[tokio::test]
-async fn a_waiting_work_stream_gets_an_item_the_moment_it_is_enqueued() {
-    let server = ServerProcess::memory();
+async fn a_waiting_work_stream_gets_an_item_the_moment_it_is_enqueued(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let q = unique_queue("work-wait");
     create(&mut c, &q).await;
@@ -633,9 +643,10 @@ async fn a_waiting_work_stream_gets_an_item_the_moment_it_is_enqueued() {
     assert_eq!(&m.items[0].payload[..], b"late");
 }
 
-#[tokio::test]
-async fn a_work_stream_on_a_missing_queue_is_refused() {
-    let server = ServerProcess::memory();
+async fn a_work_stream_on_a_missing_queue_is_refused(store: Store) {
+    let Some(server) = ServerProcess::on(store, &[]) else {
+        return;
+    };
     let mut c = server.client().await;
     let e = match WorkStream::open(&mut c, &unique_queue("nowhere"), 1).await {
         Ok(_) => panic!("opened a stream on a missing queue"),
@@ -647,7 +658,17 @@ async fn a_work_stream_on_a_missing_queue_is_refused() {
 #[tokio::test]
 async fn an_enqueue_stream_adds_batches_in_order_and_answers_each_when_durable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = ServerProcess::embedded(dir.path());
+    enqueue_stream_order(ServerProcess::embedded(dir.path())).await;
+}
+
+#[tokio::test]
+async fn an_enqueue_stream_on_postgres_adds_batches_in_order() {
+    if let Some(server) = ServerProcess::postgres() {
+        enqueue_stream_order(server).await;
+    }
+}
+
+async fn enqueue_stream_order(server: ServerProcess) {
     let mut c = server.client().await;
     let q = unique_queue("push-stream");
     let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -735,4 +756,130 @@ async fn open_streams_do_not_hold_up_a_sigterm() {
             .expect_err("work stream ends with a status");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     drop(tx);
+}
+
+/// The tests above on the memory store.
+mod memory {
+    use super::*;
+
+    #[tokio::test]
+    async fn enqueue_lease_complete_over_the_network() {
+        super::enqueue_lease_complete_over_the_network(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn refusals_carry_the_right_code_and_a_message_naming_the_problem() {
+        super::refusals_carry_the_right_code_and_a_message_naming_the_problem(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn create_queue_is_idempotent_with_equal_settings_only() {
+        super::create_queue_is_idempotent_with_equal_settings_only(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn a_waiting_lease_gets_an_item_enqueued_later_and_drained_ends_it() {
+        super::a_waiting_lease_gets_an_item_enqueued_later_and_drained_ends_it(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_call_hands_in_completions_and_a_refused_one_leases_nothing() {
+        super::a_lease_call_hands_in_completions_and_a_refused_one_leases_nothing(Store::Memory)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn fail_dead_list_and_requeue() {
+        super::fail_dead_list_and_requeue(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn watch_streams_counters_until_drained() {
+        super::watch_streams_counters_until_drained(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn health_reflection_healthz_and_metrics_are_served() {
+        super::health_reflection_healthz_and_metrics_are_served(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn a_work_stream_pushes_items_up_to_its_credit_and_answers_completions() {
+        super::a_work_stream_pushes_items_up_to_its_credit_and_answers_completions(Store::Memory)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_waiting_work_stream_gets_an_item_the_moment_it_is_enqueued() {
+        super::a_waiting_work_stream_gets_an_item_the_moment_it_is_enqueued(Store::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn a_work_stream_on_a_missing_queue_is_refused() {
+        super::a_work_stream_on_a_missing_queue_is_refused(Store::Memory).await;
+    }
+}
+
+/// The tests above on the postgres store.
+mod postgres {
+    use super::*;
+
+    #[tokio::test]
+    async fn enqueue_lease_complete_over_the_network() {
+        super::enqueue_lease_complete_over_the_network(Store::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn refusals_carry_the_right_code_and_a_message_naming_the_problem() {
+        super::refusals_carry_the_right_code_and_a_message_naming_the_problem(Store::Postgres)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn create_queue_is_idempotent_with_equal_settings_only() {
+        super::create_queue_is_idempotent_with_equal_settings_only(Store::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn a_waiting_lease_gets_an_item_enqueued_later_and_drained_ends_it() {
+        super::a_waiting_lease_gets_an_item_enqueued_later_and_drained_ends_it(Store::Postgres)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_call_hands_in_completions_and_a_refused_one_leases_nothing() {
+        super::a_lease_call_hands_in_completions_and_a_refused_one_leases_nothing(Store::Postgres)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn fail_dead_list_and_requeue() {
+        super::fail_dead_list_and_requeue(Store::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn watch_streams_counters_until_drained() {
+        super::watch_streams_counters_until_drained(Store::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn health_reflection_healthz_and_metrics_are_served() {
+        super::health_reflection_healthz_and_metrics_are_served(Store::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn a_work_stream_pushes_items_up_to_its_credit_and_answers_completions() {
+        super::a_work_stream_pushes_items_up_to_its_credit_and_answers_completions(Store::Postgres)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_waiting_work_stream_gets_an_item_the_moment_it_is_enqueued() {
+        super::a_waiting_work_stream_gets_an_item_the_moment_it_is_enqueued(Store::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn a_work_stream_on_a_missing_queue_is_refused() {
+        super::a_work_stream_on_a_missing_queue_is_refused(Store::Postgres).await;
+    }
 }

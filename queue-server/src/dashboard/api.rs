@@ -16,7 +16,8 @@
 //! the gRPC code's name and the HTTP status that matches it.
 
 use crate::auth::{Auth, Grantee, Verb};
-use crate::engine::{Engine, QueueInfo};
+use crate::backend::Backend;
+use crate::engine::QueueInfo;
 use crate::names::{ItemId, QueueName};
 use crate::queue::DeadItem;
 use axum::Json;
@@ -31,12 +32,12 @@ use tonic::{Code, Status};
 /// What every handler shares.
 #[derive(Debug, Clone)]
 struct Ctx {
-    engine: Engine,
+    engine: Backend,
     auth: Option<Arc<Auth>>,
 }
 
 /// The API's routes.
-pub fn router(engine: Engine, auth: Option<Arc<Auth>>) -> axum::Router {
+pub fn router(engine: Backend, auth: Option<Arc<Auth>>) -> axum::Router {
     axum::Router::new()
         .route("/queues", get(queues))
         .route("/queues/{name}/dead", get(dead))
@@ -137,16 +138,16 @@ fn queue_name(s: &str) -> Result<QueueName, ApiError> {
 
 // ---- The engine reads and writes the dashboard makes, one place each. ----
 
-fn all_queues(engine: &Engine) -> Vec<QueueInfo> {
-    engine.list_queues()
+async fn all_queues(engine: &Backend) -> crate::Result<Vec<QueueInfo>> {
+    engine.list_queues().await
 }
 
-fn dead_items(
-    engine: &Engine,
+async fn dead_items(
+    engine: &Backend,
     name: &QueueName,
     limit: usize,
 ) -> crate::Result<(Vec<DeadItem>, bool)> {
-    engine.list_dead_page(name, None, limit)
+    engine.list_dead_page(name, None, limit).await
 }
 
 // ---- Answers ----
@@ -216,6 +217,7 @@ fn now_ms() -> u64 {
 async fn queues(State(ctx): State<Ctx>, headers: HeaderMap) -> Answer<QueuesView> {
     let caller = ctx.caller(&headers)?;
     let queues = all_queues(&ctx.engine)
+        .await?
         .iter()
         .filter(|q| caller.may(Verb::Read, q.name.as_str()))
         .map(QueueView::of)
@@ -268,7 +270,7 @@ async fn dead(
 ) -> Answer<DeadPage> {
     let name = ctx.admit(&headers, &name, Verb::Read)?;
     let limit = q.limit.unwrap_or(DEAD_PAGE).clamp(1, DEAD_PAGE);
-    let (items, more) = dead_items(&ctx.engine, &name, limit)?;
+    let (items, more) = dead_items(&ctx.engine, &name, limit).await?;
     let items = items
         .into_iter()
         .map(|d| DeadView {

@@ -87,6 +87,9 @@ pub fn rejection(err: &Error) -> Rejection {
         }
         Error::Store(_) => Rejection::new(Code::Unavailable, ErrorReason::StoreFailed, msg)
             .retry_after(RETRY_AFTER_RESTART),
+        Error::Unavailable(_) => {
+            Rejection::new(Code::Unavailable, ErrorReason::StoreFailed, msg).retry_after(RETRY_SOON)
+        }
         Error::ShuttingDown => Rejection::new(Code::Unavailable, ErrorReason::ShuttingDown, msg)
             .retry_after(RETRY_SOON),
         Error::Exhausted { limit, max, .. } => {

@@ -15,6 +15,9 @@ pub struct ServerProcess {
     pub child: Child,
     pub grpc: SocketAddr,
     pub http: Option<SocketAddr>,
+    /// The test's own database, when on the postgres store (dropped after
+    /// the server).
+    pub db: Option<std::sync::Arc<PgDatabase>>,
 }
 
 impl ServerProcess {
@@ -50,6 +53,40 @@ impl ServerProcess {
             child,
             grpc,
             http: field("http="),
+            db: None,
+        }
+    }
+
+    /// On the postgres store, in a database of its own (dropped with it);
+    /// `None` when PostgreSQL is not there (said, or failed under
+    /// `WQ_REQUIRE_SERVICES`).
+    pub fn postgres() -> Option<Self> {
+        Self::on(Store::Postgres, &[])
+    }
+
+    /// On `db`, shared with other servers (replicas), with `args`.
+    pub fn on_database(db: &std::sync::Arc<PgDatabase>, args: &[&str]) -> Self {
+        let url = db.url();
+        let mut all = vec!["--store", "postgres", "--database-url", &url];
+        all.extend_from_slice(args);
+        let mut s = Self::start(&all);
+        s.db = Some(db.clone());
+        s
+    }
+
+    /// On `store`, with `args` besides; `None` when its service is not
+    /// there.
+    pub fn on(store: Store, args: &[&str]) -> Option<Self> {
+        match store {
+            Store::Memory => {
+                let mut all = vec!["--store", "memory"];
+                all.extend_from_slice(args);
+                Some(Self::start(&all))
+            }
+            Store::Postgres => {
+                let db = std::sync::Arc::new(PgDatabase::create()?);
+                Some(Self::on_database(&db, args))
+            }
         }
     }
 
@@ -154,3 +191,61 @@ impl Drop for ServerProcess {
 /// A queue name no other test uses.
 #[allow(unused_imports)] // not every test binary names a queue
 pub use workq_testkit::unique_name as unique_queue;
+
+/// The stores the store-agnostic tests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Memory,
+    Postgres,
+}
+
+/// A PostgreSQL database of one test's own on the machine's PostgreSQL,
+/// dropped (with its connections) when dropped.
+pub struct PgDatabase {
+    pub name: String,
+}
+
+fn psql(sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v"])
+        .arg("ON_ERROR_STOP=1")
+        .args(["-c", sql])
+        .output()
+        .expect("run psql")
+}
+
+impl PgDatabase {
+    /// A new database; `None` when PostgreSQL or psql is not there.
+    pub fn create() -> Option<Self> {
+        if !workq_testkit::postgres() || !workq_testkit::command("psql", "postgresql-client") {
+            return None;
+        }
+        let name = workq_testkit::unique_name("wq_test").replace('-', "_");
+        let out = psql(&format!("CREATE DATABASE {name}"));
+        assert!(out.status.success(), "create database {name}: {out:?}");
+        Some(PgDatabase { name })
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    /// Runs `sql` in this database.
+    pub fn execute(&self, sql: &str) -> std::process::Output {
+        Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &self.name, "-v"])
+            .arg("ON_ERROR_STOP=1")
+            .args(["-tAc", sql])
+            .output()
+            .expect("run psql")
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}

@@ -1,0 +1,603 @@
+//! Ending and extending leases on PostgreSQL: renew, complete, fail and
+//! release, all or nothing or token by token. Each call is one transaction:
+//! the named items are read and locked (`FOR UPDATE`, in id order), with
+//! the record of how each item's last lease finished; every token is judged
+//! exactly as the local engine judges it (`queue::leases`); then one
+//! statement per kind of change applies the verdicts (arrays), the
+//! counters change in one stripe, and the finishes are recorded — so a
+//! finish retried after a COMMIT whose outcome the client never learned is
+//! answered "already done".
+
+use super::queues::{add_counters, notify};
+use super::{PgEngine, QueueRow, db_id, unavailable};
+use crate::error::{Error, Finish, Result, StaleCause};
+use crate::names::{LeaseToken, QueueName};
+use crate::queue::{Batch, Outcome, TokenResult};
+use deadpool_postgres::{GenericClient, Transaction};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// What a token that is not a live lease is, against what a call wants to
+/// do with it.
+enum Verdict {
+    AlreadyDone(bool),
+    Refused(Error),
+}
+
+/// An item as a finish reads it.
+struct ItemRow {
+    state: i8,
+    seq: i64,
+    secret: Option<Vec<u8>>,
+    live: bool,
+    attempts: i32,
+    key: Option<String>,
+}
+
+/// How an item's last lease finished.
+struct FinishedRow {
+    seq: i64,
+    secret: Vec<u8>,
+    how: Finish,
+    dead: bool,
+}
+
+fn how_of(c: i8) -> Finish {
+    match c as u8 {
+        b'c' => Finish::Completed,
+        b'f' => Finish::Failed,
+        _ => Finish::Released,
+    }
+}
+
+fn how_char(f: Finish) -> &'static str {
+    match f {
+        Finish::Completed => "c",
+        Finish::Failed => "f",
+        Finish::Released => "r",
+    }
+}
+
+fn same_secret(a: &[u8], t: &LeaseToken) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == t.secret.len() && bool::from(a.ct_eq(&t.secret))
+}
+
+fn result(token: LeaseToken, outcome: Outcome) -> TokenResult {
+    TokenResult {
+        token,
+        outcome,
+        deadline: None,
+        dead: false,
+    }
+}
+
+/// A judged batch: per token its result, and the items of the live ones.
+struct Judged {
+    results: Vec<TokenResult>,
+    items: HashMap<i64, ItemRow>,
+}
+
+impl Judged {
+    /// The live tokens, in the order given.
+    fn live(&self) -> Vec<LeaseToken> {
+        self.results
+            .iter()
+            .filter(|r| r.done())
+            .map(|r| r.token)
+            .collect()
+    }
+}
+
+impl PgEngine {
+    fn tokens_ok(&self, what: &str, tokens: &[LeaseToken]) -> Result<()> {
+        self.inner
+            .limits
+            .check_batch("lease_tokens", what, tokens.len())
+    }
+
+    /// Reads, locks and judges `tokens` for `op` (a renewal: `None`).
+    async fn judge(
+        &self,
+        tx: &Transaction<'_>,
+        q: &QueueRow,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+        op: Option<Finish>,
+        batch: Batch,
+    ) -> Result<Judged> {
+        let ids: Vec<i64> = tokens.iter().map(|t| db_id(t.item)).collect();
+        let items_stmt = tx
+            .prepare_cached(
+                "SELECT id, state, seq, secret, due_at > workq_ms(), attempts, idem_key \
+                 FROM workq_items WHERE queue_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",
+            )
+            .await
+            .map_err(unavailable)?;
+        let finished_stmt = tx
+            .prepare_cached(
+                "SELECT item, seq, secret, how, dead FROM workq_finished \
+                 WHERE queue_id = $1 AND item = ANY($2)",
+            )
+            .await
+            .map_err(unavailable)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&q.id, &ids];
+        let (item_rows, finished_rows) = futures::try_join!(
+            tx.query(&items_stmt, &params),
+            tx.query(&finished_stmt, &params),
+        )
+        .map_err(unavailable)?;
+        let items: HashMap<i64, ItemRow> = item_rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    ItemRow {
+                        state: r.get(1),
+                        seq: r.get(2),
+                        secret: r.get(3),
+                        live: r.get::<_, Option<bool>>(4).unwrap_or(false),
+                        attempts: r.get(5),
+                        key: r.get(6),
+                    },
+                )
+            })
+            .collect();
+        let finished: HashMap<i64, FinishedRow> = finished_rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    FinishedRow {
+                        seq: r.get(1),
+                        secret: r.get(2),
+                        how: how_of(r.get(3)),
+                        dead: r.get(4),
+                    },
+                )
+            })
+            .collect();
+        let stale = |token: LeaseToken, cause| Error::StaleLease {
+            queue: name.clone(),
+            token,
+            cause,
+        };
+        let mut seen = HashSet::with_capacity(tokens.len());
+        let mut results = Vec::with_capacity(tokens.len());
+        for t in tokens {
+            let id = db_id(t.item);
+            let seq = i64::try_from(t.seq).unwrap_or(-1);
+            let v = if !seen.insert(t.item) {
+                Verdict::Refused(Error::DuplicateToken { item: t.item })
+            } else if let Some(f) = finished.get(&id)
+                && f.seq == seq
+                && same_secret(&f.secret, t)
+            {
+                if Some(f.how) == op {
+                    Verdict::AlreadyDone(f.dead)
+                } else {
+                    Verdict::Refused(stale(*t, StaleCause::Finished(f.how)))
+                }
+            } else {
+                let cause = match items.get(&id) {
+                    None => StaleCause::ItemCompleted,
+                    Some(i)
+                        if i.state == b'l' as i8
+                            && i.seq == seq
+                            && i.secret.as_deref().is_some_and(|s| same_secret(s, t)) =>
+                    {
+                        if i.live {
+                            results.push(result(*t, Outcome::Done));
+                            continue;
+                        }
+                        StaleCause::Expired
+                    }
+                    Some(i) if i.state == b'l' as i8 => StaleCause::Taken,
+                    Some(i) if i.state == b'x' as i8 => StaleCause::ItemDead,
+                    Some(_) => StaleCause::Expired,
+                };
+                Verdict::Refused(stale(*t, cause))
+            };
+            let r = match v {
+                Verdict::AlreadyDone(dead) => TokenResult {
+                    dead,
+                    ..result(*t, Outcome::AlreadyDone)
+                },
+                Verdict::Refused(e) => {
+                    if batch == Batch::AllOrNothing {
+                        return Err(e);
+                    }
+                    result(*t, Outcome::Refused(e))
+                }
+            };
+            results.push(r);
+        }
+        Ok(Judged { results, items })
+    }
+
+    /// Records how the leases of `done` finished.
+    async fn record_finished(
+        tx: &Transaction<'_>,
+        q: &QueueRow,
+        done: &[(LeaseToken, bool)],
+        how: Finish,
+    ) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = done.iter().map(|(t, _)| db_id(t.item)).collect();
+        let seqs: Vec<i64> = done
+            .iter()
+            .map(|(t, _)| i64::try_from(t.seq).unwrap_or(-1))
+            .collect();
+        let secrets: Vec<&[u8]> = done.iter().map(|(t, _)| &t.secret[..]).collect();
+        let dead: Vec<bool> = done.iter().map(|(_, d)| *d).collect();
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO workq_finished (queue_id, item, seq, secret, how, dead, at) \
+                 SELECT $1, i, s, x, $5::text::\"char\", d, workq_ms() \
+                 FROM unnest($2::int8[], $3::int8[], $4::bytea[], $6::bool[]) AS t(i, s, x, d) \
+                 ON CONFLICT (queue_id, item) DO UPDATE SET seq = excluded.seq, \
+                 secret = excluded.secret, how = excluded.how, dead = excluded.dead, \
+                 at = excluded.at",
+            )
+            .await
+            .map_err(unavailable)?;
+        tx.execute(
+            &stmt,
+            &[&q.id, &ids, &seqs, &secrets, &how_char(how), &dead],
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Extends leases by `lease` (the queue's default when `None`).
+    pub async fn renew_as(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+        lease: Option<Duration>,
+        batch: Batch,
+    ) -> Result<Vec<TokenResult>> {
+        self.tokens_ok("renew", tokens)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let q = self.queue_row(&tx, name, "").await?;
+        let lease = lease.unwrap_or(q.settings.default_lease);
+        let lease_ms = super::ms(self.inner.limits.check_lease("lease", lease)?);
+        let mut judged = self.judge(&tx, &q, name, tokens, None, batch).await?;
+        let live: Vec<i64> = judged.live().iter().map(|t| db_id(t.item)).collect();
+        if !live.is_empty() {
+            let rows = tx
+                .query(
+                    "UPDATE workq_items SET due_at = workq_ms() + $3 \
+                     WHERE queue_id = $1 AND id = ANY($2) RETURNING id, due_at",
+                    &[&q.id, &live, &lease_ms],
+                )
+                .await
+                .map_err(unavailable)?;
+            let deadlines: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            for r in judged.results.iter_mut().filter(|r| r.done()) {
+                r.deadline = deadlines
+                    .get(&db_id(r.token.item))
+                    .map(|d| u64::try_from(*d).unwrap_or(0));
+            }
+            tx.commit().await.map_err(unavailable)?;
+        }
+        Ok(judged.results)
+    }
+
+    /// Completes leased items; tokens that already completed their item are
+    /// answered "already done".
+    pub async fn complete_as(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+        batch: Batch,
+    ) -> Result<Vec<TokenResult>> {
+        self.tokens_ok("complete", tokens)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let q = self.queue_row(&tx, name, "").await?;
+        let judged = self
+            .judge(&tx, &q, name, tokens, Some(Finish::Completed), batch)
+            .await?;
+        let live = judged.live();
+        if !live.is_empty() {
+            let ids: Vec<i64> = live.iter().map(|t| db_id(t.item)).collect();
+            let keys: Vec<&str> = ids
+                .iter()
+                .filter_map(|id| judged.items.get(id)?.key.as_deref())
+                .collect();
+            tx.execute(
+                "DELETE FROM workq_items WHERE queue_id = $1 AND id = ANY($2)",
+                &[&q.id, &ids],
+            )
+            .await
+            .map_err(unavailable)?;
+            if !keys.is_empty() {
+                let window = i64::try_from(self.inner.limits.idempotency_window.as_millis())
+                    .unwrap_or(i64::MAX);
+                let sql = if window == 0 {
+                    "DELETE FROM workq_keys WHERE queue_id = $1 AND key = ANY($2) \
+                     AND item = ANY($3) AND $4::int8 = 0"
+                } else {
+                    "UPDATE workq_keys SET expires_at = workq_ms() + $4 \
+                     WHERE queue_id = $1 AND key = ANY($2) AND item = ANY($3)"
+                };
+                tx.execute(sql, &[&q.id, &keys, &ids, &window])
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let n = live.len() as i64;
+            add_counters(&tx, q.id, [0, 0, 0, -n, n, 0, 0]).await?;
+            let done: Vec<_> = live.iter().map(|t| (*t, false)).collect();
+            Self::record_finished(&tx, &q, &done, Finish::Completed).await?;
+            if q.sealed {
+                // The queue may have drained: wake who waits for that.
+                notify(&tx, name).await?;
+            }
+            tx.commit().await.map_err(unavailable)?;
+            metrics::counter!("workq_items_completed_total").increment(live.len() as u64);
+        }
+        Ok(judged.results)
+    }
+
+    /// Fails leased items: back to the queue after `retry_after` (the
+    /// queue's back-off when `None`) or dead; fatally: dead at once.
+    pub async fn fail_as(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+        fatal: bool,
+        reason: &str,
+        retry_after: Option<Duration>,
+        batch: Batch,
+    ) -> Result<Vec<TokenResult>> {
+        self.tokens_ok("fail", tokens)?;
+        let limits = self.inner.limits;
+        if let Some(after) = retry_after
+            && after > limits.max_delay
+        {
+            return Err(Error::limit(
+                "retry_after",
+                "max_delay",
+                crate::settings::secs(limits.max_delay),
+                format!(
+                    "retry_after: {} ms is longer than the limit of {} ms",
+                    after.as_millis(),
+                    limits.max_delay.as_millis()
+                ),
+            ));
+        }
+        let reason = if reason.is_empty() {
+            "no reason given"
+        } else {
+            reason
+        };
+        let mut cut = reason.len().min(limits.max_attribute_bytes);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let reason = &reason[..cut];
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let q = self.queue_row(&tx, name, "").await?;
+        let mut judged = self
+            .judge(&tx, &q, name, tokens, Some(Finish::Failed), batch)
+            .await?;
+        let live = judged.live();
+        if live.is_empty() {
+            return Ok(judged.results);
+        }
+        let max = q.settings.max_attempts.max(1);
+        let (mut ids, mut states, mut delays, mut reasons, mut attempts) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut dead, mut pending, mut delayed) = (0i64, 0i64, 0i64);
+        let mut died = HashSet::new();
+        for t in &live {
+            let id = db_id(t.item);
+            let Some(item) = judged.items.get(&id) else {
+                continue;
+            };
+            let n = u32::try_from(item.attempts).unwrap_or(0) + 1;
+            let dead_reason = if fatal {
+                Some(format!("failed fatally on attempt {n}: {reason}"))
+            } else {
+                (n >= max).then(|| format!("attempt {n} of {max} failed: {reason}"))
+            };
+            let (state, delay) = match dead_reason {
+                Some(r) => {
+                    reasons.push(Some(r));
+                    dead += 1;
+                    died.insert(id);
+                    ("x", 0)
+                }
+                None => {
+                    reasons.push(None);
+                    let d = retry_after.unwrap_or_else(|| q.settings.backoff(n));
+                    let d = super::ms(d);
+                    if d == 0 {
+                        pending += 1;
+                        ("p", 0)
+                    } else {
+                        delayed += 1;
+                        ("d", d)
+                    }
+                }
+            };
+            ids.push(id);
+            states.push(state);
+            delays.push(delay);
+            attempts.push(i32::try_from(n).unwrap_or(i32::MAX));
+        }
+        tx.execute(
+            "UPDATE workq_items i SET state = t.st::\"char\", attempts = t.a, \
+             due_at = CASE WHEN t.st = 'd' THEN workq_ms() + t.d END, \
+             rank = CASE WHEN t.st = 'p' THEN -nextval('workq_item_id') ELSE i.rank END, \
+             reason = t.r, died_at = CASE WHEN t.st = 'x' THEN workq_ms() END, secret = NULL \
+             FROM unnest($2::int8[], $3::text[], $4::int8[], $5::text[], $6::int4[]) \
+             AS t(id, st, d, r, a) WHERE i.queue_id = $1 AND i.id = t.id",
+            &[&q.id, &ids, &states, &delays, &reasons, &attempts],
+        )
+        .await
+        .map_err(unavailable)?;
+        let n = live.len() as i64;
+        add_counters(
+            &tx,
+            q.id,
+            [0, pending, delayed, -n, 0, dead, pending + delayed],
+        )
+        .await?;
+        let done: Vec<_> = live
+            .iter()
+            .map(|t| (*t, died.contains(&db_id(t.item))))
+            .collect();
+        Self::record_finished(&tx, &q, &done, Finish::Failed).await?;
+        if pending > 0 || q.sealed {
+            notify(&tx, name).await?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        if delayed > 0 {
+            self.inner.reaper.notify_one();
+        }
+        for r in judged.results.iter_mut().filter(|r| r.done()) {
+            r.dead = died.contains(&db_id(r.token.item));
+        }
+        metrics::counter!("workq_items_failed_total").increment(live.len() as u64);
+        Ok(judged.results)
+    }
+
+    /// Gives leased items back at once, first in line in the order given,
+    /// no attempt counted.
+    pub async fn release_as(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+        batch: Batch,
+    ) -> Result<Vec<TokenResult>> {
+        self.tokens_ok("release", tokens)?;
+        self.release_tokens(name, tokens, batch).await
+    }
+
+    async fn release_tokens(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+        batch: Batch,
+    ) -> Result<Vec<TokenResult>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let q = self.queue_row(&tx, name, "").await?;
+        let judged = self
+            .judge(&tx, &q, name, tokens, Some(Finish::Released), batch)
+            .await?;
+        let live = judged.live();
+        if live.is_empty() {
+            return Ok(judged.results);
+        }
+        // The first given goes first in line: it gets the newest (most
+        // negative) front rank.
+        let mut ranks: Vec<i64> = tx
+            .query_one(
+                "SELECT array_agg(-nextval('workq_item_id')) FROM generate_series(1, $1::int4)",
+                &[&i32::try_from(live.len()).unwrap_or(i32::MAX)],
+            )
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        ranks.sort_unstable();
+        let ids: Vec<i64> = live.iter().map(|t| db_id(t.item)).collect();
+        tx.execute(
+            "UPDATE workq_items i SET state = 'p', due_at = NULL, rank = t.r, secret = NULL \
+             FROM unnest($2::int8[], $3::int8[]) AS t(id, r) \
+             WHERE i.queue_id = $1 AND i.id = t.id",
+            &[&q.id, &ids, &ranks],
+        )
+        .await
+        .map_err(unavailable)?;
+        let n = live.len() as i64;
+        add_counters(&tx, q.id, [0, n, 0, -n, 0, 0, 0]).await?;
+        let done: Vec<_> = live.iter().map(|t| (*t, false)).collect();
+        Self::record_finished(&tx, &q, &done, Finish::Released).await?;
+        notify(&tx, name).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(judged.results)
+    }
+
+    /// Gives back those of `tokens` still live; the others are skipped.
+    /// Returns how many were released.
+    pub async fn release_held(&self, name: &QueueName, tokens: &[LeaseToken]) -> Result<usize> {
+        if tokens.is_empty() {
+            return Ok(0);
+        }
+        let n = self
+            .release_tokens(name, tokens, Batch::EachToken)
+            .await?
+            .iter()
+            .filter(|r| r.done())
+            .count();
+        if n > 0 {
+            metrics::counter!("workq_items_released_total").increment(n as u64);
+        }
+        Ok(n)
+    }
+
+    /// The tokens of `tokens` that are live leases now; `None` when the
+    /// database could not say (keep them all).
+    async fn live_of(
+        &self,
+        name: &QueueName,
+        tokens: impl Iterator<Item = LeaseToken>,
+    ) -> Option<HashSet<LeaseToken>> {
+        let tokens: Vec<LeaseToken> = tokens.collect();
+        if tokens.is_empty() {
+            return Some(HashSet::new());
+        }
+        let client = self.client().await.ok()?;
+        let ids: Vec<i64> = tokens.iter().map(|t| db_id(t.item)).collect();
+        let rows = client
+            .query(
+                "SELECT i.id, i.seq, i.secret FROM workq_items i JOIN workq_queues q \
+                 ON q.id = i.queue_id WHERE q.name = $1 AND i.id = ANY($2) \
+                 AND i.state = 'l' AND i.due_at > workq_ms()",
+                &[&name.as_str(), &ids],
+            )
+            .await
+            .ok()?;
+        let live: HashMap<i64, (i64, Vec<u8>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    (r.get(1), r.get::<_, Option<Vec<u8>>>(2).unwrap_or_default()),
+                )
+            })
+            .collect();
+        Some(
+            tokens
+                .into_iter()
+                .filter(|t| {
+                    live.get(&db_id(t.item)).is_some_and(|(seq, secret)| {
+                        i64::try_from(t.seq).ok() == Some(*seq) && same_secret(secret, t)
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Keeps in `tokens` only the leases still live.
+    pub async fn retain_live(&self, name: &QueueName, tokens: &mut HashSet<LeaseToken>) {
+        if let Some(live) = self.live_of(name, tokens.iter().copied()).await {
+            tokens.retain(|t| live.contains(t));
+        }
+    }
+
+    /// [`PgEngine::retain_live`] of a map keyed by token.
+    pub async fn retain_live_map<V>(&self, name: &QueueName, tokens: &mut HashMap<LeaseToken, V>) {
+        if let Some(live) = self.live_of(name, tokens.keys().copied()).await {
+            tokens.retain(|t, _| live.contains(t));
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Leasing on PostgreSQL: one statement takes up to `max` pending items in
+//! rank order (`FOR UPDATE SKIP LOCKED`, so concurrent leases on any
+//! replica never wait for each other or take the same item), cuts them to
+//! the byte budget, moves them to LEASED with a new epoch, a fresh random
+//! secret and a deadline from the database's clock, updates a counter
+//! stripe, and reads the queue's state — in one round trip.
+//!
+//! A call that finds nothing parks until a notification for its queue (an
+//! enqueue on any replica), its wait ends, or a slow safety poll.
+
+use super::{PgEngine, secrets, token, unavailable};
+use crate::engine::LeaseOutcome;
+use crate::error::{Error, Result};
+use crate::names::{LeaseToken, QueueName};
+use crate::queue::Leased;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const LEASE: &str = "\
+WITH q AS (SELECT id, sealed FROM workq_queues WHERE id = $1), \
+picked AS (SELECT id, rank, size FROM workq_items WHERE queue_id = $1 AND state = 'p' \
+    ORDER BY rank LIMIT $2 FOR UPDATE SKIP LOCKED), \
+sized AS (SELECT id, row_number() OVER w AS n, sum(size) OVER w AS run FROM picked \
+    WINDOW w AS (ORDER BY rank)), \
+took AS (SELECT id, n FROM sized WHERE run <= $3 OR (n = 1 AND $4)), \
+upd AS (UPDATE workq_items i SET state = 'l', seq = i.seq + 1, secret = ($5::bytea[])[t.n], \
+    due_at = workq_ms() + $6 FROM took t WHERE i.queue_id = $1 AND i.id = t.id \
+    RETURNING i.id, i.seq, i.secret, i.payload, i.attrs, i.attempts, i.due_at, i.enqueued_at, \
+    i.rank), \
+cnt AS (UPDATE workq_counters SET pending = pending - (SELECT count(*) FROM upd), \
+    leased = leased + (SELECT count(*) FROM upd) \
+    WHERE queue_id = $1 AND stripe = $7 AND EXISTS (SELECT 1 FROM upd)) \
+SELECT upd.id, upd.seq, upd.secret, upd.payload, upd.attrs, upd.attempts, upd.due_at, \
+    upd.enqueued_at, upd.rank, \
+    (SELECT count(*) FROM picked), (SELECT count(*) FROM upd), \
+    (SELECT sealed FROM q), \
+    (SELECT coalesce(sum(pending + delayed + leased), 0)::int8 FROM workq_counters \
+        WHERE queue_id = $1) \
+FROM (SELECT 1) one LEFT JOIN upd ON true";
+
+/// What one lease statement found.
+struct Took {
+    items: Vec<Leased>,
+    over_budget: bool,
+    sealed: bool,
+    /// Pending, delayed and leased after it.
+    live: i64,
+}
+
+/// Counts a parked lease call for as long as it lives.
+struct Parked<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl PgEngine {
+    /// Leases within a byte budget (see [`crate::Engine::lease_within`]).
+    pub async fn lease_within(
+        &self,
+        name: &QueueName,
+        max: usize,
+        max_bytes: usize,
+        first_free: bool,
+        lease: Option<Duration>,
+        wait: Duration,
+    ) -> Result<LeaseOutcome> {
+        self.lease_inner(name, &[], max, (max_bytes, first_free), lease, wait)
+            .await
+    }
+
+    /// Completes `complete`, then leases (see
+    /// [`crate::Engine::complete_then_lease`]).
+    pub async fn complete_then_lease(
+        &self,
+        name: &QueueName,
+        complete: &[LeaseToken],
+        max: usize,
+        max_bytes: usize,
+        lease: Option<Duration>,
+        wait: Duration,
+    ) -> Result<LeaseOutcome> {
+        self.lease_inner(name, complete, max, (max_bytes, true), lease, wait)
+            .await
+    }
+
+    async fn lease_inner(
+        &self,
+        name: &QueueName,
+        complete: &[LeaseToken],
+        max: usize,
+        (max_bytes, first_free): (usize, bool),
+        lease: Option<Duration>,
+        wait: Duration,
+    ) -> Result<LeaseOutcome> {
+        let limits = self.inner.limits;
+        limits.check_batch("max_items", "lease max_items", max)?;
+        let wait = limits.check_wait(wait)?;
+        let budget = match max_bytes {
+            0 => limits.answer_budget(),
+            n => n.min(limits.answer_budget()),
+        };
+        let q = {
+            let client = self.client().await?;
+            self.queue_row(&client, name, "").await?
+        };
+        let lease = lease.unwrap_or(q.settings.default_lease);
+        let lease_ms = super::ms(limits.check_lease("lease", lease)?);
+        if !complete.is_empty() {
+            self.complete_as(name, complete, crate::queue::Batch::AllOrNothing)
+                .await?;
+        }
+        let waker = self.waker(name);
+        let until = Instant::now() + wait;
+        let mut last_try = wait.is_zero();
+        loop {
+            let notified = waker.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let took = self
+                .take(name, q.id, max, budget, first_free, lease_ms)
+                .await?;
+            let drained = took.sealed && took.live == 0;
+            if !took.items.is_empty()
+                || took.over_budget
+                || drained
+                || last_try
+                || self.is_stopping()
+            {
+                metrics::counter!("workq_items_leased_total").increment(took.items.len() as u64);
+                return Ok(LeaseOutcome {
+                    items: took.items,
+                    drained,
+                    empty: took.live == 0,
+                    sealed: took.sealed,
+                    over_budget: took.over_budget,
+                });
+            }
+            waker.waiting.fetch_add(1, Ordering::Relaxed);
+            let _parked = Parked(&waker.waiting);
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(until) => last_try = true,
+                () = tokio::time::sleep(super::SAFETY_POLL) => {}
+                () = self.stopping() => {}
+            }
+        }
+    }
+
+    /// One lease statement.
+    async fn take(
+        &self,
+        name: &QueueName,
+        queue_id: i64,
+        max: usize,
+        budget: usize,
+        first_free: bool,
+        lease_ms: i64,
+    ) -> Result<Took> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(LEASE).await.map_err(unavailable)?;
+        let fresh = secrets(max)?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &queue_id,
+                    &i64::try_from(max).unwrap_or(i64::MAX),
+                    &i64::try_from(budget).unwrap_or(i64::MAX),
+                    &first_free,
+                    &fresh,
+                    &lease_ms,
+                    &super::stripe(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        let Some(first) = rows.first() else {
+            return Err(Error::QueueNotFound(name.clone()));
+        };
+        let Some(sealed) = first.get::<_, Option<bool>>(11) else {
+            return Err(Error::QueueNotFound(name.clone()));
+        };
+        let picked: i64 = first.get(9);
+        let taken: i64 = first.get(10);
+        let live: i64 = first.get(12);
+        let mut items: Vec<(i64, Leased)> = rows
+            .iter()
+            .filter_map(|r| {
+                let id: i64 = r.get::<_, Option<i64>>(0)?;
+                let seq: i64 = r.get(1);
+                let secret: Vec<u8> = r.get(2);
+                let payload: Vec<u8> = r.get(3);
+                Some((
+                    r.get::<_, i64>(8),
+                    Leased {
+                        id: crate::names::ItemId(u64::try_from(id).unwrap_or(0)),
+                        token: token(id, seq, &secret),
+                        payload: payload.into(),
+                        attributes: super::attrs_of(r.get(4)),
+                        attempt: u32::try_from(r.get::<_, i32>(5)).unwrap_or(0) + 1,
+                        deadline: u64::try_from(r.get::<_, i64>(6)).unwrap_or(0),
+                        enqueued_at: u64::try_from(r.get::<_, i64>(7)).unwrap_or(0),
+                    },
+                ))
+            })
+            .collect();
+        items.sort_by_key(|(rank, _)| *rank);
+        Ok(Took {
+            items: items.into_iter().map(|(_, l)| l).collect(),
+            over_budget: taken < picked,
+            sealed,
+            live,
+        })
+    }
+}
