@@ -366,3 +366,153 @@ async fn with_auth_on_an_action_without_its_grant_is_refused() {
 
     b.close().await.expect("close the browser");
 }
+
+// ---- The JSON API without a browser ----
+
+/// `method path` on the HTTP port with `headers` and `body`: the status
+/// code and the body.
+fn http(
+    server: &ServerProcess,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = server.http.expect("the server serves HTTP");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {out:?}"));
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+const JSON: &str = "Content-Type: application/json";
+
+#[tokio::test]
+async fn the_api_checks_grants_and_refuses_with_the_grpc_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let grants = dir.path().join("grants.yaml");
+    std::fs::write(&grants, GRANTS).expect("write grants");
+    let server = ServerProcess::start(&[
+        "--store",
+        "memory",
+        "--auth-tokens-file",
+        grants.to_str().expect("utf-8"),
+    ]);
+    let mut c = grpc(&server, Some("operator-token")).await;
+    let q = unique_queue("api");
+    enqueue(&mut c, &q, 3).await;
+    let id = kill_one(&mut c, &q, "bad").await;
+    let viewer = "Authorization: Bearer viewer-token";
+    let operator = "Authorization: Bearer operator-token";
+
+    // The page itself needs no credential; the data does.
+    let (code, page) = http(&server, "GET", "/", &[], "");
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>workq dashboard</title>"));
+    let (code, body) = http(&server, "GET", "/api/queues", &[], "");
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("UNAUTHENTICATED"), "{body}");
+
+    let (code, body) = http(&server, "GET", "/api/queues", &[viewer], "");
+    assert_eq!(code, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let mine = view["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|v| v["name"] == q.as_str())
+        .expect("the queue");
+    assert_eq!(
+        (mine["pending"].as_u64(), mine["dead"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let (code, body) = http(
+        &server,
+        "GET",
+        &format!("/api/queues/{q}/dead"),
+        &[viewer],
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(&format!("\"id\":\"{id}\"")) && body.contains("bad"),
+        "{body}"
+    );
+
+    // Actions: the verbs of their gRPC siblings.
+    let requeue = format!("/api/queues/{q}/requeue-dead");
+    let one = format!("{{\"ids\":[\"{id}\"]}}");
+    let (code, body) = http(&server, "POST", &requeue, &[viewer, JSON], &one);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("token:viewer may not admin"), "{body}");
+    let (code, body) = http(
+        &server,
+        "POST",
+        &format!("/api/queues/{q}/seal"),
+        &[viewer, JSON],
+        "{}",
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("may not produce"), "{body}");
+    let (code, body) = http(
+        &server,
+        "POST",
+        &format!("/api/queues/{q}/purge"),
+        &[viewer, JSON],
+        "{}",
+    );
+    assert_eq!(code, 403, "{body}");
+    // Without a JSON body (what a form of another site could send): refused.
+    let (code, _) = http(&server, "POST", &requeue, &[operator], &one);
+    assert_eq!(code, 415);
+    // Bad input and unknown queues, with the gRPC layer's messages.
+    let (code, body) = http(&server, "POST", &requeue, &[operator, JSON], "{}");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("give ids, or set all"), "{body}");
+    let (code, body) = http(
+        &server,
+        "POST",
+        "/api/queues/nope/seal",
+        &[operator, JSON],
+        "{}",
+    );
+    assert_eq!(code, 404, "{body}");
+    // The operator may.
+    let (code, body) = http(&server, "POST", &requeue, &[operator, JSON], &one);
+    assert_eq!((code, body.as_str()), (200, "{\"requeued\":1}"));
+    let (code, body) = http(
+        &server,
+        "POST",
+        &format!("/api/queues/{q}/seal"),
+        &[operator, JSON],
+        "{}",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"sealed\":true"), "{body}");
+    let (code, body) = http(
+        &server,
+        "POST",
+        &format!("/api/queues/{q}/purge"),
+        &[operator, JSON],
+        "{}",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"purged\":3"), "{body}");
+}
