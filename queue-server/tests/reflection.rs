@@ -132,3 +132,44 @@ async fn v1alpha_resolves_the_contract_by_symbol() {
         "files: {names:?}"
     );
 }
+
+/// What Python's stock `grpcio-reflection` client (which speaks v1alpha)
+/// sees: the services, and the contract's file by symbol.
+const PYTHON_CLIENT: &str = r#"
+import sys, grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+db = ProtoReflectionDescriptorDatabase(grpc.insecure_channel(sys.argv[1]))
+for s in db.get_services():
+    print("service", s)
+print("file", db.FindFileContainingSymbol("workq.v1.QueueService").name)
+"#;
+
+#[test]
+fn pythons_stock_grpcio_reflection_sees_every_service() {
+    if !workq_testkit::python_module(
+        "grpc_reflection",
+        "pip install grpcio-reflection (.ci/run installs it)",
+    ) {
+        return;
+    }
+    let server = ServerProcess::memory();
+    let out = std::process::Command::new("python3")
+        .args(["-c", PYTHON_CLIENT, &server.grpc.to_string()])
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for s in EXPECTED {
+        assert!(
+            text.lines().any(|l| l == format!("service {s}")),
+            "{s} not listed:\n{text}"
+        );
+    }
+    assert!(text.contains("file workq/v1/queue.proto"), "{text}");
+}
