@@ -392,3 +392,130 @@ async fn with_auth_on_the_scaler_needs_read_on_its_queue() {
         .expect_err("unknown token");
     assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
 }
+
+// ---- Mutual TLS: KEDA's TriggerAuthentication tlsClientCert/tlsClientKey ----
+
+/// A CA (PEM) and its issuer.
+fn ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let pem = p.self_signed(&key).expect("ca").pem();
+    (pem, rcgen::Issuer::new(p, key))
+}
+
+/// A certificate and key (PEM) signed by `issuer`: a server's on localhost,
+/// or a client's named `cn`.
+fn leaf(
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    cn: &str,
+    client: bool,
+) -> (String, String) {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let key = KeyPair::generate().expect("key");
+    let sans = if client {
+        vec![]
+    } else {
+        vec!["localhost".to_string()]
+    };
+    let mut p = CertificateParams::new(sans).expect("params");
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.extended_key_usages = vec![if client {
+        ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    let cert = p.signed_by(&key, issuer).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A scaler client over TLS trusting `ca_pem`, presenting `cert`.
+async fn tls_scaler(addr: std::net::SocketAddr, ca_pem: &str, cert: &(String, String)) -> Scaler {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let chain = CertificateDer::pem_slice_iter(cert.0.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = PrivateKeyDer::from_pem_slice(cert.1.as_bytes()).expect("key");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client cert");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = ServerName::try_from("localhost").expect("name");
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .expect("connect over TLS");
+    Scaler::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_a_scaler_credential() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ((server_ca, server_issuer), (client_ca, client_issuer)) = (ca("server"), ca("clients"));
+    let (cert, key) = leaf(&server_issuer, "workq", false);
+    let path = |f: &str| dir.path().join(f);
+    std::fs::write(path("tls.crt"), cert).expect("write");
+    std::fs::write(path("tls.key"), key).expect("write");
+    std::fs::write(path("client-ca.crt"), &client_ca).expect("write");
+    std::fs::write(
+        path("grants.yaml"),
+        "- name: keda\n  certificates: [\"keda-operator\"]\n  grants: [{verbs: [read], queues: [\"keda-*\"]}]\n",
+    )
+    .expect("write");
+    let server = ServerProcess::start(&[
+        "--store",
+        "memory",
+        "--tls-cert",
+        path("tls.crt").to_str().expect("utf-8"),
+        "--tls-key",
+        path("tls.key").to_str().expect("utf-8"),
+        "--tls-client-ca",
+        path("client-ca.crt").to_str().expect("utf-8"),
+        "--auth-tokens-file",
+        path("grants.yaml").to_str().expect("utf-8"),
+    ]);
+    let keda = leaf(&client_issuer, "keda-operator", true);
+    let mut s = tls_scaler(server.grpc, &server_ca, &keda).await;
+    // Authenticated as cert:keda-operator: the queue is looked up (none yet).
+    let q = unique_queue("keda-tls");
+    let err = s
+        .is_active(object(meta(&[("queue", &q)])))
+        .await
+        .expect_err("no such queue");
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+    // Outside its grant: refused, naming the certificate's identity.
+    let err = s
+        .is_active(object(meta(&[("queue", "other")])))
+        .await
+        .expect_err("no grant");
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(
+        err.message().contains("cert:keda-operator"),
+        "{}",
+        err.message()
+    );
+}
