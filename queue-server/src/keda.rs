@@ -265,9 +265,10 @@ impl ExternalScaler for KedaScaler {
         &self,
         req: Request<pb::ScaledObjectRef>,
     ) -> Result<Response<pb::GetMetricSpecResponse>, Status> {
+        // The queue need not exist yet: KEDA asks for the spec when the
+        // ScaledObject is applied, maybe before anything created the queue.
+        // IsActive and GetMetrics answer NOT_FOUND until it exists.
         let t = self.admit(&req, &req.get_ref().scaler_metadata)?;
-        // The queue must exist: a misspelt name is found when KEDA starts.
-        queue_info(&self.engine, &t.queue).await?;
         Ok(Response::new(pb::GetMetricSpecResponse {
             metric_specs: vec![pb::MetricSpec {
                 metric_name: t.metric_name(),

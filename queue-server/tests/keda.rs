@@ -302,6 +302,12 @@ async fn bad_metadata_and_unknown_queues_are_refused_clearly() {
             .await
             .expect_err("refused");
         assert_eq!(err.code(), code, "{m:?}: {}", err.message());
+        // The spec needs good metadata, not the queue (it may come later).
+        let spec = s.get_metric_spec(object(m.clone())).await;
+        match code {
+            Code::NotFound => assert!(spec.is_ok(), "{m:?}: {spec:?}"),
+            _ => assert_eq!(spec.expect_err("refused").code(), code, "{m:?}"),
+        }
     }
 }
 
