@@ -4,8 +4,11 @@
 //!
 //! Run: `cargo bench -p queue-server --bench throughput` (release build).
 //! Options after `--`: `--items N` (default 100000), `--depth N` (default
-//! 1000000), `--store memory|embedded`, `--batch N`, `--no-depth`, `--json`
-//! (one JSON object per measurement instead of a table).
+//! 1000000), `--store memory|embedded|postgres`, `--batch N`, `--no-depth`,
+//! `--json` (one JSON object per measurement instead of a table).
+//! `postgres` (only when asked for) runs on the machine's PostgreSQL
+//! (127.0.0.1:5432, user postgres) in a new database per server, dropped
+//! after.
 //! The server is the real binary in its own process on loopback.
 
 #![allow(missing_docs)]
@@ -25,11 +28,35 @@ struct Server {
     child: Child,
     url: String,
     _dir: tempfile::TempDir,
+    /// The postgres store's database, dropped with the server.
+    db: Option<String>,
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+        .args(["-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .expect("run psql");
+    assert!(out.status.success(), "{sql}: {out:?}");
 }
 
 impl Server {
     fn start(store: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let db = (store == "postgres").then(|| {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let name = format!(
+                "wq_bench_{}_{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            );
+            psql(&format!("CREATE DATABASE {name}"));
+            name
+        });
+        let url = db
+            .as_ref()
+            .map(|d| format!("postgres://postgres@127.0.0.1:5432/{d}"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_queue-server"))
             .args([
                 "--listen",
@@ -41,6 +68,7 @@ impl Server {
             ])
             .arg("--data-dir")
             .arg(dir.path())
+            .args(url.iter().flat_map(|u| ["--database-url", u.as_str()]))
             .args(
                 std::env::var("BENCH_SERVER_ARGS")
                     .unwrap_or_default()
@@ -63,6 +91,7 @@ impl Server {
             child,
             url: format!("http://{addr}"),
             _dir: dir,
+            db,
         }
     }
 
@@ -79,6 +108,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(db) = &self.db {
+            psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
     }
 }
 
@@ -280,6 +312,7 @@ fn main() {
     let stores: Vec<&'static str> = match only("--store").as_deref() {
         Some("memory") => vec!["memory"],
         Some("embedded") => vec!["embedded"],
+        Some("postgres") => vec!["postgres"],
         _ => vec!["memory", "embedded"],
     };
     let batches: Vec<u64> = match only("--batch").and_then(|b| b.parse().ok()) {

@@ -4,7 +4,8 @@
 //! RabbitMQ).
 //!
 //! Each behaviour is one `async fn` taking a [`Backend`]; the macro at the end
-//! runs it on all three. Where backends differ, the difference is written down
+//! runs it on all of them (`grpc_postgres`: the server on the postgres
+//! store, in a database of the test's own). Where backends differ, the difference is written down
 //! once, in [`Expect`], not in copies of the test. A backend whose service is
 //! not there is skipped (`workq_testkit`; fails under `WQ_REQUIRE_SERVICES`).
 
@@ -26,6 +27,8 @@ use worker_sdk::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Grpc,
+    /// The queue service on the postgres store.
+    GrpcPostgres,
     Redis,
     Amqp,
 }
@@ -62,7 +65,7 @@ struct Expect {
 impl Kind {
     fn expect(self) -> Expect {
         match self {
-            Kind::Grpc => Expect {
+            Kind::Grpc | Kind::GrpcPostgres => Expect {
                 seal: true,
                 list_dead: true,
                 dedupe: true,
@@ -107,16 +110,57 @@ struct Backend {
     kind: Kind,
     url: String,
     _server: Option<TestServer>,
+    _db: Option<PgDatabase>,
+}
+
+/// A PostgreSQL database of one test's own, dropped when dropped.
+struct PgDatabase(String);
+
+fn psql(sql: &str) -> std::process::Output {
+    std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("run psql")
+}
+
+impl PgDatabase {
+    fn create() -> Option<PgDatabase> {
+        if !workq_testkit::postgres() || !workq_testkit::command("psql", "postgresql-client") {
+            return None;
+        }
+        let name = unique("wq_sdk").replace('-', "_");
+        let out = psql(&format!("CREATE DATABASE {name}"));
+        assert!(out.status.success(), "{out:?}");
+        Some(PgDatabase(name))
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
+    }
 }
 
 impl Backend {
     /// The backend, or `None` when its service is not there (said, or failed
     /// under `WQ_REQUIRE_SERVICES`).
     async fn start(kind: Kind) -> Option<Backend> {
+        let mut db = None;
         let (url, server) = match kind {
             Kind::Grpc => {
                 let t = TestServer::start().await;
                 (t.url.clone(), Some(t))
+            }
+            Kind::GrpcPostgres => {
+                let d = PgDatabase::create()?;
+                let url = format!("postgres://postgres@127.0.0.1:5432/{}", d.0);
+                let server = queue_server::start(queue_server::ServerConfig::postgres(url))
+                    .await
+                    .expect("server starts");
+                db = Some(d);
+                let url = format!("grpc://{}", server.grpc_addr());
+                (url.clone(), Some(TestServer { server, url }))
             }
             Kind::Redis => {
                 if !workq_testkit::redis() {
@@ -135,6 +179,7 @@ impl Backend {
             kind,
             url,
             _server: server,
+            _db: db,
         })
     }
 
@@ -427,6 +472,7 @@ async fn a_missing_queue(b: Backend) {
 macro_rules! conformance {
     ($($behaviour:ident),* $(,)?) => {
         conformance!(@backend grpc, Kind::Grpc, $($behaviour),*);
+        conformance!(@backend grpc_postgres, Kind::GrpcPostgres, $($behaviour),*);
         conformance!(@backend redis, Kind::Redis, $($behaviour),*);
         conformance!(@backend amqp, Kind::Amqp, $($behaviour),*);
     };

@@ -1,7 +1,12 @@
-//! Enqueue on PostgreSQL: one transaction per batch, its items one
-//! `INSERT … SELECT FROM unnest(…)` (arrays, not a loop); idempotency keys
-//! one `INSERT … ON CONFLICT` that answers, per key, the item it names;
-//! request ids remembered for the idempotency window.
+//! Enqueue on PostgreSQL: a batch is one `INSERT … SELECT FROM unnest(…)`
+//! (arrays, not a loop). A batch without idempotency keys is one statement,
+//! one round trip: the queue's row (shared lock: a seal waits), the items,
+//! the request id, the counter stripe and the notification together; if
+//! that statement cannot add it (a request id already used, a sealed or
+//! missing queue) it changes nothing and the general path answers. The
+//! general path is one transaction: idempotency keys one `INSERT … ON
+//! CONFLICT` that answers, per key, the item it names; request ids
+//! remembered for the idempotency window.
 
 use super::queues::{add_counters, notify};
 use super::{PgEngine, attrs_text, unavailable};
@@ -28,6 +33,79 @@ impl PgEngine {
         Ok(())
     }
 
+    /// The one-statement enqueue of a batch without idempotency keys: its
+    /// items, or `None` when it added nothing (see the module's doc).
+    async fn enqueue_fast(
+        &self,
+        name: &QueueName,
+        items: &[EnqueueItem],
+        request_id: Option<&str>,
+    ) -> Result<Option<Vec<Enqueued>>> {
+        const FAST: &str = "\
+WITH q AS (SELECT id FROM workq_queues WHERE name = $1 AND NOT sealed FOR SHARE), \
+new AS MATERIALIZED (SELECT nextval('workq_item_id') AS id, t.d, t.p, t.a, t.s, t.o \
+    FROM q, unnest($2::int8[], $3::bytea[], $4::text[], $5::int4[]) WITH ORDINALITY \
+    AS t(d, p, a, s, o)), \
+req AS (INSERT INTO workq_requests (queue_id, request_id, ids, duplicates, at) \
+    SELECT q.id, $6, (SELECT array_agg(id ORDER BY o) FROM new), \
+    array_fill(false, ARRAY[$7::int4]), workq_ms() FROM q WHERE $6::text IS NOT NULL \
+    ON CONFLICT DO NOTHING RETURNING 1), \
+ins AS (INSERT INTO workq_items (queue_id, id, rank, state, due_at, enqueued_at, size, \
+    payload, attrs) \
+    SELECT q.id, new.id, new.id, CASE WHEN d > 0 THEN 'd' ELSE 'p' END::\"char\", \
+    CASE WHEN d > 0 THEN workq_ms() + d END, workq_ms(), s, p, a FROM q, new \
+    WHERE $6::text IS NULL OR EXISTS (SELECT 1 FROM req) RETURNING state), \
+cnt AS (UPDATE workq_counters SET enqueued = enqueued + (SELECT count(*) FROM ins), \
+    pending = pending + (SELECT count(*) FROM ins WHERE state = 'p'), \
+    delayed = delayed + (SELECT count(*) FROM ins WHERE state = 'd') \
+    WHERE queue_id = (SELECT id FROM q) AND stripe = $8 AND EXISTS (SELECT 1 FROM ins)), \
+ntf AS (SELECT pg_notify($9, $1) FROM ins WHERE state = 'p' LIMIT 1) \
+SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
+    (SELECT count(*) FROM ntf), (SELECT count(*) FROM ins WHERE state = 'd')";
+        let (mut delays, mut payloads, mut attrs, mut sizes) = (vec![], vec![], vec![], vec![]);
+        for it in items {
+            delays.push(i64::try_from(it.delay.as_millis()).unwrap_or(i64::MAX));
+            payloads.push(it.payload.as_ref());
+            attrs.push(attrs_text(&it.attributes));
+            sizes.push(answer_size(it));
+        }
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(FAST).await.map_err(unavailable)?;
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &name.as_str(),
+                    &delays,
+                    &payloads,
+                    &attrs,
+                    &sizes,
+                    &request_id,
+                    &i32::try_from(items.len()).unwrap_or(i32::MAX),
+                    &super::stripe(),
+                    &super::listen::CHANNEL,
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        let added: i64 = row.get(0);
+        if added != items.len() as i64 {
+            return Ok(None);
+        }
+        let ids: Vec<i64> = row.get::<_, Option<Vec<i64>>>(1).unwrap_or_default();
+        if row.get::<_, i64>(3) > 0 {
+            self.inner.reaper.notify_one();
+        }
+        Ok(Some(
+            ids.into_iter()
+                .map(|id| Enqueued {
+                    id: ItemId(u64::try_from(id).unwrap_or(0)),
+                    duplicate: false,
+                })
+                .collect(),
+        ))
+    }
+
     /// Adds a batch of items, all or nothing, creating the queue when
     /// `create` is set; a call named by a `request_id` remembered is
     /// answered with its items and `true` (replayed), adding nothing.
@@ -41,6 +119,14 @@ impl PgEngine {
         self.check_items(&items)?;
         let request_id = request_id.filter(|r| !r.is_empty());
         let n = items.len();
+        if items
+            .iter()
+            .all(|it| it.idempotency_key.as_deref().is_none_or(str::is_empty))
+            && let Some(out) = self.enqueue_fast(name, &items, request_id).await?
+        {
+            metrics::counter!("workq_items_enqueued_total").increment(n as u64);
+            return Ok((out, false));
+        }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         // Shared: concurrent enqueues go on; a seal waits for them.
@@ -152,18 +238,12 @@ impl PgEngine {
             } else {
                 pending += 1;
             }
-            let answer = it.payload.len()
-                + it.attributes
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len() + crate::settings::ATTRIBUTE_OVERHEAD)
-                    .sum::<usize>()
-                + crate::settings::ITEM_OVERHEAD;
             new_ids.push(*id);
             delays.push(delay);
             payloads.push(it.payload.as_ref());
             attrs.push(attrs_text(&it.attributes));
             keys.push(key);
-            sizes.push(i32::try_from(answer).unwrap_or(i32::MAX));
+            sizes.push(answer_size(it));
             out.push(Enqueued {
                 id: ItemId(u64::try_from(*id).unwrap_or(0)),
                 duplicate: false,
@@ -212,4 +292,16 @@ impl PgEngine {
         metrics::counter!("workq_items_enqueued_total").increment(new_ids.len() as u64);
         Ok((out, false))
     }
+}
+
+/// What an item adds to a lease answer ([`crate::item::Item::answer_bytes`]
+/// but its reason), kept with it for leases' byte budgets.
+fn answer_size(it: &EnqueueItem) -> i32 {
+    let n = it.payload.len()
+        + it.attributes
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + crate::settings::ATTRIBUTE_OVERHEAD)
+            .sum::<usize>()
+        + crate::settings::ITEM_OVERHEAD;
+    i32::try_from(n).unwrap_or(i32::MAX)
 }

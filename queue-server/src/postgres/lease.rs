@@ -18,25 +18,26 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 const LEASE: &str = "\
-WITH q AS (SELECT id, sealed FROM workq_queues WHERE id = $1), \
-picked AS (SELECT id, rank, size FROM workq_items WHERE queue_id = $1 AND state = 'p' \
-    ORDER BY rank LIMIT $2 FOR UPDATE SKIP LOCKED), \
+WITH q AS (SELECT id, sealed, default_lease_ms FROM workq_queues WHERE name = $1), \
+picked AS (SELECT i.id, i.rank, i.size FROM workq_items i, q WHERE i.queue_id = q.id \
+    AND i.state = 'p' ORDER BY i.rank LIMIT $2 FOR UPDATE OF i SKIP LOCKED), \
 sized AS (SELECT id, row_number() OVER w AS n, sum(size) OVER w AS run FROM picked \
     WINDOW w AS (ORDER BY rank)), \
 took AS (SELECT id, n FROM sized WHERE run <= $3 OR (n = 1 AND $4)), \
 upd AS (UPDATE workq_items i SET state = 'l', seq = i.seq + 1, secret = ($5::bytea[])[t.n], \
-    due_at = workq_ms() + $6 FROM took t WHERE i.queue_id = $1 AND i.id = t.id \
+    due_at = workq_ms() + coalesce($6, q.default_lease_ms) FROM took t, q \
+    WHERE i.queue_id = q.id AND i.id = t.id \
     RETURNING i.id, i.seq, i.secret, i.payload, i.attrs, i.attempts, i.due_at, i.enqueued_at, \
     i.rank), \
 cnt AS (UPDATE workq_counters SET pending = pending - (SELECT count(*) FROM upd), \
     leased = leased + (SELECT count(*) FROM upd) \
-    WHERE queue_id = $1 AND stripe = $7 AND EXISTS (SELECT 1 FROM upd)) \
+    WHERE queue_id = (SELECT id FROM q) AND stripe = $7 AND EXISTS (SELECT 1 FROM upd)) \
 SELECT upd.id, upd.seq, upd.secret, upd.payload, upd.attrs, upd.attempts, upd.due_at, \
     upd.enqueued_at, upd.rank, \
     (SELECT count(*) FROM picked), (SELECT count(*) FROM upd), \
     (SELECT sealed FROM q), \
     (SELECT coalesce(sum(pending + delayed + leased), 0)::int8 FROM workq_counters \
-        WHERE queue_id = $1) \
+        WHERE queue_id = (SELECT id FROM q)) \
 FROM (SELECT 1) one LEFT JOIN upd ON true";
 
 /// What one lease statement found.
@@ -103,12 +104,12 @@ impl PgEngine {
             0 => limits.answer_budget(),
             n => n.min(limits.answer_budget()),
         };
-        let q = {
-            let client = self.client().await?;
-            self.queue_row(&client, name, "").await?
+        // A lease given is checked here; the queue's default (checked when
+        // it was set) is read by the lease statement itself.
+        let lease_ms = match lease {
+            Some(d) => Some(super::ms(limits.check_lease("lease", d)?)),
+            None => None,
         };
-        let lease = lease.unwrap_or(q.settings.default_lease);
-        let lease_ms = super::ms(limits.check_lease("lease", lease)?);
         if !complete.is_empty() {
             self.complete_as(name, complete, crate::queue::Batch::AllOrNothing)
                 .await?;
@@ -120,9 +121,7 @@ impl PgEngine {
             let notified = waker.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let took = self
-                .take(name, q.id, max, budget, first_free, lease_ms)
-                .await?;
+            let took = self.take(name, max, budget, first_free, lease_ms).await?;
             let drained = took.sealed && took.live == 0;
             if !took.items.is_empty()
                 || took.over_budget
@@ -154,11 +153,10 @@ impl PgEngine {
     async fn take(
         &self,
         name: &QueueName,
-        queue_id: i64,
         max: usize,
         budget: usize,
         first_free: bool,
-        lease_ms: i64,
+        lease_ms: Option<i64>,
     ) -> Result<Took> {
         let client = self.client().await?;
         let stmt = client.prepare_cached(LEASE).await.map_err(unavailable)?;
@@ -167,7 +165,7 @@ impl PgEngine {
             .query(
                 &stmt,
                 &[
-                    &queue_id,
+                    &name.as_str(),
                     &i64::try_from(max).unwrap_or(i64::MAX),
                     &i64::try_from(budget).unwrap_or(i64::MAX),
                     &first_free,

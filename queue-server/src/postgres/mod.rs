@@ -261,10 +261,9 @@ impl PgEngine {
         &self.inner.defaults
     }
 
+    /// A connection of the pool (calls in flight at shutdown still get
+    /// one: the pool closes after the last call answered).
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client> {
-        if self.is_stopping() {
-            return Err(Error::ShuttingDown);
-        }
         self.inner.pool.get().await.map_err(unavailable)
     }
 
@@ -377,11 +376,15 @@ impl PgEngine {
 
     /// Resolves when [`PgEngine::health`] may have changed.
     pub async fn health_changed(&self) {
+        // Stopping does not come back: nothing changes after it.
+        if self.is_stopping() {
+            std::future::pending::<()>().await;
+        }
         let mut rx = self.inner.up.subscribe();
         rx.borrow_and_update();
         tokio::select! {
             _ = rx.changed() => {}
-            () = self.stopping() => std::future::pending().await,
+            () = self.stopping() => {}
         }
     }
 
