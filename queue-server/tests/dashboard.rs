@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{ServerProcess, unique_queue};
+use common::{ServerProcess, Store, unique_queue};
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -406,15 +406,24 @@ const JSON: &str = "Content-Type: application/json";
 
 #[tokio::test]
 async fn the_api_checks_grants_and_refuses_with_the_grpc_message() {
+    the_api_checks_grants(Store::Memory).await;
+}
+
+#[tokio::test]
+async fn the_api_checks_grants_and_refuses_with_the_grpc_message_on_postgres() {
+    the_api_checks_grants(Store::Postgres).await;
+}
+
+async fn the_api_checks_grants(store: Store) {
     let dir = tempfile::tempdir().expect("tempdir");
     let grants = dir.path().join("grants.yaml");
     std::fs::write(&grants, GRANTS).expect("write grants");
-    let server = ServerProcess::start(&[
-        "--store",
-        "memory",
-        "--auth-tokens-file",
-        grants.to_str().expect("utf-8"),
-    ]);
+    let Some(server) = ServerProcess::on(
+        store,
+        &["--auth-tokens-file", grants.to_str().expect("utf-8")],
+    ) else {
+        return;
+    };
     let mut c = grpc(&server, Some("operator-token")).await;
     let q = unique_queue("api");
     enqueue(&mut c, &q, 3).await;
