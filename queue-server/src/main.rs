@@ -19,6 +19,9 @@ use workq_proto::defaults;
 
 /// The workq queue service: queues with leases and completion tracking, over gRPC.
 ///
+/// The gRPC port also serves health, reflection (v1 and v1alpha) and KEDA's
+/// external scaler (docs/keda.md); the HTTP port a web dashboard at `/`.
+///
 /// Prints one line `listening grpc=ADDR http=ADDR` on standard output once it
 /// serves. SIGTERM or SIGINT: stop taking calls, finish those in flight, flush
 /// the store, exit 0. If the store fails (a full or broken disk), it reports
