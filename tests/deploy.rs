@@ -12,9 +12,9 @@ fn deploy_dir() -> PathBuf {
 }
 
 /// The directories of examples that are custom resources (cert-manager's
-/// Certificate and Issuer, CloudNativePG's Cluster), checked apart from the
-/// built-in kinds.
-const CRD_EXAMPLES: &[&str] = &["cert-manager", "cloudnative-pg"];
+/// Certificate and Issuer, CloudNativePG's Cluster; KEDA's, checked by `tests/keda.rs`),
+/// checked apart from the built-in kinds.
+const CRD_EXAMPLES: &[&str] = &["cert-manager", "cloudnative-pg", "keda"];
 
 /// Every `.yaml` under `deploy/` that is a built-in Kubernetes object (not
 /// the kustomization itself, nor the custom resources' examples).

@@ -13,6 +13,19 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of the contract, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("workq_descriptor");
 
+/// KEDA's external scaler protocol (package `externalscaler`), generated from
+/// `proto/keda/externalscaler.proto`, KEDA's own definition: `queue-server`
+/// serves it so that KEDA can scale on exact queue counts. Not part of the
+/// workq contract.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod externalscaler {
+    tonic::include_proto!("externalscaler");
+
+    /// The encoded `FileDescriptorSet` of the protocol, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("externalscaler_descriptor");
+}
+
 /// Defaults of the contract, written once for the server and every client.
 ///
 /// A queue created without its own settings gets these; clients that keep

@@ -15,7 +15,9 @@
 //!   the state, any number of replicas serve it.
 //! - [`grpc`]: the thin gRPC adapter (errors become reasons in one place,
 //!   `grpc::rejection`); [`work_stream`], [`enqueue_stream`]: the two
-//!   bidirectional streams; [`server`]: ports, health, metrics, shutdown.
+//!   bidirectional streams; [`server`]: ports, health, metrics, shutdown;
+//!   [`reflection`]: gRPC server reflection, v1 and v1alpha; [`keda`]: KEDA's
+//!   external scaler; [`dashboard`]: the web dashboard on the HTTP port.
 //!
 //! # Idempotent retries
 //! Each queue remembers, in memory for the idempotency window and within
@@ -41,6 +43,7 @@ pub mod auth;
 pub mod backend;
 pub mod clock;
 pub mod counters;
+pub mod dashboard;
 pub mod engine;
 pub mod enqueue_stream;
 pub mod error;
@@ -49,9 +52,11 @@ pub mod idle;
 pub mod item;
 pub mod item_table;
 pub mod journal;
+pub mod keda;
 pub mod names;
 pub mod postgres;
 pub mod queue;
+pub mod reflection;
 pub mod server;
 pub mod settings;
 pub mod store;

@@ -19,6 +19,9 @@ use workq_proto::defaults;
 
 /// The workq queue service: queues with leases and completion tracking, over gRPC.
 ///
+/// The gRPC port also serves health, reflection (v1 and v1alpha) and KEDA's
+/// external scaler (docs/keda.md); the HTTP port a web dashboard at `/`.
+///
 /// Prints one line `listening grpc=ADDR http=ADDR` on standard output once it
 /// serves. SIGTERM or SIGINT: stop taking calls, finish those in flight, flush
 /// the store, exit 0. If the store fails (a full or broken disk), it reports
@@ -32,7 +35,8 @@ struct Args {
     /// gRPC address to listen on (port 0: any free port).
     #[arg(long, env = "WQ_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// HTTP address for /healthz and /metrics (Prometheus); "off" for none.
+    /// HTTP address for /healthz, /metrics (Prometheus) and the dashboard (/,
+    /// /api/); "off" for none.
     #[arg(long, env = "WQ_HTTP_LISTEN", default_value = "127.0.0.1:9464")]
     http_listen: String,
     /// Where queues are kept: embedded (durable, in --data-dir), memory, or

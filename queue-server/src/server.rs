@@ -1,5 +1,6 @@
-//! Starting and stopping a server: gRPC (with health checking and
-//! reflection) on one port, HTTP `/healthz` and `/metrics` on another.
+//! Starting and stopping a server: gRPC (with health checking, reflection
+//! v1 and v1alpha, and KEDA's external scaler) on one port; HTTP `/healthz`,
+//! `/metrics` and the dashboard (`/`, `/api/`) on another.
 //!
 //! # Health
 //! gRPC health (overall and `workq.v1.QueueService`) and `/healthz` follow
@@ -89,7 +90,8 @@ impl std::str::FromStr for StoreKind {
 pub struct ServerConfig {
     /// gRPC address (port 0: any free port).
     pub listen: SocketAddr,
-    /// HTTP address for `/healthz` and `/metrics`; `None`: no HTTP.
+    /// HTTP address for `/healthz`, `/metrics` and the dashboard; `None`: no
+    /// HTTP.
     pub http_listen: Option<SocketAddr>,
     /// Which store.
     pub store: StoreKind,
@@ -370,11 +372,7 @@ async fn serve(
             }
         });
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(workq_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Task(format!("reflection: {e}")))?;
+    let (reflection, reflection_v1alpha) = crate::reflection::services()?;
     // One limit for messages in and out; answers are filled under it.
     let max_message = config.limits.max_message_bytes;
     let service = QueueServiceServer::new(GrpcService::new(engine.clone()))
@@ -409,7 +407,9 @@ async fn serve(
             .layer(crate::idle::CountCalls)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(service)
+            .add_service(crate::keda::service(engine.clone(), auth.clone()))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             }),

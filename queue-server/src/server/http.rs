@@ -117,6 +117,7 @@ impl axum::serve::Listener for TlsListener {
 fn http_router(engine: Backend, auth: Option<Arc<crate::auth::Auth>>) -> axum::Router {
     use axum::routing::get;
     let health_engine = engine.clone();
+    let dashboard = crate::dashboard::router(engine.clone(), auth.clone());
     axum::Router::new()
         .route(
             "/healthz",
@@ -151,6 +152,7 @@ fn http_router(engine: Backend, auth: Option<Arc<crate::auth::Auth>>) -> axum::R
                 }
             }),
         )
+        .merge(dashboard)
 }
 
 /// Prometheus text: the process's counters, every queue's depth by state,
