@@ -597,7 +597,11 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
             break st.clone();
         }
         if drain_started.elapsed() > Duration::from_secs(120) {
-            bail!("the queue did not drain in 120 s: {stats:?}");
+            let finished: Vec<bool> = producers.iter().map(|p| p.is_finished()).collect();
+            bail!(
+                "the queue did not drain in 120 s: {stats:?}; producers (unary, stream) finished: \
+                 {finished:?}"
+            );
         }
     };
     shared.stop.store(true, Ordering::Relaxed);
