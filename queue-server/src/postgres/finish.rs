@@ -298,15 +298,17 @@ impl PgEngine {
         const FAST: &str = "\
 WITH q AS (SELECT id, sealed FROM workq_queues WHERE name = $1), \
 t AS (SELECT * FROM unnest($2::int8[], $3::int8[], $4::bytea[]) AS t(id, seq, secret)), \
-live AS (SELECT i.id, i.idem_key, t.seq, t.secret FROM workq_items i \
-    JOIN t ON i.id = t.id JOIN q ON i.queue_id = q.id \
-    WHERE i.state = 'l' AND i.seq = t.seq AND i.secret = t.secret AND i.due_at > workq_ms() \
-    ORDER BY i.id FOR UPDATE OF i), \
+live AS (SELECT i.id, i.idem_key, t.seq, t.secret FROM (SELECT * FROM t ORDER BY id) t \
+    CROSS JOIN LATERAL (SELECT id, idem_key FROM workq_items \
+    WHERE queue_id = (SELECT id FROM q) AND id = t.id AND state = 'l' AND seq = t.seq \
+    AND secret = t.secret AND due_at > workq_ms() FOR UPDATE) i), \
 ok AS (SELECT count(*) = $5 AS all_live FROM live), \
-del AS (DELETE FROM workq_items i USING live, q, ok \
-    WHERE ok.all_live AND i.queue_id = q.id AND i.id = live.id RETURNING i.id), \
-keys AS (UPDATE workq_keys k SET expires_at = workq_ms() + $6 FROM live, q, ok \
-    WHERE ok.all_live AND k.queue_id = q.id AND k.key = live.idem_key AND k.item = live.id), \
+del AS (DELETE FROM workq_items WHERE (SELECT all_live FROM ok) \
+    AND queue_id = (SELECT id FROM q) AND id = ANY(ARRAY(SELECT id FROM live)) RETURNING id), \
+keys AS (UPDATE workq_keys SET expires_at = workq_ms() + $6 WHERE (SELECT all_live FROM ok) \
+    AND queue_id = (SELECT id FROM q) \
+    AND key = ANY(ARRAY(SELECT idem_key FROM live WHERE idem_key IS NOT NULL)) \
+    AND item = ANY(ARRAY(SELECT id FROM live))), \
 fin AS (INSERT INTO workq_finished (queue_id, item, seq, secret, how, dead, at) \
     SELECT q.id, live.id, live.seq, live.secret, 'c', false, workq_ms() FROM live, q, ok \
     WHERE ok.all_live ON CONFLICT (queue_id, item) DO UPDATE SET seq = excluded.seq, \
@@ -504,7 +506,7 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT count(*) F
              rank = CASE WHEN t.st = 'p' THEN -nextval('workq_item_id') ELSE i.rank END, \
              reason = t.r, died_at = CASE WHEN t.st = 'x' THEN workq_ms() END, secret = NULL \
              FROM unnest($2::int8[], $3::text[], $4::int8[], $5::text[], $6::int4[]) \
-             AS t(id, st, d, r, a) WHERE i.queue_id = $1 AND i.id = t.id",
+             AS t(id, st, d, r, a) WHERE i.queue_id = $1 AND i.id = ANY($2) AND i.id = t.id",
             &[&q.id, &ids, &states, &delays, &reasons, &attempts],
         )
         .await
@@ -578,7 +580,7 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT count(*) F
         tx.execute(
             "UPDATE workq_items i SET state = 'p', due_at = NULL, rank = t.r, secret = NULL \
              FROM unnest($2::int8[], $3::int8[]) AS t(id, r) \
-             WHERE i.queue_id = $1 AND i.id = t.id",
+             WHERE i.queue_id = $1 AND i.id = ANY($2) AND i.id = t.id",
             &[&q.id, &ids, &ranks],
         )
         .await
