@@ -27,7 +27,9 @@ use workq_proto::defaults;
 /// the store, exit 0. If the store fails (a full or broken disk), it reports
 /// NOT_SERVING at once, answers every call UNAVAILABLE, and exits 1 after
 /// --fail-exit-grace, to be restarted on what is durable; it exits 1 too if
-/// its gRPC or HTTP server ends. Logs go to standard error; set RUST_LOG
+/// its gRPC or HTTP server ends. With --store postgres it does not exit when
+/// the database is away: calls answer UNAVAILABLE and health says NOT_SERVING
+/// until it is back. Logs go to standard error; set RUST_LOG
 /// (e.g. `debug`).
 #[derive(Debug, Parser)]
 #[command(name = "queue-server", version)]

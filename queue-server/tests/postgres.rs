@@ -453,3 +453,225 @@ async fn while_the_database_is_down_calls_are_unavailable_and_everything_resumes
     let s = stats(&mut c, &q).await;
     assert_eq!((s.enqueued, s.completed, s.leased), (3, 1, 2));
 }
+
+/// Where each replica listens now (a restarted replica has a new port).
+type Urls = Arc<std::sync::Mutex<Vec<String>>>;
+
+async fn connect_any(urls: &Urls, turn: usize) -> Option<Client> {
+    let list = urls.lock().expect("urls").clone();
+    let url = list[turn % list.len()].clone();
+    Client::connect(url).await.ok()
+}
+
+/// Load on `urls` while something goes wrong: a producer (batches of 50
+/// with a request id, retried on any replica until acknowledged) and 4
+/// workers (lease 25, complete; a lost answer retried with the same tokens).
+struct Load {
+    producer: tokio::task::JoinHandle<std::collections::HashSet<Vec<u8>>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    completed: Arc<std::sync::Mutex<std::collections::HashSet<Vec<u8>>>>,
+    violations: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+const CHAOS_ITEMS: usize = 2000;
+
+impl Load {
+    fn start(urls: &Urls, q: &str) -> Load {
+        use std::collections::HashSet;
+        let completed: Arc<std::sync::Mutex<HashSet<Vec<u8>>>> = Arc::default();
+        let violations: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let producer = {
+            let (urls, q) = (urls.clone(), q.to_string());
+            tokio::spawn(async move {
+                let mut acked = HashSet::new();
+                for batch in 0..CHAOS_ITEMS / 50 {
+                    let items: Vec<String> = (0..50).map(|i| format!("{batch}-{i}")).collect();
+                    let request_id = format!("{q}-{batch}");
+                    for turn in batch.. {
+                        let Some(mut c) = connect_any(&urls, turn).await else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        let r = c
+                            .enqueue(pb::EnqueueRequest {
+                                queue: q.clone(),
+                                items: items.iter().map(|p| item(p)).collect(),
+                                request_id: request_id.clone(),
+                                ..Default::default()
+                            })
+                            .await;
+                        if r.is_ok() {
+                            acked.extend(items.iter().map(|p| p.clone().into_bytes()));
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                acked
+            })
+        };
+        let workers = (0..4)
+            .map(|w| {
+                let (urls, q) = (urls.clone(), q.to_string());
+                let (completed, violations) = (completed.clone(), violations.clone());
+                tokio::spawn(async move {
+                    let mut turn = w;
+                    while completed.lock().expect("set").len() < CHAOS_ITEMS {
+                        turn += 1;
+                        let Some(mut c) = connect_any(&urls, turn).await else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        let Ok(l) = c
+                            .lease(pb::LeaseRequest {
+                                queue: q.clone(),
+                                max_items: 25,
+                                lease: dur(Duration::from_secs(3)),
+                                wait: dur(Duration::from_millis(500)),
+                                ..Default::default()
+                            })
+                            .await
+                        else {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        };
+                        let items = l.into_inner().items;
+                        if items.is_empty() {
+                            continue;
+                        }
+                        for i in &items {
+                            if completed.lock().expect("set").contains(&i.payload.to_vec()) {
+                                violations.lock().expect("v").push(format!(
+                                    "{:?} leased again after its completion was acknowledged",
+                                    String::from_utf8_lossy(&i.payload)
+                                ));
+                            }
+                        }
+                        let tokens: Vec<String> =
+                            items.iter().map(|i| i.lease_token.clone()).collect();
+                        for retry in 0..200 {
+                            let Some(mut c) = connect_any(&urls, turn + retry).await else {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            };
+                            match c
+                                .complete(pb::CompleteRequest {
+                                    queue: q.clone(),
+                                    lease_tokens: tokens.clone(),
+                                    ..Default::default()
+                                })
+                                .await
+                            {
+                                Ok(_) => {
+                                    let mut set = completed.lock().expect("set");
+                                    for i in &items {
+                                        set.insert(i.payload.to_vec());
+                                    }
+                                    break;
+                                }
+                                // The lease expired meanwhile: the items come
+                                // back; not acknowledged.
+                                Err(s) if s.code() == tonic::Code::FailedPrecondition => break,
+                                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            producer,
+            workers,
+            completed,
+            violations,
+        }
+    }
+
+    fn completed(&self) -> usize {
+        self.completed.lock().expect("set").len()
+    }
+
+    async fn wait_for(&self, n: usize) {
+        while self.completed() < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every acknowledged item completed, none leased again after its
+    /// completion was acknowledged, counters exact.
+    async fn check(self, c: &mut Client, q: &str) {
+        let acked = self.producer.await.expect("producer");
+        for w in self.workers {
+            w.await.expect("worker");
+        }
+        let violations = self.violations.lock().expect("v").clone();
+        assert!(violations.is_empty(), "{violations:?}");
+        let completed = self.completed.lock().expect("set").clone();
+        assert_eq!(acked.len(), CHAOS_ITEMS);
+        assert_eq!(completed, acked, "every acknowledged item completed");
+        let s = stats(c, q).await;
+        assert_eq!(
+            (s.enqueued, s.completed, s.pending, s.leased),
+            (CHAOS_ITEMS as i64, CHAOS_ITEMS as i64, 0, 0),
+            "each enqueued once, completed once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_replica_under_load_loses_and_repeats_no_acknowledged_work() {
+    let Some((db, a, b)) = replicas() else {
+        return;
+    };
+    let urls: Urls = Arc::new(std::sync::Mutex::new(vec![a.url(), b.url()]));
+    let mut a = Some(a);
+    let q = unique_queue("chaos");
+    let mut c = b.client().await;
+    c.create_queue(pb::CreateQueueRequest {
+        name: q.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("create");
+    let load = Load::start(&urls, &q);
+    // kill -9 replica A twice under load, each time starting it again.
+    for round in 1..=2 {
+        load.wait_for(CHAOS_ITEMS / 4 * round).await;
+        if let Some(mut old) = a.take() {
+            old.child.kill().expect("kill -9");
+            let _ = old.child.wait();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = ServerProcess::on_database(&db, &[]);
+        urls.lock().expect("urls")[0] = again.url();
+        a = Some(again);
+    }
+    load.check(&mut c, &q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarted_under_load_loses_and_repeats_no_acknowledged_work() {
+    let Some(pg) = OwnPostgres::start() else {
+        return;
+    };
+    let args = ["--store", "postgres", "--database-url", &pg.url()];
+    let (a, b) = (ServerProcess::start(&args), ServerProcess::start(&args));
+    let urls: Urls = Arc::new(std::sync::Mutex::new(vec![a.url(), b.url()]));
+    let q = unique_queue("pg-restart");
+    let mut c = b.client().await;
+    c.create_queue(pb::CreateQueueRequest {
+        name: q.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("create");
+    let load = Load::start(&urls, &q);
+    // PostgreSQL stopped (fast: sessions cut mid-statement) and started
+    // again, twice, under load.
+    for round in 1..=2 {
+        load.wait_for(CHAOS_ITEMS / 4 * round).await;
+        pg.ctl("restart");
+    }
+    healthz_until(&a, "200").await;
+    load.check(&mut c, &q).await;
+}

@@ -120,7 +120,7 @@ impl PgEngine {
         tx.execute(
             "UPDATE workq_items i SET state = 'p', attempts = 0, reason = NULL, died_at = NULL, \
              due_at = NULL, rank = t.r FROM unnest($2::int8[], $3::int8[]) AS t(id, r) \
-             WHERE i.queue_id = $1 AND i.id = t.id",
+             WHERE i.queue_id = $1 AND i.id = ANY($2) AND i.id = t.id",
             &[&q.id, &chosen, &ranks],
         )
         .await

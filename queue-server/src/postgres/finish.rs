@@ -11,247 +11,21 @@
 //! changes nothing unless every token is live.
 
 use super::queues::{add_counters, notify};
-use super::{PgEngine, QueueRow, db_id, unavailable};
-use crate::error::{Error, Finish, Result, StaleCause};
+use super::{PgEngine, db_id, unavailable};
+use crate::error::{Error, Finish, Result};
 use crate::names::{LeaseToken, QueueName};
 use crate::queue::{Batch, Outcome, TokenResult};
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::GenericClient;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-/// What a token that is not a live lease is, against what a call wants to
-/// do with it.
-enum Verdict {
-    AlreadyDone(bool),
-    Refused(Error),
-}
-
-/// An item as a finish reads it.
-struct ItemRow {
-    state: i8,
-    seq: i64,
-    secret: Option<Vec<u8>>,
-    live: bool,
-    attempts: i32,
-    key: Option<String>,
-}
-
-/// How an item's last lease finished.
-struct FinishedRow {
-    seq: i64,
-    secret: Vec<u8>,
-    how: Finish,
-    dead: bool,
-}
-
-fn how_of(c: i8) -> Finish {
-    match c as u8 {
-        b'c' => Finish::Completed,
-        b'f' => Finish::Failed,
-        _ => Finish::Released,
-    }
-}
-
-fn how_char(f: Finish) -> &'static str {
-    match f {
-        Finish::Completed => "c",
-        Finish::Failed => "f",
-        Finish::Released => "r",
-    }
-}
-
-fn same_secret(a: &[u8], t: &LeaseToken) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == t.secret.len() && bool::from(a.ct_eq(&t.secret))
-}
-
-fn result(token: LeaseToken, outcome: Outcome) -> TokenResult {
-    TokenResult {
-        token,
-        outcome,
-        deadline: None,
-        dead: false,
-    }
-}
-
-/// A judged batch: per token its result, and the items of the live ones.
-struct Judged {
-    results: Vec<TokenResult>,
-    items: HashMap<i64, ItemRow>,
-}
-
-impl Judged {
-    /// The live tokens, in the order given.
-    fn live(&self) -> Vec<LeaseToken> {
-        self.results
-            .iter()
-            .filter(|r| r.done())
-            .map(|r| r.token)
-            .collect()
-    }
-}
+use super::judge::{result, same_secret};
 
 impl PgEngine {
     fn tokens_ok(&self, what: &str, tokens: &[LeaseToken]) -> Result<()> {
         self.inner
             .limits
             .check_batch("lease_tokens", what, tokens.len())
-    }
-
-    /// Reads, locks and judges `tokens` for `op` (a renewal: `None`).
-    async fn judge(
-        &self,
-        tx: &Transaction<'_>,
-        q: &QueueRow,
-        name: &QueueName,
-        tokens: &[LeaseToken],
-        op: Option<Finish>,
-        batch: Batch,
-    ) -> Result<Judged> {
-        let ids: Vec<i64> = tokens.iter().map(|t| db_id(t.item)).collect();
-        let items_stmt = tx
-            .prepare_cached(
-                "SELECT id, state, seq, secret, due_at > workq_ms(), attempts, idem_key \
-                 FROM workq_items WHERE queue_id = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",
-            )
-            .await
-            .map_err(unavailable)?;
-        let finished_stmt = tx
-            .prepare_cached(
-                "SELECT item, seq, secret, how, dead FROM workq_finished \
-                 WHERE queue_id = $1 AND item = ANY($2)",
-            )
-            .await
-            .map_err(unavailable)?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&q.id, &ids];
-        let (item_rows, finished_rows) = futures::try_join!(
-            tx.query(&items_stmt, &params),
-            tx.query(&finished_stmt, &params),
-        )
-        .map_err(unavailable)?;
-        let items: HashMap<i64, ItemRow> = item_rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    ItemRow {
-                        state: r.get(1),
-                        seq: r.get(2),
-                        secret: r.get(3),
-                        live: r.get::<_, Option<bool>>(4).unwrap_or(false),
-                        attempts: r.get(5),
-                        key: r.get(6),
-                    },
-                )
-            })
-            .collect();
-        let finished: HashMap<i64, FinishedRow> = finished_rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    FinishedRow {
-                        seq: r.get(1),
-                        secret: r.get(2),
-                        how: how_of(r.get(3)),
-                        dead: r.get(4),
-                    },
-                )
-            })
-            .collect();
-        let stale = |token: LeaseToken, cause| Error::StaleLease {
-            queue: name.clone(),
-            token,
-            cause,
-        };
-        let mut seen = HashSet::with_capacity(tokens.len());
-        let mut results = Vec::with_capacity(tokens.len());
-        for t in tokens {
-            let id = db_id(t.item);
-            let seq = i64::try_from(t.seq).unwrap_or(-1);
-            let v = if !seen.insert(t.item) {
-                Verdict::Refused(Error::DuplicateToken { item: t.item })
-            } else if let Some(f) = finished.get(&id)
-                && f.seq == seq
-                && same_secret(&f.secret, t)
-            {
-                if Some(f.how) == op {
-                    Verdict::AlreadyDone(f.dead)
-                } else {
-                    Verdict::Refused(stale(*t, StaleCause::Finished(f.how)))
-                }
-            } else {
-                let cause = match items.get(&id) {
-                    None => StaleCause::ItemCompleted,
-                    Some(i)
-                        if i.state == b'l' as i8
-                            && i.seq == seq
-                            && i.secret.as_deref().is_some_and(|s| same_secret(s, t)) =>
-                    {
-                        if i.live {
-                            results.push(result(*t, Outcome::Done));
-                            continue;
-                        }
-                        StaleCause::Expired
-                    }
-                    Some(i) if i.state == b'l' as i8 => StaleCause::Taken,
-                    Some(i) if i.state == b'x' as i8 => StaleCause::ItemDead,
-                    Some(_) => StaleCause::Expired,
-                };
-                Verdict::Refused(stale(*t, cause))
-            };
-            let r = match v {
-                Verdict::AlreadyDone(dead) => TokenResult {
-                    dead,
-                    ..result(*t, Outcome::AlreadyDone)
-                },
-                Verdict::Refused(e) => {
-                    if batch == Batch::AllOrNothing {
-                        return Err(e);
-                    }
-                    result(*t, Outcome::Refused(e))
-                }
-            };
-            results.push(r);
-        }
-        Ok(Judged { results, items })
-    }
-
-    /// Records how the leases of `done` finished.
-    async fn record_finished(
-        tx: &Transaction<'_>,
-        q: &QueueRow,
-        done: &[(LeaseToken, bool)],
-        how: Finish,
-    ) -> Result<()> {
-        if done.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<i64> = done.iter().map(|(t, _)| db_id(t.item)).collect();
-        let seqs: Vec<i64> = done
-            .iter()
-            .map(|(t, _)| i64::try_from(t.seq).unwrap_or(-1))
-            .collect();
-        let secrets: Vec<&[u8]> = done.iter().map(|(t, _)| &t.secret[..]).collect();
-        let dead: Vec<bool> = done.iter().map(|(_, d)| *d).collect();
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO workq_finished (queue_id, item, seq, secret, how, dead, at) \
-                 SELECT $1, i, s, x, $5::text::\"char\", d, workq_ms() \
-                 FROM unnest($2::int8[], $3::int8[], $4::bytea[], $6::bool[]) AS t(i, s, x, d) \
-                 ON CONFLICT (queue_id, item) DO UPDATE SET seq = excluded.seq, \
-                 secret = excluded.secret, how = excluded.how, dead = excluded.dead, \
-                 at = excluded.at",
-            )
-            .await
-            .map_err(unavailable)?;
-        tx.execute(
-            &stmt,
-            &[&q.id, &ids, &seqs, &secrets, &how_char(how), &dead],
-        )
-        .await
-        .map_err(unavailable)?;
-        Ok(())
     }
 
     /// Extends leases by `lease` (the queue's default when `None`).
@@ -298,15 +72,17 @@ impl PgEngine {
         const FAST: &str = "\
 WITH q AS (SELECT id, sealed FROM workq_queues WHERE name = $1), \
 t AS (SELECT * FROM unnest($2::int8[], $3::int8[], $4::bytea[]) AS t(id, seq, secret)), \
-live AS (SELECT i.id, i.idem_key, t.seq, t.secret FROM workq_items i \
-    JOIN t ON i.id = t.id JOIN q ON i.queue_id = q.id \
-    WHERE i.state = 'l' AND i.seq = t.seq AND i.secret = t.secret AND i.due_at > workq_ms() \
-    ORDER BY i.id FOR UPDATE OF i), \
+live AS (SELECT i.id, i.idem_key, t.seq, t.secret FROM (SELECT * FROM t ORDER BY id) t \
+    CROSS JOIN LATERAL (SELECT id, idem_key FROM workq_items \
+    WHERE queue_id = (SELECT id FROM q) AND id = t.id AND state = 'l' AND seq = t.seq \
+    AND secret = t.secret AND due_at > workq_ms() FOR UPDATE) i), \
 ok AS (SELECT count(*) = $5 AS all_live FROM live), \
-del AS (DELETE FROM workq_items i USING live, q, ok \
-    WHERE ok.all_live AND i.queue_id = q.id AND i.id = live.id RETURNING i.id), \
-keys AS (UPDATE workq_keys k SET expires_at = workq_ms() + $6 FROM live, q, ok \
-    WHERE ok.all_live AND k.queue_id = q.id AND k.key = live.idem_key AND k.item = live.id), \
+del AS (DELETE FROM workq_items WHERE (SELECT all_live FROM ok) \
+    AND queue_id = (SELECT id FROM q) AND id = ANY(ARRAY(SELECT id FROM live)) RETURNING id), \
+keys AS (UPDATE workq_keys SET expires_at = workq_ms() + $6 WHERE (SELECT all_live FROM ok) \
+    AND queue_id = (SELECT id FROM q) \
+    AND key = ANY(ARRAY(SELECT idem_key FROM live WHERE idem_key IS NOT NULL)) \
+    AND item = ANY(ARRAY(SELECT id FROM live))), \
 fin AS (INSERT INTO workq_finished (queue_id, item, seq, secret, how, dead, at) \
     SELECT q.id, live.id, live.seq, live.secret, 'c', false, workq_ms() FROM live, q, ok \
     WHERE ok.all_live ON CONFLICT (queue_id, item) DO UPDATE SET seq = excluded.seq, \
@@ -504,7 +280,7 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT count(*) F
              rank = CASE WHEN t.st = 'p' THEN -nextval('workq_item_id') ELSE i.rank END, \
              reason = t.r, died_at = CASE WHEN t.st = 'x' THEN workq_ms() END, secret = NULL \
              FROM unnest($2::int8[], $3::text[], $4::int8[], $5::text[], $6::int4[]) \
-             AS t(id, st, d, r, a) WHERE i.queue_id = $1 AND i.id = t.id",
+             AS t(id, st, d, r, a) WHERE i.queue_id = $1 AND i.id = ANY($2) AND i.id = t.id",
             &[&q.id, &ids, &states, &delays, &reasons, &attempts],
         )
         .await
@@ -578,7 +354,7 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT count(*) F
         tx.execute(
             "UPDATE workq_items i SET state = 'p', due_at = NULL, rank = t.r, secret = NULL \
              FROM unnest($2::int8[], $3::int8[]) AS t(id, r) \
-             WHERE i.queue_id = $1 AND i.id = t.id",
+             WHERE i.queue_id = $1 AND i.id = ANY($2) AND i.id = t.id",
             &[&q.id, &ids, &ranks],
         )
         .await

@@ -5,6 +5,10 @@
 //! secret and a deadline from the database's clock, updates a counter
 //! stripe, and reads the queue's state — in one round trip.
 //!
+//! The queue's id is a scalar subquery (an InitPlan), not a join: so the
+//! ready index `(queue_id, rank)` is read in order and the scan stops after
+//! `max` rows (with a join the planner read and sorted every pending item).
+//!
 //! A call that finds nothing parks until a notification for its queue (an
 //! enqueue on any replica), its wait ends, or a slow safety poll.
 
@@ -19,8 +23,8 @@ use tokio::time::Instant;
 
 const LEASE: &str = "\
 WITH q AS (SELECT id, sealed, default_lease_ms FROM workq_queues WHERE name = $1), \
-picked AS (SELECT i.id, i.rank, i.size FROM workq_items i, q WHERE i.queue_id = q.id \
-    AND i.state = 'p' ORDER BY i.rank LIMIT $2 FOR UPDATE OF i SKIP LOCKED), \
+picked AS (SELECT id, rank, size FROM workq_items WHERE queue_id = (SELECT id FROM q) \
+    AND state = 'p' ORDER BY rank LIMIT $2 FOR UPDATE SKIP LOCKED), \
 sized AS (SELECT id, row_number() OVER w AS n, sum(size) OVER w AS run FROM picked \
     WINDOW w AS (ORDER BY rank)), \
 took AS (SELECT id, n FROM sized WHERE run <= $3 OR (n = 1 AND $4)), \

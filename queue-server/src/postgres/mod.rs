@@ -23,6 +23,7 @@ use tokio::sync::{Notify, watch};
 mod dead;
 mod enqueue;
 mod finish;
+mod judge;
 mod lease;
 mod listen;
 pub mod migrate;

@@ -4,7 +4,8 @@
 //! request ids past the idempotency window are forgotten.
 //!
 //! Whichever replica gets to an item first reaps it, exactly once: each
-//! statement picks its rows `FOR UPDATE SKIP LOCKED` and changes them, their
+//! statement picks its rows `FOR UPDATE SKIP LOCKED` (by `ctid`, so the
+//! change is a TID scan whatever the planner's statistics say) and changes them, their
 //! counters and the notification in one statement, so two reapers never
 //! take the same row and a row changed meanwhile (completed, renewed) is
 //! re-checked before it is taken. Deadlines are compared with the
@@ -26,17 +27,17 @@ const BATCH: i64 = 1000;
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 const PROMOTE: &str = "\
-WITH due AS (SELECT queue_id, id FROM workq_items WHERE state = 'd' AND due_at <= workq_ms() \
+WITH due AS (SELECT ctid FROM workq_items WHERE state = 'd' AND due_at <= workq_ms() \
     ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
 upd AS (UPDATE workq_items i SET state = 'p', due_at = NULL, rank = nextval('workq_item_id') \
-    FROM due WHERE i.queue_id = due.queue_id AND i.id = due.id RETURNING i.queue_id), \
+    WHERE i.ctid = ANY(ARRAY(SELECT ctid FROM due)) RETURNING i.queue_id), \
 agg AS (SELECT queue_id, count(*) AS n FROM upd GROUP BY queue_id), \
 cnt AS (UPDATE workq_counters c SET delayed = c.delayed - agg.n, pending = c.pending + agg.n \
     FROM agg WHERE c.queue_id = agg.queue_id AND c.stripe = $2) \
 SELECT q.name, agg.n, pg_notify($3, q.name) FROM agg JOIN workq_queues q ON q.id = agg.queue_id";
 
 const EXPIRE: &str = "\
-WITH exp AS (SELECT queue_id, id FROM workq_items WHERE state = 'l' AND due_at <= workq_ms() \
+WITH exp AS (SELECT ctid FROM workq_items WHERE state = 'l' AND due_at <= workq_ms() \
     ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
 upd AS (UPDATE workq_items i SET attempts = i.attempts + 1, secret = NULL, \
     state = CASE WHEN i.attempts + 1 >= greatest(q.max_attempts, 1) THEN 'x' ELSE 'p' END::\"char\", \
@@ -45,7 +46,7 @@ upd AS (UPDATE workq_items i SET attempts = i.attempts + 1, secret = NULL, \
         greatest(q.max_attempts, 1)) END, \
     died_at = CASE WHEN i.attempts + 1 >= greatest(q.max_attempts, 1) THEN workq_ms() END, \
     due_at = NULL, rank = -nextval('workq_item_id') \
-    FROM exp, workq_queues q WHERE i.queue_id = exp.queue_id AND i.id = exp.id \
+    FROM workq_queues q WHERE i.ctid = ANY(ARRAY(SELECT ctid FROM exp)) \
     AND q.id = i.queue_id RETURNING i.queue_id, i.state), \
 agg AS (SELECT queue_id, count(*) FILTER (WHERE state = 'x') AS dead, \
     count(*) FILTER (WHERE state = 'p') AS back FROM upd GROUP BY queue_id), \
