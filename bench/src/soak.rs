@@ -224,6 +224,12 @@ async fn stream_producer(s: Arc<Shared>, batch: usize) {
             sequence: seq,
             request_id: String::new(),
         };
+        // The server reads a stream's first message before it answers the
+        // call: send at least one batch before waiting for the answer.
+        while unacked.len() < 4 && !s.stop_producing.load(Ordering::Relaxed) {
+            seq += 1;
+            unacked.push((seq, s.batch("s", batch)));
+        }
         for (n, keys) in &unacked {
             let _ = tx.send(req(*n, keys)).await;
         }
@@ -474,6 +480,9 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
         (Some(pg), _) => Store::Postgres(pg.url()),
         _ => Store::Embedded(tempfile::tempdir()?),
     };
+    if let Some(pg) = &own_pg {
+        eprintln!("soak: PostgreSQL of its own at {}", pg.url());
+    }
     let replicas = if postgres { args.replicas } else { 1 };
     let mut fleet = Fleet::new(bin, store, replicas)?;
     let urls = fleet.urls();
@@ -539,27 +548,35 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(rng.u64(0..300))).await;
                 pg.up()?;
             }
-            _ => {
-                if !postgres {
+            _ if postgres => {
+                // The victim runs; it is killed at a random moment under
+                // load and started again — sometimes killed once more while
+                // it starts (migrations, pool, listener).
+                let ms = rng.u64(50..args.max_round_ms.max(51));
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                fleet.kill(victim)?;
+                fleet.start(victim)?;
+                if draw < args.startup_kills {
+                    tokio::time::sleep(Duration::from_millis(rng.u64(0..80))).await;
+                    fleet.kill(victim)?;
                     fleet.start(victim)?;
+                    startup_kills += 1;
                 }
+                fleet.ready(victim).await?;
+            }
+            _ => {
+                fleet.start(victim)?;
                 if draw < args.startup_kills {
                     // Killed while it opens the store and replays it.
                     let ms = rng.u64(0..80);
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                     startup_kills += 1;
                 } else {
-                    if !postgres {
-                        fleet.ready(victim).await?;
-                    }
+                    fleet.ready(victim).await?;
                     let ms = rng.u64(50..args.max_round_ms.max(51));
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                 }
                 fleet.kill(victim)?;
-                if postgres {
-                    fleet.start(victim)?;
-                    fleet.ready(victim).await?;
-                }
             }
         }
         if (round + 1) % 10 == 0 {
@@ -633,7 +650,16 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
         args.store,
         args.kill
     );
-    println!("acknowledged enqueues: {}", b.acked_enqueues.len());
+    let by_stream = b
+        .acked_enqueues
+        .iter()
+        .filter(|k| k.starts_with("s-"))
+        .count();
+    println!(
+        "acknowledged enqueues: {} (unary Enqueue {}, EnqueueStream {by_stream})",
+        b.acked_enqueues.len(),
+        b.acked_enqueues.len() - by_stream
+    );
     println!(
         "deliveries: {} (distinct keys {})",
         b.deliveries,
