@@ -1,0 +1,653 @@
+//! The worker loop on a `Work` stream: what [`Queue::work`] runs on the queue
+//! service.
+//!
+//! # How it runs
+//! One stream per loop. The loop grants credit for what it can take — free
+//! slots ([`WorkerOptions::concurrency`]) plus [`WorkerOptions::prefetch`]
+//! items waiting for a slot — and the server pushes items as they come.
+//! Each item runs in a task of its own; when its handler succeeds, its token
+//! joins the next completion message (while at most two are unanswered, the
+//! rest gather: the batch grows with the load). Failures and releases are
+//! unary calls, as the stream carries none. Every lease held — running,
+//! waiting for a slot, or waiting for its completion's answer — is renewed
+//! on the stream every third of [`WorkerOptions::lease`]; a refused renewal
+//! cancels the item's [`Job::lease_lost`].
+//!
+//! # When the stream breaks
+//! A stream the server ended without saying "drained", or a lost connection,
+//! is opened again with back-off. The server released what the old stream
+//! held (or, after a restart, every lease is gone), so the items waiting for
+//! a slot are dropped (they come again, no attempt counted); running handlers
+//! go on, and completions whose answer did not come are sent again on the
+//! new stream, where "already done" (or, as for unary retries, a refusal
+//! whose reason shows the item completed) counts as completed. An item is
+//! never completed twice: the server fences every token.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::task::{Id, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::item::{Stop, release_untried};
+use super::job::{Disposition, Job, WorkError};
+use super::options::WorkerOptions;
+use super::summary::{ItemOutcome, StopReason, WorkSummary};
+use crate::backend::grpc::{GrpcBackend, WorkAnswer, WorkEvent, WorkRequest, WorkStream};
+use crate::client::Queue;
+use crate::error::{Error, Result};
+use crate::finish::{FinishKind, Finished, finish_retrying, retry_delay};
+use crate::retry::Backoff;
+use crate::types::{Failure, LeaseToken, LeasedItem};
+
+/// Most tokens in one message (the queue service's batch limit).
+const MAX_TOKENS: usize = 1000;
+
+/// Completion messages unanswered at once before completions gather.
+const COMPLETIONS_IN_FLIGHT: usize = 2;
+
+/// Renewal never more often than this.
+const MIN_RENEW_EVERY: Duration = Duration::from_millis(50);
+
+/// What an item task ends with.
+enum Done {
+    /// The handler succeeded: complete it on the stream.
+    Complete,
+    /// Failed, released or lost, by a unary call.
+    Finished(ItemOutcome),
+}
+
+/// A lease the loop holds.
+struct Held {
+    /// Cancelled when a renewal is refused.
+    lost: CancellationToken,
+    /// When it was last renewed (or leased).
+    renewed: Instant,
+}
+
+/// A message sent and not yet answered.
+struct Sent {
+    /// Tokens to complete, each with whether it was sent before.
+    complete: Vec<(LeaseToken, bool)>,
+    renew: Vec<LeaseToken>,
+}
+
+/// The loop's state between turns.
+struct Loop<'a> {
+    queue: &'a Queue,
+    grpc: &'a GrpcBackend,
+    opts: &'a WorkerOptions,
+    stream: Option<WorkStream>,
+    /// Granted and not yet received.
+    open_credit: usize,
+    /// Received, waiting for a slot.
+    waiting: VecDeque<LeasedItem>,
+    held: HashMap<LeaseToken, Held>,
+    /// Task of each running item.
+    running: HashMap<Id, LeaseToken>,
+    /// Succeeded, to be completed; with whether sent before.
+    to_complete: Vec<(LeaseToken, bool)>,
+    sent: HashMap<i64, Sent>,
+    /// Completion messages in `sent`.
+    completions_in_flight: usize,
+    next_sequence: i64,
+    drained: bool,
+    summary: WorkSummary,
+}
+
+/// Runs the worker loop on `grpc`'s `Work` stream; the shutdown plumbing
+/// (signals, grace timer) is the caller's.
+pub(super) async fn work_streamed<H, Fut>(
+    queue: &Queue,
+    grpc: &GrpcBackend,
+    opts: &WorkerOptions,
+    handler: Arc<H>,
+    hard_stop: CancellationToken,
+) -> (Result<StopReason>, WorkSummary)
+where
+    H: Fn(Job) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), WorkError>> + Send + 'static,
+{
+    let mut l = Loop {
+        queue,
+        grpc,
+        opts,
+        stream: None,
+        open_credit: 0,
+        waiting: VecDeque::new(),
+        held: HashMap::new(),
+        running: HashMap::new(),
+        to_complete: Vec::new(),
+        sent: HashMap::new(),
+        completions_in_flight: 0,
+        next_sequence: 0,
+        drained: false,
+        summary: WorkSummary::new(),
+    };
+    let ended = l.run(handler, hard_stop).await;
+    (ended, l.summary)
+}
+
+impl Loop<'_> {
+    #[allow(clippy::too_many_lines)]
+    async fn run<H, Fut>(
+        &mut self,
+        handler: Arc<H>,
+        hard_stop: CancellationToken,
+    ) -> Result<StopReason>
+    where
+        H: Fn(Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), WorkError>> + Send + 'static,
+    {
+        let shutdown = self.opts.shutdown.clone();
+        let renew_every = (self.opts.lease / 3).max(MIN_RENEW_EVERY);
+        let mut renew_tick = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
+        renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tasks: JoinSet<(LeaseToken, Done)> = JoinSet::new();
+        let mut backoff = Backoff::for_server();
+        let mut reconnect_at: Option<Instant> = None;
+        // Set once the loop takes no more work: how it ends.
+        let mut ending: Option<Result<StopReason>> = None;
+
+        loop {
+            while let Some(r) = tasks.try_join_next_with_id() {
+                self.task_done(r);
+            }
+            if ending.is_none() {
+                if shutdown.is_cancelled() {
+                    ending = Some(Ok(StopReason::Shutdown { signal: None }));
+                    // What waits for a slot goes back at once.
+                    let waiting: Vec<LeasedItem> = self.waiting.drain(..).collect();
+                    for i in &waiting {
+                        self.held.remove(&i.token);
+                    }
+                    release_untried(self.queue, waiting).await;
+                } else if self
+                    .opts
+                    .max_items
+                    .is_some_and(|m| self.summary.leased >= m)
+                {
+                    ending = Some(Ok(StopReason::Limit));
+                } else if self.drained && self.waiting.is_empty() {
+                    ending = Some(Ok(StopReason::Drained));
+                }
+            }
+            // Start what waits, in free slots.
+            while tasks.len() < self.opts.concurrency && !shutdown.is_cancelled() {
+                let Some(item) = self.waiting.pop_front() else {
+                    break;
+                };
+                let Some(lost) = self.held.get(&item.token).map(|h| h.lost.clone()) else {
+                    continue;
+                };
+                if lost.is_cancelled() {
+                    // Its lease ran out while it waited: it comes again.
+                    self.held.remove(&item.token);
+                    continue;
+                }
+                self.summary.leased += 1;
+                if ending.is_none()
+                    && self
+                        .opts
+                        .max_items
+                        .is_some_and(|m| self.summary.leased >= m)
+                {
+                    ending = Some(Ok(StopReason::Limit));
+                }
+                let stop = Stop {
+                    shutdown: shutdown.clone(),
+                    hard_stop: hard_stop.clone(),
+                };
+                let token = item.token.clone();
+                let key = token.clone();
+                let job = run_item(
+                    self.queue.clone(),
+                    item,
+                    handler.clone(),
+                    stop,
+                    lost,
+                    self.opts.lease,
+                );
+                let id = tasks.spawn(async move { (token, job.await) }).id();
+                self.running.insert(id, key);
+            }
+            let unanswered_completions = self.to_complete.len()
+                + self.sent.values().map(|s| s.complete.len()).sum::<usize>();
+            if ending.is_some() && tasks.is_empty() && unanswered_completions == 0 {
+                break;
+            }
+            let unreachable = self.stream.is_none() && hard_stop.is_cancelled();
+            if (unreachable || ending.as_ref().is_some_and(Result::is_err)) && tasks.is_empty() {
+                // The queue is gone: what waits for an answer will not get one.
+                for _ in 0..unanswered_completions {
+                    self.summary.add(ItemOutcome::Lost);
+                }
+                break;
+            }
+            // A stream, while one is of use.
+            let wanted = ending.is_none() || unanswered_completions > 0;
+            let can_reopen = !ending.as_ref().is_some_and(Result::is_err);
+            if self.stream.is_none()
+                && wanted
+                && can_reopen
+                && reconnect_at.is_none_or(|t| t <= Instant::now())
+            {
+                match self
+                    .grpc
+                    .open_work(
+                        self.queue.name(),
+                        self.opts.lease,
+                        self.opts.max_batch_bytes,
+                    )
+                    .await
+                {
+                    Ok(s) => {
+                        backoff.reset();
+                        reconnect_at = None;
+                        self.stream = Some(s);
+                    }
+                    Err(e) if e.is_transient() => {
+                        let delay = retry_delay(&mut backoff, &e);
+                        tracing::warn!(queue = %self.queue.name(), error = %e, ?delay, "opening the work stream failed; retrying");
+                        reconnect_at = Some(Instant::now() + delay);
+                    }
+                    Err(e) => {
+                        ending = Some(Err(e));
+                        continue;
+                    }
+                }
+            }
+            if self.stream.is_some() {
+                let grant = if ending.is_none() && !self.drained {
+                    self.grantable(tasks.len())
+                } else {
+                    0
+                };
+                if let Err(e) = self.send(grant, tasks.is_empty()).await {
+                    self.lose_stream(&e);
+                    reconnect_at = Some(Instant::now() + retry_delay(&mut backoff, &e));
+                    continue;
+                }
+            }
+
+            tokio::select! {
+                biased;
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => self.task_done(done),
+                event = async {
+                    match self.stream.as_mut() {
+                        Some(s) => s.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => match event {
+                    Ok(Some(event)) => {
+                        if let Err(e) = self.event(event, ending.is_some()).await {
+                            ending.get_or_insert(Err(e));
+                        }
+                    }
+                    Ok(None) if self.drained => self.stream = None,
+                    Ok(None) => {
+                        let e = Error::Unavailable {
+                            code: tonic::Code::Unavailable,
+                            message: "the server ended the work stream".into(),
+                            retry_after: None,
+                        };
+                        self.lose_stream(&e);
+                        reconnect_at = Some(Instant::now() + retry_delay(&mut backoff, &e));
+                    }
+                    Err(e) if e.is_transient() => {
+                        self.lose_stream(&e);
+                        reconnect_at = Some(Instant::now() + retry_delay(&mut backoff, &e));
+                    }
+                    Err(e) => {
+                        self.lose_stream(&e);
+                        ending.get_or_insert(Err(e));
+                    }
+                },
+                _ = renew_tick.tick() => {
+                    if let Err(e) = self.renew_due(renew_every).await {
+                        self.lose_stream(&e);
+                        reconnect_at = Some(Instant::now() + retry_delay(&mut backoff, &e));
+                    }
+                }
+                () = shutdown.cancelled(), if ending.is_none() => {}
+                () = async {
+                    match reconnect_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.stream.is_none() => {}
+            }
+        }
+        // Whatever the stream still holds (items pushed after a shutdown) is
+        // released by the server when it ends.
+        self.stream = None;
+        ending.unwrap_or(Ok(StopReason::Drained))
+    }
+
+    /// Credit to grant now: room for more, once it is worth a message.
+    fn grantable(&self, running: usize) -> usize {
+        let window = self.opts.concurrency + self.opts.prefetch;
+        let have = running + self.waiting.len() + self.open_credit;
+        let mut room = window.saturating_sub(have);
+        if let Some(max) = self.opts.max_items {
+            let taken = self.summary.leased as usize + self.waiting.len() + self.open_credit;
+            room = room.min(
+                usize::try_from(max)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(taken),
+            );
+        }
+        // Small grants wait to go together, unless nothing else is coming.
+        let worth = (window / 2).max(1);
+        let starving = self.open_credit == 0 && self.waiting.is_empty();
+        if room >= worth || (room > 0 && starving) {
+            room
+        } else {
+            0
+        }
+    }
+
+    /// Sends `credit` and the completions due, if any.
+    async fn send(&mut self, credit: usize, idle: bool) -> Result<()> {
+        let flush = !self.to_complete.is_empty()
+            && (self.completions_in_flight < COMPLETIONS_IN_FLIGHT
+                || self.to_complete.len() >= MAX_TOKENS
+                || idle);
+        if credit == 0 && !flush {
+            return Ok(());
+        }
+        let complete: Vec<(LeaseToken, bool)> = if flush {
+            let n = self.to_complete.len().min(MAX_TOKENS);
+            self.to_complete.drain(..n).collect()
+        } else {
+            Vec::new()
+        };
+        self.send_request(credit, complete, Vec::new()).await
+    }
+
+    async fn send_request(
+        &mut self,
+        credit: usize,
+        complete: Vec<(LeaseToken, bool)>,
+        renew: Vec<LeaseToken>,
+    ) -> Result<()> {
+        let Some(stream) = self.stream.as_ref() else {
+            self.to_complete.extend(complete);
+            return Ok(());
+        };
+        self.next_sequence += 1;
+        let sequence = self.next_sequence;
+        let req = WorkRequest {
+            sequence,
+            credit: u32::try_from(credit).unwrap_or(u32::MAX),
+            complete: complete.iter().map(|(t, _)| t.clone()).collect(),
+            renew: renew.clone(),
+        };
+        self.open_credit += credit;
+        let has_tokens = !complete.is_empty() || !renew.is_empty();
+        if !complete.is_empty() {
+            self.completions_in_flight += 1;
+        }
+        if has_tokens {
+            self.sent.insert(sequence, Sent { complete, renew });
+        }
+        stream.send(req).await
+    }
+
+    /// Renews every lease not renewed for `every`.
+    async fn renew_due(&mut self, every: Duration) -> Result<()> {
+        let now = Instant::now();
+        let due: Vec<LeaseToken> = self
+            .held
+            .iter_mut()
+            .filter(|(_, h)| !h.lost.is_cancelled() && h.renewed + every <= now)
+            .map(|(t, h)| {
+                h.renewed = now;
+                t.clone()
+            })
+            .collect();
+        if self.stream.is_none() {
+            return Ok(());
+        }
+        for chunk in due.chunks(MAX_TOKENS) {
+            self.send_request(0, Vec::new(), chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes in one message of the stream. Items that come once the loop
+    /// takes no more work are released at once.
+    async fn event(&mut self, event: WorkEvent, ending: bool) -> Result<()> {
+        if let Some(answer) = event.answer {
+            self.answer(answer)?;
+        }
+        self.open_credit = self.open_credit.saturating_sub(event.items.len());
+        if ending {
+            release_untried(self.queue, event.items).await;
+        } else {
+            let now = Instant::now();
+            for item in event.items {
+                self.held.insert(
+                    item.token.clone(),
+                    Held {
+                        lost: CancellationToken::new(),
+                        renewed: now,
+                    },
+                );
+                self.waiting.push_back(item);
+            }
+        }
+        if event.drained {
+            self.drained = true;
+        }
+        Ok(())
+    }
+
+    /// Takes in the answer to a request's completions and renewals.
+    fn answer(&mut self, answer: WorkAnswer) -> Result<()> {
+        let Some(sent) = self.sent.remove(&answer.sequence) else {
+            return Ok(());
+        };
+        if !sent.complete.is_empty() {
+            self.completions_in_flight -= 1;
+        }
+        let results = match answer.outcome {
+            Ok(r) if r.len() == sent.complete.len() + sent.renew.len() => r,
+            Ok(r) => {
+                let e = Error::Protocol(format!(
+                    "a work stream answer of {} results for {} tokens",
+                    r.len(),
+                    sent.complete.len() + sent.renew.len()
+                ));
+                return Err(self.refused(sent, e));
+            }
+            Err(e) if e.is_transient() => {
+                // Nothing was done: again.
+                self.to_complete.extend(sent.complete);
+                return Ok(());
+            }
+            Err(e) => return Err(self.refused(sent, e)),
+        };
+        let mut results = results.into_iter();
+        for ((token, retried), r) in sent.complete.into_iter().zip(results.by_ref()) {
+            self.held.remove(&token);
+            match r {
+                Ok(()) => self.summary.add(ItemOutcome::Completed),
+                Err(e) if retried && FinishKind::Complete.done_anyway(&e).is_some() => {
+                    self.summary.add(ItemOutcome::Completed);
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue.name(), error = %e, "could not complete an item; it comes again");
+                    self.summary.add(ItemOutcome::Lost);
+                }
+            }
+        }
+        for (token, r) in sent.renew.into_iter().zip(results) {
+            if let Err(e) = r
+                && let Some(h) = self.held.get(&token)
+            {
+                if matches!(e, Error::LeaseLost { .. }) {
+                    tracing::warn!(queue = %self.queue.name(), error = %e, "lease lost");
+                    h.lost.cancel();
+                } else {
+                    tracing::debug!(queue = %self.queue.name(), error = %e, "renewal refused; trying again");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A whole request refused with `e`: its completions are lost.
+    fn refused(&mut self, sent: Sent, e: Error) -> Error {
+        for (token, _) in sent.complete {
+            self.held.remove(&token);
+            self.summary.add(ItemOutcome::Lost);
+        }
+        tracing::warn!(queue = %self.queue.name(), error = %e, "work stream request refused");
+        e
+    }
+
+    /// An item task ended.
+    fn task_done(
+        &mut self,
+        r: std::result::Result<(Id, (LeaseToken, Done)), tokio::task::JoinError>,
+    ) {
+        let (token, done) = match r {
+            Ok((id, done)) => {
+                self.running.remove(&id);
+                done
+            }
+            Err(e) => {
+                // Handler panics are caught in the task; this is a panic in
+                // the SDK itself. The lease runs out and the item comes back.
+                tracing::error!(error = %e, "item task ended abnormally");
+                if let Some(t) = self.running.remove(&e.id()) {
+                    self.held.remove(&t);
+                }
+                self.summary.add(ItemOutcome::Lost);
+                return;
+            }
+        };
+        match done {
+            Done::Complete => self.to_complete.push((token, false)),
+            Done::Finished(outcome) => {
+                self.held.remove(&token);
+                self.summary.add(outcome);
+            }
+        }
+    }
+
+    /// The stream is gone (`why`): what it held is the server's again.
+    fn lose_stream(&mut self, why: &Error) {
+        if self.stream.take().is_none() {
+            return;
+        }
+        tracing::warn!(queue = %self.queue.name(), error = %why, "work stream lost; opening another");
+        self.open_credit = 0;
+        for item in self.waiting.drain(..) {
+            self.held.remove(&item.token);
+        }
+        for (_, sent) in self.sent.drain() {
+            self.to_complete
+                .extend(sent.complete.into_iter().map(|(t, _)| (t, true)));
+        }
+        self.completions_in_flight = 0;
+    }
+}
+
+/// Runs one item's handler, then fails or releases it by a unary call, or
+/// answers that it is to be completed.
+async fn run_item<H, Fut>(
+    queue: Queue,
+    item: LeasedItem,
+    handler: Arc<H>,
+    stop: Stop,
+    lease_lost: CancellationToken,
+    lease: Duration,
+) -> Done
+where
+    H: Fn(Job) -> Fut,
+    Fut: Future<Output = std::result::Result<(), WorkError>>,
+{
+    let (id, token) = (item.id.clone(), item.token.clone());
+    let Stop {
+        shutdown,
+        hard_stop,
+    } = stop;
+    let job = Job {
+        item,
+        queue: queue.name().clone(),
+        shutdown,
+        lease_lost,
+    };
+    let work = AssertUnwindSafe(handler(job)).catch_unwind();
+    let answer = tokio::select! {
+        biased;
+        r = work => Some(r.unwrap_or_else(|_| Err(WorkError::retry("the handler panicked")))),
+        () = hard_stop.cancelled() => None,
+    };
+    let what = format!("item {id}");
+    let give_up = Instant::now() + lease.max(workq_proto::defaults::LEASE);
+    let tokens = [token];
+    let release = || async {
+        finish_retrying(FinishKind::Release, &what, give_up, || {
+            queue.release(&tokens)
+        })
+        .await
+        .map(|_| ItemOutcome::Released)
+    };
+    let finished = match answer {
+        Some(Ok(())) => return Done::Complete,
+        None => {
+            tracing::info!(item = %id, "grace period over: releasing");
+            release().await
+        }
+        Some(Err(e)) => match e.disposition {
+            Disposition::Release => release().await,
+            Disposition::Retry { after } => {
+                tracing::warn!(queue = %queue.name(), item = %id, reason = %e.reason, "item failed (retriable)");
+                let failure = Failure {
+                    fatal: false,
+                    reason: e.reason,
+                    retry_after: after,
+                };
+                fail(&queue, &tokens, failure, &what, give_up).await
+            }
+            Disposition::Fatal => {
+                tracing::warn!(queue = %queue.name(), item = %id, reason = %e.reason, "item failed (fatal)");
+                fail(&queue, &tokens, Failure::fatal(e.reason), &what, give_up).await
+            }
+        },
+    };
+    Done::Finished(finished.unwrap_or_else(|e| {
+        tracing::warn!(item = %id, error = %e, "could not finish item");
+        ItemOutcome::Lost
+    }))
+}
+
+/// Fails `tokens` (one item), retrying as a lease handle does.
+async fn fail(
+    queue: &Queue,
+    tokens: &[LeaseToken; 1],
+    failure: Failure,
+    what: &str,
+    give_up: Instant,
+) -> Result<ItemOutcome> {
+    let fatal = failure.fatal;
+    let kind = if fatal {
+        FinishKind::FailFatal
+    } else {
+        FinishKind::FailRetry
+    };
+    let done = finish_retrying(kind, what, give_up, || queue.fail(tokens, &failure)).await?;
+    let dead = match done {
+        Finished::Answered(dead) => dead > 0,
+        Finished::Anyway { dead } => dead,
+    };
+    Ok(ItemOutcome::Failed { fatal, dead })
+}
