@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Seen, TestServer, assert_each_once, counting, unique};
-use tokio::net::{TcpListener, TcpStream};
+use common::{Proxy, Seen, TestServer, assert_each_once, counting, unique};
 use worker_sdk::{Job, StopReason, WorkerOptions};
 
 /// Options for tests: no signal handling (the test process is shared).
@@ -119,40 +118,6 @@ async fn a_shutdown_gives_back_prefetched_items_at_once() {
         (1, 2, 0, 0),
         "{s:?}"
     );
-}
-
-/// A TCP proxy whose connections can be cut, as a server (or a load
-/// balancer before it) that drops a stream does.
-struct Proxy {
-    addr: std::net::SocketAddr,
-    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl Proxy {
-    async fn start(upstream: std::net::SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let held = conns.clone();
-        tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
-                let task = tokio::spawn(async move {
-                    if let Ok(mut up) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                    }
-                });
-                held.lock().expect("lock").push(task.abort_handle());
-            }
-        });
-        Proxy { addr, conns }
-    }
-
-    /// Drops every connection through the proxy.
-    fn cut(&self) {
-        for c in self.conns.lock().expect("lock").drain(..) {
-            c.abort();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
