@@ -6,8 +6,9 @@
 //! slots ([`WorkerOptions::concurrency`]) plus [`WorkerOptions::prefetch`]
 //! items waiting for a slot — and the server pushes items as they come.
 //! Each item runs in a task of its own; when its handler succeeds, its token
-//! joins the next completion message (while at most two are unanswered, the
-//! rest gather: the batch grows with the load). Failures and releases are
+//! joins the next completion message: at once while none is unanswered,
+//! else once half a window gathered (at most four unanswered), so the batch
+//! grows with the load. Failures and releases are
 //! unary calls, as the stream carries none. Every lease held — running,
 //! waiting for a slot, or waiting for its completion's answer — is renewed
 //! on the stream every third of [`WorkerOptions::lease`]; a refused renewal
@@ -48,8 +49,8 @@ use crate::types::{Failure, LeaseToken, LeasedItem};
 /// Most tokens in one message (the queue service's batch limit).
 const MAX_TOKENS: usize = 1000;
 
-/// Completion messages unanswered at once before completions gather.
-const COMPLETIONS_IN_FLIGHT: usize = 2;
+/// Completion messages unanswered at once, at most.
+const COMPLETIONS_IN_FLIGHT: usize = 4;
 
 /// Renewal never more often than this.
 const MIN_RENEW_EVERY: Duration = Duration::from_millis(50);
@@ -263,12 +264,12 @@ impl Loop<'_> {
                 }
             }
             if self.stream.is_some() {
-                let grant = if ending.is_none() && !self.drained {
-                    self.grantable(tasks.len())
+                let room = if ending.is_none() && !self.drained {
+                    self.room(tasks.len())
                 } else {
                     0
                 };
-                if let Err(e) = self.send(grant, tasks.is_empty()).await {
+                if let Err(e) = self.send(room, tasks.is_empty()).await {
                     self.lose_stream(&e);
                     reconnect_at = Some(Instant::now() + retry_delay(&mut backoff, &e));
                     continue;
@@ -329,38 +330,38 @@ impl Loop<'_> {
         ending.unwrap_or(Ok(StopReason::Drained))
     }
 
-    /// Credit to grant now: room for more, once it is worth a message.
-    fn grantable(&self, running: usize) -> usize {
+    /// Items more the loop can take: free slots and prefetch, less what it
+    /// holds or was promised, within `max_items`.
+    fn room(&self, running: usize) -> usize {
         let window = self.opts.concurrency + self.opts.prefetch;
         let have = running + self.waiting.len() + self.open_credit;
         let mut room = window.saturating_sub(have);
         if let Some(max) = self.opts.max_items {
             let taken = self.summary.leased as usize + self.waiting.len() + self.open_credit;
-            room = room.min(
-                usize::try_from(max)
-                    .unwrap_or(usize::MAX)
-                    .saturating_sub(taken),
-            );
+            room = room.min(usize::try_from(max).unwrap_or(usize::MAX).saturating_sub(taken));
         }
-        // Small grants wait to go together, unless nothing else is coming.
-        let worth = (window / 2).max(1);
-        let starving = self.open_credit == 0 && self.waiting.is_empty();
-        if room >= worth || (room > 0 && starving) {
-            room
-        } else {
-            0
-        }
+        room
     }
 
-    /// Sends `credit` and the completions due, if any.
-    async fn send(&mut self, credit: usize, idle: bool) -> Result<()> {
+    /// Sends the completions due and credit for `room`, when worth a
+    /// message: completions go at once while none is unanswered, else once
+    /// half a window gathered (the batch grows with the load); credit once
+    /// half a window is free, or at once when nothing else is coming.
+    async fn send(&mut self, room: usize, idle: bool) -> Result<()> {
+        let window = self.opts.concurrency + self.opts.prefetch;
+        let half = (window / 2).max(1);
         let flush = !self.to_complete.is_empty()
-            && (self.completions_in_flight < COMPLETIONS_IN_FLIGHT
-                || self.to_complete.len() >= MAX_TOKENS
-                || idle);
-        if credit == 0 && !flush {
+            && (self.completions_in_flight == 0
+                || idle
+                || (self.to_complete.len() >= half
+                    && self.completions_in_flight < COMPLETIONS_IN_FLIGHT)
+                || self.to_complete.len() >= MAX_TOKENS);
+        let starving = self.open_credit == 0 && self.waiting.is_empty();
+        let grant = room >= half || (room > 0 && (starving || flush));
+        if !grant && !flush {
             return Ok(());
         }
+        let credit = if grant { room } else { 0 };
         let complete: Vec<(LeaseToken, bool)> = if flush {
             let n = self.to_complete.len().min(MAX_TOKENS);
             self.to_complete.drain(..n).collect()
