@@ -147,7 +147,9 @@ impl Loop<'_> {
     {
         let shutdown = self.opts.shutdown.clone();
         let renew_every = (self.opts.lease / 3).max(MIN_RENEW_EVERY);
-        let mut renew_tick = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
+        // Ticks twice per period: a lease is renewed within half its duration.
+        let tick = renew_every / 2;
+        let mut renew_tick = tokio::time::interval_at(Instant::now() + tick, tick);
         renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tasks: JoinSet<(LeaseToken, Done)> = JoinSet::new();
         let mut backoff = Backoff::for_server();
@@ -338,7 +340,11 @@ impl Loop<'_> {
         let mut room = window.saturating_sub(have);
         if let Some(max) = self.opts.max_items {
             let taken = self.summary.leased as usize + self.waiting.len() + self.open_credit;
-            room = room.min(usize::try_from(max).unwrap_or(usize::MAX).saturating_sub(taken));
+            room = room.min(
+                usize::try_from(max)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(taken),
+            );
         }
         room
     }
@@ -402,6 +408,10 @@ impl Loop<'_> {
 
     /// Renews every lease not renewed for `every`.
     async fn renew_due(&mut self, every: Duration) -> Result<()> {
+        if self.stream.is_none() {
+            // Renewed on the next stream, at the next tick.
+            return Ok(());
+        }
         let now = Instant::now();
         let due: Vec<LeaseToken> = self
             .held
@@ -412,9 +422,6 @@ impl Loop<'_> {
                 t.clone()
             })
             .collect();
-        if self.stream.is_none() {
-            return Ok(());
-        }
         for chunk in due.chunks(MAX_TOKENS) {
             self.send_request(0, Vec::new(), chunk.to_vec()).await?;
         }
