@@ -131,7 +131,8 @@ impl Producer {
 /// A batch sent and not yet answered.
 struct Unanswered {
     request_id: String,
-    items: Vec<NewItem>,
+    #[cfg(feature = "grpc")]
+    items: crate::backend::grpc::EnqueueBatch,
     reply: oneshot::Sender<Result<Vec<Pushed>>>,
     since: Instant,
 }
@@ -212,7 +213,7 @@ async fn drive(queue: Queue, in_flight: usize, mut rx: mpsc::Receiver<Batch>) {
                     next_sequence += 1;
                     let u = Unanswered {
                         request_id: crate::random::random_uuid(),
-                        items: b.items,
+                        items: crate::backend::grpc::EnqueueBatch::new(b.items),
                         reply: b.reply,
                         since: Instant::now(),
                     };

@@ -3,7 +3,9 @@
 
 mod streams;
 
-pub(crate) use streams::{EnqueueStream, WorkAnswer, WorkEvent, WorkRequest, WorkStream};
+pub(crate) use streams::{
+    EnqueueBatch, EnqueueStream, WorkAnswer, WorkEvent, WorkRequest, WorkStream,
+};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -52,6 +52,9 @@ const MAX_TOKENS: usize = 1000;
 /// Completion messages unanswered at once, at most.
 const COMPLETIONS_IN_FLIGHT: usize = 4;
 
+/// A completion waits at most this long for others to go with it.
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
+
 /// Renewal never more often than this.
 const MIN_RENEW_EVERY: Duration = Duration::from_millis(50);
 
@@ -96,6 +99,8 @@ struct Loop<'a> {
     sent: HashMap<i64, Sent>,
     /// Completion messages in `sent`.
     completions_in_flight: usize,
+    /// Since when `to_complete` holds tokens not sent.
+    pending_since: Option<Instant>,
     next_sequence: i64,
     drained: bool,
     summary: WorkSummary,
@@ -126,6 +131,7 @@ where
         to_complete: Vec::new(),
         sent: HashMap::new(),
         completions_in_flight: 0,
+        pending_since: None,
         next_sequence: 0,
         drained: false,
         summary: WorkSummary::new(),
@@ -317,6 +323,12 @@ impl Loop<'_> {
                         reconnect_at = Some(Instant::now() + retry_delay(&mut backoff, &e));
                     }
                 }
+                () = async {
+                    match self.pending_since {
+                        Some(t) => tokio::time::sleep_until(t + FLUSH_AFTER).await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.stream.is_some() && !self.to_complete.is_empty() => {}
                 () = shutdown.cancelled(), if ending.is_none() => {}
                 () = async {
                     match reconnect_at {
@@ -356,10 +368,12 @@ impl Loop<'_> {
     async fn send(&mut self, room: usize, idle: bool) -> Result<()> {
         let window = self.opts.concurrency + self.opts.prefetch;
         let half = (window / 2).max(1);
+        let overdue = self
+            .pending_since
+            .is_some_and(|t| t + FLUSH_AFTER <= Instant::now());
         let flush = !self.to_complete.is_empty()
-            && (self.completions_in_flight == 0
-                || idle
-                || (self.to_complete.len() >= half
+            && (idle
+                || ((overdue || self.to_complete.len() >= half)
                     && self.completions_in_flight < COMPLETIONS_IN_FLIGHT)
                 || self.to_complete.len() >= MAX_TOKENS);
         let starving = self.open_credit == 0 && self.waiting.is_empty();
@@ -389,21 +403,27 @@ impl Loop<'_> {
         };
         self.next_sequence += 1;
         let sequence = self.next_sequence;
-        let req = WorkRequest {
-            sequence,
-            credit: u32::try_from(credit).unwrap_or(u32::MAX),
-            complete: complete.iter().map(|(t, _)| t.clone()).collect(),
-            renew: renew.clone(),
-        };
+        let sent = stream
+            .send(WorkRequest {
+                sequence,
+                credit: u32::try_from(credit).unwrap_or(u32::MAX),
+                complete: &complete,
+                renew: &renew,
+            })
+            .await;
         self.open_credit += credit;
-        let has_tokens = !complete.is_empty() || !renew.is_empty();
         if !complete.is_empty() {
             self.completions_in_flight += 1;
         }
-        if has_tokens {
+        if !complete.is_empty() || !renew.is_empty() {
             self.sent.insert(sequence, Sent { complete, renew });
         }
-        stream.send(req).await
+        self.pending_since = if self.to_complete.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+        sent
     }
 
     /// Renews every lease not renewed for `every`.
@@ -476,6 +496,7 @@ impl Loop<'_> {
             }
             Err(e) if e.is_transient() => {
                 // Nothing was done: again.
+                self.pending_since.get_or_insert_with(Instant::now);
                 self.to_complete.extend(sent.complete);
                 return Ok(());
             }
@@ -542,7 +563,10 @@ impl Loop<'_> {
             }
         };
         match done {
-            Done::Complete => self.to_complete.push((token, false)),
+            Done::Complete => {
+                self.pending_since.get_or_insert_with(Instant::now);
+                self.to_complete.push((token, false));
+            }
             Done::Finished(outcome) => {
                 self.held.remove(&token);
                 self.summary.add(outcome);
@@ -563,6 +587,9 @@ impl Loop<'_> {
         for (_, sent) in self.sent.drain() {
             self.to_complete
                 .extend(sent.complete.into_iter().map(|(t, _)| (t, true)));
+        }
+        if !self.to_complete.is_empty() {
+            self.pending_since.get_or_insert_with(Instant::now);
         }
         self.completions_in_flight = 0;
     }
@@ -599,6 +626,9 @@ where
         r = work => Some(r.unwrap_or_else(|_| Err(WorkError::retry("the handler panicked")))),
         () = hard_stop.cancelled() => None,
     };
+    if let Some(Ok(())) = answer {
+        return Done::Complete;
+    }
     let what = format!("item {id}");
     let give_up = Instant::now() + lease.max(workq_proto::defaults::LEASE);
     let tokens = [token];

@@ -50,12 +50,12 @@ pub(crate) struct WorkAnswer {
 pub(crate) type TokenOutcomes = Vec<Result<()>>;
 
 /// What a worker hands in on its stream: all judged token by token.
-#[derive(Debug, Default)]
-pub(crate) struct WorkRequest {
+pub(crate) struct WorkRequest<'a> {
     pub(crate) sequence: i64,
     pub(crate) credit: u32,
-    pub(crate) complete: Vec<LeaseToken>,
-    pub(crate) renew: Vec<LeaseToken>,
+    /// Tokens to complete, each with a flag the stream ignores.
+    pub(crate) complete: &'a [(LeaseToken, bool)],
+    pub(crate) renew: &'a [LeaseToken],
 }
 
 impl GrpcBackend {
@@ -114,11 +114,11 @@ impl GrpcBackend {
 
 impl WorkStream {
     /// Sends `req`; an error means the stream is gone.
-    pub(crate) async fn send(&self, req: WorkRequest) -> Result<()> {
+    pub(crate) async fn send(&self, req: WorkRequest<'_>) -> Result<()> {
         let msg = pb::WorkRequest {
             credit: i32::try_from(req.credit).unwrap_or(i32::MAX),
-            complete_tokens: token_strings(&req.complete),
-            renew_tokens: token_strings(&req.renew),
+            complete_tokens: req.complete.iter().map(|(t, _)| t.0.clone()).collect(),
+            renew_tokens: token_strings(req.renew),
             sequence: req.sequence,
             per_token_results: true,
             ..Default::default()
@@ -203,6 +203,19 @@ fn answer_from_pb(queue: &QueueName, a: pb::WorkAnswer) -> WorkAnswer {
     }
 }
 
+/// A batch ready for the wire, kept for a resend.
+pub(crate) struct EnqueueBatch(Vec<pb::NewItem>);
+
+impl EnqueueBatch {
+    pub(crate) fn new(items: Vec<NewItem>) -> Self {
+        EnqueueBatch(items.into_iter().map(new_item_to_pb).collect())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// A producer's `EnqueueStream`, opened with its first batch.
 pub(crate) struct EnqueueStream {
     backend: GrpcBackend,
@@ -228,12 +241,13 @@ impl EnqueueStream {
         &mut self,
         sequence: i64,
         request_id: &str,
-        items: &[NewItem],
+        items: &EnqueueBatch,
     ) -> Result<()> {
         let msg = pb::EnqueueStreamRequest {
             queue: self.queue.to_string(),
             create_queue: self.create,
-            items: items.iter().cloned().map(new_item_to_pb).collect(),
+            // Payloads are shared (`Bytes`), not copied.
+            items: items.0.clone(),
             sequence,
             request_id: request_id.to_owned(),
         };
