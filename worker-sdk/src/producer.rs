@@ -30,6 +30,10 @@
 //! # Ok(()) }
 //! ```
 
+// Without the queue service a send is `push_detailed`: the stream parts rest.
+#![cfg_attr(not(feature = "grpc"), allow(dead_code, unused_imports))]
+
+#[cfg(feature = "grpc")]
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +42,7 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::client::Queue;
+#[cfg_attr(not(feature = "grpc"), allow(unused_imports))]
 use crate::error::{Error, Result};
 use crate::types::{NewItem, Pushed};
 
@@ -45,6 +50,7 @@ use crate::types::{NewItem, Pushed};
 pub const DEFAULT_IN_FLIGHT: usize = 8;
 
 /// How long a batch is tried again before its send fails.
+#[cfg(feature = "grpc")]
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
 /// Pushes batches to one queue; see the [module docs](crate::producer).
@@ -129,9 +135,9 @@ impl Producer {
 }
 
 /// A batch sent and not yet answered.
+#[cfg(feature = "grpc")]
 struct Unanswered {
     request_id: String,
-    #[cfg(feature = "grpc")]
     items: crate::backend::grpc::EnqueueBatch,
     reply: oneshot::Sender<Result<Vec<Pushed>>>,
     since: Instant,

@@ -26,25 +26,23 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::item::{Stop, release_untried};
-use super::job::{Disposition, Job, WorkError};
+use super::item::{Done, Stop, release_untried, run_streamed_item};
+use super::job::{Job, WorkError};
 use super::options::WorkerOptions;
 use super::summary::{ItemOutcome, StopReason, WorkSummary};
 use crate::backend::grpc::{GrpcBackend, WorkAnswer, WorkEvent, WorkRequest, WorkStream};
 use crate::client::Queue;
 use crate::error::{Error, Result};
-use crate::finish::{FinishKind, Finished, finish_retrying, retry_delay};
+use crate::finish::{FinishKind, retry_delay};
 use crate::retry::Backoff;
-use crate::types::{Failure, LeaseToken, LeasedItem};
+use crate::types::{LeaseToken, LeasedItem};
 
 /// Most tokens in one message (the queue service's batch limit).
 const MAX_TOKENS: usize = 1000;
@@ -57,14 +55,6 @@ const FLUSH_AFTER: Duration = Duration::from_millis(1);
 
 /// Renewal never more often than this.
 const MIN_RENEW_EVERY: Duration = Duration::from_millis(50);
-
-/// What an item task ends with.
-enum Done {
-    /// The handler succeeded: complete it on the stream.
-    Complete,
-    /// Failed, released or lost, by a unary call.
-    Finished(ItemOutcome),
-}
 
 /// A lease the loop holds.
 struct Held {
@@ -214,7 +204,7 @@ impl Loop<'_> {
                 };
                 let token = item.token.clone();
                 let key = token.clone();
-                let job = run_item(
+                let job = run_streamed_item(
                     self.queue.clone(),
                     item,
                     handler.clone(),
@@ -593,99 +583,4 @@ impl Loop<'_> {
         }
         self.completions_in_flight = 0;
     }
-}
-
-/// Runs one item's handler, then fails or releases it by a unary call, or
-/// answers that it is to be completed.
-async fn run_item<H, Fut>(
-    queue: Queue,
-    item: LeasedItem,
-    handler: Arc<H>,
-    stop: Stop,
-    lease_lost: CancellationToken,
-    lease: Duration,
-) -> Done
-where
-    H: Fn(Job) -> Fut,
-    Fut: Future<Output = std::result::Result<(), WorkError>>,
-{
-    let (id, token) = (item.id.clone(), item.token.clone());
-    let Stop {
-        shutdown,
-        hard_stop,
-    } = stop;
-    let job = Job {
-        item,
-        queue: queue.name().clone(),
-        shutdown,
-        lease_lost,
-    };
-    let work = AssertUnwindSafe(handler(job)).catch_unwind();
-    let answer = tokio::select! {
-        biased;
-        r = work => Some(r.unwrap_or_else(|_| Err(WorkError::retry("the handler panicked")))),
-        () = hard_stop.cancelled() => None,
-    };
-    if let Some(Ok(())) = answer {
-        return Done::Complete;
-    }
-    let what = format!("item {id}");
-    let give_up = Instant::now() + lease.max(workq_proto::defaults::LEASE);
-    let tokens = [token];
-    let release = || async {
-        finish_retrying(FinishKind::Release, &what, give_up, || {
-            queue.release(&tokens)
-        })
-        .await
-        .map(|_| ItemOutcome::Released)
-    };
-    let finished = match answer {
-        Some(Ok(())) => return Done::Complete,
-        None => {
-            tracing::info!(item = %id, "grace period over: releasing");
-            release().await
-        }
-        Some(Err(e)) => match e.disposition {
-            Disposition::Release => release().await,
-            Disposition::Retry { after } => {
-                tracing::warn!(queue = %queue.name(), item = %id, reason = %e.reason, "item failed (retriable)");
-                let failure = Failure {
-                    fatal: false,
-                    reason: e.reason,
-                    retry_after: after,
-                };
-                fail(&queue, &tokens, failure, &what, give_up).await
-            }
-            Disposition::Fatal => {
-                tracing::warn!(queue = %queue.name(), item = %id, reason = %e.reason, "item failed (fatal)");
-                fail(&queue, &tokens, Failure::fatal(e.reason), &what, give_up).await
-            }
-        },
-    };
-    Done::Finished(finished.unwrap_or_else(|e| {
-        tracing::warn!(item = %id, error = %e, "could not finish item");
-        ItemOutcome::Lost
-    }))
-}
-
-/// Fails `tokens` (one item), retrying as a lease handle does.
-async fn fail(
-    queue: &Queue,
-    tokens: &[LeaseToken; 1],
-    failure: Failure,
-    what: &str,
-    give_up: Instant,
-) -> Result<ItemOutcome> {
-    let fatal = failure.fatal;
-    let kind = if fatal {
-        FinishKind::FailFatal
-    } else {
-        FinishKind::FailRetry
-    };
-    let done = finish_retrying(kind, what, give_up, || queue.fail(tokens, &failure)).await?;
-    let dead = match done {
-        Finished::Answered(dead) => dead > 0,
-        Finished::Anyway { dead } => dead,
-    };
-    Ok(ItemOutcome::Failed { fatal, dead })
 }
