@@ -6,9 +6,9 @@
 //! slots ([`WorkerOptions::concurrency`]) plus [`WorkerOptions::prefetch`]
 //! items waiting for a slot — and the server pushes items as they come.
 //! Each item runs in a task of its own; when its handler succeeds, its token
-//! joins the next completion message: at once while none is unanswered,
-//! else once half a window gathered (at most four unanswered), so the batch
-//! grows with the load. Failures and releases are
+//! joins the next completion message, sent once half a window gathered or
+//! the oldest waited 1 ms, at once when nothing else runs (at most four
+//! unanswered): the batch grows with the load. Failures and releases are
 //! unary calls, as the stream carries none. Every lease held — running,
 //! waiting for a slot, or waiting for its completion's answer — is renewed
 //! on the stream every third of [`WorkerOptions::lease`]; a refused renewal
@@ -352,9 +352,9 @@ impl Loop<'_> {
     }
 
     /// Sends the completions due and credit for `room`, when worth a
-    /// message: completions go at once while none is unanswered, else once
-    /// half a window gathered (the batch grows with the load); credit once
-    /// half a window is free, or at once when nothing else is coming.
+    /// message: completions once half a window gathered or the oldest waited
+    /// [`FLUSH_AFTER`], at once when nothing runs; credit once half a window
+    /// is free, with completions, or at once when nothing else is coming.
     async fn send(&mut self, room: usize, idle: bool) -> Result<()> {
         let window = self.opts.concurrency + self.opts.prefetch;
         let half = (window / 2).max(1);
