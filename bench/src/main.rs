@@ -10,6 +10,7 @@ mod postgres;
 mod report;
 mod resources;
 mod secure;
+mod server;
 mod soak;
 mod systems;
 
@@ -22,10 +23,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use serde::Serialize;
+use server::{Memory, Server, pid_of};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -70,9 +70,9 @@ struct Args {
     /// Items queued for the memory-per-item measurement (0: skip).
     #[arg(long, default_value_t = 1_000_000)]
     memory_items: u64,
-    /// Consumer counts for the end-to-end sweep (empty: skip).
-    #[arg(long, default_value = "1,4,16,64", value_delimiter = ',')]
-    sweep: Vec<usize>,
+    /// Consumer counts for the end-to-end sweep, comma separated (empty: skip).
+    #[arg(long, default_value = "1,4,16,64", value_parser = parse_counts)]
+    sweep: Counts,
     /// The queue-server binary (default: next to this one; for `soak`, the
     /// target directory's release build first).
     #[arg(long, global = true)]
@@ -96,11 +96,12 @@ struct Args {
     /// ... and end to end spread over this many queues.
     #[arg(long, value_delimiter = ',')]
     scale_queues: Vec<usize>,
-    /// How workq is driven: `stream` (EnqueueStream and Work, the streaming
-    /// forms), or unary calls with completions sent in the `background` as
-    /// the worker SDK does, `with-lease` (Lease's complete_tokens), or
-    /// `separate` (Lease, then Complete).
-    #[arg(long, value_enum, default_value_t = systems::AckMode::Stream)]
+    /// How workq is driven: `sdk` (the worker SDK's loop and producer, as
+    /// users run it), or by hand: `stream` (EnqueueStream and Work, the
+    /// streaming forms), or unary calls with completions sent in the
+    /// `background` as the SDK's unary loop does, `with-lease` (Lease's
+    /// complete_tokens), or `separate` (Lease, then Complete).
+    #[arg(long, value_enum, default_value_t = systems::AckMode::Sdk)]
     workq_acks: systems::AckMode,
     /// Also write the table of medians and ratios (markdown) here.
     #[arg(long)]
@@ -108,6 +109,19 @@ struct Args {
     /// Also write the chart of end-to-end items/s against consumers (SVG) here.
     #[arg(long)]
     svg: Option<PathBuf>,
+}
+
+/// A list of counts; empty when the text is.
+#[derive(Debug, Clone)]
+struct Counts(Vec<usize>);
+
+fn parse_counts(s: &str) -> std::result::Result<Counts, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| c.parse().map_err(|e| format!("{c:?}: {e}")))
+        .collect::<std::result::Result<_, _>>()
+        .map(Counts)
 }
 
 /// Tools other than the comparison.
@@ -128,112 +142,6 @@ enum Tool {
     /// Throughput with TLS and/or a bearer token against plaintext (see
     /// docs/BENCHMARKS.md, "TLS and authentication").
     Secure(secure::SecureArgs),
-}
-
-/// A queue-server process for the workq systems.
-struct Server {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(bin: &std::path::Path, store: &str) -> Result<Server> {
-        let dir = tempfile::tempdir()?;
-        let data = dir.path().to_str().context("utf-8 temp dir")?;
-        let mut server = Server::spawn(bin, &["--store", store, "--data-dir", data])?;
-        server._dir = dir;
-        Ok(server)
-    }
-
-    /// Starts `bin` on ephemeral ports with `args` added.
-    fn spawn(bin: &std::path::Path, args: &[&str]) -> Result<Server> {
-        let dir = tempfile::tempdir()?;
-        let mut child = Command::new(bin)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                // As deployed: metrics recorded and served.
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("grpc="))
-            .context("no grpc address")?
-            .to_string();
-        Ok(Server {
-            child,
-            url: format!("http://{addr}"),
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rss_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn pid_of(name: &str) -> Option<u32> {
-    let out = Command::new("pgrep")
-        .args(["-o", "-f", name])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
-/// How to read a system's server memory, in bytes.
-enum Memory {
-    Pid(u32),
-    RedisInfo(String),
-    None,
-}
-
-impl Memory {
-    async fn bytes(&self) -> Option<u64> {
-        match self {
-            Memory::Pid(pid) => rss_kib(*pid, "VmRSS:").map(|k| k * 1024),
-            Memory::RedisInfo(url) => {
-                let mut c = redis::Client::open(url.as_str())
-                    .ok()?
-                    .get_multiplexed_async_connection()
-                    .await
-                    .ok()?;
-                let info: String = redis::cmd("INFO")
-                    .arg("memory")
-                    .query_async(&mut c)
-                    .await
-                    .ok()?;
-                info.lines()
-                    .find_map(|l| l.strip_prefix("used_memory:"))?
-                    .trim()
-                    .parse()
-                    .ok()
-            }
-            Memory::None => None,
-        }
-    }
 }
 
 fn payload(size: usize, i: u64) -> Vec<u8> {
@@ -288,6 +196,9 @@ async fn consume(
     consumers: usize,
     wait: Duration,
 ) -> Result<()> {
+    if let System::Sdk(url) = sys {
+        return systems::sdk::consume(url, queue, items, batch, consumers).await;
+    }
     let conns = connect_all(sys, queue, consumers).await?;
     consume_with(conns, items, batch, wait).await
 }
@@ -441,6 +352,8 @@ struct Target {
     name: String,
     system: System,
     memory: Memory,
+    /// The server process, for its CPU time.
+    cpu_pid: Option<u32>,
     _server: Option<Server>,
 }
 
@@ -450,29 +363,41 @@ async fn target(args: &Args, which: SystemName, server_bin: &std::path::Path) ->
         SystemName::WorkqMemory | SystemName::WorkqEmbedded => {
             let store = name.trim_start_matches("workq-");
             let server = Server::start(server_bin, store)?;
+            let system = match args.workq_acks {
+                systems::AckMode::Sdk => System::Sdk(server.url.replacen("http://", "grpc://", 1)),
+                mode => System::Workq(server.url.clone(), mode),
+            };
             Target {
-                system: System::Workq(server.url.clone(), args.workq_acks),
+                system,
                 memory: Memory::Pid(server.child.id()),
+                cpu_pid: Some(server.child.id()),
                 name,
                 _server: Some(server),
             }
         }
-        SystemName::Redis => Target {
+        SystemName::Redis | SystemName::RedisSdk => Target {
+            system: if which == SystemName::Redis {
+                System::Redis(args.redis.clone())
+            } else {
+                System::Sdk(args.redis.clone())
+            },
             name,
-            system: System::Redis(args.redis.clone()),
             memory: Memory::RedisInfo(args.redis.clone()),
+            cpu_pid: pid_of("redis-server"),
             _server: None,
         },
         SystemName::Amqp => Target {
             name,
             system: System::Amqp(args.amqp.clone()),
             memory: pid_of("beam.smp").map_or(Memory::None, Memory::Pid),
+            cpu_pid: pid_of("beam.smp"),
             _server: None,
         },
         SystemName::Nats => Target {
             name,
             system: System::Nats(args.nats.clone()),
             memory: pid_of("nats-server").map_or(Memory::None, Memory::Pid),
+            cpu_pid: pid_of("nats-server"),
             _server: None,
         },
     })
@@ -513,6 +438,7 @@ async fn run_round(args: &Args, t: &Target, round: usize, out: &mut Vec<Measure>
     .await?;
     push("lease+complete", args.items as f64 / s, "items/s");
     sys.reset(&q).await?;
+    let cpu_before = t.cpu_pid.and_then(server::cpu_us);
     let s = seconds(async {
         // try_join: a failed producer must not leave its consumer waiting forever.
         tokio::try_join!(
@@ -537,6 +463,15 @@ async fn run_round(args: &Args, t: &Target, round: usize, out: &mut Vec<Measure>
     })
     .await?;
     push("end to end", args.items as f64 / s, "items/s");
+    // The server's CPU per item: the figure that does not depend on how much
+    // of the machine the client takes.
+    if let (Some(before), Some(after)) = (cpu_before, t.cpu_pid.and_then(server::cpu_us)) {
+        push(
+            "server CPU e2e",
+            (after - before) / args.items as f64,
+            "µs/item",
+        );
+    }
     sys.reset(&q).await?;
     let mut lat = latency(sys, &q, args.latency_samples, args.consumers).await?;
     lat.sort_by(f64::total_cmp);
@@ -595,7 +530,7 @@ async fn memory(args: &Args, t: &Target, out: &mut Vec<Measure>) -> Result<()> {
 }
 
 async fn sweep(args: &Args, t: &Target, out: &mut Vec<Measure>) -> Result<()> {
-    for &consumers in &args.sweep {
+    for &consumers in &args.sweep.0 {
         let q = format!("bench-sweep-{}-{consumers}-{}", t.name, std::process::id());
         t.system.reset(&q).await?;
         let items = args.items / 2;
@@ -807,7 +742,7 @@ fn main() -> Result<()> {
         for t in &targets {
             memory(&args, t, &mut out).await.with_context(|| format!("{} memory", t.name))?;
         }
-        if !args.sweep.is_empty() {
+        if !args.sweep.0.is_empty() {
             eprintln!("end to end against consumer count");
             for t in &targets {
                 sweep(&args, t, &mut out).await.with_context(|| format!("{} sweep", t.name))?;

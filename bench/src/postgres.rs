@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 use worker_sdk::{LeaseOptions, NewItem};
 
-use crate::Server;
+use crate::server::Server;
 
 /// `workq-bench postgres` settings.
 #[derive(Debug, clap::Args)]

@@ -111,6 +111,19 @@ pub struct ConsumeArgs {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
+    /// Items taken ahead of free slots, waiting for one (their leases are
+    /// renewed meanwhile; a shutdown gives them back at once). Helps when
+    /// items are quick; other consumers cannot take them meanwhile.
+    #[arg(long, default_value_t = 0, value_name = "N", env = "WQ_PREFETCH")]
+    pub prefetch: u16,
+
+    /// Put each line the programs write after its item's id and a tab (as GNU
+    /// parallel's --tag). Output is forwarded line by line whenever
+    /// --concurrency is above 1 or --tag is given, so that no line is cut by
+    /// another program's.
+    #[arg(long, env = "WQ_TAG")]
+    pub tag: bool,
+
     /// Lease duration; renewed every third of it while the program runs.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "WQ_LEASE",
           value_name = "DURATION")]
@@ -158,6 +171,8 @@ impl ConsumeArgs {
         let mut opts = ConsumeOptions::new(self.program.clone());
         opts.count = self.count;
         opts.concurrency = usize::from(self.concurrency.max(1));
+        opts.prefetch = usize::from(self.prefetch);
+        opts.tag = self.tag;
         opts.lease = self.lease;
         opts.grace = self.grace;
         opts.until_empty = self.until_empty;

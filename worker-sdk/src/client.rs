@@ -150,6 +150,17 @@ impl Queue {
         &self.name
     }
 
+    /// The queue service connection, when this queue is on one (the
+    /// streaming forms are the queue service's).
+    #[cfg(feature = "grpc")]
+    pub(crate) fn grpc(&self) -> Option<&crate::backend::grpc::GrpcBackend> {
+        match &self.backend {
+            Backend::Grpc(b) => Some(b),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// Creates the queue; `Ok(false)` when it already existed with these settings.
     pub async fn create(&self, settings: &QueueSettings) -> Result<bool> {
         Ok(self.backend.create_queue(&self.name, settings).await?.1)

@@ -1,7 +1,13 @@
 //! `wq consume`: work a queue with an unmodified program, one process per item.
 //!
 //! Each item's payload is written to the program's standard input, which is then
-//! closed; the program's standard output and error are the wrapper's. The program
+//! closed. With one program at a time, its standard output and error are the
+//! wrapper's; with several ([`ConsumeOptions::concurrency`]) or a
+//! [`ConsumeOptions::tag`], they are forwarded line by line, so that a line is
+//! never cut by another program's (as GNU parallel's `--line-buffer`), each
+//! after the item's id and a tab with `tag` (`--tag`). A program whose
+//! background children keep its output open holds its item until they close
+//! it. The program
 //! also finds `WQ_ITEM_ID`, `WQ_ATTEMPT` and `WQ_QUEUE` in its environment. It
 //! runs in a process group of its own, so that signals reach a shell's children
 //! too.
@@ -31,6 +37,8 @@ use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
+
+mod output;
 
 use crate::client::Queue;
 use crate::error::Result;
@@ -80,6 +88,11 @@ pub struct ConsumeOptions {
     pub poll_wait: Duration,
     /// Whether SIGTERM and SIGINT are handled (default: yes).
     pub handle_signals: bool,
+    /// Items taken ahead, waiting for a free slot (see
+    /// [`WorkerOptions::prefetch`]; default 0).
+    pub prefetch: usize,
+    /// Put each line of output after its item's id and a tab.
+    pub tag: bool,
 }
 
 impl ConsumeOptions {
@@ -95,6 +108,8 @@ impl ConsumeOptions {
             fatal_exit_codes: BTreeSet::new(),
             poll_wait: Duration::from_secs(2),
             handle_signals: true,
+            prefetch: 0,
+            tag: false,
         }
     }
 }
@@ -135,6 +150,7 @@ pub async fn consume(queue: &Queue, opts: ConsumeOptions) -> Result<ConsumeRepor
     let shutdown = CancellationToken::new();
     let mut wopts = WorkerOptions::default()
         .concurrency(opts.concurrency)
+        .prefetch(opts.prefetch)
         .lease(opts.lease)
         .grace(opts.grace)
         .poll_wait(opts.poll_wait)
@@ -145,18 +161,29 @@ pub async fn consume(queue: &Queue, opts: ConsumeOptions) -> Result<ConsumeRepor
         wopts = wopts.max_items(n);
     }
     let cannot_start = Arc::new(Mutex::new(None::<String>));
+    let (lines, writers) = if opts.concurrency > 1 || opts.tag {
+        let (l, w) = output::start(opts.tag);
+        (Some(l), Some(w))
+    } else {
+        (None, None)
+    };
     let runner = Arc::new(Runner {
         program: opts.program,
         fatal: opts.fatal_exit_codes,
         stop_all: shutdown,
         cannot_start: cannot_start.clone(),
+        lines,
     });
     let summary = queue
         .work(wopts, move |job: Job| {
             let runner = runner.clone();
             async move { runner.run(job).await }
         })
-        .await?;
+        .await;
+    if let Some(w) = writers {
+        w.finish().await;
+    }
+    let summary = summary?;
     let cannot_start = cannot_start.lock().map(|g| g.clone()).unwrap_or_default();
     let summary = if cannot_start.is_some() {
         // The stop was ours, not a signal's.
@@ -179,6 +206,8 @@ struct Runner {
     fatal: BTreeSet<i32>,
     stop_all: CancellationToken,
     cannot_start: Arc<Mutex<Option<String>>>,
+    /// Where output goes line by line; `None`: the wrapper's own.
+    lines: Option<output::Lines>,
 }
 
 impl Runner {
@@ -193,8 +222,8 @@ impl Runner {
             .env("WQ_ATTEMPT", item.attempt.to_string())
             .env("WQ_QUEUE", job.queue().as_str())
             .stdin(Stdio::piped())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stdout(self.output())
+            .stderr(self.output())
             .process_group(0)
             .kill_on_drop(true);
         let mut child = match cmd.spawn() {
@@ -215,6 +244,10 @@ impl Runner {
                 .and_then(|p| i32::try_from(p).ok())
                 .map(Pid::from_raw),
         );
+        let forwarded = self
+            .lines
+            .as_ref()
+            .map(|l| l.forward(&item.id, child.stdout.take(), child.stderr.take()));
         if let Some(mut stdin) = child.stdin.take() {
             let payload = item.payload.clone();
             tokio::spawn(async move {
@@ -233,6 +266,10 @@ impl Runner {
         let status =
             status.map_err(|e| WorkError::release(format!("waiting for the program: {e}")))?;
         group.disarm();
+        if let Some(f) = forwarded {
+            // Its last lines out before its item is finished.
+            let _ = f.await;
+        }
         if status.success() {
             return Ok(());
         }
@@ -245,6 +282,17 @@ impl Runner {
                 Err(WorkError::fatal(format!("{why} (a fatal exit code)")))
             }
             _ => Err(WorkError::retry(why)),
+        }
+    }
+}
+
+impl Runner {
+    /// A program's standard output or error: piped when forwarded by line.
+    fn output(&self) -> Stdio {
+        if self.lines.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
         }
     }
 }

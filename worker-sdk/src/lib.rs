@@ -12,10 +12,14 @@
 //!   [`Queue::create`], [`Queue::update`], [`Queue::purge`], [`Queue::delete`],
 //!   [`Client::list_queues`], [`Client::server_info`];
 //!   [`Queue::hold`] wraps a leased item in a [`LeaseHandle`] that renews it;
-//! - **high level**: [`Queue::work`], a worker loop that runs up to N items at once,
+//! - **high level**: [`Queue::work`], a worker loop (on the queue service, on
+//!   one `Work` stream) that runs up to N items at once,
 //!   renews their leases, completes or fails each by what the handler answers,
 //!   stops taking work on SIGTERM/SIGINT and releases what it holds, and returns
 //!   when the queue is drained;
+//! - **[`Queue::producer`]**: a [`Producer`] pushing batch after batch on one
+//!   stream, each send answered once its batch is durable, a bounded number
+//!   in flight;
 //! - **[`consume()`]**: the same loop running an unmodified program per item, which
 //!   is what `wq consume` does.
 //!
@@ -95,6 +99,7 @@
 //! | [`worker`] | [`Queue::work`], its options, [`Job`], [`WorkError`], [`WorkSummary`] |
 //! | [`mod@consume`] | running a program per item: what `wq consume` is |
 //! | `cli` | `wq consume`'s flags as a clap `Args`, and running them (feature `cli`) |
+//! | [`mod@producer`] | [`Producer`]: batches pushed on an `EnqueueStream`, with back-pressure |
 //! | [`ack`] | [`ack::Acker`]: completions batched in the background |
 //! | [`retry`] | [`retry::Backoff`]: the one back-off, on tokio's clock |
 //! | [`backend`] | the seam between the SDK and the systems that hold queues |
@@ -111,6 +116,7 @@ pub mod credentials;
 pub mod error;
 mod finish;
 pub mod lease;
+pub mod producer;
 mod random;
 pub mod retry;
 pub mod types;
@@ -122,6 +128,7 @@ pub use consume::{ConsumeOptions, ConsumeReport, consume};
 pub use credentials::ConnectOptions;
 pub use error::{Error, LeaseLostReason, Result};
 pub use lease::LeaseHandle;
+pub use producer::Producer;
 pub use types::{
     DeadItem, Failure, ItemId, LeaseOptions, LeaseToken, Leased, LeasedItem, NewItem, Page, Pushed,
     QueueInfo, QueueName, QueueSettings, QueueState, RequeueDead, ServerInfo, Stats,

@@ -151,9 +151,10 @@ async fn a_worker_that_vanishes_mid_item_loses_it_to_the_next_after_the_lease() 
     let t = TestServer::start().await;
     let q = sealed(&t, "sdk-crash", &["precious"]).await;
 
+    // On unary calls (until_empty): nothing tells the server, the lease runs out.
     let (doomed, mut started) = spawn_work(
         &q,
-        opts().lease(Duration::from_secs(1)),
+        opts().lease(Duration::from_secs(1)).until_empty(true),
         |_job: Job| async {
             std::future::pending::<()>().await;
             Ok(())
@@ -169,6 +170,40 @@ async fn a_worker_that_vanishes_mid_item_loses_it_to_the_next_after_the_lease() 
     assert_eq!(attempts, [2]);
     let s = q.stats().await.expect("stats");
     assert_eq!((s.completed, s.retried), (1, 1));
+}
+
+// Timers on tokio's paused clock, the server's leases too (it runs in this
+// runtime): leases expire and renew without real waits.
+#[tokio::test(start_paused = true)]
+async fn a_stream_worker_that_vanishes_mid_item_gives_it_back_at_once() {
+    let t = TestServer::start().await;
+    let q = sealed(&t, "sdk-crash-stream", &["precious", "next"]).await;
+
+    // On the Work stream: its end (the worker's connection or call gone)
+    // releases what it held at once, counting no attempt.
+    let (doomed, mut started) = spawn_work(
+        &q,
+        opts().lease(Duration::from_secs(60)).prefetch(1),
+        |_job: Job| async {
+            std::future::pending::<()>().await;
+            Ok(())
+        },
+    );
+    started.recv().await.expect("started");
+    doomed.abort();
+    assert!(doomed.await.is_err_and(|e| e.is_cancelled()));
+
+    // Well before the lease would run out, both items are worked again.
+    let (summary, attempts) = tokio::time::timeout(
+        Duration::from_secs(10),
+        work_noting(&q, opts(), |job| job.item().attempt),
+    )
+    .await
+    .expect("given back before the lease ran out");
+    assert_eq!(summary.stop, StopReason::Drained);
+    assert_eq!(attempts, [1, 1]);
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.completed, s.retried), (2, 0));
 }
 
 // Timers on tokio's paused clock, the server's leases too (it runs in this

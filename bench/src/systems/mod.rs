@@ -6,7 +6,8 @@
 //!
 //! | module | system |
 //! |---|---|
-//! | [`workq`] | workq over gRPC, unary or streaming ([`AckMode`]) |
+//! | [`sdk`] | workq or Redis through the worker SDK (worker loop, producer): what users run |
+//! | [`workq`] | workq over gRPC, unary or streaming ([`AckMode`]): the raw modes |
 //! | [`redis`] | Redis with the tutorial's `rediswq.py` protocol |
 //! | [`amqp`] | RabbitMQ, persistent messages, confirms, manual acks |
 //! | [`nats`] | NATS JetStream, a work-queue stream and a pull consumer |
@@ -14,6 +15,7 @@
 pub mod amqp;
 pub mod nats;
 pub mod redis;
+pub mod sdk;
 pub mod workq;
 
 use anyhow::Result;
@@ -30,6 +32,9 @@ pub enum SystemName {
     WorkqEmbedded,
     /// Redis, rediswq protocol.
     Redis,
+    /// Redis at its best: the worker SDK's own Redis backend (Lua batch
+    /// lease and complete, pipelined).
+    RedisSdk,
     /// RabbitMQ.
     Amqp,
     /// NATS JetStream.
@@ -43,6 +48,7 @@ impl SystemName {
             SystemName::WorkqMemory => "workq-memory",
             SystemName::WorkqEmbedded => "workq-embedded",
             SystemName::Redis => "redis",
+            SystemName::RedisSdk => "redis-sdk",
             SystemName::Amqp => "amqp",
             SystemName::Nats => "nats",
         }
@@ -56,6 +62,8 @@ pub enum System {
     Workq(String, AckMode),
     /// Redis at this URL, rediswq layout.
     Redis(String),
+    /// Through the worker SDK at this URL (`grpc://…` or `redis://…`).
+    Sdk(String),
     /// RabbitMQ at this AMQP URL.
     Amqp(String),
     /// NATS JetStream at this address.
@@ -70,6 +78,8 @@ pub enum Conn {
     Workq(workq::Conn),
     /// Redis.
     Redis(redis::Conn),
+    /// Through the worker SDK.
+    Sdk(sdk::Conn),
     /// RabbitMQ.
     Amqp(amqp::Conn),
     /// NATS JetStream.
@@ -84,6 +94,7 @@ impl System {
             Conn::Workq(mut c) => c.create().await,
             // A Redis list exists once something is pushed.
             Conn::Redis(_) => Ok(()),
+            Conn::Sdk(mut c) => c.create().await,
             Conn::Amqp(mut c) => c.create().await,
             Conn::Nats(mut c) => c.create().await,
         }
@@ -94,6 +105,7 @@ impl System {
         match self.connect(queue).await? {
             Conn::Workq(mut c) => c.drop_queue().await,
             Conn::Redis(mut c) => c.drop_queue().await,
+            Conn::Sdk(mut c) => c.drop_queue().await,
             Conn::Amqp(mut c) => c.drop_queue().await,
             Conn::Nats(mut c) => c.drop_queue().await,
         }
@@ -104,6 +116,7 @@ impl System {
         Ok(match self {
             System::Workq(url, mode) => Conn::Workq(workq::Conn::connect(url, queue, *mode).await?),
             System::Redis(url) => Conn::Redis(redis::Conn::connect(url, queue).await?),
+            System::Sdk(url) => Conn::Sdk(sdk::Conn::connect(url, queue).await?),
             System::Amqp(url) => Conn::Amqp(amqp::Conn::connect(url, queue).await?),
             System::Nats(addr) => Conn::Nats(nats::Conn::connect(addr, queue).await?),
         })
@@ -116,6 +129,7 @@ impl Conn {
         match self {
             Conn::Workq(c) => c.enqueue(items).await,
             Conn::Redis(c) => c.enqueue(items).await,
+            Conn::Sdk(c) => c.enqueue(items).await,
             Conn::Amqp(c) => c.enqueue(items).await,
             Conn::Nats(c) => c.enqueue(items).await,
         }
@@ -143,6 +157,7 @@ impl Conn {
     pub async fn seal(&mut self) -> Result<()> {
         match self {
             Conn::Workq(c) => c.seal().await,
+            Conn::Sdk(c) => c.seal().await,
             _ => Ok(()),
         }
     }
@@ -156,6 +171,7 @@ impl Conn {
         let items = match self {
             Conn::Workq(c) => c.take(max, wait, &mut leased_at).await?,
             Conn::Redis(c) => c.take(wait, &mut leased_at).await?,
+            Conn::Sdk(c) => c.take(max, wait, &mut leased_at).await?,
             Conn::Amqp(c) => c.take(max, wait, &mut leased_at).await?,
             Conn::Nats(c) => c.take(max, wait, &mut leased_at).await?,
         };

@@ -11,7 +11,11 @@ use std::time::Duration;
 /// ways to hand in finished items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum AckMode {
-    /// As the worker SDK does: a background task sends whatever tokens
+    /// Through the worker SDK, as users run it: its worker loop (on a
+    /// `Work` stream) and its producer (on an `EnqueueStream`); see
+    /// [`super::sdk`]. The other modes drive the API by hand.
+    Sdk,
+    /// As the worker SDK's unary loop does: a background task sends whatever tokens
     /// gathered as one Complete call while the previous one is in flight;
     /// leasing goes on meanwhile.
     Background,
@@ -437,7 +441,7 @@ impl Conn {
                         })
                         .await?;
                 }
-                AckMode::Background => {
+                AckMode::Background | AckMode::Sdk => {
                     if self.acker.is_none() {
                         self.acker = Some(Acker::start(&self.url, &self.queue).await?);
                     }

@@ -1,6 +1,12 @@
 //! The `grpc://` backend: the workq queue service, through the client generated
 //! from `proto/workq/v1/queue.proto`. Proto structs live here and nowhere else.
 
+mod streams;
+
+pub(crate) use streams::{
+    EnqueueBatch, EnqueueStream, WorkAnswer, WorkEvent, WorkRequest, WorkStream,
+};
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -408,15 +414,7 @@ impl GrpcBackend {
         let n = items.len();
         let req = pb::EnqueueRequest {
             queue: queue.to_string(),
-            items: items
-                .into_iter()
-                .map(|i| pb::NewItem {
-                    payload: i.payload.into(),
-                    attributes: i.attributes.into_iter().collect(),
-                    idempotency_key: i.idempotency_key.unwrap_or_default(),
-                    delay: i.delay.map(time::duration),
-                })
-                .collect(),
+            items: items.into_iter().map(new_item_to_pb).collect(),
             create_queue: create,
             request_id: crate::random::random_uuid(),
         };
@@ -488,19 +486,7 @@ impl GrpcBackend {
             .into_inner();
         let state = state_from_pb(resp.queue_state);
         Ok(Leased {
-            items: resp
-                .items
-                .into_iter()
-                .map(|i| LeasedItem {
-                    id: ItemId(i.id),
-                    token: LeaseToken(i.lease_token),
-                    payload: i.payload.into(),
-                    attributes: i.attributes.into_iter().collect(),
-                    attempt: u32::try_from(i.attempt).unwrap_or(0),
-                    lease_deadline: system_time(i.lease_expire_time.as_ref()),
-                    enqueued_at: system_time(i.enqueue_time.as_ref()),
-                })
-                .collect(),
+            items: resp.items.into_iter().map(leased_from_pb).collect(),
             drained: state.is_drained(),
             empty: state.is_empty(),
         })
@@ -732,23 +718,50 @@ fn token_results(
     }
     Ok(results
         .into_iter()
-        .map(|r| {
-            match pb::TokenOutcome::try_from(r.outcome).unwrap_or(pb::TokenOutcome::Unspecified) {
-                pb::TokenOutcome::Done => Ok(()),
-                pb::TokenOutcome::AlreadyDone => {
-                    tracing::debug!(queue = %queue, token = %r.lease_token, "already done by an earlier try");
-                    Ok(())
-                }
-                pb::TokenOutcome::Refused | pb::TokenOutcome::Unspecified => {
-                    let status = r.problem.as_ref().map_or_else(
-                        || tonic::Status::unknown("token refused without a problem"),
-                        workq_proto::errors::problem_status,
-                    );
-                    Err(Error::from_token_status(queue.as_str(), status))
-                }
-            }
-        })
+        .map(|r| token_outcome(queue, r))
         .collect())
+}
+
+/// One token's outcome in a `per_token_results` answer: done now or by an
+/// earlier try is `Ok`.
+fn token_outcome(queue: &QueueName, r: pb::TokenResult) -> Result<()> {
+    match pb::TokenOutcome::try_from(r.outcome).unwrap_or(pb::TokenOutcome::Unspecified) {
+        pb::TokenOutcome::Done => Ok(()),
+        pb::TokenOutcome::AlreadyDone => {
+            tracing::debug!(queue = %queue, token = %r.lease_token, "already done by an earlier try");
+            Ok(())
+        }
+        pb::TokenOutcome::Refused | pb::TokenOutcome::Unspecified => {
+            let status = r.problem.as_ref().map_or_else(
+                || tonic::Status::unknown("token refused without a problem"),
+                workq_proto::errors::problem_status,
+            );
+            Err(Error::from_token_status(queue.as_str(), status))
+        }
+    }
+}
+
+/// A leased item from the wire.
+fn leased_from_pb(i: pb::LeasedItem) -> LeasedItem {
+    LeasedItem {
+        id: ItemId(i.id),
+        token: LeaseToken(i.lease_token),
+        payload: i.payload.into(),
+        attributes: i.attributes.into_iter().collect(),
+        attempt: u32::try_from(i.attempt).unwrap_or(0),
+        lease_deadline: system_time(i.lease_expire_time.as_ref()),
+        enqueued_at: system_time(i.enqueue_time.as_ref()),
+    }
+}
+
+/// A new item for the wire.
+fn new_item_to_pb(i: NewItem) -> pb::NewItem {
+    pb::NewItem {
+        payload: i.payload.into(),
+        attributes: i.attributes.into_iter().collect(),
+        idempotency_key: i.idempotency_key.unwrap_or_default(),
+        delay: i.delay.map(time::duration),
+    }
 }
 
 fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {

@@ -1,4 +1,5 @@
-//! One item's task: run the handler, then complete, fail or release the item;
+//! One item's task: run the handler, then complete, fail or release the item
+//! (on a `Work` stream: hand the completion to the loop);
 //! and the shutdown plumbing the loop shares with those tasks.
 
 use std::future::Future;
@@ -15,7 +16,9 @@ use super::summary::ItemOutcome;
 use crate::ack::Acker;
 use crate::client::Queue;
 use crate::error::{Error, Result};
-use crate::types::{Failure, LeasedItem};
+use crate::finish::{FinishKind, Finished, finish_retrying};
+use crate::types::{Failure, LeaseToken, LeasedItem};
+use tokio::time::Instant;
 
 /// Aborts a task when dropped.
 pub(super) struct AbortOnDrop(pub(super) tokio::task::AbortHandle);
@@ -165,4 +168,110 @@ where
         tracing::warn!(item = %id, error = %e, "could not finish item");
         ItemOutcome::Lost
     })
+}
+
+/// What an item task ends with.
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+pub(super) enum Done {
+    /// The handler succeeded: complete it on the stream.
+    Complete,
+    /// Failed, released or lost, by a unary call.
+    Finished(ItemOutcome),
+}
+
+/// Runs one item's handler, then fails or releases it by a unary call, or
+/// answers that it is to be completed.
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+pub(super) async fn run_streamed_item<H, Fut>(
+    queue: Queue,
+    item: LeasedItem,
+    handler: Arc<H>,
+    stop: Stop,
+    lease_lost: CancellationToken,
+    lease: Duration,
+) -> Done
+where
+    H: Fn(Job) -> Fut,
+    Fut: Future<Output = std::result::Result<(), WorkError>>,
+{
+    let (id, token) = (item.id.clone(), item.token.clone());
+    let Stop {
+        shutdown,
+        hard_stop,
+    } = stop;
+    let job = Job {
+        item,
+        queue: queue.name().clone(),
+        shutdown,
+        lease_lost,
+    };
+    let work = AssertUnwindSafe(handler(job)).catch_unwind();
+    let answer = tokio::select! {
+        biased;
+        r = work => Some(r.unwrap_or_else(|_| Err(WorkError::retry("the handler panicked")))),
+        () = hard_stop.cancelled() => None,
+    };
+    if let Some(Ok(())) = answer {
+        return Done::Complete;
+    }
+    let what = format!("item {id}");
+    let give_up = Instant::now() + lease.max(workq_proto::defaults::LEASE);
+    let tokens = [token];
+    let release = || async {
+        finish_retrying(FinishKind::Release, &what, give_up, || {
+            queue.release(&tokens)
+        })
+        .await
+        .map(|_| ItemOutcome::Released)
+    };
+    let finished = match answer {
+        Some(Ok(())) => return Done::Complete,
+        None => {
+            tracing::info!(item = %id, "grace period over: releasing");
+            release().await
+        }
+        Some(Err(e)) => match e.disposition {
+            Disposition::Release => release().await,
+            Disposition::Retry { after } => {
+                tracing::warn!(queue = %queue.name(), item = %id, reason = %e.reason, "item failed (retriable)");
+                let failure = Failure {
+                    fatal: false,
+                    reason: e.reason,
+                    retry_after: after,
+                };
+                fail(&queue, &tokens, failure, &what, give_up).await
+            }
+            Disposition::Fatal => {
+                tracing::warn!(queue = %queue.name(), item = %id, reason = %e.reason, "item failed (fatal)");
+                fail(&queue, &tokens, Failure::fatal(e.reason), &what, give_up).await
+            }
+        },
+    };
+    Done::Finished(finished.unwrap_or_else(|e| {
+        tracing::warn!(item = %id, error = %e, "could not finish item");
+        ItemOutcome::Lost
+    }))
+}
+
+/// Fails `tokens` (one item), retrying as a lease handle does.
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+async fn fail(
+    queue: &Queue,
+    tokens: &[LeaseToken; 1],
+    failure: Failure,
+    what: &str,
+    give_up: Instant,
+) -> Result<ItemOutcome> {
+    let fatal = failure.fatal;
+    let kind = if fatal {
+        FinishKind::FailFatal
+    } else {
+        FinishKind::FailRetry
+    };
+    let done = finish_retrying(kind, what, give_up, || queue.fail(tokens, &failure)).await?;
+    let dead = match done {
+        Finished::Answered(dead) => dead > 0,
+        Finished::Anyway { dead } => dead,
+    };
+    Ok(ItemOutcome::Failed { fatal, dead })
 }

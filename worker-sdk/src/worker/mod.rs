@@ -30,6 +30,8 @@
 mod item;
 mod job;
 mod options;
+#[cfg(feature = "grpc")]
+mod stream;
 mod summary;
 
 use std::future::Future;
@@ -115,6 +117,30 @@ impl Queue {
             .abort_handle(),
         );
 
+        #[cfg(feature = "grpc")]
+        if let Some(grpc) = self.grpc().filter(|_| !opts.until_empty) {
+            let (ended, summary) =
+                stream::work_streamed(self, grpc, &opts, handler, hard_stop.clone()).await;
+            return finish_summary(summary, ended, &signal);
+        }
+        let (ended, summary) = self.work_unary(&opts, handler, hard_stop.clone()).await;
+        finish_summary(summary, ended, &signal)
+    }
+
+    /// The worker loop on unary calls: lease, then complete in the
+    /// background (Redis, RabbitMQ, and the queue service with
+    /// `until_empty`, which the stream cannot tell).
+    async fn work_unary<H, Fut>(
+        &self,
+        opts: &WorkerOptions,
+        handler: Arc<H>,
+        hard_stop: CancellationToken,
+    ) -> (Result<StopReason>, WorkSummary)
+    where
+        H: Fn(Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), WorkError>> + Send + 'static,
+    {
+        let shutdown = opts.shutdown.clone();
         let slots = Arc::new(Semaphore::new(opts.concurrency));
         // Batched completions pay off only when several items finish together.
         let acker = (opts.concurrency > 1).then(|| Acker::start(self.clone()));
@@ -230,17 +256,25 @@ impl Queue {
         while let Some(done) = tasks.join_next().await {
             summary.add(joined(done));
         }
-
-        summary.signal = match signal.load(Ordering::SeqCst) {
-            0 => None,
-            s => Some(s),
-        };
-        summary.stop = match ended? {
-            StopReason::Shutdown { .. } => StopReason::Shutdown {
-                signal: summary.signal,
-            },
-            other => other,
-        };
-        Ok(summary)
+        (ended, summary)
     }
+}
+
+/// The summary of a loop that ended with `ended`, with the signal seen.
+fn finish_summary(
+    mut summary: WorkSummary,
+    ended: Result<StopReason>,
+    signal: &AtomicI32,
+) -> Result<WorkSummary> {
+    summary.signal = match signal.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    };
+    summary.stop = match ended? {
+        StopReason::Shutdown { .. } => StopReason::Shutdown {
+            signal: summary.signal,
+        },
+        other => other,
+    };
+    Ok(summary)
 }

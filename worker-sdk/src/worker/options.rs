@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     pub(super) concurrency: usize,
+    pub(super) prefetch: usize,
     pub(super) lease: Duration,
     pub(super) poll_wait: Duration,
     pub(super) max_items: Option<u64>,
@@ -24,6 +25,7 @@ impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {
             concurrency: 1,
+            prefetch: 0,
             lease: workq_proto::defaults::LEASE,
             poll_wait: Duration::from_secs(2),
             max_items: None,
@@ -40,6 +42,18 @@ impl WorkerOptions {
     /// Items run at once (at least 1).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Items taken ahead, waiting for a free slot (default 0): with a fast
+    /// handler, a prefetch about the size of the concurrency keeps the slots
+    /// busy while the next items are on their way. Prefetched items are
+    /// leased, so other workers cannot take them meanwhile; their leases are
+    /// renewed while they wait, and a shutdown releases them at once. The
+    /// queue service's `Work` stream only (its credit is concurrency plus
+    /// prefetch); other backends take only what free slots can run.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n;
         self
     }
 

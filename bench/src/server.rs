@@ -1,0 +1,129 @@
+//! The servers under test: a queue-server process started for the workq
+//! systems, and what the bench reads of a server process from `/proc`
+//! (resident memory, CPU time).
+
+use anyhow::{Context, Result};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// A queue-server process for the workq systems.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// `bin` on `store` (memory or embedded, in a temporary directory).
+    pub fn start(bin: &std::path::Path, store: &str) -> Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().to_str().context("utf-8 temp dir")?;
+        let mut server = Server::spawn(bin, &["--store", store, "--data-dir", data])?;
+        server._dir = dir;
+        Ok(server)
+    }
+
+    /// Starts `bin` on ephemeral ports with `args` added.
+    pub fn spawn(bin: &std::path::Path, args: &[&str]) -> Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let mut child = Command::new(bin)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                // As deployed: metrics recorded and served.
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("grpc="))
+            .context("no grpc address")?
+            .to_string();
+        Ok(Server {
+            child,
+            url: format!("http://{addr}"),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rss_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+pub fn pid_of(name: &str) -> Option<u32> {
+    let out = Command::new("pgrep")
+        .args(["-o", "-f", name])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// How to read a system's server memory, in bytes.
+pub enum Memory {
+    Pid(u32),
+    RedisInfo(String),
+    None,
+}
+
+impl Memory {
+    pub async fn bytes(&self) -> Option<u64> {
+        match self {
+            Memory::Pid(pid) => rss_kib(*pid, "VmRSS:").map(|k| k * 1024),
+            Memory::RedisInfo(url) => {
+                let mut c = redis::Client::open(url.as_str())
+                    .ok()?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .ok()?;
+                let info: String = redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async(&mut c)
+                    .await
+                    .ok()?;
+                info.lines()
+                    .find_map(|l| l.strip_prefix("used_memory:"))?
+                    .trim()
+                    .parse()
+                    .ok()
+            }
+            Memory::None => None,
+        }
+    }
+}
+
+/// User plus system CPU time of process `pid` so far, in microseconds
+/// (`/proc/<pid>/stat` fields 14 and 15, in clock ticks).
+pub fn cpu_us(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from after its ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ: 100 on every Linux the bench runs on (`getconf CLK_TCK`).
+    const TICKS_PER_S: f64 = 100.0;
+    Some((utime + stime) / TICKS_PER_S * 1e6)
+}

@@ -1,0 +1,586 @@
+//! The worker loop on a `Work` stream: what [`Queue::work`] runs on the queue
+//! service.
+//!
+//! # How it runs
+//! One stream per loop. The loop grants credit for what it can take — free
+//! slots ([`WorkerOptions::concurrency`]) plus [`WorkerOptions::prefetch`]
+//! items waiting for a slot — and the server pushes items as they come.
+//! Each item runs in a task of its own; when its handler succeeds, its token
+//! joins the next completion message, sent once half a window gathered or
+//! the oldest waited 1 ms, at once when nothing else runs (at most four
+//! unanswered): the batch grows with the load. Failures and releases are
+//! unary calls, as the stream carries none. Every lease held — running,
+//! waiting for a slot, or waiting for its completion's answer — is renewed
+//! on the stream every third of [`WorkerOptions::lease`]; a refused renewal
+//! cancels the item's [`Job::lease_lost`].
+//!
+//! # When the stream breaks
+//! A stream the server ended without saying "drained", or a lost connection,
+//! is opened again with back-off. The server released what the old stream
+//! held (or, after a restart, every lease is gone), so the items waiting for
+//! a slot are dropped (they come again, no attempt counted); running handlers
+//! go on, and completions whose answer did not come are sent again on the
+//! new stream, where "already done" (or, as for unary retries, a refusal
+//! whose reason shows the item completed) counts as completed. An item is
+//! never completed twice: the server fences every token.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::{Id, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::item::{Done, Stop, release_untried, run_streamed_item};
+use super::job::{Job, WorkError};
+use super::options::WorkerOptions;
+use super::summary::{ItemOutcome, StopReason, WorkSummary};
+use crate::backend::grpc::{GrpcBackend, WorkAnswer, WorkEvent, WorkRequest, WorkStream};
+use crate::client::Queue;
+use crate::error::{Error, Result};
+use crate::finish::{FinishKind, retry_delay};
+use crate::retry::Backoff;
+use crate::types::{LeaseToken, LeasedItem};
+
+/// Most tokens in one message (the queue service's batch limit).
+const MAX_TOKENS: usize = 1000;
+
+/// Completion messages unanswered at once, at most.
+const COMPLETIONS_IN_FLIGHT: usize = 4;
+
+/// A completion waits at most this long for others to go with it.
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
+
+/// Renewal never more often than this.
+const MIN_RENEW_EVERY: Duration = Duration::from_millis(50);
+
+/// A lease the loop holds.
+struct Held {
+    /// Cancelled when a renewal is refused.
+    lost: CancellationToken,
+    /// When it was last renewed (or leased).
+    renewed: Instant,
+}
+
+/// A message sent and not yet answered.
+struct Sent {
+    /// Tokens to complete, each with whether it was sent before.
+    complete: Vec<(LeaseToken, bool)>,
+    renew: Vec<LeaseToken>,
+}
+
+/// The loop's state between turns.
+struct Loop<'a> {
+    queue: &'a Queue,
+    grpc: &'a GrpcBackend,
+    opts: &'a WorkerOptions,
+    stream: Option<WorkStream>,
+    /// Granted and not yet received.
+    open_credit: usize,
+    /// Received, waiting for a slot.
+    waiting: VecDeque<LeasedItem>,
+    held: HashMap<LeaseToken, Held>,
+    /// Task of each running item.
+    running: HashMap<Id, LeaseToken>,
+    /// Succeeded, to be completed; with whether sent before.
+    to_complete: Vec<(LeaseToken, bool)>,
+    sent: HashMap<i64, Sent>,
+    /// Completion messages in `sent`.
+    completions_in_flight: usize,
+    /// Since when `to_complete` holds tokens not sent.
+    pending_since: Option<Instant>,
+    next_sequence: i64,
+    drained: bool,
+    summary: WorkSummary,
+}
+
+/// Runs the worker loop on `grpc`'s `Work` stream; the shutdown plumbing
+/// (signals, grace timer) is the caller's.
+pub(super) async fn work_streamed<H, Fut>(
+    queue: &Queue,
+    grpc: &GrpcBackend,
+    opts: &WorkerOptions,
+    handler: Arc<H>,
+    hard_stop: CancellationToken,
+) -> (Result<StopReason>, WorkSummary)
+where
+    H: Fn(Job) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), WorkError>> + Send + 'static,
+{
+    let mut l = Loop {
+        queue,
+        grpc,
+        opts,
+        stream: None,
+        open_credit: 0,
+        waiting: VecDeque::new(),
+        held: HashMap::new(),
+        running: HashMap::new(),
+        to_complete: Vec::new(),
+        sent: HashMap::new(),
+        completions_in_flight: 0,
+        pending_since: None,
+        next_sequence: 0,
+        drained: false,
+        summary: WorkSummary::new(),
+    };
+    let ended = l.run(handler, hard_stop).await;
+    (ended, l.summary)
+}
+
+impl Loop<'_> {
+    #[allow(clippy::too_many_lines)]
+    async fn run<H, Fut>(
+        &mut self,
+        handler: Arc<H>,
+        hard_stop: CancellationToken,
+    ) -> Result<StopReason>
+    where
+        H: Fn(Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), WorkError>> + Send + 'static,
+    {
+        let shutdown = self.opts.shutdown.clone();
+        let renew_every = (self.opts.lease / 3).max(MIN_RENEW_EVERY);
+        // Ticks twice per period: a lease is renewed within half its duration.
+        let tick = renew_every / 2;
+        let mut renew_tick = tokio::time::interval_at(Instant::now() + tick, tick);
+        renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tasks: JoinSet<(LeaseToken, Done)> = JoinSet::new();
+        let mut backoff = Backoff::for_server();
+        let mut reconnect_at: Option<Instant> = None;
+        // Set once the loop takes no more work: how it ends.
+        let mut ending: Option<Result<StopReason>> = None;
+
+        loop {
+            while let Some(r) = tasks.try_join_next_with_id() {
+                self.task_done(r);
+            }
+            if ending.is_none() {
+                if shutdown.is_cancelled() {
+                    ending = Some(Ok(StopReason::Shutdown { signal: None }));
+                    // What waits for a slot goes back at once.
+                    let waiting: Vec<LeasedItem> = self.waiting.drain(..).collect();
+                    for i in &waiting {
+                        self.held.remove(&i.token);
+                    }
+                    release_untried(self.queue, waiting).await;
+                } else if self
+                    .opts
+                    .max_items
+                    .is_some_and(|m| self.summary.leased >= m)
+                {
+                    ending = Some(Ok(StopReason::Limit));
+                } else if self.drained && self.waiting.is_empty() {
+                    ending = Some(Ok(StopReason::Drained));
+                }
+            }
+            // Start what waits, in free slots.
+            while tasks.len() < self.opts.concurrency && !shutdown.is_cancelled() {
+                let Some(item) = self.waiting.pop_front() else {
+                    break;
+                };
+                let Some(lost) = self.held.get(&item.token).map(|h| h.lost.clone()) else {
+                    continue;
+                };
+                if lost.is_cancelled() {
+                    // Its lease ran out while it waited: it comes again.
+                    self.held.remove(&item.token);
+                    continue;
+                }
+                self.summary.leased += 1;
+                if ending.is_none()
+                    && self
+                        .opts
+                        .max_items
+                        .is_some_and(|m| self.summary.leased >= m)
+                {
+                    ending = Some(Ok(StopReason::Limit));
+                }
+                let stop = Stop {
+                    shutdown: shutdown.clone(),
+                    hard_stop: hard_stop.clone(),
+                };
+                let token = item.token.clone();
+                let key = token.clone();
+                let job = run_streamed_item(
+                    self.queue.clone(),
+                    item,
+                    handler.clone(),
+                    stop,
+                    lost,
+                    self.opts.lease,
+                );
+                let id = tasks.spawn(async move { (token, job.await) }).id();
+                self.running.insert(id, key);
+            }
+            let unanswered_completions = self.to_complete.len()
+                + self.sent.values().map(|s| s.complete.len()).sum::<usize>();
+            if ending.is_some() && tasks.is_empty() && unanswered_completions == 0 {
+                break;
+            }
+            let unreachable = self.stream.is_none() && hard_stop.is_cancelled();
+            if (unreachable || ending.as_ref().is_some_and(Result::is_err)) && tasks.is_empty() {
+                // The queue is gone: what waits for an answer will not get one.
+                for _ in 0..unanswered_completions {
+                    self.summary.add(ItemOutcome::Lost);
+                }
+                break;
+            }
+            // A stream, while one is of use.
+            let wanted = ending.is_none() || unanswered_completions > 0;
+            let can_reopen = !ending.as_ref().is_some_and(Result::is_err);
+            if self.stream.is_none()
+                && wanted
+                && can_reopen
+                && reconnect_at.is_none_or(|t| t <= Instant::now())
+            {
+                match self
+                    .grpc
+                    .open_work(
+                        self.queue.name(),
+                        self.opts.lease,
+                        self.opts.max_batch_bytes,
+                    )
+                    .await
+                {
+                    Ok(s) => {
+                        backoff.reset();
+                        reconnect_at = None;
+                        self.stream = Some(s);
+                    }
+                    Err(e) if e.is_transient() => {
+                        let delay = retry_delay(&mut backoff, &e);
+                        tracing::warn!(queue = %self.queue.name(), error = %e, ?delay, "opening the work stream failed; retrying");
+                        reconnect_at = Some(Instant::now() + delay);
+                    }
+                    Err(e) => {
+                        ending = Some(Err(e));
+                        continue;
+                    }
+                }
+            }
+            if self.stream.is_some() {
+                let room = if ending.is_none() && !self.drained {
+                    self.room(tasks.len())
+                } else {
+                    0
+                };
+                if let Err(e) = self.send(room, tasks.is_empty()).await {
+                    self.lose_stream(&e);
+                    reconnect_at = Some(Instant::now() + retry_delay(&mut backoff, &e));
+                    continue;
+                }
+            }
+
+            tokio::select! {
+                biased;
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => self.task_done(done),
+                event = async {
+                    match self.stream.as_mut() {
+                        Some(s) => s.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => match event {
+                    Ok(Some(event)) => {
+                        if let Err(e) = self.event(event, ending.is_some()).await {
+                            ending.get_or_insert(Err(e));
+                        }
+                    }
+                    Ok(None) if self.drained => self.stream = None,
+                    Ok(None) => {
+                        let e = Error::Unavailable {
+                            code: tonic::Code::Unavailable,
+                            message: "the server ended the work stream".into(),
+                            retry_after: None,
+                        };
+                        self.lose_stream(&e);
+                        reconnect_at = Some(Instant::now() + retry_delay(&mut backoff, &e));
+                    }
+                    Err(e) if e.is_transient() => {
+                        self.lose_stream(&e);
+                        reconnect_at = Some(Instant::now() + retry_delay(&mut backoff, &e));
+                    }
+                    Err(e) => {
+                        self.lose_stream(&e);
+                        ending.get_or_insert(Err(e));
+                    }
+                },
+                _ = renew_tick.tick() => {
+                    if let Err(e) = self.renew_due(renew_every).await {
+                        self.lose_stream(&e);
+                        reconnect_at = Some(Instant::now() + retry_delay(&mut backoff, &e));
+                    }
+                }
+                () = async {
+                    match self.pending_since {
+                        Some(t) => tokio::time::sleep_until(t + FLUSH_AFTER).await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.stream.is_some() && !self.to_complete.is_empty() => {}
+                () = shutdown.cancelled(), if ending.is_none() => {}
+                () = async {
+                    match reconnect_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.stream.is_none() => {}
+            }
+        }
+        // Whatever the stream still holds (items pushed after a shutdown) is
+        // released by the server when it ends.
+        self.stream = None;
+        ending.unwrap_or(Ok(StopReason::Drained))
+    }
+
+    /// Items more the loop can take: free slots and prefetch, less what it
+    /// holds or was promised, within `max_items`.
+    fn room(&self, running: usize) -> usize {
+        let window = self.opts.concurrency + self.opts.prefetch;
+        let have = running + self.waiting.len() + self.open_credit;
+        let mut room = window.saturating_sub(have);
+        if let Some(max) = self.opts.max_items {
+            let taken = self.summary.leased as usize + self.waiting.len() + self.open_credit;
+            room = room.min(
+                usize::try_from(max)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(taken),
+            );
+        }
+        room
+    }
+
+    /// Sends the completions due and credit for `room`, when worth a
+    /// message: completions once half a window gathered or the oldest waited
+    /// [`FLUSH_AFTER`], at once when nothing runs; credit once half a window
+    /// is free, with completions, or at once when nothing else is coming.
+    async fn send(&mut self, room: usize, idle: bool) -> Result<()> {
+        let window = self.opts.concurrency + self.opts.prefetch;
+        let half = (window / 2).max(1);
+        let overdue = self
+            .pending_since
+            .is_some_and(|t| t + FLUSH_AFTER <= Instant::now());
+        let flush = !self.to_complete.is_empty()
+            && (idle
+                || ((overdue || self.to_complete.len() >= half)
+                    && self.completions_in_flight < COMPLETIONS_IN_FLIGHT)
+                || self.to_complete.len() >= MAX_TOKENS);
+        let starving = self.open_credit == 0 && self.waiting.is_empty();
+        let grant = room >= half || (room > 0 && (starving || flush));
+        if !grant && !flush {
+            return Ok(());
+        }
+        let credit = if grant { room } else { 0 };
+        let complete: Vec<(LeaseToken, bool)> = if flush {
+            let n = self.to_complete.len().min(MAX_TOKENS);
+            self.to_complete.drain(..n).collect()
+        } else {
+            Vec::new()
+        };
+        self.send_request(credit, complete, Vec::new()).await
+    }
+
+    async fn send_request(
+        &mut self,
+        credit: usize,
+        complete: Vec<(LeaseToken, bool)>,
+        renew: Vec<LeaseToken>,
+    ) -> Result<()> {
+        let Some(stream) = self.stream.as_ref() else {
+            self.to_complete.extend(complete);
+            return Ok(());
+        };
+        self.next_sequence += 1;
+        let sequence = self.next_sequence;
+        let sent = stream
+            .send(WorkRequest {
+                sequence,
+                credit: u32::try_from(credit).unwrap_or(u32::MAX),
+                complete: &complete,
+                renew: &renew,
+            })
+            .await;
+        self.open_credit += credit;
+        if !complete.is_empty() {
+            self.completions_in_flight += 1;
+        }
+        if !complete.is_empty() || !renew.is_empty() {
+            self.sent.insert(sequence, Sent { complete, renew });
+        }
+        self.pending_since = if self.to_complete.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+        sent
+    }
+
+    /// Renews every lease not renewed for `every`.
+    async fn renew_due(&mut self, every: Duration) -> Result<()> {
+        if self.stream.is_none() {
+            // Renewed on the next stream, at the next tick.
+            return Ok(());
+        }
+        let now = Instant::now();
+        let due: Vec<LeaseToken> = self
+            .held
+            .iter_mut()
+            .filter(|(_, h)| !h.lost.is_cancelled() && h.renewed + every <= now)
+            .map(|(t, h)| {
+                h.renewed = now;
+                t.clone()
+            })
+            .collect();
+        for chunk in due.chunks(MAX_TOKENS) {
+            self.send_request(0, Vec::new(), chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes in one message of the stream. Items that come once the loop
+    /// takes no more work are released at once.
+    async fn event(&mut self, event: WorkEvent, ending: bool) -> Result<()> {
+        if let Some(answer) = event.answer {
+            self.answer(answer)?;
+        }
+        self.open_credit = self.open_credit.saturating_sub(event.items.len());
+        if ending {
+            release_untried(self.queue, event.items).await;
+        } else {
+            let now = Instant::now();
+            for item in event.items {
+                self.held.insert(
+                    item.token.clone(),
+                    Held {
+                        lost: CancellationToken::new(),
+                        renewed: now,
+                    },
+                );
+                self.waiting.push_back(item);
+            }
+        }
+        if event.drained {
+            self.drained = true;
+        }
+        Ok(())
+    }
+
+    /// Takes in the answer to a request's completions and renewals.
+    fn answer(&mut self, answer: WorkAnswer) -> Result<()> {
+        let Some(sent) = self.sent.remove(&answer.sequence) else {
+            return Ok(());
+        };
+        if !sent.complete.is_empty() {
+            self.completions_in_flight -= 1;
+        }
+        let results = match answer.outcome {
+            Ok(r) if r.len() == sent.complete.len() + sent.renew.len() => r,
+            Ok(r) => {
+                let e = Error::Protocol(format!(
+                    "a work stream answer of {} results for {} tokens",
+                    r.len(),
+                    sent.complete.len() + sent.renew.len()
+                ));
+                return Err(self.refused(sent, e));
+            }
+            Err(e) if e.is_transient() => {
+                // Nothing was done: again.
+                self.pending_since.get_or_insert_with(Instant::now);
+                self.to_complete.extend(sent.complete);
+                return Ok(());
+            }
+            Err(e) => return Err(self.refused(sent, e)),
+        };
+        let mut results = results.into_iter();
+        for ((token, retried), r) in sent.complete.into_iter().zip(results.by_ref()) {
+            self.held.remove(&token);
+            match r {
+                Ok(()) => self.summary.add(ItemOutcome::Completed),
+                Err(e) if retried && FinishKind::Complete.done_anyway(&e).is_some() => {
+                    self.summary.add(ItemOutcome::Completed);
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue.name(), error = %e, "could not complete an item; it comes again");
+                    self.summary.add(ItemOutcome::Lost);
+                }
+            }
+        }
+        for (token, r) in sent.renew.into_iter().zip(results) {
+            if let Err(e) = r
+                && let Some(h) = self.held.get(&token)
+            {
+                if matches!(e, Error::LeaseLost { .. }) {
+                    tracing::warn!(queue = %self.queue.name(), error = %e, "lease lost");
+                    h.lost.cancel();
+                } else {
+                    tracing::debug!(queue = %self.queue.name(), error = %e, "renewal refused; trying again");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A whole request refused with `e`: its completions are lost.
+    fn refused(&mut self, sent: Sent, e: Error) -> Error {
+        for (token, _) in sent.complete {
+            self.held.remove(&token);
+            self.summary.add(ItemOutcome::Lost);
+        }
+        tracing::warn!(queue = %self.queue.name(), error = %e, "work stream request refused");
+        e
+    }
+
+    /// An item task ended.
+    fn task_done(
+        &mut self,
+        r: std::result::Result<(Id, (LeaseToken, Done)), tokio::task::JoinError>,
+    ) {
+        let (token, done) = match r {
+            Ok((id, done)) => {
+                self.running.remove(&id);
+                done
+            }
+            Err(e) => {
+                // Handler panics are caught in the task; this is a panic in
+                // the SDK itself. The lease runs out and the item comes back.
+                tracing::error!(error = %e, "item task ended abnormally");
+                if let Some(t) = self.running.remove(&e.id()) {
+                    self.held.remove(&t);
+                }
+                self.summary.add(ItemOutcome::Lost);
+                return;
+            }
+        };
+        match done {
+            Done::Complete => {
+                self.pending_since.get_or_insert_with(Instant::now);
+                self.to_complete.push((token, false));
+            }
+            Done::Finished(outcome) => {
+                self.held.remove(&token);
+                self.summary.add(outcome);
+            }
+        }
+    }
+
+    /// The stream is gone (`why`): what it held is the server's again.
+    fn lose_stream(&mut self, why: &Error) {
+        if self.stream.take().is_none() {
+            return;
+        }
+        tracing::warn!(queue = %self.queue.name(), error = %why, "work stream lost; opening another");
+        self.open_credit = 0;
+        for item in self.waiting.drain(..) {
+            self.held.remove(&item.token);
+        }
+        for (_, sent) in self.sent.drain() {
+            self.to_complete
+                .extend(sent.complete.into_iter().map(|(t, _)| (t, true)));
+        }
+        if !self.to_complete.is_empty() {
+            self.pending_since.get_or_insert_with(Instant::now);
+        }
+        self.completions_in_flight = 0;
+    }
+}
