@@ -92,7 +92,7 @@ struct Args {
     #[arg(long, env = "WQ_MAX_PAGE_SIZE", default_value_t = Limits::default().max_page_size)]
     max_page_size: usize,
     /// The embedded database's page cache in bytes (items are in memory
-    /// anyway; the cache only speeds up start-up and compaction). 0: 1/32 of
+    /// anyway; the cache only speeds up start-up and compaction). 0: 1/64 of
     /// the container's memory limit (cgroup), within 8 MiB and 256 MiB, or
     /// 16 MiB without a limit.
     #[arg(long, env = "WQ_EMBEDDED_CACHE_BYTES", default_value_t = 0)]
