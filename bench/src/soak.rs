@@ -574,7 +574,14 @@ pub async fn soak(args: &SoakArgs, bin: &std::path::Path) -> Result<()> {
             break st.clone();
         }
         if drain_started.elapsed() > Duration::from_secs(120) {
-            bail!("the queue did not drain in 120 s: {stats:?}");
+            bail!(
+                "the queue did not drain in 120 s: {stats:?}; producers finished (unary, \
+                 streaming): {:?}",
+                producers
+                    .iter()
+                    .map(|p| p.is_finished())
+                    .collect::<Vec<_>>()
+            );
         }
     };
     shared.stop.store(true, Ordering::Relaxed);
