@@ -137,8 +137,9 @@ struct Args {
     /// start, every --auth-jwks-refresh and when a token names a key not yet
     /// fetched (the cluster rotated its keys). "in-cluster": the API
     /// server's https://kubernetes.default.svc/openid/v1/jwks with the pod's
-    /// ServiceAccount token and CA (/var/run/secrets/kubernetes.io/
-    /// serviceaccount/); the pod needs its token mounted.
+    /// ServiceAccount token and CA (in
+    /// /var/run/secrets/kubernetes.io/serviceaccount/); the pod needs its
+    /// token mounted.
     #[arg(long, env = "WQ_AUTH_JWKS_URL")]
     auth_jwks_url: Option<String>,
     /// CA certificates (PEM) for --auth-jwks-url (default: the system's, or
