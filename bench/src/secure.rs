@@ -370,9 +370,14 @@ pub async fn secure(a: &SecureArgs, bin: &Path) -> Result<()> {
         servers.push(start(bin, name, Config::parse(name)?, &a.store, &pki)?);
     }
     let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); servers.len()];
+    let n = servers.len();
     for round in 0..a.rounds {
         eprintln!("round {}/{}", round + 1, a.rounds);
-        for (s, r) in servers.iter().zip(results.iter_mut()) {
+        // Each round starts one configuration later: none always runs first
+        // or last (the machine's load drifts within a round).
+        for k in 0..n {
+            let i = (round + k) % n;
+            let s = &servers[i];
             let (e, c) = measure(a, s, &pki, round)
                 .await
                 .with_context(|| format!("{} round {round}", s.name))?;
@@ -380,25 +385,30 @@ pub async fn secure(a: &SecureArgs, bin: &Path) -> Result<()> {
                 "  {:<10} enqueue {e:>10.0} items/s   lease+complete {c:>10.0} items/s",
                 s.name
             );
-            r.0.push(e);
-            r.1.push(c);
+            results[i].0.push(e);
+            results[i].1.push(c);
         }
     }
     println!(
-        "{} items of {} B, batch {}, {} producers then {} consumers, {} store, {} rounds (medians)\n",
+        "{} items of {} B, batch {}, {} producers then {} consumers, {} store, {} rounds\n\
+         (items/s: medians over rounds; cost: 1 - the median over rounds of the ratio to the \
+         first configuration in the same round)\n",
         a.items, a.payload, a.batch, a.clients, a.clients, a.store, a.rounds
     );
     println!("| configuration | enqueue items/s | cost | lease+complete items/s | cost |");
     println!("|---|---:|---:|---:|---:|");
-    let mut base: Option<(f64, f64)> = None;
-    for (s, (e, c)) in servers.iter().zip(results.iter_mut()) {
-        let (e, c) = (median(e), median(c));
-        let (be, bc) = *base.get_or_insert((e, c));
+    let (base_e, base_c) = results[0].clone();
+    for (s, (e, c)) in servers.iter().zip(results.iter()) {
+        let mut re: Vec<f64> = e.iter().zip(&base_e).map(|(x, b)| x / b).collect();
+        let mut rc: Vec<f64> = c.iter().zip(&base_c).map(|(x, b)| x / b).collect();
+        let (mut e, mut c) = (e.clone(), c.clone());
         println!(
-            "| {} | {e:.0} | {:+.1}% | {c:.0} | {:+.1}% |",
+            "| {} | {:.0} | {:+.1}% | {:.0} | {:+.1}% |",
             s.name,
-            (be - e) / be * 100.0,
-            (bc - c) / bc * 100.0
+            median(&mut e),
+            (1.0 - median(&mut re)) * 100.0,
+            median(&mut c),
+            (1.0 - median(&mut rc)) * 100.0
         );
     }
     Ok(())
