@@ -3,7 +3,9 @@
 //! The same unary workload against four queue-servers started side by side
 //! (memory store unless `--store`): plaintext without authentication, TLS
 //! (`--tls-cert`, a certificate made here with rcgen), a bearer token
-//! (`--auth-tokens-file`, the token on every call), and both. Each round
+//! (`--auth-tokens-file`, the token on every call), both, and TLS with a
+//! Kubernetes ServiceAccount token (`tls+jwt`: an ES256 JWT verified
+//! against `--auth-jwks-file` on every call). Each round
 //! runs every configuration in turn; medians are reported, with each
 //! configuration's cost against plaintext. Unary calls are the worst case
 //! for authentication (it runs per call; a stream authenticates once).
@@ -22,11 +24,11 @@ use workq_proto::v1 as pb;
 #[derive(Debug, clap::Args)]
 pub struct SecureArgs {
     /// Configurations to compare, comma separated: plain, tls, token,
-    /// tls+token.
+    /// tls+token, tls+jwt.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "plain,tls,token,tls+token"
+        default_value = "plain,tls,token,tls+token,tls+jwt"
     )]
     configs: Vec<String>,
     /// Items per measurement.
@@ -49,11 +51,13 @@ pub struct SecureArgs {
     store: String,
 }
 
-/// One configuration: whether it uses TLS and a token.
+/// One configuration: whether it uses TLS and a token, and whether the
+/// token is a ServiceAccount JWT.
 #[derive(Debug, Clone, Copy)]
 struct Config {
     tls: bool,
     token: bool,
+    jwt: bool,
 }
 
 impl Config {
@@ -62,20 +66,29 @@ impl Config {
             "plain" => Config {
                 tls: false,
                 token: false,
+                jwt: false,
             },
             "tls" => Config {
                 tls: true,
                 token: false,
+                jwt: false,
             },
             "token" => Config {
                 tls: false,
                 token: true,
+                jwt: false,
             },
             "tls+token" => Config {
                 tls: true,
                 token: true,
+                jwt: false,
             },
-            _ => bail!("unknown configuration {s:?}: use plain, tls, token or tls+token"),
+            "tls+jwt" => Config {
+                tls: true,
+                token: true,
+                jwt: true,
+            },
+            _ => bail!("unknown configuration {s:?}: use plain, tls, token, tls+token or tls+jwt"),
         })
     }
 }
@@ -113,11 +126,50 @@ impl Drop for Server {
     }
 }
 
-/// The certificate (for localhost) and key, and the CA that signed it, PEM.
+/// The certificate (for localhost) and key, and the CA that signed it, PEM;
+/// a ServiceAccount signing key's JWKS and a token it signed.
 struct Pki {
     ca: String,
     cert: String,
     key: String,
+    jwks: String,
+    jwt: String,
+}
+
+const ISSUER: &str = "https://kubernetes.default.svc";
+
+/// A P-256 key's JWKS and a ServiceAccount token (jobs/bench, audience
+/// workq, an hour) signed with it.
+fn serviceaccount() -> Result<(String, String)> {
+    use base64::Engine as _;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .map_err(|e| anyhow::anyhow!("key: {e}"))?;
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+        .map_err(|e| anyhow::anyhow!("key: {e}"))?;
+    let point = pair.public_key().as_ref();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "bench",
+        "x": b64(&point[1..33]), "y": b64(&point[33..]),
+    }]});
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("bench".into());
+    let claims = serde_json::json!({
+        "iss": ISSUER, "aud": ["workq"], "exp": now + 3600, "iat": now, "nbf": now,
+        "sub": "system:serviceaccount:jobs:bench",
+        "kubernetes.io": {"namespace": "jobs", "serviceaccount": {"name": "bench", "uid": "u"}},
+    });
+    let jwt = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()),
+    )?;
+    Ok((jwks.to_string(), jwt))
 }
 
 fn pki() -> Result<Pki> {
@@ -129,10 +181,13 @@ fn pki() -> Result<Pki> {
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let key = KeyPair::generate()?;
     let cert = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&key, &issuer)?;
+    let (jwks, jwt) = serviceaccount()?;
     Ok(Pki {
         ca: ca_pem,
         cert: cert.pem(),
         key: key.serialize_pem(),
+        jwks,
+        jwt,
     })
 }
 
@@ -156,10 +211,17 @@ fn start(bin: &Path, name: &str, config: Config, store: &str, pki: &Pki) -> Resu
         std::fs::write(
             &grants,
             format!(
-                "- name: bench\n  token: {TOKEN}\n  grants: [{{verbs: [\"*\"], queues: [\"*\"]}}]\n"
+                "- name: bench\n  token: {TOKEN}\n  serviceaccounts: [{{namespace: jobs, name: bench}}]\n  \
+                 grants: [{{verbs: [\"*\"], queues: [\"*\"]}}]\n"
             ),
         )?;
         cmd.arg("--auth-tokens-file").arg(grants);
+        if config.jwt {
+            std::fs::write(dir.path().join("jwks.json"), &pki.jwks)?;
+            cmd.arg("--auth-jwks-file")
+                .arg(dir.path().join("jwks.json"))
+                .args(["--auth-issuer", ISSUER]);
+        }
     }
     let mut child = cmd
         .env("RUST_LOG", "warn")
@@ -182,7 +244,8 @@ fn start(bin: &Path, name: &str, config: Config, store: &str, pki: &Pki) -> Resu
     })
 }
 
-async fn client(s: &Server, ca: &str) -> Result<Client> {
+async fn client(s: &Server, pki: &Pki) -> Result<Client> {
+    let ca = pki.ca.as_str();
     let port = s.addr.rsplit(':').next().unwrap_or_default();
     let channel = if s.config.tls {
         Endpoint::from_shared(format!("https://localhost:{port}"))?
@@ -200,7 +263,9 @@ async fn client(s: &Server, ca: &str) -> Result<Client> {
             .connect()
             .await?
     };
-    let bearer = if s.config.token {
+    let bearer = if s.config.jwt {
+        Some(format!("Bearer {}", pki.jwt).parse()?)
+    } else if s.config.token {
         Some(format!("Bearer {TOKEN}").parse()?)
     } else {
         None
@@ -212,11 +277,11 @@ async fn client(s: &Server, ca: &str) -> Result<Client> {
 }
 
 /// Enqueue then lease+complete `items` on a new queue: items/s of each.
-async fn measure(a: &SecureArgs, s: &Server, ca: &str, round: usize) -> Result<(f64, f64)> {
+async fn measure(a: &SecureArgs, s: &Server, pki: &Pki, round: usize) -> Result<(f64, f64)> {
     let queue = format!("secure-{round}");
     let mut clients = Vec::new();
     for _ in 0..a.clients.max(1) {
-        clients.push(client(s, ca).await?);
+        clients.push(client(s, pki).await?);
     }
     clients[0]
         .create_queue(pb::CreateQueueRequest {
@@ -305,35 +370,45 @@ pub async fn secure(a: &SecureArgs, bin: &Path) -> Result<()> {
         servers.push(start(bin, name, Config::parse(name)?, &a.store, &pki)?);
     }
     let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); servers.len()];
+    let n = servers.len();
     for round in 0..a.rounds {
         eprintln!("round {}/{}", round + 1, a.rounds);
-        for (s, r) in servers.iter().zip(results.iter_mut()) {
-            let (e, c) = measure(a, s, &pki.ca, round)
+        // Each round starts one configuration later: none always runs first
+        // or last (the machine's load drifts within a round).
+        for k in 0..n {
+            let i = (round + k) % n;
+            let s = &servers[i];
+            let (e, c) = measure(a, s, &pki, round)
                 .await
                 .with_context(|| format!("{} round {round}", s.name))?;
             eprintln!(
                 "  {:<10} enqueue {e:>10.0} items/s   lease+complete {c:>10.0} items/s",
                 s.name
             );
-            r.0.push(e);
-            r.1.push(c);
+            results[i].0.push(e);
+            results[i].1.push(c);
         }
     }
     println!(
-        "{} items of {} B, batch {}, {} producers then {} consumers, {} store, {} rounds (medians)\n",
+        "{} items of {} B, batch {}, {} producers then {} consumers, {} store, {} rounds\n\
+         (items/s: medians over rounds; cost: 1 - the median over rounds of the ratio to the \
+         first configuration in the same round)\n",
         a.items, a.payload, a.batch, a.clients, a.clients, a.store, a.rounds
     );
     println!("| configuration | enqueue items/s | cost | lease+complete items/s | cost |");
     println!("|---|---:|---:|---:|---:|");
-    let mut base: Option<(f64, f64)> = None;
-    for (s, (e, c)) in servers.iter().zip(results.iter_mut()) {
-        let (e, c) = (median(e), median(c));
-        let (be, bc) = *base.get_or_insert((e, c));
+    let (base_e, base_c) = results[0].clone();
+    for (s, (e, c)) in servers.iter().zip(results.iter()) {
+        let mut re: Vec<f64> = e.iter().zip(&base_e).map(|(x, b)| x / b).collect();
+        let mut rc: Vec<f64> = c.iter().zip(&base_c).map(|(x, b)| x / b).collect();
+        let (mut e, mut c) = (e.clone(), c.clone());
         println!(
-            "| {} | {e:.0} | {:+.1}% | {c:.0} | {:+.1}% |",
+            "| {} | {:.0} | {:+.1}% | {:.0} | {:+.1}% |",
             s.name,
-            (be - e) / be * 100.0,
-            (bc - c) / bc * 100.0
+            median(&mut e),
+            (1.0 - median(&mut re)) * 100.0,
+            median(&mut c),
+            (1.0 - median(&mut rc)) * 100.0
         );
     }
     Ok(())

@@ -111,7 +111,7 @@ struct Args {
     #[arg(long, env = "WQ_MAX_PAGE_SIZE", default_value_t = Limits::default().max_page_size)]
     max_page_size: usize,
     /// The embedded database's page cache in bytes (items are in memory
-    /// anyway; the cache only speeds up start-up and compaction). 0: 1/32 of
+    /// anyway; the cache only speeds up start-up and compaction). 0: 1/64 of
     /// the container's memory limit (cgroup), within 8 MiB and 256 MiB, or
     /// 16 MiB without a limit.
     #[arg(long, env = "WQ_EMBEDDED_CACHE_BYTES", default_value_t = 0)]
@@ -156,8 +156,9 @@ struct Args {
     /// start, every --auth-jwks-refresh and when a token names a key not yet
     /// fetched (the cluster rotated its keys). "in-cluster": the API
     /// server's https://kubernetes.default.svc/openid/v1/jwks with the pod's
-    /// ServiceAccount token and CA (/var/run/secrets/kubernetes.io/
-    /// serviceaccount/); the pod needs its token mounted.
+    /// ServiceAccount token and CA (in
+    /// /var/run/secrets/kubernetes.io/serviceaccount/); the pod needs its
+    /// token mounted.
     #[arg(long, env = "WQ_AUTH_JWKS_URL")]
     auth_jwks_url: Option<String>,
     /// CA certificates (PEM) for --auth-jwks-url (default: the system's, or
