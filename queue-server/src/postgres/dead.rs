@@ -86,12 +86,14 @@ impl PgEngine {
                 match states.get(&db_id(*id)) {
                     Some(s) if *s == b'x' as i8 => {}
                     Some(_) => {
+                        tx.rollback().await.map_err(unavailable)?;
                         return Err(Error::ItemNotDead {
                             queue: name.clone(),
                             item: *id,
                         });
                     }
                     None => {
+                        tx.rollback().await.map_err(unavailable)?;
                         return Err(Error::ItemNotFound {
                             queue: name.clone(),
                             item: *id,
@@ -104,6 +106,8 @@ impl PgEngine {
             wanted
         };
         if chosen.is_empty() {
+            // Ended, not dropped: see `finish.rs`.
+            tx.commit().await.map_err(unavailable)?;
             return Ok(0);
         }
         // Back of the line, in id order.

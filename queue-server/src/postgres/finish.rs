@@ -231,6 +231,11 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT count(*) F
             .await?;
         let live = judged.live();
         if live.is_empty() {
+            // Ended here, not by dropping it: a dropped transaction's
+            // rollback is sent but not awaited, and the rows judged would
+            // stay locked a moment after the answer (a lease at once would
+            // skip them).
+            tx.commit().await.map_err(unavailable)?;
             return Ok(judged.results);
         }
         let max = q.settings.max_attempts.max(1);
@@ -337,6 +342,11 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT count(*) F
             .await?;
         let live = judged.live();
         if live.is_empty() {
+            // Ended here, not by dropping it: a dropped transaction's
+            // rollback is sent but not awaited, and the rows judged would
+            // stay locked a moment after the answer (a lease at once would
+            // skip them).
+            tx.commit().await.map_err(unavailable)?;
             return Ok(judged.results);
         }
         // The first given goes first in line: it gets the newest (most
