@@ -479,6 +479,19 @@ impl Error {
                 _ => {}
             }
         }
+        // A TLS refusal that surfaced at a call rather than at connect (TLS
+        // 1.3: the server's alert comes after the client's side of the
+        // handshake, e.g. a missing client certificate).
+        if reason.is_none() && matches!(status.code(), Code::Unknown | Code::Unavailable) {
+            use std::error::Error as _;
+            if let Some(problem) = status.source().and_then(tls_problem) {
+                return Error::Tls {
+                    url: "the server".to_owned(),
+                    reason: problem,
+                    source: Box::new(status),
+                };
+            }
+        }
         let label = reason.map(|(r, _)| r.label());
         match status.code() {
             Code::NotFound if label.is_none() => Error::QueueNotFound {
@@ -547,6 +560,12 @@ pub(crate) fn tls_problem(e: &(dyn std::error::Error + 'static)) -> Option<Strin
         if lower.contains("notvalidforname") || lower.contains("not valid for name") {
             return Some(format!(
                 "the server's certificate does not name the host of the URL ({text})"
+            ));
+        }
+        if lower.contains("certificaterequired") || lower.contains("certificate required") {
+            return Some(format!(
+                "the server requires a client certificate ({text}); give --client-cert and \
+                 --client-key (or WQ_CLIENT_CERT and WQ_CLIENT_KEY)"
             ));
         }
         if lower.contains("expired") && lower.contains("certificate") {

@@ -636,19 +636,12 @@ async fn mutual_tls_works_with_a_client_certificate() {
 }
 
 /// Mutual TLS without a client certificate: the SDK's error must say that a
-/// client certificate is needed.
-///
-/// Ignored until the SDK maps it: with TLS 1.3 the client's side of the
+/// client certificate is needed. With TLS 1.3 the client's side of the
 /// handshake completes, `connect` succeeds, and the server's alert
 /// (`received fatal alert: CertificateRequired`, under tonic's "transport
-/// error") arrives at the first call, which `Error::map_status` turns into
-/// `Error::Server { code: Unknown, message: "transport error" }`, dropping
-/// the cause. The fix belongs in `worker-sdk/src/error.rs`: run
-/// `tls_problem` on a status whose source is a transport error (→
-/// `Error::Tls`), and name `CertificateRequired` there ("the server requires
-/// a client certificate: give --client-cert and --client-key").
+/// error") arrives at the first call: `Error::map_status` finds it under the
+/// status and answers `Error::Tls`.
 #[tokio::test]
-#[ignore = "worker-sdk maps a refused client certificate to Server{Unknown, \"transport error\"}; see the doc comment"]
 async fn mutual_tls_without_a_client_certificate_says_one_is_needed() {
     let Some(pki) = Pki::make() else { return };
     let (url, _server) = mtls_server(&pki).await;

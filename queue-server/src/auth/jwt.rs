@@ -7,6 +7,12 @@
 //! for another audience — the API server's own — is refused), and the
 //! expiry. The identity is `system:serviceaccount:<namespace>:<name>`, from
 //! the `kubernetes.io` claim or, failing that, `sub`.
+//!
+//! A token that verified is remembered (by its SHA-256, with its expiry) so
+//! that a worker's next calls with the same token cost a hash, not a
+//! signature check: an ES256 or RS256 verification on every call cost a
+//! third of the throughput (docs/BENCHMARKS.md). The memory belongs to this
+//! key set: new keys start with none. Refusals are not remembered.
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -17,9 +23,15 @@ use serde::Deserialize;
 #[error("JWKS file: {0}")]
 pub struct JwksError(pub String);
 
+/// Verified tokens remembered at most; when full, the memory starts over.
+const REMEMBERED: usize = 4096;
+
 /// Signing keys from a JWKS document.
 pub struct Jwks {
     keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    /// Tokens that verified: SHA-256 of (token, audience, issuer) → whose,
+    /// and until when (its `exp`, seconds since the Unix epoch).
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], (ServiceAccount, u64)>>,
 }
 
 impl std::fmt::Debug for Jwks {
@@ -41,6 +53,9 @@ pub struct ServiceAccount {
 
 #[derive(Debug, Deserialize)]
 struct Claims {
+    /// Required by the validation (`exp`), so always there.
+    #[serde(default)]
+    exp: u64,
     #[serde(default)]
     sub: Option<String>,
     #[serde(default, rename = "kubernetes.io")]
@@ -81,7 +96,10 @@ impl Jwks {
         if keys.is_empty() {
             return Err(JwksError("no RSA or EC P-256 key in it".into()));
         }
-        Ok(Jwks { keys })
+        Ok(Jwks {
+            keys,
+            verified: std::sync::Mutex::default(),
+        })
     }
 
     /// Whether it holds the key `token`'s header names (by algorithm and
@@ -106,6 +124,45 @@ impl Jwks {
         issuer: Option<&str>,
         audience: &str,
     ) -> Result<ServiceAccount, String> {
+        let id = {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            for part in [token, audience, issuer.unwrap_or_default()] {
+                ctx.update(part.as_bytes());
+                ctx.update(&[0]);
+            }
+            let mut id = [0u8; 32];
+            id.copy_from_slice(ctx.finish().as_ref());
+            id
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        match verified.get(&id) {
+            Some((who, exp)) if now < *exp => return Ok(who.clone()),
+            Some(_) => {
+                verified.remove(&id);
+            }
+            None => {}
+        }
+        drop(verified);
+        let (who, exp) = self.verify_signed(token, issuer, audience)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= REMEMBERED {
+            verified.clear();
+        }
+        verified.insert(id, (who.clone(), exp));
+        Ok(who)
+    }
+
+    /// [`Jwks::verify`] without the memory: the signature and claims
+    /// checked; whose it is and its expiry.
+    fn verify_signed(
+        &self,
+        token: &str,
+        issuer: Option<&str>,
+        audience: &str,
+    ) -> Result<(ServiceAccount, u64), String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("not a valid JWT: {e}"))?;
         let (_, alg, key) = self.key(&header).ok_or_else(|| {
@@ -137,11 +194,15 @@ impl Jwks {
             }
         })?;
         let c = data.claims;
+        let exp = c.exp;
         if let Some(k) = c.kubernetes {
-            return Ok(ServiceAccount {
-                namespace: k.namespace,
-                name: k.serviceaccount.name,
-            });
+            return Ok((
+                ServiceAccount {
+                    namespace: k.namespace,
+                    name: k.serviceaccount.name,
+                },
+                exp,
+            ));
         }
         let sub = c.sub.unwrap_or_default();
         let mut parts = sub.split(':');
@@ -155,10 +216,13 @@ impl Jwks {
             (Some("system"), Some("serviceaccount"), Some(ns), Some(name), None)
                 if !ns.is_empty() && !name.is_empty() =>
             {
-                Ok(ServiceAccount {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
-                })
+                Ok((
+                    ServiceAccount {
+                        namespace: ns.to_string(),
+                        name: name.to_string(),
+                    },
+                    exp,
+                ))
             }
             _ => Err(format!(
                 "the token's subject {sub:?} is not a ServiceAccount \
