@@ -86,6 +86,7 @@ pub enum PgSystem {
     /// workq, one replica on PostgreSQL.
     WorkqPostgres,
     /// workq, two replicas on one PostgreSQL database.
+    #[value(name = "workq-postgres-2")]
     WorkqPostgres2,
     /// workq on its embedded store (no database).
     WorkqEmbedded,
