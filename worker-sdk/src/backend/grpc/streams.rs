@@ -10,7 +10,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use workq_proto::time;
 use workq_proto::v1 as pb;
 
-use super::{GrpcBackend, leased_from_pb, new_item_to_pb, token_strings};
+use super::GrpcBackend;
+use super::convert::{leased_from_pb, new_item_to_pb, token_strings};
 use crate::error::{Error, Result};
 use crate::types::{ItemId, LeaseToken, LeasedItem, NewItem, Pushed, QueueName};
 
@@ -198,7 +199,7 @@ fn answer_from_pb(queue: &QueueName, a: pb::WorkAnswer) -> WorkAnswer {
         outcome: Ok(a
             .results
             .into_iter()
-            .map(|r| super::token_outcome(queue, r))
+            .map(|r| super::convert::token_outcome(queue, r))
             .collect()),
     }
 }
