@@ -3,8 +3,9 @@
 //! instead of the comparison.
 
 use anyhow::Result;
+use std::time::{Duration, Instant};
 
-use crate::{Args, Target, connect_all, consume, consume_with, payload, produce, seconds};
+use crate::{Args, Target, connect_all, consume, consume_with, produce, seconds};
 
 /// Lease+complete `measured` items (batch as configured) from a queue
 /// holding `depth` items; returns items/s and the server's memory per item.
