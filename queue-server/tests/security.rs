@@ -6,7 +6,10 @@
 
 #![allow(missing_docs)]
 
-use base64::Engine as _;
+#[path = "common/pki.rs"]
+mod pki;
+
+use pki::{Ca, ca, leaf, now, sa_token, signer};
 use queue_server::auth::AuthConfig;
 use queue_server::{RunningServer, ServerConfig};
 use std::path::Path;
@@ -495,53 +498,7 @@ async fn health_stays_open_and_metrics_need_a_token() {
     assert!(get("/metrics", Some("nobody-token")).starts_with("HTTP/1.1 200"));
 }
 
-// ---- ServiceAccount tokens ----
-
-struct Signer {
-    kid: String,
-    key: jsonwebtoken::EncodingKey,
-    jwk: serde_json::Value,
-}
-
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
-fn signer(kid: &str) -> Signer {
-    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-        .expect("pair");
-    let point = pair.public_key().as_ref();
-    assert_eq!(point.len(), 65);
-    Signer {
-        kid: kid.into(),
-        key: jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()),
-        jwk: serde_json::json!({
-            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
-            "x": b64(&point[1..33]), "y": b64(&point[33..]),
-        }),
-    }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-fn sa_token(s: &Signer, iss: &str, aud: &str, exp: u64, sa: (&str, &str)) -> String {
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some(s.kid.clone());
-    let claims = serde_json::json!({
-        "iss": iss, "aud": [aud], "exp": exp, "iat": now(), "nbf": now(),
-        "sub": format!("system:serviceaccount:{}:{}", sa.0, sa.1),
-        "kubernetes.io": {"namespace": sa.0, "serviceaccount": {"name": sa.1, "uid": "u"}},
-    });
-    jsonwebtoken::encode(&header, &claims, &s.key).expect("sign")
-}
+// ---- ServiceAccount tokens (signers and tokens: common/pki.rs) ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serviceaccount_tokens_are_verified_offline() {
@@ -743,51 +700,7 @@ async fn guessing_neighbouring_lease_tokens_completes_nothing() {
     assert_eq!(r.completed, 5);
 }
 
-// ---- TLS ----
-
-struct Ca {
-    pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-fn ca(name: &str) -> Ca {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    let key = KeyPair::generate().expect("key");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::CrlSign,
-    ];
-    let pem = p.self_signed(&key).expect("ca").pem();
-    Ca {
-        pem,
-        issuer: rcgen::Issuer::new(p, key),
-    }
-}
-
-/// A certificate and key (PEM) signed by `ca`, for a server on localhost or
-/// a client named `cn`.
-fn leaf(ca: &Ca, cn: &str, client: bool) -> (String, String) {
-    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
-    let key = KeyPair::generate().expect("key");
-    let sans = if client {
-        vec![]
-    } else {
-        vec!["localhost".to_string(), "127.0.0.1".to_string()]
-    };
-    let mut p = CertificateParams::new(sans).expect("params");
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.extended_key_usages = vec![if client {
-        ExtendedKeyUsagePurpose::ClientAuth
-    } else {
-        ExtendedKeyUsagePurpose::ServerAuth
-    }];
-    let cert = p.signed_by(&key, &ca.issuer).expect("sign");
-    (cert.pem(), key.serialize_pem())
-}
+// ---- TLS (CAs and leaf certificates: common/pki.rs) ----
 
 async fn tls_server(dir: &Path, server_ca: &Ca, client_ca: Option<&Ca>) -> RunningServer {
     let (cert, key) = leaf(server_ca, "workq-server", false);
