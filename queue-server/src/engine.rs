@@ -40,6 +40,7 @@ use tokio::time::Instant;
 mod cell;
 mod dead;
 mod finish;
+pub(crate) use finish::fail_reason;
 mod outcomes;
 mod queues;
 

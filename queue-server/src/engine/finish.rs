@@ -104,32 +104,7 @@ impl Engine {
         batch: Batch,
     ) -> Result<Vec<TokenResult>> {
         self.tokens_ok("fail", tokens)?;
-        let limits = self.inner.limits;
-        if let Some(after) = retry_after
-            && after > limits.max_delay
-        {
-            return Err(Error::limit(
-                "retry_after",
-                "max_delay",
-                crate::settings::secs(limits.max_delay),
-                format!(
-                    "retry_after: {} ms is longer than the limit of {} ms",
-                    after.as_millis(),
-                    limits.max_delay.as_millis()
-                ),
-            ));
-        }
-        let reason = if reason.is_empty() {
-            "no reason given"
-        } else {
-            reason
-        };
-        // Cut to the byte limit, on a character boundary.
-        let mut cut = reason.len().min(limits.max_attribute_bytes);
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let reason = &reason[..cut];
+        let reason = fail_reason(&self.inner.limits, reason, retry_after)?;
         let out = self
             .mutate(name, |q, now, j| {
                 q.fail(
@@ -263,4 +238,38 @@ impl Drop for Unanswered<'_> {
             metrics::counter!("workq_items_released_total").increment(n as u64);
         }
     }
+}
+
+/// A failure's reason as kept (cut to `max_attribute_bytes` on a character
+/// boundary; "no reason given" when empty), once its `retry_after` is within
+/// `max_delay`: the same checks on every store.
+pub(crate) fn fail_reason<'a>(
+    limits: &crate::settings::Limits,
+    reason: &'a str,
+    retry_after: Option<Duration>,
+) -> Result<&'a str> {
+    if let Some(after) = retry_after
+        && after > limits.max_delay
+    {
+        return Err(Error::limit(
+            "retry_after",
+            "max_delay",
+            crate::settings::secs(limits.max_delay),
+            format!(
+                "retry_after: {} ms is longer than the limit of {} ms",
+                after.as_millis(),
+                limits.max_delay.as_millis()
+            ),
+        ));
+    }
+    let reason = if reason.is_empty() {
+        "no reason given"
+    } else {
+        reason
+    };
+    let mut cut = reason.len().min(limits.max_attribute_bytes);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Ok(&reason[..cut])
 }

@@ -12,7 +12,7 @@
 
 use super::queues::{add_counters, notify};
 use super::{PgEngine, db_id, unavailable};
-use crate::error::{Error, Finish, Result};
+use crate::error::{Finish, Result};
 use crate::names::{LeaseToken, QueueName};
 use crate::queue::{Batch, Outcome, TokenResult};
 use deadpool_postgres::GenericClient;
@@ -199,30 +199,7 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT count(*) F
     ) -> Result<Vec<TokenResult>> {
         self.tokens_ok("fail", tokens)?;
         let limits = self.inner.limits;
-        if let Some(after) = retry_after
-            && after > limits.max_delay
-        {
-            return Err(Error::limit(
-                "retry_after",
-                "max_delay",
-                crate::settings::secs(limits.max_delay),
-                format!(
-                    "retry_after: {} ms is longer than the limit of {} ms",
-                    after.as_millis(),
-                    limits.max_delay.as_millis()
-                ),
-            ));
-        }
-        let reason = if reason.is_empty() {
-            "no reason given"
-        } else {
-            reason
-        };
-        let mut cut = reason.len().min(limits.max_attribute_bytes);
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let reason = &reason[..cut];
+        let reason = crate::engine::fail_reason(&limits, reason, retry_after)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         let q = self.queue_row(&tx, name, "").await?;
