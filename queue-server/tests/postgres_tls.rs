@@ -68,6 +68,19 @@ fn client_files(ca: &pki::Ca) -> ClientFiles {
     files
 }
 
+/// The URL of `pg` with `mode`, the roots `root` and `files`' client
+/// certificate.
+fn tls_url(pg: &OwnPostgres, mode: &str, root: &Path, files: &ClientFiles) -> String {
+    format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode={mode}&sslrootcert={}&sslcert={}&\
+         sslkey={}",
+        pg.port(),
+        root.display(),
+        files.cert.display(),
+        files.key.display()
+    )
+}
+
 /// Runs queue-server on `url` expecting it to refuse to start; its stderr.
 fn refused(url: &str, env: &[(&str, &str)]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_queue-server"))
@@ -88,14 +101,7 @@ async fn verify_full_with_a_client_certificate_serves_and_every_connection_is_en
         return;
     };
     let files = client_files(&ca);
-    let url = format!(
-        "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}&\
-         sslcert={}&sslkey={}",
-        pg.port(),
-        files.ca.display(),
-        files.cert.display(),
-        files.key.display()
-    );
+    let url = tls_url(&pg, "verify-full", &files.ca, &files);
     let server = ServerProcess::start(&["--store", "postgres", "--database-url", &url]);
     let mut c = server.client().await;
     let q = unique_queue("tls");
@@ -161,18 +167,8 @@ async fn a_server_certificate_the_roots_do_not_vouch_for_is_refused_with_the_fix
     };
     let files = client_files(&ca);
     let other = client_files(&pki::ca("someone else's CA"));
-    let url = |root: &Path, mode: &str| {
-        format!(
-            "postgres://postgres@localhost:{}/postgres?sslmode={mode}&sslrootcert={}&\
-             sslcert={}&sslkey={}",
-            pg.port(),
-            root.display(),
-            files.cert.display(),
-            files.key.display()
-        )
-    };
     for mode in ["verify-full", "verify-ca", "require"] {
-        let stderr = refused(&url(&other.ca, mode), &[]);
+        let stderr = refused(&tls_url(&pg, mode, &other.ca, &files), &[]);
         assert!(
             stderr.contains("--database-url") && stderr.to_lowercase().contains("certificate"),
             "{mode}: names the problem and the fix: {stderr}"

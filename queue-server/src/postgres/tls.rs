@@ -169,24 +169,23 @@ impl DbTls {
     pub fn connector(&self) -> Result<MakeRustlsConnect, PgError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls_err = |e: rustls::Error| PgError::Tls(e.to_string());
-        let verifier: Arc<dyn ServerCertVerifier> = match self.mode {
-            DbSslMode::Disable | DbSslMode::Prefer | DbSslMode::Require => {
-                Arc::new(Unchecked(provider.clone()))
-            }
+        let webpki = match self.mode {
+            DbSslMode::Disable | DbSslMode::Prefer | DbSslMode::Require => None,
             DbSslMode::VerifyCa | DbSslMode::VerifyFull => {
                 let roots = crate::tls::client_roots(self.root_cert.as_deref())
                     .map_err(|e| PgError::Tls(format!("sslrootcert: {e}")))?;
-                let webpki =
+                Some(
                     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                         .build()
-                        .map_err(|e| PgError::Tls(e.to_string()))?;
-                if self.mode == DbSslMode::VerifyCa {
-                    Arc::new(AnyName(webpki))
-                } else {
-                    webpki
-                }
+                        .map_err(|e| PgError::Tls(e.to_string()))?,
+                )
             }
         };
+        let verifier = Arc::new(Verifier {
+            provider: provider.clone(),
+            webpki,
+            any_name: self.mode == DbSslMode::VerifyCa,
+        });
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(tls_err)?
@@ -212,61 +211,19 @@ impl DbTls {
     }
 }
 
-/// `prefer` and `require` as libpq has them: the handshake's signatures
-/// are checked, the certificate is not.
+/// How much of the server's certificate is checked: nothing (`prefer`,
+/// `require`, as libpq), the chain (`verify-ca`), or the chain and the name
+/// (`verify-full`, `webpki` alone). The handshake's signatures always are.
 #[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Verifier {
+    provider: Arc<CryptoProvider>,
+    /// The chain's check; `None`: none.
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    /// Whether a certificate not naming the host passes (`verify-ca`).
+    any_name: bool,
 }
 
-/// `verify-ca`: the chain is checked, the name is not.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -276,13 +233,13 @@ impl ServerCertVerifier for AnyName {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         use rustls::{CertificateError, Error};
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(webpki) = &self.webpki else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if self.any_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -293,7 +250,8 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -302,11 +260,14 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
