@@ -1,6 +1,7 @@
 //! What a handler gets ([`Job`]) and what it answers when it did not succeed
 //! ([`WorkError`], with its [`Disposition`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -11,7 +12,7 @@ use crate::types::{LeasedItem, QueueName};
 #[derive(Debug)]
 pub struct Job {
     pub(super) item: LeasedItem,
-    pub(super) queue: QueueName,
+    pub(super) queue: Arc<QueueName>,
     pub(super) shutdown: CancellationToken,
     pub(super) lease_lost: CancellationToken,
 }

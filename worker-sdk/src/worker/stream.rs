@@ -16,13 +16,21 @@
 //!
 //! # When the stream breaks
 //! A stream the server ended without saying "drained", or a lost connection,
-//! is opened again with back-off. The server released what the old stream
-//! held (or, after a restart, every lease is gone), so the items waiting for
-//! a slot are dropped (they come again, no attempt counted); running handlers
-//! go on, and completions whose answer did not come are sent again on the
-//! new stream, where "already done" (or, as for unary retries, a refusal
-//! whose reason shows the item completed) counts as completed. An item is
-//! never completed twice: the server fences every token.
+//! is opened again with back-off. The server gave back what the old stream
+//! held (or, after a restart, every lease is gone): released when it ended
+//! the stream itself, each counting an attempt when the connection broke
+//! (it cannot tell which were started). So the items waiting for a slot are
+//! dropped (they come again); running handlers go on, and completions whose
+//! answer did not come are sent again on the new stream, where "already
+//! done" (or, as for unary retries, a refusal whose reason shows the item
+//! completed) counts as completed. An item is never completed twice: the
+//! server fences every token.
+//!
+//! # How it ends
+//! Once nothing runs and every completion is answered, the loop half-closes
+//! its side and reads until the server ends the stream: a clean end, so the
+//! server releases what it still holds (items pushed but never started)
+//! counting no attempt.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -33,7 +41,7 @@ use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::item::{Done, Stop, release_untried, run_streamed_item};
+use super::item::{Done, Started, finish_streamed_item, release_untried, start_streamed_item};
 use super::job::{Job, WorkError};
 use super::options::WorkerOptions;
 use super::summary::{ItemOutcome, StopReason, WorkSummary};
@@ -42,7 +50,7 @@ use crate::client::Queue;
 use crate::error::{Error, Result};
 use crate::finish::{FinishKind, retry_delay};
 use crate::retry::Backoff;
-use crate::types::{LeaseToken, LeasedItem};
+use crate::types::{LeaseToken, LeasedItem, QueueName};
 
 /// Most tokens in one message (the queue service's batch limit).
 const MAX_TOKENS: usize = 1000;
@@ -52,6 +60,13 @@ const COMPLETIONS_IN_FLIGHT: usize = 4;
 
 /// A completion waits at most this long for others to go with it.
 const FLUSH_AFTER: Duration = Duration::from_millis(1);
+
+/// How long a clean close waits for the server to end the stream.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// A handler's first poll, run on the loop itself, longer than this sends
+/// every later item to a task of its own.
+const INLINE_AT_MOST: Duration = Duration::from_micros(200);
 
 /// Renewal never more often than this.
 const MIN_RENEW_EVERY: Duration = Duration::from_millis(50);
@@ -76,6 +91,10 @@ struct Loop<'a> {
     queue: &'a Queue,
     grpc: &'a GrpcBackend,
     opts: &'a WorkerOptions,
+    /// The queue's name, as each [`Job`] holds it.
+    job_queue: Arc<QueueName>,
+    /// Whether handlers are first polled on the loop (see [`Loop::start`]).
+    inline: bool,
     stream: Option<WorkStream>,
     /// Granted and not yet received.
     open_credit: usize,
@@ -113,6 +132,8 @@ where
         queue,
         grpc,
         opts,
+        job_queue: Arc::new(queue.name().clone()),
+        inline: true,
         stream: None,
         open_credit: 0,
         waiting: VecDeque::new(),
@@ -198,21 +219,29 @@ impl Loop<'_> {
                 {
                     ending = Some(Ok(StopReason::Limit));
                 }
-                let stop = Stop {
-                    shutdown: shutdown.clone(),
-                    hard_stop: hard_stop.clone(),
-                };
-                let token = item.token.clone();
-                let key = token.clone();
-                let job = run_streamed_item(
-                    self.queue.clone(),
+                let lease = (item.id.clone(), item.token.clone());
+                let job = Job {
                     item,
-                    handler.clone(),
-                    stop,
-                    lost,
+                    queue: self.job_queue.clone(),
+                    shutdown: shutdown.clone(),
+                    lease_lost: lost,
+                };
+                let started = self.start(handler.clone(), job);
+                if let Started::Answered(Ok(())) = started {
+                    self.pending_since.get_or_insert_with(Instant::now);
+                    self.to_complete.push((lease.1, false));
+                    continue;
+                }
+                let key = lease.1.clone();
+                let finish = finish_streamed_item(
+                    self.queue.clone(),
+                    lease,
+                    started,
+                    hard_stop.clone(),
                     self.opts.lease,
                 );
-                let id = tasks.spawn(async move { (token, job.await) }).id();
+                let token = key.clone();
+                let id = tasks.spawn(async move { (token, finish.await) }).id();
                 self.running.insert(id, key);
             }
             let unanswered_completions = self.to_complete.len()
@@ -329,9 +358,32 @@ impl Loop<'_> {
             }
         }
         // Whatever the stream still holds (items pushed after a shutdown) is
-        // released by the server when it ends.
-        self.stream = None;
+        // released by the server when it ends: cleanly, so with no attempt.
+        if let Some(stream) = self.stream.take() {
+            stream.close(CLOSE_WITHIN).await;
+        }
         ending.unwrap_or(Ok(StopReason::Drained))
+    }
+
+    /// Starts an item's handler: polled once here while handlers answer
+    /// quickly (no task for one that answers at once); once a first poll
+    /// takes longer than [`INLINE_AT_MOST`], in a task each, so that slow
+    /// handlers run side by side and never hold up the loop.
+    fn start<H, Fut>(&mut self, handler: Arc<H>, job: Job) -> Started
+    where
+        H: Fn(Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), WorkError>> + Send + 'static,
+    {
+        if !self.inline {
+            return start_streamed_item(handler, job, false);
+        }
+        let began = std::time::Instant::now();
+        let started = start_streamed_item(handler, job, true);
+        if began.elapsed() > INLINE_AT_MOST {
+            tracing::debug!(queue = %self.queue.name(), "a handler's first poll was slow: each item runs in a task of its own from now on");
+            self.inline = false;
+        }
+        started
     }
 
     /// Items more the loop can take: free slots and prefetch, less what it
