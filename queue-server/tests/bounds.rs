@@ -4,7 +4,6 @@
 use queue_server::settings::Limits;
 use queue_server::{RunningServer, ServerConfig};
 use std::time::Duration;
-use tokio_stream::StreamExt;
 use tonic::Code;
 use workq_proto::v1 as pb;
 
