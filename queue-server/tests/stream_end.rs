@@ -130,7 +130,11 @@ async fn work(
     c: &mut Client,
     credit: i32,
     n: usize,
-) -> (Outbox, tonic::Streaming<pb::WorkResponse>, Vec<pb::LeasedItem>) {
+) -> (
+    Outbox,
+    tonic::Streaming<pb::WorkResponse>,
+    Vec<pb::LeasedItem>,
+) {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     tx.send(pb::WorkRequest {
         queue: "q".into(),
@@ -205,7 +209,11 @@ async fn abnormal_end_counts_an_attempt_until_dead(store: &str) {
         let last = attempt == MAX_ATTEMPTS;
         assert_eq!(
             (s.pending, s.retried, s.dead),
-            (i64::from(!last), i64::from(attempt.min(MAX_ATTEMPTS - 1)), i64::from(last)),
+            (
+                i64::from(!last),
+                i64::from(attempt.min(MAX_ATTEMPTS - 1)),
+                i64::from(last)
+            ),
             "attempt {attempt}"
         );
     }
