@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use super::job::{Disposition, Job, WorkError};
+use super::job::{Disposition, Job, Lost, WorkError};
 use super::summary::ItemOutcome;
 use crate::ack::Acker;
 use crate::client::Queue;
@@ -120,8 +120,8 @@ where
     let job = Job {
         item,
         queue: Arc::new(queue.name().clone()),
-        shutdown,
-        lease_lost: handle.lost().clone(),
+        shutdown: Arc::new(shutdown),
+        lease_lost: Lost::Token(handle.lost().clone()),
     };
     let work = AssertUnwindSafe(handler(job)).catch_unwind();
     let answer = tokio::select! {

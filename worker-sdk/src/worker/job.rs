@@ -1,7 +1,8 @@
 //! What a handler gets ([`Job`]) and what it answers when it did not succeed
 //! ([`WorkError`], with its [`Disposition`]).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -13,8 +14,52 @@ use crate::types::{LeasedItem, QueueName};
 pub struct Job {
     pub(super) item: LeasedItem,
     pub(super) queue: Arc<QueueName>,
-    pub(super) shutdown: CancellationToken,
-    pub(super) lease_lost: CancellationToken,
+    pub(super) shutdown: Arc<CancellationToken>,
+    pub(super) lease_lost: Lost,
+}
+
+/// How a [`Job`] learns that its lease was lost.
+#[derive(Debug)]
+pub(super) enum Lost {
+    /// The token of a lease handle that renews the item.
+    Token(CancellationToken),
+    /// The flag of a lease the stream loop renews.
+    Flag(Arc<LostFlag>),
+}
+
+/// Whether a lease the stream loop holds was lost, shared by the loop and
+/// the item's [`Job`]: the cancellation token a handler may wait on is made
+/// only when it asks for it (most never do).
+#[derive(Debug, Default)]
+pub(super) struct LostFlag {
+    lost: AtomicBool,
+    token: OnceLock<CancellationToken>,
+}
+
+impl LostFlag {
+    /// The lease is lost: cancels the token, now or when it is made.
+    pub(super) fn cancel(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `token`: one of the two sees the other.
+        fence(Ordering::SeqCst);
+        if let Some(t) = self.token.get() {
+            t.cancel();
+        }
+    }
+
+    /// Whether the lease was lost.
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    fn token(&self) -> &CancellationToken {
+        let t = self.token.get_or_init(CancellationToken::new);
+        fence(Ordering::SeqCst);
+        if self.lost.load(Ordering::SeqCst) {
+            t.cancel();
+        }
+        t
+    }
 }
 
 impl Job {
@@ -47,7 +92,10 @@ impl Job {
     /// Cancelled when the lease was lost (it expired, someone else may hold the
     /// item now): the result of this handler will be refused.
     pub fn lease_lost(&self) -> &CancellationToken {
-        &self.lease_lost
+        match &self.lease_lost {
+            Lost::Token(t) => t,
+            Lost::Flag(f) => f.token(),
+        }
     }
 }
 

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::item::{Done, Started, finish_streamed_item, release_untried, start_streamed_item};
-use super::job::{Job, WorkError};
+use super::job::{Job, Lost, LostFlag, WorkError};
 use super::options::WorkerOptions;
 use super::summary::{ItemOutcome, StopReason, WorkSummary};
 use crate::backend::grpc::{GrpcBackend, WorkEvent, WorkStream};
@@ -58,17 +58,19 @@ mod requests;
 /// How long a clean close waits for the server to end the stream.
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
-/// A handler's first poll, run on the loop itself, longer than this sends
-/// every later item to a task of its own.
+/// A handler's first poll, run on the loop itself, longer than this is slow.
 const INLINE_AT_MOST: Duration = Duration::from_micros(200);
+
+/// Slow first polls in a row that send every later item to a task of its own.
+const SLOW_POLLS_TO_SPAWN: u32 = 3;
 
 /// Renewal never more often than this.
 const MIN_RENEW_EVERY: Duration = Duration::from_millis(50);
 
 /// A lease the loop holds.
 struct Held {
-    /// Cancelled when a renewal is refused.
-    lost: CancellationToken,
+    /// Set when a renewal is refused.
+    lost: Arc<LostFlag>,
     /// When it was last renewed (or leased).
     renewed: Instant,
 }
@@ -82,6 +84,8 @@ struct Loop<'a> {
     job_queue: Arc<QueueName>,
     /// Whether handlers are first polled on the loop (see [`Loop::start`]).
     inline: bool,
+    /// First polls in a row that were slow.
+    slow_in_a_row: u32,
     stream: Option<WorkStream>,
     /// Granted and not yet received.
     open_credit: usize,
@@ -121,6 +125,7 @@ where
         opts,
         job_queue: Arc::new(queue.name().clone()),
         inline: true,
+        slow_in_a_row: 0,
         stream: None,
         open_credit: 0,
         waiting: VecDeque::new(),
@@ -150,6 +155,8 @@ impl Loop<'_> {
         Fut: Future<Output = std::result::Result<(), WorkError>> + Send + 'static,
     {
         let shutdown = self.opts.shutdown.clone();
+        // One for every job, shared.
+        let job_shutdown = Arc::new(shutdown.clone());
         let renew_every = (self.opts.lease / 3).max(MIN_RENEW_EVERY);
         // Ticks twice per period: a lease is renewed within half its duration.
         let tick = renew_every / 2;
@@ -189,7 +196,7 @@ impl Loop<'_> {
                 let Some(item) = self.waiting.pop_front() else {
                     break;
                 };
-                let Some(lost) = self.held.get(&item.token).map(|h| h.lost.clone()) else {
+                let Some(lost) = self.held.get(&item.token).map(|h| Arc::clone(&h.lost)) else {
                     continue;
                 };
                 if lost.is_cancelled() {
@@ -210,8 +217,8 @@ impl Loop<'_> {
                 let job = Job {
                     item,
                     queue: self.job_queue.clone(),
-                    shutdown: shutdown.clone(),
-                    lease_lost: lost,
+                    shutdown: Arc::clone(&job_shutdown),
+                    lease_lost: Lost::Flag(lost),
                 };
                 let started = self.start(handler.clone(), job);
                 if let Started::Answered(Ok(())) = started {
@@ -353,9 +360,10 @@ impl Loop<'_> {
     }
 
     /// Starts an item's handler: polled once here while handlers answer
-    /// quickly (no task for one that answers at once); once a first poll
-    /// takes longer than [`INLINE_AT_MOST`], in a task each, so that slow
-    /// handlers run side by side and never hold up the loop.
+    /// quickly (no task for one that answers at once); once
+    /// [`SLOW_POLLS_TO_SPAWN`] first polls in a row take longer than
+    /// [`INLINE_AT_MOST`], in a task each, so that slow handlers run side by
+    /// side and do not hold up the loop.
     fn start<H, Fut>(&mut self, handler: Arc<H>, job: Job) -> Started
     where
         H: Fn(Job) -> Fut + Send + Sync + 'static,
@@ -366,9 +374,16 @@ impl Loop<'_> {
         }
         let began = std::time::Instant::now();
         let started = start_streamed_item(handler, job, true);
-        if began.elapsed() > INLINE_AT_MOST {
-            tracing::debug!(queue = %self.queue.name(), "a handler's first poll was slow: each item runs in a task of its own from now on");
-            self.inline = false;
+        if began.elapsed() <= INLINE_AT_MOST {
+            self.slow_in_a_row = 0;
+        } else {
+            // One slow poll may be the thread preempted; several in a row
+            // are the handler.
+            self.slow_in_a_row += 1;
+            if self.slow_in_a_row >= SLOW_POLLS_TO_SPAWN {
+                tracing::debug!(queue = %self.queue.name(), "handlers' first polls are slow: each item runs in a task of its own from now on");
+                self.inline = false;
+            }
         }
         started
     }
@@ -405,7 +420,7 @@ impl Loop<'_> {
                 self.held.insert(
                     item.token.clone(),
                     Held {
-                        lost: CancellationToken::new(),
+                        lost: Arc::default(),
                         renewed: now,
                     },
                 );
