@@ -186,3 +186,22 @@ impl<E: std::error::Error> From<E> for WorkError {
         WorkError::retry(reason)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LostFlag;
+
+    #[test]
+    fn a_lost_flag_cancels_its_token_whether_made_before_or_after() {
+        let before = LostFlag::default();
+        let token = before.token().clone();
+        assert!(!token.is_cancelled() && !before.is_cancelled());
+        before.cancel();
+        assert!(token.is_cancelled() && before.is_cancelled());
+
+        let after = LostFlag::default();
+        after.cancel();
+        assert!(after.is_cancelled());
+        assert!(after.token().is_cancelled(), "made after the loss: cancelled");
+    }
+}
