@@ -202,6 +202,9 @@ mod tests {
         let after = LostFlag::default();
         after.cancel();
         assert!(after.is_cancelled());
-        assert!(after.token().is_cancelled(), "made after the loss: cancelled");
+        assert!(
+            after.token().is_cancelled(),
+            "made after the loss: cancelled"
+        );
     }
 }

@@ -37,6 +37,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -91,7 +92,9 @@ struct Loop<'a> {
     open_credit: usize,
     /// Received, waiting for a slot.
     waiting: VecDeque<LeasedItem>,
-    held: HashMap<LeaseToken, Held>,
+    /// Every lease held, by token (hashed with Fx: the tokens are the
+    /// server's, a few hundred at most, looked up once or twice each).
+    held: FxHashMap<LeaseToken, Held>,
     /// Task of each running item.
     running: HashMap<Id, LeaseToken>,
     /// Succeeded, to be completed; with whether sent before.
@@ -129,7 +132,7 @@ where
         stream: None,
         open_credit: 0,
         waiting: VecDeque::new(),
-        held: HashMap::new(),
+        held: FxHashMap::default(),
         running: HashMap::new(),
         to_complete: Vec::new(),
         sent: HashMap::new(),
