@@ -1,9 +1,12 @@
 //! How a `Work` stream's end decides what becomes of the items it held: a
 //! clean end (the worker half-closed) releases them counting no attempt; an
 //! abnormal one (the worker's side reset or gone) counts an attempt, so an
-//! item that keeps killing its worker goes dead. On both local stores, a real
-//! server started in-process, over the network; a worker that dies is one
+//! item that keeps killing its worker goes dead. On both local stores and on
+//! PostgreSQL (when it is there), a real server started in-process, over the
+//! network; a worker that dies is one
 //! whose TCP connection is cut under it (as when its process is killed).
+
+mod common;
 
 use queue_server::{RunningServer, ServerConfig};
 use std::sync::{Arc, Mutex};
@@ -16,12 +19,36 @@ type Client = pb::queue_service_client::QueueServiceClient<tonic::transport::Cha
 /// The queue's attempts before an item goes dead.
 const MAX_ATTEMPTS: i32 = 3;
 
-/// A server on `store` ("memory" or "embedded", in `dir`), a client, and a
-/// queue `q` of `MAX_ATTEMPTS` holding one item per payload.
-async fn server(store: &str, dir: &std::path::Path, payloads: &[&[u8]]) -> (RunningServer, Client) {
+/// Where a test's server keeps its items.
+enum Store {
+    Memory,
+    Embedded,
+    /// A database of its own, dropped with it.
+    Postgres(common::PgDatabase),
+}
+
+impl Store {
+    /// The store named `name`; `None` for PostgreSQL when it is not there.
+    fn named(name: &str) -> Option<Store> {
+        Some(match name {
+            "memory" => Store::Memory,
+            "embedded" => Store::Embedded,
+            _ => Store::Postgres(common::PgDatabase::create()?),
+        })
+    }
+}
+
+/// A server on `store` (embedded: in `dir`), a client, and a queue `q` of
+/// `MAX_ATTEMPTS` holding one item per payload.
+async fn server(
+    store: &Store,
+    dir: &std::path::Path,
+    payloads: &[&[u8]],
+) -> (RunningServer, Client) {
     let config = match store {
-        "memory" => ServerConfig::memory(),
-        _ => ServerConfig::embedded(dir),
+        Store::Memory => ServerConfig::memory(),
+        Store::Embedded => ServerConfig::embedded(dir),
+        Store::Postgres(db) => ServerConfig::postgres(db.url()),
     };
     let server = queue_server::start(config).await.expect("start");
     let mut c = Client::connect(format!("http://{}", server.grpc_addr()))
@@ -160,8 +187,11 @@ async fn work(
 /// The worker half-closes, then reads to the end: what it held is released,
 /// no attempt counted; a completion handed in before is honoured.
 async fn clean_end_releases_without_an_attempt(store: &str) {
+    let Some(store) = Store::named(store) else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server, mut c) = server(store, dir.path(), &[b"a", b"b", b"c"]).await;
+    let (server, mut c) = server(&store, dir.path(), &[b"a", b"b", b"c"]).await;
     let (tx, mut answers, got) = work(&mut c, 3, 3).await;
     tx.send(pb::WorkRequest {
         complete_tokens: vec![got[0].lease_token.clone()],
@@ -195,8 +225,11 @@ async fn clean_end_releases_without_an_attempt(store: &str) {
 /// dead with a reason that says the worker was lost; an item completed
 /// meanwhile is not touched.
 async fn abnormal_end_counts_an_attempt_until_dead(store: &str) {
+    let Some(store) = Store::named(store) else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server, mut c) = server(store, dir.path(), &[b"poison"]).await;
+    let (server, mut c) = server(&store, dir.path(), &[b"poison"]).await;
     let proxy = Proxy::start(server.grpc_addr()).await;
     for attempt in 1..=MAX_ATTEMPTS {
         let mut worker = proxy.client().await;
@@ -236,8 +269,11 @@ async fn abnormal_end_counts_an_attempt_until_dead(store: &str) {
 /// A completion answered before the worker vanished stays completed; only
 /// what was still held counts an attempt.
 async fn abnormal_end_spares_what_was_completed(store: &str) {
+    let Some(store) = Store::named(store) else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server, mut c) = server(store, dir.path(), &[b"done", b"held"]).await;
+    let (server, mut c) = server(&store, dir.path(), &[b"done", b"held"]).await;
     let proxy = Proxy::start(server.grpc_addr()).await;
     let mut worker = proxy.client().await;
     let (tx, mut answers, got) = work(&mut worker, 2, 2).await;
@@ -292,4 +328,19 @@ async fn memory_an_abnormal_end_spares_what_was_completed() {
 #[tokio::test]
 async fn embedded_an_abnormal_end_spares_what_was_completed() {
     abnormal_end_spares_what_was_completed("embedded").await;
+}
+
+#[tokio::test]
+async fn postgres_a_clean_end_releases_without_an_attempt() {
+    clean_end_releases_without_an_attempt("postgres").await;
+}
+
+#[tokio::test]
+async fn postgres_an_abnormal_end_counts_an_attempt_until_dead() {
+    abnormal_end_counts_an_attempt_until_dead("postgres").await;
+}
+
+#[tokio::test]
+async fn postgres_an_abnormal_end_spares_what_was_completed() {
+    abnormal_end_spares_what_was_completed("postgres").await;
 }
