@@ -110,6 +110,16 @@ async fn kill_9_loses_no_acknowledged_item_and_redelivers_no_completed_one() {
                 }
             }));
         }
+        // The kill lands at a random moment once the load is going (a
+        // loaded machine may take a while to acknowledge the first batch).
+        let started = std::time::Instant::now();
+        while acked.lock().expect("lock").enqueued.is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "round {round}: no enqueue acknowledged within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(Duration::from_millis(150 + random_below(350))).await;
         let mut server = server;
         server.child.kill().expect("kill -9");
