@@ -734,12 +734,9 @@ async fn the_queued_bytes_limit_holds_across_replicas_until_items_leave() {
     enqueue(&mut ca, &q, &[big.as_str()]).await;
     refuse(&mut ca).await.expect_err("full again");
     // A purge frees the pending ones: three fit again.
-    cb.purge_queue(pb::PurgeQueueRequest {
-        name: q.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("purge");
+    cb.purge_queue(pb::PurgeQueueRequest { name: q.clone() })
+        .await
+        .expect("purge");
     enqueue(&mut cb, &q, &[big.as_str(), big.as_str(), big.as_str()]).await;
     assert_eq!(stats(&mut cb, &q).await.pending, 3);
 }
