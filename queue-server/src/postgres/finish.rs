@@ -29,7 +29,9 @@ use super::judge::{result, same_secret};
 /// live tokens (locked, in id order), `ok` whether every token is live;
 /// only then `del` deletes the items (answering each one's `b`, its bytes
 /// held), `keys` starts their idempotency keys' window and `fin` records
-/// the finishes. The counters are the statement's to change.
+/// the completions — one `workq_completed` row for the call, not one row
+/// per item (the judge reads both). The counters are the statement's to
+/// change.
 pub(super) const COMPLETE_CTES: &str = "\
 WITH q AS (SELECT id, sealed, default_lease_ms FROM workq_queues WHERE name = $1), \
 t AS (SELECT * FROM unnest($2::int8[], $3::int8[], $4::bytea[]) AS t(id, seq, secret)), \
@@ -45,10 +47,10 @@ keys AS (UPDATE workq_keys SET expires_at = workq_ms() + $6 WHERE (SELECT all_li
     AND queue_id = (SELECT id FROM q) \
     AND key = ANY(ARRAY(SELECT idem_key FROM live WHERE idem_key IS NOT NULL)) \
     AND item = ANY(ARRAY(SELECT id FROM live))), \
-fin AS (INSERT INTO workq_finished (queue_id, item, seq, secret, how, dead, at) \
-    SELECT q.id, live.id, live.seq, live.secret, 'c', false, workq_ms() FROM live, q, ok \
-    WHERE ok.all_live ON CONFLICT (queue_id, item) DO UPDATE SET seq = excluded.seq, \
-    secret = excluded.secret, how = excluded.how, dead = excluded.dead, at = excluded.at)";
+fin AS (INSERT INTO workq_completed (queue_id, lo, hi, items, seqs, secrets, at) \
+    SELECT (SELECT id FROM q), min(id), max(id), array_agg(id), array_agg(seq), \
+    array_agg(secret), workq_ms() FROM live WHERE (SELECT all_live FROM ok) \
+    HAVING count(*) > 0)";
 
 /// The parameters `$1`–`$6` of [`COMPLETE_CTES`] (a statement's own follow).
 pub(super) struct CompleteArgs<'a> {

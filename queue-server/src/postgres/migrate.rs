@@ -116,7 +116,21 @@ CREATE TABLE workq_counters (
     //    and a fifth of a completion's statement time, and a share lock on
     //    the queue's row per item); deleting a queue deletes them itself,
     //    and every statement that adds them holds or reads the queue's row.
+    //    Completions by the one-statement path are recorded one row per
+    //    call (`workq_completed`: the items' ids, epochs and secrets as
+    //    arrays, found by the range of ids), not one row per item.
     r#"
+CREATE TABLE workq_completed (
+    queue_id int8 NOT NULL,
+    lo int8 NOT NULL,
+    hi int8 NOT NULL,
+    items int8[] NOT NULL,
+    seqs int8[] NOT NULL,
+    secrets bytea[] NOT NULL,
+    at int8 NOT NULL
+);
+CREATE INDEX workq_completed_ids ON workq_completed USING gist (int8range(lo, hi, '[]'));
+CREATE INDEX workq_completed_at ON workq_completed (at);
 ALTER TABLE workq_items DROP CONSTRAINT workq_items_queue_id_fkey;
 ALTER TABLE workq_finished DROP CONSTRAINT workq_finished_queue_id_fkey;
 ALTER TABLE workq_counters ADD COLUMN bytes int8 NOT NULL DEFAULT 0;

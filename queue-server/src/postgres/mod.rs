@@ -344,6 +344,7 @@ impl PgEngine {
         client
             .query_one(
                 "SELECT (SELECT count(*) FROM workq_finished) + \
+                 (SELECT coalesce(sum(cardinality(items)), 0) FROM workq_completed) + \
                  (SELECT coalesce(sum(1 + cardinality(ids)), 0) FROM workq_requests)::int8",
                 &[],
             )
