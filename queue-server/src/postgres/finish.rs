@@ -25,25 +25,21 @@ use super::judge::{result, same_secret};
 
 /// The completion of a batch whose every token is a live lease, as the
 /// first CTEs of a statement (parameters `$1`–`$6` of [`CompleteArgs`]):
-/// `q` the queue (id, sealed, default lease); `live` the row versions
-/// the tokens name that are live leases of them (one primary key lookup per
-/// token: `OFFSET 0` keeps the planner from turning it into a join);
-/// `del` deletes exactly those versions by their `ctid` (a row changed
-/// meanwhile has a new version elsewhere: not deleted), answering each
-/// one's `b`, its bytes held; `ok` raises `WQ001` unless every token was
-/// deleted — undoing the whole statement (see [`not_all_live`]), so no row
-/// is locked before it is deleted; `keys` starts their idempotency keys' window and `fin` records
+/// `q` the queue (id, sealed, default lease); `del` deletes the items the
+/// tokens name that are live leases of them (in id order; a row changed
+/// meanwhile is re-checked under its lock), answering each one's `b`, its
+/// bytes held; `ok` raises `WQ001` unless every token was — undoing the
+/// whole statement (see [`not_all_live`]), so no row is locked before it is
+/// deleted; `keys` starts their idempotency keys' window and `fin` records
 /// the completions — one `workq_completed` row for the call, not one row
 /// per item (the judge reads both). The counters are the statement's to
 /// change, and it must read `ok`.
 pub(super) const COMPLETE_CTES: &str = "\
 WITH q AS (SELECT id, sealed, default_lease_ms FROM workq_queues WHERE name = $1), \
 t AS (SELECT * FROM unnest($2::int8[], $3::int8[], $4::bytea[]) AS t(id, seq, secret)), \
-live AS (SELECT i.row FROM (SELECT * FROM t ORDER BY id) t \
-    CROSS JOIN LATERAL (SELECT ctid AS row FROM workq_items \
-    WHERE queue_id = (SELECT id FROM q) AND id = t.id AND state = 'l' AND seq = t.seq \
-    AND secret = t.secret AND due_at > workq_ms() OFFSET 0) i), \
-del AS (DELETE FROM workq_items i WHERE ctid = ANY(ARRAY(SELECT row FROM live)) \
+del AS (DELETE FROM workq_items i USING (SELECT * FROM t ORDER BY id) t \
+    WHERE i.queue_id = (SELECT id FROM q) AND i.id = t.id AND i.state = 'l' \
+    AND i.seq = t.seq AND i.secret = t.secret AND i.due_at > workq_ms() \
     RETURNING i.id, i.idem_key, i.seq, i.secret, \
     i.size + coalesce(octet_length(i.idem_key), 0) AS b), \
 ok AS (SELECT workq_all_live(count(*), $5) AS all_live FROM del), \
