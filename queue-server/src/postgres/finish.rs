@@ -25,37 +25,32 @@ use super::judge::{result, same_secret};
 
 /// The completion of a batch whose every token is a live lease, as the
 /// first CTEs of a statement (parameters `$1`–`$6` of [`CompleteArgs`]):
-/// `q` the queue (id, sealed, default lease); `del` deletes the items the
-/// tokens name that are live leases of them (in id order; a row changed
-/// meanwhile is re-checked under its lock), answering each one's `b`, its
-/// bytes held; `ok` raises `WQ001` unless every token was — undoing the
-/// whole statement (see [`not_all_live`]), so no row is locked before it is
-/// deleted; `keys` starts their idempotency keys' window and `fin` records
+/// `q` the queue (id, sealed, default lease), `live` the items named by
+/// live tokens (locked, in id order), `ok` whether every token is live;
+/// only then `del` deletes the items (answering each one's `b`, its bytes
+/// held), `keys` starts their idempotency keys' window and `fin` records
 /// the completions — one `workq_completed` row for the call, not one row
 /// per item (the judge reads both). The counters are the statement's to
-/// change, and it must read `ok`.
+/// change.
 pub(super) const COMPLETE_CTES: &str = "\
 WITH q AS (SELECT id, sealed, default_lease_ms FROM workq_queues WHERE name = $1), \
 t AS (SELECT * FROM unnest($2::int8[], $3::int8[], $4::bytea[]) AS t(id, seq, secret)), \
-del AS (DELETE FROM workq_items i USING (SELECT * FROM t ORDER BY id) t \
-    WHERE i.queue_id = (SELECT id FROM q) AND i.id = t.id AND i.state = 'l' \
-    AND i.seq = t.seq AND i.secret = t.secret AND i.due_at > workq_ms() \
-    RETURNING i.id, i.idem_key, i.seq, i.secret, \
-    i.size + coalesce(octet_length(i.idem_key), 0) AS b), \
-ok AS (SELECT workq_all_live(count(*), $5) AS all_live FROM del), \
-keys AS (UPDATE workq_keys SET expires_at = workq_ms() + $6 \
-    WHERE queue_id = (SELECT id FROM q) \
-    AND key = ANY(ARRAY(SELECT idem_key FROM del WHERE idem_key IS NOT NULL)) \
-    AND item = ANY(ARRAY(SELECT id FROM del))), \
+live AS (SELECT i.id, i.idem_key, t.seq, t.secret FROM (SELECT * FROM t ORDER BY id) t \
+    CROSS JOIN LATERAL (SELECT id, idem_key FROM workq_items \
+    WHERE queue_id = (SELECT id FROM q) AND id = t.id AND state = 'l' AND seq = t.seq \
+    AND secret = t.secret AND due_at > workq_ms() FOR UPDATE) i), \
+ok AS (SELECT count(*) = $5 AS all_live FROM live), \
+del AS (DELETE FROM workq_items WHERE (SELECT all_live FROM ok) \
+    AND queue_id = (SELECT id FROM q) AND id = ANY(ARRAY(SELECT id FROM live)) \
+    RETURNING id, size + coalesce(octet_length(idem_key), 0) AS b), \
+keys AS (UPDATE workq_keys SET expires_at = workq_ms() + $6 WHERE (SELECT all_live FROM ok) \
+    AND queue_id = (SELECT id FROM q) \
+    AND key = ANY(ARRAY(SELECT idem_key FROM live WHERE idem_key IS NOT NULL)) \
+    AND item = ANY(ARRAY(SELECT id FROM live))), \
 fin AS (INSERT INTO workq_completed (queue_id, lo, hi, items, seqs, secrets, at) \
     SELECT (SELECT id FROM q), min(id), max(id), array_agg(id), array_agg(seq), \
-    array_agg(secret), workq_ms() FROM del HAVING count(*) > 0)";
-
-/// Whether a statement of [`COMPLETE_CTES`] failed because not every token
-/// was live (`workq_all_live` raised: the whole statement was undone).
-pub(super) fn not_all_live(e: &tokio_postgres::Error) -> bool {
-    e.code().is_some_and(|c| c.code() == "WQ001")
-}
+    array_agg(secret), workq_ms() FROM live WHERE (SELECT all_live FROM ok) \
+    HAVING count(*) > 0)";
 
 /// The parameters `$1`–`$6` of [`COMPLETE_CTES`] (a statement's own follow).
 pub(super) struct CompleteArgs<'a> {
@@ -174,11 +169,10 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT sealed FRO
         let mut params = args.params();
         let stripe = super::stripe();
         params.push(&stripe);
-        let row = match client.query_one(&stmt, &params).await {
-            Ok(row) => row,
-            Err(e) if not_all_live(&e) => return Ok(false),
-            Err(e) => return Err(unavailable(e)),
-        };
+        let row = client
+            .query_one(&stmt, &params)
+            .await
+            .map_err(unavailable)?;
         let all: bool = row.get::<_, Option<bool>>(0).unwrap_or(false);
         let deleted: i64 = row.get(1);
         let done = all && deleted == tokens.len() as i64;

@@ -15,7 +15,7 @@
 //! A call that finds nothing parks until a notification for its queue (an
 //! enqueue on any replica), its wait ends, or a slow safety poll.
 
-use super::finish::{COMPLETE_CTES, CompleteArgs, not_all_live};
+use super::finish::{COMPLETE_CTES, CompleteArgs};
 use super::{PgEngine, secrets, token, unavailable};
 use crate::engine::LeaseOutcome;
 use crate::error::{Error, Result};
@@ -90,7 +90,7 @@ cnt AS (UPDATE workq_counters SET pending = pending - (SELECT count(*) FROM upd)
 /// Completing a batch of live leases and leasing, in one statement (one
 /// round trip, one commit): `$1`–`$6` as [`COMPLETE_CTES`], `$7` the
 /// stripe, `$8`–`$12` as [`take_ctes`]. It changes nothing unless every
-/// token is live (it fails with `WQ001`).
+/// token is live; its answer's last column says whether they were.
 static COMPLETE_THEN_LEASE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "{COMPLETE_CTES}, {}, \
@@ -100,7 +100,7 @@ cnt AS (UPDATE workq_counters c SET completed = c.completed + $5, \
     bytes = c.bytes - (SELECT coalesce(sum(b), 0) FROM del) \
     FROM ok WHERE ok.all_live AND c.queue_id = (SELECT id FROM q) AND c.stripe = $7) \
 {}",
-        take_ctes("true", 8),
+        take_ctes("(SELECT all_live FROM ok)", 8),
         take_answer(
             "$5",
             ", (SELECT all_live FROM ok), (SELECT count(*) FROM del)"
@@ -296,11 +296,7 @@ impl PgEngine {
         );
         let mut params = args.params();
         params.extend_from_slice(&[&stripe, &max, &budget, &first_free, &fresh, &lease_ms]);
-        let rows = match client.query(&stmt, &params).await {
-            Ok(rows) => rows,
-            Err(e) if not_all_live(&e) => return Ok(None),
-            Err(e) => return Err(unavailable(e)),
-        };
+        let rows = client.query(&stmt, &params).await.map_err(unavailable)?;
         let all_live = rows
             .first()
             .and_then(|r| r.get::<_, Option<bool>>(13))

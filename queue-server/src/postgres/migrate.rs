@@ -131,14 +131,6 @@ CREATE TABLE workq_completed (
 );
 CREATE INDEX workq_completed_ids ON workq_completed USING gist (int8range(lo, hi, '[]'));
 CREATE INDEX workq_completed_at ON workq_completed (at);
--- Undoes a one-statement completion unless every token was live.
-CREATE FUNCTION workq_all_live(done int8, wanted int8) RETURNS bool LANGUAGE plpgsql AS $$
-BEGIN
-    IF done <> wanted THEN
-        RAISE EXCEPTION 'workq: not every lease token is live' USING ERRCODE = 'WQ001';
-    END IF;
-    RETURN true;
-END $$;
 ALTER TABLE workq_items DROP CONSTRAINT workq_items_queue_id_fkey;
 ALTER TABLE workq_finished DROP CONSTRAINT workq_finished_queue_id_fkey;
 ALTER TABLE workq_counters ADD COLUMN bytes int8 NOT NULL DEFAULT 0;
