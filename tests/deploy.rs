@@ -275,6 +275,37 @@ fn deploy_ha_renders_three_replicas_on_postgres_and_validates() {
         .find(|e| e["name"] == "WQ_DATABASE_URL")
         .expect("WQ_DATABASE_URL");
     assert_eq!(url["valueFrom"]["secretKeyRef"]["name"], "workq-db-app");
+    // TLS to the database, the certificate checked against the cluster's CA
+    // (the file mounted from the CA Secret's ca.crt only).
+    let env = |name: &str| {
+        container["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["name"] == name))
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .to_string()
+    };
+    assert_eq!(env("PGSSLMODE"), "verify-full");
+    let root = env("PGSSLROOTCERT");
+    let ca = pod["volumes"]
+        .as_array()
+        .and_then(|v| {
+            v.iter()
+                .find(|v| v["secret"]["secretName"] == "workq-db-ca")
+        })
+        .expect("the database CA volume");
+    assert_eq!(
+        ca["secret"]["items"][0]["key"], "ca.crt",
+        "only the CA certificate"
+    );
+    let mount = container["volumeMounts"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == ca["name"]))
+        .expect("the database CA mounted");
+    assert!(
+        root.starts_with(mount["mountPath"].as_str().expect("path")),
+        "{root} is in the mounted CA volume"
+    );
     // Ready from health (which turns when the database is lost); spread over
     // nodes; at most one replica taken by a drain.
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/healthz");

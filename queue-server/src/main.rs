@@ -56,7 +56,9 @@ struct Args {
     data_dir: PathBuf,
     /// The postgres store's database: postgres://USER@HOST:PORT/DATABASE
     /// (keep the password out of it: --database-password-file or PGPASSWORD).
-    /// The schema is created and migrated at start.
+    /// TLS as libpq has it: ?sslmode=verify-full&sslrootcert=CA.pem (also
+    /// sslcert, sslkey; or PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY);
+    /// unset: no TLS. The schema is created and migrated at start.
     #[arg(long, env = "WQ_DATABASE_URL", required_if_eq("store", "postgres"))]
     database_url: Option<String>,
     /// A file holding the database password (e.g. a mounted Secret).

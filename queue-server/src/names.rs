@@ -103,7 +103,7 @@ impl FromStr for ItemId {
 
 impl fmt::Display for ItemId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -201,9 +201,12 @@ impl FromStr for LeaseToken {
             return Err(bad("the secret is not 32 hex digits"));
         }
         let mut out = [0u8; SECRET_BYTES];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&secret[2 * i..2 * i + 2], 16)
-                .map_err(|_| bad("the secret is not 32 hex digits"))?;
+        // Byte by byte: a slice of the text could cut a multi-byte character.
+        for (b, pair) in out.iter_mut().zip(secret.as_bytes().chunks_exact(2)) {
+            let (Some(hi), Some(lo)) = (hex_value(pair[0]), hex_value(pair[1])) else {
+                return Err(bad("the secret is not 32 hex digits"));
+            };
+            *b = hi << 4 | lo;
         }
         Ok(LeaseToken {
             item,
@@ -213,13 +216,56 @@ impl FromStr for LeaseToken {
     }
 }
 
+/// The value of one hex digit (either case).
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Lowercase hex digits.
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Longest shown token: 20 decimal digits, 16 hex digits, the secret, two dots.
+const TOKEN_TEXT_MAX: usize = 20 + 1 + 16 + 1 + 2 * SECRET_BYTES;
+
 impl fmt::Display for LeaseToken {
+    /// Written into a buffer on the stack and handed over at once: tokens
+    /// are shown once per lease and once per finish, on the hot path.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:x}.", self.item, self.seq)?;
-        for b in self.secret {
-            write!(f, "{b:02x}")?;
+        let mut buf = [0u8; TOKEN_TEXT_MAX];
+        let mut n = 0;
+        let mut put = |c: u8| {
+            buf[n] = c;
+            n += 1;
+        };
+        let mut digits = [0u8; 20];
+        let mut d = 0;
+        let mut item = self.item.0;
+        loop {
+            digits[d] = b'0' + (item % 10) as u8;
+            d += 1;
+            item /= 10;
+            if item == 0 {
+                break;
+            }
         }
-        Ok(())
+        digits[..d].iter().rev().for_each(|&c| put(c));
+        put(b'.');
+        let nibbles = (u64::BITS - self.seq.leading_zeros()).div_ceil(4).max(1);
+        for i in (0..nibbles).rev() {
+            put(HEX[((self.seq >> (4 * i)) & 0xf) as usize]);
+        }
+        put(b'.');
+        for b in self.secret {
+            put(HEX[usize::from(b >> 4)]);
+            put(HEX[usize::from(b & 0xf)]);
+        }
+        // Only ASCII digits and dots were written.
+        f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -271,6 +317,17 @@ mod tests {
         assert_eq!(shown.len(), "42.deadbeef.".len() + 32);
         assert_eq!(shown.parse::<LeaseToken>(), Ok(t));
         assert!(t.is_authentic());
+        // As the format machinery would show it, at the edges too.
+        for (item, seq) in [(0, 0), (1, 0xf), (u64::MAX, u64::MAX), (10, 0x10)] {
+            let t = LeaseToken::mint(ItemId(item), seq);
+            let mut expected = format!("{item}.{seq:x}.");
+            t.secret
+                .iter()
+                .for_each(|b| expected.push_str(&format!("{b:02x}")));
+            assert_eq!(t.to_string(), expected);
+            assert_eq!(expected.parse::<LeaseToken>(), Ok(t));
+            assert_eq!(expected.to_uppercase().parse::<LeaseToken>(), Ok(t));
+        }
         let zero = "0".repeat(32);
         for bad in [
             "",
@@ -282,6 +339,8 @@ mod tests {
             &format!("42.1.{zero}.1"),
             &format!("42.1.{}", "g".repeat(32)),
             &format!("42.1.{}", "é".repeat(16)),
+            // 32 bytes whose pairs cut a three-byte character.
+            &format!("42.1.ab{}", "€".repeat(10)),
         ] {
             assert!(bad.parse::<LeaseToken>().is_err(), "{bad}");
         }

@@ -217,3 +217,25 @@ pub fn subject_cn(cert: &[u8]) -> Option<String> {
     }
     None
 }
+
+/// Roots for a client of ours to check a server with: the CA file's
+/// certificates (PEM), or the system's store when there is none.
+pub(crate) fn client_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let why = |e: &dyn std::fmt::Display| format!("the CA file {}: {e}", path.display());
+            for c in CertificateDer::pem_file_iter(path).map_err(|e| why(&e))? {
+                roots.add(c.map_err(|e| why(&e))?).map_err(|e| why(&e))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    if roots.is_empty() {
+        return Err("no CA certificate to verify the server with (give a CA file)".into());
+    }
+    Ok(roots)
+}

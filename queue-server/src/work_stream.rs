@@ -13,11 +13,19 @@
 //! that returns them.
 //!
 //! # Guarantees
-//! - The stream owns its items: when it ends, for any reason (the worker
-//!   half-closed or vanished, the queue drained or deleted, the server
-//!   stopping), every item leased to it and not completed is released at
-//!   once, counting no attempt (completions over unary calls are honoured:
-//!   only leases still live are released).
+//! - The stream owns its items: when it ends, every item leased to it and
+//!   not completed (completions over unary calls are honoured: only leases
+//!   still live count) goes back to the queue at once. How depends on how it
+//!   ended ([`End`]): on a *clean* end — the worker half-closed its side (it
+//!   hands back, by then, what it did not start), or the server ended the
+//!   stream (the queue drained or deleted, the server stopping, the grant
+//!   withdrawn) — they are released, counting no attempt. On an *abnormal*
+//!   end — the worker's side failed before it half-closed (connection lost
+//!   or reset, the process killed, a message that could not be read) or it
+//!   stopped reading — they were in the worker's hands: each counts an
+//!   attempt, as an expired lease does ([`WORKER_LOST`]; dead once attempts
+//!   are exhausted, else back at once), so an item that kills its worker
+//!   goes dead instead of coming back forever.
 //! - Open credit (granted, not yet used) is at most
 //!   [`Limits::max_work_credit`](crate::settings::Limits::max_work_credit).
 //!   A grant beyond it is clamped, and the answer says so: the answer to
@@ -66,8 +74,23 @@ pub type Outbound = mpsc::Sender<Result<pb::WorkResponse, Status>>;
 /// What a stream holds: each item pushed and not finished, with its bytes.
 type Held = HashMap<LeaseToken, usize>;
 
+/// The failure reason of items held by a stream that ended abnormally.
+pub const WORKER_LOST: &str = "worker lost: its Work stream ended abnormally with the item in hand";
+
+/// How a stream ended, which decides what becomes of the items it held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The worker half-closed, or the server ended the stream: released,
+    /// no attempt counted.
+    Clean,
+    /// The worker's side failed before it half-closed, or it stopped
+    /// reading: each item held counts an attempt.
+    Abnormal,
+}
+
 /// Serves one `Work` stream until the queue is drained or deleted, the server
-/// stops, or the worker goes away; then releases what the worker still held.
+/// stops, or the worker goes away; then gives back what the worker still
+/// held: released on a clean end, failed ([`WORKER_LOST`]) on an abnormal one.
 pub async fn serve(
     engine: Engine,
     name: QueueName,
@@ -78,13 +101,29 @@ pub async fn serve(
     grant: Option<crate::auth::Recheck>,
 ) {
     let mut held = Held::new();
-    run(&engine, &name, lease, first, inbound, tx, &mut held, grant).await;
+    let end = run(&engine, &name, lease, first, inbound, tx, &mut held, grant).await;
     let held: Vec<LeaseToken> = held.into_keys().collect();
     for chunk in held.chunks(engine.limits().max_batch.max(1)) {
-        match engine.release_held(&name, chunk).await {
-            Ok(_) | Err(crate::Error::QueueNotFound(_)) => {}
+        let given_back = match end {
+            End::Clean => engine.release_held(&name, chunk).await.map(drop),
+            // Token by token: leases ended meanwhile are refused, the others
+            // fail; back at once, as after a lease's expiry.
+            End::Abnormal => engine
+                .fail_as(
+                    &name,
+                    chunk,
+                    false,
+                    WORKER_LOST,
+                    Some(Duration::ZERO),
+                    Batch::EachToken,
+                )
+                .await
+                .map(drop),
+        };
+        match given_back {
+            Ok(()) | Err(crate::Error::QueueNotFound(_)) => {}
             Err(e) => tracing::warn!(
-                "queue {name}: a Work stream ended; releasing its {} item(s) failed: {e}",
+                "queue {name}: a Work stream ended ({end:?}); giving back its {} item(s) failed: {e}",
                 chunk.len()
             ),
         }
@@ -120,7 +159,7 @@ async fn run(
     tx: Outbound,
     held: &mut Held,
     mut grant: Option<crate::auth::Recheck>,
-) {
+) -> End {
     let max_batch = engine.limits().max_batch as u64;
     let max_credit = engine.limits().max_work_credit.max(1);
     // A floor: a zero limit would make every lease answer at once and spin.
@@ -138,6 +177,9 @@ async fn run(
     // Set once the worker half-closed, the queue drained or the server is
     // stopping: nothing more is read or leased; answered requests end it.
     let mut ending = false;
+    // Clean once the worker half-closed or the server chose to end; a stream
+    // that stops otherwise ended abnormally.
+    let mut end = End::Abnormal;
     // Sent last, after the answers to requests in flight.
     let mut last_word: Option<Status> = None;
     let take = |req: pb::WorkRequest, credit: &mut u64| {
@@ -163,7 +205,7 @@ async fn run(
             if let Some(s) = last_word {
                 let _ = tx.send(Err(s)).await;
             }
-            return;
+            return end;
         }
         let want = usize::try_from(credit.min(max_batch)).unwrap_or(1);
         let room_left = room(max_outstanding, outstanding);
@@ -193,7 +235,7 @@ async fn run(
                 }
                 let msg = pb::WorkResponse { answer: Some(result), ..Default::default() };
                 if tx.send(Ok(msg)).await.is_err() {
-                    return;
+                    return end;
                 }
             }
             msg = inbound.message(), if !ending => match msg {
@@ -202,9 +244,13 @@ async fn run(
                         answers.push(a);
                     }
                 }
-                Ok(None) => ending = true,
-                // A message that could not be read (too large, malformed):
-                // the stream ends with why, after the answers in flight.
+                Ok(None) => {
+                    end = End::Clean;
+                    ending = true;
+                }
+                // A message that could not be read (too large, malformed),
+                // or the worker's side broken (reset, connection lost): the
+                // stream ends with why, after the answers in flight.
                 Err(s) => {
                     last_word = Some(s);
                     ending = true;
@@ -239,15 +285,17 @@ async fn run(
                         // The worker gone before it saw them: `serve` gives
                         // them back.
                         if tx.send(Ok(msg)).await.is_err() {
-                            return;
+                            return end;
                         }
                     }
                     if out.drained {
+                        end = End::Clean;
                         ending = true;
                     }
                 }
                 Err(e) => {
                     last_word = Some(rejection(&e).to_status());
+                    end = End::Clean;
                     ending = true;
                 }
             }},
@@ -261,6 +309,7 @@ async fn run(
             }
             () = &mut stopping, if !ending => {
                 last_word = Some(crate::grpc::rejection(&crate::Error::ShuttingDown).to_status());
+                end = End::Clean;
                 ending = true;
             }
             refused = async {
@@ -273,9 +322,10 @@ async fn run(
                 // store gives its items back when dropped).
                 leasing = None;
                 last_word = Some(refused);
+                end = End::Clean;
                 ending = true;
             }
-            () = tx.closed() => return,
+            () = tx.closed() => return end,
         }
         if !held_back {
             recheck

@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::own_postgres::OwnPostgres;
 use common::{PgDatabase, ServerProcess, unique_queue};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -280,106 +281,6 @@ async fn an_unreachable_database_at_start_is_one_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("--database-url"), "{stderr}");
-}
-
-/// A PostgreSQL server of one test's own, on a temporary data directory and
-/// a free port (kinder to other tests than restarting the machine's), run
-/// as the `postgres` user; stopped when dropped.
-struct OwnPostgres {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-impl OwnPostgres {
-    fn start() -> Option<Self> {
-        let ready = if !std::path::Path::new(&format!("{PG_BIN}/initdb")).exists() {
-            Err(format!(
-                "{PG_BIN}/initdb is missing: apt-get install postgresql-15"
-            ))
-        } else if workq_testkit::which("runuser").is_none() {
-            Err("runuser is missing: apt-get install util-linux".to_string())
-        } else {
-            Ok(())
-        };
-        if !workq_testkit::gate(ready) {
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).expect("data dir");
-        let chown = std::process::Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(dir.path())
-            .status()
-            .expect("chown");
-        assert!(chown.success());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let init = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--", &format!("{PG_BIN}/initdb")])
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&data)
-            .output()
-            .expect("initdb");
-        assert!(init.status.success(), "initdb: {init:?}");
-        let pg = OwnPostgres { dir, port };
-        pg.ctl("start");
-        Some(pg)
-    }
-
-    fn ctl(&self, what: &str) {
-        let data = self.dir.path().join("data");
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.dir.path().display()
-        );
-        let out = std::process::Command::new("runuser")
-            .args([
-                "-u",
-                "postgres",
-                "--",
-                &format!("{PG_BIN}/pg_ctl"),
-                "-w",
-                "-m",
-                "fast",
-            ])
-            .arg("-D")
-            .arg(&data)
-            .args(["-o", &opts, "-l"])
-            .arg(self.dir.path().join("log"))
-            .arg(what)
-            .output()
-            .expect("pg_ctl");
-        assert!(out.status.success(), "pg_ctl {what}: {out:?}");
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for OwnPostgres {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        let _ = std::process::Command::new("runuser")
-            .args([
-                "-u",
-                "postgres",
-                "--",
-                &format!("{PG_BIN}/pg_ctl"),
-                "-m",
-                "immediate",
-            ])
-            .arg("-D")
-            .arg(&data)
-            .arg("stop")
-            .output();
-    }
 }
 
 /// Polls `/healthz` until its status line holds `want` (a readiness wait,

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Seen, TestServer, assert_each_once, counting, unique};
+use common::{Proxy, Seen, TestServer, assert_each_once, counting, unique};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -175,14 +175,21 @@ async fn a_worker_that_vanishes_mid_item_loses_it_to_the_next_after_the_lease() 
 // Timers on tokio's paused clock, the server's leases too (it runs in this
 // runtime): leases expire and renew without real waits.
 #[tokio::test(start_paused = true)]
-async fn a_stream_worker_that_vanishes_mid_item_gives_it_back_at_once() {
+async fn a_stream_worker_that_vanishes_mid_item_gives_it_back_at_once_as_its_next_attempt() {
     let t = TestServer::start().await;
     let q = sealed(&t, "sdk-crash-stream", &["precious", "next"]).await;
+    let proxy = Proxy::start(t.server.grpc_addr()).await;
+    let doomed_q = worker_sdk::connect(&format!("grpc://{}", proxy.addr))
+        .await
+        .expect("connect through the proxy")
+        .queue(q.name().as_str())
+        .expect("name");
 
-    // On the Work stream: its end (the worker's connection or call gone)
-    // releases what it held at once, counting no attempt.
+    // On the Work stream: a worker whose connection dies (its process
+    // killed) gives back at once what it held, running or prefetched, each
+    // counting an attempt — the server cannot tell which were started.
     let (doomed, mut started) = spawn_work(
-        &q,
+        &doomed_q,
         opts().lease(Duration::from_secs(60)).prefetch(1),
         |_job: Job| async {
             std::future::pending::<()>().await;
@@ -190,6 +197,8 @@ async fn a_stream_worker_that_vanishes_mid_item_gives_it_back_at_once() {
         },
     );
     started.recv().await.expect("started");
+    // Killed: the connection goes, then the loop, with nothing run between.
+    proxy.cut();
     doomed.abort();
     assert!(doomed.await.is_err_and(|e| e.is_cancelled()));
 
@@ -201,9 +210,9 @@ async fn a_stream_worker_that_vanishes_mid_item_gives_it_back_at_once() {
     .await
     .expect("given back before the lease ran out");
     assert_eq!(summary.stop, StopReason::Drained);
-    assert_eq!(attempts, [1, 1]);
+    assert_eq!(attempts, [2, 2]);
     let s = q.stats().await.expect("stats");
-    assert_eq!((s.completed, s.retried), (2, 0));
+    assert_eq!((s.completed, s.retried, s.dead), (2, 2, 0));
 }
 
 // Timers on tokio's paused clock, the server's leases too (it runs in this

@@ -114,7 +114,7 @@ async fn a_program_three_times_longer_than_its_lease_completes_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_item_gives_the_item_back_when_its_work_stream_ends() {
+async fn kill_9_mid_item_gives_the_item_back_as_its_next_attempt_when_its_work_stream_ends() {
     let (_t, w) = filled("kill9", &["push", "--seal", "precious"]).await;
 
     let mut a = w.spawn_sh(
@@ -126,9 +126,11 @@ async fn kill_9_mid_item_gives_the_item_back_when_its_work_stream_ends() {
     a.kill_with_program(pgid).await;
 
     // No release was sent, but the connection closed with the process: the
-    // server ends its Work stream and gives back what it held at once, no
-    // attempt counted (a vanished node, whose connection says nothing, loses
-    // the item until its lease runs out: worker_loop.rs).
+    // server ends its Work stream abnormally and gives back what it held at
+    // once, counting the attempt — an item that keeps killing its worker
+    // goes dead (queue-server/tests/stream_end.rs). A vanished node, whose
+    // connection says nothing, loses the item until its lease runs out
+    // (worker_loop.rs).
     let attempt = "echo \"attempt $WQ_ATTEMPT: $(cat)\"";
     let out = tokio::time::timeout(
         Duration::from_secs(30),
@@ -137,9 +139,9 @@ async fn kill_9_mid_item_gives_the_item_back_when_its_work_stream_ends() {
     .await
     .expect("given back well before the 60 s lease ran out");
     assert_eq!(out.code(), 0, "{out:?}");
-    assert_eq!(out.stdout, "attempt 1: precious\n");
+    assert_eq!(out.stdout, "attempt 2: precious\n");
     let s = w.stats().await;
-    assert_eq!((s.completed, s.retried), (1, 0));
+    assert_eq!((s.completed, s.retried, s.dead), (1, 1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

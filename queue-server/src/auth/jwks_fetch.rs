@@ -14,8 +14,7 @@ use super::jwt::Jwks;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,30 +137,6 @@ fn target(url: &str) -> Result<Target, String> {
     })
 }
 
-fn roots(ca_file: Option<&PathBuf>) -> Result<rustls::RootCertStore, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("the CA file {}: {e}", path.display()))?;
-            for c in certs {
-                let c = c.map_err(|e| format!("the CA file {}: {e}", path.display()))?;
-                roots
-                    .add(c)
-                    .map_err(|e| format!("the CA file {}: {e}", path.display()))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
-        }
-    }
-    if roots.is_empty() {
-        return Err("no CA certificate to verify the server with (give a CA file)".into());
-    }
-    Ok(roots)
-}
-
 /// Anything a request can be sent over.
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
@@ -193,7 +168,7 @@ impl JwksSource {
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .map_err(|e| e.to_string())?
-                .with_root_certificates(roots(self.ca_file.as_ref())?)
+                .with_root_certificates(crate::tls::client_roots(self.ca_file.as_deref())?)
                 .with_no_client_auth();
             let name = ServerName::try_from(t.host.clone())
                 .map_err(|e| format!("{:?} is not a host name: {e}", t.host))?;

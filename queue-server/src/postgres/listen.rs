@@ -63,7 +63,7 @@ async fn connect(
     engine: &PgEngine,
     config: &tokio_postgres::Config,
 ) -> Result<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>, tokio_postgres::Error> {
-    let (client, mut conn) = config.connect(tokio_postgres::NoTls).await?;
+    let (client, mut conn) = config.connect(engine.inner.tls.clone()).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // The connection's messages: notifications, until it ends.
     let driver = tokio::spawn(async move {

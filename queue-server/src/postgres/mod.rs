@@ -31,6 +31,7 @@ pub mod migrate;
 mod notify;
 mod queues;
 mod reap;
+pub mod tls;
 
 pub use crate::engine::{EnqueueItem, LeaseOutcome, QueueInfo};
 
@@ -94,6 +95,13 @@ pub enum PgError {
         /// Why.
         message: String,
     },
+    /// TLS to the database could not be set up (`sslmode`, `sslrootcert`,
+    /// `sslcert`, `sslkey`).
+    #[error(
+        "TLS to the database: {0} (check sslrootcert/PGSSLROOTCERT, sslcert and sslkey, or \
+         sslmode in --database-url)"
+    )]
+    Tls(String),
     /// The schema is newer than this build.
     #[error(
         "the database's workq schema is version {found}, newer than this queue-server knows \
@@ -109,8 +117,19 @@ pub enum PgError {
 }
 
 impl PgError {
-    fn connect(e: impl std::fmt::Display) -> Self {
-        PgError::Connect(e.to_string())
+    /// `e` with its causes (tokio-postgres keeps a TLS failure's reason
+    /// there).
+    fn connect(e: impl std::error::Error) -> Self {
+        let mut text = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            let more = c.to_string();
+            if !text.contains(&more) {
+                text = format!("{text}: {more}");
+            }
+            cause = c.source();
+        }
+        PgError::Connect(text)
     }
 }
 
@@ -138,6 +157,8 @@ pub(crate) struct Waker {
 
 struct Inner {
     pool: Pool,
+    /// What every connection is made with (TLS per `sslmode`).
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     limits: Limits,
     defaults: QueueSettings,
     wakers: Mutex<HashMap<QueueName, Arc<Waker>>>,
@@ -177,15 +198,23 @@ fn to_duration(ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// The connection settings of `config`: the URL, with the password from
-/// the file or `PGPASSWORD` when the URL has none.
+/// The connection settings of `config`: the URL (its TLS settings taken
+/// out, see [`tls`]), with the password from the file or `PGPASSWORD` when
+/// the URL has none; and the connector that makes TLS as they say.
 pub fn connection_config(
     config: &PgConfig,
-) -> std::result::Result<tokio_postgres::Config, PgError> {
-    let mut pg: tokio_postgres::Config = config
-        .url
+) -> std::result::Result<
+    (
+        tokio_postgres::Config,
+        tokio_postgres_rustls::MakeRustlsConnect,
+    ),
+    PgError,
+> {
+    let (url, tls) = tls::split_url(&config.url, |k| std::env::var(k).ok())?;
+    let mut pg: tokio_postgres::Config = url
         .parse()
         .map_err(|e: tokio_postgres::Error| PgError::Url(e.to_string()))?;
+    pg.ssl_mode(tls.ssl_mode());
     if let Some(path) = &config.password_file {
         let password = std::fs::read_to_string(path).map_err(|e| PgError::PasswordFile {
             path: path.clone(),
@@ -201,7 +230,7 @@ pub fn connection_config(
         pg.application_name("queue-server");
     }
     pg.connect_timeout(Duration::from_secs(5));
-    Ok(pg)
+    Ok((pg, tls.connector()?))
 }
 
 impl PgEngine {
@@ -214,12 +243,9 @@ impl PgEngine {
         defaults: QueueSettings,
     ) -> std::result::Result<Self, PgError> {
         limits.check().map_err(PgError::Connect)?;
-        let pg = connection_config(config)?;
+        let (pg, tls) = connection_config(config)?;
         {
-            let (mut client, conn) = pg
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(PgError::connect)?;
+            let (mut client, conn) = pg.connect(tls.clone()).await.map_err(PgError::connect)?;
             let task = tokio::spawn(conn);
             let out = migrate::migrate(&mut client).await;
             drop(client);
@@ -228,7 +254,7 @@ impl PgEngine {
         }
         let manager = Manager::from_config(
             pg.clone(),
-            tokio_postgres::NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -244,6 +270,7 @@ impl PgEngine {
         let engine = PgEngine {
             inner: Arc::new(Inner {
                 pool,
+                tls,
                 limits,
                 defaults,
                 wakers: Mutex::new(HashMap::new()),

@@ -4,20 +4,22 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use super::job::{Disposition, Job, WorkError};
+use super::job::{Disposition, Job, Lost, WorkError};
 use super::summary::ItemOutcome;
 use crate::ack::Acker;
 use crate::client::Queue;
 use crate::error::{Error, Result};
 use crate::finish::{FinishKind, Finished, finish_retrying};
-use crate::types::{Failure, LeaseToken, LeasedItem};
+use crate::types::{Failure, ItemId, LeaseToken, LeasedItem};
 use tokio::time::Instant;
 
 /// Aborts a task when dropped.
@@ -117,9 +119,9 @@ where
     } = stop;
     let job = Job {
         item,
-        queue: queue.name().clone(),
-        shutdown,
-        lease_lost: handle.lost().clone(),
+        queue: Arc::new(queue.name().clone()),
+        shutdown: Arc::new(shutdown),
+        lease_lost: Lost::Token(handle.lost().clone()),
     };
     let work = AssertUnwindSafe(handler(job)).catch_unwind();
     let answer = tokio::select! {
@@ -179,41 +181,70 @@ pub(super) enum Done {
     Finished(ItemOutcome),
 }
 
-/// Runs one item's handler, then fails or releases it by a unary call, or
+/// What a handler yields, its panics caught.
+type Answer = std::result::Result<(), WorkError>;
+
+/// A handler's future, boxed to be moved into a task once polled.
+type Work = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// A streamed item's handler, started.
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+pub(super) enum Started {
+    /// It answered in its first poll.
+    Answered(Answer),
+    /// It has yet to answer: run it to its end with [`finish_streamed_item`].
+    Running(Work),
+}
+
+/// Calls `handler` on `job` and, when `poll_now`, polls its future once here,
+/// so that a handler that answers at once needs no task of its own. A panic
+/// (in the call or a poll) is the handler failing, retriably.
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+pub(super) fn start_streamed_item<H, Fut>(handler: Arc<H>, job: Job, poll_now: bool) -> Started
+where
+    H: Fn(Job) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
+{
+    let mut work: Work = Box::pin(async move {
+        let panicked = || Err(WorkError::retry("the handler panicked"));
+        match std::panic::catch_unwind(AssertUnwindSafe(|| handler(job))) {
+            Ok(f) => AssertUnwindSafe(f)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| panicked()),
+            Err(_) => panicked(),
+        }
+    });
+    if !poll_now {
+        return Started::Running(work);
+    }
+    // The task that takes it over polls it again with its own waker.
+    let mut cx = Context::from_waker(Waker::noop());
+    match work.as_mut().poll(&mut cx) {
+        Poll::Ready(answer) => Started::Answered(answer),
+        Poll::Pending => Started::Running(work),
+    }
+}
+
+/// Runs a started item to its end: waits for its handler (dropped when
+/// `hard_stop` comes first), then fails or releases it by a unary call, or
 /// answers that it is to be completed.
 #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
-pub(super) async fn run_streamed_item<H, Fut>(
+pub(super) async fn finish_streamed_item(
     queue: Queue,
-    item: LeasedItem,
-    handler: Arc<H>,
-    stop: Stop,
-    lease_lost: CancellationToken,
+    (id, token): (ItemId, LeaseToken),
+    started: Started,
+    hard_stop: CancellationToken,
     lease: Duration,
-) -> Done
-where
-    H: Fn(Job) -> Fut,
-    Fut: Future<Output = std::result::Result<(), WorkError>>,
-{
-    let (id, token) = (item.id.clone(), item.token.clone());
-    let Stop {
-        shutdown,
-        hard_stop,
-    } = stop;
-    let job = Job {
-        item,
-        queue: queue.name().clone(),
-        shutdown,
-        lease_lost,
+) -> Done {
+    let answer = match started {
+        Started::Answered(answer) => Some(answer),
+        Started::Running(work) => tokio::select! {
+            biased;
+            r = work => Some(r),
+            () = hard_stop.cancelled() => None,
+        },
     };
-    let work = AssertUnwindSafe(handler(job)).catch_unwind();
-    let answer = tokio::select! {
-        biased;
-        r = work => Some(r.unwrap_or_else(|_| Err(WorkError::retry("the handler panicked")))),
-        () = hard_stop.cancelled() => None,
-    };
-    if let Some(Ok(())) = answer {
-        return Done::Complete;
-    }
     let what = format!("item {id}");
     let give_up = Instant::now() + lease.max(workq_proto::defaults::LEASE);
     let tokens = [token];

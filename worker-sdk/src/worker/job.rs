@@ -1,6 +1,8 @@
 //! What a handler gets ([`Job`]) and what it answers when it did not succeed
 //! ([`WorkError`], with its [`Disposition`]).
 
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -11,9 +13,53 @@ use crate::types::{LeasedItem, QueueName};
 #[derive(Debug)]
 pub struct Job {
     pub(super) item: LeasedItem,
-    pub(super) queue: QueueName,
-    pub(super) shutdown: CancellationToken,
-    pub(super) lease_lost: CancellationToken,
+    pub(super) queue: Arc<QueueName>,
+    pub(super) shutdown: Arc<CancellationToken>,
+    pub(super) lease_lost: Lost,
+}
+
+/// How a [`Job`] learns that its lease was lost.
+#[derive(Debug)]
+pub(super) enum Lost {
+    /// The token of a lease handle that renews the item.
+    Token(CancellationToken),
+    /// The flag of a lease the stream loop renews.
+    Flag(Arc<LostFlag>),
+}
+
+/// Whether a lease the stream loop holds was lost, shared by the loop and
+/// the item's [`Job`]: the cancellation token a handler may wait on is made
+/// only when it asks for it (most never do).
+#[derive(Debug, Default)]
+pub(super) struct LostFlag {
+    lost: AtomicBool,
+    token: OnceLock<CancellationToken>,
+}
+
+impl LostFlag {
+    /// The lease is lost: cancels the token, now or when it is made.
+    pub(super) fn cancel(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `token`: one of the two sees the other.
+        fence(Ordering::SeqCst);
+        if let Some(t) = self.token.get() {
+            t.cancel();
+        }
+    }
+
+    /// Whether the lease was lost.
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    fn token(&self) -> &CancellationToken {
+        let t = self.token.get_or_init(CancellationToken::new);
+        fence(Ordering::SeqCst);
+        if self.lost.load(Ordering::SeqCst) {
+            t.cancel();
+        }
+        t
+    }
 }
 
 impl Job {
@@ -46,7 +92,10 @@ impl Job {
     /// Cancelled when the lease was lost (it expired, someone else may hold the
     /// item now): the result of this handler will be refused.
     pub fn lease_lost(&self) -> &CancellationToken {
-        &self.lease_lost
+        match &self.lease_lost {
+            Lost::Token(t) => t,
+            Lost::Flag(f) => f.token(),
+        }
     }
 }
 
@@ -135,5 +184,27 @@ impl<E: std::error::Error> From<E> for WorkError {
             cause = c.source();
         }
         WorkError::retry(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LostFlag;
+
+    #[test]
+    fn a_lost_flag_cancels_its_token_whether_made_before_or_after() {
+        let before = LostFlag::default();
+        let token = before.token().clone();
+        assert!(!token.is_cancelled() && !before.is_cancelled());
+        before.cancel();
+        assert!(token.is_cancelled() && before.is_cancelled());
+
+        let after = LostFlag::default();
+        after.cancel();
+        assert!(after.is_cancelled());
+        assert!(
+            after.token().is_cancelled(),
+            "made after the loss: cancelled"
+        );
     }
 }

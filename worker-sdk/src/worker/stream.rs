@@ -16,59 +16,64 @@
 //!
 //! # When the stream breaks
 //! A stream the server ended without saying "drained", or a lost connection,
-//! is opened again with back-off. The server released what the old stream
-//! held (or, after a restart, every lease is gone), so the items waiting for
-//! a slot are dropped (they come again, no attempt counted); running handlers
-//! go on, and completions whose answer did not come are sent again on the
-//! new stream, where "already done" (or, as for unary retries, a refusal
-//! whose reason shows the item completed) counts as completed. An item is
-//! never completed twice: the server fences every token.
+//! is opened again with back-off. The server gave back what the old stream
+//! held (or, after a restart, every lease is gone): released when it ended
+//! the stream itself, each counting an attempt when the connection broke
+//! (it cannot tell which were started). So the items waiting for a slot are
+//! dropped (they come again); running handlers go on, and completions whose
+//! answer did not come are sent again on the new stream, where "already
+//! done" (or, as for unary retries, a refusal whose reason shows the item
+//! completed) counts as completed. An item is never completed twice: the
+//! server fences every token.
+//!
+//! # How it ends
+//! Once nothing runs and every completion is answered, the loop half-closes
+//! its side and reads until the server ends the stream: a clean end, so the
+//! server releases what it still holds (items pushed but never started)
+//! counting no attempt.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::item::{Done, Stop, release_untried, run_streamed_item};
-use super::job::{Job, WorkError};
+use super::item::{Done, Started, finish_streamed_item, release_untried, start_streamed_item};
+use super::job::{Job, Lost, LostFlag, WorkError};
 use super::options::WorkerOptions;
 use super::summary::{ItemOutcome, StopReason, WorkSummary};
-use crate::backend::grpc::{GrpcBackend, WorkAnswer, WorkEvent, WorkRequest, WorkStream};
+use crate::backend::grpc::{GrpcBackend, WorkEvent, WorkStream};
 use crate::client::Queue;
 use crate::error::{Error, Result};
-use crate::finish::{FinishKind, retry_delay};
+use crate::finish::retry_delay;
 use crate::retry::Backoff;
-use crate::types::{LeaseToken, LeasedItem};
+use crate::types::{LeaseToken, LeasedItem, QueueName};
+use requests::{FLUSH_AFTER, Sent};
 
-/// Most tokens in one message (the queue service's batch limit).
-const MAX_TOKENS: usize = 1000;
+mod requests;
 
-/// Completion messages unanswered at once, at most.
-const COMPLETIONS_IN_FLIGHT: usize = 4;
+/// How long a clean close waits for the server to end the stream.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
 
-/// A completion waits at most this long for others to go with it.
-const FLUSH_AFTER: Duration = Duration::from_millis(1);
+/// A handler's first poll, run on the loop itself, longer than this is slow.
+const INLINE_AT_MOST: Duration = Duration::from_micros(200);
+
+/// Slow first polls in a row that send every later item to a task of its own.
+const SLOW_POLLS_TO_SPAWN: u32 = 3;
 
 /// Renewal never more often than this.
 const MIN_RENEW_EVERY: Duration = Duration::from_millis(50);
 
 /// A lease the loop holds.
 struct Held {
-    /// Cancelled when a renewal is refused.
-    lost: CancellationToken,
+    /// Set when a renewal is refused.
+    lost: Arc<LostFlag>,
     /// When it was last renewed (or leased).
     renewed: Instant,
-}
-
-/// A message sent and not yet answered.
-struct Sent {
-    /// Tokens to complete, each with whether it was sent before.
-    complete: Vec<(LeaseToken, bool)>,
-    renew: Vec<LeaseToken>,
 }
 
 /// The loop's state between turns.
@@ -76,12 +81,20 @@ struct Loop<'a> {
     queue: &'a Queue,
     grpc: &'a GrpcBackend,
     opts: &'a WorkerOptions,
+    /// The queue's name, as each [`Job`] holds it.
+    job_queue: Arc<QueueName>,
+    /// Whether handlers are first polled on the loop (see [`Loop::start`]).
+    inline: bool,
+    /// First polls in a row that were slow.
+    slow_in_a_row: u32,
     stream: Option<WorkStream>,
     /// Granted and not yet received.
     open_credit: usize,
     /// Received, waiting for a slot.
     waiting: VecDeque<LeasedItem>,
-    held: HashMap<LeaseToken, Held>,
+    /// Every lease held, by token (hashed with Fx: the tokens are the
+    /// server's, a few hundred at most, looked up once or twice each).
+    held: FxHashMap<LeaseToken, Held>,
     /// Task of each running item.
     running: HashMap<Id, LeaseToken>,
     /// Succeeded, to be completed; with whether sent before.
@@ -113,10 +126,13 @@ where
         queue,
         grpc,
         opts,
+        job_queue: Arc::new(queue.name().clone()),
+        inline: true,
+        slow_in_a_row: 0,
         stream: None,
         open_credit: 0,
         waiting: VecDeque::new(),
-        held: HashMap::new(),
+        held: FxHashMap::default(),
         running: HashMap::new(),
         to_complete: Vec::new(),
         sent: HashMap::new(),
@@ -142,6 +158,8 @@ impl Loop<'_> {
         Fut: Future<Output = std::result::Result<(), WorkError>> + Send + 'static,
     {
         let shutdown = self.opts.shutdown.clone();
+        // One for every job, shared.
+        let job_shutdown = Arc::new(shutdown.clone());
         let renew_every = (self.opts.lease / 3).max(MIN_RENEW_EVERY);
         // Ticks twice per period: a lease is renewed within half its duration.
         let tick = renew_every / 2;
@@ -181,7 +199,7 @@ impl Loop<'_> {
                 let Some(item) = self.waiting.pop_front() else {
                     break;
                 };
-                let Some(lost) = self.held.get(&item.token).map(|h| h.lost.clone()) else {
+                let Some(lost) = self.held.get(&item.token).map(|h| Arc::clone(&h.lost)) else {
                     continue;
                 };
                 if lost.is_cancelled() {
@@ -198,21 +216,29 @@ impl Loop<'_> {
                 {
                     ending = Some(Ok(StopReason::Limit));
                 }
-                let stop = Stop {
-                    shutdown: shutdown.clone(),
-                    hard_stop: hard_stop.clone(),
-                };
-                let token = item.token.clone();
-                let key = token.clone();
-                let job = run_streamed_item(
-                    self.queue.clone(),
+                let lease = (item.id.clone(), item.token.clone());
+                let job = Job {
                     item,
-                    handler.clone(),
-                    stop,
-                    lost,
+                    queue: self.job_queue.clone(),
+                    shutdown: Arc::clone(&job_shutdown),
+                    lease_lost: Lost::Flag(lost),
+                };
+                let started = self.start(handler.clone(), job);
+                if let Started::Answered(Ok(())) = started {
+                    self.pending_since.get_or_insert_with(Instant::now);
+                    self.to_complete.push((lease.1, false));
+                    continue;
+                }
+                let key = lease.1.clone();
+                let finish = finish_streamed_item(
+                    self.queue.clone(),
+                    lease,
+                    started,
+                    hard_stop.clone(),
                     self.opts.lease,
                 );
-                let id = tasks.spawn(async move { (token, job.await) }).id();
+                let token = key.clone();
+                let id = tasks.spawn(async move { (token, finish.await) }).id();
                 self.running.insert(id, key);
             }
             let unanswered_completions = self.to_complete.len()
@@ -329,9 +355,40 @@ impl Loop<'_> {
             }
         }
         // Whatever the stream still holds (items pushed after a shutdown) is
-        // released by the server when it ends.
-        self.stream = None;
+        // released by the server when it ends: cleanly, so with no attempt.
+        if let Some(stream) = self.stream.take() {
+            stream.close(CLOSE_WITHIN).await;
+        }
         ending.unwrap_or(Ok(StopReason::Drained))
+    }
+
+    /// Starts an item's handler: polled once here while handlers answer
+    /// quickly (no task for one that answers at once); once
+    /// [`SLOW_POLLS_TO_SPAWN`] first polls in a row take longer than
+    /// [`INLINE_AT_MOST`], in a task each, so that slow handlers run side by
+    /// side and do not hold up the loop.
+    fn start<H, Fut>(&mut self, handler: Arc<H>, job: Job) -> Started
+    where
+        H: Fn(Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), WorkError>> + Send + 'static,
+    {
+        if !self.inline {
+            return start_streamed_item(handler, job, false);
+        }
+        let began = std::time::Instant::now();
+        let started = start_streamed_item(handler, job, true);
+        if began.elapsed() <= INLINE_AT_MOST {
+            self.slow_in_a_row = 0;
+        } else {
+            // One slow poll may be the thread preempted; several in a row
+            // are the handler.
+            self.slow_in_a_row += 1;
+            if self.slow_in_a_row >= SLOW_POLLS_TO_SPAWN {
+                tracing::debug!(queue = %self.queue.name(), "handlers' first polls are slow: each item runs in a task of its own from now on");
+                self.inline = false;
+            }
+        }
+        started
     }
 
     /// Items more the loop can take: free slots and prefetch, less what it
@@ -351,93 +408,6 @@ impl Loop<'_> {
         room
     }
 
-    /// Sends the completions due and credit for `room`, when worth a
-    /// message: completions once half a window gathered or the oldest waited
-    /// [`FLUSH_AFTER`], at once when nothing runs; credit once half a window
-    /// is free, with completions, or at once when nothing else is coming.
-    async fn send(&mut self, room: usize, idle: bool) -> Result<()> {
-        let window = self.opts.concurrency + self.opts.prefetch;
-        let half = (window / 2).max(1);
-        let overdue = self
-            .pending_since
-            .is_some_and(|t| t + FLUSH_AFTER <= Instant::now());
-        let flush = !self.to_complete.is_empty()
-            && (idle
-                || ((overdue || self.to_complete.len() >= half)
-                    && self.completions_in_flight < COMPLETIONS_IN_FLIGHT)
-                || self.to_complete.len() >= MAX_TOKENS);
-        let starving = self.open_credit == 0 && self.waiting.is_empty();
-        let grant = room >= half || (room > 0 && (starving || flush));
-        if !grant && !flush {
-            return Ok(());
-        }
-        let credit = if grant { room } else { 0 };
-        let complete: Vec<(LeaseToken, bool)> = if flush {
-            let n = self.to_complete.len().min(MAX_TOKENS);
-            self.to_complete.drain(..n).collect()
-        } else {
-            Vec::new()
-        };
-        self.send_request(credit, complete, Vec::new()).await
-    }
-
-    async fn send_request(
-        &mut self,
-        credit: usize,
-        complete: Vec<(LeaseToken, bool)>,
-        renew: Vec<LeaseToken>,
-    ) -> Result<()> {
-        let Some(stream) = self.stream.as_ref() else {
-            self.to_complete.extend(complete);
-            return Ok(());
-        };
-        self.next_sequence += 1;
-        let sequence = self.next_sequence;
-        let sent = stream
-            .send(WorkRequest {
-                sequence,
-                credit: u32::try_from(credit).unwrap_or(u32::MAX),
-                complete: &complete,
-                renew: &renew,
-            })
-            .await;
-        self.open_credit += credit;
-        if !complete.is_empty() {
-            self.completions_in_flight += 1;
-        }
-        if !complete.is_empty() || !renew.is_empty() {
-            self.sent.insert(sequence, Sent { complete, renew });
-        }
-        self.pending_since = if self.to_complete.is_empty() {
-            None
-        } else {
-            Some(Instant::now())
-        };
-        sent
-    }
-
-    /// Renews every lease not renewed for `every`.
-    async fn renew_due(&mut self, every: Duration) -> Result<()> {
-        if self.stream.is_none() {
-            // Renewed on the next stream, at the next tick.
-            return Ok(());
-        }
-        let now = Instant::now();
-        let due: Vec<LeaseToken> = self
-            .held
-            .iter_mut()
-            .filter(|(_, h)| !h.lost.is_cancelled() && h.renewed + every <= now)
-            .map(|(t, h)| {
-                h.renewed = now;
-                t.clone()
-            })
-            .collect();
-        for chunk in due.chunks(MAX_TOKENS) {
-            self.send_request(0, Vec::new(), chunk.to_vec()).await?;
-        }
-        Ok(())
-    }
-
     /// Takes in one message of the stream. Items that come once the loop
     /// takes no more work are released at once.
     async fn event(&mut self, event: WorkEvent, ending: bool) -> Result<()> {
@@ -453,7 +423,7 @@ impl Loop<'_> {
                 self.held.insert(
                     item.token.clone(),
                     Held {
-                        lost: CancellationToken::new(),
+                        lost: Arc::default(),
                         renewed: now,
                     },
                 );
@@ -464,71 +434,6 @@ impl Loop<'_> {
             self.drained = true;
         }
         Ok(())
-    }
-
-    /// Takes in the answer to a request's completions and renewals.
-    fn answer(&mut self, answer: WorkAnswer) -> Result<()> {
-        let Some(sent) = self.sent.remove(&answer.sequence) else {
-            return Ok(());
-        };
-        if !sent.complete.is_empty() {
-            self.completions_in_flight -= 1;
-        }
-        let results = match answer.outcome {
-            Ok(r) if r.len() == sent.complete.len() + sent.renew.len() => r,
-            Ok(r) => {
-                let e = Error::Protocol(format!(
-                    "a work stream answer of {} results for {} tokens",
-                    r.len(),
-                    sent.complete.len() + sent.renew.len()
-                ));
-                return Err(self.refused(sent, e));
-            }
-            Err(e) if e.is_transient() => {
-                // Nothing was done: again.
-                self.pending_since.get_or_insert_with(Instant::now);
-                self.to_complete.extend(sent.complete);
-                return Ok(());
-            }
-            Err(e) => return Err(self.refused(sent, e)),
-        };
-        let mut results = results.into_iter();
-        for ((token, retried), r) in sent.complete.into_iter().zip(results.by_ref()) {
-            self.held.remove(&token);
-            match r {
-                Ok(()) => self.summary.add(ItemOutcome::Completed),
-                Err(e) if retried && FinishKind::Complete.done_anyway(&e).is_some() => {
-                    self.summary.add(ItemOutcome::Completed);
-                }
-                Err(e) => {
-                    tracing::warn!(queue = %self.queue.name(), error = %e, "could not complete an item; it comes again");
-                    self.summary.add(ItemOutcome::Lost);
-                }
-            }
-        }
-        for (token, r) in sent.renew.into_iter().zip(results) {
-            if let Err(e) = r
-                && let Some(h) = self.held.get(&token)
-            {
-                if matches!(e, Error::LeaseLost { .. }) {
-                    tracing::warn!(queue = %self.queue.name(), error = %e, "lease lost");
-                    h.lost.cancel();
-                } else {
-                    tracing::debug!(queue = %self.queue.name(), error = %e, "renewal refused; trying again");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A whole request refused with `e`: its completions are lost.
-    fn refused(&mut self, sent: Sent, e: Error) -> Error {
-        for (token, _) in sent.complete {
-            self.held.remove(&token);
-            self.summary.add(ItemOutcome::Lost);
-        }
-        tracing::warn!(queue = %self.queue.name(), error = %e, "work stream request refused");
-        e
     }
 
     /// An item task ended.

@@ -131,6 +131,19 @@ impl WorkStream {
         tx.send(msg).await.map_err(|_| stream_gone("send failed"))
     }
 
+    /// Ends the stream cleanly: half-closes our side, then reads until the
+    /// server ends it (at most `within`). The server then releases what it
+    /// still holds — items pushed that were never handed to a handler —
+    /// counting no attempt; a stream merely dropped may end abnormally,
+    /// and an abnormal end counts an attempt for every item it held.
+    pub(crate) async fn close(mut self, within: Duration) {
+        self.tx = None;
+        let rest = async { while let Ok(Some(_)) = self.rx.message().await {} };
+        if tokio::time::timeout(within, rest).await.is_err() {
+            tracing::debug!(queue = %self.queue, "the server did not end the work stream in time");
+        }
+    }
+
     /// The next message; `Ok(None)` when the server ended the stream.
     ///
     /// Cancel-safe: a message is taken only by the poll that returns it.
