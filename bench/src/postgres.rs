@@ -7,7 +7,9 @@
 //! take and complete them all from `--consumers` (each system in its own
 //! users' way). Enqueue and processing are timed apart; "end to end" is the
 //! items over both times together. Systems are interleaved within each
-//! round and medians reported.
+//! round and medians reported, with the WAL the database server wrote per
+//! item during each system's run (`pg_current_wal_lsn()` before and after:
+//! the whole server's, so anything else running on it counts too).
 //!
 //! | system | how it is driven |
 //! |---|---|
@@ -110,6 +112,9 @@ impl PgSystem {
 struct Timing {
     enqueue: Duration,
     process: Duration,
+    /// WAL the whole database server wrote during the run (anything else
+    /// running on it included).
+    wal: u64,
 }
 
 /// Runs the comparison and prints medians and ratios (markdown on stdout).
@@ -126,16 +131,27 @@ pub async fn postgres(args: &PostgresArgs, server_bin: &Path) -> Result<()> {
                 std::process::id()
             );
             let url = create_database(&args.admin_url, &db).await?;
+            let wal_before = wal_position(&args.admin_url).await?;
             let timing = run(args, *system, &url, server_bin)
                 .await
                 .with_context(|| format!("{} round {round}", system.name()));
+            let timing = match timing {
+                Ok(t) => Ok(Timing {
+                    wal: wal_position(&args.admin_url)
+                        .await?
+                        .saturating_sub(wal_before),
+                    ..t
+                }),
+                Err(e) => Err(e),
+            };
             drop_database(&args.admin_url, &db).await?;
             let timing = timing?;
             eprintln!(
-                "  {:<18} enqueue {:>9.0}/s  process {:>9.0}/s",
+                "  {:<18} enqueue {:>9.0}/s  process {:>9.0}/s  WAL {:>5} B/item",
                 system.name(),
                 rate(args.items, timing.enqueue),
-                rate(args.items, timing.process)
+                rate(args.items, timing.process),
+                timing.wal / args.items.max(1)
             );
             timings.push(timing);
         }
@@ -158,7 +174,7 @@ fn report(args: &PostgresArgs, results: &[(PgSystem, Vec<Timing>)]) -> String {
     let n = args.items;
     let mut out = format!(
         "{} items of {} B, batch {}, {} producers, {} consumers, median of {} rounds\n\n\
-         | system | enqueue items/s | lease+complete items/s | end to end items/s |\n|---|---|---|---|\n",
+         | system | enqueue items/s | lease+complete items/s | end to end items/s | WAL bytes/item |\n|---|---|---|---|---|\n",
         n, args.payload, args.batch, args.producers, args.consumers, args.rounds
     );
     let mut e2e = Vec::new();
@@ -171,8 +187,14 @@ fn report(args: &PostgresArgs, results: &[(PgSystem, Vec<Timing>)]) -> String {
                 .map(|t| rate(n, t.enqueue + t.process))
                 .collect(),
         );
+        let wal = median(
+            timings
+                .iter()
+                .map(|t| t.wal as f64 / n.max(1) as f64)
+                .collect(),
+        );
         out += &format!(
-            "| {} | {enq:.0} | {proc_:.0} | {total:.0} |\n",
+            "| {} | {enq:.0} | {proc_:.0} | {total:.0} | {wal:.0} |\n",
             system.name()
         );
         e2e.push((*system, total));
@@ -208,6 +230,16 @@ fn report(args: &PostgresArgs, results: &[(PgSystem, Vec<Timing>)]) -> String {
         out += &ratios;
     }
     out
+}
+
+/// The database server's WAL position, in bytes.
+async fn wal_position(admin_url: &str) -> Result<u64> {
+    let client = admin(admin_url).await?;
+    let row = client
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8", &[])
+        .await
+        .context("read the WAL position")?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
 }
 
 async fn admin(admin_url: &str) -> Result<tokio_postgres::Client> {
@@ -358,6 +390,7 @@ async fn raw_sql(args: &PostgresArgs, url: &str) -> Result<Timing> {
     Ok(Timing {
         enqueue,
         process: start.elapsed(),
+        wal: 0,
     })
 }
 
@@ -416,6 +449,7 @@ async fn node(args: &PostgresArgs, script: &str, url: &str, extra: &[&str]) -> R
     Ok(Timing {
         enqueue: secs("enqueue_s")?,
         process: secs("process_s")?,
+        wal: 0,
     })
 }
 
@@ -487,5 +521,9 @@ async fn workq(args: &PostgresArgs, urls: &[String]) -> Result<Timing> {
     if completed != args.items {
         bail!("completed {completed} of {} items", args.items);
     }
-    Ok(Timing { enqueue, process })
+    Ok(Timing {
+        enqueue,
+        process,
+        wal: 0,
+    })
 }

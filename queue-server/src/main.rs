@@ -121,7 +121,9 @@ struct Args {
     /// Most bytes of items held, all queues together (payload, attributes,
     /// key, plus 200 bytes an item); an enqueue beyond it is refused
     /// (RESOURCE_EXHAUSTED). 0: half the container's memory limit (cgroup)
-    /// when there is one, else unbounded.
+    /// when there is one, else unbounded; with --store postgres, 0 is
+    /// unbounded (its items are in the database) and a limit counts every
+    /// replica's items (docs/STORE.md).
     #[arg(long, env = "WQ_MAX_QUEUED_BYTES", default_value_t = 0)]
     max_queued_bytes: u64,
     /// After the store fails: how long to keep answering NOT_SERVING and
@@ -240,6 +242,8 @@ fn main() -> anyhow::Result<()> {
             max_finished_tokens: args.max_finished_tokens,
             max_page_size: args.max_page_size.max(1),
             max_queued_bytes: match args.max_queued_bytes {
+                // The postgres store's items are in the database, not here.
+                0 if args.store == StoreKind::Postgres => u64::MAX,
                 0 => queue_server::settings::derived_queued_bytes().unwrap_or(u64::MAX),
                 n => n,
             },

@@ -236,7 +236,10 @@ async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused()
         .map(|t| t.join().expect("a replica started"))
         .collect();
     let version = db.execute("SELECT version FROM workq_schema");
-    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), "1");
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        queue_server::postgres::migrate::SCHEMA_VERSION.to_string()
+    );
     drop(servers);
 
     let out = db.execute("UPDATE workq_schema SET version = 99");
@@ -249,7 +252,11 @@ async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused()
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
     assert!(
-        stderr.contains("version 99") && stderr.contains("(version 1)"),
+        stderr.contains("version 99")
+            && stderr.contains(&format!(
+                "(version {})",
+                queue_server::postgres::migrate::SCHEMA_VERSION
+            )),
         "names both versions: {stderr}"
     );
 }
@@ -575,4 +582,62 @@ async fn postgresql_restarted_under_load_loses_and_repeats_no_acknowledged_work(
     }
     healthz_until(&a, "200").await;
     load.check(&mut c, &q).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queued_bytes_limit_holds_across_replicas_until_items_leave() {
+    // An item counts its payload plus 256 bytes (what it adds to an
+    // answer): three of 1,000 bytes fit, a fourth does not.
+    let Some(db) = PgDatabase::create() else {
+        return;
+    };
+    let db = Arc::new(db);
+    let limit = (3 * (1000 + 256)).to_string();
+    let args = ["--max-queued-bytes", limit.as_str()];
+    let (a, b) = (
+        ServerProcess::on_database(&db, &args),
+        ServerProcess::on_database(&db, &args),
+    );
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let q = unique_queue("full");
+    let big = "x".repeat(1000);
+    for _ in 0..3 {
+        enqueue(&mut ca, &q, &[big.as_str()]).await;
+    }
+    let refuse = |c: &mut Client| {
+        let mut c = c.clone();
+        let (q, big) = (q.clone(), big.clone());
+        async move {
+            c.enqueue(pb::EnqueueRequest {
+                queue: q,
+                items: vec![item(&big)],
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let refused = refuse(&mut cb).await.expect_err("over the limit on B");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("--max-queued-bytes"),
+        "{refused}"
+    );
+    assert_eq!(stats(&mut ca, &q).await.enqueued, 3);
+    // A completion (on B) frees room for one more (on A).
+    let got = lease(&mut cb, &q, 1, Duration::from_secs(30), Duration::ZERO).await;
+    cb.complete(pb::CompleteRequest {
+        queue: q.clone(),
+        lease_tokens: vec![got[0].lease_token.clone()],
+        ..Default::default()
+    })
+    .await
+    .expect("complete");
+    enqueue(&mut ca, &q, &[big.as_str()]).await;
+    refuse(&mut ca).await.expect_err("full again");
+    // A purge frees the pending ones: three fit again.
+    cb.purge_queue(pb::PurgeQueueRequest { name: q.clone() })
+        .await
+        .expect("purge");
+    enqueue(&mut cb, &q, &[big.as_str(), big.as_str(), big.as_str()]).await;
+    assert_eq!(stats(&mut cb, &q).await.pending, 3);
 }

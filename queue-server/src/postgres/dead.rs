@@ -1,6 +1,6 @@
 //! Dead items on PostgreSQL: listed a page at a time, and requeued.
 
-use super::queues::{add_counters, notify};
+use super::queues::add_counters;
 use super::{PgEngine, db_id, unavailable};
 use crate::error::{Error, Result};
 use crate::names::{ItemId, QueueName};
@@ -130,9 +130,9 @@ impl PgEngine {
         .await
         .map_err(unavailable)?;
         let n = chosen.len() as i64;
-        add_counters(&tx, q.id, [0, n, 0, 0, 0, -n, 0]).await?;
-        notify(&tx, name).await?;
+        add_counters(&tx, q.id, [0, n, 0, 0, 0, -n, 0, 0]).await?;
         tx.commit().await.map_err(unavailable)?;
+        self.notify_committed(name);
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }

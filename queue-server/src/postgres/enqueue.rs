@@ -1,14 +1,17 @@
 //! Enqueue on PostgreSQL: a batch is one `INSERT … SELECT FROM unnest(…)`
 //! (arrays, not a loop). A batch without idempotency keys is one statement,
 //! one round trip: the queue's row (shared lock: a seal waits), the items,
-//! the request id, the counter stripe and the notification together; if
+//! the request id and the counter stripe together (the notification after
+//! the commit, `notify.rs`); if
 //! that statement cannot add it (a request id already used, a sealed or
 //! missing queue) it changes nothing and the general path answers. The
 //! general path is one transaction: idempotency keys one `INSERT … ON
 //! CONFLICT` that answers, per key, the item it names; request ids
-//! remembered for the idempotency window.
+//! remembered for the idempotency window. With `--max-queued-bytes` set, a
+//! batch is first checked against the bytes every queue holds (the `bytes`
+//! counters).
 
-use super::queues::{add_counters, notify};
+use super::queues::add_counters;
 use super::{PgEngine, attrs_text, unavailable};
 use crate::engine::EnqueueItem;
 use crate::error::{Error, Result};
@@ -29,6 +32,44 @@ impl PgEngine {
                 it.idempotency_key.as_deref(),
                 it.delay,
             )?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a batch that would take the bytes of items the database
+    /// holds (all queues, every replica's enqueues committed) past
+    /// [`crate::settings::Limits::max_queued_bytes`]; no statement when
+    /// there is no limit.
+    async fn check_room(&self, items: &[EnqueueItem]) -> Result<()> {
+        let max = self.inner.limits.max_queued_bytes;
+        if max == u64::MAX {
+            return Ok(());
+        }
+        let cost: u64 = items
+            .iter()
+            .map(|it| u64::try_from(held_bytes(it)).unwrap_or(0))
+            .sum();
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT coalesce(sum(bytes), 0)::int8 FROM workq_counters")
+            .await
+            .map_err(unavailable)?;
+        let held: i64 = client
+            .query_one(&stmt, &[])
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        let held = u64::try_from(held).unwrap_or(0);
+        if held.saturating_add(cost) > max {
+            return Err(Error::Exhausted {
+                limit: "max_queued_bytes",
+                max,
+                message: format!(
+                    "the database holds {held} bytes of items, and {cost} more would exceed \
+                     the limit of {max} bytes (queue-server --max-queued-bytes); consume or \
+                     purge items, or retry later"
+                ),
+            });
         }
         Ok(())
     }
@@ -54,14 +95,14 @@ ins AS (INSERT INTO workq_items (queue_id, id, rank, state, due_at, enqueued_at,
     payload, attrs) \
     SELECT q.id, new.id, new.id, CASE WHEN d > 0 THEN 'd' ELSE 'p' END::\"char\", \
     CASE WHEN d > 0 THEN workq_ms() + d END, workq_ms(), s, p, a FROM q, new \
-    WHERE $6::text IS NULL OR EXISTS (SELECT 1 FROM req) RETURNING state), \
+    WHERE $6::text IS NULL OR EXISTS (SELECT 1 FROM req) RETURNING state, size), \
 cnt AS (UPDATE workq_counters SET enqueued = enqueued + (SELECT count(*) FROM ins), \
     pending = pending + (SELECT count(*) FROM ins WHERE state = 'p'), \
-    delayed = delayed + (SELECT count(*) FROM ins WHERE state = 'd') \
-    WHERE queue_id = (SELECT id FROM q) AND stripe = $8 AND EXISTS (SELECT 1 FROM ins)), \
-ntf AS (SELECT pg_notify($9, $1) FROM ins WHERE state = 'p' LIMIT 1) \
+    delayed = delayed + (SELECT count(*) FROM ins WHERE state = 'd'), \
+    bytes = bytes + (SELECT sum(size) FROM ins) \
+    WHERE queue_id = (SELECT id FROM q) AND stripe = $8 AND EXISTS (SELECT 1 FROM ins)) \
 SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
-    (SELECT count(*) FROM ntf), (SELECT count(*) FROM ins WHERE state = 'd')";
+    (SELECT count(*) FROM ins WHERE state = 'p'), (SELECT count(*) FROM ins WHERE state = 'd')";
         let (mut delays, mut payloads, mut attrs, mut sizes) = (vec![], vec![], vec![], vec![]);
         for it in items {
             delays.push(i64::try_from(it.delay.as_millis()).unwrap_or(i64::MAX));
@@ -83,7 +124,6 @@ SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
                     &request_id,
                     &i32::try_from(items.len()).unwrap_or(i32::MAX),
                     &super::stripe(),
-                    &super::listen::CHANNEL,
                 ],
             )
             .await
@@ -93,6 +133,9 @@ SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
             return Ok(None);
         }
         let ids: Vec<i64> = row.get::<_, Option<Vec<i64>>>(1).unwrap_or_default();
+        if row.get::<_, i64>(2) > 0 {
+            self.notify_committed(name);
+        }
         if row.get::<_, i64>(3) > 0 {
             self.inner.reaper.notify_one();
         }
@@ -117,6 +160,7 @@ SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
         request_id: Option<&str>,
     ) -> Result<(Vec<Enqueued>, bool)> {
         self.check_items(&items)?;
+        self.check_room(&items).await?;
         let request_id = request_id.filter(|r| !r.is_empty());
         let n = items.len();
         if items
@@ -132,13 +176,19 @@ SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
         // Shared: concurrent enqueues go on; a seal waits for them.
         let q = match self.queue_row(&tx, name, "FOR SHARE").await {
             Err(Error::QueueNotFound(_)) if create => {
-                drop(tx);
+                tx.rollback().await.map_err(unavailable)?;
                 drop(client);
                 self.create_queue_with(name, QueueSettings::UNSET.into())
                     .await?;
                 return Box::pin(self.enqueue_request(name, items, false, request_id)).await;
             }
-            other => other?,
+            Err(e) => {
+                // Ended, not dropped (see `finish.rs`); the refusal is the
+                // answer whatever the rollback says.
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+            Ok(q) => q,
         };
         let window =
             i64::try_from(self.inner.limits.idempotency_window.as_millis()).unwrap_or(i64::MAX);
@@ -154,6 +204,8 @@ SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
             if let Some(row) = earlier {
                 let ids: Vec<i64> = row.get(0);
                 let dups: Vec<bool> = row.get(1);
+                // Ended, not dropped: see `finish.rs`.
+                tx.rollback().await.map_err(unavailable)?;
                 if ids.len() != n {
                     return Err(Error::RequestIdReused {
                         request_id: crate::names::quoted(id),
@@ -173,6 +225,7 @@ SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
             }
         }
         if q.sealed {
+            tx.rollback().await.map_err(unavailable)?;
             return Err(Error::Sealed(name.clone()));
         }
         let ids: Vec<i64> = tx
@@ -219,7 +272,7 @@ SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
         let mut out = Vec::with_capacity(n);
         let (mut new_ids, mut delays, mut payloads, mut attrs, mut keys, mut sizes) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
-        let (mut pending, mut delayed) = (0i64, 0i64);
+        let (mut pending, mut delayed, mut bytes) = (0i64, 0i64, 0i64);
         for (it, id) in items.iter().zip(&ids) {
             let key = it.idempotency_key.as_deref().filter(|k| !k.is_empty());
             if let Some(k) = key
@@ -244,6 +297,7 @@ SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
             attrs.push(attrs_text(&it.attributes));
             keys.push(key);
             sizes.push(answer_size(it));
+            bytes += held_bytes(it);
             out.push(Enqueued {
                 id: ItemId(u64::try_from(*id).unwrap_or(0)),
                 duplicate: false,
@@ -267,7 +321,12 @@ SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
             )
             .await
             .map_err(unavailable)?;
-            add_counters(&tx, q.id, [pending + delayed, pending, delayed, 0, 0, 0, 0]).await?;
+            add_counters(
+                &tx,
+                q.id,
+                [pending + delayed, pending, delayed, 0, 0, 0, 0, bytes],
+            )
+            .await?;
         }
         if let Some(id) = request_id {
             let all: Vec<i64> = out.iter().map(|e| super::db_id(e.id)).collect();
@@ -282,16 +341,25 @@ SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
             .await
             .map_err(unavailable)?;
         }
-        if pending > 0 {
-            notify(&tx, name).await?;
-        }
         tx.commit().await.map_err(unavailable)?;
+        if pending > 0 {
+            self.notify_committed(name);
+        }
         if delayed > 0 {
             self.inner.reaper.notify_one();
         }
         metrics::counter!("workq_items_enqueued_total").increment(new_ids.len() as u64);
         Ok((out, false))
     }
+}
+
+/// What an item counts against `--max-queued-bytes` (the `bytes` counters):
+/// its answer size and its idempotency key.
+fn held_bytes(it: &EnqueueItem) -> i64 {
+    i64::from(answer_size(it))
+        + it.idempotency_key
+            .as_deref()
+            .map_or(0, |k| i64::try_from(k.len()).unwrap_or(i64::MAX))
 }
 
 /// What an item adds to a lease answer ([`crate::item::Item::answer_bytes`]

@@ -10,19 +10,98 @@
 //! common case) is first tried as one statement doing all of that; it
 //! changes nothing unless every token is live.
 
-use super::queues::{add_counters, notify};
+use super::queues::add_counters;
 use super::{PgEngine, db_id, unavailable};
 use crate::error::{Finish, Result};
 use crate::names::{LeaseToken, QueueName};
 use crate::queue::{Batch, Outcome, TokenResult};
 use deadpool_postgres::GenericClient;
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 use std::time::Duration;
+use tokio_postgres::types::ToSql;
 
 use super::judge::{result, same_secret};
 
+/// The completion of a batch whose every token is a live lease, as the
+/// first CTEs of a statement (parameters `$1`–`$6` of [`CompleteArgs`]):
+/// `q` the queue (id, sealed, default lease), `live` the items named by
+/// live tokens (locked, in id order), `ok` whether every token is live;
+/// only then `del` deletes the items (answering each one's `b`, its bytes
+/// held), `keys` starts their idempotency keys' window and `fin` records
+/// the completions — one `workq_completed` row for the call, not one row
+/// per item (the judge reads both). The counters are the statement's to
+/// change.
+pub(super) const COMPLETE_CTES: &str = "\
+WITH q AS (SELECT id, sealed, default_lease_ms FROM workq_queues WHERE name = $1), \
+t AS (SELECT * FROM unnest($2::int8[], $3::int8[], $4::bytea[]) AS t(id, seq, secret)), \
+live AS (SELECT i.id, i.idem_key, t.seq, t.secret FROM (SELECT * FROM t ORDER BY id) t \
+    CROSS JOIN LATERAL (SELECT id, idem_key FROM workq_items \
+    WHERE queue_id = (SELECT id FROM q) AND id = t.id AND state = 'l' AND seq = t.seq \
+    AND secret = t.secret AND due_at > workq_ms() FOR UPDATE) i), \
+ok AS (SELECT count(*) = $5 AS all_live FROM live), \
+del AS (DELETE FROM workq_items WHERE (SELECT all_live FROM ok) \
+    AND queue_id = (SELECT id FROM q) AND id = ANY(ARRAY(SELECT id FROM live)) \
+    RETURNING id, size + coalesce(octet_length(idem_key), 0) AS b), \
+keys AS (UPDATE workq_keys SET expires_at = workq_ms() + $6 WHERE (SELECT all_live FROM ok) \
+    AND queue_id = (SELECT id FROM q) \
+    AND key = ANY(ARRAY(SELECT idem_key FROM live WHERE idem_key IS NOT NULL)) \
+    AND item = ANY(ARRAY(SELECT id FROM live))), \
+fin AS (INSERT INTO workq_completed (queue_id, lo, hi, items, seqs, secrets, at) \
+    SELECT (SELECT id FROM q), min(id), max(id), array_agg(id), array_agg(seq), \
+    array_agg(secret), workq_ms() FROM live WHERE (SELECT all_live FROM ok) \
+    HAVING count(*) > 0)";
+
+/// The parameters `$1`–`$6` of [`COMPLETE_CTES`] (a statement's own follow).
+pub(super) struct CompleteArgs<'a> {
+    name: &'a str,
+    ids: Vec<i64>,
+    seqs: Vec<i64>,
+    secrets: Vec<&'a [u8]>,
+    n: i64,
+    window: i64,
+}
+
+impl<'a> CompleteArgs<'a> {
+    /// The parameters of completing `tokens`; `None` when one item is named
+    /// twice (the judging path answers that).
+    pub(super) fn of(
+        name: &'a QueueName,
+        tokens: &'a [LeaseToken],
+        window: Duration,
+    ) -> Option<Self> {
+        let mut seen = HashSet::with_capacity(tokens.len());
+        if !tokens.iter().all(|t| seen.insert(t.item)) {
+            return None;
+        }
+        Some(CompleteArgs {
+            name: name.as_str(),
+            ids: tokens.iter().map(|t| db_id(t.item)).collect(),
+            seqs: tokens
+                .iter()
+                .map(|t| i64::try_from(t.seq).unwrap_or(-1))
+                .collect(),
+            secrets: tokens.iter().map(|t| &t.secret[..]).collect(),
+            n: tokens.len() as i64,
+            window: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// `$1`–`$6`.
+    pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.name,
+            &self.ids,
+            &self.seqs,
+            &self.secrets,
+            &self.n,
+            &self.window,
+        ]
+    }
+}
+
 impl PgEngine {
-    fn tokens_ok(&self, what: &str, tokens: &[LeaseToken]) -> Result<()> {
+    pub(super) fn tokens_ok(&self, what: &str, tokens: &[LeaseToken]) -> Result<()> {
         self.inner
             .limits
             .check_batch("lease_tokens", what, tokens.len())
@@ -65,65 +144,43 @@ impl PgEngine {
     }
 
     /// The one-statement completion of a batch whose every token is a live
-    /// lease (the common case): `Some(n)` when it completed them all, `None`
+    /// lease (the common case): `true` when it completed them all, `false`
     /// when it changed nothing (a token not live, the queue missing) and
     /// the judging path must answer.
     async fn complete_fast(&self, name: &QueueName, tokens: &[LeaseToken]) -> Result<bool> {
-        const FAST: &str = "\
-WITH q AS (SELECT id, sealed FROM workq_queues WHERE name = $1), \
-t AS (SELECT * FROM unnest($2::int8[], $3::int8[], $4::bytea[]) AS t(id, seq, secret)), \
-live AS (SELECT i.id, i.idem_key, t.seq, t.secret FROM (SELECT * FROM t ORDER BY id) t \
-    CROSS JOIN LATERAL (SELECT id, idem_key FROM workq_items \
-    WHERE queue_id = (SELECT id FROM q) AND id = t.id AND state = 'l' AND seq = t.seq \
-    AND secret = t.secret AND due_at > workq_ms() FOR UPDATE) i), \
-ok AS (SELECT count(*) = $5 AS all_live FROM live), \
-del AS (DELETE FROM workq_items WHERE (SELECT all_live FROM ok) \
-    AND queue_id = (SELECT id FROM q) AND id = ANY(ARRAY(SELECT id FROM live)) RETURNING id), \
-keys AS (UPDATE workq_keys SET expires_at = workq_ms() + $6 WHERE (SELECT all_live FROM ok) \
-    AND queue_id = (SELECT id FROM q) \
-    AND key = ANY(ARRAY(SELECT idem_key FROM live WHERE idem_key IS NOT NULL)) \
-    AND item = ANY(ARRAY(SELECT id FROM live))), \
-fin AS (INSERT INTO workq_finished (queue_id, item, seq, secret, how, dead, at) \
-    SELECT q.id, live.id, live.seq, live.secret, 'c', false, workq_ms() FROM live, q, ok \
-    WHERE ok.all_live ON CONFLICT (queue_id, item) DO UPDATE SET seq = excluded.seq, \
-    secret = excluded.secret, how = excluded.how, dead = excluded.dead, at = excluded.at), \
-cnt AS (UPDATE workq_counters c SET leased = c.leased - $5, completed = c.completed + $5 \
-    FROM ok WHERE ok.all_live AND c.queue_id = (SELECT id FROM q) AND c.stripe = $7), \
-ntf AS (SELECT pg_notify($8, $1) FROM q, ok WHERE ok.all_live AND q.sealed) \
-SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT count(*) FROM ntf)";
-        let mut seen = HashSet::with_capacity(tokens.len());
-        if !tokens.iter().all(|t| seen.insert(t.item)) {
-            return Ok(false);
-        }
-        let ids: Vec<i64> = tokens.iter().map(|t| db_id(t.item)).collect();
-        let seqs: Vec<i64> = tokens
-            .iter()
-            .map(|t| i64::try_from(t.seq).unwrap_or(-1))
-            .collect();
-        let secrets: Vec<&[u8]> = tokens.iter().map(|t| &t.secret[..]).collect();
-        let window =
-            i64::try_from(self.inner.limits.idempotency_window.as_millis()).unwrap_or(i64::MAX);
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(FAST).await.map_err(unavailable)?;
-        let row = client
-            .query_one(
-                &stmt,
-                &[
-                    &name.as_str(),
-                    &ids,
-                    &seqs,
-                    &secrets,
-                    &(tokens.len() as i64),
-                    &window,
-                    &super::stripe(),
-                    &super::listen::CHANNEL,
-                ],
+        static FAST: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "{COMPLETE_CTES}, \
+cnt AS (UPDATE workq_counters c SET leased = c.leased - $5, completed = c.completed + $5, \
+    bytes = c.bytes - (SELECT coalesce(sum(b), 0) FROM del) \
+    FROM ok WHERE ok.all_live AND c.queue_id = (SELECT id FROM q) AND c.stripe = $7) \
+SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT sealed FROM q)"
             )
+        });
+        let Some(args) = CompleteArgs::of(name, tokens, self.inner.limits.idempotency_window)
+        else {
+            return Ok(false);
+        };
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(FAST.as_str())
+            .await
+            .map_err(unavailable)?;
+        let mut params = args.params();
+        let stripe = super::stripe();
+        params.push(&stripe);
+        let row = client
+            .query_one(&stmt, &params)
             .await
             .map_err(unavailable)?;
         let all: bool = row.get::<_, Option<bool>>(0).unwrap_or(false);
         let deleted: i64 = row.get(1);
-        Ok(all && deleted == tokens.len() as i64)
+        let done = all && deleted == tokens.len() as i64;
+        if done && row.get::<_, Option<bool>>(2).unwrap_or(false) {
+            // The queue is sealed: it may have drained.
+            self.notify_committed(name);
+        }
+        Ok(done)
     }
 
     /// Completes leased items; tokens that already completed their item are
@@ -152,12 +209,16 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT count(*) F
                 .iter()
                 .filter_map(|id| judged.items.get(id)?.key.as_deref())
                 .collect();
-            tx.execute(
-                "DELETE FROM workq_items WHERE queue_id = $1 AND id = ANY($2)",
-                &[&q.id, &ids],
-            )
-            .await
-            .map_err(unavailable)?;
+            let bytes: i64 = tx
+                .query_one(
+                    "WITH d AS (DELETE FROM workq_items WHERE queue_id = $1 AND id = ANY($2) \
+                     RETURNING size + coalesce(octet_length(idem_key), 0) AS b) \
+                     SELECT coalesce(sum(b), 0)::int8 FROM d",
+                    &[&q.id, &ids],
+                )
+                .await
+                .map_err(unavailable)?
+                .get(0);
             if !keys.is_empty() {
                 let window = i64::try_from(self.inner.limits.idempotency_window.as_millis())
                     .unwrap_or(i64::MAX);
@@ -173,14 +234,14 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT count(*) F
                     .map_err(unavailable)?;
             }
             let n = live.len() as i64;
-            add_counters(&tx, q.id, [0, 0, 0, -n, n, 0, 0]).await?;
+            add_counters(&tx, q.id, [0, 0, 0, -n, n, 0, 0, -bytes]).await?;
             let done: Vec<_> = live.iter().map(|t| (*t, false)).collect();
             Self::record_finished(&tx, &q, &done, Finish::Completed).await?;
+            tx.commit().await.map_err(unavailable)?;
             if q.sealed {
                 // The queue may have drained: wake who waits for that.
-                notify(&tx, name).await?;
+                self.notify_committed(name);
             }
-            tx.commit().await.map_err(unavailable)?;
             metrics::counter!("workq_items_completed_total").increment(live.len() as u64);
         }
         Ok(judged.results)
@@ -271,7 +332,7 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT count(*) F
         add_counters(
             &tx,
             q.id,
-            [0, pending, delayed, -n, 0, dead, pending + delayed],
+            [0, pending, delayed, -n, 0, dead, pending + delayed, 0],
         )
         .await?;
         let done: Vec<_> = live
@@ -279,10 +340,10 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT count(*) F
             .map(|t| (*t, died.contains(&db_id(t.item))))
             .collect();
         Self::record_finished(&tx, &q, &done, Finish::Failed).await?;
-        if pending > 0 || q.sealed {
-            notify(&tx, name).await?;
-        }
         tx.commit().await.map_err(unavailable)?;
+        if pending > 0 || q.sealed {
+            self.notify_committed(name);
+        }
         if delayed > 0 {
             self.inner.reaper.notify_one();
         }
@@ -347,11 +408,11 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT count(*) F
         .await
         .map_err(unavailable)?;
         let n = live.len() as i64;
-        add_counters(&tx, q.id, [0, n, 0, -n, 0, 0, 0]).await?;
+        add_counters(&tx, q.id, [0, n, 0, -n, 0, 0, 0, 0]).await?;
         let done: Vec<_> = live.iter().map(|t| (*t, false)).collect();
         Self::record_finished(&tx, &q, &done, Finish::Released).await?;
-        notify(&tx, name).await?;
         tx.commit().await.map_err(unavailable)?;
+        self.notify_committed(name);
         Ok(judged.results)
     }
 

@@ -111,10 +111,23 @@ impl PgEngine {
             )
             .await
             .map_err(unavailable)?;
+        let completed_stmt = tx
+            .prepare_cached(
+                // OFFSET 0 keeps the subquery per id (not flattened into a
+                // join the planner may turn into a scan of every record).
+                "SELECT x.id, c.seq, c.secret FROM unnest($2::int8[]) AS x(id) \
+                 CROSS JOIN LATERAL (SELECT c.seqs[array_position(c.items, x.id)] AS seq, \
+                 c.secrets[array_position(c.items, x.id)] AS secret FROM workq_completed c \
+                 WHERE int8range(c.lo, c.hi, '[]') @> x.id AND c.queue_id = $1 \
+                 AND x.id = ANY(c.items) OFFSET 0) c",
+            )
+            .await
+            .map_err(unavailable)?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&q.id, &ids];
-        let (item_rows, finished_rows) = futures::try_join!(
+        let (item_rows, finished_rows, completed_rows) = futures::try_join!(
             tx.query(&items_stmt, &params),
             tx.query(&finished_stmt, &params),
+            tx.query(&completed_stmt, &params),
         )
         .map_err(unavailable)?;
         let items: HashMap<i64, ItemRow> = item_rows
@@ -133,7 +146,7 @@ impl PgEngine {
                 )
             })
             .collect();
-        let finished: HashMap<i64, FinishedRow> = finished_rows
+        let mut finished: HashMap<i64, FinishedRow> = finished_rows
             .iter()
             .map(|r| {
                 (
@@ -147,6 +160,20 @@ impl PgEngine {
                 )
             })
             .collect();
+        // A completion recorded per call ends the item: it is its last
+        // finish unless a record of a later lease says otherwise.
+        for r in &completed_rows {
+            let (id, seq): (i64, i64) = (r.get(0), r.get(1));
+            if finished.get(&id).is_none_or(|f| f.seq < seq) {
+                let row = FinishedRow {
+                    seq,
+                    secret: r.get(2),
+                    how: Finish::Completed,
+                    dead: false,
+                };
+                finished.insert(id, row);
+            }
+        }
         let stale = |token: LeaseToken, cause| Error::StaleLease {
             queue: name.clone(),
             token,

@@ -109,6 +109,36 @@ CREATE TABLE workq_counters (
     PRIMARY KEY (queue_id, stripe)
 );
 "#,
+    // 2: the bytes of items held, per counter stripe, for
+    //    --max-queued-bytes: an item counts its answer size (`size`) plus
+    //    its idempotency key. Items and finish records lose their foreign
+    //    key to the queue: its check ran per row (a third of an enqueue's
+    //    and a fifth of a completion's statement time, and a share lock on
+    //    the queue's row per item); deleting a queue deletes them itself,
+    //    and every statement that adds them holds or reads the queue's row.
+    //    Completions by the one-statement path are recorded one row per
+    //    call (`workq_completed`: the items' ids, epochs and secrets as
+    //    arrays, found by the range of ids), not one row per item.
+    r#"
+CREATE TABLE workq_completed (
+    queue_id int8 NOT NULL,
+    lo int8 NOT NULL,
+    hi int8 NOT NULL,
+    items int8[] NOT NULL,
+    seqs int8[] NOT NULL,
+    secrets bytea[] NOT NULL,
+    at int8 NOT NULL
+);
+CREATE INDEX workq_completed_ids ON workq_completed USING gist (int8range(lo, hi, '[]'));
+CREATE INDEX workq_completed_at ON workq_completed (at);
+ALTER TABLE workq_items DROP CONSTRAINT workq_items_queue_id_fkey;
+ALTER TABLE workq_finished DROP CONSTRAINT workq_finished_queue_id_fkey;
+ALTER TABLE workq_counters ADD COLUMN bytes int8 NOT NULL DEFAULT 0;
+UPDATE workq_counters c SET bytes = s.b
+    FROM (SELECT queue_id, sum(size + coalesce(octet_length(idem_key), 0))::int8 AS b
+          FROM workq_items GROUP BY queue_id) s
+    WHERE c.queue_id = s.queue_id AND c.stripe = 0;
+"#,
 ];
 
 /// The newest schema version this build knows.

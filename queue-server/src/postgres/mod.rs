@@ -7,6 +7,7 @@
 //! - [`migrate`]: the versioned schema;
 //! - `listen`: the one LISTEN connection that wakes parked lease calls and
 //!   watchers of this replica, and says whether the database is up;
+//! - `notify`: notifications of other replicas, sent after commit;
 //! - `queues`, `enqueue`, `lease`, `finish`, `dead`, `reap`: the calls.
 
 use crate::error::{Error, Result};
@@ -27,6 +28,7 @@ mod judge;
 mod lease;
 mod listen;
 pub mod migrate;
+mod notify;
 mod queues;
 mod reap;
 pub mod tls;
@@ -147,6 +149,10 @@ pub(crate) struct Waker {
     pub(crate) waiting: AtomicUsize,
     /// Its watchers' channel, while someone watches.
     pub(crate) info: Mutex<Option<watch::Sender<Option<QueueInfo>>>>,
+    /// A notification of the queue is being sent (`notify`).
+    pub(crate) notifying: AtomicBool,
+    /// Another was asked for meanwhile: send once more.
+    pub(crate) notify_again: AtomicBool,
 }
 
 struct Inner {
@@ -365,6 +371,7 @@ impl PgEngine {
         client
             .query_one(
                 "SELECT (SELECT count(*) FROM workq_finished) + \
+                 (SELECT coalesce(sum(cardinality(items)), 0) FROM workq_completed) + \
                  (SELECT coalesce(sum(1 + cardinality(ids)), 0) FROM workq_requests)::int8",
                 &[],
             )

@@ -1,7 +1,6 @@
 //! The queues' lifecycle on PostgreSQL: create, describe, list, change,
 //! delete, purge and seal; and watching a queue across replicas.
 
-use super::listen::CHANNEL;
 use super::{PgEngine, QueueRow, STRIPES, ms, stripe, to_duration, unavailable};
 use crate::counters::Counters;
 use crate::engine::QueueInfo;
@@ -61,11 +60,11 @@ fn info_of(row: &Row) -> Result<QueueInfo> {
 
 /// Adds `delta` to the counters of queue `id` (one stripe), in the
 /// transaction of `client`. Deltas: enqueued, pending, delayed, leased,
-/// completed, dead, retried.
+/// completed, dead, retried, bytes (of items held).
 pub(crate) async fn add_counters(
     client: &impl GenericClient,
     id: i64,
-    delta: [i64; 7],
+    delta: [i64; 8],
 ) -> Result<()> {
     if delta.iter().all(|d| *d == 0) {
         return Ok(());
@@ -74,26 +73,14 @@ pub(crate) async fn add_counters(
         .prepare_cached(
             "UPDATE workq_counters SET enqueued = enqueued + $3, pending = pending + $4, \
              delayed = delayed + $5, leased = leased + $6, completed = completed + $7, \
-             dead = dead + $8, retried = retried + $9 WHERE queue_id = $1 AND stripe = $2",
+             dead = dead + $8, retried = retried + $9, bytes = bytes + $10 \
+             WHERE queue_id = $1 AND stripe = $2",
         )
         .await
         .map_err(unavailable)?;
-    let [a, b, c, d, e, f, g] = delta;
+    let [a, b, c, d, e, f, g, h] = delta;
     client
-        .execute(&stmt, &[&id, &stripe(), &a, &b, &c, &d, &e, &f, &g])
-        .await
-        .map_err(unavailable)?;
-    Ok(())
-}
-
-/// Wakes every replica's calls and watchers of `name`, at commit.
-pub(crate) async fn notify(client: &impl GenericClient, name: &QueueName) -> Result<()> {
-    let stmt = client
-        .prepare_cached("SELECT pg_notify($1, $2)")
-        .await
-        .map_err(unavailable)?;
-    client
-        .execute(&stmt, &[&CHANNEL, &name.as_str()])
+        .execute(&stmt, &[&id, &stripe(), &a, &b, &c, &d, &e, &f, &g, &h])
         .await
         .map_err(unavailable)?;
     Ok(())
@@ -114,10 +101,11 @@ impl PgEngine {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         if let Ok(existing) = self.queue_row(&tx, name, "").await {
+            // Ended, not dropped: see `finish.rs`.
+            tx.rollback().await.map_err(unavailable)?;
             if existing.settings != settings {
                 return Err(Error::QueueExists(name.clone()));
             }
-            drop(tx);
             drop(client);
             return Ok((self.get_queue(name).await?, false));
         }
@@ -128,6 +116,7 @@ impl PgEngine {
             .map_err(unavailable)?
             .get(0);
         if usize::try_from(n).unwrap_or(usize::MAX) >= max_queues {
+            tx.rollback().await.map_err(unavailable)?;
             return Err(Error::Exhausted {
                 limit: "max_queues",
                 max: max_queues as u64,
@@ -228,8 +217,23 @@ impl PgEngine {
         {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(unavailable)?;
-            let row = self.queue_row(&tx, name, "FOR UPDATE").await?;
-            let s = self.inner.limits.check_settings(patch, &row.settings)?;
+            let checked = match self.queue_row(&tx, name, "FOR UPDATE").await {
+                Ok(row) => self
+                    .inner
+                    .limits
+                    .check_settings(patch, &row.settings)
+                    .map(|s| (row, s)),
+                Err(e) => Err(e),
+            };
+            let (row, s) = match checked {
+                Ok(c) => c,
+                Err(e) => {
+                    // Ended, not dropped (the row stays locked until a
+                    // dropped transaction's rollback lands).
+                    let _ = tx.rollback().await;
+                    return Err(e);
+                }
+            };
             tx.execute(
                 "UPDATE workq_queues SET default_lease_ms = $2, max_attempts = $3, \
                  retry_backoff_ms = $4, retry_backoff_max_ms = $5 WHERE id = $1",
@@ -243,8 +247,8 @@ impl PgEngine {
             )
             .await
             .map_err(unavailable)?;
-            notify(&tx, name).await?;
             tx.commit().await.map_err(unavailable)?;
+            self.notify_committed(name);
         }
         self.get_queue(name).await
     }
@@ -254,18 +258,31 @@ impl PgEngine {
     pub async fn delete_queue(&self, name: &QueueName) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
-        let n = tx
-            .execute(
-                "DELETE FROM workq_queues WHERE name = $1",
+        let deleted = tx
+            .query_opt(
+                "DELETE FROM workq_queues WHERE name = $1 RETURNING id",
                 &[&name.as_str()],
             )
             .await
             .map_err(unavailable)?;
-        if n == 0 {
+        let Some(row) = deleted else {
+            tx.rollback().await.map_err(unavailable)?;
             return Err(Error::QueueNotFound(name.clone()));
-        }
-        notify(&tx, name).await?;
+        };
+        let id: i64 = row.get(0);
+        // Items and finish records have no foreign key (migration 2): gone
+        // here, after the queue's row (so enqueues holding it have
+        // committed, and later ones find no queue).
+        tx.execute(
+            "WITH gone AS (SELECT $1::int8 AS id), \
+             i AS (DELETE FROM workq_items WHERE queue_id = (SELECT id FROM gone)) \
+             DELETE FROM workq_finished WHERE queue_id = (SELECT id FROM gone)",
+            &[&id],
+        )
+        .await
+        .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
+        self.notify_committed(name);
         Ok(())
     }
 
@@ -273,23 +290,31 @@ impl PgEngine {
     pub async fn purge(&self, name: &QueueName) -> Result<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
-        let q: QueueRow = self.queue_row(&tx, name, "FOR SHARE").await?;
+        let q: QueueRow = match self.queue_row(&tx, name, "FOR SHARE").await {
+            Ok(q) => q,
+            Err(e) => {
+                // Ended, not dropped: see `finish.rs`.
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
         let row = tx
             .query_one(
                 "WITH gone AS (DELETE FROM workq_items WHERE queue_id = $1 \
-                 AND state IN ('p', 'd') RETURNING state, idem_key), \
+                 AND state IN ('p', 'd') \
+                 RETURNING state, idem_key, size + coalesce(octet_length(idem_key), 0) AS b), \
                  keys AS (DELETE FROM workq_keys k USING gone \
                  WHERE k.queue_id = $1 AND k.key = gone.idem_key) \
-                 SELECT count(*) FILTER (WHERE state = 'p'), count(*) FILTER (WHERE state = 'd') \
-                 FROM gone",
+                 SELECT count(*) FILTER (WHERE state = 'p'), count(*) FILTER (WHERE state = 'd'), \
+                 coalesce(sum(b), 0)::int8 FROM gone",
                 &[&q.id],
             )
             .await
             .map_err(unavailable)?;
-        let (p, d): (i64, i64) = (row.get(0), row.get(1));
-        add_counters(&tx, q.id, [-(p + d), -p, -d, 0, 0, 0, 0]).await?;
-        notify(&tx, name).await?;
+        let (p, d, bytes): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        add_counters(&tx, q.id, [-(p + d), -p, -d, 0, 0, 0, 0, -bytes]).await?;
         tx.commit().await.map_err(unavailable)?;
+        self.notify_committed(name);
         Ok(u64::try_from(p + d).unwrap_or(0))
     }
 
@@ -306,10 +331,11 @@ impl PgEngine {
                 .await
                 .map_err(unavailable)?;
             if n == 0 {
+                tx.rollback().await.map_err(unavailable)?;
                 return Err(Error::QueueNotFound(name.clone()));
             }
-            notify(&tx, name).await?;
             tx.commit().await.map_err(unavailable)?;
+            self.notify_committed(name);
         }
         self.get_queue(name).await
     }

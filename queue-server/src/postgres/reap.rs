@@ -61,6 +61,7 @@ const NEXT: &str = "SELECT min(due_at) - workq_ms() FROM workq_items WHERE state
 const SWEEP: &str = "\
 WITH k AS (DELETE FROM workq_keys WHERE expires_at <= workq_ms()), \
 f AS (DELETE FROM workq_finished WHERE at <= workq_ms() - $1), \
+c AS (DELETE FROM workq_completed WHERE at <= workq_ms() - $1), \
 r AS (DELETE FROM workq_requests WHERE at <= workq_ms() - $1) SELECT 1";
 
 /// Starts this replica's reaper.
