@@ -87,6 +87,9 @@ struct Loop<'a> {
     inline: bool,
     /// First polls in a row that were slow.
     slow_in_a_row: u32,
+    /// Set once completions sent all or nothing were refused: every request
+    /// goes token by token from then on.
+    per_token_always: bool,
     stream: Option<WorkStream>,
     /// Granted and not yet received.
     open_credit: usize,
@@ -129,6 +132,7 @@ where
         job_queue: Arc::new(queue.name().clone()),
         inline: true,
         slow_in_a_row: 0,
+        per_token_always: false,
         stream: None,
         open_credit: 0,
         waiting: VecDeque::new(),
