@@ -43,6 +43,43 @@ async fn many_items_at_once_are_each_completed_once_with_prefetch() {
     assert!(s.drained);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_completion_is_lost_and_the_loop_goes_on() {
+    let t = TestServer::start().await;
+    let q = t.queue(&unique("stream-refused")).await;
+    q.push(["a", "b", "lost", "c", "d"]).await.expect("push");
+    q.seal().await.expect("seal");
+
+    // The handler of "lost" gives its own lease back the first time, then
+    // answers Ok: its completion is refused (sent all or nothing, then again
+    // token by token), and the item comes again.
+    let gave_back = Arc::new(AtomicUsize::new(0));
+    let seen = Seen::default();
+    let count = counting(&seen);
+    let summary = {
+        let (q2, gave_back) = (q.clone(), gave_back.clone());
+        q.work(opts().concurrency(5), move |job: Job| {
+            let release = (job.payload() == b"lost"
+                && gave_back.fetch_add(1, Ordering::SeqCst) == 0)
+                .then(|| (q2.clone(), job.item().token.clone()));
+            let done = count(job);
+            async move {
+                if let Some((q, token)) = release {
+                    q.release(&[token]).await.expect("release");
+                }
+                done.await
+            }
+        })
+        .await
+        .expect("the worker rides out the refusal")
+    };
+    assert_eq!(summary.stop, StopReason::Drained);
+    // "lost" was handled twice: once refused (lost), once completed.
+    assert_eq!((summary.completed, summary.lost), (5, 1), "{summary:?}");
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.completed, s.retried, s.dead), (5, 0, 0), "{s:?}");
+}
+
 // Timers on tokio's paused clock, the server's leases too (it runs in this
 // runtime): leases expire and renew without real waits.
 #[tokio::test(start_paused = true)]

@@ -5,10 +5,13 @@
 //! One stream per loop. The loop grants credit for what it can take — free
 //! slots ([`WorkerOptions::concurrency`]) plus [`WorkerOptions::prefetch`]
 //! items waiting for a slot — and the server pushes items as they come.
-//! Each item runs in a task of its own; when its handler succeeds, its token
-//! joins the next completion message, sent once half a window gathered or
-//! the oldest waited 1 ms, at once when nothing else runs (at most four
-//! unanswered): the batch grows with the load. Failures and releases are
+//! Each item's handler is polled once on the loop; one that does not answer
+//! at once goes on in a task of its own (every item does, once handlers'
+//! first polls are slow: [`Loop::start`]). When its handler succeeds, its
+//! token joins the next completion message, sent once half a window gathered
+//! or the oldest waited 1 ms, at once when nothing else runs (at most four
+//! unanswered): the batch grows with the load. Completions go all or
+//! nothing, token by token once a batch was refused. Failures and releases are
 //! unary calls, as the stream carries none. Every lease held — running,
 //! waiting for a slot, or waiting for its completion's answer — is renewed
 //! on the stream every third of [`WorkerOptions::lease`]; a refused renewal
@@ -87,6 +90,9 @@ struct Loop<'a> {
     inline: bool,
     /// First polls in a row that were slow.
     slow_in_a_row: u32,
+    /// Set once completions sent all or nothing were refused: every request
+    /// goes token by token from then on.
+    per_token_always: bool,
     stream: Option<WorkStream>,
     /// Granted and not yet received.
     open_credit: usize,
@@ -129,6 +135,7 @@ where
         job_queue: Arc::new(queue.name().clone()),
         inline: true,
         slow_in_a_row: 0,
+        per_token_always: false,
         stream: None,
         open_credit: 0,
         waiting: VecDeque::new(),

@@ -50,13 +50,16 @@ pub(crate) struct WorkAnswer {
 /// then the renewals.
 pub(crate) type TokenOutcomes = Vec<Result<()>>;
 
-/// What a worker hands in on its stream: all judged token by token.
+/// What a worker hands in on its stream.
 pub(crate) struct WorkRequest<'a> {
     pub(crate) sequence: i64,
     pub(crate) credit: u32,
     /// Tokens to complete, each with a flag the stream ignores.
     pub(crate) complete: &'a [(LeaseToken, bool)],
     pub(crate) renew: &'a [LeaseToken],
+    /// Answered token by token (`per_token_results`); otherwise the
+    /// completions are all or nothing and only renewals have results.
+    pub(crate) per_token: bool,
 }
 
 impl GrpcBackend {
@@ -121,7 +124,7 @@ impl WorkStream {
             complete_tokens: req.complete.iter().map(|(t, _)| t.0.clone()).collect(),
             renew_tokens: token_strings(req.renew),
             sequence: req.sequence,
-            per_token_results: true,
+            per_token_results: req.per_token,
             ..Default::default()
         };
         let tx = self
@@ -190,8 +193,9 @@ fn stream_gone(why: &str) -> Error {
     }
 }
 
-/// A [`WorkAnswer`] from the wire; requests are always sent with
-/// `per_token_results`, so `results` hold the completions then the renewals.
+/// A [`WorkAnswer`] from the wire. With
+/// `per_token_results`, `results` hold the completions then the renewals;
+/// without it, the renewals only (the completions were all done).
 fn answer_from_pb(queue: &QueueName, a: pb::WorkAnswer) -> WorkAnswer {
     let refused = a
         .problem

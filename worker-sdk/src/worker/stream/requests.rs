@@ -26,6 +26,8 @@ pub(super) struct Sent {
     /// Tokens to complete, each with whether it was sent before.
     pub(super) complete: Vec<(LeaseToken, bool)>,
     renew: Vec<LeaseToken>,
+    /// Answered token by token; otherwise its completions are all or nothing.
+    per_token: bool,
 }
 
 impl Loop<'_> {
@@ -71,12 +73,20 @@ impl Loop<'_> {
         };
         self.next_sequence += 1;
         let sequence = self.next_sequence;
+        // Completions alone, none sent before, go all or nothing: the answer
+        // then carries no result per token for the server to show and us to
+        // match. Renewals, completions sent again (whose "already done" must
+        // be told apart) and, after a refusal, every request go token by token.
+        let per_token = self.per_token_always
+            || !renew.is_empty()
+            || complete.iter().any(|(_, sent_before)| *sent_before);
         let sent = stream
             .send(WorkRequest {
                 sequence,
                 credit: u32::try_from(credit).unwrap_or(u32::MAX),
                 complete: &complete,
                 renew: &renew,
+                per_token,
             })
             .await;
         self.open_credit += credit;
@@ -84,7 +94,14 @@ impl Loop<'_> {
             self.completions_in_flight += 1;
         }
         if !complete.is_empty() || !renew.is_empty() {
-            self.sent.insert(sequence, Sent { complete, renew });
+            self.sent.insert(
+                sequence,
+                Sent {
+                    complete,
+                    renew,
+                    per_token,
+                },
+            );
         }
         self.pending_since = if self.to_complete.is_empty() {
             None
@@ -124,13 +141,17 @@ impl Loop<'_> {
         if !sent.complete.is_empty() {
             self.completions_in_flight -= 1;
         }
+        let expected = if sent.per_token {
+            sent.complete.len() + sent.renew.len()
+        } else {
+            sent.renew.len()
+        };
         let results = match answer.outcome {
-            Ok(r) if r.len() == sent.complete.len() + sent.renew.len() => r,
+            Ok(r) if r.len() == expected => r,
             Ok(r) => {
                 let e = Error::Protocol(format!(
-                    "a work stream answer of {} results for {} tokens",
+                    "a work stream answer of {} results where {expected} were due",
                     r.len(),
-                    sent.complete.len() + sent.renew.len()
                 ));
                 return Err(self.refused(sent, e));
             }
@@ -140,10 +161,25 @@ impl Loop<'_> {
                 self.to_complete.extend(sent.complete);
                 return Ok(());
             }
+            Err(e) if !sent.per_token => {
+                // All or nothing, and a token was refused: nothing was done.
+                // Again, token by token from now on, to learn which.
+                tracing::debug!(queue = %self.queue.name(), error = %e, "completions refused as a batch; sending them token by token");
+                self.per_token_always = true;
+                self.pending_since.get_or_insert_with(Instant::now);
+                self.to_complete.extend(sent.complete);
+                return Ok(());
+            }
             Err(e) => return Err(self.refused(sent, e)),
         };
         let mut results = results.into_iter();
-        for ((token, retried), r) in sent.complete.into_iter().zip(results.by_ref()) {
+        for (token, retried) in sent.complete {
+            // All or nothing: answered, so all done.
+            let r = if sent.per_token {
+                results.next().unwrap_or(Ok(()))
+            } else {
+                Ok(())
+            };
             self.held.remove(&token);
             match r {
                 Ok(()) => self.summary.add(ItemOutcome::Completed),
