@@ -9,10 +9,10 @@
 mod common;
 
 use queue_server::{RunningServer, ServerConfig};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use workq_proto::v1 as pb;
+use workq_testkit::Proxy;
 
 type Client = pb::queue_service_client::QueueServiceClient<tonic::transport::Channel>;
 
@@ -108,47 +108,11 @@ async fn until(c: &mut Client, done: impl Fn(&pb::QueueStats) -> bool) -> pb::Qu
 
 type Outbox = tokio::sync::mpsc::Sender<pb::WorkRequest>;
 
-/// A TCP proxy to the server whose connections can be cut, as the kernel
-/// does to a killed process's (the same as worker-sdk's tests' `Proxy`).
-struct Proxy {
-    addr: std::net::SocketAddr,
-    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl Proxy {
-    async fn start(upstream: std::net::SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let held = conns.clone();
-        tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
-                let task = tokio::spawn(async move {
-                    if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                    }
-                });
-                held.lock().expect("lock").push(task.abort_handle());
-            }
-        });
-        Proxy { addr, conns }
-    }
-
-    /// A client whose connection goes through the proxy.
-    async fn client(&self) -> Client {
-        Client::connect(format!("http://{}", self.addr))
-            .await
-            .expect("connect through the proxy")
-    }
-
-    /// Drops every connection through the proxy.
-    fn cut(&self) {
-        for c in self.conns.lock().expect("lock").drain(..) {
-            c.abort();
-        }
-    }
+/// A client whose connection goes through `proxy`.
+async fn client_via(proxy: &Proxy) -> Client {
+    Client::connect(format!("http://{}", proxy.addr))
+        .await
+        .expect("connect through the proxy")
 }
 
 /// Opens a Work stream on `q` granting `credit` and reads until `n` items
@@ -232,7 +196,7 @@ async fn abnormal_end_counts_an_attempt_until_dead(store: &str) {
     let (server, mut c) = server(&store, dir.path(), &[b"poison"]).await;
     let proxy = Proxy::start(server.grpc_addr()).await;
     for attempt in 1..=MAX_ATTEMPTS {
-        let mut worker = proxy.client().await;
+        let mut worker = client_via(&proxy).await;
         let (_tx, _answers, got) = work(&mut worker, 1, 1).await;
         assert_eq!(got[0].attempt, attempt);
         // The worker dies with the item in hand: its connection is cut,
@@ -275,7 +239,7 @@ async fn abnormal_end_spares_what_was_completed(store: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, mut c) = server(&store, dir.path(), &[b"done", b"held"]).await;
     let proxy = Proxy::start(server.grpc_addr()).await;
-    let mut worker = proxy.client().await;
+    let mut worker = client_via(&proxy).await;
     let (tx, mut answers, got) = work(&mut worker, 2, 2).await;
     tx.send(pb::WorkRequest {
         complete_tokens: vec![got[0].lease_token.clone()],

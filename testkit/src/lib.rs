@@ -24,6 +24,9 @@
 //! so [`cluster`] skips without `KUBECONFIG` whatever `WQ_REQUIRE_SERVICES`
 //! says.
 
+mod proxy;
+pub use proxy::Proxy;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

@@ -342,38 +342,5 @@ impl Drop for Cleanup {
     }
 }
 
-/// A TCP proxy whose connections can be cut, as a server (or a load
-/// balancer before it) that drops a stream does.
-pub struct Proxy {
-    pub addr: std::net::SocketAddr,
-    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: std::net::SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let held = conns.clone();
-        tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
-                let task = tokio::spawn(async move {
-                    if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                    }
-                });
-                held.lock().expect("lock").push(task.abort_handle());
-            }
-        });
-        Proxy { addr, conns }
-    }
-
-    /// Drops every connection through the proxy.
-    pub fn cut(&self) {
-        for c in self.conns.lock().expect("lock").drain(..) {
-            c.abort();
-        }
-    }
-}
+/// A TCP proxy whose connections a test can cut.
+pub use workq_testkit::Proxy;
