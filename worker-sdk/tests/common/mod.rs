@@ -342,5 +342,6 @@ impl Drop for Cleanup {
     }
 }
 
-/// A TCP proxy whose connections a test can cut.
+/// A TCP proxy whose connections a test can cut (not every test uses it).
+#[allow(unused_imports)]
 pub use workq_testkit::Proxy;
