@@ -40,7 +40,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -90,9 +90,10 @@ struct Loop<'a> {
     inline: bool,
     /// First polls in a row that were slow.
     slow_in_a_row: u32,
-    /// Set once completions sent all or nothing were refused: every request
-    /// goes token by token from then on.
-    per_token_always: bool,
+    /// Completions refused in an all-or-nothing message: until each has its
+    /// own answer, a message holding one goes token by token (to learn
+    /// which was refused); the others keep going all or nothing.
+    refused_as_batch: FxHashSet<LeaseToken>,
     stream: Option<WorkStream>,
     /// Granted and not yet received.
     open_credit: usize,
@@ -135,7 +136,7 @@ where
         job_queue: Arc::new(queue.name().clone()),
         inline: true,
         slow_in_a_row: 0,
-        per_token_always: false,
+        refused_as_batch: FxHashSet::default(),
         stream: None,
         open_credit: 0,
         waiting: VecDeque::new(),

@@ -76,10 +76,14 @@ impl Loop<'_> {
         // Completions alone, none sent before, go all or nothing: the answer
         // then carries no result per token for the server to show and us to
         // match. Renewals, completions sent again (whose "already done" must
-        // be told apart) and, after a refusal, every request go token by token.
-        let per_token = self.per_token_always
-            || !renew.is_empty()
-            || complete.iter().any(|(_, sent_before)| *sent_before);
+        // be told apart) and completions refused in an all-or-nothing message
+        // go token by token.
+        let per_token = !renew.is_empty()
+            || complete.iter().any(|(_, sent_before)| *sent_before)
+            || (!self.refused_as_batch.is_empty()
+                && complete
+                    .iter()
+                    .any(|(t, _)| self.refused_as_batch.contains(t)));
         let sent = stream
             .send(WorkRequest {
                 sequence,
@@ -163,9 +167,10 @@ impl Loop<'_> {
             }
             Err(e) if !sent.per_token => {
                 // All or nothing, and a token was refused: nothing was done.
-                // Again, token by token from now on, to learn which.
+                // Again, these token by token, to learn which.
                 tracing::debug!(queue = %self.queue.name(), error = %e, "completions refused as a batch; sending them token by token");
-                self.per_token_always = true;
+                self.refused_as_batch
+                    .extend(sent.complete.iter().map(|(t, _)| t.clone()));
                 self.pending_since.get_or_insert_with(Instant::now);
                 self.to_complete.extend(sent.complete);
                 return Ok(());
@@ -181,6 +186,7 @@ impl Loop<'_> {
                 Ok(())
             };
             self.held.remove(&token);
+            self.refused_as_batch.remove(&token);
             match r {
                 Ok(()) => self.summary.add(ItemOutcome::Completed),
                 Err(e) if retried && FinishKind::Complete.done_anyway(&e).is_some() => {
@@ -211,6 +217,7 @@ impl Loop<'_> {
     fn refused(&mut self, sent: Sent, e: Error) -> Error {
         for (token, _) in sent.complete {
             self.held.remove(&token);
+            self.refused_as_batch.remove(&token);
             self.summary.add(ItemOutcome::Lost);
         }
         tracing::warn!(queue = %self.queue.name(), error = %e, "work stream request refused");
