@@ -10,9 +10,8 @@
 //!   from `/proc/PID/stat` (utime + stime).
 
 use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 use workq_proto::v1 as pb;
 
@@ -74,18 +73,8 @@ fn start(bin: &Path, store: &str, dir: &Path, nofile: Option<u32>) -> Result<Ser
     args.iter().for_each(|a| {
         cmd.arg(a);
     });
-    let mut child = cmd
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("start {}", bin.display()))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc="))
-        .context("no grpc address")?
-        .to_string();
+    cmd.env("RUST_LOG", "error");
+    let (child, addr) = crate::server::spawn_listening(&mut cmd, bin)?;
     Ok(Server { child, addr })
 }
 

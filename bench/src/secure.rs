@@ -11,9 +11,8 @@
 //! for authentication (it runs per call; a stream authenticates once).
 
 use anyhow::{Context, Result, bail};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -223,18 +222,8 @@ fn start(bin: &Path, name: &str, config: Config, store: &str, pki: &Pki) -> Resu
                 .args(["--auth-issuer", ISSUER]);
         }
     }
-    let mut child = cmd
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("start {}", bin.display()))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc="))
-        .with_context(|| format!("no grpc address in {line:?}"))?
-        .to_string();
+    cmd.env("RUST_LOG", "warn");
+    let (child, addr) = crate::server::spawn_listening(&mut cmd, bin)?;
     Ok(Server {
         child,
         name: name.to_string(),

@@ -26,32 +26,41 @@ impl Server {
     /// Starts `bin` on ephemeral ports with `args` added.
     pub fn spawn(bin: &std::path::Path, args: &[&str]) -> Result<Server> {
         let dir = tempfile::tempdir()?;
-        let mut child = Command::new(bin)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                // As deployed: metrics recorded and served.
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("grpc="))
-            .context("no grpc address")?
-            .to_string();
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            // As deployed: metrics recorded and served.
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .env("RUST_LOG", "warn");
+        let (child, addr) = spawn_listening(&mut cmd, bin)?;
         Ok(Server {
             child,
             url: format!("http://{addr}"),
             _dir: dir,
         })
     }
+}
+
+/// Spawns `cmd` (a queue-server, `bin`, started on ephemeral ports) and
+/// waits for its `listening` line: the child and its gRPC address
+/// (`host:port`).
+pub fn spawn_listening(cmd: &mut Command, bin: &std::path::Path) -> Result<(Child, String)> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc="))
+        .with_context(|| format!("no grpc address in {line:?}"))?
+        .to_string();
+    Ok((child, addr))
 }
 
 impl Drop for Server {
