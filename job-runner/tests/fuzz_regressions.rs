@@ -13,17 +13,5 @@ mod replay {
 
 #[test]
 fn every_kept_input_replays_without_a_panic() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/job_manifest");
-    let mut inputs: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("entry").path())
-        .collect();
-    inputs.sort();
-    assert!(!inputs.is_empty(), "no inputs in {}", dir.display());
-    for path in inputs {
-        let data = std::fs::read(&path).expect("read an input");
-        eprintln!("replaying {}", path.display());
-        replay::run(&data);
-    }
+    workq_testkit::replay_kept_inputs("job_manifest", replay::run);
 }

@@ -11,17 +11,5 @@ mod replay {
 
 #[test]
 fn every_kept_input_replays_without_a_panic_or_unbalanced_counters() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/engine_calls");
-    let mut inputs: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("entry").path())
-        .collect();
-    inputs.sort();
-    assert!(!inputs.is_empty(), "no inputs in {}", dir.display());
-    for path in inputs {
-        let data = std::fs::read(&path).expect("read an input");
-        eprintln!("replaying {}", path.display());
-        replay::run(&data);
-    }
+    workq_testkit::replay_kept_inputs("engine_calls", replay::run);
 }

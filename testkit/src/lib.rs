@@ -24,7 +24,9 @@
 //! so [`cluster`] skips without `KUBECONFIG` whatever `WQ_REQUIRE_SERVICES`
 //! says.
 
+mod fuzz;
 mod proxy;
+pub use fuzz::replay_kept_inputs;
 pub use proxy::Proxy;
 
 use std::io::Write;
