@@ -1,16 +1,16 @@
 //! Enqueue on PostgreSQL: a batch is one `INSERT … SELECT FROM unnest(…)`
-//! (arrays, not a loop). A batch without idempotency keys is one statement,
-//! one round trip: the queue's row (shared lock: a seal waits), the items,
-//! the request id and the counter stripe together (the notification after
-//! the commit, `notify.rs`); if
-//! that statement cannot add it (a request id already used, a sealed or
-//! missing queue) it changes nothing and the general path answers. The
+//! (arrays, not a loop). A batch without idempotency keys goes in one
+//! statement with the batches of other calls on its queue
+//! (`enqueue_fast.rs`: one round trip and one commit for them all); if that
+//! statement cannot add it (a request id already used, a sealed or missing
+//! queue) it changes nothing for it and the general path answers. The
 //! general path is one transaction: idempotency keys one `INSERT … ON
 //! CONFLICT` that answers, per key, the item it names; request ids
 //! remembered for the idempotency window. With `--max-queued-bytes` set, a
 //! batch is first checked against the bytes every queue holds (the `bytes`
 //! counters).
 
+use super::enqueue_fast::Fast;
 use super::queues::add_counters;
 use super::{PgEngine, attrs_text, unavailable};
 use crate::engine::EnqueueItem;
@@ -74,81 +74,6 @@ impl PgEngine {
         Ok(())
     }
 
-    /// The one-statement enqueue of a batch without idempotency keys: its
-    /// items, or `None` when it added nothing (see the module's doc).
-    async fn enqueue_fast(
-        &self,
-        name: &QueueName,
-        items: &[EnqueueItem],
-        request_id: Option<&str>,
-    ) -> Result<Option<Vec<Enqueued>>> {
-        const FAST: &str = "\
-WITH q AS (SELECT id FROM workq_queues WHERE name = $1 AND NOT sealed FOR SHARE), \
-new AS MATERIALIZED (SELECT nextval('workq_item_id') AS id, t.d, t.p, t.a, t.s, t.o \
-    FROM q, unnest($2::int8[], $3::bytea[], $4::text[], $5::int4[]) WITH ORDINALITY \
-    AS t(d, p, a, s, o)), \
-req AS (INSERT INTO workq_requests (queue_id, request_id, ids, duplicates, at) \
-    SELECT q.id, $6, (SELECT array_agg(id ORDER BY o) FROM new), \
-    array_fill(false, ARRAY[$7::int4]), workq_ms() FROM q WHERE $6::text IS NOT NULL \
-    ON CONFLICT DO NOTHING RETURNING 1), \
-ins AS (INSERT INTO workq_items (queue_id, id, rank, state, due_at, enqueued_at, size, \
-    payload, attrs) \
-    SELECT q.id, new.id, new.id, CASE WHEN d > 0 THEN 'd' ELSE 'p' END::\"char\", \
-    CASE WHEN d > 0 THEN workq_ms() + d END, workq_ms(), s, p, a FROM q, new \
-    WHERE $6::text IS NULL OR EXISTS (SELECT 1 FROM req) RETURNING state, size), \
-cnt AS (UPDATE workq_counters SET enqueued = enqueued + (SELECT count(*) FROM ins), \
-    pending = pending + (SELECT count(*) FROM ins WHERE state = 'p'), \
-    delayed = delayed + (SELECT count(*) FROM ins WHERE state = 'd'), \
-    bytes = bytes + (SELECT sum(size) FROM ins) \
-    WHERE queue_id = (SELECT id FROM q) AND stripe = $8 AND EXISTS (SELECT 1 FROM ins)) \
-SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
-    (SELECT count(*) FROM ins WHERE state = 'p'), (SELECT count(*) FROM ins WHERE state = 'd')";
-        let (mut delays, mut payloads, mut attrs, mut sizes) = (vec![], vec![], vec![], vec![]);
-        for it in items {
-            delays.push(i64::try_from(it.delay.as_millis()).unwrap_or(i64::MAX));
-            payloads.push(it.payload.as_ref());
-            attrs.push(attrs_text(&it.attributes));
-            sizes.push(answer_size(it));
-        }
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(FAST).await.map_err(unavailable)?;
-        let row = client
-            .query_one(
-                &stmt,
-                &[
-                    &name.as_str(),
-                    &delays,
-                    &payloads,
-                    &attrs,
-                    &sizes,
-                    &request_id,
-                    &i32::try_from(items.len()).unwrap_or(i32::MAX),
-                    &super::stripe(),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
-        let added: i64 = row.get(0);
-        if added != items.len() as i64 {
-            return Ok(None);
-        }
-        let ids: Vec<i64> = row.get::<_, Option<Vec<i64>>>(1).unwrap_or_default();
-        if row.get::<_, i64>(2) > 0 {
-            self.notify_committed(name);
-        }
-        if row.get::<_, i64>(3) > 0 {
-            self.inner.reaper.notify_one();
-        }
-        Ok(Some(
-            ids.into_iter()
-                .map(|id| Enqueued {
-                    id: ItemId(u64::try_from(id).unwrap_or(0)),
-                    duplicate: false,
-                })
-                .collect(),
-        ))
-    }
-
     /// Adds a batch of items, all or nothing, creating the queue when
     /// `create` is set; a call named by a `request_id` remembered is
     /// answered with its items and `true` (replayed), adding nothing.
@@ -163,14 +88,17 @@ SELECT (SELECT count(*) FROM ins), (SELECT array_agg(id ORDER BY o) FROM new), \
         self.check_room(&items).await?;
         let request_id = request_id.filter(|r| !r.is_empty());
         let n = items.len();
-        if items
+        let items = if items
             .iter()
             .all(|it| it.idempotency_key.as_deref().is_none_or(str::is_empty))
-            && let Some(out) = self.enqueue_fast(name, &items, request_id).await?
         {
-            metrics::counter!("workq_items_enqueued_total").increment(n as u64);
-            return Ok((out, false));
-        }
+            match self.enqueue_fast(name, items, request_id).await? {
+                Fast::Added(out) => return Ok((out, false)),
+                Fast::Own(items) => items,
+            }
+        } else {
+            items
+        };
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         // Shared: concurrent enqueues go on; a seal waits for them.
@@ -364,7 +292,7 @@ fn held_bytes(it: &EnqueueItem) -> i64 {
 
 /// What an item adds to a lease answer ([`crate::item::Item::answer_bytes`]
 /// but its reason), kept with it for leases' byte budgets.
-fn answer_size(it: &EnqueueItem) -> i32 {
+pub(super) fn answer_size(it: &EnqueueItem) -> i32 {
     let n = it.payload.len()
         + it.attributes
             .iter()

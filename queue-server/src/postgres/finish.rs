@@ -17,7 +17,6 @@ use crate::names::{LeaseToken, QueueName};
 use crate::queue::{Batch, Outcome, TokenResult};
 use deadpool_postgres::GenericClient;
 use std::collections::{HashMap, HashSet};
-use std::sync::LazyLock;
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
 
@@ -143,44 +142,24 @@ impl PgEngine {
         Ok(judged.results)
     }
 
-    /// The one-statement completion of a batch whose every token is a live
-    /// lease (the common case): `true` when it completed them all, `false`
-    /// when it changed nothing (a token not live, the queue missing) and
-    /// the judging path must answer.
+    /// The completion of a batch whose every token is a live lease (the
+    /// common case), in its queue's next group of work calls (`work.rs`):
+    /// `true` when it completed them all, `false` when it changed nothing
+    /// (a token not live) and the judging path must answer.
     async fn complete_fast(&self, name: &QueueName, tokens: &[LeaseToken]) -> Result<bool> {
-        static FAST: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "{COMPLETE_CTES}, \
-cnt AS (UPDATE workq_counters c SET leased = c.leased - $5, completed = c.completed + $5, \
-    bytes = c.bytes - (SELECT coalesce(sum(b), 0) FROM del) \
-    FROM ok WHERE ok.all_live AND c.queue_id = (SELECT id FROM q) AND c.stripe = $7) \
-SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT sealed FROM q)"
-            )
-        });
-        let Some(args) = CompleteArgs::of(name, tokens, self.inner.limits.idempotency_window)
-        else {
-            return Ok(false);
+        let call = super::work::WorkCall {
+            tokens: tokens.to_vec(),
+            max: 0,
+            budget: 0,
+            first_free: false,
+            lease_ms: None,
         };
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(FAST.as_str())
-            .await
-            .map_err(unavailable)?;
-        let mut params = args.params();
-        let stripe = super::stripe();
-        params.push(&stripe);
-        let row = client
-            .query_one(&stmt, &params)
-            .await
-            .map_err(unavailable)?;
-        let all: bool = row.get::<_, Option<bool>>(0).unwrap_or(false);
-        let deleted: i64 = row.get(1);
-        let done = all && deleted == tokens.len() as i64;
-        if done && row.get::<_, Option<bool>>(2).unwrap_or(false) {
-            // The queue is sealed: it may have drained.
-            self.notify_committed(name);
+        match self.work(name, call).await {
+            Ok(done) => Ok(done.is_some()),
+            // The judging path says so, as it says everything else.
+            Err(crate::error::Error::QueueNotFound(_)) => Ok(false),
+            Err(e) => Err(e),
         }
-        Ok(done)
     }
 
     /// Completes leased items; tokens that already completed their item are
@@ -193,9 +172,19 @@ SELECT (SELECT all_live FROM ok), (SELECT count(*) FROM del), (SELECT sealed FRO
     ) -> Result<Vec<TokenResult>> {
         self.tokens_ok("complete", tokens)?;
         if self.complete_fast(name, tokens).await? {
-            metrics::counter!("workq_items_completed_total").increment(tokens.len() as u64);
             return Ok(tokens.iter().map(|t| result(*t, Outcome::Done)).collect());
         }
+        self.complete_judged(name, tokens, batch).await
+    }
+
+    /// Completes leased items, each token judged (the path of a batch not
+    /// every token of which is live).
+    pub(super) async fn complete_judged(
+        &self,
+        name: &QueueName,
+        tokens: &[LeaseToken],
+        batch: Batch,
+    ) -> Result<Vec<TokenResult>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         let q = self.queue_row(&tx, name, "").await?;

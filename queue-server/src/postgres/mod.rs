@@ -8,6 +8,9 @@
 //! - `listen`: the one LISTEN connection that wakes parked lease calls and
 //!   watchers of this replica, and says whether the database is up;
 //! - `notify`: notifications of other replicas, sent after commit;
+//! - `combine`: concurrent calls on one queue grouped into one statement
+//!   (`work`: completing and leasing; `enqueue_fast`: batches without
+//!   idempotency keys);
 //! - `queues`, `enqueue`, `lease`, `finish`, `dead`, `reap`: the calls.
 
 use crate::error::{Error, Result};
@@ -21,8 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
+mod combine;
 mod dead;
 mod enqueue;
+mod enqueue_fast;
 mod finish;
 mod judge;
 mod lease;
@@ -32,6 +37,7 @@ mod notify;
 mod queues;
 mod reap;
 pub mod tls;
+mod work;
 
 pub use crate::engine::{EnqueueItem, LeaseOutcome, QueueInfo};
 
@@ -139,7 +145,7 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
 }
 
 /// What a replica keeps per queue: what wakes its parked lease calls and
-/// its watchers.
+/// its watchers, and the lines its calls are grouped in.
 #[derive(Default)]
 pub(crate) struct Waker {
     /// A notification for the queue came (items may be pending, it may
@@ -153,6 +159,10 @@ pub(crate) struct Waker {
     pub(crate) notifying: AtomicBool,
     /// Another was asked for meanwhile: send once more.
     pub(crate) notify_again: AtomicBool,
+    /// Completions and leases waiting for their statement (`work`).
+    pub(crate) work: work::WorkLine,
+    /// Batches without idempotency keys waiting for theirs (`enqueue_fast`).
+    pub(crate) enqueue: enqueue_fast::EnqueueLine,
 }
 
 struct Inner {
