@@ -67,6 +67,12 @@ struct Args {
     /// Most connections the postgres store opens (plus one for LISTEN).
     #[arg(long, env = "WQ_DATABASE_POOL", default_value_t = queue_server::postgres::PgConfig::default().pool)]
     database_pool: usize,
+    /// Most statements of one kind the postgres store runs on one queue at
+    /// once (per replica); concurrent calls beyond them are grouped into
+    /// one statement each. About the database server's cores: fewer groups
+    /// more (fewer commits for many small calls), more keeps more cores busy.
+    #[arg(long, env = "WQ_DATABASE_STATEMENTS_PER_QUEUE", default_value_t = queue_server::postgres::PgConfig::default().statements_per_queue)]
+    database_statements_per_queue: usize,
     /// Largest item in bytes: payload, attribute keys and values and
     /// idempotency key together.
     #[arg(long, env = "WQ_MAX_PAYLOAD_BYTES", default_value_t = Limits::default().max_payload_bytes)]
@@ -231,6 +237,7 @@ fn main() -> anyhow::Result<()> {
             url: args.database_url.unwrap_or_default(),
             password_file: args.database_password_file,
             pool: args.database_pool.max(1),
+            statements_per_queue: args.database_statements_per_queue.max(1),
         },
         limits: Limits {
             max_payload_bytes: args.max_payload_bytes,

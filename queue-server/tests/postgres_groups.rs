@@ -3,9 +3,10 @@
 //! own answer — its completion all or nothing, its own share of items, its
 //! replay — and a share whose caller went away is given back.
 //!
-//! To make calls meet in one group for certain, the test holds a row lock
-//! the first statement needs (from its own connection), lines the other
-//! calls up behind it, and lets go.
+//! To make calls meet in one group for certain, the server runs one
+//! statement of a kind per queue at a time (`--database-statements-per-queue
+//! 1`), and the test holds a row lock the first statement needs (from its
+//! own connection), lines the other calls up behind it, and lets go.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -102,6 +103,10 @@ async fn blocked_on_lock(admin: &tokio_postgres::Client, text: &str) {
     }
 }
 
+/// One statement of a kind per queue at a time: what arrives meanwhile
+/// waits for the next.
+const ONE_AT_A_TIME: &[&str] = &["--database-statements-per-queue", "1"];
+
 /// What calls that reach the server while the blocked one waits are given
 /// to line up (they are local; this is generous).
 const LINE_UP: Duration = Duration::from_millis(1000);
@@ -119,7 +124,7 @@ async fn completions_and_leases_grouped_in_one_statement_each_get_their_own_answ
         return;
     };
     let db = Arc::new(db);
-    let server = ServerProcess::on_database(&db, &[]);
+    let server = ServerProcess::on_database(&db, ONE_AT_A_TIME);
     let mut c = server.client().await;
     let q = unique_queue("groups");
     c.enqueue(pb::EnqueueRequest {
@@ -273,7 +278,7 @@ async fn enqueues_grouped_in_one_statement_keep_their_order_and_their_replays() 
         return;
     };
     let db = Arc::new(db);
-    let server = ServerProcess::on_database(&db, &[]);
+    let server = ServerProcess::on_database(&db, ONE_AT_A_TIME);
     let mut c = server.client().await;
     let q = unique_queue("groups");
     c.create_queue(pb::CreateQueueRequest {
@@ -369,7 +374,7 @@ async fn items_leased_to_a_caller_that_went_away_are_given_back_at_once() {
         return;
     };
     let db = Arc::new(db);
-    let server = ServerProcess::on_database(&db, &[]);
+    let server = ServerProcess::on_database(&db, ONE_AT_A_TIME);
     let mut c = server.client().await;
     let q = unique_queue("groups");
     c.enqueue(pb::EnqueueRequest {

@@ -4,15 +4,18 @@
 //! update and a commit (a WAL flush) whatever it carries; with a few
 //! workers or producers on a queue, those were most of a batch's cost
 //! (`docs/STORE.md`, "Where the time goes"). So calls of one kind on one
-//! queue line up here, and one driver task per queue and kind (per
-//! replica) takes every call waiting as one group, runs it as one
+//! queue line up here, and up to a few driver tasks per queue and kind
+//! (per replica) each take every call waiting as one group, runs it as one
 //! statement, answers each caller its share, and takes the next group.
 //!
-//! No call waits for a group to fill: a call that finds no statement of its
-//! kind in flight starts one at once; only calls that arrive while one is
-//! in flight wait for it, and they all go in the next. So a lone caller
-//! sees no added latency, and under load a statement carries what arrived
-//! during the previous one.
+//! No call waits for a group to fill: a call that finds fewer statements
+//! of its kind in flight than the limit (`--database-statements-per-queue`)
+//! starts one at once; only calls that arrive while the limit is reached
+//! wait, and they all go in the next statement to start. So a lone caller
+//! sees no added latency, the database works on up to that many statements
+//! of a queue at once (its cores stay busy), and beyond that a statement
+//! carries what arrived meanwhile: many small calls (workers of one item at
+//! a time) become few statements.
 //!
 //! The statement runs in its own task, not in any caller's: a caller that
 //! goes away (its client hung up) cancels nothing the others wait for.
@@ -30,8 +33,8 @@ pub(crate) struct Waiting<C, A> {
 }
 
 struct State<C, A> {
-    /// Whether a driver is taking groups.
-    driving: bool,
+    /// Drivers taking groups.
+    drivers: usize,
     waiting: VecDeque<Waiting<C, A>>,
 }
 
@@ -44,7 +47,7 @@ impl<C, A> Default for Combiner<C, A> {
     fn default() -> Self {
         Combiner {
             state: Mutex::new(State {
-                driving: false,
+                drivers: 0,
                 waiting: VecDeque::new(),
             }),
         }
@@ -56,15 +59,17 @@ impl<C, A> Combiner<C, A> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Lines `call` up. The answer comes on the receiver; `true` when no
-    /// driver is taking groups and the caller must start one (a task
-    /// calling [`Combiner::next`] until it answers `None`).
-    pub(crate) fn join(&self, call: C) -> (oneshot::Receiver<A>, bool) {
+    /// Lines `call` up. The answer comes on the receiver; `true` when fewer
+    /// than `drivers` drivers are taking groups and the caller must start
+    /// one (a task calling [`Combiner::next`] until it answers `None`).
+    pub(crate) fn join(&self, call: C, drivers: usize) -> (oneshot::Receiver<A>, bool) {
         let (answer, rx) = oneshot::channel();
         let mut s = self.state();
         s.waiting.push_back(Waiting { call, answer });
-        let start = !s.driving;
-        s.driving = true;
+        let start = s.drivers < drivers.max(1);
+        if start {
+            s.drivers += 1;
+        }
         (rx, start)
     }
 
@@ -95,7 +100,7 @@ impl<C, A> Combiner<C, A> {
             }
         }
         if group.is_empty() {
-            s.driving = false;
+            s.drivers = s.drivers.saturating_sub(1);
             return None;
         }
         Some(group)
@@ -116,7 +121,7 @@ impl<C, A> Combiner<C, A> {
     fn abandon(&self) {
         let mut s = self.state();
         s.waiting.clear();
-        s.driving = false;
+        s.drivers = s.drivers.saturating_sub(1);
     }
 }
 
@@ -152,27 +157,31 @@ mod tests {
     #[test]
     fn the_first_call_drives_and_later_ones_wait_for_the_next_group() {
         let c: Combiner<usize, usize> = Combiner::default();
-        let (_a, start) = c.join(3);
+        let (_a, start) = c.join(3, 1);
         assert!(start);
-        let (_b, start) = c.join(4);
+        let (_b, start) = c.join(4, 1);
         assert!(!start, "a driver is running");
-        let (_c, _) = c.join(5);
+        let (_c, _) = c.join(5, 1);
         let group = c.next(8, |w| *w).expect("a group");
         assert_eq!(group.iter().map(|w| w.call).collect::<Vec<_>>(), [3, 4]);
         let group = c.next(8, |w| *w).expect("the rest");
         assert_eq!(group.iter().map(|w| w.call).collect::<Vec<_>>(), [5]);
         assert!(c.next(8, |w| *w).is_none());
-        let (_d, start) = c.join(1);
+        let (_d, start) = c.join(1, 1);
         assert!(start, "the driver stopped: the next call starts one");
+        let (_e, start) = c.join(1, 2);
+        assert!(start, "a second driver is allowed");
+        let (_f, start) = c.join(1, 2);
+        assert!(!start, "not a third");
     }
 
     #[test]
     fn a_call_heavier_than_the_limit_goes_alone_and_gone_callers_are_skipped() {
         let c: Combiner<usize, usize> = Combiner::default();
-        let (gone, _) = c.join(1);
+        let (gone, _) = c.join(1, 1);
         drop(gone);
-        let (_a, _) = c.join(100);
-        let (_b, _) = c.join(1);
+        let (_a, _) = c.join(100, 1);
+        let (_b, _) = c.join(1, 1);
         let group = c.next(10, |w| *w).expect("a group");
         assert_eq!(group.iter().map(|w| w.call).collect::<Vec<_>>(), [100]);
         c.put_back(group);
@@ -183,10 +192,10 @@ mod tests {
     #[test]
     fn a_driver_that_panicked_leaves_the_line_to_the_next_call() {
         let c: Combiner<usize, usize> = Combiner::default();
-        let (rx, start) = c.join(1);
+        let (rx, start) = c.join(1, 1);
         assert!(start);
         drop(Driving::new(&c));
-        let (_b, start) = c.join(2);
+        let (_b, start) = c.join(2, 1);
         assert!(start);
         drop(c);
         assert!(

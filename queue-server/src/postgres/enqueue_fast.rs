@@ -83,7 +83,7 @@ impl PgEngine {
             items,
             request_id: request_id.map(str::to_owned),
         };
-        let (answer, start) = waker.enqueue.join(call);
+        let (answer, start) = waker.enqueue.join(call, self.inner.per_queue);
         if start {
             let (engine, name) = (self.clone(), name.clone());
             tokio::spawn(async move { engine.drive_enqueue(&name, waker).await });

@@ -58,6 +58,10 @@ pub struct PgConfig {
     pub password_file: Option<PathBuf>,
     /// Most connections in the pool (besides the one LISTEN connection).
     pub pool: usize,
+    /// Most statements of one kind (work, enqueue) this replica runs on
+    /// one queue at once; calls beyond them are grouped into the next
+    /// (`combine`).
+    pub statements_per_queue: usize,
 }
 
 impl Default for PgConfig {
@@ -66,6 +70,7 @@ impl Default for PgConfig {
             url: String::new(),
             password_file: None,
             pool: 16,
+            statements_per_queue: 4,
         }
     }
 }
@@ -178,6 +183,8 @@ struct Inner {
     up: watch::Sender<bool>,
     /// Wakes this replica's reaper early (a deadline sooner than it sleeps).
     reaper: Notify,
+    /// [`PgConfig::statements_per_queue`].
+    per_queue: usize,
 }
 
 /// The shared engine. Cheap to clone; clones share the pool.
@@ -288,6 +295,7 @@ impl PgEngine {
                 stopped: watch::Sender::new(false),
                 up: watch::Sender::new(false),
                 reaper: Notify::new(),
+                per_queue: config.statements_per_queue.max(1),
             }),
         };
         listen::start(&engine, pg).await?;

@@ -80,26 +80,27 @@ pub(crate) struct Took {
 }
 
 /// The grouped statement: `$1`–`$6` as [`COMPLETE_CTES`] (every call's
-/// tokens), `$7` the stripe, `$8`–`$11` per call its max, byte budget,
-/// first-free and lease (ms, NULL: the queue's default), `$12` the sum of
-/// the maxes, `$13` that many fresh secrets.
+/// tokens), `$7` the stripe, `$8` the sum of the calls' maxes, `$9` that
+/// many fresh secrets; per slot (the n-th item picked, in rank order) `$10`
+/// the call it goes to (1-based) and `$11` its place in that call's share;
+/// per call `$12` its byte budget, `$13` first-free and `$14` its lease (ms,
+/// NULL: the queue's default). Slots are dealt out in call order (the
+/// first call's `max` slots, then the next call's), so no join is needed
+/// to find a picked item's call; each call's running sum of sizes cuts its
+/// share to its budget.
 static WORK: LazyLock<String> = LazyLock::new(|| {
     format!(
         "{COMPLETE_CTES}, \
-calls AS (SELECT c, mx, budget, ff, ls, sum(mx) OVER (ORDER BY c) - mx AS lo \
-    FROM unnest($8::int8[], $9::int8[], $10::bool[], $11::int8[]) WITH ORDINALITY \
-    AS u(mx, budget, ff, ls, c)), \
 picked AS MATERIALIZED (SELECT id, rank, size FROM workq_items \
     WHERE (SELECT all_live FROM ok) AND queue_id = (SELECT id FROM q) AND state = 'p' \
-    ORDER BY rank LIMIT $12 FOR UPDATE SKIP LOCKED), \
-numbered AS (SELECT id, size, row_number() OVER (ORDER BY rank) AS n FROM picked), \
-dealt AS (SELECT p.id, k.c, p.n - k.lo AS m, k.budget, k.ff, k.ls, \
-    sum(p.size) OVER (PARTITION BY k.c ORDER BY p.n) AS run \
-    FROM numbered p JOIN calls k ON p.n > k.lo AND p.n <= k.lo + k.mx), \
-took AS (SELECT id, c, ls, row_number() OVER (ORDER BY c, m) AS n FROM dealt \
-    WHERE run <= budget OR (m = 1 AND ff)), \
-upd AS (UPDATE workq_items i SET state = 'l', seq = i.seq + 1, secret = ($13::bytea[])[t.n], \
-    due_at = workq_ms() + coalesce(t.ls, q.default_lease_ms) FROM took t, q \
+    ORDER BY rank LIMIT $8 FOR UPDATE SKIP LOCKED), \
+numbered AS (SELECT id, size, row_number() OVER (ORDER BY rank)::int4 AS n FROM picked), \
+dealt AS (SELECT id, n, ($10::int4[])[n] AS c, ($11::int4[])[n] AS m, \
+    sum(size) OVER (PARTITION BY ($10::int4[])[n] ORDER BY n) AS run FROM numbered), \
+took AS (SELECT id, n, c FROM dealt \
+    WHERE run <= ($12::int8[])[c] OR (m = 1 AND ($13::bool[])[c])), \
+upd AS (UPDATE workq_items i SET state = 'l', seq = i.seq + 1, secret = ($9::bytea[])[t.n], \
+    due_at = workq_ms() + coalesce(($14::int8[])[t.c], q.default_lease_ms) FROM took t, q \
     WHERE i.queue_id = q.id AND i.id = t.id \
     RETURNING i.id, i.seq, i.secret, i.payload, i.attrs, i.attempts, i.due_at, i.enqueued_at, \
     i.rank, t.c), \
@@ -127,7 +128,7 @@ impl PgEngine {
     /// `None` when its tokens were not all live and nothing changed for it.
     pub(crate) async fn work(&self, name: &QueueName, call: WorkCall) -> WorkAnswer {
         let waker = self.waker(name);
-        let (answer, start) = waker.work.join(call);
+        let (answer, start) = waker.work.join(call, self.inner.per_queue);
         if start {
             let (engine, name) = (self.clone(), name.clone());
             tokio::spawn(async move { engine.drive_work(&name, waker).await });
@@ -252,22 +253,31 @@ impl PgEngine {
             return Ok(Ran::NotLive(HashSet::new()));
         };
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        let maxes: Vec<i64> = group.iter().map(|w| as_i64(w.call.max)).collect();
+        let total: usize = group.iter().map(|w| w.call.max).sum();
+        let (mut slot_call, mut slot_place) =
+            (Vec::with_capacity(total), Vec::with_capacity(total));
+        for (c, w) in group.iter().enumerate() {
+            let c = i32::try_from(c + 1).unwrap_or(i32::MAX);
+            for m in 1..=w.call.max {
+                slot_call.push(c);
+                slot_place.push(i32::try_from(m).unwrap_or(i32::MAX));
+            }
+        }
         let budgets: Vec<i64> = group.iter().map(|w| as_i64(w.call.budget)).collect();
         let first_free: Vec<bool> = group.iter().map(|w| w.call.first_free).collect();
         let leases: Vec<Option<i64>> = group.iter().map(|w| w.call.lease_ms).collect();
-        let total: usize = group.iter().map(|w| w.call.max).sum();
         let fresh = secrets(total)?;
         let (stripe, total) = (super::stripe(), as_i64(total));
         let mut params = args.params();
         params.extend_from_slice(&[
             &stripe,
-            &maxes,
+            &total,
+            &fresh,
+            &slot_call,
+            &slot_place,
             &budgets,
             &first_free,
             &leases,
-            &total,
-            &fresh,
         ]);
         let client = self.client().await?;
         let stmt = client
@@ -291,7 +301,7 @@ impl PgEngine {
             return Ok(Ran::NotLive(live.into_iter().collect()));
         }
         let live: i64 = first.get(12);
-        let dealt: Vec<i64> = first.get::<_, Option<Vec<i64>>>(10).unwrap_or_default();
+        let dealt: Vec<i32> = first.get::<_, Option<Vec<i32>>>(10).unwrap_or_default();
         let mut shares: Vec<(usize, Vec<(i64, Leased)>)> =
             group.iter().map(|_| (0, Vec::new())).collect();
         for c in dealt {
@@ -303,7 +313,7 @@ impl PgEngine {
             let Some(id) = r.get::<_, Option<i64>>(0) else {
                 continue;
             };
-            let Some(share) = call_index(r.get(9)).and_then(|i| shares.get_mut(i)) else {
+            let Some(share) = call_index(r.get::<_, i32>(9)).and_then(|i| shares.get_mut(i)) else {
                 continue;
             };
             let (seq, secret, payload): (i64, Vec<u8>, Vec<u8>) = (r.get(1), r.get(2), r.get(3));
@@ -346,6 +356,6 @@ enum Ran {
 }
 
 /// A call's place in its group from the statement's 1-based number.
-fn call_index(c: i64) -> Option<usize> {
+fn call_index(c: i32) -> Option<usize> {
     usize::try_from(c).ok()?.checked_sub(1)
 }
