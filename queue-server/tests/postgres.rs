@@ -72,11 +72,21 @@ async fn stats(c: &mut Client, q: &str) -> pb::QueueStats {
 
 /// Two replicas of one database.
 fn replicas() -> Option<(Arc<PgDatabase>, ServerProcess, ServerProcess)> {
+    replicas_with(&[])
+}
+
+/// Two replicas of one database, started with `args`.
+fn replicas_with(args: &[&str]) -> Option<(Arc<PgDatabase>, ServerProcess, ServerProcess)> {
     let db = Arc::new(PgDatabase::create()?);
-    let a = ServerProcess::on_database(&db, &[]);
-    let b = ServerProcess::on_database(&db, &[]);
+    let a = ServerProcess::on_database(&db, args);
+    let b = ServerProcess::on_database(&db, args);
     Some((db, a, b))
 }
+
+/// One statement of a kind per queue at a time on each replica: the
+/// chaos tests' concurrent calls go in grouped statements (`combine.rs`),
+/// and those are what a kill or a restart cuts.
+const GROUPED: &[&str] = &["--database-statements-per-queue", "1"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_replica_answers_any_call() {
@@ -528,7 +538,7 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_replica_under_load_loses_and_repeats_no_acknowledged_work() {
-    let Some((db, a, b)) = replicas() else {
+    let Some((db, a, b)) = replicas_with(GROUPED) else {
         return;
     };
     let urls: Urls = Arc::new(std::sync::Mutex::new(vec![a.url(), b.url()]));
@@ -550,7 +560,7 @@ async fn kill_9_of_a_replica_under_load_loses_and_repeats_no_acknowledged_work()
             let _ = old.child.wait();
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let again = ServerProcess::on_database(&db, &[]);
+        let again = ServerProcess::on_database(&db, GROUPED);
         urls.lock().expect("urls")[0] = again.url();
         a = Some(again);
     }
@@ -562,7 +572,9 @@ async fn postgresql_restarted_under_load_loses_and_repeats_no_acknowledged_work(
     let Some(pg) = OwnPostgres::start() else {
         return;
     };
-    let args = ["--store", "postgres", "--database-url", &pg.url()];
+    let url = pg.url();
+    let mut args = vec!["--store", "postgres", "--database-url", &url];
+    args.extend_from_slice(GROUPED);
     let (a, b) = (ServerProcess::start(&args), ServerProcess::start(&args));
     let urls: Urls = Arc::new(std::sync::Mutex::new(vec![a.url(), b.url()]));
     let q = unique_queue("pg-restart");
