@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ServerProcess, Store, unique_queue};
+use common::{ServerProcess, Store, stats, unique_queue};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -56,16 +56,6 @@ async fn lease(c: &mut Client, q: &str, max: i32, lease: Option<Duration>) -> Ve
 
 fn tokens(items: &[pb::LeasedItem]) -> Vec<String> {
     items.iter().map(|i| i.lease_token.clone()).collect()
-}
-
-async fn stats(c: &mut Client, q: &str) -> pb::QueueStats {
-    c.get_queue(pb::GetQueueRequest { name: q.into() })
-        .await
-        .expect("get_queue")
-        .into_inner()
-        .queue
-        .and_then(|q| q.stats)
-        .expect("stats")
 }
 
 async fn complete(

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ServerProcess, Store, unique_queue};
+use common::{ServerProcess, Store, stats, unique_queue};
 use nix::sys::signal::Signal;
 use tonic::Code;
 use workq_proto::v1 as pb;
@@ -91,16 +91,6 @@ async fn seal(c: &mut Client, q: &str) {
 /// The lease tokens of `leased`, in order.
 fn tokens(leased: &pb::LeaseResponse) -> Vec<String> {
     leased.items.iter().map(|i| i.lease_token.clone()).collect()
-}
-
-async fn stats(c: &mut Client, q: &str) -> pb::QueueStats {
-    c.get_queue(pb::GetQueueRequest { name: q.into() })
-        .await
-        .expect("get_queue")
-        .into_inner()
-        .queue
-        .and_then(|q| q.stats)
-        .expect("stats")
 }
 
 async fn enqueue_lease_complete_over_the_network(store: Store) {

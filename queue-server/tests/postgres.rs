@@ -11,7 +11,7 @@
 mod common;
 
 use common::own_postgres::OwnPostgres;
-use common::{PgDatabase, ServerProcess, unique_queue};
+use common::{PgDatabase, ServerProcess, stats, unique_queue};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use workq_proto::v1 as pb;
@@ -58,16 +58,6 @@ async fn lease(
     .expect("lease")
     .into_inner()
     .items
-}
-
-async fn stats(c: &mut Client, q: &str) -> pb::QueueStats {
-    c.get_queue(pb::GetQueueRequest { name: q.into() })
-        .await
-        .expect("get")
-        .into_inner()
-        .queue
-        .and_then(|q| q.stats)
-        .expect("stats")
 }
 
 /// Two replicas of one database.

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{PgDatabase, ServerProcess, unique_queue};
+use common::{PgDatabase, ServerProcess, stats, unique_queue};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use workq_proto::v1 as pb;
@@ -26,16 +26,6 @@ fn items(n: usize) -> Vec<pb::NewItem> {
             ..Default::default()
         })
         .collect()
-}
-
-async fn stats(c: &mut Client, q: &str) -> pb::QueueStats {
-    c.get_queue(pb::GetQueueRequest { name: q.into() })
-        .await
-        .expect("get")
-        .into_inner()
-        .queue
-        .and_then(|q| q.stats)
-        .expect("stats")
 }
 
 async fn lease(c: &mut Client, q: &str, max: i32) -> Vec<pb::LeasedItem> {
@@ -118,23 +108,50 @@ fn forged(token: &str) -> String {
     format!("{}{other}", &token[..token.len() - 1])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn completions_and_leases_grouped_in_one_statement_each_get_their_own_answer() {
-    let Some(db) = PgDatabase::create() else {
-        return;
-    };
-    let db = Arc::new(db);
+/// A server on a database of its own, one statement of a kind per queue
+/// at a time, and a queue holding `n` items.
+struct Setup {
+    db: Arc<PgDatabase>,
+    server: ServerProcess,
+    c: Client,
+    q: String,
+}
+
+/// [`Setup`]; `None` when PostgreSQL is not there (said by the helper).
+async fn setup(n: usize) -> Option<Setup> {
+    let db = Arc::new(PgDatabase::create()?);
     let server = ServerProcess::on_database(&db, ONE_AT_A_TIME);
     let mut c = server.client().await;
     let q = unique_queue("groups");
-    c.enqueue(pb::EnqueueRequest {
-        queue: q.clone(),
-        items: items(100),
-        create_queue: true,
+    c.create_queue(pb::CreateQueueRequest {
+        name: q.clone(),
         ..Default::default()
     })
     .await
-    .expect("enqueue");
+    .expect("create");
+    if n > 0 {
+        c.enqueue(pb::EnqueueRequest {
+            queue: q.clone(),
+            items: items(n),
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue");
+    }
+    Some(Setup { db, server, c, q })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_and_leases_grouped_in_one_statement_each_get_their_own_answer() {
+    let Some(Setup {
+        db,
+        server,
+        mut c,
+        q,
+    }) = setup(100).await
+    else {
+        return;
+    };
     // Seven batches of 10 leased, 30 items left pending.
     let mut batches = Vec::new();
     for _ in 0..7 {
@@ -274,19 +291,15 @@ async fn completions_and_leases_grouped_in_one_statement_each_get_their_own_answ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueues_grouped_in_one_statement_keep_their_order_and_their_replays() {
-    let Some(db) = PgDatabase::create() else {
+    let Some(Setup {
+        db,
+        server,
+        mut c,
+        q,
+    }) = setup(0).await
+    else {
         return;
     };
-    let db = Arc::new(db);
-    let server = ServerProcess::on_database(&db, ONE_AT_A_TIME);
-    let mut c = server.client().await;
-    let q = unique_queue("groups");
-    c.create_queue(pb::CreateQueueRequest {
-        name: q.clone(),
-        ..Default::default()
-    })
-    .await
-    .expect("create");
 
     // Hold the queue's row: an enqueue takes it shared, so the first one
     // waits in its statement and the others line up.
@@ -370,21 +383,9 @@ async fn enqueues_grouped_in_one_statement_keep_their_order_and_their_replays() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_leased_to_a_caller_that_went_away_are_given_back_at_once() {
-    let Some(db) = PgDatabase::create() else {
+    let Some(Setup { db, server, c, q }) = setup(10).await else {
         return;
     };
-    let db = Arc::new(db);
-    let server = ServerProcess::on_database(&db, ONE_AT_A_TIME);
-    let mut c = server.client().await;
-    let q = unique_queue("groups");
-    c.enqueue(pb::EnqueueRequest {
-        queue: q.clone(),
-        items: items(10),
-        create_queue: true,
-        ..Default::default()
-    })
-    .await
-    .expect("enqueue");
 
     // Hold every counter stripe of the queue: the lease statement takes
     // its items, then waits to count them.

@@ -251,3 +251,14 @@ impl Drop for PgDatabase {
         ));
     }
 }
+
+/// The counters of queue `q`.
+pub async fn stats(c: &mut QueueServiceClient<Channel>, q: &str) -> workq_proto::v1::QueueStats {
+    c.get_queue(workq_proto::v1::GetQueueRequest { name: q.into() })
+        .await
+        .expect("get_queue")
+        .into_inner()
+        .queue
+        .and_then(|q| q.stats)
+        .expect("stats")
+}
