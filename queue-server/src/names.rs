@@ -113,9 +113,9 @@ impl fmt::Display for ItemId {
 /// Sequence numbers are unique for the life of a server process and start at
 /// a random point, so a token from before a restart never matches a new lease.
 /// Ids and sequence numbers count up, so they are easy to guess; the
-/// `secret` is not: it is HMAC-SHA-256 of item and sequence under a 256-bit
-/// key drawn from the operating system's CSPRNG once per process
-/// ([`LeaseToken::mint`]), cut to 128 bits. A token whose secret does not
+/// `secret` is not: it is AES-128 of the block (item, sequence) under a
+/// 128-bit key drawn from the operating system's CSPRNG once per process
+/// ([`LeaseToken::mint`]). A token whose secret does not
 /// match is refused exactly as a stale token ([`LeaseToken::is_authentic`],
 /// compared in constant time). Nothing is stored per lease for it, and a
 /// retried finish presenting the same full token is recognized as before.
@@ -134,26 +134,34 @@ pub struct LeaseToken {
 /// Bytes of a lease token's secret: 128 bits.
 pub const SECRET_BYTES: usize = 16;
 
-/// The process's key for lease-token secrets, drawn once from the OS.
-fn token_key() -> &'static ring::hmac::Key {
-    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
+/// The process's key for lease-token secrets: AES-128 under a key drawn
+/// once from the operating system's generator.
+fn token_cipher() -> &'static aes::Aes128 {
+    use aes::cipher::KeyInit;
+    use ring::rand::SecureRandom;
+    static KEY: std::sync::OnceLock<aes::Aes128> = std::sync::OnceLock::new();
     KEY.get_or_init(|| {
-        let rng = ring::rand::SystemRandom::new();
+        let mut key = [0u8; 16];
         // A system without a working CSPRNG cannot hand out safe tokens.
         #[allow(clippy::expect_used)]
-        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
-            .expect("the operating system's random number generator failed")
+        ring::rand::SystemRandom::new()
+            .fill(&mut key)
+            .expect("the operating system's random number generator failed");
+        aes::Aes128::new(&key.into())
     })
 }
 
+/// The secret of lease `seq` of `item`: AES-128 of the one block (item,
+/// seq) — a pseudorandom permutation, so for blocks never asked it is as
+/// unpredictable as a MAC's tag (`docs/SECURITY.md`, "Lease tokens").
 fn secret_of(item: ItemId, seq: u64) -> [u8; SECRET_BYTES] {
-    let mut msg = [0u8; 16];
-    msg[..8].copy_from_slice(&item.0.to_be_bytes());
-    msg[8..].copy_from_slice(&seq.to_be_bytes());
-    let tag = ring::hmac::sign(token_key(), &msg);
-    let mut out = [0u8; SECRET_BYTES];
-    out.copy_from_slice(&tag.as_ref()[..SECRET_BYTES]);
-    out
+    use aes::cipher::BlockEncrypt;
+    let mut block = [0u8; 16];
+    block[..8].copy_from_slice(&item.0.to_be_bytes());
+    block[8..].copy_from_slice(&seq.to_be_bytes());
+    let mut block = block.into();
+    token_cipher().encrypt_block(&mut block);
+    block.into()
 }
 
 impl LeaseToken {
@@ -361,6 +369,20 @@ mod tests {
             },
         ] {
             assert!(!forged.is_authentic(), "{forged}");
+        }
+    }
+
+    #[test]
+    fn secrets_look_nothing_like_their_item_and_sequence() {
+        let mut seen = std::collections::HashSet::new();
+        for seq in 0..1000u64 {
+            let t = LeaseToken::mint(ItemId(7), seq);
+            assert!(t.is_authentic());
+            let mut plain = [0u8; SECRET_BYTES];
+            plain[..8].copy_from_slice(&7u64.to_be_bytes());
+            plain[8..].copy_from_slice(&seq.to_be_bytes());
+            assert_ne!(t.secret, plain, "the block itself is not a secret");
+            assert!(seen.insert(t.secret), "a secret repeated at sequence {seq}");
         }
     }
 }
