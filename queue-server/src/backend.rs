@@ -383,7 +383,11 @@ impl Backend {
     }
 
     /// [`Backend::retain_live`] of a map keyed by token.
-    pub async fn retain_live_map<V>(&self, name: &QueueName, tokens: &mut HashMap<LeaseToken, V>) {
+    pub async fn retain_live_map<V: Send, S: std::hash::BuildHasher + Send>(
+        &self,
+        name: &QueueName,
+        tokens: &mut HashMap<LeaseToken, V, S>,
+    ) {
         match self {
             Backend::Local(e) => e.retain_live_map(name, tokens),
             Backend::Postgres(e) => e.retain_live_map(name, tokens).await,

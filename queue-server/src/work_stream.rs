@@ -55,7 +55,6 @@ use crate::grpc::{leased_pb, parse_tokens, rejection, token_result_pb};
 use crate::names::{LeaseToken, QueueName};
 use crate::queue::{Batch, TokenResult};
 use futures::stream::{FuturesUnordered, StreamExt};
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -72,7 +71,10 @@ pub const RECHECK: Duration = Duration::from_millis(500);
 pub type Outbound = mpsc::Sender<Result<pb::WorkResponse, Status>>;
 
 /// What a stream holds: each item pushed and not finished, with its bytes.
-type Held = HashMap<LeaseToken, usize>;
+/// (The Fx hash, not SipHash: its keys are tokens this server minted, so a
+/// client cannot choose them to collide, and SipHash of every token pushed
+/// and finished was 2 % of the server's CPU.)
+type Held = rustc_hash::FxHashMap<LeaseToken, usize>;
 
 /// The failure reason of items held by a stream that ended abnormally.
 pub const WORKER_LOST: &str = "worker lost: its Work stream ended abnormally with the item in hand";
@@ -100,7 +102,7 @@ pub async fn serve(
     tx: Outbound,
     grant: Option<crate::auth::Recheck>,
 ) {
-    let mut held = Held::new();
+    let mut held = Held::default();
     let end = run(&engine, &name, lease, first, inbound, tx, &mut held, grant).await;
     let held: Vec<LeaseToken> = held.into_keys().collect();
     for chunk in held.chunks(engine.limits().max_batch.max(1)) {

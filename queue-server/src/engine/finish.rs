@@ -162,10 +162,10 @@ impl Engine {
     }
 
     /// [`Engine::retain_live`] of a map keyed by token.
-    pub fn retain_live_map<V>(
+    pub fn retain_live_map<V, S: std::hash::BuildHasher>(
         &self,
         name: &QueueName,
-        tokens: &mut std::collections::HashMap<LeaseToken, V>,
+        tokens: &mut std::collections::HashMap<LeaseToken, V, S>,
     ) {
         let now = self.inner.clock.now_ms();
         if self

@@ -474,7 +474,11 @@ impl PgEngine {
     }
 
     /// [`PgEngine::retain_live`] of a map keyed by token.
-    pub async fn retain_live_map<V>(&self, name: &QueueName, tokens: &mut HashMap<LeaseToken, V>) {
+    pub async fn retain_live_map<V, S: std::hash::BuildHasher>(
+        &self,
+        name: &QueueName,
+        tokens: &mut HashMap<LeaseToken, V, S>,
+    ) {
         if let Some(live) = self.live_of(name, tokens.keys().copied()).await {
             tokens.retain(|t, _| live.contains(t));
         }
