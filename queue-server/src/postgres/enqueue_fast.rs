@@ -127,11 +127,9 @@ impl PgEngine {
                 }
             }
             Ok(added) => {
-                let mut pending = false;
                 for (w, ids) in group.into_iter().zip(added) {
                     let answer = match ids {
-                        Some((ids, p)) => {
-                            pending |= p;
+                        Some(ids) => {
                             metrics::counter!("workq_items_enqueued_total")
                                 .increment(ids.len() as u64);
                             Fast::Added(ids)
@@ -140,21 +138,18 @@ impl PgEngine {
                     };
                     let _ = w.answer.send(Ok(answer));
                 }
-                if pending {
-                    self.notify_committed(name);
-                }
             }
         }
     }
 
-    /// One grouped statement: per batch its items' ids (and whether any is
-    /// pending now), or `None` when it was not added.
-    #[allow(clippy::type_complexity)]
+    /// One grouped statement (and, once it committed, the wake-ups it
+    /// calls for): per batch its items' ids, or `None` when it was not
+    /// added.
     async fn enqueue_statement(
         &self,
         name: &QueueName,
         group: &[Waiting<EnqueueCall, EnqueueAnswer>],
-    ) -> Result<Vec<Option<(Vec<Enqueued>, bool)>>> {
+    ) -> Result<Vec<Option<Vec<Enqueued>>>> {
         let n: usize = group.iter().map(|w| w.call.items.len()).sum();
         let (mut delays, mut payloads, mut attrs, mut sizes, mut calls) = (
             Vec::with_capacity(n),
@@ -222,6 +217,9 @@ impl PgEngine {
                 "a grouped enqueue added {inserted} items where {expected} were expected"
             )));
         }
+        if row.get::<_, i64>(4) > 0 {
+            self.notify_committed(name);
+        }
         if row.get::<_, i64>(5) > 0 {
             self.inner.reaper.notify_one();
         }
@@ -233,15 +231,12 @@ impl PgEngine {
                 let mine = &ids[at..at + w.call.items.len()];
                 at += w.call.items.len();
                 ok.contains(&(c as i64 + 1)).then(|| {
-                    let pending = w.call.items.iter().any(|it| it.delay.is_zero());
-                    let out = mine
-                        .iter()
+                    mine.iter()
                         .map(|id| Enqueued {
                             id: ItemId(u64::try_from(*id).unwrap_or(0)),
                             duplicate: false,
                         })
-                        .collect();
-                    (out, pending)
+                        .collect()
                 })
             })
             .collect())

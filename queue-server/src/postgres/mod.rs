@@ -320,13 +320,13 @@ impl PgEngine {
     }
 
     pub(crate) fn waker(&self, name: &QueueName) -> Arc<Waker> {
-        self.inner
-            .wakers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.clone())
-            .or_default()
-            .clone()
+        let mut wakers = self.inner.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        // Every call looks its queue up: the name is copied only the first
+        // time.
+        if let Some(w) = wakers.get(name) {
+            return w.clone();
+        }
+        wakers.entry(name.clone()).or_default().clone()
     }
 
     /// Wakes this replica's parked calls and watchers of `name` (a

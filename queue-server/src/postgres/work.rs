@@ -34,7 +34,7 @@ use super::{PgEngine, db_id, secrets, token, unavailable};
 use crate::error::{Error, Result};
 use crate::names::{LeaseToken, QueueName};
 use crate::queue::Leased;
-use std::collections::HashSet;
+use rustc_hash::FxHashSet as HashSet;
 use std::sync::{Arc, LazyLock};
 
 /// Most items (leased and completed together) one grouped statement takes
@@ -150,11 +150,12 @@ impl PgEngine {
     async fn work_group(&self, name: &QueueName, group: Vec<Waiting<WorkCall, WorkAnswer>>) {
         // A call naming an item twice, or an item another call of the group
         // names, takes its own path (which judges it exactly).
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::default();
         let mut group: Vec<_> = group
             .into_iter()
             .filter_map(|w| {
-                let mut mine = HashSet::with_capacity(w.call.tokens.len());
+                let mut mine =
+                    HashSet::with_capacity_and_hasher(w.call.tokens.len(), Default::default());
                 let clean = w.call.tokens.iter().all(|t| mine.insert(t.item))
                     && w.call.tokens.iter().all(|t| !seen.contains(&t.item));
                 if clean {
@@ -250,7 +251,7 @@ impl PgEngine {
         let Some(args) = CompleteArgs::of(name, &tokens, self.inner.limits.idempotency_window)
         else {
             // Items named twice were kept out of the group (`work_group`).
-            return Ok(Ran::NotLive(HashSet::new()));
+            return Ok(Ran::NotLive(HashSet::default()));
         };
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         let total: usize = group.iter().map(|w| w.call.max).sum();
