@@ -20,6 +20,13 @@
 //! | `workq-postgres-2` | the same with two queue-server replicas on the database, producers and consumers split over them |
 //! | `workq-embedded` | the embedded store, for reference (no database involved) |
 //!
+//! Each run also reports where the CPU went, per item: every PostgreSQL
+//! process's time (backends of closed connections included, through the
+//! postmaster's count of its exited children), the queue-server replicas'
+//! and the client's (the bench's own code, or the Node driver's). On two
+//! shared cores the sum bounds the rate: it is what a system costs,
+//! whoever takes the cores.
+//!
 //! `synchronous_commit` is the server's (on, by default): every system's
 //! acknowledged writes are durable.
 
@@ -31,7 +38,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 use worker_sdk::{LeaseOptions, NewItem};
 
-use crate::server::Server;
+use crate::server::{Server, cpu_of_all, cpu_us, own_cpu};
 
 /// `workq-bench postgres` settings.
 #[derive(Debug, clap::Args)]
@@ -115,6 +122,23 @@ struct Timing {
     /// WAL the whole database server wrote during the run (anything else
     /// running on it included).
     wal: u64,
+    /// CPU time used during the run, in microseconds.
+    cpu: Cpu,
+}
+
+/// Where a run's CPU time went, in microseconds: what a system costs per
+/// item on two shared cores, whoever takes them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    /// Every PostgreSQL process (closed connections' backends included).
+    database: f64,
+    /// Of which during the enqueue phase (raw SQL and workq only; the
+    /// Node drivers time their phases themselves).
+    database_enqueue: f64,
+    /// The queue-server replicas (workq systems only).
+    server: f64,
+    /// The bench's own client code (or the Node driver of a peer).
+    client: f64,
 }
 
 /// Runs the comparison and prints medians and ratios (markdown on stdout).
@@ -132,26 +156,45 @@ pub async fn postgres(args: &PostgresArgs, server_bin: &Path) -> Result<()> {
             );
             let url = create_database(&args.admin_url, &db).await?;
             let wal_before = wal_position(&args.admin_url).await?;
+            let (db_before, own_before) = (cpu_of_all("postgres"), own_cpu());
             let timing = run(args, *system, &url, server_bin)
                 .await
                 .with_context(|| format!("{} round {round}", system.name()));
+            let (db_after, own_after) = (cpu_of_all("postgres"), own_cpu());
             let timing = match timing {
                 Ok(t) => Ok(Timing {
                     wal: wal_position(&args.admin_url)
                         .await?
                         .saturating_sub(wal_before),
+                    cpu: Cpu {
+                        database: db_after - db_before,
+                        database_enqueue: t.cpu.database_enqueue,
+                        // The servers and Node drivers are this process's
+                        // children, waited for: their time is in
+                        // `children`, the servers' counted apart.
+                        client: (own_after.own - own_before.own)
+                            + (own_after.children - own_before.children)
+                            - t.cpu.server,
+                        server: t.cpu.server,
+                    },
                     ..t
                 }),
                 Err(e) => Err(e),
             };
             drop_database(&args.admin_url, &db).await?;
             let timing = timing?;
+            let per_item = |us: f64| us / args.items.max(1) as f64;
             eprintln!(
-                "  {:<18} enqueue {:>9.0}/s  process {:>9.0}/s  WAL {:>5} B/item",
+                "  {:<18} enqueue {:>9.0}/s  process {:>9.0}/s  WAL {:>5} B/item  \
+                 CPU µs/item: database {:.1} (enqueue {:.1}) server {:.1} client {:.1}",
                 system.name(),
                 rate(args.items, timing.enqueue),
                 rate(args.items, timing.process),
-                timing.wal / args.items.max(1)
+                timing.wal / args.items.max(1),
+                per_item(timing.cpu.database),
+                per_item(timing.cpu.database_enqueue),
+                per_item(timing.cpu.server),
+                per_item(timing.cpu.client),
             );
             timings.push(timing);
         }
@@ -174,7 +217,9 @@ fn report(args: &PostgresArgs, results: &[(PgSystem, Vec<Timing>)]) -> String {
     let n = args.items;
     let mut out = format!(
         "{} items of {} B, batch {}, {} producers, {} consumers, median of {} rounds\n\n\
-         | system | enqueue items/s | lease+complete items/s | end to end items/s | WAL bytes/item |\n|---|---|---|---|---|\n",
+         | system | enqueue items/s | lease+complete items/s | end to end items/s | WAL bytes/item \
+         | database CPU µs/item (of which enqueue) | server CPU µs/item | client CPU µs/item |\n\
+         |---|---|---|---|---|---|---|---|\n",
         n, args.payload, args.batch, args.producers, args.consumers, args.rounds
     );
     let mut e2e = Vec::new();
@@ -193,8 +238,22 @@ fn report(args: &PostgresArgs, results: &[(PgSystem, Vec<Timing>)]) -> String {
                 .map(|t| t.wal as f64 / n.max(1) as f64)
                 .collect(),
         );
+        let cpu = |part: fn(&Cpu) -> f64| {
+            median(
+                timings
+                    .iter()
+                    .map(|t| part(&t.cpu) / n.max(1) as f64)
+                    .collect(),
+            )
+        };
+        let (db, db_enqueue, server, client) = (
+            cpu(|c| c.database),
+            cpu(|c| c.database_enqueue),
+            cpu(|c| c.server),
+            cpu(|c| c.client),
+        );
         out += &format!(
-            "| {} | {enq:.0} | {proc_:.0} | {total:.0} | {wal:.0} |\n",
+            "| {} | {enq:.0} | {proc_:.0} | {total:.0} | {wal:.0} | {db:.1} ({db_enqueue:.1}) | {server:.1} | {client:.1} |\n",
             system.name()
         );
         e2e.push((*system, total));
@@ -293,15 +352,23 @@ async fn run(
                 .map(|_| Server::spawn(server_bin, &["--store", "postgres", "--database-url", url]))
                 .collect::<Result<Vec<_>>>()?;
             let urls: Vec<String> = servers.iter().map(|s| grpc_url(&s.url)).collect();
-            workq(args, &urls).await
+            with_server_cpu(workq(args, &urls).await, &servers)
         }
         PgSystem::WorkqEmbedded => {
             let dir = tempfile::tempdir()?;
             let data = dir.path().to_str().context("utf-8 temp dir")?;
             let server = Server::spawn(server_bin, &["--store", "embedded", "--data-dir", data])?;
-            workq(args, &[grpc_url(&server.url)]).await
+            with_server_cpu(workq(args, &[grpc_url(&server.url)]).await, &[server])
         }
     }
+}
+
+/// `timing` with the CPU time `servers` used since they started (start-up
+/// and the queue's creation included: a few milliseconds).
+fn with_server_cpu(timing: Result<Timing>, servers: &[Server]) -> Result<Timing> {
+    let mut timing = timing?;
+    timing.cpu.server = servers.iter().filter_map(|s| cpu_us(s.child.id())).sum();
+    Ok(timing)
 }
 
 /// `http://host:port` (what the raw gRPC systems dial) as the SDK's URL.
@@ -325,6 +392,7 @@ async fn raw_sql(args: &PostgresArgs, url: &str) -> Result<Timing> {
         .await?;
     let payload = vec![b'x'; args.payload];
     let per_producer = split(args.items, args.producers);
+    let db_start = cpu_of_all("postgres");
     let start = Instant::now();
     let mut tasks = Vec::new();
     for share in per_producer {
@@ -348,6 +416,7 @@ async fn raw_sql(args: &PostgresArgs, url: &str) -> Result<Timing> {
         t.await??;
     }
     let enqueue = start.elapsed();
+    let database_enqueue = cpu_of_all("postgres") - db_start;
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -391,6 +460,10 @@ async fn raw_sql(args: &PostgresArgs, url: &str) -> Result<Timing> {
         enqueue,
         process: start.elapsed(),
         wal: 0,
+        cpu: Cpu {
+            database_enqueue,
+            ..Cpu::default()
+        },
     })
 }
 
@@ -450,6 +523,7 @@ async fn node(args: &PostgresArgs, script: &str, url: &str, extra: &[&str]) -> R
         enqueue: secs("enqueue_s")?,
         process: secs("process_s")?,
         wal: 0,
+        cpu: Cpu::default(),
     })
 }
 
@@ -463,6 +537,7 @@ async fn workq(args: &PostgresArgs, urls: &[String]) -> Result<Timing> {
         .create(&worker_sdk::QueueSettings::default())
         .await?;
     let payload = vec![b'x'; args.payload];
+    let db_start = cpu_of_all("postgres");
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (i, share) in split(args.items, args.producers).into_iter().enumerate() {
@@ -486,6 +561,7 @@ async fn workq(args: &PostgresArgs, urls: &[String]) -> Result<Timing> {
         t.await??;
     }
     let enqueue = start.elapsed();
+    let database_enqueue = cpu_of_all("postgres") - db_start;
     first.queue(&name)?.seal().await?;
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -525,5 +601,9 @@ async fn workq(args: &PostgresArgs, urls: &[String]) -> Result<Timing> {
         enqueue,
         process,
         wal: 0,
+        cpu: Cpu {
+            database_enqueue,
+            ..Cpu::default()
+        },
     })
 }

@@ -125,14 +125,70 @@ impl Memory {
 /// User plus system CPU time of process `pid` so far, in microseconds
 /// (`/proc/<pid>/stat` fields 14 and 15, in clock ticks).
 pub fn cpu_us(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count from after its ')'.
-    let rest = stat.rsplit_once(')')?.1;
+    Some(stat_times(&format!("/proc/{pid}/stat"))?.own)
+}
+
+/// CPU times read from a `/proc/…/stat` file, in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes {
+    /// User plus system time of the process itself (all its threads).
+    pub own: f64,
+    /// User plus system time of its children that exited and were waited
+    /// for (fields 16 and 17).
+    pub children: f64,
+}
+
+/// The command name (field 2) and CPU times of a `/proc/…/stat` file.
+fn stat_file(path: &str) -> Option<(String, u32, CpuTimes)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state): utime is field 14, stime 15.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // USER_HZ: 100 on every Linux the bench runs on (`getconf CLK_TCK`).
-    const TICKS_PER_S: f64 = 100.0;
-    Some((utime + stime) / TICKS_PER_S * 1e6)
+    // `rest` starts at field 3 (state): the parent is field 4, utime 14,
+    // stime 15, cutime 16, cstime 17.
+    let ppid: u32 = fields.get(1)?.parse().ok()?;
+    let tick = |i: usize| -> Option<f64> {
+        // USER_HZ: 100 on every Linux the bench runs on (`getconf CLK_TCK`).
+        const TICKS_PER_S: f64 = 100.0;
+        Some(fields.get(i)?.parse::<f64>().ok()? / TICKS_PER_S * 1e6)
+    };
+    let times = CpuTimes {
+        own: tick(11)? + tick(12)?,
+        children: tick(13)? + tick(14)?,
+    };
+    Some((comm, ppid, times))
+}
+
+fn stat_times(path: &str) -> Option<CpuTimes> {
+    Some(stat_file(path)?.2)
+}
+
+/// This process's CPU times so far.
+pub fn own_cpu() -> CpuTimes {
+    stat_times("/proc/self/stat").unwrap_or_default()
+}
+
+/// CPU time of every process named `comm` on this machine so far, in
+/// microseconds, with what their exited children used: each one's own
+/// time, plus the waited-for children's time of those whose parent is not
+/// a `comm` (the server's root, e.g. PostgreSQL's postmaster, which reaps
+/// the backends of closed connections). Read before and after a run, the
+/// difference is what the server used meanwhile, connections that came and
+/// went included.
+pub fn cpu_of_all(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let procs: Vec<(u32, u32, CpuTimes)> = dir
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let (name, ppid, times) = stat_file(&format!("/proc/{pid}/stat"))?;
+            (name == comm).then_some((pid, ppid, times))
+        })
+        .collect();
+    let ours = |pid: u32| procs.iter().any(|(p, _, _)| *p == pid);
+    procs
+        .iter()
+        .map(|(_, ppid, t)| t.own + if ours(*ppid) { 0.0 } else { t.children })
+        .sum()
 }

@@ -31,12 +31,19 @@ use super::judge::{result, same_secret};
 /// the completions — one `workq_completed` row for the call, not one row
 /// per item (the judge reads both). The counters are the statement's to
 /// change.
+///
+/// `state::text = 'l'`, not `state = 'l'`: each token is found by the
+/// primary key. On the bare column the planner, seeing the `due` index's
+/// predicate (`state IN ('d','l')`) implied, may AND that lookup with a
+/// scan of the whole `due` index — every lease and delayed item, per
+/// token — which took a third to a half of the database's CPU in a run
+/// (`docs/STORE.md`, "Where the time goes").
 pub(super) const COMPLETE_CTES: &str = "\
 WITH q AS (SELECT id, sealed, default_lease_ms FROM workq_queues WHERE name = $1), \
 t AS (SELECT * FROM unnest($2::int8[], $3::int8[], $4::bytea[]) AS t(id, seq, secret)), \
 live AS (SELECT i.id, i.idem_key, t.seq, t.secret FROM (SELECT * FROM t ORDER BY id) t \
     CROSS JOIN LATERAL (SELECT id, idem_key FROM workq_items \
-    WHERE queue_id = (SELECT id FROM q) AND id = t.id AND state = 'l' AND seq = t.seq \
+    WHERE queue_id = (SELECT id FROM q) AND id = t.id AND state::text = 'l' AND seq = t.seq \
     AND secret = t.secret AND due_at > workq_ms() FOR UPDATE) i), \
 ok AS (SELECT count(*) = $5 AS all_live FROM live), \
 del AS (DELETE FROM workq_items WHERE (SELECT all_live FROM ok) \
@@ -440,7 +447,7 @@ impl PgEngine {
             .query(
                 "SELECT i.id, i.seq, i.secret FROM workq_items i JOIN workq_queues q \
                  ON q.id = i.queue_id WHERE q.name = $1 AND i.id = ANY($2) \
-                 AND i.state = 'l' AND i.due_at > workq_ms()",
+                 AND i.state::text = 'l' AND i.due_at > workq_ms()",
                 &[&name.as_str(), &ids],
             )
             .await

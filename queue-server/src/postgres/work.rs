@@ -87,7 +87,9 @@ pub(crate) struct Took {
 /// NULL: the queue's default). Slots are dealt out in call order (the
 /// first call's `max` slots, then the next call's), so no join is needed
 /// to find a picked item's call; each call's running sum of sizes cuts its
-/// share to its budget.
+/// share to its budget. The answer is a row per leased item (one row when
+/// none); the array of the calls the picked items were dealt to is in one
+/// row only, and the ids of the live items only when not all were.
 static WORK: LazyLock<String> = LazyLock::new(|| {
     format!(
         "{COMPLETE_CTES}, \
@@ -110,16 +112,16 @@ cnt AS (UPDATE workq_counters c SET completed = c.completed + $5, \
     bytes = c.bytes - (SELECT coalesce(sum(b), 0) FROM del) \
     FROM ok WHERE ok.all_live AND c.queue_id = (SELECT id FROM q) AND c.stripe = $7 \
     AND ($5 > 0 OR EXISTS (SELECT 1 FROM upd))) \
-SELECT upd.id, upd.seq, upd.secret, upd.payload, upd.attrs, upd.attempts, upd.due_at, \
-    upd.enqueued_at, upd.rank, upd.c, \
-    (SELECT array_agg(c) FROM dealt), \
+SELECT u.id, u.seq, u.secret, u.payload, u.attrs, u.attempts, u.due_at, \
+    u.enqueued_at, u.rank, u.c, \
+    CASE WHEN coalesce(u.one, 1) = 1 THEN (SELECT array_agg(c) FROM dealt) END, \
     (SELECT sealed FROM q), \
     CASE WHEN EXISTS (SELECT 1 FROM upd) THEN 1::int8 ELSE \
     (SELECT coalesce(sum(pending + delayed + leased), 0)::int8 FROM workq_counters \
         WHERE queue_id = (SELECT id FROM q)) - $5 END, \
     (SELECT all_live FROM ok), (SELECT count(*) FROM del), \
-    (SELECT array_agg(id) FROM live) \
-FROM (SELECT 1) one LEFT JOIN upd ON true"
+    CASE WHEN NOT (SELECT all_live FROM ok) THEN (SELECT array_agg(id) FROM live) END \
+FROM (SELECT 1) one LEFT JOIN (SELECT upd.*, row_number() OVER () AS one FROM upd) u ON true"
     )
 });
 
@@ -218,8 +220,13 @@ impl PgEngine {
         let completed: usize = group.iter().map(|w| w.call.tokens.len()).sum();
         if completed > 0 {
             metrics::counter!("workq_items_completed_total").increment(completed as u64);
-            if shares.first().is_some_and(|s| s.sealed) {
-                // The queue may have drained.
+            // The queue may have drained: only when sealed, and only when
+            // this statement leased nothing (what it leased is live until a
+            // later completion, release or expiry, which is judged then). A
+            // count of live items taken in the statement's snapshot would
+            // miss two statements completing the last items side by side.
+            let leased = shares.iter().any(|s| !s.items.is_empty());
+            if shares.first().is_some_and(|s| s.sealed) && !leased {
                 self.notify_committed(name);
             }
         }
@@ -302,7 +309,12 @@ impl PgEngine {
             return Ok(Ran::NotLive(live.into_iter().collect()));
         }
         let live: i64 = first.get(12);
-        let dealt: Vec<i32> = first.get::<_, Option<Vec<i32>>>(10).unwrap_or_default();
+        // The arrays come in one row only (sent with every row they were
+        // a tenth of the database's CPU and most of the answer's bytes).
+        let dealt: Vec<i32> = rows
+            .iter()
+            .find_map(|r| r.get::<_, Option<Vec<i32>>>(10))
+            .unwrap_or_default();
         let mut shares: Vec<(usize, Vec<(i64, Leased)>)> =
             group.iter().map(|_| (0, Vec::new())).collect();
         for c in dealt {
