@@ -134,7 +134,7 @@ struct Cpu {
     database: f64,
     /// Of which during the enqueue phase (raw SQL and workq only; the
     /// Node drivers time their phases themselves).
-    database_enqueue: f64,
+    database_enqueue: Option<f64>,
     /// The queue-server replicas (workq systems only).
     server: f64,
     /// The bench's own client code (or the Node driver of a peer).
@@ -186,13 +186,16 @@ pub async fn postgres(args: &PostgresArgs, server_bin: &Path) -> Result<()> {
             let per_item = |us: f64| us / args.items.max(1) as f64;
             eprintln!(
                 "  {:<18} enqueue {:>9.0}/s  process {:>9.0}/s  WAL {:>5} B/item  \
-                 CPU µs/item: database {:.1} (enqueue {:.1}) server {:.1} client {:.1}",
+                 CPU µs/item: database {:.1} (enqueue {}) server {:.1} client {:.1}",
                 system.name(),
                 rate(args.items, timing.enqueue),
                 rate(args.items, timing.process),
                 timing.wal / args.items.max(1),
                 per_item(timing.cpu.database),
-                per_item(timing.cpu.database_enqueue),
+                timing
+                    .cpu
+                    .database_enqueue
+                    .map_or("—".into(), |us| format!("{:.1}", per_item(us))),
                 per_item(timing.cpu.server),
                 per_item(timing.cpu.client),
             );
@@ -248,13 +251,18 @@ fn report(args: &PostgresArgs, results: &[(PgSystem, Vec<Timing>)]) -> String {
         };
         let (db, db_enqueue, server, client) = (
             cpu(|c| c.database),
-            cpu(|c| c.database_enqueue),
+            cpu(|c| c.database_enqueue.unwrap_or(f64::NAN)),
             cpu(|c| c.server),
             cpu(|c| c.client),
         );
         out += &format!(
-            "| {} | {enq:.0} | {proc_:.0} | {total:.0} | {wal:.0} | {db:.1} ({db_enqueue:.1}) | {server:.1} | {client:.1} |\n",
-            system.name()
+            "| {} | {enq:.0} | {proc_:.0} | {total:.0} | {wal:.0} | {db:.1} ({}) | {server:.1} | {client:.1} |\n",
+            system.name(),
+            if db_enqueue.is_nan() {
+                "—".to_string()
+            } else {
+                format!("{db_enqueue:.1}")
+            }
         );
         e2e.push((*system, total));
     }
@@ -461,7 +469,7 @@ async fn raw_sql(args: &PostgresArgs, url: &str) -> Result<Timing> {
         process: start.elapsed(),
         wal: 0,
         cpu: Cpu {
-            database_enqueue,
+            database_enqueue: Some(database_enqueue),
             ..Cpu::default()
         },
     })
@@ -602,7 +610,7 @@ async fn workq(args: &PostgresArgs, urls: &[String]) -> Result<Timing> {
         process,
         wal: 0,
         cpu: Cpu {
-            database_enqueue,
+            database_enqueue: Some(database_enqueue),
             ..Cpu::default()
         },
     })

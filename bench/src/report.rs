@@ -36,8 +36,10 @@ fn fmt(v: f64) -> String {
         "–".into()
     } else if v >= 100.0 {
         format!("{v:.0}")
-    } else {
+    } else if v >= 10.0 {
         format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
     }
 }
 
