@@ -107,6 +107,37 @@ impl fmt::Display for ItemId {
     }
 }
 
+impl ItemId {
+    /// The id as the wire shows it (what `to_string` gives, without the
+    /// formatting machinery: every enqueued and every leased item is
+    /// answered with its id).
+    pub fn text(self) -> String {
+        let mut buf = [0u8; 20];
+        let start = decimal(self.0, &mut buf);
+        ascii(&buf[start..])
+    }
+}
+
+/// The decimal digits of `n` at the end of `buf`; where they start.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> usize {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return i;
+        }
+    }
+}
+
+/// Text known to be ASCII (digits, hex digits and dots written here).
+fn ascii(bytes: &[u8]) -> String {
+    std::str::from_utf8(bytes)
+        .map(String::from)
+        .unwrap_or_default()
+}
+
 /// The fencing token of one lease: the item, the lease's sequence number,
 /// and 128 bits no one can guess.
 ///
@@ -311,28 +342,19 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// Longest shown token: 20 decimal digits, 16 hex digits, the secret, two dots.
 const TOKEN_TEXT_MAX: usize = 20 + 1 + 16 + 1 + 2 * SECRET_BYTES;
 
-impl fmt::Display for LeaseToken {
-    /// Written into a buffer on the stack and handed over at once: tokens
-    /// are shown once per lease and once per finish, on the hot path.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = [0u8; TOKEN_TEXT_MAX];
-        let mut n = 0;
+impl LeaseToken {
+    /// The token's text into `buf`: its length, and the length of the item
+    /// id it starts with.
+    fn write_text(&self, buf: &mut [u8; TOKEN_TEXT_MAX]) -> (usize, usize) {
+        let mut digits = [0u8; 20];
+        let start = decimal(self.item.0, &mut digits);
+        let id_len = digits.len() - start;
+        buf[..id_len].copy_from_slice(&digits[start..]);
+        let mut n = id_len;
         let mut put = |c: u8| {
             buf[n] = c;
             n += 1;
         };
-        let mut digits = [0u8; 20];
-        let mut d = 0;
-        let mut item = self.item.0;
-        loop {
-            digits[d] = b'0' + (item % 10) as u8;
-            d += 1;
-            item /= 10;
-            if item == 0 {
-                break;
-            }
-        }
-        digits[..d].iter().rev().for_each(|&c| put(c));
         put(b'.');
         let nibbles = (u64::BITS - self.seq.leading_zeros()).div_ceil(4).max(1);
         for i in (0..nibbles).rev() {
@@ -343,6 +365,25 @@ impl fmt::Display for LeaseToken {
             put(HEX[usize::from(b >> 4)]);
             put(HEX[usize::from(b & 0xf)]);
         }
+        (n, id_len)
+    }
+
+    /// The item's id and the token, as the wire shows them (what
+    /// `to_string` gives each), written once: every leased item is answered
+    /// with both.
+    pub fn texts(&self) -> (String, String) {
+        let mut buf = [0u8; TOKEN_TEXT_MAX];
+        let (n, id_len) = self.write_text(&mut buf);
+        (ascii(&buf[..id_len]), ascii(&buf[..n]))
+    }
+}
+
+impl fmt::Display for LeaseToken {
+    /// Written into a buffer on the stack and handed over at once: tokens
+    /// are shown once per lease and once per finish, on the hot path.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; TOKEN_TEXT_MAX];
+        let (n, _) = self.write_text(&mut buf);
         // Only ASCII digits and dots were written.
         f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)
     }
@@ -464,6 +505,12 @@ mod tests {
                 assert_eq!(explained, Ok(t), "{s}");
             }
             assert_eq!(s.parse::<LeaseToken>(), explained, "{s}");
+        }
+        // The wire texts are what `to_string` gives.
+        for (item, seq) in [(0, 0), (9, 1), (10, 0x10), (u64::MAX, u64::MAX)] {
+            let t = LeaseToken::mint(ItemId(item), seq);
+            assert_eq!(t.texts(), (item.to_string(), t.to_string()));
+            assert_eq!(ItemId(item).text(), item.to_string());
         }
         // Every token the server shows takes the fast pass.
         for (item, seq) in [(0, 0), (42, 1), (u64::MAX, u64::MAX), (1 << 40, 0xabc)] {

@@ -89,7 +89,7 @@ pub fn enqueue_items(items: Vec<pb::NewItem>) -> Result<Vec<EnqueueItem>, (Strin
 pub fn enqueued_pb(out: &[Enqueued]) -> Vec<pb::EnqueuedItem> {
     out.iter()
         .map(|e| pb::EnqueuedItem {
-            id: e.id.to_string(),
+            id: e.id.text(),
             duplicate: e.duplicate,
         })
         .collect()
@@ -97,9 +97,14 @@ pub fn enqueued_pb(out: &[Enqueued]) -> Vec<pb::EnqueuedItem> {
 
 /// The wire form of a leased item.
 pub fn leased_pb(l: Leased) -> pb::LeasedItem {
+    let (id, lease_token) = if l.token.item == l.id {
+        l.token.texts()
+    } else {
+        (l.id.text(), l.token.to_string())
+    };
     pb::LeasedItem {
-        id: l.id.to_string(),
-        lease_token: l.token.to_string(),
+        id,
+        lease_token,
         attributes: attributes_pb(&l.attributes),
         payload: l.payload,
         attempt: i32::try_from(l.attempt).unwrap_or(i32::MAX),
