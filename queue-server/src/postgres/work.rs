@@ -372,3 +372,115 @@ enum Ran {
 fn call_index(c: i32) -> Option<usize> {
     usize::try_from(c).ok()?.checked_sub(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::WORK;
+    use tokio_postgres::NoTls;
+
+    const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+    /// A database of the test's own, dropped (with its connections) after.
+    struct Db(String);
+
+    impl Drop for Db {
+        fn drop(&mut self) {
+            let name = self.0.clone();
+            // Its own runtime: the test's may be gone.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let (c, conn) = tokio_postgres::connect(ADMIN, NoTls).await?;
+                    tokio::spawn(conn);
+                    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await
+                })
+                .map_err(std::io::Error::other)
+            })
+            .join();
+        }
+    }
+
+    /// No part of the work statement can use the `due` index: the planner
+    /// once ANDed each token's primary-key lookup with a scan of that whole
+    /// index (every lease out, per token; `docs/STORE.md`, "Where the time
+    /// goes", 2026-12-08). The plan is read from `EXPLAIN`, not timed.
+    #[tokio::test]
+    async fn no_part_of_the_work_statement_can_use_the_due_index() {
+        if !workq_testkit::postgres() {
+            return;
+        }
+        let name = workq_testkit::unique_name("wq_plan").replace('-', "_");
+        let (admin, conn) = tokio_postgres::connect(ADMIN, NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let db = Db(name);
+        let url = format!("postgres://postgres@127.0.0.1:5432/{}", db.0);
+        let (mut c, conn) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
+        tokio::spawn(conn);
+        super::super::migrate::migrate(&mut c)
+            .await
+            .expect("migrate");
+        // A queue with items leased and pending. Then the planner is left
+        // no primary key and told to avoid sequential scans: any index
+        // whose predicate the statement implies is what it takes — so the
+        // plan shows whether the `due` index is usable at all, whatever
+        // the planner would think of it under load (it once chose it).
+        c.batch_execute(
+            "INSERT INTO workq_queues (name, default_lease_ms, max_attempts, retry_backoff_ms, \
+                 retry_backoff_max_ms) VALUES ('q', 30000, 3, 0, 0);
+             INSERT INTO workq_counters (queue_id, stripe) SELECT 1, s FROM generate_series(0, 15) s
+                 ON CONFLICT DO NOTHING;
+             INSERT INTO workq_items (queue_id, id, state, rank, due_at, seq, secret, \
+                 enqueued_at, size, payload)
+               SELECT 1, i, CASE WHEN i <= 1000 THEN 'l' ELSE 'p' END::\"char\", i, \
+                 CASE WHEN i <= 1000 THEN workq_ms() + 600000 + i END, 1, \
+                 decode(md5(i::text), 'hex'), workq_ms(), 10, '\\x00'::bytea
+               FROM generate_series(1, 2000) i;
+             ANALYZE workq_items;
+             ALTER TABLE workq_items DROP CONSTRAINT workq_items_pkey;
+             SET enable_seqscan = off;
+             SET plan_cache_mode = force_generic_plan;",
+        )
+        .await
+        .expect("fill");
+        c.batch_execute(&format!("PREPARE work AS {}", WORK.as_str()))
+            .await
+            .expect("prepare the work statement");
+        // Complete 100 of the leases and lease 100 (on a generic plan the
+        // values do not change the plan; they are only well typed).
+        let list = |f: &dyn Fn(usize) -> String| (1..=100).map(f).collect::<Vec<_>>().join(",");
+        let explain = format!(
+            "EXPLAIN EXECUTE work('q', ARRAY[{ids}]::int8[], ARRAY[{ones}]::int8[], \
+             ARRAY[{secrets}]::bytea[], 100, 3600000, 0::int2, 100, ARRAY[{secrets}]::bytea[], \
+             ARRAY[{ones}]::int4[], ARRAY[{ids}]::int4[], ARRAY[1000000]::int8[], ARRAY[true], \
+             ARRAY[NULL]::int8[])",
+            ids = list(&|i| i.to_string()),
+            ones = list(&|_| "1".into()),
+            secrets = list(&|i| format!("decode(md5('{i}'), 'hex')")),
+        );
+        let plan: Vec<String> = c
+            .simple_query(&explain)
+            .await
+            .expect("explain")
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("workq_items_ready"), "{plan}");
+        assert!(
+            !plan.contains("workq_items_due"),
+            "the work statement scans the due index:\n{plan}"
+        );
+    }
+}
