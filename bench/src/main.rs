@@ -443,6 +443,7 @@ async fn run_round(args: &Args, t: &Target, round: usize, out: &mut Vec<Measure>
     push("lease+complete", args.items as f64 / s, "items/s");
     sys.reset(&q).await?;
     let cpu_before = t.cpu_pid.and_then(server::cpu_us);
+    let client_before = server::own_cpu().own;
     let s = seconds(async {
         // try_join: a failed producer must not leave its consumer waiting forever.
         tokio::try_join!(
@@ -476,6 +477,13 @@ async fn run_round(args: &Args, t: &Target, round: usize, out: &mut Vec<Measure>
             "µs/item",
         );
     }
+    // And the client's (this process: producers and consumers): on shared
+    // cores the two together bound the end-to-end rate.
+    push(
+        "client CPU e2e",
+        (server::own_cpu().own - client_before) / args.items as f64,
+        "µs/item",
+    );
     sys.reset(&q).await?;
     let mut lat = latency(sys, &q, args.latency_samples, args.consumers).await?;
     lat.sort_by(f64::total_cmp);

@@ -19,10 +19,12 @@ pub struct Point {
     pub items_per_s: f64,
 }
 
-const ORDER: [&str; 9] = [
+const ORDER: [&str; 11] = [
     "enqueue",
     "lease+complete",
     "end to end",
+    "server CPU e2e",
+    "client CPU e2e",
     "latency p50",
     "latency p99",
     "latency p99.9",

@@ -77,6 +77,9 @@ struct Held {
     lost: Arc<LostFlag>,
     /// When it was last renewed (or leased).
     renewed: Instant,
+    /// Its item, hashed: two leases of one item (one given back while its
+    /// handler ran, then leased again) never go in one completion message.
+    item: u64,
 }
 
 /// The loop's state between turns.
@@ -322,7 +325,7 @@ impl Loop<'_> {
                             ending.get_or_insert(Err(e));
                         }
                     }
-                    Ok(None) if self.drained => self.stream = None,
+                    Ok(None) if self.drained => self.end_drained_stream(),
                     Ok(None) => {
                         let e = Error::Unavailable {
                             code: tonic::Code::Unavailable,
@@ -433,6 +436,10 @@ impl Loop<'_> {
                     Held {
                         lost: Arc::default(),
                         renewed: now,
+                        item: std::hash::BuildHasher::hash_one(
+                            &rustc_hash::FxBuildHasher,
+                            &item.id,
+                        ),
                     },
                 );
                 self.waiting.push_back(item);
@@ -475,6 +482,24 @@ impl Loop<'_> {
                 self.summary.add(outcome);
             }
         }
+    }
+
+    /// The server ended the stream cleanly after saying the queue drained.
+    /// It answers every message it read before it ends, and reads none
+    /// after deciding to: a message it did not answer (a completion sent as
+    /// it ended — of a stale lease, since the queue drained) was not read,
+    /// so it goes again on another stream as it was, not as one in doubt.
+    /// Otherwise the loop would wait for its answer forever.
+    fn end_drained_stream(&mut self) {
+        self.stream = None;
+        self.open_credit = 0;
+        for (_, sent) in self.sent.drain() {
+            self.to_complete.extend(sent.complete);
+        }
+        if !self.to_complete.is_empty() {
+            self.pending_since.get_or_insert_with(Instant::now);
+        }
+        self.completions_in_flight = 0;
     }
 
     /// The stream is gone (`why`): what it held is the server's again.

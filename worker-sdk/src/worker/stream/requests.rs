@@ -53,12 +53,34 @@ impl Loop<'_> {
         }
         let credit = if grant { room } else { 0 };
         let complete: Vec<(LeaseToken, bool)> = if flush {
-            let n = self.to_complete.len().min(MAX_TOKENS);
-            self.to_complete.drain(..n).collect()
+            self.take_completions(MAX_TOKENS)
         } else {
             Vec::new()
         };
         self.send_request(credit, complete, Vec::new()).await
+    }
+
+    /// Up to `max` tokens to complete, in order, no two of one item. A
+    /// handler may give its own lease back and the item come again while it
+    /// runs: the stale token and the live one must not share a message,
+    /// which the server refuses whole, and token by token refuses the
+    /// second as naming the item twice (`DUPLICATE_TOKEN`) — the live
+    /// lease would be counted lost and held until it expired. The later
+    /// token waits for the next message.
+    fn take_completions(&mut self, max: usize) -> Vec<(LeaseToken, bool)> {
+        let mut items = rustc_hash::FxHashSet::default();
+        let mut out = Vec::with_capacity(self.to_complete.len().min(max));
+        let mut later = Vec::new();
+        for (token, sent_before) in self.to_complete.drain(..) {
+            let first_of_its_item = self.held.get(&token).is_none_or(|h| items.insert(h.item));
+            if out.len() < max && first_of_its_item {
+                out.push((token, sent_before));
+            } else {
+                later.push((token, sent_before));
+            }
+        }
+        self.to_complete = later;
+        out
     }
 
     async fn send_request(
@@ -93,6 +115,13 @@ impl Loop<'_> {
                 per_token,
             })
             .await;
+        if sent.is_err() {
+            // Not handed over (the stream was already gone): nothing was
+            // done, so these go again as they were, not as in doubt.
+            self.to_complete.extend(complete);
+            self.pending_since.get_or_insert_with(Instant::now);
+            return sent;
+        }
         self.open_credit += credit;
         if !complete.is_empty() {
             self.completions_in_flight += 1;
@@ -165,6 +194,10 @@ impl Loop<'_> {
                 self.to_complete.extend(sent.complete);
                 return Ok(());
             }
+            // All or nothing and one token: the refusal is its verdict.
+            Err(e) if !sent.per_token && sent.complete.len() == 1 && sent.renew.is_empty() => {
+                vec![Err(e)]
+            }
             Err(e) if !sent.per_token => {
                 // All or nothing, and a token was refused: nothing was done.
                 // Again, these token by token, to learn which.
@@ -177,10 +210,12 @@ impl Loop<'_> {
             }
             Err(e) => return Err(self.refused(sent, e)),
         };
+        // One result per token: asked for, or the one token's refusal.
+        let per_token = sent.per_token || results.len() > expected;
         let mut results = results.into_iter();
         for (token, retried) in sent.complete {
             // All or nothing: answered, so all done.
-            let r = if sent.per_token {
+            let r = if per_token {
                 results.next().unwrap_or(Ok(()))
             } else {
                 Ok(())
