@@ -68,7 +68,13 @@ impl Loop<'_> {
     /// lease would be counted lost and held until it expired. The later
     /// token waits for the next message.
     fn take_completions(&mut self, max: usize) -> Vec<(LeaseToken, bool)> {
-        let mut items = rustc_hash::FxHashSet::default();
+        if self.to_complete.len() <= 1 {
+            return std::mem::take(&mut self.to_complete);
+        }
+        let mut items = rustc_hash::FxHashSet::with_capacity_and_hasher(
+            self.to_complete.len().min(max),
+            rustc_hash::FxBuildHasher,
+        );
         let mut out = Vec::with_capacity(self.to_complete.len().min(max));
         let mut later = Vec::new();
         for (token, sent_before) in self.to_complete.drain(..) {
