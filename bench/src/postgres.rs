@@ -249,20 +249,21 @@ fn report(args: &PostgresArgs, results: &[(PgSystem, Vec<Timing>)]) -> String {
                     .collect(),
             )
         };
-        let (db, db_enqueue, server, client) = (
-            cpu(|c| c.database),
-            cpu(|c| c.database_enqueue.unwrap_or(f64::NAN)),
-            cpu(|c| c.server),
-            cpu(|c| c.client),
-        );
+        let (db, server, client) = (cpu(|c| c.database), cpu(|c| c.server), cpu(|c| c.client));
+        let db_enqueue: Vec<f64> = timings
+            .iter()
+            .filter_map(|t| t.cpu.database_enqueue)
+            .map(|us| us / n.max(1) as f64)
+            .collect();
+        let db_enqueue = if db_enqueue.is_empty() {
+            "—".to_string()
+        } else {
+            format!("{:.1}", median(db_enqueue))
+        };
         out += &format!(
             "| {} | {enq:.0} | {proc_:.0} | {total:.0} | {wal:.0} | {db:.1} ({}) | {server:.1} | {client:.1} |\n",
             system.name(),
-            if db_enqueue.is_nan() {
-                "—".to_string()
-            } else {
-                format!("{db_enqueue:.1}")
-            }
+            db_enqueue
         );
         e2e.push((*system, total));
     }

@@ -492,14 +492,7 @@ impl Loop<'_> {
     /// Otherwise the loop would wait for its answer forever.
     fn end_drained_stream(&mut self) {
         self.stream = None;
-        self.open_credit = 0;
-        for (_, sent) in self.sent.drain() {
-            self.to_complete.extend(sent.complete);
-        }
-        if !self.to_complete.is_empty() {
-            self.pending_since.get_or_insert_with(Instant::now);
-        }
-        self.completions_in_flight = 0;
+        self.take_back_unanswered(false);
     }
 
     /// The stream is gone (`why`): what it held is the server's again.
@@ -508,13 +501,23 @@ impl Loop<'_> {
             return;
         }
         tracing::warn!(queue = %self.queue.name(), error = %why, "work stream lost; opening another");
-        self.open_credit = 0;
         for item in self.waiting.drain(..) {
             self.held.remove(&item.token);
         }
+        self.take_back_unanswered(true);
+    }
+
+    /// After a stream ended: no credit is open on it, and the completions
+    /// of its unanswered messages go again on the next — as in doubt
+    /// (`in_doubt`: the server may have done them) or as they were.
+    fn take_back_unanswered(&mut self, in_doubt: bool) {
+        self.open_credit = 0;
         for (_, sent) in self.sent.drain() {
-            self.to_complete
-                .extend(sent.complete.into_iter().map(|(t, _)| (t, true)));
+            self.to_complete.extend(
+                sent.complete
+                    .into_iter()
+                    .map(|(t, before)| (t, before || in_doubt)),
+            );
         }
         if !self.to_complete.is_empty() {
             self.pending_since.get_or_insert_with(Instant::now);
